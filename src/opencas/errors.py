@@ -1,0 +1,101 @@
+"""The error tree of OpenCAS.
+
+Every error the project raises on purpose is a :class:`CasError`. Each carries a ``code`` (a short,
+stable, kebab-case identifier used in API responses and in tests), a message a person can act on,
+and the HTTP status the API answers with. The tree is deliberately shallow: callers branch on the
+class for broad handling and on ``code`` for precise handling.
+"""
+
+from __future__ import annotations
+
+
+class CasError(Exception):
+    """Base of every deliberate OpenCAS error."""
+
+    code: str = "error"
+    http_status: int = 500
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def to_json(self) -> dict[str, str]:
+        """The API's error body: ``{"error": code, "message": text}``."""
+        return {"error": self.code, "message": self.message}
+
+
+class ConfigError(CasError):
+    """A configuration file (or value) is invalid; the message names the file, key and line."""
+
+    code = "invalid-config"
+    http_status = 400
+
+
+class StoreError(CasError):
+    """The state store cannot be opened, is in use, or is not an OpenCAS database."""
+
+    code = "store-error"
+    http_status = 500
+
+
+class RecordDamagedError(StoreError):
+    """A stored record failed authentication: its bytes changed or it was moved to another key."""
+
+    code = "record-damaged"
+
+    def __init__(self, table: str, key: str, detail: str = "") -> None:
+        self.table = table
+        self.key = key
+        why = f": {detail}" if detail else ""
+        super().__init__(
+            f"stored record {table}/{key} is damaged or was tampered with "
+            f"(it does not decrypt under its own table, key and version){why}"
+        )
+
+
+class KeyStoreError(CasError):
+    """The sealed database-key store is missing, corrupt or cannot be unsealed on this platform."""
+
+    code = "key-store-error"
+
+
+class PlatformError(CasError):
+    """The trusted execution environment cannot produce evidence or seal data."""
+
+    code = "platform-error"
+
+
+class EvidenceError(CasError):
+    """Attestation evidence is malformed or does not verify."""
+
+    code = "invalid-evidence"
+    http_status = 400
+
+
+class AttestationRefused(CasError):
+    """Evidence verified, but what it proves is not what the verifier was told to accept.
+
+    ``check`` names the check that failed (``debug-mode``, ``measurement``, ``nonce``, ...).
+    """
+
+    code = "attestation-refused"
+    http_status = 403
+
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(message)
+        self.check = check
+
+
+class RequestProofError(CasError):
+    """A signed request's proof (``Authorization: CAS-Proof``) is invalid; ``code`` says why."""
+
+    code = "invalid-proof"
+    http_status = 401
+
+
+class ClientError(CasError):
+    """The client side (casctl, SDK) cannot do what it was asked: no such CAS, unreachable, ..."""
+
+    code = "client-error"
