@@ -1,4 +1,4 @@
-"""Canonical JSON (RFC 8785, JCS): one byte string per JSON value, so hashes and signatures agree."""
+"""Canonical JSON (RFC 8785, JCS): one encoding per JSON value, so hashes and signatures agree."""
 
 from __future__ import annotations
 

@@ -1,0 +1,25 @@
+"""The encrypted state store: one interface (``base``), SQLite now, PostgreSQL later."""
+
+from opencas.store.base import Store, Transaction
+from opencas.store.keystore import (
+    KeyStoreContents,
+    key_store_path,
+    load_key_store,
+    save_key_store,
+)
+from opencas.store.lock import DatabaseInUse, DatabaseLock, lock_path
+from opencas.store.sqlite import SqliteStore, SqliteTransaction
+
+__all__ = [
+    "DatabaseInUse",
+    "DatabaseLock",
+    "KeyStoreContents",
+    "SqliteStore",
+    "SqliteTransaction",
+    "Store",
+    "Transaction",
+    "key_store_path",
+    "load_key_store",
+    "lock_path",
+    "save_key_store",
+]

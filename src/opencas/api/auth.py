@@ -1,0 +1,145 @@
+"""Request authentication: the ``Authorization: CAS-Proof <JWS>`` proof of DESIGN.md §4.
+
+The middleware reads the whole body (bounded), checks the proof when there is one, and hands the
+verified :class:`RequestProof` to the endpoints in ``scope["state"]["caller"]``. A request without a
+proof is anonymous; a request with a proof that does not verify is refused with 401 and the
+proof error's own code, before any endpoint runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from opencas.crypto.request_proof import ReplayCache, RequestProof, verify_request_proof
+from opencas.errors import CasError, RequestProofError
+
+PROOF_SCHEME = "cas-proof"
+MAX_BODY_BYTES = 2 * 1024 * 1024
+
+
+class BodyTooLarge(CasError):
+    """The request body exceeds what the API accepts."""
+
+    code = "body-too-large"
+    http_status = 413
+
+
+def caller_of(request: Request) -> RequestProof | None:
+    """The verified signer of ``request``, or ``None`` for an anonymous request."""
+    caller: RequestProof | None = request.scope.get("state", {}).get("caller")
+    return caller
+
+
+def request_url(scope: Scope) -> str:
+    """The URL the client addressed, rebuilt from the scheme, Host header and path (no query)."""
+    host = ""
+    for name, value in scope.get("headers", []):
+        if name == b"host":
+            host = value.decode("latin-1")
+            break
+    if not host and scope.get("server"):
+        server_host, server_port = scope["server"]
+        host = f"{server_host}:{server_port}"
+    # The raw path is what the client signed; the decoded one would turn %2F into a separator.
+    raw_path = scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else scope.get("path", "/")
+    return f"{scope.get('scheme', 'https')}://{host}{path.partition('?')[0]}"
+
+
+async def send_error(send: Send, error: CasError) -> None:
+    """Answer with the API's JSON error body for ``error``."""
+    body = json.dumps(error.to_json()).encode("utf-8")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error.http_status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode("ascii")),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class ProofMiddleware:
+    """ASGI middleware verifying request proofs against this CAS's key hash as audience."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        audience: str,
+        replay_cache: ReplayCache,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.app = app
+        self.audience = audience
+        self.replay_cache = replay_cache
+        self.clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            body = await _read_body(receive)
+            caller = self._authenticate(scope, body)
+        except CasError as error:
+            await send_error(send, error)
+            return
+        scope.setdefault("state", {})["caller"] = caller
+        replayed = False
+
+        async def replay_body() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay_body, send)
+
+    def _authenticate(self, scope: Scope, body: bytes) -> RequestProof | None:
+        authorization = None
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+                break
+        if authorization is None:
+            return None
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != PROOF_SCHEME or not token.strip():
+            raise RequestProofError(
+                "the Authorization header must be 'CAS-Proof <JWS>'", code="proof-malformed"
+            )
+        return verify_request_proof(
+            token.strip(),
+            method=scope["method"],
+            url=request_url(scope),
+            body=body,
+            audience=self.audience,
+            now=self.clock(),
+            replay_cache=self.replay_cache,
+        )
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BodyTooLarge(f"the request body exceeds {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)

@@ -1,0 +1,145 @@
+"""Serving the API: TLS from the CAS's stored key, both listeners, clean shutdown on signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from opencas.config.availability import ListenAddress
+from opencas.crypto.keys import private_key_pem
+from opencas.errors import CasError
+from opencas.service.identity import CasIdentity
+
+log = logging.getLogger("opencas")
+
+
+class ListenError(CasError):
+    """A listener cannot be opened (address taken, not local, no permission)."""
+
+    code = "listen-error"
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One HTTPS listener: where it listens, which config key named it, and what it serves."""
+
+    name: str
+    config_key: str
+    address: ListenAddress
+    app: ASGIApp
+
+
+def bind(listener: Listener) -> socket.socket:
+    """Bind and listen on ``listener.address``; raise :class:`ListenError` saying why not."""
+    address = listener.address
+    try:
+        infos = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ListenError(
+            f"cannot listen on {address} ({listener.config_key}): cannot resolve {address.host}"
+        ) from exc
+    family, kind, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise ListenError(f"cannot listen on {address} ({listener.config_key}): {reason}") from exc
+    sock.setblocking(False)
+    return sock
+
+
+def tls_context(identity: CasIdentity) -> ssl.SSLContext:
+    """A TLS 1.2+ server context presenting the CAS TLS certificate and its CA certificate.
+
+    ``ssl`` only loads keys from files; the key goes through an anonymous in-memory file so it is
+    never written to disk in the clear.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    chain = identity.tls_certificate_pem + identity.ca_certificate_pem
+    with _memory_file(chain) as cert_path, _memory_file(private_key_pem(identity.tls_key)) as key:
+        context.load_cert_chain(cert_path, key)
+    return context
+
+
+@contextlib.contextmanager
+def _memory_file(data: bytes) -> Iterator[str]:
+    fd = os.memfd_create("opencas-tls", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+class _Server(uvicorn.Server):
+    # Two servers share one process: signals are handled once, by `serve_forever`.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve_forever(listeners: list[Listener], context: ssl.SSLContext) -> None:
+    """Serve every listener until SIGTERM or SIGINT, then shut down gracefully.
+
+    All sockets are bound before anything is served, so a taken port fails the start as a whole.
+    """
+    sockets: list[socket.socket] = []
+    try:
+        for listener in listeners:
+            sockets.append(bind(listener))
+    except ListenError:
+        for sock in sockets:
+            sock.close()
+        raise
+    servers = []
+    for listener in listeners:
+        config = uvicorn.Config(
+            listener.app,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=10,
+            lifespan="off",
+        )
+        config.load()
+        config.ssl = context
+        servers.append(_Server(config))
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for server in servers:
+            server.should_exit = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop)
+    for listener in listeners:
+        log.info("serving %s API on https://%s", listener.name, listener.address)
+    try:
+        await asyncio.gather(
+            *(server.serve(sockets=[sock]) for server, sock in zip(servers, sockets, strict=True))
+        )
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        for sock in sockets:
+            sock.close()

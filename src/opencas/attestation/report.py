@@ -1,0 +1,388 @@
+"""The CAS attestation report and its verification (DESIGN.md §5).
+
+``GET /v1/attest?nonce=<hex>`` answers ``{"report": {...}, "evidence": {"type", "data"},
+"certificate_chain": [tls_certificate_pem, ca_certificate_pem]}``. The report's canonical JSON
+(RFC 8785) hashed with SHA-512 is the report data inside the evidence, so every claim in the
+report is bound to the platform's quote.
+
+This module is pure: :func:`verify_cas_attestation` takes the parsed response, what the caller
+expects and the certificate the TLS connection presented, and returns a decision — no network,
+no files, no clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from opencas.attestation.evidence import Evidence, VerifiedEvidence
+from opencas.attestation.verify import verify_evidence
+from opencas.crypto.canonical import canonical_sha512
+from opencas.errors import AttestationRefused
+
+REPORT_VERSION = 1
+#: The audit head of an empty log.
+AUDIT_GENESIS_HEAD = "0" * 64
+
+_HASH_SHAPE = r"^[0-9a-f]{64}$"
+_HEX_SHAPE = r"^(?:[0-9a-f]{2})+$"
+_TIME_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z")
+_MAX_CERTIFICATE_PEM_CHARS = 16 * 1024
+
+
+def _rfc3339_utc(text: str) -> str:
+    if not _TIME_SHAPE.fullmatch(text):
+        raise ValueError("must be an RFC 3339 UTC time such as 2026-11-29T14:00:00Z")
+    try:
+        datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ValueError(f"is not a valid date and time ({exc})") from exc
+    return text
+
+
+def _version_one(value: int) -> int:
+    if value != REPORT_VERSION:
+        raise ValueError(f"this client understands report version {REPORT_VERSION} only")
+    return value
+
+
+_Hash = Annotated[str, Field(pattern=_HASH_SHAPE)]
+_Hex = Annotated[str, Field(pattern=_HEX_SHAPE)]
+_Time = Annotated[str, Field(max_length=40), AfterValidator(_rfc3339_utc)]
+
+
+class AuditHead(BaseModel):
+    """The head of the CAS's audit log: the sequence number and hash of its latest entry."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    seq: Annotated[int, Field(ge=0, le=2**53 - 1)]
+    head: _Hash
+
+
+class CasReport(BaseModel):
+    """The claims a CAS makes about itself, bound to its platform evidence (DESIGN.md §5).
+
+    Every field is required and typed strictly (no coercion): hashes are 64 lowercase hex
+    digits, times RFC 3339 UTC (``2026-11-29T14:00:00Z``), the nonce and the measurement
+    lowercase hex. An unprovisioned CAS carries no provisioning time and no owner hashes.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    version: Annotated[int, AfterValidator(_version_one)]
+    cas_version: Annotated[str, Field(min_length=1, max_length=64)]
+    instance_id: Annotated[str, Field(min_length=1, max_length=128)]
+    time: _Time
+    nonce: Annotated[_Hex, Field(max_length=128)]
+    cas_key_hash: _Hash
+    tls_key_hash: _Hash
+    software_measurement: Annotated[_Hex, Field(max_length=512)]
+    platform: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,31}$")]
+    mode: Literal["production", "debug"]
+    provisioned: bool
+    self_provisioned: bool
+    provisioned_at: _Time | None
+    owner_identity_hash: _Hash | None
+    owner_config_sha256: _Hash | None
+    db_key_injected: bool
+    audit: AuditHead
+
+    @model_validator(mode="after")
+    def _provisioning_is_consistent(self) -> CasReport:
+        """Refuse claims that contradict each other about provisioning."""
+        if not self.provisioned:
+            stray = [
+                name
+                for name in ("provisioned_at", "owner_identity_hash", "owner_config_sha256")
+                if getattr(self, name) is not None
+            ]
+            if self.self_provisioned:
+                stray.insert(0, "self_provisioned")
+            if stray:
+                raise ValueError(f"an unprovisioned CAS cannot report {', '.join(stray)}")
+        elif self.provisioned_at is None or self.owner_identity_hash is None:
+            raise ValueError("a provisioned CAS must report provisioned_at and owner_identity_hash")
+        return self
+
+
+def report_time(when: datetime) -> str:
+    """Format ``when`` as a report time: RFC 3339 UTC to the second, e.g. 2026-11-29T14:00:00Z.
+
+    Raises ``ValueError`` for a naive datetime (its time zone would be a guess).
+    """
+    if when.tzinfo is None:
+        raise ValueError("report times must be timezone-aware")
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def report_data(report: CasReport) -> bytes:
+    """The 64 bytes the evidence must bind: SHA-512 over the report's canonical JSON."""
+    return canonical_sha512(report.model_dump(mode="json"))
+
+
+@dataclass(frozen=True)
+class CasExpectations:
+    """What the caller accepts from a CAS.
+
+    ``nonce`` is the lowercase hex nonce the caller sent; ``measurements`` the accepted
+    software measurements (empty: any); ``cas_key_hash`` the pinned CAS key hash, if any.
+    ``allow_debug`` and ``allow_db_key_injected`` accept a debug-mode CAS and a CAS whose
+    database key was injected from outside; both are for testing only.
+    """
+
+    nonce: str
+    allow_debug: bool = False
+    measurements: frozenset[str] = frozenset()
+    cas_key_hash: str | None = None
+    allow_db_key_injected: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse expectations that could never match a valid report (``ValueError``)."""
+        if not re.fullmatch(_HEX_SHAPE, self.nonce):
+            raise ValueError("the expected nonce must be lowercase hex")
+        for measurement in self.measurements:
+            if not re.fullmatch(_HEX_SHAPE, measurement):
+                raise ValueError(f"expected measurement {measurement!r} is not lowercase hex")
+        if self.cas_key_hash is not None and not re.fullmatch(_HASH_SHAPE, self.cas_key_hash):
+            raise ValueError("the expected CAS key hash must be 64 lowercase hex digits")
+
+
+@dataclass(frozen=True)
+class VerifiedCas:
+    """A CAS that passed verification: its report, its evidence and its certificates (PEM)."""
+
+    report: CasReport
+    evidence: VerifiedEvidence
+    ca_certificate_pem: bytes
+    tls_certificate_pem: bytes
+
+
+def _format_error(message: str) -> AttestationRefused:
+    return AttestationRefused("format", f"the CAS's attestation response is malformed: {message}")
+
+
+def _describe_validation_error(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors()[:5]:
+        where = ".".join(["report", *(str(part) for part in item["loc"])])
+        problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+    more = error.error_count() - len(problems)
+    suffix = f" (and {more} more)" if more > 0 else ""
+    return "; ".join(problems) + suffix
+
+
+def _parse_report(value: object) -> CasReport:
+    if not isinstance(value, dict):
+        raise _format_error("'report' must be a JSON object")
+    try:
+        return CasReport.model_validate(value)
+    except ValidationError as exc:
+        raise _format_error(_describe_validation_error(exc)) from exc
+
+
+def _parse_certificate(value: object, name: str) -> x509.Certificate:
+    if not isinstance(value, str) or len(value) > _MAX_CERTIFICATE_PEM_CHARS:
+        raise _format_error(f"the {name} certificate must be a PEM string")
+    try:
+        certificates = x509.load_pem_x509_certificates(value.encode("ascii"))
+    except ValueError as exc:
+        raise _format_error(f"the {name} certificate is not a valid PEM certificate") from exc
+    if len(certificates) != 1:
+        raise _format_error(f"the {name} certificate must be exactly one PEM certificate")
+    try:
+        certificates[0].public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise _format_error(f"the {name} certificate has a key of an unsupported type") from exc
+    return certificates[0]
+
+
+def _parse_response(
+    response: object,
+) -> tuple[CasReport, Evidence, x509.Certificate, x509.Certificate]:
+    if not isinstance(response, dict):
+        raise _format_error("the body must be a JSON object")
+    expected = {"report", "evidence", "certificate_chain"}
+    keys = set(response)
+    if keys != expected:
+        missing = sorted(str(k) for k in expected - keys)
+        extra = sorted(str(k)[:40] for k in keys - expected)
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing)}")
+        if extra:
+            parts.append(f"unexpected {', '.join(extra)}")
+        raise _format_error(f"wrong fields ({'; '.join(parts)})")
+    report = _parse_report(response["report"])
+    evidence = Evidence.from_json(response["evidence"])
+    chain = response["certificate_chain"]
+    if not isinstance(chain, list) or len(chain) != 2:
+        raise _format_error(
+            "'certificate_chain' must be a list of two PEM certificates: TLS, then CA"
+        )
+    tls_certificate = _parse_certificate(chain[0], "TLS")
+    ca_certificate = _parse_certificate(chain[1], "CA")
+    return report, evidence, tls_certificate, ca_certificate
+
+
+def _certificate_key_hash(certificate: x509.Certificate) -> str:
+    # The key hash (DESIGN.md §3) is defined on the DER SubjectPublicKeyInfo, which the
+    # certificate carries whatever its key type.
+    spki = certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).hexdigest()
+
+
+def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def _pem(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def _check_binding(
+    report: CasReport, verified: VerifiedEvidence, expectations: CasExpectations
+) -> None:
+    """The evidence binds this report, for this nonce, on the platform and code it claims."""
+    if not hmac.compare_digest(verified.report_data, report_data(report)):
+        raise AttestationRefused(
+            "binding",
+            "the report does not match the report data in the evidence: the report or the "
+            "evidence was changed in transit, or they do not belong together",
+        )
+    if report.nonce != expectations.nonce:
+        raise AttestationRefused(
+            "nonce",
+            f"the report answers nonce {report.nonce[:32]}, not the nonce "
+            f"{expectations.nonce[:32]} that was sent: it may be a replay of an older answer",
+        )
+    if verified.measurement != report.software_measurement:
+        raise AttestationRefused(
+            "binding",
+            f"the report claims software measurement {report.software_measurement} but the "
+            f"evidence measures {verified.measurement}",
+        )
+    if verified.platform != report.platform:
+        raise AttestationRefused(
+            "binding",
+            f"the report claims platform '{report.platform}' but the evidence comes from "
+            f"platform '{verified.platform}'",
+        )
+    if verified.debug and report.mode != "debug":
+        raise AttestationRefused(
+            "binding",
+            f"the report claims {report.mode} mode but the evidence comes from a TEE in debug mode",
+        )
+
+
+def _check_policy(
+    report: CasReport, verified: VerifiedEvidence, expectations: CasExpectations
+) -> None:
+    """What the bound report says is what the caller accepts."""
+    if report.mode == "debug" and not expectations.allow_debug:
+        why = "debug TEE" if verified.debug else "debug configuration"
+        raise AttestationRefused(
+            "debug-mode",
+            f"the CAS runs in debug mode ({why} on platform '{report.platform}', so its secrets "
+            "are not protected); pass --only-for-testing-debug to accept it for testing",
+        )
+    if expectations.measurements and report.software_measurement not in expectations.measurements:
+        expected = ", ".join(sorted(expectations.measurements))
+        raise AttestationRefused(
+            "measurement",
+            f"the CAS runs software with measurement {report.software_measurement}, which is "
+            f"not one of the expected measurements ({expected})",
+        )
+
+
+def _check_certificates(
+    report: CasReport,
+    expectations: CasExpectations,
+    tls_certificate: x509.Certificate,
+    ca_certificate: x509.Certificate,
+    peer_certificate_der: bytes | None,
+) -> None:
+    """The certificates carry the reported keys, and the connection uses the reported one."""
+    ca_key_hash = _certificate_key_hash(ca_certificate)
+    if ca_key_hash != report.cas_key_hash:
+        raise AttestationRefused(
+            "cas-key",
+            f"the CA certificate carries key {ca_key_hash}, not the CAS key "
+            f"{report.cas_key_hash} that the report names",
+        )
+    if expectations.cas_key_hash is not None and report.cas_key_hash != expectations.cas_key_hash:
+        raise AttestationRefused(
+            "cas-key-hash",
+            f"the CAS key hash is {report.cas_key_hash}, not the expected "
+            f"{expectations.cas_key_hash}: this is a different CAS",
+        )
+    if report.db_key_injected and not expectations.allow_db_key_injected:
+        raise AttestationRefused(
+            "db-key-injected",
+            "the CAS's database key was injected from outside, so someone outside the CAS may "
+            "read its sessions and secrets; pass --allow-cas-owner-secret-access to accept it",
+        )
+    tls_key_hash = _certificate_key_hash(tls_certificate)
+    if tls_key_hash != report.tls_key_hash:
+        raise AttestationRefused(
+            "tls-certificate",
+            f"the TLS certificate carries key {tls_key_hash}, not the TLS key "
+            f"{report.tls_key_hash} that the report names",
+        )
+    if not _issued_by(tls_certificate, ca_certificate):
+        raise AttestationRefused(
+            "tls-certificate",
+            "the TLS certificate was not issued by the CAS's CA certificate",
+        )
+    tls_der = tls_certificate.public_bytes(serialization.Encoding.DER)
+    if peer_certificate_der is not None and not hmac.compare_digest(peer_certificate_der, tls_der):
+        raise AttestationRefused(
+            "tls-certificate",
+            "the TLS connection presented a certificate that is not the one the report names; "
+            "something between you and the CAS may be intercepting the connection",
+        )
+
+
+def verify_cas_attestation(
+    response: object, expectations: CasExpectations, peer_certificate_der: bytes | None
+) -> VerifiedCas:
+    """Decide whether the ``GET /v1/attest`` answer ``response`` proves an acceptable CAS.
+
+    ``response`` is the parsed JSON body; ``peer_certificate_der`` the certificate the TLS
+    connection presented (None when the caller did not connect over TLS, e.g. in tests). The
+    checks run in this order, and the first failure raises :class:`AttestationRefused` whose
+    ``check`` names it: ``format`` (body shape), then evidence verification
+    (:class:`EvidenceError`), ``binding`` (evidence binds this report), ``nonce``, ``binding``
+    (evidence measurement and platform equal the report's; debug evidence implies debug mode),
+    ``debug-mode``, ``measurement``, ``cas-key`` (CA certificate carries the reported CAS key),
+    ``cas-key-hash`` (the expected CAS key), ``db-key-injected``, ``tls-certificate`` (the TLS
+    certificate carries the reported TLS key and is issued by the CA certificate; the TLS
+    connection presented that certificate). On success it returns the report, the verified
+    evidence and the two certificates as PEM, for the caller to pin.
+    """
+    report, evidence, tls_certificate, ca_certificate = _parse_response(response)
+    verified = verify_evidence(evidence)
+    _check_binding(report, verified, expectations)
+    _check_policy(report, verified, expectations)
+    _check_certificates(report, expectations, tls_certificate, ca_certificate, peer_certificate_der)
+    return VerifiedCas(
+        report=report,
+        evidence=verified,
+        ca_certificate_pem=_pem(ca_certificate),
+        tls_certificate_pem=_pem(tls_certificate),
+    )

@@ -1,0 +1,197 @@
+"""Simulated evidence: a signed statement that stands in for a hardware quote.
+
+For development and tests only. Nothing roots the signing key in hardware: whoever holds a
+platform key can claim any measurement, so a verifier learns only "the holder of the key with
+this hash said so" — which is why simulated evidence always says ``debug: true`` and is accepted
+only where debug evidence is explicitly tolerated.
+
+The evidence bytes are the canonical JSON (RFC 8785) of::
+
+    {"body": {"format": "opencas-simulated-evidence/v1",
+              "measurement": <lowercase hex, 1 to 64 bytes>,
+              "report_data": <lowercase hex, 64 bytes>,
+              "debug": true,
+              "platform_key": <standard base64 of the raw 32-byte Ed25519 public key>},
+     "signature": <standard base64 of the 64-byte Ed25519 signature>}
+
+and the signature covers ``b"opencas-simulated-evidence/v1\\x00" + canonical_json(body)``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from opencas.attestation.evidence import Evidence, VerifiedEvidence
+from opencas.crypto.canonical import canonical_json
+from opencas.crypto.encoding import b64_decode, b64_encode
+from opencas.crypto.keys import key_hash
+from opencas.errors import EvidenceError
+
+EVIDENCE_TYPE = "simulated"
+FORMAT = "opencas-simulated-evidence/v1"
+TCB_STATUS = "Simulated"
+REPORT_DATA_SIZE = 64
+
+_SIGNING_PREFIX = FORMAT.encode("ascii") + b"\x00"
+_MEASUREMENT_SHAPE = re.compile(r"(?:[0-9a-f]{2}){1,64}")
+_REPORT_DATA_SHAPE = re.compile(r"[0-9a-f]{128}")
+_BODY_KEYS = frozenset({"format", "measurement", "report_data", "debug", "platform_key"})
+_TOP_KEYS = frozenset({"body", "signature"})
+
+
+def is_simulated_measurement(text: str) -> bool:
+    """True when ``text`` can be a simulated measurement: lowercase hex of 1 to 64 bytes."""
+    return bool(_MEASUREMENT_SHAPE.fullmatch(text))
+
+
+def _signed_bytes(body: dict[str, Any]) -> bytes:
+    return _SIGNING_PREFIX + canonical_json(body)
+
+
+def create_simulated_evidence(
+    private_key: Ed25519PrivateKey, measurement: str, report_data: bytes
+) -> Evidence:
+    """Create simulated evidence that binds ``report_data`` and claims ``measurement``.
+
+    ``measurement`` must be lowercase hex of 1 to 64 bytes and ``report_data`` exactly 64 bytes;
+    otherwise ``ValueError`` (these are the caller's mistakes, not the peer's). The result always
+    declares debug mode.
+    """
+    if not is_simulated_measurement(measurement):
+        raise ValueError("measurement must be lowercase hex of 1 to 64 bytes")
+    if len(report_data) != REPORT_DATA_SIZE:
+        raise ValueError(f"report data must be exactly {REPORT_DATA_SIZE} bytes")
+    body: dict[str, Any] = {
+        "format": FORMAT,
+        "measurement": measurement,
+        "report_data": report_data.hex(),
+        "debug": True,
+        "platform_key": b64_encode(private_key.public_key().public_bytes_raw()),
+    }
+    signature = private_key.sign(_signed_bytes(body))
+    document = {"body": body, "signature": b64_encode(signature)}
+    return Evidence(type=EVIDENCE_TYPE, data=canonical_json(document))
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _parse_document(data: bytes) -> Any:
+    try:
+        text = data.decode("utf-8")
+        document = json.loads(
+            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+        )
+    except (ValueError, RecursionError) as exc:
+        raise EvidenceError(f"simulated evidence is not valid JSON: {exc}") from exc
+    try:
+        canonical = canonical_json(document)
+    except ValueError as exc:
+        raise EvidenceError(f"simulated evidence is not valid JSON: {exc}") from exc
+    # One byte string per statement: a re-encoded but equal document is refused, so evidence
+    # bytes can be compared and logged as the identity of what the platform said.
+    if canonical != data:
+        raise EvidenceError("simulated evidence is not in canonical JSON form (RFC 8785)")
+    return document
+
+
+def _check_keys(value: object, expected: frozenset[str], where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise EvidenceError(f"simulated evidence {where} must be a JSON object")
+    keys = set(value)
+    if keys != expected:
+        missing = sorted(expected - keys)
+        extra = sorted(key[:40] for key in keys - expected)
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing)}")
+        if extra:
+            parts.append(f"unexpected {', '.join(extra)}")
+        raise EvidenceError(f"simulated evidence {where} has the wrong fields ({'; '.join(parts)})")
+    return value
+
+
+def _decode_fixed(value: object, size: int, field: str) -> bytes:
+    if not isinstance(value, str):
+        raise EvidenceError(f"simulated evidence field '{field}' must be a base64 string")
+    try:
+        raw = b64_decode(value)
+    except ValueError as exc:
+        raise EvidenceError(f"simulated evidence field '{field}' is not valid base64") from exc
+    if len(raw) != size:
+        raise EvidenceError(
+            f"simulated evidence field '{field}' must be {size} bytes, not {len(raw)}"
+        )
+    return raw
+
+
+def verify_simulated_evidence(evidence: Evidence) -> VerifiedEvidence:
+    """Check simulated evidence and return what it claims.
+
+    Parsing is strict: canonical JSON, exactly the documented keys, exact types and lengths,
+    ``debug`` true and a valid Ed25519 signature by the embedded platform key. Any deviation
+    raises :class:`EvidenceError` with the reason. The result names the platform key by its key
+    hash; trusting that key is the caller's decision.
+    """
+    if evidence.type != EVIDENCE_TYPE:
+        raise EvidenceError(f"evidence of type '{evidence.type}' is not simulated evidence")
+    document = _check_keys(_parse_document(evidence.data), _TOP_KEYS, "document")
+    body = _check_keys(document["body"], _BODY_KEYS, "body")
+    if body["format"] != FORMAT:
+        raise EvidenceError(f"simulated evidence field 'format' must be '{FORMAT}'")
+    measurement = body["measurement"]
+    if not isinstance(measurement, str) or not is_simulated_measurement(measurement):
+        raise EvidenceError(
+            "simulated evidence field 'measurement' must be lowercase hex of 1 to 64 bytes"
+        )
+    report_data_hex = body["report_data"]
+    if not isinstance(report_data_hex, str) or not _REPORT_DATA_SHAPE.fullmatch(report_data_hex):
+        raise EvidenceError(
+            f"simulated evidence field 'report_data' must be lowercase hex of "
+            f"{REPORT_DATA_SIZE} bytes"
+        )
+    if body["debug"] is not True:
+        raise EvidenceError(
+            "simulated evidence field 'debug' must be true: simulated platforms always run "
+            "in debug mode"
+        )
+    try:
+        platform_key = Ed25519PublicKey.from_public_bytes(
+            _decode_fixed(body["platform_key"], 32, "platform_key")
+        )
+    except ValueError as exc:
+        raise EvidenceError(
+            "simulated evidence field 'platform_key' is not an Ed25519 public key"
+        ) from exc
+    signature = _decode_fixed(document["signature"], 64, "signature")
+    try:
+        platform_key.verify(signature, _signed_bytes(body))
+    except InvalidSignature as exc:
+        raise EvidenceError(
+            "simulated evidence signature does not verify: the evidence was changed or was not "
+            "signed by its platform key"
+        ) from exc
+    return VerifiedEvidence(
+        platform=EVIDENCE_TYPE,
+        measurement=measurement,
+        report_data=bytes.fromhex(report_data_hex),
+        debug=True,
+        platform_key_hash=key_hash(platform_key),
+        tcb_status=TCB_STATUS,
+        advisories=(),
+    )

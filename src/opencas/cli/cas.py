@@ -1,0 +1,184 @@
+"""``cas``: the OpenCAS server.
+
+Exit codes: 0 success; 1 the CAS cannot start or run (store, key store, lock, platform, port);
+2 usage error or invalid configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import json
+import logging
+from pathlib import Path
+
+import click
+
+from opencas import __version__
+from opencas.api.app import create_client_api, create_enclave_api
+from opencas.api.metrics import ApiMetrics
+from opencas.api.server import Listener, serve_forever, tls_context
+from opencas.cli.common import fail, setup_logging
+from opencas.config.availability import (
+    AvailabilityConfig,
+    default_availability_config,
+    load_availability_config,
+)
+from opencas.errors import CasError, ConfigError
+from opencas.service.cas import Cas, inspect_cas, open_cas
+
+log = logging.getLogger("opencas")
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+@click.group(invoke_without_command=True)
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("cas.toml"),
+    show_default=True,
+    help="Availability config (TOML).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@click.version_option(__version__, prog_name="cas")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path, log_level: str) -> None:
+    """Run an OpenCAS server. Without a command: `serve`."""
+    setup_logging(log_level)
+    ctx.obj = config_path
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(serve)
+
+
+def _load_config(config_path: Path) -> AvailabilityConfig:
+    try:
+        return load_availability_config(config_path)
+    except ConfigError as exc:
+        fail("cas", exc.message, EXIT_USAGE)
+
+
+def _read_database_key(path: Path) -> bytes:
+    try:
+        text = path.read_text(encoding="ascii").strip()
+        key = binascii.unhexlify(text)
+    except (OSError, UnicodeDecodeError, binascii.Error, ValueError) as exc:
+        fail("cas", f"database key file {path}: not readable as 64 hex digits ({exc})", EXIT_USAGE)
+    if len(key) != 32:
+        fail("cas", f"database key file {path}: must hold 64 hex digits (32 bytes)", EXIT_USAGE)
+    return key
+
+
+def _open(config: AvailabilityConfig, injected: bytes | None) -> Cas:
+    try:
+        return open_cas(config, injected)
+    except CasError as exc:
+        fail("cas", exc.message, EXIT_FAILURE)
+
+
+@cli.command()
+@click.option(
+    "--database-key-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="DEBUG ONLY: open the store with this database key (64 hex digits). "
+    "The CAS then reports db_key_injected: true for good.",
+)
+@click.pass_obj
+def serve(config_path: Path, database_key_file: Path | None) -> None:
+    """Open (or create) the CAS and serve its APIs until SIGTERM or SIGINT."""
+    config = _load_config(config_path)
+    injected = _read_database_key(database_key_file) if database_key_file else None
+    cas = _open(config, injected)
+    try:
+        _announce(cas, injected is not None)
+        metrics = ApiMetrics()
+        listeners = [
+            Listener(
+                "client", "[api] api_listen", config.api_listen, create_client_api(cas, metrics)
+            ),
+            Listener(
+                "enclave",
+                "[api] enclave_listen",
+                config.enclave_listen,
+                create_enclave_api(cas, metrics),
+            ),
+        ]
+        try:
+            asyncio.run(serve_forever(listeners, tls_context(cas.identity)))
+        except CasError as exc:
+            fail("cas", exc.message, EXIT_FAILURE)
+        log.info("stopped")
+    finally:
+        cas.close()
+
+
+def _announce(cas: Cas, injected: bool) -> None:
+    if cas.created:
+        log.info("created a new CAS database at %s", cas.config.database_path)
+    log.info("CAS key hash: %s", cas.identity.cas_key_hash)
+    log.info("software measurement: %s", cas.platform.measurement)
+    log.info(
+        "instance id: %s, platform: %s, mode: %s",
+        cas.identity.instance_id,
+        cas.platform.kind,
+        cas.mode,
+    )
+    if injected or cas.state().db_key_injected:
+        log.warning(
+            "the database key was injected by an operator: the report says "
+            "db_key_injected: true and clients refuse this CAS unless told otherwise"
+        )
+    token = cas.provisioning_token()
+    if token is not None:
+        log.info("this CAS is not provisioned; one-time provisioning token: %s", token)
+
+
+@cli.command("show-identification")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def show_identification(config_path: Path, as_json: bool) -> None:
+    """Print the CAS identity without starting a server (also while one is running)."""
+    config = _load_config(config_path)
+    try:
+        cas = inspect_cas(config)
+    except CasError as exc:
+        fail("cas", exc.message, EXIT_FAILURE)
+    try:
+        facts = cas.identification()
+    finally:
+        cas.close()
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    for key, value in facts.items():
+        shown = str(value).lower() if isinstance(value, bool) else value
+        click.echo(f"{key.replace('_', ' ')}: {shown}")
+
+
+@cli.command("init-config")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@click.pass_obj
+def init_config(config_path: Path, force: bool) -> None:
+    """Write a default availability config (simulated platform, local addresses)."""
+    if config_path.exists() and not force:
+        fail("cas", f"{config_path} exists; pass --force to overwrite it", EXIT_USAGE)
+    config_path.write_text(default_availability_config(), encoding="utf-8")
+    click.echo(f"wrote {config_path}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="cas")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Freshness: is the CAS we attest now the one we attested before, and did its state not go back?
+
+Pure decision over what casctl remembered and what the CAS reports now.
+"""
+
+from __future__ import annotations
+
+from opencas.attestation.report import CasReport
+from opencas.client.state import PinnedCas
+from opencas.errors import AttestationRefused
+
+
+class FreshnessError(AttestationRefused):
+    """The CAS is another instance than the one pinned, or its audit sequence went back."""
+
+    code = "freshness"
+
+
+def check_freshness(
+    pinned: PinnedCas | None, report: CasReport, *, accept_new_instance: bool
+) -> None:
+    """Refuse a CAS that replaced, or rolled back, the one remembered as ``pinned``."""
+    if pinned is None or accept_new_instance:
+        return
+    if pinned.instance_id != report.instance_id or pinned.cas_key_hash != report.cas_key_hash:
+        raise FreshnessError(
+            "freshness",
+            "this CAS is not the one you attested before: it was instance "
+            f"{pinned.instance_id} with CAS key hash {pinned.cas_key_hash}, now it is instance "
+            f"{report.instance_id} with CAS key hash {report.cas_key_hash}. If the CAS was "
+            "replaced on purpose, attest again with --accept-new-instance",
+        )
+    if report.audit.seq < pinned.audit_seq:
+        raise FreshnessError(
+            "freshness",
+            f"the CAS state went back: its audit sequence is {report.audit.seq}, but "
+            f"{pinned.audit_seq} was seen before (a restored old database?)",
+        )

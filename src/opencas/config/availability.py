@@ -1,0 +1,367 @@
+"""The availability config: how the ``cas`` server runs (``cas -c FILE``).
+
+The operator's file. It holds no secrets: where the database lives, where the two APIs listen,
+the names in the TLS certificate and which trusted execution environment the CAS runs in. It is
+validated strictly: an unknown section or key, a wrong type or a bad value is a
+:class:`~opencas.errors.ConfigError` that names the file, the key and the line.
+
+Relative paths in the file are resolved against the directory of the file, so a config works
+the same whichever directory ``cas`` is started from.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from opencas.config.toml_source import load_toml, toml_string, validation_error_to_config_error
+
+DEFAULT_DATABASE_PATH = ".cas/cas.db"
+DEFAULT_API_LISTEN = "127.0.0.1:8081"
+DEFAULT_ENCLAVE_LISTEN = "127.0.0.1:18765"
+DEFAULT_HOSTNAMES = ("localhost", "127.0.0.1", "::1")
+MAX_HOSTNAMES = 100
+SIMULATED_KEY_FILE_NAME = "simulated-platform.key"
+
+AVAILABLE_PLATFORM_KINDS = ("simulated",)
+"""Platform kinds this build can run on."""
+KNOWN_PLATFORM_KINDS = ("gramine-sgx", "simulated", "tsm")
+"""Every platform kind OpenCAS knows, including those this build cannot run on."""
+
+
+# --- addresses and names ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """A TCP address to listen on: an IP literal (canonical form) or a lowercase hostname."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        """``host:port``, or ``[host]:port`` for an IPv6 host."""
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+_PORT = re.compile(r"[0-9]+")
+_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_LISTEN_FORM = "expected HOST:PORT, such as 127.0.0.1:8081 or [::1]:8081"
+
+
+def parse_listen_address(text: str) -> ListenAddress:
+    """Parse ``host:port`` or ``[ipv6]:port`` into a :class:`ListenAddress`.
+
+    The host is an IPv4 literal, a hostname (checked against DNS syntax, returned in lowercase)
+    or, in brackets, an IPv6 literal (returned in canonical form); the port is 1 to 65535.
+    Raises ``ValueError`` whose message quotes ``text`` and says what is wrong with it.
+    """
+    try:
+        host, port_text = _split_host_port(text)
+        port = _parse_port(port_text)
+    except ValueError as error:
+        raise ValueError(f"invalid address {text!r}: {error}") from None
+    return ListenAddress(host=host, port=port)
+
+
+def _split_host_port(text: str) -> tuple[str, str]:
+    """The canonical host and the port text of ``text``; ``ValueError`` saying why not."""
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise ValueError("missing ']' after the IPv6 address")
+        host_text, rest = text[1:close], text[close + 1 :]
+        if not rest.startswith(":"):
+            raise ValueError(f"no port after ']'; {_LISTEN_FORM}")
+        try:
+            return str(ipaddress.IPv6Address(host_text)), rest[1:]
+        except ValueError:
+            raise ValueError(
+                f"{host_text!r} is not an IPv6 address (only IPv6 addresses go in brackets)"
+            ) from None
+    host_text, colon, port_text = text.rpartition(":")
+    if not colon:
+        raise ValueError(f"no port; {_LISTEN_FORM}")
+    if ":" in host_text:
+        raise ValueError(f"write IPv6 addresses in brackets, as in [{host_text}]:{port_text}")
+    if not host_text:
+        raise ValueError("no host; use 0.0.0.0 to listen on every IPv4 address")
+    try:
+        return str(ipaddress.IPv4Address(host_text)), port_text
+    except ValueError:
+        problem = _dns_name_problem(host_text)
+        if problem is not None:
+            raise ValueError(
+                f"host is neither an IP address nor a valid hostname: {problem}"
+            ) from None
+    return host_text.lower(), port_text
+
+
+def _parse_port(text: str) -> int:
+    if not text:
+        raise ValueError(f"no port; {_LISTEN_FORM}")
+    if not _PORT.fullmatch(text):
+        raise ValueError(f"port {text!r} is not a number")
+    if len(text) > 5 or not 1 <= int(text) <= 65535:
+        raise ValueError(f"port {text} is out of range 1-65535")
+    return int(text)
+
+
+def _dns_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a syntactically valid DNS host name (RFC 1123), or None if it is."""
+    if not name.isascii():
+        return "not ASCII; write internationalized names in their xn-- (punycode) form"
+    if len(name) > 253:
+        return "longer than 253 characters"
+    labels = name.split(".")
+    problems = (_dns_label_problem(label) for label in labels)
+    problem = next((found for found in problems if found is not None), None)
+    if problem is None and labels[-1].isdigit():
+        # Resolvers read an all-numeric last label as an IPv4 address, never as a name.
+        problem = "looks like an IPv4 address but is not a valid one"
+    return problem
+
+
+def _dns_label_problem(label: str) -> str | None:
+    if not label:
+        return "empty label (a leading, trailing or doubled dot)"
+    if len(label) > 63:
+        return f"label {label[:20]!r}... is longer than 63 characters"
+    if not _DNS_LABEL.fullmatch(label):
+        return (
+            f"label {label!r} may hold only letters, digits and hyphens, "
+            "and may not start or end with a hyphen"
+        )
+    return None
+
+
+def _certificate_name(name: str) -> str:
+    """``name`` in canonical form if it can go into a TLS certificate; ``ValueError`` if not."""
+    if name.startswith("[") and name.endswith("]"):
+        raise ValueError(f"{name!r}: write IPv6 addresses without brackets, as in {name[1:-1]!r}")
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        problem = _dns_name_problem(name)
+        if problem is not None:
+            raise ValueError(
+                f"{name!r} is neither an IP address nor a valid DNS name: {problem}"
+            ) from None
+        return name.lower()
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        raise ValueError(f"{name!r}: an IP address in a certificate cannot carry a zone ('%')")
+    return str(address)
+
+
+def _is_wildcard(host: str) -> bool:
+    """Whether ``host`` is the unspecified address (0.0.0.0 or ::), which binds every interface."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def _listen_address(text: str) -> str:
+    return str(parse_listen_address(text))
+
+
+def _local_path(text: str) -> str:
+    if not text:
+        raise ValueError("empty path")
+    if "\x00" in text:
+        raise ValueError("path contains a NUL character")
+    if text.startswith("~"):
+        raise ValueError(
+            f"{text!r}: '~' is not expanded; write an absolute path "
+            "or one relative to the directory of this file"
+        )
+    return text
+
+
+def _platform_kind(kind: str) -> str:
+    if kind in AVAILABLE_PLATFORM_KINDS:
+        return kind
+    available = ", ".join(AVAILABLE_PLATFORM_KINDS)
+    if kind in KNOWN_PLATFORM_KINDS:
+        raise ValueError(
+            f"platform kind {kind!r} is not available in this build; available: {available}"
+        )
+    raise ValueError(
+        f"unknown platform kind {kind!r}; known kinds: {', '.join(KNOWN_PLATFORM_KINDS)} "
+        f"(available in this build: {available})"
+    )
+
+
+# --- the file's schema (internal) ---------------------------------------------------------------
+
+_ListenText = Annotated[str, AfterValidator(_listen_address)]
+_CertificateName = Annotated[str, AfterValidator(_certificate_name)]
+_LocalPath = Annotated[str, AfterValidator(_local_path)]
+_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _DatabaseSection(BaseModel):
+    model_config = _STRICT
+
+    path: _LocalPath
+
+
+class _ApiSection(BaseModel):
+    model_config = _STRICT
+
+    api_listen: _ListenText = DEFAULT_API_LISTEN
+    # Validated even when left out, so that an api_listen set to the enclave default is caught.
+    enclave_listen: _ListenText = Field(default=DEFAULT_ENCLAVE_LISTEN, validate_default=True)
+    hostnames: list[_CertificateName] = Field(
+        default_factory=lambda: list(DEFAULT_HOSTNAMES), min_length=1, max_length=MAX_HOSTNAMES
+    )
+
+    @field_validator("enclave_listen")
+    @classmethod
+    def _apart_from_api_listen(cls, value: str, info: ValidationInfo) -> str:
+        api_text = info.data.get("api_listen")
+        if api_text is None:
+            return value  # api_listen is invalid itself; that error is reported on its own
+        api, enclave = parse_listen_address(api_text), parse_listen_address(value)
+        if api.port != enclave.port:
+            return value
+        if api.host == enclave.host:
+            raise ValueError(
+                f"same address as api_listen ({api}); the two listeners need different addresses"
+            )
+        if _is_wildcard(api.host) or _is_wildcard(enclave.host):
+            raise ValueError(
+                f"{enclave} overlaps api_listen ({api}): a wildcard address takes the port on "
+                "every interface; use different ports"
+            )
+        return value
+
+    @field_validator("hostnames")
+    @classmethod
+    def _no_duplicates(cls, names: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                raise ValueError(f"{name!r} is listed twice")
+            seen.add(name)
+        return names
+
+
+class _PlatformSection(BaseModel):
+    model_config = _STRICT
+
+    # Required: which TEE to trust is the operator's decision, never a silent default.
+    kind: Annotated[str, AfterValidator(_platform_kind)]
+    key_file: _LocalPath | None = None
+
+
+class _AvailabilityFile(BaseModel):
+    model_config = _STRICT
+
+    database: _DatabaseSection
+    api: _ApiSection = Field(default_factory=_ApiSection)
+    platform: _PlatformSection
+
+
+# --- the resolved config ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AvailabilityConfig:
+    """A validated availability config, with every default applied and every path absolute."""
+
+    source: Path
+    """The config file (absolute)."""
+    database_path: Path
+    api_listen: ListenAddress
+    enclave_listen: ListenAddress
+    hostnames: tuple[str, ...]
+    """DNS names and IP addresses (canonical form) for the CAS's TLS certificate."""
+    platform_kind: str
+    platform_key_file: Path
+    """The simulated platform's key file; beside the database unless the file says otherwise."""
+
+
+def load_availability_config(path: Path) -> AvailabilityConfig:
+    """Read, validate and resolve the availability config at ``path``.
+
+    Relative paths in the file are resolved against the file's directory. Raises
+    :class:`ConfigError` if the file is missing or unreadable, is not valid TOML, has an unknown
+    section or key, a value of the wrong type, a bad listen address or certificate name, the
+    same address for both listeners, or a platform kind that is unknown or not available in
+    this build. The message lists every problem, each naming the file, the key and the line.
+    """
+    document = load_toml(path)
+    try:
+        parsed = _AvailabilityFile.model_validate(document.data)
+    except ValidationError as error:
+        raise validation_error_to_config_error(error, document, _AvailabilityFile) from error
+    source = path.absolute()
+    database_path = _resolve(source.parent, parsed.database.path)
+    if parsed.platform.key_file is None:
+        key_file = database_path.parent / SIMULATED_KEY_FILE_NAME
+    else:
+        key_file = _resolve(source.parent, parsed.platform.key_file)
+    return AvailabilityConfig(
+        source=source,
+        database_path=database_path,
+        api_listen=parse_listen_address(parsed.api.api_listen),
+        enclave_listen=parse_listen_address(parsed.api.enclave_listen),
+        hostnames=tuple(parsed.api.hostnames),
+        platform_kind=parsed.platform.kind,
+        platform_key_file=key_file,
+    )
+
+
+def _resolve(base: Path, text: str) -> Path:
+    path = Path(text)
+    return path if path.is_absolute() else base / path
+
+
+def default_availability_config(database_path: str = DEFAULT_DATABASE_PATH) -> str:
+    """The TOML text ``cas init-config`` writes: commented, every key set to its default.
+
+    ``database_path`` is written as given (relative paths are read relative to the config
+    file); the simulated platform's key file is placed beside it. The text loads with
+    :func:`load_availability_config`.
+    """
+    key_file = str(Path(database_path).parent / SIMULATED_KEY_FILE_NAME)
+    hostnames = ", ".join(toml_string(name) for name in DEFAULT_HOSTNAMES)
+    return f"""\
+# OpenCAS availability config: how the `cas` server runs (`cas -c THIS-FILE`).
+# It holds no secrets. Relative paths are resolved against the directory of this file.
+
+[database]
+# The encrypted state store (SQLite). Its sealed key is kept beside it, in <path>.key-store.
+path = {toml_string(database_path)}
+
+[api]
+# The client API (casctl and the SDK), as HOST:PORT or [IPv6]:PORT.
+api_listen = {toml_string(DEFAULT_API_LISTEN)}
+# The enclave API, which workloads attest to; it must differ from api_listen.
+enclave_listen = {toml_string(DEFAULT_ENCLAVE_LISTEN)}
+# DNS names and IP addresses in the CAS's TLS certificate (at most {MAX_HOSTNAMES}).
+hostnames = [{hostnames}]
+
+[platform]
+# The trusted execution environment the CAS runs in. "simulated" is for development and tests
+# only: it protects nothing, and the CAS reports itself in debug mode.
+kind = "simulated"
+# The simulated platform's key file, which stands in for the hardware's sealing key.
+key_file = {toml_string(key_file)}
+"""

@@ -1,0 +1,229 @@
+"""The CAS application: opening its state and answering what the API asks of it.
+
+:func:`open_cas` turns an availability config into a running :class:`Cas`: it takes the database
+lock, prepares the platform, creates the database on the first start (atomically, with the sealed
+key store written before the database appears) or opens it with the unsealed (or injected)
+database master key, and loads the CAS identity.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opencas import __version__
+from opencas.attestation.report import (
+    AUDIT_GENESIS_HEAD,
+    REPORT_VERSION,
+    AuditHead,
+    CasReport,
+    report_data,
+)
+from opencas.config.availability import AvailabilityConfig
+from opencas.platform.base import Platform
+from opencas.platform.measurement import package_measurement
+from opencas.platform.simulated import SimulatedPlatform
+from opencas.service.identity import (
+    CasIdentity,
+    StateRecord,
+    load_identity,
+    mark_db_key_injected,
+    populate_new_identity,
+    read_provisioning_token,
+    read_state,
+    utc_now_text,
+)
+from opencas.store import (
+    DatabaseInUse,
+    DatabaseLock,
+    KeyStoreContents,
+    SqliteStore,
+    key_store_path,
+    load_key_store,
+    save_key_store,
+)
+from opencas.store.base import Store
+
+log = logging.getLogger("opencas")
+
+DMK_SIZE = 32
+
+
+@dataclass
+class Cas:
+    """An open CAS: its store, platform and identity. Close it to release the database lock."""
+
+    config: AvailabilityConfig
+    store: Store
+    platform: Platform
+    identity: CasIdentity
+    lock: DatabaseLock
+    created: bool = field(default=False)
+
+    def close(self) -> None:
+        """Close the store and release the database lock."""
+        self.store.close()
+        self.lock.release()
+
+    @property
+    def mode(self) -> str:
+        """``debug`` on a platform that cannot keep secrets from its operator, else production."""
+        return "debug" if self.platform.debug else "production"
+
+    def state(self) -> StateRecord:
+        """The current state record, read from the store (another instance may have changed it)."""
+        return read_state(self.store)
+
+    def provisioning_token(self) -> str | None:
+        """The one-time provisioning token while unprovisioned, else ``None``."""
+        return read_provisioning_token(self.store)
+
+    def report(self, nonce: str) -> CasReport:
+        """The attestation report for ``nonce``, from the current state."""
+        state = self.state()
+        return CasReport(
+            version=REPORT_VERSION,
+            cas_version=__version__,
+            instance_id=self.identity.instance_id,
+            time=utc_now_text(),
+            nonce=nonce,
+            cas_key_hash=self.identity.cas_key_hash,
+            tls_key_hash=self.identity.tls_key_hash,
+            software_measurement=self.platform.measurement,
+            platform=self.platform.kind,
+            mode="debug" if self.platform.debug else "production",
+            provisioned=state.provisioned,
+            self_provisioned=state.self_provisioned,
+            provisioned_at=state.provisioned_at,
+            owner_identity_hash=state.owner_identity_hash,
+            owner_config_sha256=state.owner_config_sha256,
+            db_key_injected=state.db_key_injected,
+            audit=AuditHead(seq=0, head=AUDIT_GENESIS_HEAD),
+        )
+
+    def attest(self, nonce: str) -> dict[str, Any]:
+        """The body of ``GET /v1/attest``: report, evidence binding it, certificate chain."""
+        report = self.report(nonce)
+        evidence = self.platform.evidence(report_data(report))
+        return {
+            "report": report.model_dump(mode="json"),
+            "evidence": evidence.to_json(),
+            "certificate_chain": [
+                self.identity.tls_certificate_pem.decode("ascii"),
+                self.identity.ca_certificate_pem.decode("ascii"),
+            ],
+        }
+
+    def identification(self) -> dict[str, Any]:
+        """What ``cas show-identification`` prints."""
+        state = self.state()
+        return {
+            "cas_key_hash": self.identity.cas_key_hash,
+            "software_measurement": self.platform.measurement,
+            "instance_id": self.identity.instance_id,
+            "platform": self.platform.kind,
+            "mode": self.mode,
+            "provisioned": state.provisioned,
+            "db_key_injected": state.db_key_injected,
+        }
+
+
+def load_platform(config: AvailabilityConfig) -> Platform:
+    """The platform named by the config (the simulated one is the only one in this build)."""
+    return SimulatedPlatform.load_or_create(config.platform_key_file, package_measurement())
+
+
+def open_cas(config: AvailabilityConfig, injected_dmk: bytes | None = None) -> Cas:
+    """Open (or, on the first start, create) the CAS described by ``config``.
+
+    ``injected_dmk`` is the operator's database master key (debug only); once used, the CAS
+    reports ``db_key_injected: true`` for good. Raises :class:`StoreError`,
+    :class:`KeyStoreError`, :class:`PlatformError` or :class:`RecordDamagedError` with a message
+    that names what is wrong; on error nothing is left locked.
+    """
+    if injected_dmk is not None and len(injected_dmk) != DMK_SIZE:
+        raise ValueError("an injected database key must be 32 bytes")
+    database = config.database_path
+    database.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = DatabaseLock(database)
+    lock.acquire()
+    try:
+        platform = load_platform(config)
+        store, created = _open_or_create_store(database, platform, config, injected_dmk)
+        try:
+            identity = load_identity(store, config.hostnames)
+        except BaseException:
+            store.close()
+            raise
+    except BaseException:
+        lock.release()
+        raise
+    return Cas(config, store, platform, identity, lock, created)
+
+
+def inspect_cas(config: AvailabilityConfig) -> Cas:
+    """Open the CAS to read its identity, also while a running ``cas`` holds the database.
+
+    When the database is free this is :func:`open_cas` (so a new CAS is created). When another
+    process serves it, the store is opened without the lock and nothing is written.
+    """
+    try:
+        return open_cas(config)
+    except DatabaseInUse:
+        pass
+    database = config.database_path
+    platform = load_platform(config)
+    SqliteStore.check_file(database)
+    contents = load_key_store(key_store_path(database), platform.unseal)
+    store = SqliteStore.open(database, contents.dmk)
+    try:
+        identity = load_identity(store, config.hostnames, reissue=False)
+    except BaseException:
+        store.close()
+        raise
+    return Cas(config, store, platform, identity, DatabaseLock(database))
+
+
+def _open_or_create_store(
+    database: Path,
+    platform: Platform,
+    config: AvailabilityConfig,
+    injected_dmk: bytes | None,
+) -> tuple[Store, bool]:
+    key_store = key_store_path(database)
+    if not database.exists():
+        dmk = injected_dmk if injected_dmk is not None else secrets.token_bytes(DMK_SIZE)
+        injected = injected_dmk is not None
+        store = SqliteStore.create_atomically(
+            database,
+            dmk,
+            populate=lambda txn: populate_new_identity(
+                txn, config.hostnames, db_key_injected=injected
+            ),
+            before_publish=lambda: save_key_store(
+                key_store, KeyStoreContents(dmk, injected), platform.seal
+            ),
+        )
+        return store, True
+    SqliteStore.check_file(database)
+    if injected_dmk is not None:
+        store = SqliteStore.open(database, injected_dmk)
+        try:
+            mark_db_key_injected(store)
+            save_key_store(key_store, KeyStoreContents(injected_dmk, True), platform.seal)
+        except BaseException:
+            store.close()
+            raise
+        return store, False
+    contents = load_key_store(key_store, platform.unseal)
+    store = SqliteStore.open(database, contents.dmk)
+    if contents.db_key_injected:
+        try:
+            mark_db_key_injected(store)
+        except BaseException:
+            store.close()
+            raise
+    return store, False

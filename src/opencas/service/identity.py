@@ -1,0 +1,223 @@
+"""The CAS's own identity: its key, CA certificate, TLS certificate, instance id and state.
+
+Records (table ``cas``):
+
+- ``identity``: instance id, CAS key (ECDSA P-384) and its self-signed CA certificate; written
+  once, at the first start.
+- ``tls``: the TLS server key and certificate issued by the CAS key for the configured hostnames;
+  reissued when the hostnames change.
+- ``state``: what the attestation report says about provisioning and the database key.
+- ``provisioning-token``: the one-time token that attested provisioning requires.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import BaseModel, ConfigDict
+
+from opencas.crypto.keys import (
+    generate_private_key,
+    key_hash,
+    load_private_key_pem,
+    private_key_pem,
+)
+from opencas.crypto.x509 import (
+    certificate_pem,
+    create_ca_certificate,
+    issue_tls_certificate,
+    load_certificate_pem,
+)
+from opencas.errors import RecordDamagedError
+from opencas.service.records import read_record, require_record, write_record
+from opencas.store.base import Store, Transaction
+
+TABLE = "cas"
+IDENTITY_KEY = "identity"
+TLS_KEY = "tls"
+STATE_KEY = "state"
+TOKEN_KEY = "provisioning-token"  # noqa: S105 - a record name, not a secret
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class IdentityRecord(_Record):
+    """The permanent identity of this CAS instance."""
+
+    instance_id: str
+    created_at: str
+    cas_key_pem: str
+    ca_certificate_pem: str
+
+
+class TlsRecord(_Record):
+    """The current TLS server key and certificate."""
+
+    hostnames: tuple[str, ...]
+    tls_key_pem: str
+    tls_certificate_pem: str
+
+
+class StateRecord(_Record):
+    """The facts the attestation report states about this CAS's history."""
+
+    provisioned: bool = False
+    self_provisioned: bool = False
+    provisioned_at: str | None = None
+    owner_identity_hash: str | None = None
+    owner_config_sha256: str | None = None
+    db_key_injected: bool = False
+
+
+class TokenRecord(_Record):
+    """The one-time provisioning token (deleted once the CAS is provisioned)."""
+
+    token: str
+
+
+@dataclass(frozen=True)
+class CasIdentity:
+    """The loaded identity: keys as objects, certificates parsed once."""
+
+    instance_id: str
+    cas_key: ec.EllipticCurvePrivateKey
+    ca_certificate: x509.Certificate
+    tls_key: ec.EllipticCurvePrivateKey
+    tls_certificate: x509.Certificate
+    hostnames: tuple[str, ...]
+
+    @cached_property
+    def cas_key_hash(self) -> str:
+        """The key hash users pin (``casctl -c``)."""
+        return key_hash(self.cas_key)
+
+    @cached_property
+    def tls_key_hash(self) -> str:
+        """Key hash of the current TLS server key."""
+        return key_hash(self.tls_key)
+
+    @cached_property
+    def ca_certificate_pem(self) -> bytes:
+        """PEM of the CAS CA certificate."""
+        return certificate_pem(self.ca_certificate)
+
+    @cached_property
+    def tls_certificate_pem(self) -> bytes:
+        """PEM of the TLS server certificate."""
+        return certificate_pem(self.tls_certificate)
+
+
+def utc_now_text(now: datetime | None = None) -> str:
+    """RFC 3339 UTC time with second precision, e.g. ``2026-11-29T14:00:00Z``."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_provisioning_token() -> str:
+    """A fresh one-time provisioning token (128 bits, URL-safe)."""
+    return secrets.token_urlsafe(16)
+
+
+def populate_new_identity(
+    txn: Transaction, hostnames: tuple[str, ...], *, db_key_injected: bool
+) -> None:
+    """Write every record a brand-new CAS needs, inside the creating transaction."""
+    cas_key = _ec_key(generate_private_key("P-384"))
+    instance_id = str(uuid.uuid4())
+    ca_certificate = create_ca_certificate(cas_key, f"OpenCAS {key_hash(cas_key)[:16]}")
+    identity = IdentityRecord(
+        instance_id=instance_id,
+        created_at=utc_now_text(),
+        cas_key_pem=private_key_pem(cas_key).decode("ascii"),
+        ca_certificate_pem=certificate_pem(ca_certificate).decode("ascii"),
+    )
+    write_record(txn, TABLE, IDENTITY_KEY, identity)
+    write_record(txn, TABLE, TLS_KEY, _new_tls_record(cas_key, ca_certificate, hostnames))
+    write_record(txn, TABLE, STATE_KEY, StateRecord(db_key_injected=db_key_injected))
+    write_record(txn, TABLE, TOKEN_KEY, TokenRecord(token=new_provisioning_token()))
+
+
+def _new_tls_record(
+    cas_key: ec.EllipticCurvePrivateKey,
+    ca_certificate: x509.Certificate,
+    hostnames: tuple[str, ...],
+) -> TlsRecord:
+    tls_key = _ec_key(generate_private_key("P-256"))
+    certificate = issue_tls_certificate(cas_key, ca_certificate, tls_key.public_key(), hostnames)
+    return TlsRecord(
+        hostnames=hostnames,
+        tls_key_pem=private_key_pem(tls_key).decode("ascii"),
+        tls_certificate_pem=certificate_pem(certificate).decode("ascii"),
+    )
+
+
+def _ec_key(key: object) -> ec.EllipticCurvePrivateKey:
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TypeError("expected an EC private key")
+    return key
+
+
+def load_identity(store: Store, hostnames: tuple[str, ...], *, reissue: bool = True) -> CasIdentity:
+    """Load the CAS identity; reissue the TLS certificate first if the hostnames changed.
+
+    With ``reissue`` false nothing is written: the identity is loaded as stored.
+
+    Raises :class:`RecordDamagedError` naming the record when a record is missing or damaged.
+    """
+    identity = require_record(store, IdentityRecord, TABLE, IDENTITY_KEY)
+    cas_key = _load_key(identity.cas_key_pem, IDENTITY_KEY)
+    ca_certificate = _load_certificate(identity.ca_certificate_pem, IDENTITY_KEY)
+    tls = require_record(store, TlsRecord, TABLE, TLS_KEY)
+    if reissue and tls.hostnames != hostnames:
+        tls = _new_tls_record(cas_key, ca_certificate, hostnames)
+        with store.transaction() as txn:
+            write_record(txn, TABLE, TLS_KEY, tls)
+    return CasIdentity(
+        instance_id=identity.instance_id,
+        cas_key=cas_key,
+        ca_certificate=ca_certificate,
+        tls_key=_load_key(tls.tls_key_pem, TLS_KEY),
+        tls_certificate=_load_certificate(tls.tls_certificate_pem, TLS_KEY),
+        hostnames=tls.hostnames,
+    )
+
+
+def _load_key(pem: str, record: str) -> ec.EllipticCurvePrivateKey:
+    try:
+        return _ec_key(load_private_key_pem(pem.encode("ascii")))
+    except (ValueError, TypeError) as exc:
+        raise RecordDamagedError(TABLE, record, "its private key does not load") from exc
+
+
+def _load_certificate(pem: str, record: str) -> x509.Certificate:
+    try:
+        return load_certificate_pem(pem.encode("ascii"))
+    except ValueError as exc:
+        raise RecordDamagedError(TABLE, record, "its certificate does not load") from exc
+
+
+def read_state(source: Store | Transaction) -> StateRecord:
+    """The CAS state record (provisioning and database-key facts)."""
+    return require_record(source, StateRecord, TABLE, STATE_KEY)
+
+
+def read_provisioning_token(source: Store | Transaction) -> str | None:
+    """The one-time provisioning token, or ``None`` once the CAS is provisioned."""
+    record = read_record(source, TokenRecord, TABLE, TOKEN_KEY)
+    return None if record is None else record.token
+
+
+def mark_db_key_injected(store: Store) -> None:
+    """Record, for good, that the database key was injected by an operator."""
+    with store.transaction() as txn:
+        state = read_state(txn)
+        if not state.db_key_injected:
+            write_record(txn, TABLE, STATE_KEY, state.model_copy(update={"db_key_injected": True}))

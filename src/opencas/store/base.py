@@ -1,0 +1,74 @@
+"""The state-store contract that every backend (SQLite now, PostgreSQL later) fulfils.
+
+A store holds *records*: opaque byte values addressed by ``(table, key)``. Each record has a
+version, 1 when it is inserted and one more on every update. The store encrypts and
+authenticates every value itself; callers hand it plaintext bytes. A record whose stored bytes do
+not authenticate under its own table, key and version is reported with
+:class:`opencas.errors.RecordDamagedError`, never returned.
+
+Table names beginning with ``_`` are reserved for the store's own records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Transaction(Protocol):
+    """A unit of work: every change inside it is committed together or not at all.
+
+    Reads inside a transaction see its own uncommitted writes. A transaction object is valid only
+    inside the ``with`` block that produced it.
+    """
+
+    def get(self, table: str, key: str) -> bytes | None:
+        """The value of ``table``/``key``, or ``None`` when there is no such record."""
+        ...
+
+    def get_versioned(self, table: str, key: str) -> tuple[bytes, int] | None:
+        """The value and version of ``table``/``key``, or ``None`` when there is no such record."""
+        ...
+
+    def put(self, table: str, key: str, value: bytes) -> int:
+        """Insert or replace ``table``/``key``; return its new version (1 on insert, else +1)."""
+        ...
+
+    def delete(self, table: str, key: str) -> bool:
+        """Remove ``table``/``key``; return whether a record was there."""
+        ...
+
+    def list_keys(self, table: str, prefix: str = "") -> list[str]:
+        """The keys of ``table`` that start with ``prefix``, sorted by code point."""
+        ...
+
+
+@runtime_checkable
+class Store(Protocol):
+    """An encrypted, durable record store.
+
+    Reads outside a transaction see the latest committed state. A transaction commits when its
+    ``with`` block ends normally and rolls back when the block raises; once the block has exited
+    normally, the changes are durable.
+    """
+
+    def get(self, table: str, key: str) -> bytes | None:
+        """The committed value of ``table``/``key``, or ``None`` when there is no such record."""
+        ...
+
+    def get_versioned(self, table: str, key: str) -> tuple[bytes, int] | None:
+        """The committed value and version of ``table``/``key``, or ``None``."""
+        ...
+
+    def list_keys(self, table: str, prefix: str = "") -> list[str]:
+        """The committed keys of ``table`` that start with ``prefix``, sorted by code point."""
+        ...
+
+    def transaction(self) -> contextlib.AbstractContextManager[Transaction]:
+        """Start a write transaction; commit on normal exit, roll back on exception."""
+        ...
+
+    def close(self) -> None:
+        """Release the store's resources; the store must not be used afterwards."""
+        ...

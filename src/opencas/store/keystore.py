@@ -1,0 +1,164 @@
+"""The sealed database-key store: ``<database>.key-store``.
+
+It holds the database master key (DMK) and whether that key was injected by an operator. The
+platform seals it (only this CAS on this platform can unseal it); this module only serialises,
+writes atomically and validates. The plaintext is canonical JSON::
+
+    {"db_key_injected": false, "dmk": "<base64>", "format": "opencas-key-store/v1"}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opencas.crypto.canonical import canonical_json
+from opencas.crypto.encoding import b64_decode, b64_encode
+from opencas.errors import KeyStoreError
+
+KEY_STORE_FORMAT = "opencas-key-store/v1"
+DMK_SIZE = 32
+
+
+@dataclass(frozen=True)
+class KeyStoreContents:
+    """What the key store keeps: the DMK and whether an operator injected it (debug only)."""
+
+    dmk: bytes = field(repr=False)
+    db_key_injected: bool
+
+
+def key_store_path(database: Path) -> Path:
+    """The key store that belongs to ``database``: ``<database>.key-store``."""
+    return database.with_name(database.name + ".key-store")
+
+
+def save_key_store(path: Path, contents: KeyStoreContents, seal: Callable[[bytes], bytes]) -> None:
+    """Seal ``contents`` with ``seal`` and write them to ``path`` atomically, mode 0600.
+
+    After a crash, ``path`` holds either its previous contents or the new ones, never a mix; once
+    this returns, the new contents are durable. Raises ``ValueError`` unless the DMK is 32 bytes,
+    :class:`KeyStoreError` when the file cannot be written; exceptions from ``seal`` propagate.
+    """
+    if len(contents.dmk) != DMK_SIZE:
+        raise ValueError(f"database master key must be {DMK_SIZE} bytes, got {len(contents.dmk)}")
+    plaintext = canonical_json(
+        {
+            "format": KEY_STORE_FORMAT,
+            "dmk": b64_encode(contents.dmk),
+            "db_key_injected": contents.db_key_injected,
+        }
+    )
+    sealed = seal(plaintext)
+    temporary = path.with_name(f"{path.name}.tmp-{secrets.token_hex(8)}")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            _write_all(fd, sealed)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+        _fsync_directory(path.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise KeyStoreError(
+            f"cannot write the database key store {path}: {exc.strerror or exc}"
+        ) from exc
+
+
+def load_key_store(path: Path, unseal: Callable[[bytes], bytes]) -> KeyStoreContents:
+    """Read ``path``, unseal it with ``unseal`` and return what it holds.
+
+    Raises :class:`KeyStoreError`, with a message naming ``path``, when the file is missing or
+    unreadable, when ``unseal`` raises (any exception), when the plaintext is not a key store of
+    the known format, or when the DMK is not 32 bytes.
+    """
+    try:
+        sealed = path.read_bytes()
+    except FileNotFoundError:
+        raise KeyStoreError(f"the database key store {path} does not exist") from None
+    except OSError as exc:
+        raise KeyStoreError(
+            f"cannot read the database key store {path}: {exc.strerror or exc}"
+        ) from exc
+    try:
+        plaintext = unseal(sealed)
+    except Exception as exc:
+        # Unsealing is platform code (TEE sealing, simulated sealing, ...): any failure there
+        # means the same thing to the operator, so it is reported as one error.
+        raise KeyStoreError(
+            f"the database key store {path} cannot be unsealed on this platform: {exc}"
+        ) from exc
+    return _parse(path, plaintext)
+
+
+def _parse(path: Path, plaintext: bytes) -> KeyStoreContents:
+    try:
+        document = json.loads(plaintext.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError):
+        raise KeyStoreError(f"the database key store {path} is corrupt: not JSON") from None
+    if not isinstance(document, dict):
+        raise KeyStoreError(f"the database key store {path} is corrupt: not a JSON object")
+    marker = document.get("format")
+    if marker != KEY_STORE_FORMAT:
+        raise KeyStoreError(
+            f"the database key store {path} has format {marker!r}, expected {KEY_STORE_FORMAT!r}"
+        )
+    expected = {"format", "dmk", "db_key_injected"}
+    if set(document) != expected:
+        raise KeyStoreError(
+            f"the database key store {path} is corrupt: fields {sorted(document)}, "
+            f"expected {sorted(expected)}"
+        )
+    encoded, injected = document["dmk"], document["db_key_injected"]
+    if not isinstance(injected, bool):
+        raise KeyStoreError(
+            f"the database key store {path} is corrupt: db_key_injected is not a boolean"
+        )
+    if not isinstance(encoded, str):
+        raise KeyStoreError(f"the database key store {path} is corrupt: dmk is not a string")
+    try:
+        dmk = b64_decode(encoded)
+    except ValueError:
+        raise KeyStoreError(
+            f"the database key store {path} is corrupt: dmk is not base64"
+        ) from None
+    if len(dmk) != DMK_SIZE:
+        raise KeyStoreError(
+            f"the database key store {path} holds a {len(dmk)}-byte database key, "
+            f"expected {DMK_SIZE}"
+        )
+    return KeyStoreContents(dmk=dmk, db_key_injected=injected)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in result:
+            raise ValueError(f"duplicate field {name!r}")
+        result[name] = value
+    return result
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Without this, the rename that published the file may be lost on power failure.
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

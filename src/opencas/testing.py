@@ -1,0 +1,154 @@
+"""Run real ``cas`` processes for tests: free ports, a private directory, health polling.
+
+Downstream projects and OpenCAS's own integration tests use :class:`CasProcess` to start a CAS
+exactly as an operator would (``cas -c FILE serve``), wait until it answers ``/healthz``, and stop
+it with a signal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+STARTUP_TIMEOUT = 60.0
+POLL_INTERVAL = 0.05
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def write_config(
+    directory: Path, api_port: int, enclave_port: int, database: str = "cas.db"
+) -> Path:
+    """Write an availability config for a simulated CAS in ``directory``; returns its path."""
+    path = directory / "cas.toml"
+    path.write_text(
+        f'[database]\npath = "{database}"\n\n'
+        f'[api]\napi_listen = "127.0.0.1:{api_port}"\n'
+        f'enclave_listen = "127.0.0.1:{enclave_port}"\n'
+        'hostnames = ["localhost", "127.0.0.1"]\n\n'
+        '[platform]\nkind = "simulated"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+class CasStartError(RuntimeError):
+    """The CAS process exited, or did not become healthy, during start-up."""
+
+
+@dataclass
+class CasProcess:
+    """One ``cas`` server process with its own directory and ports."""
+
+    directory: Path
+    api_port: int = field(default_factory=free_port)
+    enclave_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.config_path = write_config(self.directory, self.api_port, self.enclave_port)
+        self.log_path = self.directory / "cas.log"
+
+    @property
+    def url(self) -> str:
+        """The client API's URL."""
+        return f"https://127.0.0.1:{self.api_port}"
+
+    @property
+    def database(self) -> Path:
+        """The SQLite database file."""
+        return self.directory / "cas.db"
+
+    def command(self, *args: str) -> list[str]:
+        """The argv of ``cas -c CONFIG ARGS...``."""
+        return [sys.executable, "-m", "opencas.cli.cas", "-c", str(self.config_path), *args]
+
+    def run(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run a one-shot ``cas`` command to completion (not the server)."""
+        return subprocess.run(
+            self.command(*args), capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    def start(self, *args: str, wait: bool = True) -> CasProcess:
+        """Start ``cas -c CONFIG [ARGS]`` (default: ``serve``); wait until healthy if ``wait``."""
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command(*(args or ("serve",))),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        if wait:
+            self.wait_healthy()
+        return self
+
+    def log(self) -> str:
+        """Everything the process wrote so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_healthy(self, timeout: float = STARTUP_TIMEOUT) -> None:
+        """Poll ``/healthz`` until it answers 200; raise :class:`CasStartError` otherwise."""
+        deadline = time.monotonic() + timeout
+        with httpx.Client(verify=False, timeout=2.0) as client:  # noqa: S501 - liveness only
+            while time.monotonic() < deadline:
+                if self.process is not None and self.process.poll() is not None:
+                    raise CasStartError(
+                        f"cas exited with {self.process.returncode} during start:\n{self.log()}"
+                    )
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get(f"{self.url}/healthz").status_code == 200:
+                        return
+                time.sleep(POLL_INTERVAL)
+        raise CasStartError(f"cas did not become healthy in {timeout} s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send ``sig`` and wait for the process to end; returns its exit code."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        """``kill -9`` the process."""
+        self.stop(signal.SIGKILL)
+
+
+def run_casctl(
+    home: Path, args: Sequence[str], timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``casctl ARGS`` with ``CASCTL_HOME=home``."""
+    env = {**os.environ, "CASCTL_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "opencas.cli.casctl", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )

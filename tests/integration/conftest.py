@@ -1,0 +1,45 @@
+"""Fixtures that start real `cas` processes on free ports in private directories."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from opencas.testing import CasProcess, run_casctl
+
+Casctl = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def cas_process(tmp_path: Path) -> Iterator[CasProcess]:
+    """A configured, not yet started CAS; stopped at the end of the test."""
+    process = CasProcess(tmp_path / "cas")
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def cas(cas_process: CasProcess) -> CasProcess:
+    """A running, healthy CAS."""
+    return cas_process.start()
+
+
+@pytest.fixture
+def casctl_home(tmp_path: Path) -> Path:
+    """casctl's private state directory for this test."""
+    return tmp_path / "casctl"
+
+
+@pytest.fixture
+def casctl(casctl_home: Path) -> Casctl:
+    """Run casctl with this test's state directory."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_casctl(casctl_home, args)
+
+    return run

@@ -1,0 +1,480 @@
+"""The availability config: loading, defaults, path resolution and errors that point at the line."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from opencas.config.availability import (
+    AvailabilityConfig,
+    ListenAddress,
+    default_availability_config,
+    load_availability_config,
+    parse_listen_address,
+)
+from opencas.config.toml_source import find_key_line
+from opencas.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "cas.toml"
+
+MINIMAL = """\
+[database]
+path = "cas.db"
+
+[platform]
+kind = "simulated"
+"""
+
+
+def write_config(directory: Path, text: str, name: str = "cas.toml") -> Path:
+    path = directory / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def config_error(path: Path) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_availability_config(path)
+    return caught.value.message
+
+
+def with_api(api_lines: str) -> str:
+    return MINIMAL + "\n[api]\n" + api_lines + "\n"
+
+
+# --- valid files ---------------------------------------------------------------------------------
+
+
+def test_minimal_file_loads_with_every_default(tmp_path: Path) -> None:
+    path = write_config(tmp_path, MINIMAL)
+
+    config = load_availability_config(path)
+
+    assert config == AvailabilityConfig(
+        source=path,
+        database_path=tmp_path / "cas.db",
+        api_listen=ListenAddress("127.0.0.1", 8081),
+        enclave_listen=ListenAddress("127.0.0.1", 18765),
+        hostnames=("localhost", "127.0.0.1", "::1"),
+        platform_kind="simulated",
+        platform_key_file=tmp_path / "simulated-platform.key",
+    )
+
+
+def test_every_key_set(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        """\
+[database]
+path = "/var/lib/opencas/cas.db"
+
+[api]
+api_listen = "0.0.0.0:9000"
+enclave_listen = "[::]:9001"
+hostnames = ["CAS.Example.com", "10.0.0.1", "0:0:0:0:0:0:0:1"]
+
+[platform]
+kind = "simulated"
+key_file = "/etc/opencas/platform.key"
+""",
+    )
+
+    config = load_availability_config(path)
+
+    assert config.database_path == Path("/var/lib/opencas/cas.db")
+    assert config.api_listen == ListenAddress("0.0.0.0", 9000)
+    assert config.enclave_listen == ListenAddress("::", 9001)
+    assert config.hostnames == ("cas.example.com", "10.0.0.1", "::1")
+    assert config.platform_key_file == Path("/etc/opencas/platform.key")
+
+
+def test_relative_paths_resolve_against_the_config_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_dir = tmp_path / "etc"
+    config_dir.mkdir()
+    write_config(
+        config_dir,
+        """\
+[database]
+path = "../data/cas.db"
+
+[platform]
+kind = "simulated"
+key_file = "keys/platform.key"
+""",
+    )
+    monkeypatch.chdir(tmp_path)
+
+    config = load_availability_config(Path("etc/cas.toml"))
+
+    assert config.source == config_dir / "cas.toml"
+    assert config.database_path == config_dir / "../data/cas.db"
+    assert config.platform_key_file == config_dir / "keys/platform.key"
+
+
+def test_default_key_file_sits_beside_the_database(tmp_path: Path) -> None:
+    path = write_config(tmp_path, MINIMAL.replace('"cas.db"', '"state/cas.db"'))
+
+    config = load_availability_config(path)
+
+    assert config.platform_key_file == tmp_path / "state" / "simulated-platform.key"
+
+
+def test_inline_tables_and_dotted_keys_are_plain_toml(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        'database = { path = "cas.db" }\nplatform.kind = "simulated"\n',
+    )
+
+    assert load_availability_config(path).database_path == tmp_path / "cas.db"
+
+
+# --- errors: each names the file, the key and the line -------------------------------------------
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "absent.toml"
+
+    assert config_error(path) == f"{path}: configuration file not found"
+
+
+def test_toml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path, '[database]\npath = "cas.db"\n[api]\napi_listen = 127.0.0.1:8081\n'
+    )
+
+    message = config_error(path)
+
+    assert message.startswith(f"{path}:4:19: invalid TOML: ")
+
+
+def test_duplicate_key_is_a_syntax_error(tmp_path: Path) -> None:
+    path = write_config(tmp_path, MINIMAL + 'kind = "simulated"\n')
+
+    assert config_error(path).startswith(f"{path}:6:")
+
+
+def test_unknown_section(tmp_path: Path) -> None:
+    path = write_config(tmp_path, MINIMAL + "\n[databse]\npath = 'x'\n")
+
+    assert config_error(path) == (
+        f"{path}:7: [databse]: unknown section; expected one of: api, database, platform"
+    )
+
+
+def test_unknown_key(tmp_path: Path) -> None:
+    path = write_config(tmp_path, with_api('api_listen = "127.0.0.1:8081"\napi_port = 8081'))
+
+    assert config_error(path) == (
+        f"{path}:9: [api] api_port: unknown key; "
+        "expected one of: api_listen, enclave_listen, hostnames"
+    )
+
+
+def test_unknown_dotted_key_inside_a_section_is_a_key_of_that_section(tmp_path: Path) -> None:
+    path = write_config(tmp_path, with_api("tls.cert = 'x'"))
+
+    assert config_error(path).startswith(f"{path}:8: [api] tls: unknown key; expected one of:")
+
+
+def test_wrong_type_names_expected_type_and_value(tmp_path: Path) -> None:
+    path = write_config(tmp_path, with_api("api_listen = 8081"))
+
+    assert config_error(path) == (
+        f"{path}:8: [api] api_listen: expected a string, got integer 8081"
+    )
+
+
+def test_section_given_as_a_value(tmp_path: Path) -> None:
+    path = write_config(tmp_path, 'api = "127.0.0.1:8081"\n' + MINIMAL)
+
+    assert config_error(path) == f'{path}:1: [api]: expected a table, got string "127.0.0.1:8081"'
+
+
+def test_bad_address(tmp_path: Path) -> None:
+    path = write_config(tmp_path, with_api('enclave_listen = "enclave.local"'))
+
+    assert config_error(path) == (
+        f"{path}:8: [api] enclave_listen: invalid address 'enclave.local': "
+        "no port; expected HOST:PORT, such as 127.0.0.1:8081 or [::1]:8081"
+    )
+
+
+def test_port_out_of_range(tmp_path: Path) -> None:
+    path = write_config(tmp_path, with_api('api_listen = "127.0.0.1:65536"'))
+
+    assert config_error(path) == (
+        f"{path}:8: [api] api_listen: invalid address '127.0.0.1:65536': "
+        "port 65536 is out of range 1-65535"
+    )
+
+
+def test_bad_hostname_points_at_its_line_in_the_array(tmp_path: Path) -> None:
+    path = write_config(tmp_path, with_api('hostnames = [\n  "localhost",\n  "cas_1.local",\n]'))
+
+    message = config_error(path)
+
+    assert message.startswith(f"{path}:10: [api] hostnames[1]: 'cas_1.local' is neither")
+
+
+def test_too_many_hostnames(tmp_path: Path) -> None:
+    names = ", ".join(f'"h{i}.example"' for i in range(101))
+    path = write_config(tmp_path, with_api(f"hostnames = [{names}]"))
+
+    assert config_error(path) == f"{path}:8: [api] hostnames: at most 100 entries allowed, got 101"
+
+
+def test_duplicate_hostname(tmp_path: Path) -> None:
+    path = write_config(tmp_path, with_api('hostnames = ["localhost", "LOCALHOST"]'))
+
+    assert config_error(path) == f"{path}:8: [api] hostnames: 'localhost' is listed twice"
+
+
+def test_gramine_sgx_is_not_available_in_this_build(tmp_path: Path) -> None:
+    path = write_config(tmp_path, MINIMAL.replace('"simulated"', '"gramine-sgx"'))
+
+    assert config_error(path) == (
+        f"{path}:5: [platform] kind: platform kind 'gramine-sgx' is not available in this "
+        "build; available: simulated"
+    )
+
+
+def test_unknown_platform_kind_lists_known_kinds(tmp_path: Path) -> None:
+    path = write_config(tmp_path, MINIMAL.replace('"simulated"', '"sgx"'))
+
+    assert config_error(path) == (
+        f"{path}:5: [platform] kind: unknown platform kind 'sgx'; known kinds: gramine-sgx, "
+        "simulated, tsm (available in this build: simulated)"
+    )
+
+
+def test_same_listen_address_twice(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path, with_api('api_listen = "127.0.0.1:9000"\nenclave_listen = "127.0.0.1:9000"')
+    )
+
+    assert config_error(path) == (
+        f"{path}:9: [api] enclave_listen: same address as api_listen (127.0.0.1:9000); "
+        "the two listeners need different addresses"
+    )
+
+
+def test_api_listen_on_the_default_enclave_address(tmp_path: Path) -> None:
+    path = write_config(tmp_path, with_api('api_listen = "127.0.0.1:18765"'))
+
+    # enclave_listen is not written, so the error points at its section.
+    assert config_error(path).startswith(f"{path}:7: [api] enclave_listen: same address as")
+
+
+def test_wildcard_listener_overlaps_a_specific_one_on_the_same_port(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path, with_api('api_listen = "0.0.0.0:9000"\nenclave_listen = "127.0.0.1:9000"')
+    )
+
+    assert "[api] enclave_listen: 127.0.0.1:9000 overlaps api_listen" in config_error(path)
+
+
+def test_missing_database_section_is_named(tmp_path: Path) -> None:
+    path = write_config(tmp_path, '[platform]\nkind = "simulated"\n')
+
+    assert config_error(path) == f"{path}: [database]: required section is missing"
+
+
+def test_missing_key_points_at_its_section(tmp_path: Path) -> None:
+    path = write_config(tmp_path, '[database]\n\n[platform]\nkind = "simulated"\n')
+
+    assert config_error(path) == f"{path}:1: [database] path: required key is missing"
+
+
+def test_platform_kind_is_required(tmp_path: Path) -> None:
+    path = write_config(tmp_path, '[database]\npath = "cas.db"\n')
+
+    assert config_error(path) == f"{path}: [platform]: required section is missing"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ('""', "empty path"),
+        ('"~/cas.db"', "'~' is not expanded"),
+    ],
+)
+def test_bad_database_path(tmp_path: Path, value: str, reason: str) -> None:
+    path = write_config(tmp_path, f"[database]\npath = {value}\n[platform]\nkind = 'simulated'\n")
+
+    assert config_error(path).startswith(f"{path}:2: [database] path: ")
+    assert reason in config_error(path)
+
+
+def test_every_problem_is_reported_once_in_line_order(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        """\
+[platform]
+kind = "tsm"
+
+[database]
+path = 3
+
+[api]
+api_listen = "localhost"
+colour = "blue"
+""",
+    )
+
+    lines = config_error(path).splitlines()
+
+    assert [line.split(": ")[0:2] for line in lines] == [
+        [f"{path}:2", "[platform] kind"],
+        [f"{path}:5", "[database] path"],
+        [f"{path}:8", "[api] api_listen"],
+        [f"{path}:9", "[api] colour"],
+    ]
+
+
+# --- the default text and the example ------------------------------------------------------------
+
+
+def test_default_text_loads_and_sets_every_key(tmp_path: Path) -> None:
+    text = default_availability_config()
+    path = write_config(tmp_path, text)
+
+    config = load_availability_config(path)
+
+    assert config.database_path == tmp_path / ".cas" / "cas.db"
+    assert config.platform_key_file == tmp_path / ".cas" / "simulated-platform.key"
+    assert config.platform_kind == "simulated"
+    assert tomllib.loads(text) == {
+        "database": {"path": ".cas/cas.db"},
+        "api": {
+            "api_listen": "127.0.0.1:8081",
+            "enclave_listen": "127.0.0.1:18765",
+            "hostnames": ["localhost", "127.0.0.1", "::1"],
+        },
+        "platform": {"kind": "simulated", "key_file": ".cas/simulated-platform.key"},
+    }
+
+
+def test_default_text_quotes_the_database_path(tmp_path: Path) -> None:
+    odd = 'my "state"\\cas\t.db'
+    path = write_config(tmp_path, default_availability_config(odd))
+
+    assert load_availability_config(path).database_path == tmp_path / odd
+
+
+def test_example_file_loads_and_has_the_default_shape() -> None:
+    config = load_availability_config(EXAMPLE)
+
+    assert config.platform_kind == "simulated"
+    example = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
+    default = tomllib.loads(default_availability_config())
+    assert {section: sorted(keys) for section, keys in example.items()} == {
+        section: sorted(keys) for section, keys in default.items()
+    }
+
+
+# --- listen addresses ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "shown"),
+    [
+        ("127.0.0.1:8081", ListenAddress("127.0.0.1", 8081), "127.0.0.1:8081"),
+        ("[::1]:443", ListenAddress("::1", 443), "[::1]:443"),
+        ("[0:0::0:1]:1", ListenAddress("::1", 1), "[::1]:1"),
+        ("CAS.example:65535", ListenAddress("cas.example", 65535), "cas.example:65535"),
+    ],
+)
+def test_parse_listen_address(text: str, expected: ListenAddress, shown: str) -> None:
+    address = parse_listen_address(text)
+
+    assert address == expected
+    assert str(address) == shown
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "no port"),
+        ("localhost", "no port"),
+        ("localhost:", "no port"),
+        (":8081", "no host"),
+        ("::1:8081", "write IPv6 addresses in brackets, as in [::1]:8081"),
+        ("[::1]8081", "no port after ']'"),
+        ("[::1:8081", "missing ']'"),
+        ("[127.0.0.1]:80", "is not an IPv6 address"),
+        ("localhost:http", "port 'http' is not a number"),
+        ("localhost:0", "port 0 is out of range 1-65535"),
+        ("localhost:123456", "port 123456 is out of range 1-65535"),
+        ("localhost:+80", "is not a number"),
+        ("bad_host:80", "letters, digits and hyphens"),
+        ("-cas:80", "may not start or end with a hyphen"),
+        ("cas..local:80", "empty label"),
+        ("300.1.1.1:80", "looks like an IPv4 address"),
+        ("bücher.example:80", "punycode"),
+        (f"{'a' * 64}.example:80", "longer than 63 characters"),
+    ],
+)
+def test_parse_listen_address_rejects(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match="invalid address") as caught:
+        parse_listen_address(text)
+
+    assert reason in str(caught.value)
+    assert repr(text) in str(caught.value)
+
+
+# --- key line look-up ----------------------------------------------------------------------------
+
+LOOKUP_TEXT = '''\
+top = 1
+[a]
+x = """
+[fake]
+y = 2
+"""
+b.c = 'v'   # comment with = sign
+"quoted.key" = { inner = 1, deeper = { z = [1, 2] } }
+list = [
+  "one",
+  { name = "two" },
+]
+[a.sub]
+k = true
+[[items]]
+n = 1
+[[items]]
+n = 2
+[items.detail]
+d = 0
+'''
+
+
+@pytest.mark.parametrize(
+    ("key_path", "line"),
+    [
+        (("top",), 1),
+        (("a",), 2),
+        (("a", "x"), 3),
+        (("a", "b"), 7),
+        (("a", "b", "c"), 7),
+        (("a", "quoted.key", "inner"), 8),
+        (("a", "quoted.key", "deeper", "z", 1), 8),
+        (("a", "list", 0), 10),
+        (("a", "list", 1, "name"), 11),
+        (("a", "sub"), 13),
+        (("a", "sub", "k"), 14),
+        (("items",), 15),
+        (("items", 1, "n"), 18),
+        (("items", 1, "detail", "d"), 20),
+    ],
+)
+def test_find_key_line(key_path: tuple[str | int, ...], line: int) -> None:
+    assert find_key_line(LOOKUP_TEXT, key_path) == line
+
+
+@pytest.mark.parametrize("key_path", [("fake",), ("a", "y"), ("missing",), ("items", 2)])
+def test_find_key_line_returns_none_when_not_written(key_path: tuple[str | int, ...]) -> None:
+    assert find_key_line(LOOKUP_TEXT, key_path) is None
