@@ -99,3 +99,35 @@ class ClientError(CasError):
     """The client side (casctl, SDK) cannot do what it was asked: no such CAS, unreachable, ..."""
 
     code = "client-error"
+
+
+class AuthenticationRequired(CasError):
+    """The operation needs a signed request (``Authorization: CAS-Proof``), and there was none."""
+
+    code = "signature-required"
+    http_status = 401
+
+
+class ForbiddenError(CasError):
+    """The caller is known but not allowed to do this (wrong token, not the owner, ...)."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class ConflictError(CasError):
+    """The operation conflicts with the current state (already provisioned, stale version, ...)."""
+
+    code = "conflict"
+    http_status = 409
+
+
+class RateLimitedError(CasError):
+    """Refused for now; ``retry_after`` says after how many seconds to try again."""
+
+    code = "rate-limited"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: float, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after

@@ -23,7 +23,9 @@ def identification(cas: CasProcess) -> dict[str, object]:
 def test_attest_debug_cas_succeeds_and_pins(
     cas: CasProcess, casctl: Casctl, casctl_home: Path
 ) -> None:
-    result = casctl("attest", cas.url, "--only-for-testing-debug", "--json")
+    result = casctl(
+        "attest", cas.url, "--only-for-testing-debug", "--allow-unprovisioned", "--json"
+    )
     assert result.returncode == 0, result.stderr
     facts = json.loads(result.stdout)
     assert facts["mode"] == "debug"
@@ -52,7 +54,7 @@ def test_attest_debug_cas_succeeds_and_pins(
 
 
 def test_attest_refuses_debug_cas_without_flag(cas: CasProcess, casctl: Casctl) -> None:
-    result = casctl("attest", cas.url)
+    result = casctl("attest", cas.url, "--allow-unprovisioned")
     assert result.returncode == 4
     assert "debug mode" in result.stderr
     assert "--only-for-testing-debug" in result.stderr
@@ -60,7 +62,14 @@ def test_attest_refuses_debug_cas_without_flag(cas: CasProcess, casctl: Casctl) 
 
 
 def test_attest_checks_measurement(cas: CasProcess, casctl: Casctl) -> None:
-    wrong = casctl("attest", cas.url, "--only-for-testing-debug", "--mrenclave", "ab" * 32)
+    wrong = casctl(
+        "attest",
+        cas.url,
+        "--only-for-testing-debug",
+        "--allow-unprovisioned",
+        "--mrenclave",
+        "ab" * 32,
+    )
     assert wrong.returncode == 4
     assert "measurement" in wrong.stderr
     measurement = str(identification(cas)["software_measurement"])
@@ -68,6 +77,7 @@ def test_attest_checks_measurement(cas: CasProcess, casctl: Casctl) -> None:
         "attest",
         cas.url,
         "--only-for-testing-debug",
+        "--allow-unprovisioned",
         "--mrenclave",
         "ab" * 32,
         "--mrenclave",
@@ -78,57 +88,88 @@ def test_attest_checks_measurement(cas: CasProcess, casctl: Casctl) -> None:
 
 
 def test_attest_checks_cas_key_hash(cas: CasProcess, casctl: Casctl) -> None:
-    wrong = casctl("attest", cas.url, "--only-for-testing-debug", "-c", "00" * 32)
+    wrong = casctl(
+        "attest", cas.url, "--only-for-testing-debug", "--allow-unprovisioned", "-c", "00" * 32
+    )
     assert wrong.returncode == 4
     assert "key hash" in wrong.stderr
     key_hash = str(identification_of_running(cas, casctl))
-    right = casctl("attest", cas.url, "--only-for-testing-debug", "-c", key_hash, "--alias", "x")
+    right = casctl(
+        "attest",
+        cas.url,
+        "--only-for-testing-debug",
+        "--allow-unprovisioned",
+        "-c",
+        key_hash,
+        "--alias",
+        "x",
+    )
     assert right.returncode == 0, right.stderr
 
 
 def identification_of_running(cas: CasProcess, casctl: Casctl) -> str:
-    facts = json.loads(casctl("attest", cas.url, "--only-for-testing-debug", "--json").stdout)
+    facts = json.loads(
+        casctl(
+            "attest", cas.url, "--only-for-testing-debug", "--allow-unprovisioned", "--json"
+        ).stdout
+    )
     return str(facts["cas_key_hash"])
 
 
 def test_attest_unreachable_cas(casctl: Casctl, cas_process: CasProcess) -> None:
-    result = casctl("attest", cas_process.url, "--only-for-testing-debug")
+    result = casctl("attest", cas_process.url, "--only-for-testing-debug", "--allow-unprovisioned")
     assert result.returncode == 3
     assert "cannot reach" in result.stderr
 
 
 def test_attest_rejects_plain_http_url(casctl: Casctl) -> None:
-    result = casctl("attest", "http://127.0.0.1:1", "--only-for-testing-debug")
+    result = casctl(
+        "attest", "http://127.0.0.1:1", "--only-for-testing-debug", "--allow-unprovisioned"
+    )
     assert result.returncode == 2
     assert "https://" in result.stderr
 
 
 def test_replaced_cas_is_not_fresh(cas_process: CasProcess, casctl: Casctl) -> None:
     cas_process.start()
-    assert casctl("attest", cas_process.url, "--only-for-testing-debug").returncode == 0
+    assert (
+        casctl(
+            "attest", cas_process.url, "--only-for-testing-debug", "--allow-unprovisioned"
+        ).returncode
+        == 0
+    )
     cas_process.stop()
     for leftover in cas_process.directory.glob("cas.db*"):
         leftover.unlink()
     cas_process.start()
-    again = casctl("attest", cas_process.url, "--only-for-testing-debug")
+    again = casctl("attest", cas_process.url, "--only-for-testing-debug", "--allow-unprovisioned")
     assert again.returncode == 5
     assert "not the one you attested before" in again.stderr
     accepted = casctl(
-        "attest", cas_process.url, "--only-for-testing-debug", "--accept-new-instance"
+        "attest",
+        cas_process.url,
+        "--only-for-testing-debug",
+        "--allow-unprovisioned",
+        "--accept-new-instance",
     )
     assert accepted.returncode == 0, accepted.stderr
 
 
 def test_pinned_channel_refuses_replaced_cas(cas_process: CasProcess, casctl: Casctl) -> None:
     cas_process.start()
-    assert casctl("attest", cas_process.url, "--only-for-testing-debug").returncode == 0
+    assert (
+        casctl(
+            "attest", cas_process.url, "--only-for-testing-debug", "--allow-unprovisioned"
+        ).returncode
+        == 0
+    )
     cas_process.stop()
     for leftover in cas_process.directory.glob("cas.db*"):
         leftover.unlink()
     cas_process.start()
     result = casctl("whoami")
     assert result.returncode == 3
-    assert "not issued by the CAS key pinned" in result.stderr
+    assert "does not verify against the CAS key pinned" in result.stderr
 
 
 def test_injected_database_key_is_reported_for_good(
@@ -137,7 +178,7 @@ def test_injected_database_key_is_reported_for_good(
     key_file = tmp_path / "dmk.hex"
     key_file.write_text("11" * 32 + "\n")
     cas_process.start("serve", "--database-key-file", str(key_file))
-    refused = casctl("attest", cas_process.url, "--only-for-testing-debug")
+    refused = casctl("attest", cas_process.url, "--only-for-testing-debug", "--allow-unprovisioned")
     assert refused.returncode == 4
     assert "--allow-cas-owner-secret-access" in refused.stderr
     cas_process.stop()
@@ -147,8 +188,16 @@ def test_injected_database_key_is_reported_for_good(
         "attest",
         cas_process.url,
         "--only-for-testing-debug",
+        "--allow-unprovisioned",
         "--allow-cas-owner-secret-access",
         "--json",
     )
     assert accepted.returncode == 0, accepted.stderr
     assert json.loads(accepted.stdout)["db_key_injected"] is True
+
+
+def test_attest_refuses_unprovisioned_cas_without_flag(cas: CasProcess, casctl: Casctl) -> None:
+    result = casctl("attest", cas.url, "--only-for-testing-debug")
+    assert result.returncode == 4
+    assert "not provisioned" in result.stderr
+    assert "--allow-unprovisioned" in result.stderr

@@ -163,3 +163,22 @@ def test_kill_during_first_start_leaves_no_or_complete_database(
         f"{cas_process.url}/v1/attest", params={"nonce": "ab" * 16}, verify=False
     ).json()["report"]
     assert report["provisioned"] is False
+
+
+def test_key_store_without_database_refuses(cas_process: CasProcess) -> None:
+    cas_process.start()
+    cas_process.stop()
+    cas_process.database.rename(cas_process.directory / "moved.db")
+    result = cas_process.run("serve")
+    assert result.returncode == 1
+    assert "is missing but its key store" in result.stderr
+    assert (cas_process.directory / "cas.db.key-store").exists()
+
+
+def test_database_key_injection_errors_are_one_line(cas_process: CasProcess) -> None:
+    key_file = cas_process.directory / "short.hex"
+    key_file.write_text("abcd")
+    result = cas_process.run("serve", "--database-key-file", str(key_file))
+    assert result.returncode == 2
+    assert "64 hex digits" in result.stderr
+    assert result.stderr.count("\n") == 1

@@ -8,16 +8,52 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp
 
 from opencas import __version__
-from opencas.api.auth import ProofMiddleware, caller_of
+from opencas.api.auth import ProofMiddleware, caller_of, require_caller
 from opencas.api.errors import install_error_handlers
 from opencas.api.metrics import ApiMetrics, MetricsMiddleware
-from opencas.crypto.request_proof import ReplayCache
+from opencas.config.owner import owner_config_from_normal_form
+from opencas.config.owner_identity import OwnerIdentity, owner_identity_of
+from opencas.crypto.request_proof import ReplayCache, RequestProof
 from opencas.service.cas import Cas
+from opencas.service.provisioning import (
+    provision_with_token,
+    show_owner_config,
+    update_owner_config,
+)
+from opencas.service.token_guard import TokenGuard
 
 API_VERSION = 1
+MAX_TOKEN_LENGTH = 256
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ProvisionRequest(_Body):
+    """Body of ``POST /v1/provision``."""
+
+    token: str = Field(min_length=1, max_length=MAX_TOKEN_LENGTH)
+    owner_config: dict[str, Any]
+
+
+class OwnerConfigRequest(_Body):
+    """Body of ``PUT /v1/owner/config``."""
+
+    owner_config: dict[str, Any]
+
+
+def owner_of(caller: RequestProof) -> OwnerIdentity:
+    """The owner identity of the signer of a provisioning request."""
+    if caller.certificate is not None:
+        return owner_identity_of(caller.certificate)
+    return OwnerIdentity(caller.key_hash, None)
+
+
 # Nonces are hex: at least 64 bits so a replayed report cannot be passed off as fresh, at most 512.
 NONCE_PATTERN = r"^(?:[0-9a-f]{2}){8,64}$"
 
@@ -70,6 +106,34 @@ def create_client_api(
         """The caller's key hash as proven by the request proof, or ``anonymous``."""
         caller = caller_of(request)
         return {"identity": caller.key_hash if caller else "anonymous"}
+
+    guard = TokenGuard()
+
+    @app.post("/v1/provision")
+    def provision(body: ProvisionRequest, request: Request) -> dict[str, Any]:
+        """Attested provisioning: the signer of this request becomes the CAS owner."""
+        caller = require_caller(request)
+        config = owner_config_from_normal_form(body.owner_config)
+        state = provision_with_token(cas, guard, body.token, owner_of(caller), config)
+        return {
+            "provisioned": state.provisioned,
+            "provisioned_at": state.provisioned_at,
+            "owner_identity_hash": state.owner_identity_hash,
+            "owner_config_sha256": state.owner_config_sha256,
+        }
+
+    @app.get("/v1/owner/config")
+    def show_config(request: Request) -> dict[str, Any]:
+        """The owner config, secrets redacted (owner only)."""
+        shown = show_owner_config(cas, require_caller(request).key_hash)
+        return {"owner_config": shown.redacted, "owner_config_sha256": shown.sha256}
+
+    @app.put("/v1/owner/config")
+    def update_config(body: OwnerConfigRequest, request: Request) -> dict[str, Any]:
+        """Replace the owner config (owner only)."""
+        caller = require_caller(request)
+        config = owner_config_from_normal_form(body.owner_config)
+        return {"owner_config_sha256": update_owner_config(cas, caller.key_hash, config)}
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:

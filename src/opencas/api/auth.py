@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from opencas.crypto.request_proof import ReplayCache, RequestProof, verify_request_proof
-from opencas.errors import CasError, RequestProofError
+from opencas.errors import AuthenticationRequired, CasError, RequestProofError
 
 PROOF_SCHEME = "cas-proof"
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -32,6 +32,16 @@ class BodyTooLarge(CasError):
 def caller_of(request: Request) -> RequestProof | None:
     """The verified signer of ``request``, or ``None`` for an anonymous request."""
     caller: RequestProof | None = request.scope.get("state", {}).get("caller")
+    return caller
+
+
+def require_caller(request: Request) -> RequestProof:
+    """The verified signer of ``request``; :class:`AuthenticationRequired` when it is anonymous."""
+    caller = caller_of(request)
+    if caller is None:
+        raise AuthenticationRequired(
+            "this operation needs a signed request (Authorization: CAS-Proof)"
+        )
     return caller
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from opencas.errors import CasError, RecordDamagedError
+from opencas.errors import CasError, RateLimitedError, RecordDamagedError
 
 log = logging.getLogger("opencas.api")
 
@@ -33,7 +34,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def cas_error(_: Request, exc: CasError) -> JSONResponse:
         if isinstance(exc, RecordDamagedError):
             log.error("refused a request: %s", exc.message)
-        return error_response(exc.http_status, exc.code, exc.message)
+        response = error_response(exc.http_status, exc.code, exc.message)
+        if isinstance(exc, RateLimitedError):
+            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -75,10 +75,15 @@ def tls_context(identity: CasIdentity) -> ssl.SSLContext:
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    present_identity(context, identity)
+    return context
+
+
+def present_identity(context: ssl.SSLContext, identity: CasIdentity) -> None:
+    """Make ``context`` present ``identity``'s TLS certificate from the next handshake on."""
     chain = identity.tls_certificate_pem + identity.ca_certificate_pem
     with _memory_file(chain) as cert_path, _memory_file(private_key_pem(identity.tls_key)) as key:
         context.load_cert_chain(cert_path, key)
-    return context
 
 
 @contextlib.contextmanager

@@ -137,7 +137,9 @@ class CasExpectations:
     ``nonce`` is the lowercase hex nonce the caller sent; ``measurements`` the accepted
     software measurements (empty: any); ``cas_key_hash`` the pinned CAS key hash, if any.
     ``allow_debug`` and ``allow_db_key_injected`` accept a debug-mode CAS and a CAS whose
-    database key was injected from outside; both are for testing only.
+    database key was injected from outside; both are for testing only. ``allow_unprovisioned``
+    accepts a CAS without an owner; ``owner_identity_hash`` and ``owner_config_sha256``, when
+    set, must equal what the report says was provisioned.
     """
 
     nonce: str
@@ -145,6 +147,9 @@ class CasExpectations:
     measurements: frozenset[str] = frozenset()
     cas_key_hash: str | None = None
     allow_db_key_injected: bool = False
+    allow_unprovisioned: bool = False
+    owner_identity_hash: str | None = None
+    owner_config_sha256: str | None = None
 
     def __post_init__(self) -> None:
         """Refuse expectations that could never match a valid report (``ValueError``)."""
@@ -155,6 +160,10 @@ class CasExpectations:
                 raise ValueError(f"expected measurement {measurement!r} is not lowercase hex")
         if self.cas_key_hash is not None and not re.fullmatch(_HASH_SHAPE, self.cas_key_hash):
             raise ValueError("the expected CAS key hash must be 64 lowercase hex digits")
+        for name in ("owner_identity_hash", "owner_config_sha256"):
+            value = getattr(self, name)
+            if value is not None and not re.fullmatch(_HASH_SHAPE, value):
+                raise ValueError(f"the expected {name} must be 64 lowercase hex digits")
 
 
 @dataclass(frozen=True)
@@ -358,6 +367,37 @@ def _check_certificates(
         )
 
 
+def _check_provisioning(report: CasReport, expectations: CasExpectations) -> None:
+    """The CAS has the owner and owner config the caller expects."""
+    if not report.provisioned:
+        if not expectations.allow_unprovisioned:
+            raise AttestationRefused(
+                "unprovisioned",
+                "the CAS is not provisioned: it has no owner yet, so anyone who reaches it first "
+                "can take it; provision it, or pass --allow-unprovisioned",
+            )
+        if expectations.owner_identity_hash or expectations.owner_config_sha256:
+            raise AttestationRefused(
+                "unprovisioned",
+                "an owner identity or owner config was expected, but the CAS is not provisioned",
+            )
+        return
+    expected_owner = expectations.owner_identity_hash
+    if expected_owner is not None and report.owner_identity_hash != expected_owner:
+        raise AttestationRefused(
+            "owner-identity",
+            f"the CAS was provisioned by owner {report.owner_identity_hash}, not by the expected "
+            f"owner {expected_owner}",
+        )
+    expected_config = expectations.owner_config_sha256
+    if expected_config is not None and report.owner_config_sha256 != expected_config:
+        raise AttestationRefused(
+            "owner-config",
+            f"the CAS's owner config has SHA-256 {report.owner_config_sha256}, not "
+            f"{expected_config} of the expected owner config",
+        )
+
+
 def verify_cas_attestation(
     response: object, expectations: CasExpectations, peer_certificate_der: bytes | None
 ) -> VerifiedCas:
@@ -372,7 +412,8 @@ def verify_cas_attestation(
     ``debug-mode``, ``measurement``, ``cas-key`` (CA certificate carries the reported CAS key),
     ``cas-key-hash`` (the expected CAS key), ``db-key-injected``, ``tls-certificate`` (the TLS
     certificate carries the reported TLS key and is issued by the CA certificate; the TLS
-    connection presented that certificate). On success it returns the report, the verified
+    connection presented that certificate), then ``unprovisioned``, ``owner-identity`` and
+    ``owner-config``. On success it returns the report, the verified
     evidence and the two certificates as PEM, for the caller to pin.
     """
     report, evidence, tls_certificate, ca_certificate = _parse_response(response)
@@ -380,6 +421,7 @@ def verify_cas_attestation(
     _check_binding(report, verified, expectations)
     _check_policy(report, verified, expectations)
     _check_certificates(report, expectations, tls_certificate, ca_certificate, peer_certificate_der)
+    _check_provisioning(report, expectations)
     return VerifiedCas(
         report=report,
         evidence=verified,

@@ -1,7 +1,8 @@
 """``cas``: the OpenCAS server.
 
 Exit codes: 0 success; 1 the CAS cannot start or run (store, key store, lock, platform, port);
-2 usage error or invalid configuration.
+2 usage error, invalid configuration or owner files, or (``provision`` without
+``--skip-if-already-provisioned``) the CAS is already provisioned.
 """
 
 from __future__ import annotations
@@ -17,15 +18,19 @@ import click
 from opencas import __version__
 from opencas.api.app import create_client_api, create_enclave_api
 from opencas.api.metrics import ApiMetrics
-from opencas.api.server import Listener, serve_forever, tls_context
-from opencas.cli.common import fail, setup_logging
+from opencas.api.server import Listener, present_identity, serve_forever, tls_context
+from opencas.cli.common import describe_os_error, fail, setup_logging
 from opencas.config.availability import (
     AvailabilityConfig,
     default_availability_config,
     load_availability_config,
 )
+from opencas.config.owner import load_owner_config, owner_config_sha256
+from opencas.config.owner_identity import load_owner_certificate
 from opencas.errors import CasError, ConfigError
 from opencas.service.cas import Cas, inspect_cas, open_cas
+from opencas.service.identity import StateRecord
+from opencas.service.provisioning import provision as provision_cas
 
 log = logging.getLogger("opencas")
 
@@ -60,10 +65,7 @@ def cli(ctx: click.Context, config_path: Path, log_level: str) -> None:
 
 
 def _load_config(config_path: Path) -> AvailabilityConfig:
-    try:
-        return load_availability_config(config_path)
-    except ConfigError as exc:
-        fail("cas", exc.message, EXIT_USAGE)
+    return load_availability_config(config_path)
 
 
 def _read_database_key(path: Path) -> bytes:
@@ -75,13 +77,6 @@ def _read_database_key(path: Path) -> bytes:
     if len(key) != 32:
         fail("cas", f"database key file {path}: must hold 64 hex digits (32 bytes)", EXIT_USAGE)
     return key
-
-
-def _open(config: AvailabilityConfig, injected: bytes | None) -> Cas:
-    try:
-        return open_cas(config, injected)
-    except CasError as exc:
-        fail("cas", exc.message, EXIT_FAILURE)
 
 
 @cli.command()
@@ -97,28 +92,109 @@ def serve(config_path: Path, database_key_file: Path | None) -> None:
     """Open (or create) the CAS and serve its APIs until SIGTERM or SIGINT."""
     config = _load_config(config_path)
     injected = _read_database_key(database_key_file) if database_key_file else None
-    cas = _open(config, injected)
+    cas = open_cas(config, injected)
     try:
         _announce(cas, injected is not None)
-        metrics = ApiMetrics()
-        listeners = [
-            Listener(
-                "client", "[api] api_listen", config.api_listen, create_client_api(cas, metrics)
-            ),
-            Listener(
-                "enclave",
-                "[api] enclave_listen",
-                config.enclave_listen,
-                create_enclave_api(cas, metrics),
-            ),
-        ]
-        try:
-            asyncio.run(serve_forever(listeners, tls_context(cas.identity)))
-        except CasError as exc:
-            fail("cas", exc.message, EXIT_FAILURE)
-        log.info("stopped")
+        _serve(cas)
     finally:
         cas.close()
+
+
+@cli.command()
+@click.option(
+    "--owner-config",
+    "owner_config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Owner config (TOML, JSON or YAML).",
+)
+@click.option(
+    "--owner-identity",
+    "owner_identity_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM certificate carrying the owner's key.",
+)
+@click.option(
+    "--skip-if-already-provisioned",
+    is_flag=True,
+    help="If the CAS is already provisioned, start it anyway (and say whether the files match).",
+)
+@click.option("--no-serve", is_flag=True, help="Provision, then exit instead of serving.")
+@click.pass_obj
+def provision(
+    config_path: Path,
+    owner_config_path: Path,
+    owner_identity_path: Path,
+    skip_if_already_provisioned: bool,
+    no_serve: bool,
+) -> None:
+    """Self-provision the CAS from local files, then serve.
+
+    Convenient for development, tests, transient and air-gapped CAS instances; the report says
+    self_provisioned: true and carries what was provisioned, so clients can check it.
+    """
+    config = _load_config(config_path)
+    loaded = load_owner_config(owner_config_path)
+    owner = load_owner_certificate(owner_identity_path)
+    for warning in loaded.warnings:
+        log.warning("%s: %s", owner_config_path, warning)
+    cas = open_cas(config)
+    try:
+        state = cas.state()
+        if state.provisioned:
+            if not skip_if_already_provisioned:
+                fail(
+                    "cas",
+                    f"this CAS is already provisioned (owner {state.owner_identity_hash}); "
+                    "pass --skip-if-already-provisioned to start it as it is",
+                    EXIT_USAGE,
+                )
+            _compare_provisioned(state, owner.key_hash, owner_config_sha256(loaded.config))
+        else:
+            provision_cas(cas, owner, loaded.config, self_provisioned=True)
+        _announce(cas, False)
+        if not no_serve:
+            _serve(cas)
+    finally:
+        cas.close()
+
+
+def _compare_provisioned(state: StateRecord, owner_hash: str, config_sha: str) -> None:
+    differences = []
+    if state.owner_identity_hash != owner_hash:
+        differences.append(
+            f"owner identity (provisioned {state.owner_identity_hash}, given {owner_hash})"
+        )
+    if state.owner_config_sha256 != config_sha:
+        differences.append(
+            f"owner config (provisioned {state.owner_config_sha256}, given {config_sha})"
+        )
+    if differences:
+        log.warning(
+            "already provisioned, skipping; the given files do NOT match what is provisioned: %s",
+            "; ".join(differences),
+        )
+    else:
+        log.info("already provisioned, skipping; the given owner identity and config match")
+
+
+def _serve(cas: Cas) -> None:
+    metrics = ApiMetrics()
+    config = cas.config
+    listeners = [
+        Listener("api", "[api] api_listen", config.api_listen, create_client_api(cas, metrics)),
+        Listener(
+            "enclave",
+            "[api] enclave_listen",
+            config.enclave_listen,
+            create_enclave_api(cas, metrics),
+        ),
+    ]
+    context = tls_context(cas.identity)
+    cas.identity_listeners.append(lambda identity: present_identity(context, identity))
+    asyncio.run(serve_forever(listeners, context))
+    log.info("stopped")
 
 
 def _announce(cas: Cas, injected: bool) -> None:
@@ -137,6 +213,11 @@ def _announce(cas: Cas, injected: bool) -> None:
             "the database key was injected by an operator: the report says "
             "db_key_injected: true and clients refuse this CAS unless told otherwise"
         )
+    state = cas.state()
+    if state.provisioned:
+        how = "self-provisioned" if state.self_provisioned else "provisioned"
+        log.info("%s at %s by owner %s", how, state.provisioned_at, state.owner_identity_hash)
+        return
     token = cas.provisioning_token()
     if token is not None:
         log.info("this CAS is not provisioned; one-time provisioning token: %s", token)
@@ -147,11 +228,7 @@ def _announce(cas: Cas, injected: bool) -> None:
 @click.pass_obj
 def show_identification(config_path: Path, as_json: bool) -> None:
     """Print the CAS identity without starting a server (also while one is running)."""
-    config = _load_config(config_path)
-    try:
-        cas = inspect_cas(config)
-    except CasError as exc:
-        fail("cas", exc.message, EXIT_FAILURE)
+    cas = inspect_cas(_load_config(config_path))
     try:
         facts = cas.identification()
     finally:
@@ -176,8 +253,15 @@ def init_config(config_path: Path, force: bool) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="cas")
+    """Console-script entry point: every refusal is one line on stderr and an exit code."""
+    try:
+        cli(prog_name="cas")
+    except ConfigError as exc:
+        fail("cas", exc.message, EXIT_USAGE)
+    except CasError as exc:
+        fail("cas", exc.message, EXIT_FAILURE)
+    except OSError as exc:
+        fail("cas", describe_os_error(exc), EXIT_FAILURE)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import functools
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +22,7 @@ import click
 
 from opencas import __version__
 from opencas.attestation.report import CasExpectations, VerifiedCas
-from opencas.cli.common import fail
+from opencas.cli.common import describe_os_error, fail
 from opencas.client.cas_client import CasClient, CasUnreachable, new_nonce
 from opencas.client.freshness import FreshnessError, check_freshness
 from opencas.client.identity import ClientIdentity
@@ -33,8 +34,10 @@ from opencas.client.state import (
     load_state,
     save_state,
 )
+from opencas.config.owner import load_owner_config, owner_config_sha256
+from opencas.config.owner_identity import load_owner_certificate
 from opencas.crypto.keys import is_valid_key_hash
-from opencas.errors import AttestationRefused, CasError, EvidenceError
+from opencas.errors import AttestationRefused, CasError, ConflictError, EvidenceError
 
 EXIT_ERROR = 1
 EXIT_UNREACHABLE = 3
@@ -61,6 +64,8 @@ def reports_errors(command: F) -> F:
             fail("casctl", exc.message, EXIT_UNREACHABLE)
         except CasError as exc:
             fail("casctl", exc.message, EXIT_ERROR)
+        except OSError as exc:
+            fail("casctl", describe_os_error(exc), EXIT_ERROR)
 
     return wrapper  # type: ignore[return-value]
 
@@ -81,8 +86,8 @@ def _measurements_option(
     _: click.Context, __: click.Parameter, values: tuple[str, ...]
 ) -> frozenset[str]:
     for value in values:
-        if len(value) != 64 or any(c not in "0123456789abcdefABCDEF" for c in value):
-            raise click.BadParameter(f"{value!r} is not a measurement (64 hex digits)")
+        if not re.fullmatch(r"(?:[0-9a-fA-F]{2}){16,64}", value):
+            raise click.BadParameter(f"{value!r} is not a measurement (32 to 128 hex digits)")
     return frozenset(value.lower() for value in values)
 
 
@@ -91,70 +96,158 @@ def _alias_for(url: str) -> str:
     return parts.netloc or url
 
 
-@cli.command()
-@click.argument("url")
-@click.option(
-    "--mrenclave",
-    "measurements",
-    multiple=True,
-    callback=_measurements_option,
-    help="Accepted software measurement (repeat: any of them).",
-)
-@click.option(
-    "-c", "--cas-key-hash", callback=_key_hash_option, help="Expected CAS key hash (pin)."
-)
-@click.option(
-    "--only-for-testing-debug", is_flag=True, help="Accept a CAS in debug mode (simulated)."
-)
-@click.option(
-    "--allow-cas-owner-secret-access",
-    is_flag=True,
-    help="Accept a CAS whose database key was injected by its operator.",
-)
-@click.option(
-    "--accept-new-instance",
-    is_flag=True,
-    help="Accept a CAS that replaced the one attested before under this name.",
-)
-@click.option("--alias", help="Name to remember this CAS by (default: host:port).")
-@click.option("--json", "as_json", is_flag=True, help="Print what was verified as JSON.")
-@reports_errors
-def attest(
-    url: str,
-    measurements: frozenset[str],
-    cas_key_hash: str | None,
-    only_for_testing_debug: bool,
-    allow_cas_owner_secret_access: bool,
-    accept_new_instance: bool,
-    alias: str | None,
-    as_json: bool,
-) -> None:
-    """Attest the CAS at URL, then pin it for later commands."""
+def attest_options(command: F) -> F:
+    """The options every command that attests a CAS takes."""
+    options = [
+        click.option(
+            "--mrenclave",
+            "measurements",
+            multiple=True,
+            callback=_measurements_option,
+            help="Accepted software measurement (repeat: any of them).",
+        ),
+        click.option(
+            "-c", "--cas-key-hash", callback=_key_hash_option, help="Expected CAS key hash (pin)."
+        ),
+        click.option(
+            "--only-for-testing-debug", is_flag=True, help="Accept a CAS in debug mode (simulated)."
+        ),
+        click.option(
+            "--allow-cas-owner-secret-access",
+            is_flag=True,
+            help="Accept a CAS whose database key was injected by its operator.",
+        ),
+        click.option(
+            "--expect-owner-identity",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Refuse unless this certificate's key is the CAS owner.",
+        ),
+        click.option(
+            "--expect-owner-config",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Refuse unless this owner config is the one provisioned.",
+        ),
+        click.option(
+            "--accept-new-instance",
+            is_flag=True,
+            help="Accept a CAS that replaced the one attested before under this name.",
+        ),
+        click.option("--alias", help="Name to remember this CAS by (default: host:port)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@dataclass(frozen=True)
+class AttestFlags:
+    """What the attest options asked for."""
+
+    measurements: frozenset[str]
+    cas_key_hash: str | None
+    only_for_testing_debug: bool
+    allow_cas_owner_secret_access: bool
+    expect_owner_identity: Path | None
+    expect_owner_config: Path | None
+    accept_new_instance: bool
+    alias: str | None
+
+    def expectations(
+        self,
+        *,
+        allow_unprovisioned: bool,
+        owner_hash: str | None = None,
+        config_sha: str | None = None,
+    ) -> CasExpectations:
+        """The expectations these flags describe, with a fresh nonce.
+
+        ``owner_hash`` and ``config_sha``, when given, are expected in place of the files.
+        """
+        if owner_hash is None and self.expect_owner_identity is not None:
+            owner_hash = load_owner_certificate(self.expect_owner_identity).key_hash
+        if config_sha is None and self.expect_owner_config is not None:
+            config_sha = owner_config_sha256(load_owner_config(self.expect_owner_config).config)
+        return CasExpectations(
+            nonce=new_nonce(),
+            allow_debug=self.only_for_testing_debug,
+            measurements=self.measurements,
+            cas_key_hash=self.cas_key_hash,
+            allow_db_key_injected=self.allow_cas_owner_secret_access,
+            allow_unprovisioned=allow_unprovisioned,
+            owner_identity_hash=owner_hash,
+            owner_config_sha256=config_sha,
+        )
+
+
+def _cas_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.netloc:
         raise click.BadParameter("the CAS URL must be https://HOST:PORT", param_hint="URL")
-    url = f"https://{parts.netloc}"
-    name = alias or _alias_for(url)
+    return f"https://{parts.netloc}"
+
+
+@dataclass(frozen=True)
+class Attested:
+    """The outcome of attesting and pinning a CAS."""
+
+    name: str
+    url: str
+    verified: VerifiedCas
+    expectations: CasExpectations
+    state: CasctlState
+
+    def facts(self) -> dict[str, Any]:
+        """What was verified, as printed by ``--json``."""
+        return _verified_facts(
+            self.url, self.name, self.state.default == self.name, self.verified, self.expectations
+        )
+
+    def show(self, as_json: bool) -> None:
+        """Print what was verified."""
+        if as_json:
+            click.echo(json.dumps(self.facts(), indent=2))
+        else:
+            _print_facts(self.facts())
+
+
+def attest_and_pin(
+    url: str,
+    flags: AttestFlags,
+    *,
+    allow_unprovisioned: bool,
+    owner_hash: str | None = None,
+    config_sha: str | None = None,
+) -> Attested:
+    """Attest the CAS at ``url`` as ``flags`` ask, check freshness, and pin it."""
+    url = _cas_url(url)
+    name = flags.alias or _alias_for(url)
     if not _valid_alias(name):
         raise click.BadParameter(f"{name!r} is not a valid name", param_hint="--alias")
     home = casctl_home()
     state = load_state(home)
-    expectations = CasExpectations(
-        nonce=new_nonce(),
-        allow_debug=only_for_testing_debug,
-        measurements=measurements,
-        cas_key_hash=cas_key_hash,
-        allow_db_key_injected=allow_cas_owner_secret_access,
+    expectations = flags.expectations(
+        allow_unprovisioned=allow_unprovisioned, owner_hash=owner_hash, config_sha=config_sha
     )
     with CasClient(url) as client:
         verified = client.attest(expectations)
-    check_freshness(state.cas.get(name), verified.report, accept_new_instance=accept_new_instance)
+    check_freshness(
+        state.cas.get(name), verified.report, accept_new_instance=flags.accept_new_instance
+    )
     _remember(home, state, name, url, verified)
-    facts = _verified_facts(url, name, state.default == name, verified, expectations)
-    if as_json:
-        click.echo(json.dumps(facts, indent=2))
-    else:
-        _print_facts(facts)
+    return Attested(name, url, verified, expectations, state)
+
+
+@cli.command()
+@click.argument("url")
+@attest_options
+@click.option("--allow-unprovisioned", is_flag=True, help="Accept a CAS that has no owner yet.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was verified as JSON.")
+@reports_errors
+def attest(url: str, allow_unprovisioned: bool, as_json: bool, **options: Any) -> None:
+    """Attest the CAS at URL, then pin it for later commands."""
+    attest_and_pin(url, AttestFlags(**options), allow_unprovisioned=allow_unprovisioned).show(
+        as_json
+    )
 
 
 def _valid_alias(name: str) -> bool:
@@ -211,10 +304,26 @@ def _verified_facts(
         "db_key_injected": report.db_key_injected,
         "provisioned": report.provisioned,
         "self_provisioned": report.self_provisioned,
+        "provisioned_at": report.provisioned_at,
         "owner_identity_hash": report.owner_identity_hash,
+        "owner_identity_checked": expected.owner_identity_hash is not None,
         "owner_config_sha256": report.owner_config_sha256,
+        "owner_config_checked": expected.owner_config_sha256 is not None,
         "audit_seq": report.audit.seq,
     }
+
+
+def _owner_line(facts: dict[str, Any]) -> str:
+    if not facts["provisioned"]:
+        return "not provisioned (accepted with --allow-unprovisioned)"
+    how = "self-provisioned from files" if facts["self_provisioned"] else "provisioned"
+    owner_note = "as expected" if facts["owner_identity_checked"] else "not checked"
+    config_note = "as expected" if facts["owner_config_checked"] else "not checked"
+    return (
+        f"{how} at {facts['provisioned_at']}\n"
+        f"    owner identity   {facts['owner_identity_hash']} ({owner_note})\n"
+        f"    owner config     {facts['owner_config_sha256']} ({config_note})"
+    )
 
 
 def _print_facts(facts: dict[str, Any]) -> None:
@@ -224,7 +333,7 @@ def _print_facts(facts: dict[str, Any]) -> None:
     mode = facts["mode"]
     mode_note = "accepted with --only-for-testing-debug" if mode == "debug" else "production"
     injected = "INJECTED by the operator" if facts["db_key_injected"] else "sealed by the platform"
-    owner = "provisioned" if facts["provisioned"] else "not provisioned"
+    owner = _owner_line(facts)
     lines = [
         f"attested the CAS at {facts['url']} as {facts['alias']!r}{default}",
         f"  evidence:          {facts['platform']} evidence verified"
@@ -276,7 +385,7 @@ def cas_show(name: str | None, as_json: bool) -> None:
     for key, value in facts.items():
         if key == "ca_certificate_pem":
             continue
-        click.echo(f"{key}: {value}")
+        click.echo(f"{key}: {str(value).lower() if isinstance(value, bool) else value}")
 
 
 @cas_group.command("set-default")
@@ -311,15 +420,16 @@ def self_show_identity(as_json: bool) -> None:
     click.echo(pem, nl=False)
 
 
-def pinned_client(name: str | None) -> CasClient:
-    """A client for the attested CAS ``name`` (or the default), signing with our identity."""
+def pinned_client(name: str | None, identity: ClientIdentity | None = None) -> CasClient:
+    """A client for the attested CAS ``name`` (or the default), signing as ``identity``
+    (default: casctl's own)."""
     home = casctl_home()
     _, pinned = load_state(home).resolve(name)
     return CasClient(
         pinned.url,
         ca_certificate_pem=pinned.ca_certificate_pem.encode("ascii"),
         cas_key_hash=pinned.cas_key_hash,
-        identity=ClientIdentity.load_or_create(home),
+        identity=identity or ClientIdentity.load_or_create(home),
     )
 
 
@@ -331,6 +441,117 @@ def whoami(cas_name: str | None, anonymous: bool) -> None:
     """Print the identity the CAS sees for this client."""
     with pinned_client(cas_name) as client:
         click.echo(client.whoami(signed=not anonymous))
+
+
+def _identity(path: Path | None) -> ClientIdentity:
+    return ClientIdentity.from_path(path) if path else ClientIdentity.load_or_create(casctl_home())
+
+
+identity_option = click.option(
+    "--identity",
+    "identity_path",
+    type=click.Path(exists=True, path_type=Path),
+    help="Sign as this identity: a PEM file with key and certificate, or a directory "
+    "(default: casctl's own identity).",
+)
+
+
+@cli.command()
+@click.argument("url")
+@click.option("--token", required=True, help="The CAS's one-time provisioning token.")
+@click.option(
+    "--config-file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Owner config (TOML, JSON or YAML).",
+)
+@identity_option
+@attest_options
+@click.option("--json", "as_json", is_flag=True, help="Print the provisioned report as JSON.")
+@reports_errors
+def provision(
+    url: str,
+    token: str,
+    config_file: Path,
+    identity_path: Path | None,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Attest the CAS at URL, provision it as its owner, and attest it again."""
+    loaded = load_owner_config(config_file)
+    for warning in loaded.warnings:
+        click.echo(f"casctl: warning: {config_file}: {warning}", err=True)
+    identity = _identity(identity_path)
+    flags = AttestFlags(**options)
+    first = attest_and_pin(url, flags, allow_unprovisioned=True)
+    if first.verified.report.provisioned:
+        raise ConflictError(
+            f"the CAS at {first.url} is already provisioned "
+            f"(owner {first.verified.report.owner_identity_hash})",
+            code="already-provisioned",
+        )
+    with CasClient(
+        first.url,
+        ca_certificate_pem=first.verified.ca_certificate_pem,
+        cas_key_hash=first.verified.report.cas_key_hash,
+        identity=identity,
+    ) as client:
+        client.request(
+            "POST",
+            "/v1/provision",
+            json_body={"token": token, "owner_config": loaded.config.normal_form()},
+        )
+    owner_flags = replace(
+        flags,
+        cas_key_hash=first.verified.report.cas_key_hash,
+        alias=first.name,
+    )
+    second = attest_and_pin(
+        first.url,
+        owner_flags,
+        allow_unprovisioned=False,
+        owner_hash=identity.key_hash,
+        config_sha=owner_config_sha256(loaded.config),
+    )
+    second.show(as_json)
+
+
+@cli.command("update-config")
+@click.option(
+    "--config-file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The new owner config (TOML, JSON or YAML).",
+)
+@click.option("--cas", "cas_name", help="Attested CAS (default: the default CAS).")
+@identity_option
+@reports_errors
+def update_config(config_file: Path, cas_name: str | None, identity_path: Path | None) -> None:
+    """Replace the owner config of a CAS you own."""
+    loaded = load_owner_config(config_file)
+    for warning in loaded.warnings:
+        click.echo(f"casctl: warning: {config_file}: {warning}", err=True)
+    with pinned_client(cas_name, _identity(identity_path)) as client:
+        body = client.request(
+            "PUT", "/v1/owner/config", json_body={"owner_config": loaded.config.normal_form()}
+        )
+    click.echo(f"owner config updated: {body['owner_config_sha256']}")
+
+
+@cli.command("show-config")
+@click.option("--cas", "cas_name", help="Attested CAS (default: the default CAS).")
+@identity_option
+@click.option("--json", "as_json", is_flag=True)
+@reports_errors
+def show_config(cas_name: str | None, identity_path: Path | None, as_json: bool) -> None:
+    """Print the owner config of a CAS you own (secrets redacted)."""
+    with pinned_client(cas_name, _identity(identity_path)) as client:
+        body = client.request("GET", "/v1/owner/config")
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
+    click.echo(f"# owner config SHA-256: {body['owner_config_sha256']}")
+    click.echo(json.dumps(body["owner_config"], indent=2))
 
 
 def main() -> None:

@@ -23,3 +23,9 @@ def fail(program: str, message: str, exit_code: int) -> NoReturn:
     """Print one clear line on stderr and exit with ``exit_code``."""
     click.echo(f"{program}: error: {message}", err=True)
     sys.exit(exit_code)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``path: reason`` for an operating-system error, without a traceback."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"

@@ -184,7 +184,10 @@ def _api_error(response: httpx.Response) -> ApiError:
 def _reason(exc: httpx.TransportError) -> str:
     text = str(exc) or exc.__class__.__name__
     if "CERTIFICATE_VERIFY_FAILED" in text:
-        return "its TLS certificate is not issued by the CAS key pinned for it"
+        return (
+            "its TLS certificate does not verify against the CAS key pinned for it (another CAS "
+            f"answers at this address, or the certificate expired): {text}"
+        )
     return text
 
 

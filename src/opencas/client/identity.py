@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +21,7 @@ from opencas.crypto.x509 import certificate_pem, create_identity_certificate, lo
 from opencas.errors import ClientError
 
 KEY_FILE = "identity-key.pem"
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 CERTIFICATE_FILE = "identity-cert.pem"
 
 
@@ -60,6 +62,32 @@ class ClientIdentity:
             raise ClientError(f"cannot load the identity certificate {cert_path}: {exc}") from exc
         if key_hash(certificate.public_key()) != key_hash(key):  # type: ignore[arg-type]
             raise ClientError(f"{cert_path} does not carry the key in {key_path}")
+        return cls(key, certificate)
+
+    @classmethod
+    def from_path(cls, path: Path) -> ClientIdentity:
+        """Load an identity from a directory (as casctl keeps it) or from one PEM file.
+
+        A PEM file must hold the private key and the certificate that carries it.
+        """
+        if path.is_dir():
+            return cls.load(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ClientError(f"cannot read the identity {path}: {exc.strerror}") from exc
+        blocks = {m.group(1): m.group(0) for m in _PEM_BLOCK.finditer(data)}
+        key_pem = blocks.get(b"PRIVATE KEY") or blocks.get(b"EC PRIVATE KEY")
+        certificate_pem_block = blocks.get(b"CERTIFICATE")
+        if key_pem is None or certificate_pem_block is None:
+            raise ClientError(f"{path} must hold a PEM private key and a PEM certificate")
+        try:
+            key = load_private_key_pem(key_pem)
+            certificate = load_certificate_pem(certificate_pem_block)
+        except (ValueError, TypeError) as exc:
+            raise ClientError(f"cannot load the identity {path}: {exc}") from exc
+        if key_hash(certificate.public_key()) != key_hash(key):  # type: ignore[arg-type]
+            raise ClientError(f"the certificate in {path} does not carry its private key")
         return cls(key, certificate)
 
     @classmethod

@@ -17,7 +17,7 @@ from opencas.client.files import write_private_file
 from opencas.errors import ClientError
 
 STATE_FILE = "state.json"
-ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
+ALIAS_PATTERN = r"^[A-Za-z0-9\[][A-Za-z0-9_.:\-\[\]]{0,127}$"
 
 
 def casctl_home() -> Path:

@@ -68,6 +68,10 @@ def load_toml(path: Path) -> TomlDocument:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(_syntax_error_message(path, text, str(error))) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: values are nested too deeply") from None
+    except ValueError as error:  # e.g. an integer longer than Python converts
+        raise ConfigError(f"{path}: invalid TOML: {error}") from None
     return TomlDocument(path=path, text=text, data=data)
 
 

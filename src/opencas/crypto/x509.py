@@ -82,10 +82,14 @@ def issue_tls_certificate(
     public_key: PublicKey,
     hostnames: Sequence[str],
     *,
+    subject: x509.Name | None = None,
     valid_for: timedelta = TLS_VALIDITY,
     now: datetime | None = None,
 ) -> x509.Certificate:
     """Issue a TLS server certificate for ``public_key``, signed by the CA ``ca_key``.
+
+    ``subject``, when given, is the certificate's subject (the owner's ``[api_identity]``);
+    otherwise it is derived from the first hostname as below.
 
     ``hostnames`` go into the SubjectAlternativeName, each as an IPAddress when it is an IP literal
     (``[::1]`` accepted) and as a lower-cased DNSName otherwise; duplicates are dropped and the
@@ -110,8 +114,9 @@ def issue_tls_certificate(
             f"the CA certificate is not valid at {not_before.isoformat()} "
             f"(valid until {ca_certificate.not_valid_after_utc.isoformat()}); renew the CA first"
         )
-    first = hostnames[0].strip().strip("[]")
-    subject = _name(first) if len(first) <= _MAX_COMMON_NAME else x509.Name([])
+    if subject is None:
+        first = hostnames[0].strip().strip("[]")
+        subject = _name(first) if len(first) <= _MAX_COMMON_NAME else x509.Name([])
     try:
         ca_ski = ca_certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
         authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(

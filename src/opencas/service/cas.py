@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from opencas.attestation.report import (
     report_data,
 )
 from opencas.config.availability import AvailabilityConfig
+from opencas.errors import KeyStoreError, StoreError
 from opencas.platform.base import Platform
 from opencas.platform.measurement import package_measurement
 from opencas.platform.simulated import SimulatedPlatform
@@ -62,6 +64,16 @@ class Cas:
     identity: CasIdentity
     lock: DatabaseLock
     created: bool = field(default=False)
+    identity_listeners: list[Callable[[CasIdentity], None]] = field(default_factory=list)
+
+    def reload_identity(self) -> None:
+        """Re-read the identity (after its TLS certificate was reissued) and tell the listeners.
+
+        The TLS server registers a listener so that new connections present the new certificate.
+        """
+        self.identity = load_identity(self.store, self.config.hostnames, reissue=False)
+        for listener in self.identity_listeners:
+            listener(self.identity)
 
     def close(self) -> None:
         """Close the store and release the database lock."""
@@ -152,6 +164,10 @@ def open_cas(config: AvailabilityConfig, injected_dmk: bytes | None = None) -> C
     lock.acquire()
     try:
         platform = load_platform(config)
+        if injected_dmk is not None and not platform.debug:
+            raise KeyStoreError(
+                f"a database key may only be injected on a debug platform, not on {platform.kind}"
+            )
         store, created = _open_or_create_store(database, platform, config, injected_dmk)
         try:
             identity = load_identity(store, config.hostnames)
@@ -187,6 +203,20 @@ def inspect_cas(config: AvailabilityConfig) -> Cas:
     return Cas(config, store, platform, identity, DatabaseLock(database))
 
 
+def _refuse_orphaned_key_store(database: Path, key_store: Path) -> None:
+    """A key store without its database is a lost or moved database, not a new CAS.
+
+    The one exception is a first start that was interrupted after the key store was written:
+    its database build file is still there, and the creation starts over.
+    """
+    interrupted = any(database.parent.glob(f"{database.name}.init-*"))
+    if key_store.exists() and not interrupted:
+        raise StoreError(
+            f"database {database} is missing but its key store {key_store} exists; restore the "
+            "database, or move the key store away to create a new CAS"
+        )
+
+
 def _open_or_create_store(
     database: Path,
     platform: Platform,
@@ -195,6 +225,7 @@ def _open_or_create_store(
 ) -> tuple[Store, bool]:
     key_store = key_store_path(database)
     if not database.exists():
+        _refuse_orphaned_key_store(database, key_store)
         dmk = injected_dmk if injected_dmk is not None else secrets.token_bytes(DMK_SIZE)
         injected = injected_dmk is not None
         store = SqliteStore.create_atomically(

@@ -7,7 +7,10 @@ Records (table ``cas``):
 - ``tls``: the TLS server key and certificate issued by the CAS key for the configured hostnames;
   reissued when the hostnames change.
 - ``state``: what the attestation report says about provisioning and the database key.
-- ``provisioning-token``: the one-time token that attested provisioning requires.
+- ``owner`` and ``owner-config``: the owner's key hash (and certificate) and the owner config,
+  written at provisioning.
+- ``provisioning-token``: the one-time token that attested provisioning requires; deleted once
+  the CAS is provisioned.
 """
 
 from __future__ import annotations
@@ -15,13 +18,17 @@ from __future__ import annotations
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict
 
+from opencas.attestation.report import report_time
+from opencas.config.owner import ApiIdentity, OwnerConfig, owner_config_from_normal_form
+from opencas.crypto.canonical import canonical_sha256
 from opencas.crypto.keys import (
     generate_private_key,
     key_hash,
@@ -34,14 +41,17 @@ from opencas.crypto.x509 import (
     issue_tls_certificate,
     load_certificate_pem,
 )
-from opencas.errors import RecordDamagedError
+from opencas.errors import ConfigError, RecordDamagedError
 from opencas.service.records import read_record, require_record, write_record
 from opencas.store.base import Store, Transaction
 
 TABLE = "cas"
+TLS_RENEW_BEFORE = timedelta(days=30)
 IDENTITY_KEY = "identity"
 TLS_KEY = "tls"
 STATE_KEY = "state"
+OWNER_KEY = "owner"
+OWNER_CONFIG_KEY = "owner-config"
 TOKEN_KEY = "provisioning-token"  # noqa: S105 - a record name, not a secret
 
 
@@ -59,9 +69,10 @@ class IdentityRecord(_Record):
 
 
 class TlsRecord(_Record):
-    """The current TLS server key and certificate."""
+    """The current TLS server key and certificate, and what shaped the certificate."""
 
     hostnames: tuple[str, ...]
+    subject_sha256: str | None = None
     tls_key_pem: str
     tls_certificate_pem: str
 
@@ -75,6 +86,20 @@ class StateRecord(_Record):
     owner_identity_hash: str | None = None
     owner_config_sha256: str | None = None
     db_key_injected: bool = False
+
+
+class OwnerRecord(_Record):
+    """The CAS owner: its key hash and, when it was presented, its certificate."""
+
+    key_hash: str
+    certificate_pem: str | None
+
+
+class OwnerConfigRecord(_Record):
+    """The owner config in its normal form, and the hash the report states for it."""
+
+    normal_form: dict[str, Any]
+    sha256: str
 
 
 class TokenRecord(_Record):
@@ -115,10 +140,9 @@ class CasIdentity:
         return certificate_pem(self.tls_certificate)
 
 
-def utc_now_text(now: datetime | None = None) -> str:
-    """RFC 3339 UTC time with second precision, e.g. ``2026-11-29T14:00:00Z``."""
-    moment = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+def utc_now_text() -> str:
+    """The current time as the report writes times (RFC 3339 UTC, seconds)."""
+    return report_time(datetime.now(UTC))
 
 
 def new_provisioning_token() -> str:
@@ -139,24 +163,80 @@ def populate_new_identity(
         cas_key_pem=private_key_pem(cas_key).decode("ascii"),
         ca_certificate_pem=certificate_pem(ca_certificate).decode("ascii"),
     )
+    tls_key = _ec_key(generate_private_key("P-256"))
     write_record(txn, TABLE, IDENTITY_KEY, identity)
-    write_record(txn, TABLE, TLS_KEY, _new_tls_record(cas_key, ca_certificate, hostnames))
+    write_record(
+        txn, TABLE, TLS_KEY, _issue_tls(cas_key, ca_certificate, tls_key, TlsShape(hostnames))
+    )
     write_record(txn, TABLE, STATE_KEY, StateRecord(db_key_injected=db_key_injected))
     write_record(txn, TABLE, TOKEN_KEY, TokenRecord(token=new_provisioning_token()))
 
 
-def _new_tls_record(
+@dataclass(frozen=True)
+class TlsShape:
+    """What the TLS certificate must say: the host names, and the owner's subject if any."""
+
+    hostnames: tuple[str, ...]
+    api_identity: ApiIdentity | None = None
+
+    @property
+    def subject_sha256(self) -> str | None:
+        """A hash of the owner-chosen subject, to notice when it changes."""
+        if self.api_identity is None:
+            return None
+        return canonical_sha256(self.api_identity.model_dump(mode="json"))
+
+
+def tls_shape(source: Store | Transaction, hostnames: tuple[str, ...]) -> TlsShape:
+    """The TLS certificate's shape: the config's host names plus the owner's ``[api_identity]``."""
+    config = read_owner_config(source)
+    api_identity = config.api_identity if config else None
+    if api_identity is None:
+        return TlsShape(hostnames)
+    extra = tuple(name for name in api_identity.alt_names if name not in hostnames)
+    return TlsShape(hostnames + extra, api_identity)
+
+
+def _issue_tls(
     cas_key: ec.EllipticCurvePrivateKey,
     ca_certificate: x509.Certificate,
-    hostnames: tuple[str, ...],
+    tls_key: ec.EllipticCurvePrivateKey,
+    shape: TlsShape,
 ) -> TlsRecord:
-    tls_key = _ec_key(generate_private_key("P-256"))
-    certificate = issue_tls_certificate(cas_key, ca_certificate, tls_key.public_key(), hostnames)
+    subject = shape.api_identity.subject_name() if shape.api_identity else None
+    if subject is not None and len(subject) == 0:
+        subject = None
+    certificate = issue_tls_certificate(
+        cas_key, ca_certificate, tls_key.public_key(), shape.hostnames, subject=subject
+    )
     return TlsRecord(
-        hostnames=hostnames,
+        hostnames=shape.hostnames,
+        subject_sha256=shape.subject_sha256,
         tls_key_pem=private_key_pem(tls_key).decode("ascii"),
         tls_certificate_pem=certificate_pem(certificate).decode("ascii"),
     )
+
+
+def reshape_tls(txn: Transaction, hostnames: tuple[str, ...]) -> bool:
+    """Reissue the TLS certificate (same key) if its shape changed or it expires soon.
+
+    Returns True when it reissued the certificate.
+    """
+    identity = require_record(txn, IdentityRecord, TABLE, IDENTITY_KEY)
+    tls = require_record(txn, TlsRecord, TABLE, TLS_KEY)
+    shape = tls_shape(txn, hostnames)
+    expires = _load_certificate(tls.tls_certificate_pem, TLS_KEY).not_valid_after_utc
+    fresh = expires - datetime.now(UTC) > TLS_RENEW_BEFORE
+    if fresh and tls.hostnames == shape.hostnames and tls.subject_sha256 == shape.subject_sha256:
+        return False
+    reissued = _issue_tls(
+        _load_key(identity.cas_key_pem, IDENTITY_KEY),
+        _load_certificate(identity.ca_certificate_pem, IDENTITY_KEY),
+        _load_key(tls.tls_key_pem, TLS_KEY),
+        shape,
+    )
+    write_record(txn, TABLE, TLS_KEY, reissued)
+    return True
 
 
 def _ec_key(key: object) -> ec.EllipticCurvePrivateKey:
@@ -166,24 +246,20 @@ def _ec_key(key: object) -> ec.EllipticCurvePrivateKey:
 
 
 def load_identity(store: Store, hostnames: tuple[str, ...], *, reissue: bool = True) -> CasIdentity:
-    """Load the CAS identity; reissue the TLS certificate first if the hostnames changed.
+    """Load the CAS identity; first reissue the TLS certificate if its shape changed.
 
     With ``reissue`` false nothing is written: the identity is loaded as stored.
-
     Raises :class:`RecordDamagedError` naming the record when a record is missing or damaged.
     """
-    identity = require_record(store, IdentityRecord, TABLE, IDENTITY_KEY)
-    cas_key = _load_key(identity.cas_key_pem, IDENTITY_KEY)
-    ca_certificate = _load_certificate(identity.ca_certificate_pem, IDENTITY_KEY)
-    tls = require_record(store, TlsRecord, TABLE, TLS_KEY)
-    if reissue and tls.hostnames != hostnames:
-        tls = _new_tls_record(cas_key, ca_certificate, hostnames)
+    if reissue:
         with store.transaction() as txn:
-            write_record(txn, TABLE, TLS_KEY, tls)
+            reshape_tls(txn, hostnames)
+    identity = require_record(store, IdentityRecord, TABLE, IDENTITY_KEY)
+    tls = require_record(store, TlsRecord, TABLE, TLS_KEY)
     return CasIdentity(
         instance_id=identity.instance_id,
-        cas_key=cas_key,
-        ca_certificate=ca_certificate,
+        cas_key=_load_key(identity.cas_key_pem, IDENTITY_KEY),
+        ca_certificate=_load_certificate(identity.ca_certificate_pem, IDENTITY_KEY),
         tls_key=_load_key(tls.tls_key_pem, TLS_KEY),
         tls_certificate=_load_certificate(tls.tls_certificate_pem, TLS_KEY),
         hostnames=tls.hostnames,
@@ -207,6 +283,22 @@ def _load_certificate(pem: str, record: str) -> x509.Certificate:
 def read_state(source: Store | Transaction) -> StateRecord:
     """The CAS state record (provisioning and database-key facts)."""
     return require_record(source, StateRecord, TABLE, STATE_KEY)
+
+
+def read_owner(source: Store | Transaction) -> OwnerRecord | None:
+    """The owner record, or ``None`` while unprovisioned."""
+    return read_record(source, OwnerRecord, TABLE, OWNER_KEY)
+
+
+def read_owner_config(source: Store | Transaction) -> OwnerConfig | None:
+    """The provisioned owner config, or ``None`` while unprovisioned."""
+    record = read_record(source, OwnerConfigRecord, TABLE, OWNER_CONFIG_KEY)
+    if record is None:
+        return None
+    try:
+        return owner_config_from_normal_form(record.normal_form)
+    except ConfigError as exc:
+        raise RecordDamagedError(TABLE, OWNER_CONFIG_KEY, "not a valid owner config") from exc
 
 
 def read_provisioning_token(source: Store | Transaction) -> str | None:

@@ -182,8 +182,28 @@ def test_unprovisioned_report_verifies(bundle: Bundle) -> None:
         owner_config_sha256=None,
         audit={"seq": 0, "head": AUDIT_GENESIS_HEAD},
     )
-    verified = verify_cas_attestation(bundle.response(report), expect(), bundle.tls_der)
+    response = bundle.response(report)
+    verified = verify_cas_attestation(response, expect(allow_unprovisioned=True), bundle.tls_der)
     assert verified.report.audit.head == AUDIT_GENESIS_HEAD
+    assert refused(response, expect()).check == "unprovisioned"
+    owner_expected = expect(allow_unprovisioned=True, owner_identity_hash="aa" * 32)
+    assert refused(response, owner_expected).check == "unprovisioned"
+
+
+def test_expected_owner_and_config(bundle: Bundle) -> None:
+    report = bundle.report()
+    response = bundle.response(report)
+    assert report["provisioned"] is True
+    owner, config = str(report["owner_identity_hash"]), str(report["owner_config_sha256"])
+    both = expect(owner_identity_hash=owner, owner_config_sha256=config)
+    verified = verify_cas_attestation(response, both, bundle.tls_der)
+    assert verified.report.owner_identity_hash == owner
+    wrong_owner = expect(owner_identity_hash="ab" * 32, owner_config_sha256=config)
+    problem = refused(response, wrong_owner)
+    assert problem.check == "owner-identity"
+    assert owner in str(problem)
+    wrong_config = expect(owner_identity_hash=owner, owner_config_sha256="cd" * 32)
+    assert refused(response, wrong_config).check == "owner-config"
 
 
 def test_report_data_is_sha512_of_canonical_json(bundle: Bundle) -> None:

@@ -478,3 +478,13 @@ def test_find_key_line(key_path: tuple[str | int, ...], line: int) -> None:
 @pytest.mark.parametrize("key_path", [("fake",), ("a", "y"), ("missing",), ("items", 2)])
 def test_find_key_line_returns_none_when_not_written(key_path: tuple[str | int, ...]) -> None:
     assert find_key_line(LOOKUP_TEXT, key_path) is None
+
+
+def test_pathological_toml_is_a_config_error(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.toml"
+    deep.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    huge = tmp_path / "huge.toml"
+    huge.write_text("x = " + "9" * 5000 + "\n")
+    for path in (deep, huge):
+        with pytest.raises(ConfigError, match="invalid TOML"):
+            load_availability_config(path)

@@ -1,0 +1,825 @@
+"""The owner config: what the CAS owner provisions the CAS with.
+
+The owner hands it over once, with ``casctl provision --config-file F`` or ``cas provision
+--owner-config F``. It shapes the CAS's TLS certificate (``[api_identity]``), says how the CAS
+reaches Intel's DCAP collateral (``[dcap]``) and where the audit log goes (``[audit_log]``).
+An empty file is a valid owner config: every section is optional.
+
+The file is TOML, JSON (``.json``) or YAML (``.yaml``, ``.yml``), chosen by its extension. It is
+validated strictly: an unknown section or key, a wrong type or a bad value is a
+:class:`~opencas.errors.ConfigError` that lists every problem, each naming the file, the key
+and (for TOML and YAML) the line.
+
+Once parsed, a config has one *normal form* (:meth:`OwnerConfig.normal_form`): synonyms
+resolved, defaults filled in, values in canonical spelling. The API carries it, the store keeps
+it, and :func:`owner_config_sha256` hashes it, so the same config hashes the same however it was
+written. Secret values (the DCAP subscription key, the IAS key) are kept in
+:class:`~pydantic.SecretStr`, which never shows them in ``repr`` or ``str``; only
+:meth:`OwnerConfig.normal_form` reveals them, and :meth:`OwnerConfig.redacted` is the form to
+print.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import ErrorDetails
+from ruamel.yaml import YAML
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.reader import ReaderError
+
+from opencas.config.availability import _certificate_name, _dns_name_problem
+from opencas.config.toml_source import (
+    _EXPECTED_TYPES,
+    KeyPath,
+    _is_table,
+    _label,
+    _nearest_line,
+    _show,
+    _syntax_error_message,
+    _what_is_wrong,
+    key_line_index,
+    load_toml,
+)
+from opencas.crypto.canonical import canonical_sha256
+from opencas.errors import ConfigError
+
+OwnerConfigFormat = Literal["toml", "json", "yaml"]
+"""The text formats an owner config may be written in."""
+
+MAX_ALT_NAMES = 100
+REDACTED = "<redacted>"
+"""What :meth:`OwnerConfig.redacted` shows in place of a secret value."""
+IAS_END_OF_LIFE = (
+    "the [ias] section is not used: Intel's EPID attestation service has reached end of life"
+)
+NORMAL_FORM_SOURCE = "request body"
+"""How errors name a normal form given to :func:`owner_config_from_normal_form`."""
+
+_SECRET_KEYS = frozenset({"subscription_key", "sp_key"})
+_MAX_SECRET_LENGTH = 256
+_MAX_URL_LENGTH = 2048
+_MAX_PEM_LENGTH = 65536
+# The schema is at most four levels deep (api.identity.alt_names[i]); nothing deeper is valid,
+# so the structural checks stop there and leave the rest to the schema's type errors.
+_MAX_DEPTH = 8
+_YAML_STR_TAG = "tag:yaml.org,2002:str"
+# What parsers raise for text that parses but cannot become Python values.
+_UNCONVERTIBLE = (RecursionError, ValueError)
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+# --- value checks -------------------------------------------------------------------------------
+#
+# Messages never quote URLs or secrets: a URL may carry a password, and a secret must never be
+# echoed into a log or an API response.
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_HEX32 = re.compile(r"[0-9A-Fa-f]{32}")
+_EMAIL_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_PEM_BEGIN = re.compile(r"-----BEGIN ([^\r\n]*?)-----")
+
+
+def _plain_text(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("contains a control character (such as a newline or a tab)")
+    if value != value.strip():
+        raise ValueError("has leading or trailing whitespace")
+    return value
+
+
+def _country_code(value: str) -> str:
+    if len(value) != 2 or not (value.isascii() and value.isalpha()):
+        raise ValueError(f"expected a two-letter country code such as 'DE', got {value!r}")
+    return value.upper()
+
+
+def _email(value: str) -> str:
+    local, at, domain = value.rpartition("@")
+    if not at or not local:
+        raise ValueError(f"{value!r} is not an email address; expected NAME@DOMAIN")
+    if len(local) > 64:
+        raise ValueError(f"{value!r}: the part before '@' is longer than 64 characters")
+    if not _EMAIL_LOCAL.fullmatch(local):
+        raise ValueError(
+            f"{value!r}: the part before '@' may hold only ASCII letters, digits, "
+            "!#$%&'*+/=?^_`{|}~- and single dots between them"
+        )
+    problem = _dns_name_problem(domain)
+    if problem is not None:
+        raise ValueError(f"{value!r}: the domain is not a valid DNS name: {problem}")
+    if "." not in domain:
+        raise ValueError(f"{value!r}: the domain needs at least two labels, as in example.com")
+    return value
+
+
+def _array_as_tuple(value: object) -> object:
+    # Arrays arrive as lists; the config keeps tuples so that it stays immutable and hashable.
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _url(value: str, schemes: tuple[str, ...]) -> str:
+    if _CONTROL.search(value) or any(char.isspace() for char in value):
+        raise ValueError("a URL may not contain spaces or control characters")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise ValueError("not a valid URL") from None
+    expected = " or ".join(f"{scheme}://" for scheme in schemes)
+    if parts.scheme == "http" and "https" in schemes:
+        raise ValueError(
+            "plain http:// is refused: the connection must be encrypted and authenticated; "
+            "use https://"
+        )
+    if parts.scheme not in schemes:
+        raise ValueError(f"expected a URL starting with {expected}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("a URL may not carry a user name or password")
+    if not parts.hostname:
+        raise ValueError("the URL names no host")
+    try:
+        _certificate_name(parts.hostname)
+    except ValueError:
+        raise ValueError("the URL's host is neither an IP address nor a valid DNS name") from None
+    if parts.fragment or value.endswith("#"):
+        raise ValueError("a URL may not carry a fragment ('#...')")
+    # A raw TLS stream has no default port and no notion of a path.
+    if parts.scheme == "tcp+tls" and port is None:
+        raise ValueError("the URL names no port; expected tcp+tls://HOST:PORT")
+    if parts.scheme == "tcp+tls" and (parts.path or parts.query):
+        raise ValueError("a tcp+tls:// URL has no path or query; expected tcp+tls://HOST:PORT")
+    return value
+
+
+def _https_url(value: str) -> str:
+    return _url(value, ("https",))
+
+
+def _audit_url(value: str) -> str:
+    return _url(value, ("https", "tcp+tls"))
+
+
+def _one_certificate(value: str) -> str:
+    """The canonical PEM of the one certificate in ``value``; ``ValueError`` saying why not."""
+    labels = _PEM_BEGIN.findall(value)
+    if not labels:
+        raise ValueError("not PEM: no '-----BEGIN CERTIFICATE-----' line")
+    if len(labels) > 1:
+        raise ValueError(f"expected exactly one PEM block (one certificate), found {len(labels)}")
+    if labels[0] != "CERTIFICATE":
+        raise ValueError(f"the PEM block is a {labels[0][:40]}, not a CERTIFICATE")
+    try:
+        certificate = x509.load_pem_x509_certificate(value.encode("utf-8"))
+    except ValueError:
+        raise ValueError("the PEM block does not hold a valid X.509 certificate") from None
+    # Re-encoding makes line breaks and surrounding text irrelevant to the hash.
+    return certificate.public_bytes(Encoding.PEM).decode("ascii")
+
+
+def _spid(value: str) -> str:
+    if not _HEX32.fullmatch(value):
+        raise ValueError("expected 32 hexadecimal digits")
+    return value.lower()
+
+
+def _secret(value: SecretStr) -> SecretStr:
+    text = value.get_secret_value()
+    if not text:
+        raise ValueError("at least 1 character required, got 0")
+    if len(text) > _MAX_SECRET_LENGTH:
+        raise ValueError(f"at most {_MAX_SECRET_LENGTH} characters allowed, got {len(text)}")
+    if _CONTROL.search(text):
+        raise ValueError("contains a control character (such as a newline or a tab)")
+    if text != text.strip():
+        raise ValueError("has leading or trailing whitespace")
+    return value
+
+
+_Text64 = Annotated[
+    str, StringConstraints(min_length=1, max_length=64), AfterValidator(_plain_text)
+]
+_Text128 = Annotated[
+    str, StringConstraints(min_length=1, max_length=128), AfterValidator(_plain_text)
+]
+_Country = Annotated[str, AfterValidator(_country_code)]
+_Email = Annotated[str, StringConstraints(min_length=1, max_length=254), AfterValidator(_email)]
+_AltNames = Annotated[
+    tuple[Annotated[str, AfterValidator(_certificate_name)], ...],
+    BeforeValidator(_array_as_tuple),
+    Field(max_length=MAX_ALT_NAMES),
+]
+_HttpsUrl = Annotated[
+    str, StringConstraints(min_length=1, max_length=_MAX_URL_LENGTH), AfterValidator(_https_url)
+]
+_AuditUrl = Annotated[
+    str, StringConstraints(min_length=1, max_length=_MAX_URL_LENGTH), AfterValidator(_audit_url)
+]
+_PemCertificate = Annotated[
+    str, StringConstraints(max_length=_MAX_PEM_LENGTH), AfterValidator(_one_certificate)
+]
+_Spid = Annotated[str, AfterValidator(_spid)]
+_Secret = Annotated[SecretStr, AfterValidator(_secret)]
+
+# hide_input_in_errors keeps secrets out of a ValidationError's text, should one ever escape.
+_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True, hide_input_in_errors=True)
+
+
+# --- the sections -------------------------------------------------------------------------------
+
+
+class ApiIdentity(BaseModel):
+    """``[api_identity]``: the subject and alternative names of the CAS's TLS certificate.
+
+    Every key is optional; ``alt_names`` holds DNS names (lower-case) and IP addresses
+    (canonical form), without duplicates.
+    """
+
+    model_config = _STRICT
+
+    # RFC 5280 upper bounds: ub-common-name and ub-organization-name are 64.
+    common_name: _Text64 | None = None
+    alt_names: _AltNames = ()
+    country_name: _Country | None = None
+    org_name: _Text64 | None = None
+    state_or_province: _Text128 | None = None
+    locality: _Text128 | None = None
+    email: _Email | None = None
+
+    @field_validator("alt_names")
+    @classmethod
+    def _no_duplicates(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                raise ValueError(f"{name!r} is listed twice")
+            seen.add(name)
+        return names
+
+    def subject_name(self) -> x509.Name:
+        """The certificate subject: C, ST, L, O, CN and emailAddress, only those that are set.
+
+        An identity that sets none of them gives an empty name; the certificate code supplies
+        its own default then.
+        """
+        present = [
+            (NameOID.COUNTRY_NAME, self.country_name),
+            (NameOID.STATE_OR_PROVINCE_NAME, self.state_or_province),
+            (NameOID.LOCALITY_NAME, self.locality),
+            (NameOID.ORGANIZATION_NAME, self.org_name),
+            (NameOID.COMMON_NAME, self.common_name),
+            (NameOID.EMAIL_ADDRESS, self.email),
+        ]
+        return x509.Name(
+            [x509.NameAttribute(oid, value) for oid, value in present if value is not None]
+        )
+
+    def subject_alternative_names(self) -> list[x509.GeneralName]:
+        """``alt_names`` as X.509 general names, in order: IP addresses and DNS names."""
+        names: list[x509.GeneralName] = []
+        for name in self.alt_names:
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(name)))
+            except ValueError:
+                names.append(x509.DNSName(name))
+        return names
+
+
+class DcapConfig(BaseModel):
+    """``[dcap]``: where the CAS fetches DCAP collateral, and the key for that service.
+
+    ``pccs_url`` is an https URL (None: the platform's default). ``subscription_key`` is a
+    secret; read it with ``get_secret_value()``.
+    """
+
+    model_config = _STRICT
+
+    pccs_url: _HttpsUrl | None = None
+    subscription_key: _Secret | None = None
+
+
+AuditLogMode = Literal["disabled", "unsigned", "signed"]
+AuditLogSink = Literal["file", "network"]
+
+
+class AuditLogConfig(BaseModel):
+    """``[audit_log]``: whether the CAS writes an audit log, signed or not, and where.
+
+    With ``sink = "network"``, ``url`` (https or tcp+tls) is required and
+    ``server_ca_certificate`` (canonical PEM) may pin the server; with ``sink = "file"`` both
+    are refused, so that a config never carries settings that have no effect.
+    """
+
+    model_config = _STRICT
+
+    mode: AuditLogMode = "disabled"
+    sink: AuditLogSink = "file"
+    # Validated even when left out, so that a network sink without a URL is caught.
+    url: _AuditUrl | None = Field(default=None, validate_default=True)
+    server_ca_certificate: _PemCertificate | None = Field(default=None, validate_default=True)
+
+    @field_validator("url")
+    @classmethod
+    def _url_matches_sink(cls, value: str | None, info: ValidationInfo) -> str | None:
+        sink = info.data.get("sink")
+        if sink == "network" and value is None:
+            raise ValueError('required when sink = "network"')
+        if sink == "file" and value is not None:
+            raise ValueError('only allowed with sink = "network" (sink is "file")')
+        return value
+
+    @field_validator("server_ca_certificate")
+    @classmethod
+    def _certificate_matches_sink(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("sink") == "file" and value is not None:
+            raise ValueError('only allowed with sink = "network" (sink is "file")')
+        return value
+
+
+class IasConfig(BaseModel):
+    """``[ias]``: settings for Intel's EPID attestation service, accepted but not used."""
+
+    model_config = _STRICT
+
+    spid: _Spid | None = None
+    linkable_quotes: bool = False
+    sp_key: _Secret | None = None
+    base_uri: _HttpsUrl | None = None
+
+
+class OwnerConfig(BaseModel):
+    """A validated owner config: immutable and hashable; equal configs hash the same.
+
+    A section that sets nothing but defaults is the same as no section, so it is held as None
+    (``audit_log`` always holds a value, its defaults included).
+    """
+
+    model_config = _STRICT
+
+    api_identity: ApiIdentity | None = None
+    dcap: DcapConfig | None = None
+    audit_log: AuditLogConfig = Field(default_factory=AuditLogConfig)
+    ias: IasConfig | None = None
+
+    @field_validator("api_identity", "dcap", "ias")
+    @classmethod
+    def _defaults_only_is_absent(cls, section: BaseModel | None) -> BaseModel | None:
+        if section is not None and section == type(section)():
+            return None
+        return section
+
+    def normal_form(self) -> dict[str, Any]:
+        """The canonical JSON-able form, secrets included: what the API and the store carry.
+
+        Keys are the section and key names of :class:`OwnerConfig` (``api_identity``, never
+        ``api.identity``); defaults are filled in; sections and keys that are not set are left
+        out; arrays keep their order. :func:`owner_config_from_normal_form` reads it back.
+        """
+        return self._form(reveal=True)
+
+    def redacted(self) -> dict[str, Any]:
+        """The normal form with every secret value replaced by ``"<redacted>"``: safe to show."""
+        return self._form(reveal=False)
+
+    def _form(self, *, reveal: bool) -> dict[str, Any]:
+        form: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            section = getattr(self, name)
+            if isinstance(section, BaseModel):
+                form[name] = _section_form(section, reveal=reveal)
+        return form
+
+
+def _section_form(section: BaseModel, *, reveal: bool) -> dict[str, Any]:
+    form: dict[str, Any] = {}
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value() if reveal else REDACTED
+        elif isinstance(value, tuple):
+            value = list(value)
+        form[name] = value
+    return form
+
+
+class _ApiTable(BaseModel):
+    """``[api]`` in an owner config file: only ``[api.identity]``, as SCONE configs write it."""
+
+    model_config = _STRICT
+
+    identity: ApiIdentity | None = None
+
+
+class _OwnerFile(BaseModel):
+    """An owner config file as written, with both spellings of the identity section."""
+
+    model_config = _STRICT
+
+    api_identity: ApiIdentity | None = None
+    api: _ApiTable | None = None
+    dcap: DcapConfig | None = None
+    audit_log: AuditLogConfig = Field(default_factory=AuditLogConfig)
+    ias: IasConfig | None = None
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedOwnerConfig:
+    """An owner config and the warnings its file gave rise to (``FILE:LINE: text`` each)."""
+
+    config: OwnerConfig
+    warnings: tuple[str, ...] = ()
+
+
+def owner_config_format(path: Path) -> OwnerConfigFormat:
+    """The format of the owner config file at ``path``, by extension; TOML unless it says else."""
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return "json"
+    if suffix in {".yaml", ".yml"}:
+        return "yaml"
+    return "toml"
+
+
+def load_owner_config(path: Path) -> LoadedOwnerConfig:
+    """Read and validate the owner config file at ``path``, in the format its extension says.
+
+    Returns the config and its warnings (a ``[ias]`` section is accepted but reported unused).
+    Raises :class:`ConfigError` if the file is missing, unreadable or not valid in its format,
+    or if any section, key or value is unknown, of the wrong type or invalid; the message lists
+    every problem, each naming the file, the key and (for TOML and YAML) the line. Secret
+    values never appear in the message.
+    """
+    fmt = owner_config_format(path)
+    if fmt != "toml":
+        return _validate(_parse_text(_read_text(path), str(path), fmt))
+    try:
+        document = load_toml(path)
+    except _UNCONVERTIBLE as error:
+        raise _unconvertible(str(path), fmt, error) from None
+    return _validate(_Document(str(path), document.data, key_line_index(document.text)))
+
+
+def parse_owner_config(text: str, source: str, fmt: OwnerConfigFormat) -> LoadedOwnerConfig:
+    """Validate the owner config ``text`` written in ``fmt``, as :func:`load_owner_config` does.
+
+    ``source`` names the text in error messages and warnings (a file name, say).
+    """
+    return _validate(_parse_text(text.removeprefix("\ufeff"), source, fmt))
+
+
+def owner_config_from_normal_form(obj: object, *, source: str = NORMAL_FORM_SOURCE) -> OwnerConfig:
+    """Validate ``obj``, the normal form of an owner config, as from a request body or record.
+
+    Accepts exactly what :meth:`OwnerConfig.normal_form` produces (keys that hold a default may
+    be left out), strictly: ``api.identity`` and any other unknown key are refused. Raises
+    :class:`ConfigError` listing every problem, each naming ``source`` and the key.
+    """
+    return _validated(_Document(source, obj, {}), OwnerConfig)[0]
+
+
+def owner_config_sha256(config: OwnerConfig) -> str:
+    """Lowercase hex SHA-256 over the RFC 8785 canonical JSON of ``config.normal_form()``.
+
+    Two files that differ only in format, key order, synonym or spelled-out defaults hash the
+    same; any change of a value changes the hash.
+    """
+    return canonical_sha256(config.normal_form())
+
+
+@dataclass(frozen=True, slots=True)
+class _Document:
+    """Parsed text: its name for messages, its data, and the line of every key path known."""
+
+    source: str
+    data: object
+    lines: Mapping[KeyPath, int]
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a configuration file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: cannot read configuration file: permission denied") from None
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ConfigError(f"{path}: cannot read configuration file: {reason}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 text") from None
+
+
+def _parse_text(text: str, source: str, fmt: OwnerConfigFormat) -> _Document:
+    try:
+        if fmt == "json":
+            return _parse_json(text, source)
+        if fmt == "yaml":
+            return _parse_yaml(text, source)
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(_syntax_error_message(Path(source), text, str(error))) from None
+        return _Document(source, data, key_line_index(text))
+    except _UNCONVERTIBLE as error:
+        raise _unconvertible(source, fmt, error) from None
+
+
+def _unconvertible(source: str, fmt: OwnerConfigFormat, error: Exception) -> ConfigError:
+    """The error for text that parses but holds what Python cannot turn into values."""
+    if isinstance(error, RecursionError):
+        return ConfigError(f"{source}: invalid {fmt.upper()}: values are nested too deeply")
+    # Python's own conversions fail like this (an integer of more than 4300 digits, say); their
+    # text may quote the value, so it is not passed on.
+    return ConfigError(f"{source}: invalid {fmt.upper()}: a value cannot be converted")
+
+
+def _parse_json(text: str, source: str) -> _Document:
+    duplicates: list[str] = []
+
+    def object_from_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in result:
+                duplicates.append(key)
+            result[key] = value
+        return result
+
+    def refuse_constant(name: str) -> Any:
+        raise ConfigError(f"{source}: invalid JSON: {name} is not a JSON number")
+
+    try:
+        data = json.loads(text, object_pairs_hook=object_from_pairs, parse_constant=refuse_constant)
+    except json.JSONDecodeError as error:
+        where = f"{source}:{error.lineno}:{error.colno}"
+        raise ConfigError(f"{where}: invalid JSON: {error.msg}") from None
+    # JSON is YAML too: its node positions give the lines, best effort.
+    index = _YamlIndex()
+    try:
+        index.walk(YAML(typ="safe", pure=True).compose(text), ())
+    except (YAMLError, *_UNCONVERTIBLE):
+        index = _YamlIndex()
+    if duplicates:
+        problems = index.config_problems(source) or [
+            (0, f"{source}: invalid JSON: duplicate key {duplicates[0]!r}")
+        ]
+        raise _config_error(problems)
+    return _Document(source, data, index.lines)
+
+
+def _parse_yaml(text: str, source: str) -> _Document:
+    try:
+        root = YAML(typ="safe", pure=True).compose(text)
+    except YAMLError as error:
+        raise ConfigError(_yaml_error_message(source, text, error)) from None
+    index = _YamlIndex()
+    if root is not None:
+        index.walk(root, ())
+    if index.problems:
+        # Also refuses aliases before the data is built: expanding shared nodes again and
+        # again is how a small YAML text becomes a huge value.
+        raise _config_error(index.config_problems(source))
+    try:
+        data = YAML(typ="safe", pure=True).load(text)
+    except YAMLError as error:
+        raise ConfigError(_yaml_error_message(source, text, error)) from None
+    return _Document(source, {} if data is None else data, index.lines)
+
+
+def _yaml_error_message(source: str, text: str, error: YAMLError) -> str:
+    if isinstance(error, ReaderError) and isinstance(error.character, int):
+        line = text.count("\n", 0, error.position) + 1
+        return f"{source}:{line}: invalid YAML: {error.reason} (#x{error.character:04x})"
+    if not isinstance(error, MarkedYAMLError):
+        return f"{source}: invalid YAML: {error}"
+    # ruamel's text for a duplicate key quotes both values, which may be secrets.
+    problem = "duplicate key" if isinstance(error, DuplicateKeyError) else error.problem
+    mark = error.problem_mark or error.context_mark
+    where = source if mark is None else f"{source}:{mark.line + 1}:{mark.column + 1}"
+    return f"{where}: invalid YAML: {problem or error.context or 'not valid'}"
+
+
+class _YamlIndex:
+    """The line of every key path in a YAML node tree, and its duplicate keys and aliases."""
+
+    def __init__(self) -> None:
+        self.lines: dict[KeyPath, int] = {}
+        self.problems: list[tuple[KeyPath, int | None, str]] = []
+        self._seen: set[int] = set()
+
+    def config_problems(self, source: str) -> list[tuple[int, str]]:
+        """The problems found, as ``(line, message)`` for :func:`_config_error`."""
+        problems = []
+        for loc, line, what in self.problems:
+            at = line if line is not None else _nearest_line(self.lines, loc)
+            problems.append((at or 0, f"{_where(source, at)}: {_label(loc, False)}: {what}"))
+        return problems
+
+    def walk(self, node: Node, path: KeyPath, depth: int = 0) -> None:
+        if id(node) in self._seen:
+            what = "YAML aliases (*name) are not supported here; write the value out"
+            self.problems.append((path, None, what))
+            return
+        self._seen.add(id(node))
+        if depth > _MAX_DEPTH:
+            return
+        if isinstance(node, MappingNode):
+            self._walk_mapping(node, path, depth)
+        elif isinstance(node, SequenceNode):
+            for index, item in enumerate(node.value):
+                if id(item) not in self._seen:
+                    # An alias's node carries the position of its anchor, not its own.
+                    self.lines.setdefault((*path, index), item.start_mark.line + 1)
+                self.walk(item, (*path, index), depth + 1)
+
+    def _walk_mapping(self, node: MappingNode, path: KeyPath, depth: int) -> None:
+        first_lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not (isinstance(key_node, ScalarNode) and key_node.tag == _YAML_STR_TAG):
+                # Keys that are not strings are refused once the data is built; their values
+                # are still walked for aliases.
+                self.walk(key_node, path, depth + 1)
+                self.walk(value_node, path, depth + 1)
+                continue
+            key, line = str(key_node.value), key_node.start_mark.line + 1
+            if key in first_lines:
+                what = f"duplicate key (first written on line {first_lines[key]})"
+                self.problems.append(((*path, key), line, what))
+                continue
+            first_lines[key] = line
+            self.lines.setdefault((*path, key), line)
+            self.walk(value_node, (*path, key), depth + 1)
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+def _validate(document: _Document) -> LoadedOwnerConfig:
+    parsed, data = _validated(document, _OwnerFile)
+    identity = parsed.api_identity
+    if identity is None and parsed.api is not None:
+        identity = parsed.api.identity
+    config = OwnerConfig(
+        api_identity=identity, dcap=parsed.dcap, audit_log=parsed.audit_log, ias=parsed.ias
+    )
+    warnings: tuple[str, ...] = ()
+    if "ias" in data:
+        where = _where(document.source, document.lines.get(("ias",)))
+        warnings = (f"{where}: {IAS_END_OF_LIFE}",)
+    return LoadedOwnerConfig(config, warnings)
+
+
+def _validated(document: _Document, model: type[_Model]) -> tuple[_Model, dict[str, Any]]:
+    """``document.data`` validated against ``model``, and the data as validated.
+
+    Raises one :class:`ConfigError` listing every problem: structural ones (nulls, keys that
+    are not strings, both spellings of the identity section) and the schema's.
+    """
+    source, lines = document.source, document.lines
+    if not isinstance(document.data, dict):
+        raise ConfigError(f"{source}: expected a table of sections, got {_show(document.data)}")
+    problems: list[tuple[int, str]] = []
+    data = _plain_data(document.data, (), problems, source, lines)
+    if model is _OwnerFile:
+        problems.extend(_synonym_conflict(data, source, lines))
+    try:
+        parsed = model.model_validate(data)
+    except ValidationError as error:
+        problems.extend(_validation_problems(error, model, data, source, lines))
+        # Not chained: the validation error holds the input, secrets included.
+        raise _config_error(problems) from None
+    if problems:
+        raise _config_error(problems)
+    return parsed, data
+
+
+def _plain_data(
+    data: dict[Any, Any],
+    path: KeyPath,
+    problems: list[tuple[int, str]],
+    source: str,
+    lines: Mapping[KeyPath, int],
+) -> dict[str, Any]:
+    """``data`` without its nulls and non-string keys, each reported in ``problems``.
+
+    JSON and YAML can write both; TOML cannot, and the schema expects neither.
+    """
+    plain: dict[str, Any] = {}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            what = f"keys must be strings, got {_show(key)}"
+            problems.append(_problem(source, lines, path, is_table=True, what=what))
+        elif value is None:
+            what = "null is not a value; leave the key out instead"
+            problems.append(_problem(source, lines, (*path, key), is_table=False, what=what))
+        elif isinstance(value, dict) and len(path) < _MAX_DEPTH:
+            plain[key] = _plain_data(value, (*path, key), problems, source, lines)
+        else:
+            plain[key] = value
+    return plain
+
+
+def _synonym_conflict(
+    data: Mapping[str, Any], source: str, lines: Mapping[KeyPath, int]
+) -> Iterator[tuple[int, str]]:
+    api = data.get("api")
+    if "api_identity" in data and isinstance(api, dict) and "identity" in api:
+        first = lines.get(("api_identity",))
+        at = f" (line {first})" if first is not None else ""
+        what = f"the same section as [api_identity]{at}; write only one of the two"
+        yield _problem(source, lines, ("api", "identity"), is_table=True, what=what)
+
+
+def _validation_problems(
+    error: ValidationError,
+    model: type[BaseModel],
+    data: Mapping[str, Any],
+    source: str,
+    lines: Mapping[KeyPath, int],
+) -> Iterator[tuple[int, str]]:
+    for item in error.errors(include_url=False):
+        loc: KeyPath = tuple(item["loc"])
+        # An unknown name inside a section reads best as a key of that section.
+        is_table = _is_table(model, loc, data) and not (
+            item["type"] == "extra_forbidden" and len(loc) > 1
+        )
+        # "Unknown key" never quotes the value, and says more than the secret-safe words.
+        if item["type"] != "extra_forbidden" and any(part in _SECRET_KEYS for part in loc):
+            what = _what_is_wrong_with_secret(item)
+        else:
+            what = _what_is_wrong(item, model, loc, is_table)
+        yield _problem(source, lines, loc, is_table=is_table, what=what)
+
+
+def _what_is_wrong_with_secret(item: ErrorDetails) -> str:
+    """What is wrong with a secret value, in words that never show the value."""
+    kind, given, ctx = item["type"], item["input"], item.get("ctx") or {}
+    if kind in _EXPECTED_TYPES:
+        return f"expected {_EXPECTED_TYPES[kind]}, got {_kind_of(given)} (not shown: a secret)"
+    if kind == "value_error" and "error" in ctx:
+        return str(ctx["error"])  # written by _secret, which never quotes the value
+    return "invalid value (not shown: a secret)"
+
+
+def _kind_of(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | dict):
+        return _show(value)
+    return type(value).__name__
+
+
+def _where(source: str, line: int | None) -> str:
+    return source if line is None else f"{source}:{line}"
+
+
+def _problem(
+    source: str, lines: Mapping[KeyPath, int], loc: KeyPath, *, is_table: bool, what: str
+) -> tuple[int, str]:
+    line = _nearest_line(lines, loc)
+    return line or 0, f"{_where(source, line)}: {_label(loc, is_table)}: {what}"
+
+
+def _config_error(problems: Iterable[tuple[int, str]]) -> ConfigError:
+    ordered = sorted(problems, key=lambda problem: problem[0])
+    return ConfigError("\n".join(text for _, text in ordered))

@@ -1,0 +1,68 @@
+"""The owner identity file of self-provisioning: a PEM certificate carrying the owner's key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from opencas.crypto.x509 import certificate_key_hash, certificate_pem, load_certificate_pem
+from opencas.errors import ConfigError
+
+_CURVES = (ec.SECP256R1, ec.SECP384R1)
+
+
+@dataclass(frozen=True)
+class OwnerIdentity:
+    """The owner: the key hash that names it and, when known, the certificate that carries it."""
+
+    key_hash: str
+    certificate_pem: str | None
+
+
+def owner_identity_of(certificate: x509.Certificate) -> OwnerIdentity:
+    """The owner identity carried by ``certificate``."""
+    return OwnerIdentity(
+        certificate_key_hash(certificate), certificate_pem(certificate).decode("ascii")
+    )
+
+
+def load_owner_certificate(path: Path, now: datetime | None = None) -> OwnerIdentity:
+    """Load the owner certificate at ``path``.
+
+    Raises :class:`ConfigError` naming the file when it cannot be read, is not exactly one PEM
+    certificate, is not valid at ``now`` (default: the current time), or carries a key type that
+    OpenCAS identities do not use (P-256, P-384 and Ed25519 are accepted).
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the owner certificate: {exc.strerror}") from exc
+    try:
+        certificate = load_certificate_pem(data)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not a PEM certificate: {exc}") from exc
+    moment = now or datetime.now(UTC)
+    if moment < certificate.not_valid_before_utc:
+        raise ConfigError(
+            f"{path}: the owner certificate is not valid before "
+            f"{certificate.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}"
+        )
+    if moment > certificate.not_valid_after_utc:
+        raise ConfigError(
+            f"{path}: the owner certificate expired at "
+            f"{certificate.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}"
+        )
+    key = certificate.public_key()
+    supported = isinstance(key, ed25519.Ed25519PublicKey) or (
+        isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, _CURVES)
+    )
+    if not supported:
+        raise ConfigError(
+            f"{path}: the owner certificate carries a {type(key).__name__}; "
+            "use a P-256, P-384 or Ed25519 key"
+        )
+    return owner_identity_of(certificate)

@@ -1,0 +1,152 @@
+"""Provisioning: giving a CAS its owner and owner config, and the owner's operations after that.
+
+Provisioning is one transaction: the owner, the owner config, the state the report shows and the
+removal of the one-time token are committed together or not at all, and only the first
+provisioning succeeds, however many race for it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from opencas.config.owner import OwnerConfig, owner_config_sha256
+from opencas.config.owner_identity import OwnerIdentity
+from opencas.errors import ConflictError, ForbiddenError
+from opencas.service.cas import Cas
+from opencas.service.identity import (
+    OWNER_CONFIG_KEY,
+    OWNER_KEY,
+    STATE_KEY,
+    TABLE,
+    TOKEN_KEY,
+    OwnerConfigRecord,
+    OwnerRecord,
+    StateRecord,
+    read_owner,
+    read_owner_config,
+    read_provisioning_token,
+    read_state,
+    reshape_tls,
+    utc_now_text,
+)
+from opencas.service.records import write_record
+from opencas.service.token_guard import TokenGuard
+from opencas.store.base import Transaction
+
+log = logging.getLogger("opencas")
+
+
+@dataclass(frozen=True)
+class ProvisionedConfig:
+    """The owner config as the owner may see it: secrets redacted, with its hash."""
+
+    redacted: dict[str, Any]
+    sha256: str
+
+
+def provision(
+    cas: Cas, owner: OwnerIdentity, config: OwnerConfig, *, self_provisioned: bool
+) -> StateRecord:
+    """Make ``owner`` the owner of ``cas`` with ``config``; raise ``ConflictError`` if it has one.
+
+    Returns the new state. The TLS certificate is reissued in the same transaction when the
+    owner config shapes it.
+    """
+    with cas.store.transaction() as txn:
+        state = read_state(txn)
+        if state.provisioned:
+            raise ConflictError("this CAS is already provisioned", code="already-provisioned")
+        new_state = state.model_copy(
+            update={
+                "provisioned": True,
+                "self_provisioned": self_provisioned,
+                "provisioned_at": utc_now_text(),
+                "owner_identity_hash": owner.key_hash,
+                "owner_config_sha256": owner_config_sha256(config),
+            }
+        )
+        write_record(
+            txn,
+            TABLE,
+            OWNER_KEY,
+            OwnerRecord(key_hash=owner.key_hash, certificate_pem=owner.certificate_pem),
+        )
+        _write_config(txn, config)
+        write_record(txn, TABLE, STATE_KEY, new_state)
+        txn.delete(TABLE, TOKEN_KEY)
+        tls_changed = reshape_tls(txn, cas.config.hostnames)
+    if tls_changed:
+        cas.reload_identity()
+    how = "self-provisioned from files" if self_provisioned else "provisioned"
+    log.info("%s: owner %s, owner config %s", how, owner.key_hash, new_state.owner_config_sha256)
+    return new_state
+
+
+def provision_with_token(
+    cas: Cas, guard: TokenGuard, token: str, owner: OwnerIdentity, config: OwnerConfig
+) -> StateRecord:
+    """Attested provisioning: ``token`` must be the CAS's one-time token.
+
+    Refuses with ``ConflictError`` when already provisioned, ``RateLimitedError`` while the token
+    back-off is closed, and ``ForbiddenError`` for a wrong token (which counts toward back-off).
+    """
+    if cas.state().provisioned:
+        raise ConflictError("this CAS is already provisioned", code="already-provisioned")
+    guard.check_open()
+    expected = read_provisioning_token(cas.store)
+    if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
+        closed_for = guard.record_failure()
+        if closed_for:
+            log.warning(
+                "%d wrong provisioning tokens; provisioning is closed for %.0f s",
+                guard.failures,
+                closed_for,
+            )
+        raise ForbiddenError("wrong provisioning token", code="wrong-token")
+    return provision(cas, owner, config, self_provisioned=False)
+
+
+def require_owner(cas: Cas, caller_key_hash: str) -> None:
+    """Raise unless ``caller_key_hash`` names the owner of the provisioned ``cas``."""
+    owner = read_owner(cas.store)
+    if owner is None:
+        raise ConflictError("this CAS is not provisioned yet", code="not-provisioned")
+    if not hmac.compare_digest(owner.key_hash, caller_key_hash):
+        raise ForbiddenError("only the CAS owner may do this", code="not-owner")
+
+
+def update_owner_config(cas: Cas, caller_key_hash: str, config: OwnerConfig) -> str:
+    """Replace the owner config (owner only); returns its new hash."""
+    require_owner(cas, caller_key_hash)
+    with cas.store.transaction() as txn:
+        state = read_state(txn)
+        sha = _write_config(txn, config)
+        write_record(txn, TABLE, STATE_KEY, state.model_copy(update={"owner_config_sha256": sha}))
+        tls_changed = reshape_tls(txn, cas.config.hostnames)
+    if tls_changed:
+        cas.reload_identity()
+    log.info("owner config updated: %s", sha)
+    return sha
+
+
+def show_owner_config(cas: Cas, caller_key_hash: str) -> ProvisionedConfig:
+    """The owner config with secrets redacted (owner only)."""
+    require_owner(cas, caller_key_hash)
+    config = read_owner_config(cas.store)
+    if config is None:
+        raise ConflictError("this CAS is not provisioned yet", code="not-provisioned")
+    return ProvisionedConfig(config.redacted(), owner_config_sha256(config))
+
+
+def _write_config(txn: Transaction, config: OwnerConfig) -> str:
+    sha = owner_config_sha256(config)
+    write_record(
+        txn,
+        TABLE,
+        OWNER_CONFIG_KEY,
+        OwnerConfigRecord(normal_form=config.normal_form(), sha256=sha),
+    )
+    return sha
