@@ -19,7 +19,6 @@ and the signature covers ``b"opencas-simulated-evidence/v1\\x00" + canonical_jso
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -27,7 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from opencas.attestation.evidence import Evidence, VerifiedEvidence
-from opencas.crypto.canonical import canonical_json
+from opencas.crypto.canonical import canonical_json, strict_json_object
 from opencas.crypto.encoding import b64_decode, b64_encode
 from opencas.crypto.keys import key_hash
 from opencas.errors import EvidenceError
@@ -78,27 +77,11 @@ def create_simulated_evidence(
     return Evidence(type=EVIDENCE_TYPE, data=canonical_json(document))
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def _parse_document(data: bytes) -> Any:
     try:
-        text = data.decode("utf-8")
-        document = json.loads(
-            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
-        )
-    except (ValueError, RecursionError) as exc:
-        raise EvidenceError(f"simulated evidence is not valid JSON: {exc}") from exc
+        document = strict_json_object(data, "simulated evidence")
+    except ValueError as exc:
+        raise EvidenceError(str(exc)) from exc
     try:
         canonical = canonical_json(document)
     except ValueError as exc:

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
+from opencas.crypto.canonical import strict_json_object
 from opencas.crypto.encoding import b64url_encode
 
 Algorithm: TypeAlias = Literal["ES256", "ES384", "EdDSA"]
@@ -108,8 +109,8 @@ def parse_compact(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, by
     if len(segments) != 3:
         raise ValueError(f"a compact JWS has 3 segments separated by '.', not {len(segments)}")
     header_b64, claims_b64, signature_b64 = segments
-    header = _json_object(b64url_decode_strict(header_b64, "header"), "header")
-    claims = _json_object(b64url_decode_strict(claims_b64, "payload"), "payload")
+    header = strict_json_object(b64url_decode_strict(header_b64, "header"), "header")
+    claims = strict_json_object(b64url_decode_strict(claims_b64, "payload"), "payload")
     signature = b64url_decode_strict(signature_b64, "signature")
     return header, claims, f"{header_b64}.{claims_b64}".encode("ascii"), signature
 
@@ -233,35 +234,6 @@ def _json_bytes(value: Mapping[str, Any]) -> bytes:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"not JSON-serialisable: {exc}") from exc
     return text.encode("utf-8")
-
-
-def _json_object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(
-            data.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constant,
-        )
-    except RecursionError as exc:
-        raise ValueError(f"the {what} JSON is nested too deeply") from exc
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"the {what} is not valid UTF-8 JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise ValueError(f"the {what} must be a JSON object")
-    return value
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            raise ValueError(f"duplicate member {name!r}")
-        result[name] = value
-    return result
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def _jwk_member(jwk: Mapping[str, Any], name: str, size: int) -> bytes:

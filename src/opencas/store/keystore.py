@@ -10,15 +10,13 @@ writes atomically and validates. The plaintext is canonical JSON::
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from opencas.crypto.canonical import canonical_json
+from opencas.crypto.canonical import canonical_json, strict_json_object
 from opencas.crypto.encoding import b64_decode, b64_encode
 from opencas.errors import KeyStoreError
 
@@ -102,11 +100,9 @@ def load_key_store(path: Path, unseal: Callable[[bytes], bytes]) -> KeyStoreCont
 
 def _parse(path: Path, plaintext: bytes) -> KeyStoreContents:
     try:
-        document = json.loads(plaintext.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError):
-        raise KeyStoreError(f"the database key store {path} is corrupt: not JSON") from None
-    if not isinstance(document, dict):
-        raise KeyStoreError(f"the database key store {path} is corrupt: not a JSON object")
+        document = strict_json_object(plaintext, "key store")
+    except ValueError as exc:
+        raise KeyStoreError(f"the database key store {path} is corrupt: {exc}") from None
     marker = document.get("format")
     if marker != KEY_STORE_FORMAT:
         raise KeyStoreError(
@@ -137,15 +133,6 @@ def _parse(path: Path, plaintext: bytes) -> KeyStoreContents:
             f"expected {DMK_SIZE}"
         )
     return KeyStoreContents(dmk=dmk, db_key_injected=injected)
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            raise ValueError(f"duplicate field {name!r}")
-        result[name] = value
-    return result
 
 
 def _write_all(fd: int, data: bytes) -> None:

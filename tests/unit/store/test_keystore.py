@@ -112,9 +112,9 @@ def test_unsealing_failure_is_wrapped(path: Path) -> None:
 @pytest.mark.parametrize(
     ("plaintext", "why"),
     [
-        (b"\xff\xfe not utf-8", "not JSON"),
-        (b"{not json", "not JSON"),
-        (b"[1, 2]", "not a JSON object"),
+        (b"\xff\xfe not utf-8", "not valid UTF-8 JSON"),
+        (b"{not json", "not valid UTF-8 JSON"),
+        (b"[1, 2]", "must be a JSON object"),
         (_document(format="something-else/v1"), "format"),
         (_document(format=None), "format"),
         (_document(extra="field"), "fields"),
@@ -128,7 +128,7 @@ def test_unsealing_failure_is_wrapped(path: Path) -> None:
         (
             b'{"format": "opencas-key-store/v1", "format": "opencas-key-store/v1", '
             b'"dmk": "", "db_key_injected": false}',
-            "not JSON",
+            "duplicate member",
         ),
     ],
 )

@@ -1,0 +1,112 @@
+"""Provisioning decisions in-process: one winner, owner-only operations, one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from opencas.config.availability import load_availability_config
+from opencas.config.owner import parse_owner_config
+from opencas.config.owner_identity import OwnerIdentity
+from opencas.errors import CasError, ConflictError, ForbiddenError
+from opencas.service.cas import Cas, open_cas
+from opencas.service.identity import read_owner, read_provisioning_token
+from opencas.service.provisioning import (
+    provision,
+    provision_with_token,
+    show_owner_config,
+    update_owner_config,
+)
+from opencas.service.token_guard import TokenGuard
+from opencas.testing import write_config
+
+CONFIG = parse_owner_config(
+    '[api_identity]\ncommon_name = "cas.test"\n[dcap]\nsubscription_key = "s3cr3t-key"\n',
+    "owner.toml",
+    "toml",
+).config
+OWNER = OwnerIdentity("a1" * 32, None)
+
+
+@pytest.fixture
+def cas(tmp_path: Path) -> Iterator[Cas]:
+    opened = open_cas(load_availability_config(write_config(tmp_path, 18081, 18766)))
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def test_provision_records_everything_and_consumes_the_token(cas: Cas) -> None:
+    assert read_provisioning_token(cas.store) is not None
+    state = provision(cas, OWNER, CONFIG, self_provisioned=True)
+    assert state.provisioned
+    assert state.self_provisioned
+    assert state.owner_identity_hash == OWNER.key_hash
+    assert cas.report("00" * 16).owner_config_sha256 == state.owner_config_sha256
+    assert read_provisioning_token(cas.store) is None
+    owner = read_owner(cas.store)
+    assert owner is not None
+    assert owner.key_hash == OWNER.key_hash
+    # The TLS certificate now carries the owner's subject.
+    assert "CN=cas.test" in cas.identity.tls_certificate.subject.rfc4514_string()
+
+
+def test_concurrent_provisioning_has_exactly_one_winner(cas: Cas) -> None:
+    token = read_provisioning_token(cas.store)
+    assert token is not None
+    guard = TokenGuard()
+
+    def attempt(index: int) -> str:
+        owner = OwnerIdentity(f"{index:02x}" * 32, None)
+        try:
+            provision_with_token(cas, guard, token, owner, CONFIG)
+        except ConflictError:
+            return "conflict"
+        return owner.key_hash
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(attempt, range(8)))
+    winners = [o for o in outcomes if o != "conflict"]
+    assert len(winners) == 1
+    assert cas.state().owner_identity_hash == winners[0]
+
+
+def test_wrong_token_is_forbidden_and_counted(cas: Cas) -> None:
+    guard = TokenGuard()
+    with pytest.raises(ForbiddenError) as refused:
+        provision_with_token(cas, guard, "not-the-token", OWNER, CONFIG)
+    assert refused.value.code == "wrong-token"
+    assert guard.failures == 1
+    assert not cas.state().provisioned
+
+
+def test_failed_provisioning_changes_nothing(cas: Cas, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: object) -> bool:
+        raise CasError("simulated failure while reissuing the TLS certificate")
+
+    monkeypatch.setattr("opencas.service.provisioning.reshape_tls", broken)
+    with pytest.raises(CasError):
+        provision(cas, OWNER, CONFIG, self_provisioned=True)
+    assert not cas.state().provisioned
+    assert read_provisioning_token(cas.store) is not None
+    assert read_owner(cas.store) is None
+
+
+def test_owner_operations_are_owner_only(cas: Cas) -> None:
+    with pytest.raises(ConflictError):
+        show_owner_config(cas, OWNER.key_hash)
+    provision(cas, OWNER, CONFIG, self_provisioned=False)
+    with pytest.raises(ForbiddenError):
+        show_owner_config(cas, "b2" * 32)
+    with pytest.raises(ForbiddenError):
+        update_owner_config(cas, "b2" * 32, CONFIG)
+    shown = show_owner_config(cas, OWNER.key_hash)
+    assert shown.redacted["dcap"]["subscription_key"] == "<redacted>"
+    assert "s3cr3t-key" not in repr(shown)
+    changed = parse_owner_config("", "empty.toml", "toml").config
+    sha = update_owner_config(cas, OWNER.key_hash, changed)
+    assert cas.state().owner_config_sha256 == sha != shown.sha256
