@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## Run a development CAS (simulated platform) from ./cas.toml, creating it if missing.
+## Run a self-provisioned development CAS (simulated platform) from ./cas.toml and ./.cas/,
+## creating them if missing (scripts/dev-cas).
 run: $(STAMP)
-	@test -f $(CONFIG) || $(BIN)/cas -c $(CONFIG) init-config
-	$(BIN)/cas -c $(CONFIG) serve
+	@BIN=$(BIN) CONFIG=$(CONFIG) bash scripts/dev-cas
 
 ## Lint, format check, strict typing and the whole test suite.
 test: $(STAMP)

@@ -616,8 +616,8 @@ def verdicts(healthz: PhaseResult, attest: PhaseResult, micro: MicroResult) -> l
     for result in (healthz, attest):
         if result.other_cpu is not None and result.other_cpu >= DISTURBING_CPU:
             lines.append(
-                f"note: other processes (or the kernel) used {result.other_cpu:.0%} of a core during "
-                f"{result.name}: its rate is disturbed; CPU per answer much less so"
+                f"note: other processes (or the kernel) used {result.other_cpu:.0%} of a core "
+                f"during {result.name}: its rate is disturbed; CPU per answer much less so"
             )
         if result.client_cpu is not None and result.client_cpu >= SATURATED_CPU:
             lines.append(

@@ -15,15 +15,18 @@ class CasError(Exception):
     code: str = "error"
     http_status: int = 500
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, details: dict[str, object] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
+        self.details = details or {}
         if code is not None:
             self.code = code
 
-    def to_json(self) -> dict[str, str]:
-        """The API's error body: ``{"error": code, "message": text}``."""
-        return {"error": self.code, "message": self.message}
+    def to_json(self) -> dict[str, object]:
+        """The API's error body: ``{"error": code, "message": text}`` plus any details."""
+        return {**self.details, "error": self.code, "message": self.message}
 
 
 class ConfigError(CasError):
@@ -101,6 +104,13 @@ class ClientError(CasError):
     code = "client-error"
 
 
+class InvalidRequest(CasError):
+    """The request is malformed in a way the API's own validation names."""
+
+    code = "invalid-request"
+    http_status = 400
+
+
 class AuthenticationRequired(CasError):
     """The operation needs a signed request (``Authorization: CAS-Proof``), and there was none."""
 
@@ -113,6 +123,13 @@ class ForbiddenError(CasError):
 
     code = "forbidden"
     http_status = 403
+
+
+class NotFoundError(CasError):
+    """What the request names does not exist."""
+
+    code = "not-found"
+    http_status = 404
 
 
 class ConflictError(CasError):

@@ -2,7 +2,9 @@
 
 Downstream projects and OpenCAS's own integration tests use :class:`CasProcess` to start a CAS
 exactly as an operator would (``cas -c FILE serve``), wait until it answers ``/healthz``, and stop
-it with a signal.
+it with a signal. :meth:`CasProcess.self_provision` starts it self-provisioned instead, from an
+owner config (:func:`write_owner_config`) and an owner identity (:func:`create_owner_identity`);
+the pytest plugin :mod:`opencas.testing_plugin` builds its ``opencas_cas`` fixture on these.
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ from pathlib import Path
 
 import httpx
 
+from opencas.client.identity import ClientIdentity
+
 STARTUP_TIMEOUT = 60.0
 POLL_INTERVAL = 0.05
+DEVELOPMENT_OWNER_CONFIG = '[api_identity]\ncommon_name = "localhost"\n'
+"""A small owner config for development and tests: it names the TLS certificate ``localhost``."""
 
 
 def free_port() -> int:
@@ -46,6 +52,39 @@ def write_config(
         encoding="utf-8",
     )
     return path
+
+
+def cas_command(*args: str) -> list[str]:
+    """The argv of ``cas ARGS...``, run by the current interpreter."""
+    return [sys.executable, "-m", "opencas.cli.cas", *args]
+
+
+def write_owner_config(path: Path, text: str = DEVELOPMENT_OWNER_CONFIG) -> Path:
+    """Write an owner config (default: :data:`DEVELOPMENT_OWNER_CONFIG`) to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def create_owner_identity(directory: Path) -> ClientIdentity:
+    """The identity kept in ``directory`` as casctl keeps it, created on first use.
+
+    Its certificate, ``directory / "identity-cert.pem"``, is the owner identity file of
+    self-provisioning; with ``CASCTL_HOME=directory``, casctl signs as this owner.
+    """
+    return ClientIdentity.load_or_create(directory)
+
+
+def self_provision_args(owner_config: Path, owner_certificate: Path) -> tuple[str, ...]:
+    """The arguments of ``cas provision`` that self-provision and then serve, also on restart."""
+    return (
+        "provision",
+        "--owner-config",
+        str(owner_config),
+        "--owner-identity",
+        str(owner_certificate),
+        "--skip-if-already-provisioned",
+    )
 
 
 class CasStartError(RuntimeError):
@@ -78,7 +117,7 @@ class CasProcess:
 
     def command(self, *args: str) -> list[str]:
         """The argv of ``cas -c CONFIG ARGS...``."""
-        return [sys.executable, "-m", "opencas.cli.cas", "-c", str(self.config_path), *args]
+        return cas_command("-c", str(self.config_path), *args)
 
     def run(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run a one-shot ``cas`` command to completion (not the server)."""
@@ -88,9 +127,17 @@ class CasProcess:
 
     def start(self, *args: str, wait: bool = True) -> CasProcess:
         """Start ``cas -c CONFIG [ARGS]`` (default: ``serve``); wait until healthy if ``wait``."""
+        return self.start_command(self.command(*(args or ("serve",))), wait=wait)
+
+    def start_command(self, argv: Sequence[str], wait: bool = True) -> CasProcess:
+        """Start ``argv`` as this CAS's server process, logging to :attr:`log_path`.
+
+        ``argv`` must serve on this CAS's ports (its config is :attr:`config_path`); use
+        :func:`cas_command` to build it. Waits until healthy if ``wait``.
+        """
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            self.command(*(args or ("serve",))),
+            list(argv),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -99,6 +146,12 @@ class CasProcess:
         if wait:
             self.wait_healthy()
         return self
+
+    def self_provision(
+        self, owner_config: Path, owner_certificate: Path, wait: bool = True
+    ) -> CasProcess:
+        """Start ``cas provision`` from these files, skipping it when already provisioned."""
+        return self.start(*self_provision_args(owner_config, owner_certificate), wait=wait)
 
     def log(self) -> str:
         """Everything the process wrote so far."""

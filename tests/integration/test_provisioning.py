@@ -478,3 +478,36 @@ def test_expired_owner_certificate_is_refused(
     )
     assert result.returncode == 2
     assert "expired" in result.stderr
+
+
+def test_expired_owner_certificate_still_starts_a_provisioned_cas(
+    cas_process: CasProcess, owner_config: Path, tmp_path: Path
+) -> None:
+    key = generate_private_key("P-256")
+    valid = create_identity_certificate(key, "owner", valid_for=timedelta(days=1))
+    path = tmp_path / "owner.pem"
+    path.write_bytes(certificate_pem(valid))
+    done = subprocess.run(
+        self_provision(cas_process, owner_config, path, "--no-serve"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    # Same key, certificate expired since: the owner is its key, so the CAS still starts.
+    expired = create_identity_certificate(
+        key, "owner", valid_for=timedelta(days=1), now=datetime.now(UTC) - timedelta(days=10)
+    )
+    path.write_bytes(certificate_pem(expired))
+    again = subprocess.run(
+        self_provision(
+            cas_process, owner_config, path, "--no-serve", "--skip-if-already-provisioned"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "given owner identity and config match" in again.stderr

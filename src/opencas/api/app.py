@@ -18,16 +18,24 @@ from opencas.api.metrics import ApiMetrics, MetricsMiddleware
 from opencas.config.owner import owner_config_from_normal_form
 from opencas.config.owner_identity import OwnerIdentity, owner_identity_of
 from opencas.crypto.request_proof import ReplayCache, RequestProof
+from opencas.errors import InvalidRequest
 from opencas.service.cas import Cas
 from opencas.service.provisioning import (
     provision_with_token,
     show_owner_config,
     update_owner_config,
 )
+from opencas.service.sessions import (
+    create_session,
+    exported_values,
+    read_session,
+    update_session,
+)
 from opencas.service.token_guard import TokenGuard
 
 API_VERSION = 1
 MAX_TOKEN_LENGTH = 256
+MAX_SESSION_BYTES = 1024 * 1024
 
 
 class _Body(BaseModel):
@@ -41,10 +49,38 @@ class ProvisionRequest(_Body):
     owner_config: dict[str, Any]
 
 
+class SessionRequest(_Body):
+    """Body of ``POST /v1/sessions`` and ``PUT /v1/sessions/{name}``."""
+
+    session: str = Field(max_length=MAX_SESSION_BYTES)
+    signatures: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
+
+
 class OwnerConfigRequest(_Body):
     """Body of ``PUT /v1/owner/config``."""
 
     owner_config: dict[str, Any]
+
+
+def caller_hash(request: Request) -> str | None:
+    """The key hash of the request's signer, or ``None`` when it is anonymous."""
+    caller = caller_of(request)
+    return caller.key_hash if caller else None
+
+
+def parse_values_selector(selector: str) -> tuple[str, str | None]:
+    """``session=NAME[,secret=S]`` as (NAME, S); :class:`InvalidRequest` if malformed."""
+    fields: dict[str, str] = {}
+    for part in selector.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or key not in ("session", "secret") or key in fields or not value:
+            raise InvalidRequest(
+                f"expected session=NAME[,secret=NAME] after /v1/values/, got {selector!r}"
+            )
+        fields[key] = value
+    if "session" not in fields:
+        raise InvalidRequest("the values selector must name a session: session=NAME")
+    return fields["session"], fields.get("secret")
 
 
 def owner_of(caller: RequestProof) -> OwnerIdentity:
@@ -134,6 +170,38 @@ def create_client_api(
         caller = require_caller(request)
         config = owner_config_from_normal_form(body.owner_config)
         return {"owner_config_sha256": update_owner_config(cas, caller.key_hash, config)}
+
+    @app.post("/v1/sessions", status_code=201)
+    def create(body: SessionRequest, request: Request) -> dict[str, Any]:
+        """Create a session; the signer becomes its creator."""
+        record = create_session(cas, body.session, caller_hash(request), body.signatures)
+        return {"name": record.name, "hash": record.hash}
+
+    @app.put("/v1/sessions/{name:path}")
+    def update(name: str, body: SessionRequest, request: Request) -> dict[str, Any]:
+        """Replace a session; its ``predecessor`` must name the current version's hash."""
+        record = update_session(cas, name, body.session, caller_hash(request), body.signatures)
+        return {"name": record.name, "hash": record.hash}
+
+    @app.get("/v1/sessions/{name:path}")
+    def read(name: str, request: Request) -> dict[str, Any]:
+        """The session as stored and its hash (never generated secret values)."""
+        record = read_session(cas, name, caller_hash(request))
+        return {
+            "name": record.name,
+            "hash": record.hash,
+            "session": record.text,
+            "creator": record.creator,
+            "created_at": record.created_at,
+            "updated_at": record.updated_at,
+            "revision": record.revision,
+        }
+
+    @app.get("/v1/values/{selector:path}")
+    def values(selector: str) -> dict[str, Any]:
+        """Public values a session exports (``session=NAME[,secret=S]``); no signature needed."""
+        name, secret = parse_values_selector(selector)
+        return {"session": name, "values": exported_values(cas, name, secret)}
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from opencas.errors import CasError, RateLimitedError, RecordDamagedError
+from opencas.policy.errors import SessionError
 
 log = logging.getLogger("opencas.api")
 
@@ -34,7 +35,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def cas_error(_: Request, exc: CasError) -> JSONResponse:
         if isinstance(exc, RecordDamagedError):
             log.error("refused a request: %s", exc.message)
-        response = error_response(exc.http_status, exc.code, exc.message)
+        body = exc.to_json()
+        if isinstance(exc, SessionError):
+            body["problems"] = exc.problems_json()
+        response = JSONResponse(body, status_code=exc.http_status)
         if isinstance(exc, RateLimitedError):
             response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
         return response

@@ -358,13 +358,27 @@ def _check_certificates(
             "tls-certificate",
             "the TLS certificate was not issued by the CAS's CA certificate",
         )
-    tls_der = tls_certificate.public_bytes(serialization.Encoding.DER)
-    if peer_certificate_der is not None and not hmac.compare_digest(peer_certificate_der, tls_der):
-        raise AttestationRefused(
-            "tls-certificate",
-            "the TLS connection presented a certificate that is not the one the report names; "
-            "something between you and the CAS may be intercepting the connection",
-        )
+    if peer_certificate_der is not None:
+        _check_peer(report, ca_certificate, peer_certificate_der)
+
+
+def _check_peer(report: CasReport, ca_certificate: x509.Certificate, peer_der: bytes) -> None:
+    # The key, not the certificate bytes, is what the report binds: the CAS reissues its
+    # certificate (same key) when the owner changes its subject, and a connection opened just
+    # before may still present the previous one.
+    mismatch = AttestationRefused(
+        "tls-certificate",
+        "the TLS connection presented a certificate that does not carry the TLS key the report "
+        "names, or was not issued by the CAS key; something between you and the CAS may be "
+        "intercepting the connection",
+    )
+    try:
+        peer = x509.load_der_x509_certificate(peer_der)
+        peer_key_hash = _certificate_key_hash(peer)
+    except ValueError:
+        raise mismatch from None
+    if peer_key_hash != report.tls_key_hash or not _issued_by(peer, ca_certificate):
+        raise mismatch
 
 
 def _check_provisioning(report: CasReport, expectations: CasExpectations) -> None:

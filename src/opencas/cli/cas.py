@@ -136,7 +136,8 @@ def provision(
     """
     config = _load_config(config_path)
     loaded = load_owner_config(owner_config_path)
-    owner = load_owner_certificate(owner_identity_path)
+    # Validity matters when the owner is provisioned, not when an existing owner is compared.
+    owner = load_owner_certificate(owner_identity_path, check_validity=False)
     for warning in loaded.warnings:
         log.warning("%s: %s", owner_config_path, warning)
     cas = open_cas(config)
@@ -152,6 +153,7 @@ def provision(
                 )
             _compare_provisioned(state, owner.key_hash, owner_config_sha256(loaded.config))
         else:
+            load_owner_certificate(owner_identity_path)
             provision_cas(cas, owner, loaded.config, self_provisioned=True)
         _announce(cas, False)
         if not no_serve:

@@ -8,23 +8,28 @@ binding, nonce, debug mode, measurement, key hash, injected database key, TLS ce
 
 from __future__ import annotations
 
-import functools
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import click
 
 from opencas import __version__
 from opencas.attestation.report import CasExpectations, VerifiedCas
-from opencas.cli.common import describe_os_error, fail
-from opencas.client.cas_client import CasClient, CasUnreachable, new_nonce
-from opencas.client.freshness import FreshnessError, check_freshness
+from opencas.cli.casctl_common import (
+    F,
+    identity_from,
+    identity_option,
+    pinned_client,
+    reports_errors,
+)
+from opencas.cli.session_commands import session_group
+from opencas.client.cas_client import CasClient, new_nonce
+from opencas.client.freshness import check_freshness
 from opencas.client.identity import ClientIdentity
 from opencas.client.state import (
     ALIAS_PATTERN,
@@ -37,37 +42,7 @@ from opencas.client.state import (
 from opencas.config.owner import load_owner_config, owner_config_sha256
 from opencas.config.owner_identity import load_owner_certificate
 from opencas.crypto.keys import is_valid_key_hash
-from opencas.errors import AttestationRefused, CasError, ConflictError, EvidenceError
-
-EXIT_ERROR = 1
-EXIT_UNREACHABLE = 3
-EXIT_REFUSED = 4
-EXIT_FRESHNESS = 5
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def reports_errors(command: F) -> F:
-    """Turn OpenCAS errors into one line on stderr and the documented exit code."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except FreshnessError as exc:
-            fail("casctl", exc.message, EXIT_FRESHNESS)
-        except AttestationRefused as exc:
-            fail("casctl", f"attestation refused ({exc.check}): {exc.message}", EXIT_REFUSED)
-        except EvidenceError as exc:
-            fail("casctl", f"attestation refused (evidence): {exc.message}", EXIT_REFUSED)
-        except CasUnreachable as exc:
-            fail("casctl", exc.message, EXIT_UNREACHABLE)
-        except CasError as exc:
-            fail("casctl", exc.message, EXIT_ERROR)
-        except OSError as exc:
-            fail("casctl", describe_os_error(exc), EXIT_ERROR)
-
-    return wrapper  # type: ignore[return-value]
+from opencas.errors import ConflictError
 
 
 @click.group()
@@ -409,7 +384,7 @@ def self_group() -> None:
 @self_group.command("show-identity")
 @click.option("--json", "as_json", is_flag=True)
 @reports_errors
-def self_show_identity(as_json: bool) -> None:
+def self_showidentity_from(as_json: bool) -> None:
     """Print this client's key hash and certificate (created on first use)."""
     identity = ClientIdentity.load_or_create(casctl_home())
     pem = identity.certificate_pem.decode("ascii")
@@ -420,19 +395,6 @@ def self_show_identity(as_json: bool) -> None:
     click.echo(pem, nl=False)
 
 
-def pinned_client(name: str | None, identity: ClientIdentity | None = None) -> CasClient:
-    """A client for the attested CAS ``name`` (or the default), signing as ``identity``
-    (default: casctl's own)."""
-    home = casctl_home()
-    _, pinned = load_state(home).resolve(name)
-    return CasClient(
-        pinned.url,
-        ca_certificate_pem=pinned.ca_certificate_pem.encode("ascii"),
-        cas_key_hash=pinned.cas_key_hash,
-        identity=identity or ClientIdentity.load_or_create(home),
-    )
-
-
 @cli.command()
 @click.option("--cas", "cas_name", help="Attested CAS to ask (default: the default CAS).")
 @click.option("--anonymous", is_flag=True, help="Send the request unsigned.")
@@ -441,19 +403,6 @@ def whoami(cas_name: str | None, anonymous: bool) -> None:
     """Print the identity the CAS sees for this client."""
     with pinned_client(cas_name) as client:
         click.echo(client.whoami(signed=not anonymous))
-
-
-def _identity(path: Path | None) -> ClientIdentity:
-    return ClientIdentity.from_path(path) if path else ClientIdentity.load_or_create(casctl_home())
-
-
-identity_option = click.option(
-    "--identity",
-    "identity_path",
-    type=click.Path(exists=True, path_type=Path),
-    help="Sign as this identity: a PEM file with key and certificate, or a directory "
-    "(default: casctl's own identity).",
-)
 
 
 @cli.command()
@@ -481,7 +430,7 @@ def provision(
     loaded = load_owner_config(config_file)
     for warning in loaded.warnings:
         click.echo(f"casctl: warning: {config_file}: {warning}", err=True)
-    identity = _identity(identity_path)
+    identity = identity_from(identity_path)
     flags = AttestFlags(**options)
     first = attest_and_pin(url, flags, allow_unprovisioned=True)
     if first.verified.report.provisioned:
@@ -531,7 +480,7 @@ def update_config(config_file: Path, cas_name: str | None, identity_path: Path |
     loaded = load_owner_config(config_file)
     for warning in loaded.warnings:
         click.echo(f"casctl: warning: {config_file}: {warning}", err=True)
-    with pinned_client(cas_name, _identity(identity_path)) as client:
+    with pinned_client(cas_name, identity_from(identity_path)) as client:
         body = client.request(
             "PUT", "/v1/owner/config", json_body={"owner_config": loaded.config.normal_form()}
         )
@@ -545,13 +494,16 @@ def update_config(config_file: Path, cas_name: str | None, identity_path: Path |
 @reports_errors
 def show_config(cas_name: str | None, identity_path: Path | None, as_json: bool) -> None:
     """Print the owner config of a CAS you own (secrets redacted)."""
-    with pinned_client(cas_name, _identity(identity_path)) as client:
+    with pinned_client(cas_name, identity_from(identity_path)) as client:
         body = client.request("GET", "/v1/owner/config")
     if as_json:
         click.echo(json.dumps(body, indent=2))
         return
     click.echo(f"# owner config SHA-256: {body['owner_config_sha256']}")
     click.echo(json.dumps(body["owner_config"], indent=2))
+
+
+cli.add_command(session_group)
 
 
 def main() -> None:

@@ -33,8 +33,10 @@ class CasUnreachable(ClientError):
 class ApiError(ClientError):
     """The CAS answered with an error; ``code`` and ``message`` are the CAS's own."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message, code=code)
+    def __init__(
+        self, status: int, code: str, message: str, details: dict[str, object] | None = None
+    ) -> None:
+        super().__init__(message, code=code, details=details)
         self.status = status
 
 
@@ -174,7 +176,8 @@ class CasClient:
 def _api_error(response: httpx.Response) -> ApiError:
     try:
         body = response.json()
-        return ApiError(response.status_code, str(body["error"]), str(body["message"]))
+        details = {k: v for k, v in body.items() if k not in ("error", "message")}
+        return ApiError(response.status_code, str(body["error"]), str(body["message"]), details)
     except (ValueError, KeyError, TypeError):
         return ApiError(
             response.status_code, "http-error", f"HTTP {response.status_code} from the CAS"

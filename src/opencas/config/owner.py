@@ -47,11 +47,6 @@ from pydantic import (
     field_validator,
 )
 from pydantic_core import ErrorDetails
-from ruamel.yaml import YAML
-from ruamel.yaml.constructor import DuplicateKeyError
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
-from ruamel.yaml.reader import ReaderError
 
 from opencas.config.availability import _certificate_name, _dns_name_problem
 from opencas.config.toml_source import (
@@ -68,6 +63,7 @@ from opencas.config.toml_source import (
 )
 from opencas.crypto.canonical import canonical_sha256
 from opencas.errors import ConfigError
+from opencas.yaml_source import SYNTAX_KINDS, YamlProblem, YamlSourceError, parse_yaml
 
 OwnerConfigFormat = Literal["toml", "json", "yaml"]
 """The text formats an owner config may be written in."""
@@ -88,7 +84,6 @@ _MAX_PEM_LENGTH = 65536
 # The schema is at most four levels deep (api.identity.alt_names[i]); nothing deeper is valid,
 # so the structural checks stop there and leave the rest to the schema's type errors.
 _MAX_DEPTH = 8
-_YAML_STR_TAG = "tag:yaml.org,2002:str"
 # What parsers raise for text that parses but cannot become Python values.
 _UNCONVERTIBLE = (RecursionError, ValueError)
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -588,101 +583,43 @@ def _parse_json(text: str, source: str) -> _Document:
         where = f"{source}:{error.lineno}:{error.colno}"
         raise ConfigError(f"{where}: invalid JSON: {error.msg}") from None
     # JSON is YAML too: its node positions give the lines, best effort.
-    index = _YamlIndex()
     try:
-        index.walk(YAML(typ="safe", pure=True).compose(text), ())
-    except (YAMLError, *_UNCONVERTIBLE):
-        index = _YamlIndex()
+        lines = parse_yaml(text).lines()
+        yaml_problems: tuple[YamlProblem, ...] = ()
+    except YamlSourceError as error:
+        lines, yaml_problems = {}, error.problems
     if duplicates:
-        problems = index.config_problems(source) or [
-            (0, f"{source}: invalid JSON: duplicate key {duplicates[0]!r}")
-        ]
-        raise _config_error(problems)
-    return _Document(source, data, index.lines)
+        found = [problem for problem in yaml_problems if problem.kind == "duplicate-key"]
+        if found:
+            raise _yaml_config_error(source, "JSON", found)
+        raise ConfigError(f"{source}: invalid JSON: duplicate key {duplicates[0]!r}")
+    return _Document(source, data, lines)
 
 
 def _parse_yaml(text: str, source: str) -> _Document:
     try:
-        root = YAML(typ="safe", pure=True).compose(text)
-    except YAMLError as error:
-        raise ConfigError(_yaml_error_message(source, text, error)) from None
-    index = _YamlIndex()
-    if root is not None:
-        index.walk(root, ())
-    if index.problems:
-        # Also refuses aliases before the data is built: expanding shared nodes again and
-        # again is how a small YAML text becomes a huge value.
-        raise _config_error(index.config_problems(source))
-    try:
-        data = YAML(typ="safe", pure=True).load(text)
-    except YAMLError as error:
-        raise ConfigError(_yaml_error_message(source, text, error)) from None
-    return _Document(source, {} if data is None else data, index.lines)
+        document = parse_yaml(text)
+    except YamlSourceError as error:
+        raise _yaml_config_error(source, "YAML", error.problems) from None
+    data = {} if document.data is None else document.data
+    return _Document(source, data, document.lines())
 
 
-def _yaml_error_message(source: str, text: str, error: YAMLError) -> str:
-    if isinstance(error, ReaderError) and isinstance(error.character, int):
-        line = text.count("\n", 0, error.position) + 1
-        return f"{source}:{line}: invalid YAML: {error.reason} (#x{error.character:04x})"
-    if not isinstance(error, MarkedYAMLError):
-        return f"{source}: invalid YAML: {error}"
-    # ruamel's text for a duplicate key quotes both values, which may be secrets.
-    problem = "duplicate key" if isinstance(error, DuplicateKeyError) else error.problem
-    mark = error.problem_mark or error.context_mark
-    where = source if mark is None else f"{source}:{mark.line + 1}:{mark.column + 1}"
-    return f"{where}: invalid YAML: {problem or error.context or 'not valid'}"
-
-
-class _YamlIndex:
-    """The line of every key path in a YAML node tree, and its duplicate keys and aliases."""
-
-    def __init__(self) -> None:
-        self.lines: dict[KeyPath, int] = {}
-        self.problems: list[tuple[KeyPath, int | None, str]] = []
-        self._seen: set[int] = set()
-
-    def config_problems(self, source: str) -> list[tuple[int, str]]:
-        """The problems found, as ``(line, message)`` for :func:`_config_error`."""
-        problems = []
-        for loc, line, what in self.problems:
-            at = line if line is not None else _nearest_line(self.lines, loc)
-            problems.append((at or 0, f"{_where(source, at)}: {_label(loc, False)}: {what}"))
-        return problems
-
-    def walk(self, node: Node, path: KeyPath, depth: int = 0) -> None:
-        if id(node) in self._seen:
-            what = "YAML aliases (*name) are not supported here; write the value out"
-            self.problems.append((path, None, what))
-            return
-        self._seen.add(id(node))
-        if depth > _MAX_DEPTH:
-            return
-        if isinstance(node, MappingNode):
-            self._walk_mapping(node, path, depth)
-        elif isinstance(node, SequenceNode):
-            for index, item in enumerate(node.value):
-                if id(item) not in self._seen:
-                    # An alias's node carries the position of its anchor, not its own.
-                    self.lines.setdefault((*path, index), item.start_mark.line + 1)
-                self.walk(item, (*path, index), depth + 1)
-
-    def _walk_mapping(self, node: MappingNode, path: KeyPath, depth: int) -> None:
-        first_lines: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            if not (isinstance(key_node, ScalarNode) and key_node.tag == _YAML_STR_TAG):
-                # Keys that are not strings are refused once the data is built; their values
-                # are still walked for aliases.
-                self.walk(key_node, path, depth + 1)
-                self.walk(value_node, path, depth + 1)
-                continue
-            key, line = str(key_node.value), key_node.start_mark.line + 1
-            if key in first_lines:
-                what = f"duplicate key (first written on line {first_lines[key]})"
-                self.problems.append(((*path, key), line, what))
-                continue
-            first_lines[key] = line
-            self.lines.setdefault((*path, key), line)
-            self.walk(value_node, (*path, key), depth + 1)
+def _yaml_config_error(source: str, fmt: str, problems: Iterable[YamlProblem]) -> ConfigError:
+    """One :class:`ConfigError` for what :func:`parse_yaml` refused, in this module's wording."""
+    lines: list[tuple[int, str]] = []
+    for problem in problems:
+        if problem.kind in SYNTAX_KINDS:
+            where = _where(source, problem.line)
+            if problem.line is not None and problem.column is not None:
+                where += f":{problem.column}"
+            lines.append((problem.line or 0, f"{where}: invalid {fmt}: {problem.message}"))
+        else:
+            # A key that is not a string is a problem of the mapping that holds it.
+            label = _label(problem.path, problem.kind == "key-type")
+            text = f"{_where(source, problem.line)}: {label}: {problem.message}"
+            lines.append((problem.line or 0, text))
+    return _config_error(lines)
 
 
 # --- validation ---------------------------------------------------------------------------------

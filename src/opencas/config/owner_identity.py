@@ -30,12 +30,15 @@ def owner_identity_of(certificate: x509.Certificate) -> OwnerIdentity:
     )
 
 
-def load_owner_certificate(path: Path, now: datetime | None = None) -> OwnerIdentity:
+def load_owner_certificate(
+    path: Path, now: datetime | None = None, *, check_validity: bool = True
+) -> OwnerIdentity:
     """Load the owner certificate at ``path``.
 
     Raises :class:`ConfigError` naming the file when it cannot be read, is not exactly one PEM
-    certificate, is not valid at ``now`` (default: the current time), or carries a key type that
-    OpenCAS identities do not use (P-256, P-384 and Ed25519 are accepted).
+    certificate, is not valid at ``now`` (default: the current time; skipped when
+    ``check_validity`` is false, e.g. to compare an already provisioned owner), or carries a key
+    type that OpenCAS identities do not use (P-256, P-384 and Ed25519 are accepted).
     """
     try:
         data = path.read_bytes()
@@ -45,17 +48,8 @@ def load_owner_certificate(path: Path, now: datetime | None = None) -> OwnerIden
         certificate = load_certificate_pem(data)
     except ValueError as exc:
         raise ConfigError(f"{path}: not a PEM certificate: {exc}") from exc
-    moment = now or datetime.now(UTC)
-    if moment < certificate.not_valid_before_utc:
-        raise ConfigError(
-            f"{path}: the owner certificate is not valid before "
-            f"{certificate.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}"
-        )
-    if moment > certificate.not_valid_after_utc:
-        raise ConfigError(
-            f"{path}: the owner certificate expired at "
-            f"{certificate.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}"
-        )
+    if check_validity:
+        _check_validity(path, certificate, now or datetime.now(UTC))
     key = certificate.public_key()
     supported = isinstance(key, ed25519.Ed25519PublicKey) or (
         isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, _CURVES)
@@ -66,3 +60,16 @@ def load_owner_certificate(path: Path, now: datetime | None = None) -> OwnerIden
             "use a P-256, P-384 or Ed25519 key"
         )
     return owner_identity_of(certificate)
+
+
+def _check_validity(path: Path, certificate: x509.Certificate, moment: datetime) -> None:
+    if moment < certificate.not_valid_before_utc:
+        raise ConfigError(
+            f"{path}: the owner certificate is not valid before "
+            f"{certificate.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}"
+        )
+    if moment > certificate.not_valid_after_utc:
+        raise ConfigError(
+            f"{path}: the owner certificate expired at "
+            f"{certificate.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}"
+        )

@@ -349,7 +349,37 @@ def test_peer_certificate_mismatch(bundle: Bundle) -> None:
     peer = other_tls.public_bytes(serialization.Encoding.DER)
     error = refused(bundle.response(), expect(), peer)
     assert error.check == "tls-certificate"
-    assert "not the one the report names" in error.message
+    assert "does not carry the TLS key" in error.message
+
+
+def _certificate_for(
+    key: ec.EllipticCurvePrivateKey, issuer_key: ec.EllipticCurvePrivateKey, issuer_name: x509.Name
+) -> bytes:
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(_name("cas.example"))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOT_BEFORE)
+        .not_valid_after(NOT_AFTER)
+        .sign(issuer_key, hashes.SHA384())
+    )
+    return certificate.public_bytes(serialization.Encoding.DER)
+
+
+def test_peer_with_reissued_certificate_for_the_same_key_is_accepted(bundle: Bundle) -> None:
+    # The CAS reissues its TLS certificate (same key) when the owner changes its subject.
+    reissued = _certificate_for(bundle.tls_key, bundle.ca_key, bundle.ca_certificate.subject)
+    assert reissued != bundle.tls_der
+    assert verify_cas_attestation(bundle.response(), expect(), reissued).report.tls_key_hash
+
+
+def test_peer_with_the_right_key_from_another_issuer_is_refused(bundle: Bundle) -> None:
+    stranger = ec.generate_private_key(ec.SECP384R1())
+    forged = _certificate_for(bundle.tls_key, stranger, bundle.ca_certificate.subject)
+    assert refused(bundle.response(), expect(), forged).check == "tls-certificate"
+    assert refused(bundle.response(), expect(), b"not DER").check == "tls-certificate"
 
 
 def _malformed_responses(bundle: Bundle) -> list[object]:

@@ -1,0 +1,255 @@
+"""``casctl session ...``: write, check, upload, read and verify session policies."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from opencas.cli.casctl_common import identity_from, identity_option, pinned_client, reports_errors
+from opencas.client.templates import fill_template, parse_assignments
+from opencas.crypto.keys import load_private_key_pem
+from opencas.errors import ClientError
+from opencas.policy.access import sign_session_hash
+from opencas.policy.hashing import session_hash
+from opencas.policy.model import Session
+from opencas.policy.parse import parse_session
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _template_options(command: F) -> F:
+    command = click.option(
+        "--use-env", is_flag=True, help="Fill ${VAR} from the environment as well."
+    )(command)
+    return click.option(
+        "-e",
+        "assignments",
+        multiple=True,
+        metavar="VAR=VALUE",
+        help="Fill ${VAR} in the file with VALUE (repeatable).",
+    )(command)
+
+
+def session_text(path: Path, assignments: tuple[str, ...], use_env: bool) -> str:
+    """The session file with its template variables filled in."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClientError(f"cannot read {path}: {exc}") from exc
+    variables = dict(os.environ) if use_env else {}
+    variables.update(parse_assignments(assignments))
+    return fill_template(text, variables, str(path))
+
+
+def _parse(text: str, path: Path) -> Session:
+    return parse_session(text, str(path))
+
+
+def _signatures(paths: tuple[Path, ...]) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ClientError(f"cannot read the signature {path}: {exc}") from exc
+        items.extend(loaded if isinstance(loaded, list) else [loaded])
+    return items
+
+
+def with_predecessor(text: str, predecessor: str) -> str:
+    """``text`` with a top-level ``predecessor`` line added (after a leading ``---``)."""
+    line = f'predecessor: "{predecessor}"\n'
+    match = re.match(r"(?:(?:#[^\n]*|\s*)\n)*---[^\n]*\n", text)
+    if match:
+        return text[: match.end()] + line + text[match.end() :]
+    return line + text
+
+
+def _remote_options(command: F) -> F:
+    command = identity_option(command)
+    return click.option("--cas", "cas_name", help="Attested CAS (default: the default CAS).")(
+        command
+    )
+
+
+@click.group("session")
+def session_group() -> None:
+    """Session policies: check and hash offline; create, update, read, verify on a CAS."""
+
+
+signature_option = click.option(
+    "--signature",
+    "signature_paths",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A detached signature from `casctl session sign` (repeatable).",
+)
+
+
+@session_group.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@_template_options
+@reports_errors
+def check(file: Path, assignments: tuple[str, ...], use_env: bool) -> None:
+    """Validate FILE offline; print its name and hash."""
+    session = _parse(session_text(file, assignments, use_env), file)
+    click.echo(f"{file}: session {session.name} is valid; hash {session_hash(session)}")
+
+
+@session_group.command("hash")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@_template_options
+@reports_errors
+def hash_(file: Path, assignments: tuple[str, ...], use_env: bool) -> None:
+    """Print the session hash of FILE (what the CAS reports for it)."""
+    click.echo(session_hash(_parse(session_text(file, assignments, use_env), file)))
+
+
+@session_group.command("sign")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM private key (P-256, P-384 or Ed25519) to sign with.",
+)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path))
+@_template_options
+@reports_errors
+def sign(
+    file: Path,
+    key_path: Path,
+    output: Path | None,
+    assignments: tuple[str, ...],
+    use_env: bool,
+) -> None:
+    """Sign the hash of FILE (for governance rules); write the signature as JSON.
+
+    For an update, write the predecessor into FILE first: the signature covers it.
+    """
+    session = _parse(session_text(file, assignments, use_env), file)
+    try:
+        key = load_private_key_pem(key_path.read_bytes())
+    except (OSError, ValueError, TypeError) as exc:
+        raise ClientError(f"cannot load the key {key_path}: {exc}") from exc
+    signature = json.dumps(sign_session_hash(key, session_hash(session)), indent=2)
+    if output is None:
+        click.echo(signature)
+    else:
+        output.write_text(signature + "\n", encoding="utf-8")
+
+
+@session_group.command("create")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@_template_options
+@signature_option
+@_remote_options
+@reports_errors
+def create(
+    file: Path,
+    assignments: tuple[str, ...],
+    use_env: bool,
+    signature_paths: tuple[Path, ...],
+    cas_name: str | None,
+    identity_path: Path | None,
+) -> None:
+    """Create the session in FILE; you become its creator."""
+    text = session_text(file, assignments, use_env)
+    _parse(text, file)
+    with pinned_client(cas_name, identity_from(identity_path)) as client:
+        body = client.request(
+            "POST",
+            "/v1/sessions",
+            json_body={"session": text, "signatures": _signatures(signature_paths)},
+        )
+    click.echo(f"created session {body['name']}: hash {body['hash']}")
+
+
+@session_group.command("update")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@_template_options
+@signature_option
+@_remote_options
+@reports_errors
+def update(
+    file: Path,
+    assignments: tuple[str, ...],
+    use_env: bool,
+    signature_paths: tuple[Path, ...],
+    cas_name: str | None,
+    identity_path: Path | None,
+) -> None:
+    """Update the session in FILE.
+
+    Without a `predecessor` in FILE, the current hash is fetched and filled in; a
+    `predecessor` written in FILE is sent as written, so a stale one is refused.
+    """
+    text = session_text(file, assignments, use_env)
+    session = _parse(text, file)
+    with pinned_client(cas_name, identity_from(identity_path)) as client:
+        if session.predecessor is None:
+            current = client.request("GET", f"/v1/sessions/{session.name}")
+            text = with_predecessor(text, current["hash"])
+        body = client.request(
+            "PUT",
+            f"/v1/sessions/{session.name}",
+            json_body={"session": text, "signatures": _signatures(signature_paths)},
+        )
+    click.echo(f"updated session {body['name']}: hash {body['hash']}")
+
+
+@session_group.command("read")
+@click.argument("name")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole answer as JSON.")
+@_remote_options
+@reports_errors
+def read(
+    name: str,
+    output: Path | None,
+    as_json: bool,
+    cas_name: str | None,
+    identity_path: Path | None,
+) -> None:
+    """Print (or write to a file) the session NAME as stored."""
+    with pinned_client(cas_name, identity_from(identity_path)) as client:
+        body = client.request("GET", f"/v1/sessions/{name}")
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+    elif output is not None:
+        output.write_text(body["session"], encoding="utf-8")
+        click.echo(f"wrote session {name} (hash {body['hash']}) to {output}", err=True)
+    else:
+        sys.stdout.write(body["session"])
+
+
+@session_group.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@_template_options
+@_remote_options
+@reports_errors
+def verify(
+    file: Path,
+    assignments: tuple[str, ...],
+    use_env: bool,
+    cas_name: str | None,
+    identity_path: Path | None,
+) -> None:
+    """Exit 0 only if the active session on the CAS equals FILE."""
+    session = _parse(session_text(file, assignments, use_env), file)
+    expected = session_hash(session)
+    with pinned_client(cas_name, identity_from(identity_path)) as client:
+        body = client.request("GET", f"/v1/sessions/{session.name}")
+    if body["hash"] != expected:
+        raise ClientError(
+            f"session {session.name} differs: the CAS has {body['hash']}, {file} is {expected}"
+        )
+    click.echo(f"session {session.name} on the CAS equals {file} (hash {expected})")

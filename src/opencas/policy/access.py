@@ -1,0 +1,314 @@
+"""Access decisions over a session's access policy, and detached signatures over session hashes.
+
+Pure: a decision takes the rule, who is asking and which keys signed, and returns ``True`` or
+``False``. *Who is asking* is the key hash of the key that signed the request (DESIGN.md §4), or
+``None`` for an anonymous request. *Which keys signed* is the set of key hashes whose detached
+signatures over the new session hash verified (:func:`verify_signatures`); ``signer`` rules are
+satisfied by those, whoever sends the request. The CAS owner has no special access: nothing here
+knows about owners.
+
+Decisions fail closed: an anonymous caller satisfies only ``any``; ``none`` is satisfied by no one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final, TypeAlias
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from opencas.crypto.keys import PrivateKey, key_hash
+from opencas.policy.errors import Problem, SessionError
+from opencas.policy.model import (
+    AccessRuleModel,
+    AllRule,
+    AnyRule,
+    AtLeastRule,
+    CreatorRule,
+    KeyRule,
+    NoneRule,
+    Session,
+    SignerRule,
+)
+
+Signatures: TypeAlias = frozenset[str]
+"""Key hashes whose detached signatures over the session hash verified."""
+
+SIGNATURE_DOMAIN: Final = b"opencas-session-signature/v1\0"
+"""Prefix of every signed message, so that a session signature can never be replayed as a
+signature over anything else (a request proof, a certificate) that happens to hold the same
+bytes, nor the other way round."""
+
+MAX_SIGNATURES: Final = 64
+_SIGNATURE_FIELDS: Final = frozenset({"key_hash", "public_key", "signature"})
+# Bounds the work an anonymous body can cause; real P-384 / Ed25519 values are far smaller.
+_MAX_PUBLIC_KEY_PEM: Final = 1024
+_MAX_SIGNATURE_B64: Final = 256
+_HEX_DIGITS: Final = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who makes a request: the key hash of its request-signing key, or ``None`` (anonymous)."""
+
+    key_hash: str | None = None
+
+    @property
+    def anonymous(self) -> bool:
+        """True for a request that carried no proof of a key."""
+        return self.key_hash is None
+
+
+def allows(
+    rule: AccessRuleModel,
+    *,
+    caller: Caller | str | None,
+    creator: str,
+    signers: Signatures,
+) -> bool:
+    """Whether ``rule`` is satisfied for ``caller`` (a key hash, a :class:`Caller` or ``None``).
+
+    ``creator`` holds when the caller's key hash equals ``creator`` (the key hash of the
+    session's creator); ``any`` always holds, anonymous callers included; ``none`` never holds;
+    ``key`` holds when the caller's key hash equals the rule's; ``signer`` holds when the rule's
+    key hash is in ``signers``; ``all`` when every sub-rule holds; ``at-least N`` when at least
+    ``N`` distinct sub-rules hold (a rule listed twice counts once). Key hashes are compared in
+    constant time. An empty rule list or a count below 1 is never satisfied.
+    """
+    who = caller.key_hash if isinstance(caller, Caller) else caller
+    if isinstance(rule, AllRule):
+        return bool(rule.rules) and all(
+            allows(item, caller=who, creator=creator, signers=signers) for item in rule.rules
+        )
+    if isinstance(rule, AtLeastRule):
+        distinct: list[AccessRuleModel] = []
+        for item in rule.rules:
+            if item not in distinct:
+                distinct.append(item)
+        held = sum(allows(item, caller=who, creator=creator, signers=signers) for item in distinct)
+        return rule.count >= 1 and held >= rule.count
+    return _leaf_allows(rule, who, creator, signers)
+
+
+def can_read(session: Session, caller: Caller | str | None, creator: str) -> bool:
+    """Whether ``caller`` may read ``session`` (its text, hash and metadata).
+
+    ``read`` is a flat any-of list (the model refuses signer rules and governance trees there),
+    so detached signatures play no part: it is decided with no signers.
+    """
+    return allows(session.access_policy.read, caller=caller, creator=creator, signers=frozenset())
+
+
+def can_update(
+    session_before: Session,
+    caller: Caller | str | None,
+    creator: str,
+    signers: Signatures,
+) -> bool:
+    """Whether ``caller``, with the detached ``signers``, may replace ``session_before``.
+
+    The ``update`` rule of the version being replaced decides, never the rule of the new text:
+    otherwise a new version could grant itself the right to be stored.
+    """
+    return allows(
+        session_before.access_policy.update, caller=caller, creator=creator, signers=signers
+    )
+
+
+def can_create_in(
+    parent_session: Session,
+    caller: Caller | str | None,
+    creator_of_parent: str,
+    signers: Signatures,
+) -> bool:
+    """Whether ``caller``, with the detached ``signers``, may create a session under ``parent``.
+
+    ``parent_session``'s ``create_sessions`` rule decides; ``creator`` rules in it mean the
+    creator of the parent session, not the caller who creates the child.
+    """
+    return allows(
+        parent_session.access_policy.create_sessions,
+        caller=caller,
+        creator=creator_of_parent,
+        signers=signers,
+    )
+
+
+def signed_message(session_hash: str) -> bytes:
+    """The bytes a detached signature covers: ``SIGNATURE_DOMAIN`` followed by the 32-byte hash.
+
+    Raises ``ValueError`` when ``session_hash`` is not 64 lowercase hex digits.
+    """
+    if len(session_hash) != 64 or not set(session_hash) <= _HEX_DIGITS:
+        raise ValueError("a session hash is 64 lowercase hexadecimal digits")
+    return SIGNATURE_DOMAIN + bytes.fromhex(session_hash)
+
+
+def sign_session_hash(private_key: PrivateKey, session_hash: str) -> dict[str, str]:
+    """A detached signature by ``private_key`` over ``session_hash``, in its JSON shape.
+
+    Returns ``{"key_hash", "public_key" (PEM SubjectPublicKeyInfo), "signature" (standard
+    base64)}``. The signature covers :func:`signed_message`; it is ECDSA with SHA-256 for a P-256
+    key, ECDSA with SHA-384 for a P-384 key (DER-encoded, as OpenSSL writes it) or Ed25519.
+    Raises ``ValueError`` for any other key or a malformed hash.
+    """
+    message = signed_message(session_hash)
+    if isinstance(private_key, ed25519.Ed25519PrivateKey):
+        signature = private_key.sign(message)
+    elif isinstance(private_key, ec.EllipticCurvePrivateKey):
+        signature = private_key.sign(message, ec.ECDSA(_ecdsa_hash(private_key.curve)))
+    else:
+        raise ValueError(
+            f"{type(private_key).__name__} keys cannot sign sessions; use P-256, P-384 or Ed25519"
+        )
+    public = private_key.public_key()
+    return {
+        "key_hash": key_hash(public),
+        "public_key": public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode("ascii"),
+        "signature": base64.b64encode(signature).decode("ascii"),
+    }
+
+
+def verify_signatures(items: object, session_hash: str) -> Signatures:
+    """The key hashes of ``items``, a list of detached signatures over ``session_hash``.
+
+    ``None`` means no signatures. Every item must be an object with exactly ``key_hash``,
+    ``public_key`` and ``signature`` (see :func:`sign_session_hash`); the public key must be
+    P-256, P-384 or Ed25519 and have that key hash; no key may sign twice; at most
+    ``MAX_SIGNATURES`` items. A signature that does not verify is never dropped silently: it is
+    refused like a malformed item. Raises :class:`SessionError` listing every refused item by its
+    path (``signatures[2].signature``), and ``ValueError`` when ``session_hash`` is malformed.
+    """
+    message = signed_message(session_hash)
+    if items is None:
+        return frozenset()
+    if not isinstance(items, list | tuple):
+        raise SessionError(Problem("signatures", None, None, "must be a list of signatures"))
+    if len(items) > MAX_SIGNATURES:
+        raise SessionError(
+            Problem("signatures", None, None, f"at most {MAX_SIGNATURES} signatures are accepted")
+        )
+    problems: list[Problem] = []
+    verified: dict[str, int] = {}
+    for index, item in enumerate(items):
+        path = f"signatures[{index}]"
+        try:
+            signer = _verify_one(item, message)
+        except _Refused as refused:
+            where = f"{path}.{refused.field}" if refused.field else path
+            problems.append(Problem(where, None, None, refused.message))
+            continue
+        if signer in verified:
+            message_text = f"the key {signer} already signed in signatures[{verified[signer]}]"
+            problems.append(Problem(f"{path}.key_hash", None, None, message_text))
+            continue
+        verified[signer] = index
+    if problems:
+        raise SessionError(problems)
+    return frozenset(verified)
+
+
+class _Refused(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _verify_one(item: object, message: bytes) -> str:
+    if not isinstance(item, Mapping):
+        raise _Refused("", "must be an object with key_hash, public_key and signature")
+    fields = set(item)
+    if fields != _SIGNATURE_FIELDS:
+        missing = sorted(_SIGNATURE_FIELDS - fields)
+        unknown = sorted(str(name) for name in fields - _SIGNATURE_FIELDS)
+        parts = [f"missing {', '.join(missing)}"] if missing else []
+        parts += [f"unknown {', '.join(repr(name) for name in unknown)}"] if unknown else []
+        raise _Refused("", "; ".join(parts) + " (expected key_hash, public_key and signature)")
+    claimed, pem, encoded = item["key_hash"], item["public_key"], item["signature"]
+    for name, value in (("key_hash", claimed), ("public_key", pem), ("signature", encoded)):
+        if not isinstance(value, str):
+            raise _Refused(name, "must be a string")
+    if len(claimed) != 64 or not set(claimed) <= _HEX_DIGITS:
+        raise _Refused("key_hash", "must be a key hash (64 lowercase hexadecimal digits)")
+    public = _load_public_key(pem)
+    actual = key_hash(public)
+    if not hmac.compare_digest(claimed.encode("ascii"), actual.encode("ascii")):
+        raise _Refused("key_hash", f"is not the hash of public_key (which is {actual})")
+    signature = _decode_signature(encoded)
+    try:
+        if isinstance(public, ed25519.Ed25519PublicKey):
+            public.verify(signature, message)
+        else:
+            public.verify(signature, message, ec.ECDSA(_ecdsa_hash(public.curve)))
+    except InvalidSignature:
+        raise _Refused(
+            "signature",
+            f"the signature by key {actual} does not verify over this session's hash "
+            "(was it made for another version of the session?)",
+        ) from None
+    return actual
+
+
+def _load_public_key(pem: str) -> ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey:
+    if len(pem) > _MAX_PUBLIC_KEY_PEM or not pem.isascii():
+        raise _Refused("public_key", "must be a PEM public key ('-----BEGIN PUBLIC KEY-----')")
+    try:
+        public = serialization.load_pem_public_key(pem.encode("ascii"))
+    except (ValueError, UnsupportedAlgorithm):
+        raise _Refused(
+            "public_key", "must be a PEM public key ('-----BEGIN PUBLIC KEY-----')"
+        ) from None
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        return public
+    if isinstance(public, ec.EllipticCurvePublicKey) and isinstance(
+        public.curve, ec.SECP256R1 | ec.SECP384R1
+    ):
+        return public
+    raise _Refused("public_key", "must be a P-256, P-384 or Ed25519 key")
+
+
+def _decode_signature(encoded: str) -> bytes:
+    if not encoded or len(encoded) > _MAX_SIGNATURE_B64:
+        raise _Refused("signature", "must be a signature in standard base64")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise _Refused("signature", "must be a signature in standard base64") from None
+
+
+def _ecdsa_hash(curve: ec.EllipticCurve) -> hashes.SHA256 | hashes.SHA384:
+    if isinstance(curve, ec.SECP256R1):
+        return hashes.SHA256()
+    if isinstance(curve, ec.SECP384R1):
+        return hashes.SHA384()
+    raise ValueError(f"ECDSA curve {curve.name} cannot sign sessions; use P-256, P-384 or Ed25519")
+
+
+def _leaf_allows(rule: AccessRuleModel, who: str | None, creator: str, signers: Signatures) -> bool:
+    if isinstance(rule, AnyRule):
+        return True
+    if isinstance(rule, NoneRule):
+        return False
+    if isinstance(rule, CreatorRule):
+        return _same_key(who, creator)
+    if isinstance(rule, KeyRule):
+        return _same_key(who, rule.key_hash)
+    if isinstance(rule, SignerRule):
+        return any(_same_key(signer, rule.key_hash) for signer in signers)
+    raise TypeError(f"not an access rule: {type(rule).__name__}")
+
+
+def _same_key(presented: str | None, expected: str) -> bool:
+    if presented is None or not presented or not expected:
+        return False
+    # Encoded first: compare_digest refuses non-ASCII str, and a caller's hash is untrusted input.
+    return hmac.compare_digest(presented.encode("utf-8"), expected.encode("utf-8"))

@@ -1,0 +1,1348 @@
+"""Reading sessions: YAML text (SCONE session language v0.3 shape) to a validated :class:`Session`.
+
+:func:`parse_session` accepts the language a policy author writes — including SCONE's spellings
+and legacy forms — and returns the one normalised :class:`~opencas.policy.model.Session` it
+means. Everything wrong with the text is collected and raised as one
+:class:`~opencas.policy.errors.SessionError` whose problems each name the key path and the
+line and column. Unknown keys are errors that list the expected ones; SCONE features OpenCAS
+does not implement are errors that name the feature: nothing is ever silently ignored.
+
+:func:`session_from_normal_form` reads a stored normal form back, strictly.
+
+What the parser accepts beyond the normal form (each is normalised away):
+
+- ``version: "0.3"``, ``0.3`` (a number) and ``"0.3.N"``;
+- ``$$SCONE::...$$`` for ``$$CAS::...$$``;
+- a service's ``command`` as one string (split like a POSIX shell) or a list;
+- a service's ``attestation`` as one mapping or a list of them; ``mrenclave`` and
+  ``simulated_measurement`` as one string or a list; the service-level ``mrenclaves:`` list;
+- hex digests in either case;
+- a secret's ``dns: [...]`` (becomes ``san: ["dns:..."]``); ``san`` entries with an uppercase
+  ``DNS:``/``IP:`` prefix, uppercase DNS names, IP addresses in any valid spelling;
+- ``permission`` as ``"600"``, ``"0600"`` or ``"0o600"``;
+- access rules as a certificate PEM or public key PEM (becomes the key hash), a key hash,
+  ``{signer: PEM or key hash}``, ``CREATOR``/``ANY``/``NONE`` in any case, one rule without a
+  list, ``require-all`` / ``require-at-least-N`` trees (``update`` and ``create_sessions`` only);
+- ``ignore_advisories: "*"`` for ``["*"]``, advisory ids in any case;
+- ``null`` for an optional key, meaning the key is left out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import re
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from pydantic import BaseModel, ValidationError
+
+from opencas.crypto.canonical import canonical_json
+from opencas.crypto.keys import key_hash
+from opencas.crypto.x509 import (
+    certificate_key_hash,
+    load_certificate_chain_pem,
+    load_certificate_pem,
+)
+from opencas.policy.certificates import load_private_key
+from opencas.policy.errors import Problem, SessionError
+from opencas.policy.model import (
+    DEFAULT_KEY_TYPE,
+    DEFAULT_SECRET_SIZE,
+    KEY_TYPES,
+    SECRET_KINDS,
+    SESSION_LANGUAGE_VERSION,
+    AccessPolicy,
+    AccessRuleModel,
+    AllRule,
+    AnyRule,
+    AtLeastRule,
+    AttestationSecurity,
+    AttestationVariant,
+    CreatorRule,
+    ExportRule,
+    Image,
+    ImportSpec,
+    InjectionFile,
+    KeyRule,
+    NoneRule,
+    SecretKind,
+    SecretSpec,
+    Security,
+    Service,
+    Session,
+    Signer,
+    SignerRule,
+    check_absolute_path,
+    check_advisory,
+    check_environment_name,
+    check_hex,
+    check_no_nul,
+    check_permission,
+    check_san,
+    check_secret_name,
+    check_service_name,
+    check_session_name,
+    check_tolerated,
+    check_u16,
+    check_valid_for,
+    cross_reference_problems,
+    secret_spec_problems,
+)
+from opencas.policy.placeholders import (
+    PlaceholderSyntaxError,
+    canonical,
+    contains_placeholder,
+    find_placeholders,
+    validate,
+)
+from opencas.yaml_source import (
+    KeyPath,
+    Position,
+    YamlDocument,
+    YamlSourceError,
+    describe,
+    format_path,
+    parse_yaml,
+)
+
+Purpose = Literal["create", "update", "check"]
+"""What a session text is parsed for: ``create`` forbids ``predecessor``, ``update`` requires it,
+``check`` accepts either."""
+NORMAL_FORM_SOURCE = "stored session"
+"""How errors name a normal form given to :func:`session_from_normal_form`."""
+
+_T = TypeVar("_T")
+_M = TypeVar("_M", bound=BaseModel)
+
+_SESSION_KEYS = (
+    "name",
+    "version",
+    "predecessor",
+    "services",
+    "secrets",
+    "images",
+    "access_policy",
+    "security",
+)
+_SERVICE_KEYS = (
+    "name",
+    "command",
+    "environment",
+    "pwd",
+    "image_name",
+    "platforms",
+    "attestation",
+    "mrenclaves",
+)
+_VARIANT_KEYS = (
+    "mrenclave",
+    "signer",
+    "mrtd",
+    "rtmr0",
+    "rtmr1",
+    "rtmr2",
+    "rtmr3",
+    "measurement",
+    "host_data",
+    "simulated_measurement",
+)
+_SIGNER_KEYS = ("mrsigner", "isvprodid", "isvsvn", "isvsvn_min", "isvsvn_max")
+_SECRET_KEYS = (
+    "name",
+    "kind",
+    "size",
+    "key_type",
+    "migrate",
+    "private_key",
+    "issuer",
+    "common_name",
+    "endpoint",
+    "san",
+    "dns",
+    "valid_for",
+    "value",
+    "export",
+    "export_public",
+    "import",
+)
+_EXPORT_KEYS = ("session", "namespace", "session_hash")
+_IMPORT_KEYS = ("session", "secret", "session_hash")
+_IMAGE_KEYS = ("name", "injection_files")
+_INJECTION_KEYS = ("path", "content", "permission")
+_ACCESS_KEYS = ("read", "update", "create_sessions")
+_SECURITY_KEYS = ("attestation",)
+_ATTESTATION_SECURITY_KEYS = ("mode", "tolerate", "ignore_advisories")
+
+_NOT_SUPPORTED = "is a SCONE feature that OpenCAS does not support; remove it"
+_UNSUPPORTED_VOLUMES = {
+    "volumes": f"'volumes' (encrypted volumes) {_NOT_SUPPORTED}",
+}
+_UNSUPPORTED_SERVICE = {
+    **_UNSUPPORTED_VOLUMES,
+    "fspf_path": f"'fspf_path' (file-system protection file) {_NOT_SUPPORTED}",
+    "fspf_key": f"'fspf_key' (file-system protection file) {_NOT_SUPPORTED}",
+    "fspf_tag": f"'fspf_tag' (file-system protection file) {_NOT_SUPPORTED}",
+}
+_UNSUPPORTED_SECRET = {
+    "otp": f"'otp' (one-time passwords) {_NOT_SUPPORTED}",
+    "import_akv": f"'import_akv' (import from Azure Key Vault) {_NOT_SUPPORTED}",
+}
+_UNSUPPORTED_KINDS = {
+    "aad-token": f"kind 'aad-token' (Azure AD tokens) {_NOT_SUPPORTED}",
+    "otp": f"kind 'otp' (one-time passwords) {_NOT_SUPPORTED}",
+    "one-time-password": f"kind 'one-time-password' {_NOT_SUPPORTED}",
+}
+_UNSUPPORTED_ATTESTATION_SECURITY = {
+    "trusted_scone_qe_pubkeys": (
+        f"'trusted_scone_qe_pubkeys' (SCONE quoting enclaves) {_NOT_SUPPORTED}"
+    ),
+}
+_VERSION = re.compile(r"0\.3(?:\.(?:0|[1-9][0-9]{0,8}))?")
+_AT_LEAST = re.compile(r"require-at-least-([1-9][0-9]{0,3})")
+_PEM_BEGIN = "-----BEGIN "
+_ENDPOINTS = ("server", "client")
+# Where placeholders are replaced; anywhere else they would reach a program as literal text.
+_PLACEHOLDER_PLACES = (
+    ("services", int, "command"),
+    ("services", int, "command", int),
+    ("services", int, "environment", str),
+    ("services", int, "pwd"),
+    ("images", int, "injection_files", int, "content"),
+)
+
+
+def parse_session(text: str, source: str = "session", *, purpose: Purpose = "check") -> Session:
+    """Read the session written in ``text`` (YAML) and return it validated and normalised.
+
+    ``source`` names the text in error messages (a file name, say). ``purpose`` decides about
+    ``predecessor``: ``create`` forbids it, ``update`` requires it, ``check`` accepts either.
+    Raises :class:`SessionError` — and never anything else — listing every problem found, each
+    naming its key path and, where known, its line and column.
+    """
+    try:
+        document = parse_yaml(text.removeprefix("\ufeff"))
+    except YamlSourceError as error:
+        raise SessionError(
+            [
+                # A text refused before it was read (too large) is pointed at its start.
+                Problem(format_path(item.path), item.line or 1, item.column or 1, item.message)
+                for item in error.problems
+            ],
+            source=source,
+        ) from None
+    reader = _Reader(document)
+    session = reader.session(document.data, purpose)
+    if reader.problems or session is None:
+        raise SessionError(_ordered(reader.problems), source=source)
+    return session
+
+
+def session_from_normal_form(obj: object, *, source: str = NORMAL_FORM_SOURCE) -> Session:
+    """Read back a session's normal form (as :meth:`Session.normal_form` returns it).
+
+    Strict: every key must be present, with exactly the types and the one spelling the normal
+    form has (lists sorted where the normal form sorts them); anything else raises
+    :class:`SessionError` naming ``source`` and the key path.
+    """
+    if not isinstance(obj, dict):
+        raise SessionError(
+            f"a session's normal form is a JSON object, got {describe(obj)}", source=source
+        )
+    try:
+        encoded = canonical_json(obj)
+    except ValueError as error:
+        raise SessionError(str(error), source=source) from None
+    try:
+        session = Session.model_validate_json(encoded)
+    except ValidationError as error:
+        raise SessionError(
+            [Problem(_loc_path(item["loc"]), None, None, item["msg"]) for item in error.errors()],
+            source=source,
+        ) from None
+    if canonical_json(session.normal_form()) != encoded:
+        raise SessionError(
+            "not in normal form: a key is missing, or a list is not sorted or has repeats",
+            source=source,
+        )
+    return session
+
+
+def _loc_path(loc: Sequence[str | int]) -> str:
+    parts: list[str | int] = []
+    for part in loc:
+        if isinstance(part, str) and part.startswith(("function-", "tagged-union")):
+            continue
+        parts.append("import" if part == "import_" else part)
+    return format_path(tuple(parts))
+
+
+def _ordered(problems: list[Problem]) -> list[Problem]:
+    unique = list(dict.fromkeys(problems))
+    return sorted(unique, key=lambda item: (item.line or 0, item.column or 0))
+
+
+class _Reader:
+    """Turns the plain data of one document into models, collecting every problem on the way."""
+
+    def __init__(self, document: YamlDocument) -> None:
+        self.document = document
+        self.problems: list[Problem] = []
+
+    # --- reporting --------------------------------------------------------------------------
+
+    def fail(self, path: KeyPath, message: str, *, at_value: bool = True) -> None:
+        """Record a problem at ``path``: where its value is written, or else its key."""
+        where: Position | None = None
+        if at_value:
+            where = self.document.value_positions.get(path)
+        if where is None:
+            where = self.document.position(path)
+        # Only an empty document has no position at all; its first line is where to look.
+        where = where or Position(1, 1)
+        self.problems.append(Problem(format_path(path), where.line, where.column, message))
+
+    def checked(self, path: KeyPath, value: _T, check: Callable[[_T], _T]) -> _T | None:
+        """``check(value)``, or ``None`` with its complaint recorded at ``path``."""
+        try:
+            return check(value)
+        except ValueError as error:
+            self.fail(path, str(error))
+            return None
+
+    def build(self, at: KeyPath, model: type[_M], /, **fields: Any) -> _M | None:
+        """``model(**fields)``; its validation errors (which the reader's own checks should have
+        caught first) recorded below ``path``."""
+        try:
+            return model(**fields)
+        except ValidationError as error:
+            for item in error.errors(include_url=False):
+                loc = tuple("import" if part == "import_" else part for part in item["loc"])
+                message = item["msg"].removeprefix("Value error, ")
+                self.fail((*at, *loc) if loc and loc[0] in fields else at, message)
+            return None
+
+    # --- shapes ----------------------------------------------------------------------------
+
+    def mapping(
+        self,
+        path: KeyPath,
+        value: object,
+        keys: Sequence[str],
+        what: str,
+        unsupported: Mapping[str, str] | None = None,
+    ) -> dict[str, object] | None:
+        """``value`` as a mapping with only ``keys`` (nulls dropped), or ``None`` if not one."""
+        if not isinstance(value, dict):
+            self.fail(path, f"expected a mapping ({what}), got {describe(value)}")
+            return None
+        known: dict[str, object] = {}
+        for key, item in value.items():
+            if unsupported is not None and key in unsupported:
+                self.fail((*path, key), unsupported[key], at_value=False)
+            elif key not in keys:
+                self.fail(
+                    (*path, key), f"unknown key; expected one of: {', '.join(keys)}", at_value=False
+                )
+            elif item is not None:
+                known[key] = item
+        return known
+
+    def require(self, path: KeyPath, data: Mapping[str, object], key: str) -> object | None:
+        """``data[key]``, or ``None`` with "required key is missing" recorded."""
+        if key not in data:
+            self.fail((*path, key), "required key is missing", at_value=False)
+            return None
+        return data[key]
+
+    def sequence(self, path: KeyPath, value: object, what: str) -> list[tuple[KeyPath, object]]:
+        """The items of the list ``value`` with their paths; ``[]`` (and a problem) otherwise."""
+        if not isinstance(value, list):
+            self.fail(path, f"expected a list of {what}, got {describe(value)}")
+            return []
+        return [((*path, index), item) for index, item in enumerate(value)]
+
+    def one_or_many(self, path: KeyPath, value: object) -> list[tuple[KeyPath, object]]:
+        """A list's items with their paths, or one value standing for a list of one."""
+        if isinstance(value, list):
+            return [((*path, index), item) for index, item in enumerate(value)]
+        return [(path, value)]
+
+    def string(self, path: KeyPath, value: object, hint: str = "") -> str | None:
+        """``value`` if it is a string; else ``None`` and a problem (numbers need quotes)."""
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bool | int | float) and not hint:
+            hint = "; write it in quotes"
+        self.fail(path, f"expected a string, got {describe(value)}{hint}")
+        return None
+
+    def integer(self, path: KeyPath, value: object) -> int | None:
+        """``value`` if it is an integer (not a boolean); else ``None`` and a problem."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        self.fail(path, f"expected an integer, got {describe(value)}")
+        return None
+
+    def boolean(self, path: KeyPath, value: object) -> bool | None:
+        """``value`` if it is ``true`` or ``false``; else ``None`` and a problem."""
+        if isinstance(value, bool):
+            return value
+        self.fail(path, f"expected true or false, got {describe(value)}")
+        return None
+
+    def hex_digest(self, path: KeyPath, value: object, digits: int) -> str | None:
+        """A hex digest of ``digits`` digits, in either case; returned in lowercase."""
+        text = self.string(path, value)
+        if text is None:
+            return None
+        return self.checked(path, text.lower(), lambda item: check_hex(item, digits))
+
+    def digests(self, path: KeyPath, value: object, digits: int) -> tuple[str, ...]:
+        """One hex digest or a list of them, lowercased."""
+        found = [self.hex_digest(p, item, digits) for p, item in self.one_or_many(path, value)]
+        return tuple(item for item in found if item is not None)
+
+    # --- the session -----------------------------------------------------------------------
+
+    def session(self, data: object, purpose: Purpose) -> Session | None:
+        if not isinstance(data, dict):
+            got = "an empty document" if data is None else describe(data)
+            self.fail(
+                (),
+                f"a session is a mapping with the keys {', '.join(_SESSION_KEYS)}; got {got}",
+            )
+            return None
+        top = self.mapping((), data, _SESSION_KEYS, "the session", _UNSUPPORTED_VOLUMES)
+        if top is None:
+            return None
+        name_value = self.require((), top, "name")
+        name = None
+        if name_value is not None:
+            text = self.string(("name",), name_value)
+            name = None if text is None else self.checked(("name",), text, check_session_name)
+        version = self.version(top)
+        predecessor = self.predecessor(top, purpose)
+        secrets, secret_paths = self.secrets(top.get("secrets"))
+        kinds = _declared_kinds(top.get("secrets"))
+        kinds.update({spec.name: spec.kind for spec in secrets})
+        services, service_paths = self.services(top.get("services"), kinds)
+        images, image_paths = self.images(top.get("images"), kinds)
+        access = self.access_policy(top.get("access_policy"))
+        security = self.security(top.get("security"))
+        self.stray_placeholders(data, ())
+        self.certificate_values(secrets, secret_paths)
+        paths = {"services": service_paths, "secrets": secret_paths, "images": image_paths}
+        for (collection, index, field), message in cross_reference_problems(
+            services, secrets, images
+        ):
+            self.fail((*paths[str(collection)][int(index)], str(field)), message)
+        if self.problems or name is None or version is None or access is None or security is None:
+            return None
+        return self.build(
+            (),
+            Session,
+            name=name,
+            version=version,
+            predecessor=predecessor,
+            services=tuple(services),
+            secrets=tuple(secrets),
+            images=tuple(images),
+            access_policy=access,
+            security=security,
+        )
+
+    def version(self, top: Mapping[str, object]) -> Literal["0.3"] | None:
+        value = self.require((), top, "version")
+        if value is None:
+            return None
+        path = ("version",)
+        if isinstance(value, float) and value == 0.3:
+            return SESSION_LANGUAGE_VERSION
+        if isinstance(value, str) and _VERSION.fullmatch(value):
+            return SESSION_LANGUAGE_VERSION
+        shown = repr(value[:20]) if isinstance(value, str) else describe(value)
+        self.fail(
+            path,
+            f'unsupported session language version {shown}; OpenCAS reads version "0.3" '
+            '(also written 0.3 or "0.3.N")',
+        )
+        return None
+
+    def predecessor(self, top: Mapping[str, object], purpose: Purpose) -> str | None:
+        path = ("predecessor",)
+        if "predecessor" not in top:
+            if purpose == "update":
+                self.fail(
+                    path,
+                    "required key is missing: an update names the hash of the session version "
+                    "it replaces (casctl session show prints it)",
+                    at_value=False,
+                )
+            return None
+        value = self.hex_digest(path, top["predecessor"], 64)
+        if purpose == "create":
+            self.fail(
+                path,
+                "a new session has no predecessor; remove the key (or update the existing "
+                "session instead)",
+                at_value=False,
+            )
+            return None
+        return value
+
+    # --- services --------------------------------------------------------------------------
+
+    def services(
+        self, value: object, kinds: Mapping[str, SecretKind | None]
+    ) -> tuple[list[Service], list[KeyPath]]:
+        built: list[Service] = []
+        paths: list[KeyPath] = []
+        if value is None:
+            return built, paths
+        for path, item in self.sequence(("services",), value, "services"):
+            service = self.service(path, item, kinds)
+            if service is not None:
+                built.append(service)
+                paths.append(path)
+        return built, paths
+
+    def service(
+        self, path: KeyPath, value: object, kinds: Mapping[str, SecretKind | None]
+    ) -> Service | None:
+        data = self.mapping(path, value, _SERVICE_KEYS, "a service", _UNSUPPORTED_SERVICE)
+        if data is None:
+            return None
+        before = len(self.problems)
+        name = self.name(path, data, check_service_name)
+        command = self.command((*path, "command"), data.get("command"), kinds)
+        environment: dict[str, str] = {}
+        if "environment" in data:
+            environment = self.environment((*path, "environment"), data["environment"], kinds)
+        pwd = None
+        if "pwd" in data:
+            pwd = self.placeholder_text((*path, "pwd"), data["pwd"], kinds, check_absolute_path)
+        image_name = None
+        if "image_name" in data:
+            image_name = self.name_reference((*path, "image_name"), data["image_name"])
+        platforms: tuple[str, ...] = ()
+        if "platforms" in data:
+            found = [
+                self.hex_digest(item_path, item, 64)
+                for item_path, item in self.sequence(
+                    (*path, "platforms"), data["platforms"], "key hashes"
+                )
+            ]
+            platforms = tuple(item for item in found if item is not None)
+        attestation = self.attestation(path, data)
+        if len(self.problems) > before or name is None:
+            return None
+        return self.build(
+            path,
+            Service,
+            name=name,
+            command=command,
+            environment=environment,
+            pwd=pwd,
+            image_name=image_name,
+            platforms=platforms,
+            attestation=attestation,
+        )
+
+    def name(
+        self, path: KeyPath, data: Mapping[str, object], check: Callable[[str], str]
+    ) -> str | None:
+        value = self.require(path, data, "name")
+        if value is None:
+            return None
+        text = self.string((*path, "name"), value)
+        return None if text is None else self.checked((*path, "name"), text, check)
+
+    def name_reference(self, path: KeyPath, value: object) -> str | None:
+        text = self.string(path, value)
+        return None if text is None else self.checked(path, text, check_service_name)
+
+    def command(
+        self, path: KeyPath, value: object, kinds: Mapping[str, SecretKind | None]
+    ) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            try:
+                items = shlex.split(value, posix=True)
+            except ValueError as error:
+                self.fail(path, f"the command line cannot be split into arguments: {error}")
+                return ()
+            # Placeholders are checked after splitting: quotes removed by the split could
+            # otherwise join text into a placeholder that was never checked.
+            valid = [self.placeholders(path, argument, kinds) for argument in items]
+            if not all(valid) or any(self.checked(path, a, check_no_nul) is None for a in items):
+                return ()
+            return tuple(canonical(argument) for argument in items)
+        if not isinstance(value, list):
+            self.fail(path, f"expected a string or a list of strings, got {describe(value)}")
+            return ()
+        arguments: list[str] = []
+        for item_path, item in self.sequence(path, value, "arguments"):
+            text = self.placeholder_text(item_path, item, kinds, check_no_nul)
+            if text is not None:
+                arguments.append(text)
+        return tuple(arguments)
+
+    def environment(
+        self, path: KeyPath, value: object, kinds: Mapping[str, SecretKind | None]
+    ) -> dict[str, str]:
+        if not isinstance(value, dict):
+            self.fail(
+                path, f"expected a mapping of variable names to strings, got {describe(value)}"
+            )
+            return {}
+        result: dict[str, str] = {}
+        for key, item in value.items():
+            item_path = (*path, key)
+            if self.checked(item_path, key, check_environment_name) is None:
+                continue
+            text = self.placeholder_text(item_path, item, kinds, check_no_nul)
+            if text is not None:
+                result[key] = text
+        return result
+
+    def placeholder_text(
+        self,
+        path: KeyPath,
+        value: object,
+        kinds: Mapping[str, SecretKind | None],
+        check: Callable[[str], str],
+    ) -> str | None:
+        """A string that may hold placeholders, checked as if each placeholder were a word."""
+        text = self.string(path, value)
+        if text is None or not self.placeholders(path, text, kinds):
+            return None
+        try:
+            rendered = "".join(
+                _PLACEHOLDER_STANDIN if index % 2 else part
+                for index, part in enumerate(_split_placeholders(text))
+            )
+        except PlaceholderSyntaxError:
+            return None
+        if self.checked(path, rendered, check) is None:
+            return None
+        return canonical(text)
+
+    def placeholders(
+        self, path: KeyPath, text: str, kinds: Mapping[str, SecretKind | None]
+    ) -> bool:
+        """Check the placeholders in ``text``; ``False`` (with problems recorded) if any is bad."""
+        problems = validate(text, kinds)
+        for problem in problems:
+            line = text.count("\n", 0, problem.start)
+            where = f" (line {line + 1} of the text)" if "\n" in text else ""
+            self.fail(path, f"{problem.message}{where}")
+        return not problems
+
+    def attestation(
+        self, path: KeyPath, data: Mapping[str, object]
+    ) -> tuple[AttestationVariant, ...]:
+        variants: list[AttestationVariant] = []
+        if "attestation" in data:
+            for item_path, item in self.one_or_many((*path, "attestation"), data["attestation"]):
+                variant = self.variant(item_path, item)
+                if variant is not None:
+                    variants.append(variant)
+        if "mrenclaves" not in data:
+            return tuple(variants)
+        legacy_path = (*path, "mrenclaves")
+        legacy = self.digests(legacy_path, data["mrenclaves"], 64)
+        if not legacy:
+            self.fail(legacy_path, "expected at least one MRENCLAVE")
+            return tuple(variants)
+        if not variants and "attestation" not in data:
+            return (AttestationVariant(mrenclave=legacy),)
+        if len(variants) != 1:
+            self.fail(
+                legacy_path,
+                "with several attestation variants, write mrenclave in each variant instead "
+                "of the service-level mrenclaves",
+                at_value=False,
+            )
+            return tuple(variants)
+        merged = variants[0].model_copy(update={"mrenclave": (*variants[0].mrenclave, *legacy)})
+        rebuilt = self.build(legacy_path, AttestationVariant, **_fields(merged))
+        return () if rebuilt is None else (rebuilt,)
+
+    def variant(self, path: KeyPath, value: object) -> AttestationVariant | None:
+        data = self.mapping(path, value, _VARIANT_KEYS, "an attestation variant")
+        if data is None:
+            return None
+        before = len(self.problems)
+        fields: dict[str, Any] = {}
+        for key in ("mrenclave", "simulated_measurement"):
+            if key in data:
+                fields[key] = self.digests((*path, key), data[key], 64)
+                if not fields[key]:
+                    self.fail((*path, key), "expected at least one measurement")
+        for key, digits in (
+            ("mrtd", 96),
+            ("rtmr0", 96),
+            ("rtmr1", 96),
+            ("rtmr2", 96),
+            ("rtmr3", 96),
+            ("measurement", 96),
+            ("host_data", 64),
+        ):
+            if key in data:
+                fields[key] = self.hex_digest((*path, key), data[key], digits)
+        if "signer" in data:
+            fields["signer"] = self.signer((*path, "signer"), data["signer"])
+        if len(self.problems) > before:
+            return None
+        return self.build(path, AttestationVariant, **fields)
+
+    def signer(self, path: KeyPath, value: object) -> Signer | None:
+        data = self.mapping(path, value, _SIGNER_KEYS, "an enclave signer")
+        if data is None:
+            return None
+        before = len(self.problems)
+        mrsigner_value = self.require(path, data, "mrsigner")
+        mrsigner = None
+        if mrsigner_value is not None:
+            mrsigner = self.hex_digest((*path, "mrsigner"), mrsigner_value, 64)
+        fields: dict[str, Any] = {}
+        for key in ("isvprodid", "isvsvn", "isvsvn_min", "isvsvn_max"):
+            if key in data:
+                number = self.integer((*path, key), data[key])
+                fields[key] = (
+                    None if number is None else self.checked((*path, key), number, check_u16)
+                )
+        if len(self.problems) > before or mrsigner is None:
+            return None
+        return self.build(path, Signer, mrsigner=mrsigner, **fields)
+
+    # --- secrets ---------------------------------------------------------------------------
+
+    def secrets(self, value: object) -> tuple[list[SecretSpec], list[KeyPath]]:
+        built: list[SecretSpec] = []
+        paths: list[KeyPath] = []
+        if value is None:
+            return built, paths
+        for path, item in self.sequence(("secrets",), value, "secrets"):
+            spec = self.secret(path, item)
+            if spec is not None:
+                built.append(spec)
+                paths.append(path)
+        return built, paths
+
+    def secret(self, path: KeyPath, value: object) -> SecretSpec | None:
+        data = self.mapping(path, value, _SECRET_KEYS, "a secret", _UNSUPPORTED_SECRET)
+        if data is None:
+            return None
+        before = len(self.problems)
+        name = self.name(path, data, check_secret_name)
+        kind = self.kind(path, data)
+        fields = self.secret_fields(path, data)
+        if len(self.problems) > before or name is None:
+            return None
+        if "import" not in data and kind is None:
+            return None
+        fields = _with_defaults(kind, fields)
+        candidate = SecretSpec.model_construct(name=name, kind=kind, **fields)
+        for field, message in secret_spec_problems(candidate):
+            key = "import" if field == "import_" else field
+            if key == "san" and "san" not in data:
+                key = "dns"
+            self.fail((*path, key), message, at_value=key in data)
+        if len(self.problems) > before:
+            return None
+        return self.build(path, SecretSpec, name=name, kind=kind, **fields)
+
+    def secret_fields(self, path: KeyPath, data: Mapping[str, object]) -> dict[str, Any]:
+        """The fields of a secret other than its name and kind, as far as they are valid."""
+        readers: dict[str, tuple[str, Callable[[KeyPath, object], Any]]] = {
+            "size": ("size", self.integer),
+            "migrate": ("migrate", self.boolean),
+            "export_public": ("export_public", self.boolean),
+            "private_key": ("private_key", self.secret_name),
+            "issuer": ("issuer", self.secret_name),
+            "common_name": ("common_name", self.string),
+            "value": ("value", self.string),
+            "key_type": ("key_type", lambda at, value: self.choice(at, value, KEY_TYPES)),
+            "endpoint": ("endpoint", lambda at, value: self.choice(at, value, _ENDPOINTS)),
+            "valid_for": ("valid_for", self.valid_for),
+            "export": ("export", self.exports),
+            "import": ("import_", self.import_spec),
+        }
+        fields = {
+            field: read((*path, key), data[key])
+            for key, (field, read) in readers.items()
+            if key in data
+        }
+        if "san" in data or "dns" in data:
+            fields["san"] = self.san(path, data)
+        return fields
+
+    def secret_name(self, path: KeyPath, value: object) -> str | None:
+        """The name of a secret this secret refers to."""
+        text = self.string(path, value)
+        return None if text is None else self.checked(path, text, check_secret_name)
+
+    def valid_for(self, path: KeyPath, value: object) -> str | None:
+        """A validity period such as ``365d``."""
+        text = self.string(path, value)
+        return None if text is None else self.checked(path, text, check_valid_for)
+
+    def kind(self, path: KeyPath, data: Mapping[str, object]) -> SecretKind | None:
+        kind_path = (*path, "kind")
+        if "kind" not in data:
+            if "import" not in data:
+                self.fail(
+                    kind_path,
+                    f"required key is missing; expected one of: {', '.join(SECRET_KINDS)}",
+                    at_value=False,
+                )
+            return None
+        text = self.string(kind_path, data["kind"])
+        if text is None:
+            return None
+        if text in _UNSUPPORTED_KINDS:
+            self.fail(kind_path, _UNSUPPORTED_KINDS[text])
+            return None
+        for kind in SECRET_KINDS:
+            if text == kind:
+                return kind
+        self.fail(
+            kind_path, f"unknown kind {text[:40]!r}; expected one of: {', '.join(SECRET_KINDS)}"
+        )
+        return None
+
+    def choice(self, path: KeyPath, value: object, allowed: Sequence[_T]) -> _T | None:
+        text = self.string(path, value)
+        if text is None:
+            return None
+        for option in allowed:
+            if text == option:
+                return option
+        self.fail(
+            path, f"unknown value {text[:40]!r}; expected one of: {', '.join(map(str, allowed))}"
+        )
+        return None
+
+    def san(self, path: KeyPath, data: Mapping[str, object]) -> tuple[str, ...]:
+        entries: list[str] = []
+        if "san" in data:
+            for item_path, item in self.sequence((*path, "san"), data["san"], "names"):
+                text = self.string(item_path, item)
+                if text is not None:
+                    entry = self.checked(item_path, _canonical_san(text), check_san)
+                    if entry is not None:
+                        entries.append(entry)
+        if "dns" in data:
+            for item_path, item in self.one_or_many((*path, "dns"), data["dns"]):
+                text = self.string(item_path, item)
+                if text is not None:
+                    entry = self.checked(item_path, f"dns:{text.lower()}", check_san)
+                    if entry is not None:
+                        entries.append(entry)
+        return tuple(dict.fromkeys(entries))
+
+    def exports(self, path: KeyPath, value: object) -> tuple[ExportRule, ...]:
+        rules: list[ExportRule] = []
+        for item_path, item in self.one_or_many(path, value):
+            data = self.mapping(item_path, item, _EXPORT_KEYS, "an export")
+            if data is None:
+                continue
+            fields = self.session_reference(item_path, data, ("session", "namespace"))
+            if ("session" in data) == ("namespace" in data):
+                self.fail(item_path, "an export names exactly one of 'session' and 'namespace'")
+                continue
+            if "session_hash" in data and "session" not in data:
+                self.fail(
+                    (*item_path, "session_hash"),
+                    "'session_hash' pins one importing session; it needs 'session', not "
+                    "'namespace'",
+                    at_value=False,
+                )
+                continue
+            if fields is None:
+                continue
+            rule = self.build(item_path, ExportRule, **fields)
+            if rule is None:
+                continue
+            if rule in rules:
+                self.fail(item_path, "the same export is listed twice")
+                continue
+            rules.append(rule)
+        return tuple(rules)
+
+    def session_reference(
+        self, path: KeyPath, data: Mapping[str, object], names: Sequence[str]
+    ) -> dict[str, Any] | None:
+        """The session names in ``names`` and an optional ``session_hash``, checked."""
+        fields: dict[str, Any] = {}
+        ok = True
+        for key in names:
+            if key in data:
+                text = self.string((*path, key), data[key])
+                fields[key] = (
+                    None if text is None else self.checked((*path, key), text, check_session_name)
+                )
+                ok = ok and fields[key] is not None
+        if "session_hash" in data:
+            fields["session_hash"] = self.hex_digest(
+                (*path, "session_hash"), data["session_hash"], 64
+            )
+            ok = ok and fields["session_hash"] is not None
+        return fields if ok else None
+
+    def import_spec(self, path: KeyPath, value: object) -> ImportSpec | None:
+        data = self.mapping(path, value, _IMPORT_KEYS, "an import")
+        if data is None:
+            return None
+        session = self.require(path, data, "session")
+        secret = self.require(path, data, "secret")
+        fields = self.session_reference(path, data, ("session",))
+        secret_name = None
+        if secret is not None:
+            text = self.string((*path, "secret"), secret)
+            secret_name = (
+                None if text is None else self.checked((*path, "secret"), text, check_secret_name)
+            )
+        if fields is None or session is None or secret_name is None:
+            return None
+        return self.build(path, ImportSpec, secret=secret_name, **fields)
+
+    def certificate_values(self, secrets: Sequence[SecretSpec], paths: Sequence[KeyPath]) -> None:
+        """Check explicit PEM values: keys load, certificates load and match their key."""
+        keys: dict[str, str] = {}
+        for spec, path in zip(secrets, paths, strict=True):
+            if spec.kind == "private-key" and spec.value is not None:
+                try:
+                    keys[spec.name] = key_hash(load_private_key(spec.value))
+                except ValueError as error:
+                    self.fail((*path, "value"), f"not a usable private key: {error}")
+        for spec, path in zip(secrets, paths, strict=True):
+            if spec.kind not in ("x509", "x509-ca") or spec.value is None:
+                continue
+            try:
+                chain = load_certificate_chain_pem(spec.value.encode("utf-8"))
+                certified = certificate_key_hash(chain[0])
+            except ValueError as error:
+                self.fail((*path, "value"), f"not a usable certificate: {error}")
+                continue
+            if spec.private_key is None:
+                continue
+            if spec.private_key not in keys:
+                self.fail(
+                    (*path, "private_key"),
+                    "a certificate given as 'value' needs a private-key secret that is given "
+                    "as 'value' too (a generated key cannot match it)",
+                )
+            elif keys[spec.private_key] != certified:
+                self.fail(
+                    (*path, "value"),
+                    f"the certificate does not certify the key {spec.private_key!r}",
+                )
+
+    # --- images ----------------------------------------------------------------------------
+
+    def images(
+        self, value: object, kinds: Mapping[str, SecretKind | None]
+    ) -> tuple[list[Image], list[KeyPath]]:
+        built: list[Image] = []
+        paths: list[KeyPath] = []
+        if value is None:
+            return built, paths
+        for path, item in self.sequence(("images",), value, "images"):
+            image = self.image(path, item, kinds)
+            if image is not None:
+                built.append(image)
+                paths.append(path)
+        return built, paths
+
+    def image(
+        self, path: KeyPath, value: object, kinds: Mapping[str, SecretKind | None]
+    ) -> Image | None:
+        data = self.mapping(path, value, _IMAGE_KEYS, "an image", _UNSUPPORTED_VOLUMES)
+        if data is None:
+            return None
+        before = len(self.problems)
+        name = self.name(path, data, check_service_name)
+        files: list[InjectionFile] = []
+        seen: dict[str, KeyPath] = {}
+        if "injection_files" in data:
+            for item_path, item in self.sequence(
+                (*path, "injection_files"), data["injection_files"], "files"
+            ):
+                injected = self.injection_file(item_path, item, kinds)
+                if injected is None:
+                    continue
+                if injected.path in seen:
+                    self.fail(
+                        (*item_path, "path"),
+                        f"the path is already used by {format_path(seen[injected.path])}",
+                    )
+                    continue
+                seen[injected.path] = item_path
+                files.append(injected)
+        if len(self.problems) > before or name is None:
+            return None
+        return self.build(path, Image, name=name, injection_files=tuple(files))
+
+    def injection_file(
+        self, path: KeyPath, value: object, kinds: Mapping[str, SecretKind | None]
+    ) -> InjectionFile | None:
+        data = self.mapping(path, value, _INJECTION_KEYS, "an injection file")
+        if data is None:
+            return None
+        before = len(self.problems)
+        target = self.require(path, data, "path")
+        file_path = None
+        if target is not None:
+            text = self.string((*path, "path"), target)
+            file_path = (
+                None if text is None else self.checked((*path, "path"), text, check_absolute_path)
+            )
+        content = None
+        if "content" in data:
+            content = self.string((*path, "content"), data["content"])
+            if content is not None and self.placeholders((*path, "content"), content, kinds):
+                content = canonical(content)
+        permission = None
+        if "permission" in data:
+            text = self.string(
+                (*path, "permission"),
+                data["permission"],
+                "; write the octal mode in quotes, as '0600'",
+            )
+            if text is not None:
+                permission = self.checked(
+                    (*path, "permission"), _canonical_permission(text), check_permission
+                )
+        if len(self.problems) > before or file_path is None:
+            return None
+        return self.build(
+            path, InjectionFile, path=file_path, content=content, permission=permission
+        )
+
+    # --- access policy ---------------------------------------------------------------------
+
+    def access_policy(self, value: object) -> AccessPolicy | None:
+        path: KeyPath = ("access_policy",)
+        if value is None:
+            return AccessPolicy()
+        data = self.mapping(path, value, _ACCESS_KEYS, "read, update and create_sessions rules")
+        if data is None:
+            return None
+        before = len(self.problems)
+        read: AccessRuleModel = CreatorRule()
+        update: AccessRuleModel = CreatorRule()
+        if "read" in data:
+            read = self.rules((*path, "read"), data["read"], trees=False) or read
+        if "update" in data:
+            update = self.rules((*path, "update"), data["update"], trees=True) or update
+        create = update
+        if "create_sessions" in data:
+            create = (
+                self.rules((*path, "create_sessions"), data["create_sessions"], trees=True)
+                or create
+            )
+        if len(self.problems) > before:
+            return None
+        return self.build(path, AccessPolicy, read=read, update=update, create_sessions=create)
+
+    def rules(self, path: KeyPath, value: object, *, trees: bool) -> AccessRuleModel | None:
+        """One access rule from a list (any of), a tree, or a single entry; normalised."""
+        if isinstance(value, list):
+            items = [
+                self.rule(p, item, trees=trees) for p, item in self.sequence(path, value, "rules")
+            ]
+            if not value:
+                self.fail(path, "expected at least one rule (write [NONE] to allow no one)")
+                return None
+            return self.combine(path, items, count=1)
+        return self.rule(path, value, trees=trees)
+
+    def rule(self, path: KeyPath, value: object, *, trees: bool) -> AccessRuleModel | None:
+        if isinstance(value, str):
+            return self.simple_rule(path, value)
+        if isinstance(value, list):
+            self.fail(path, "a list inside a list of rules; use require-all or require-at-least-N")
+            return None
+        if not isinstance(value, dict):
+            self.fail(
+                path,
+                "expected an access rule (CREATOR, ANY, NONE, a certificate or a key hash), "
+                f"got {describe(value)}",
+            )
+            return None
+        if not trees:
+            self.fail(
+                path,
+                "read takes a plain list of identities (CREATOR, ANY, NONE, certificates, key "
+                "hashes); signer, require-all and require-at-least-N apply to update and "
+                "create_sessions",
+            )
+            return None
+        return self.tree(path, value)
+
+    def tree(self, path: KeyPath, value: dict[Any, object]) -> AccessRuleModel | None:
+        """``{signer: ...}``, ``{require-all: [...]}`` or ``{require-at-least-N: [...]}``."""
+        if len(value) != 1:
+            self.fail(
+                path,
+                "a rule mapping has exactly one key: signer, require-all or require-at-least-N",
+            )
+            return None
+        ((key, inner),) = value.items()
+        inner_path = (*path, key)
+        if key == "signer":
+            text = self.string(inner_path, inner)
+            hashed = None if text is None else self.identity(inner_path, text)
+            return None if hashed is None else SignerRule(key_hash=hashed)
+        match = _AT_LEAST.fullmatch(key) if isinstance(key, str) else None
+        if key != "require-all" and match is None:
+            self.fail(
+                inner_path,
+                "unknown key; expected one of: signer, require-all, require-at-least-N",
+                at_value=False,
+            )
+            return None
+        if not isinstance(inner, list) or not inner:
+            self.fail(inner_path, f"expected a non-empty list of rules, got {describe(inner)}")
+            return None
+        count = len(inner) if match is None else int(match.group(1))
+        items = [
+            self.rule(item_path, item, trees=True)
+            for item_path, item in self.sequence(inner_path, inner, "rules")
+        ]
+        if count > len(inner):
+            self.fail(
+                inner_path,
+                f"require-at-least-{count} lists only {len(inner)} rules; it could never be met",
+                at_value=False,
+            )
+            return None
+        return self.combine(inner_path, items, count=count)
+
+    def combine(
+        self, path: KeyPath, items: list[AccessRuleModel | None], *, count: int
+    ) -> AccessRuleModel | None:
+        if any(item is None for item in items):
+            return None
+        rules = [item for item in items if item is not None]
+        if len(rules) > 1 and any(isinstance(rule, AnyRule | NoneRule) for rule in rules):
+            self.fail(path, "ANY and NONE must stand alone, not in a list with other rules")
+            return None
+        for index, rule in enumerate(rules):
+            if rule in rules[:index]:
+                self.fail(
+                    (*path, index),
+                    "the same rule is listed twice (certificates count as their key hashes)",
+                )
+                return None
+        if len(rules) == 1:
+            return rules[0]
+        if count == len(rules):
+            return self.build(path, AllRule, rules=tuple(rules))
+        return self.build(path, AtLeastRule, count=count, rules=tuple(rules))
+
+    def simple_rule(self, path: KeyPath, text: str) -> AccessRuleModel | None:
+        keyword = text.strip().upper()
+        if keyword == "CREATOR":
+            return CreatorRule()
+        if keyword == "ANY":
+            return AnyRule()
+        if keyword == "NONE":
+            return NoneRule()
+        hashed = self.identity(path, text)
+        return None if hashed is None else KeyRule(key_hash=hashed)
+
+    def identity(self, path: KeyPath, text: str) -> str | None:
+        """The key hash a certificate PEM, public key PEM or key hash (either case) names."""
+        if _PEM_BEGIN in text:
+            try:
+                return _pem_key_hash(text)
+            except ValueError as error:
+                self.fail(path, f"not a usable certificate or public key: {error}")
+                return None
+        candidate = text.strip().lower()
+        if len(candidate) == 64 and all(char in "0123456789abcdef" for char in candidate):
+            return candidate
+        self.fail(
+            path,
+            "expected CREATOR, ANY, NONE, a PEM certificate or public key, or a key hash "
+            "(64 hexadecimal digits)",
+        )
+        return None
+
+    # --- security --------------------------------------------------------------------------
+
+    def security(self, value: object) -> Security | None:
+        if value is None:
+            return Security()
+        path: KeyPath = ("security",)
+        data = self.mapping(path, value, _SECURITY_KEYS, "security settings")
+        if data is None:
+            return None
+        if "attestation" not in data:
+            return Security()
+        attestation = self.attestation_security((*path, "attestation"), data["attestation"])
+        return None if attestation is None else self.build(path, Security, attestation=attestation)
+
+    def attestation_security(self, path: KeyPath, value: object) -> AttestationSecurity | None:
+        data = self.mapping(
+            path,
+            value,
+            _ATTESTATION_SECURITY_KEYS,
+            "attestation settings",
+            _UNSUPPORTED_ATTESTATION_SECURITY,
+        )
+        if data is None:
+            return None
+        before = len(self.problems)
+        fields: dict[str, Any] = {}
+        if "mode" in data:
+            text = self.string((*path, "mode"), data["mode"])
+            if text == "maa":
+                self.fail(
+                    (*path, "mode"), f"mode 'maa' (Microsoft Azure Attestation) {_NOT_SUPPORTED}"
+                )
+            elif text is not None:
+                fields["mode"] = self.choice((*path, "mode"), text, ("hardware", "none"))
+        if "tolerate" in data:
+            found = []
+            for item_path, item in self.one_or_many((*path, "tolerate"), data["tolerate"]):
+                text = self.string(item_path, item)
+                if text is not None and self.checked(item_path, text, check_tolerated) is not None:
+                    found.append(text)
+            fields["tolerate"] = tuple(found)
+        if "ignore_advisories" in data:
+            found = []
+            for item_path, item in self.one_or_many(
+                (*path, "ignore_advisories"), data["ignore_advisories"]
+            ):
+                text = self.string(item_path, item)
+                if text is not None:
+                    checked = self.checked(item_path, text.upper(), check_advisory)
+                    if checked is not None:
+                        found.append(checked)
+            fields["ignore_advisories"] = tuple(found)
+        if len(self.problems) > before:
+            return None
+        return self.build(path, AttestationSecurity, **fields)
+
+    # --- placeholders outside their places ------------------------------------------------
+
+    def stray_placeholders(self, value: object, path: KeyPath) -> None:
+        """Refuse placeholder text anywhere it would not be replaced."""
+        if isinstance(value, dict):
+            for key, item in value.items():
+                self.stray_placeholders(item, (*path, key))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                self.stray_placeholders(item, (*path, index))
+        elif (
+            isinstance(value, str) and contains_placeholder(value) and not _placeholder_place(path)
+        ):
+            self.fail(
+                path,
+                "placeholders ($$CAS::...$$) are replaced only in a service's command, "
+                "environment values and pwd, and in injection file content",
+            )
+
+
+_PLACEHOLDER_STANDIN = "x"
+
+
+def _split_placeholders(text: str) -> list[str]:
+    """``text`` cut at its placeholders: text, placeholder, text, ..., text."""
+    parts: list[str] = []
+    position = 0
+    for item in find_placeholders(text):
+        parts.extend((text[position : item.start], text[item.start : item.end]))
+        position = item.end
+    parts.append(text[position:])
+    return parts
+
+
+def _placeholder_place(path: KeyPath) -> bool:
+    for pattern in _PLACEHOLDER_PLACES:
+        if len(pattern) == len(path) and all(
+            isinstance(part, expected) if isinstance(expected, type) else part == expected
+            for part, expected in zip(path, pattern, strict=True)
+        ):
+            return True
+    return False
+
+
+def _fields(model: BaseModel) -> dict[str, Any]:
+    return {name: getattr(model, name) for name in type(model).model_fields}
+
+
+def _declared_kinds(value: object) -> dict[str, SecretKind | None]:
+    """Each secret name written in ``value``, with its kind if that is valid (else ``None``).
+
+    Placeholders are checked against these even where a secret's own definition has problems,
+    so that one mistake is reported once, not again at every placeholder that uses the secret.
+    """
+    declared: dict[str, SecretKind | None] = {}
+    for item in value if isinstance(value, list) else ():
+        if isinstance(item, dict) and isinstance(item.get("name"), str):
+            kind = item.get("kind")
+            declared[item["name"]] = next((each for each in SECRET_KINDS if each == kind), None)
+    return declared
+
+
+def _with_defaults(kind: SecretKind | None, fields: dict[str, Any]) -> dict[str, Any]:
+    """The defaults the normal form spells out: a size, a key type (not for imports)."""
+    filled = dict(fields)
+    if "import_" in filled:
+        return filled
+    if kind in ("ascii", "binary") and "value" not in filled and "size" not in filled:
+        filled["size"] = DEFAULT_SECRET_SIZE
+    if kind == "private-key" and "key_type" not in filled:
+        filled["key_type"] = DEFAULT_KEY_TYPE
+    if (
+        kind in ("x509", "x509-ca")
+        and "key_type" not in filled
+        and "private_key" not in filled
+        and "value" not in filled
+    ):
+        filled["key_type"] = DEFAULT_KEY_TYPE
+    return filled
+
+
+def _canonical_san(text: str) -> str:
+    kind, colon, name = text.partition(":")
+    if not colon or kind.lower() not in ("dns", "ip"):
+        return text
+    if kind.lower() == "dns":
+        return f"dns:{name.lower()}"
+    with contextlib.suppress(ValueError):
+        name = str(ipaddress.ip_address(name))
+    return f"ip:{name}"
+
+
+def _canonical_permission(text: str) -> str:
+    digits = text.removeprefix("0o")
+    if len(digits) == 3:
+        digits = "0" + digits
+    return digits
+
+
+def _pem_key_hash(text: str) -> str:
+    data = text.encode("utf-8")
+    if "-----BEGIN PUBLIC KEY-----" in text:
+        try:
+            public = serialization.load_pem_public_key(data)
+        except (ValueError, UnsupportedAlgorithm) as error:
+            raise ValueError(f"the public key does not load ({error})") from None
+        if not isinstance(
+            public, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+        ):
+            raise ValueError(f"unsupported key type {type(public).__name__}")
+        return key_hash(public)
+    return certificate_key_hash(load_certificate_pem(data))

@@ -1,0 +1,263 @@
+"""Sessions: storing policies and their secrets, and deciding who may do what with them.
+
+What a session *means* is decided in :mod:`opencas.policy`; this module is what happens when one
+is stored: access decisions against the stored version, the ``predecessor`` check that keeps two
+writers from losing each other's changes, import checks against the exporters, and the session
+and its generated secrets written in one transaction.
+
+Records: table ``sessions`` (key: session name) holds the policy text as uploaded, its normal
+form, hash and creator; table ``session-secrets`` (same key) holds the session's own secret
+values. Imported secrets are not copied: they are resolved from the exporter when used, so they
+follow the exporter's later updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from opencas.errors import (
+    AuthenticationRequired,
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+)
+from opencas.policy.access import can_create_in, can_read, can_update, verify_signatures
+from opencas.policy.errors import Problem, SessionError
+from opencas.policy.hashing import session_hash
+from opencas.policy.model import Session
+from opencas.policy.parse import parse_session, session_from_normal_form
+from opencas.policy.secret_values import SecretValue, check_import, generate_values, public_values
+from opencas.service.cas import Cas
+from opencas.service.identity import utc_now_text
+from opencas.service.records import read_record, write_record
+from opencas.store.base import Store, Transaction
+
+SESSIONS = "sessions"
+SECRETS = "session-secrets"
+
+
+class SessionRecord(BaseModel):
+    """One stored session version."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str
+    text: str
+    normal_form: dict[str, Any]
+    hash: str
+    creator: str
+    created_at: str
+    updated_at: str
+    revision: int
+
+
+class SecretsRecord(BaseModel):
+    """The session's own secret values (never imported ones)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    values: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    """A session as read back: the record and the parsed policy."""
+
+    record: SessionRecord
+    session: Session
+
+
+def parent_of(name: str) -> str | None:
+    """The namespace session that governs creating ``name`` (``a/b`` for ``a/b/c``)."""
+    parent, _, _ = name.rpartition("/")
+    return parent or None
+
+
+def load_session(source: Store | Transaction, name: str) -> StoredSession | None:
+    """The stored session ``name``, or ``None``."""
+    record = read_record(source, SessionRecord, SESSIONS, name)
+    if record is None:
+        return None
+    return StoredSession(record, session_from_normal_form(record.normal_form))
+
+
+def load_secret_values(source: Store | Transaction, name: str) -> dict[str, SecretValue]:
+    """The session's own secret values."""
+    record = read_record(source, SecretsRecord, SECRETS, name)
+    if record is None:
+        return {}
+    return {key: SecretValue.from_record(value) for key, value in record.values.items()}
+
+
+def _signed(caller: str | None) -> str:
+    if caller is None:
+        raise AuthenticationRequired(
+            "changing sessions needs a signed request (Authorization: CAS-Proof)"
+        )
+    return caller
+
+
+def create_session(
+    cas: Cas, text: str, caller: str | None, signatures: object = ()
+) -> SessionRecord:
+    """Store a new session written by ``caller``; returns its record.
+
+    Refuses: anonymous callers (401); an invalid policy (400, naming path and line); a name that
+    exists (409); a namespace whose parent is missing (404) or whose ``create_sessions`` policy
+    does not allow the caller (403); a broken import (400).
+    """
+    creator = _signed(caller)
+    session = parse_session(text, "session", purpose="create")
+    new_hash = session_hash(session)
+    signers = verify_signatures(signatures, new_hash)
+    with cas.store.transaction() as txn:
+        if txn.get(SESSIONS, session.name) is not None:
+            raise ConflictError(
+                f"session {session.name} exists; update it instead",
+                code="session-exists",
+            )
+        parent = parent_of(session.name)
+        if parent is not None:
+            governing = load_session(txn, parent)
+            if governing is None:
+                raise NotFoundError(
+                    f"cannot create {session.name}: its namespace session {parent} does not exist"
+                )
+            if not can_create_in(governing.session, creator, governing.record.creator, signers):
+                raise ForbiddenError(
+                    f"the create_sessions policy of {parent} does not allow you to create "
+                    f"{session.name}",
+                    code="access-denied",
+                )
+        imported = _resolve_imports(txn, session, new_hash)
+        values = generate_values(session, None, None, imported)
+        now = utc_now_text()
+        record = SessionRecord(
+            name=session.name,
+            text=text,
+            normal_form=session.normal_form(),
+            hash=new_hash,
+            creator=creator,
+            created_at=now,
+            updated_at=now,
+            revision=1,
+        )
+        _write(txn, record, session, values)
+    return record
+
+
+def update_session(
+    cas: Cas, name: str, text: str, caller: str | None, signatures: object = ()
+) -> SessionRecord:
+    """Replace session ``name`` with ``text``, whose ``predecessor`` must be the current hash.
+
+    Refuses: anonymous callers (401); an invalid policy or a name that differs from ``name``
+    (400); an unknown session (404); a stale predecessor (409, with ``current_hash``); an update
+    the stored version's ``update`` policy does not allow (403); a broken import (400).
+    """
+    updater = _signed(caller)
+    session = parse_session(text, "session", purpose="update")
+    if session.name != name:
+        raise SessionError(
+            Problem("name", None, None, f"the policy names {session.name}, not {name}")
+        )
+    new_hash = session_hash(session)
+    signers = verify_signatures(signatures, new_hash)
+    with cas.store.transaction() as txn:
+        current = load_session(txn, name)
+        if current is None:
+            raise NotFoundError(f"there is no session {name}")
+        if not can_update(current.session, updater, current.record.creator, signers):
+            raise ForbiddenError(
+                f"the update policy of {name} does not allow this update", code="access-denied"
+            )
+        if session.predecessor != current.record.hash:
+            raise ConflictError(
+                f"session {name} changed: its current hash is {current.record.hash}, but the "
+                f"update names predecessor {session.predecessor}; merge and retry",
+                code="stale-predecessor",
+                details={"current_hash": current.record.hash},
+            )
+        imported = _resolve_imports(txn, session, new_hash)
+        previous = load_secret_values(txn, name)
+        values = generate_values(session, previous, current.session, imported)
+        record = current.record.model_copy(
+            update={
+                "text": text,
+                "normal_form": session.normal_form(),
+                "hash": new_hash,
+                "updated_at": utc_now_text(),
+                "revision": current.record.revision + 1,
+            }
+        )
+        _write(txn, record, session, values)
+    return record
+
+
+def read_session(cas: Cas, name: str, caller: str | None) -> SessionRecord:
+    """The stored session ``name`` if ``caller`` may read it (404 / 403 otherwise)."""
+    stored = load_session(cas.store, name)
+    if stored is None:
+        raise NotFoundError(f"there is no session {name}")
+    if not can_read(stored.session, caller, stored.record.creator):
+        raise ForbiddenError(
+            f"the read policy of {name} does not allow you to read it", code="access-denied"
+        )
+    return stored.record
+
+
+def exported_values(cas: Cas, name: str, secret: str | None) -> dict[str, str]:
+    """The public values session ``name`` marks ``export_public`` (all, or just ``secret``)."""
+    stored = load_session(cas.store, name)
+    if stored is None:
+        raise NotFoundError(f"there is no session {name}")
+    values = public_values(stored.session, load_secret_values(cas.store, name))
+    if secret is None:
+        return values
+    if secret not in values:
+        raise NotFoundError(f"session {name} exports no public value called {secret}")
+    return {secret: values[secret]}
+
+
+def _resolve_imports(
+    txn: Transaction, session: Session, importer_hash: str
+) -> dict[str, SecretValue]:
+    imported: dict[str, SecretValue] = {}
+    for secret in session.secrets:
+        spec = secret.import_
+        if spec is None:
+            continue
+        exporter = load_session(txn, spec.session)
+        check_import(
+            session,
+            spec,
+            exporter.session if exporter else None,
+            exporter.record.hash if exporter else None,
+            importer_hash,
+        )
+        exporter_values = load_secret_values(txn, spec.session)
+        if spec.secret in exporter_values:
+            imported[secret.name] = exporter_values[spec.secret]
+    return imported
+
+
+def _write(
+    txn: Transaction,
+    record: SessionRecord,
+    session: Session,
+    values: Mapping[str, SecretValue],
+) -> None:
+    own = {secret.name for secret in session.secrets if secret.import_ is None}
+    write_record(txn, SESSIONS, record.name, record)
+    write_record(
+        txn,
+        SECRETS,
+        record.name,
+        SecretsRecord(
+            values={name: value.to_record() for name, value in values.items() if name in own}
+        ),
+    )
