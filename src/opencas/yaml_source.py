@@ -21,6 +21,7 @@ The module is pure: it takes text and returns values; it neither reads files nor
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -54,6 +55,8 @@ _STR, _INT, _FLOAT, _BOOL, _NULL = (
 )
 _MAP, _SEQ, _MERGE, _TIMESTAMP = (f"{_CORE}{name}" for name in ("map", "seq", "merge", "timestamp"))
 _SCALAR_TAGS = frozenset({_STR, _INT, _FLOAT, _BOOL, _NULL})
+# "\ud800" escapes decode to lone surrogates: not characters, and not encodable as UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # Kinds of problem that are about the text itself rather than a key of the document.
 SYNTAX_KINDS: Final = frozenset(
     {"syntax", "too-large", "too-deep", "multiple-documents", "tag", "value"}
@@ -369,6 +372,9 @@ class _Builder:
             raise _Stop(YamlProblem(path, start.line, start.column, what, "value")) from None
         finally:
             yaml.constructor.constructed_objects.clear()
+        if isinstance(value, str) and _SURROGATE.search(value):
+            what = "an escape (\\uD800 to \\uDFFF) stands for half a UTF-16 pair, not a character"
+            raise _Stop(YamlProblem(path, start.line, start.column, what, "value"))
         if isinstance(value, float) and not math.isfinite(value):
             what = "NaN and infinite numbers are not accepted"
             raise _Stop(YamlProblem(path, start.line, start.column, what, "value"))

@@ -124,6 +124,8 @@ def test_alias_bomb_is_refused_without_expansion() -> None:
         ("a: 1e999\n", "value", 1, 4),
         ("a: " + "1" * 5000 + "\n", "value", 1, 4),
         ("a: 1\n---\nb: 2\n", "multiple-documents", 2, 1),
+        ('a: "\\ud800\\udc00"\n', "value", 1, 4),
+        ('"\\udfff": 1\n', "value", 1, 1),
         ("a: 'open\n", "syntax", 2, 1),
         ("a: b: c\n", "syntax", 1, 5),
         ("a:\n  b: \x01\n", "syntax", 2, 6),

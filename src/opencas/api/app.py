@@ -110,12 +110,12 @@ def create_client_api(
     install_error_handlers(app)
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         """Liveness: the process serves requests."""
         return {"status": "ok"}
 
     @app.get("/v1/version")
-    def version() -> dict[str, Any]:
+    async def version() -> dict[str, Any]:
         """The CAS software version and API version."""
         return {
             "cas_version": __version__,
@@ -124,8 +124,9 @@ def create_client_api(
             "mode": cas.mode,
         }
 
+    # Cheap endpoints run on the event loop: a thread-pool hop costs more than their work.
     @app.get("/v1/attest")
-    def attest(
+    async def attest(
         nonce: Annotated[
             str,
             Query(
@@ -138,7 +139,7 @@ def create_client_api(
         return cas.attest(nonce)
 
     @app.get("/v1/whoami")
-    def whoami(request: Request) -> dict[str, str]:
+    async def whoami(request: Request) -> dict[str, str]:
         """The caller's key hash as proven by the request proof, or ``anonymous``."""
         caller = caller_of(request)
         return {"identity": caller.key_hash if caller else "anonymous"}
@@ -204,7 +205,7 @@ def create_client_api(
         return {"session": name, "values": exported_values(cas, name, secret)}
 
     @app.get("/metrics", include_in_schema=False)
-    def prometheus() -> Response:
+    async def prometheus() -> Response:
         """Prometheus metrics of this process."""
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
@@ -220,7 +221,7 @@ def create_enclave_api(cas: Cas, metrics: ApiMetrics | None = None) -> ASGIApp:
     install_error_handlers(app)
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         """Liveness: the process serves requests."""
         return {"status": "ok"}
 

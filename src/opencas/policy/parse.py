@@ -264,12 +264,35 @@ def session_from_normal_form(obj: object, *, source: str = NORMAL_FORM_SOURCE) -
             [Problem(_loc_path(item["loc"]), None, None, item["msg"]) for item in error.errors()],
             source=source,
         ) from None
-    if canonical_json(session.normal_form()) != encoded:
+    expected = session.normal_form()
+    if canonical_json(expected) != encoded:
+        path = _first_difference(expected, obj, ())
         raise SessionError(
-            "not in normal form: a key is missing, or a list is not sorted or has repeats",
+            Problem(
+                format_path(path),
+                None,
+                None,
+                "not in normal form: a key is missing, or the value is not in its one spelling "
+                "(lists sorted and without repeats, hex in lowercase, defaults written out)",
+            ),
             source=source,
         )
     return session
+
+
+def _first_difference(expected: object, given: object, path: KeyPath) -> KeyPath:
+    """The first path at which ``given`` differs from ``expected`` (``path`` if at the top)."""
+    if isinstance(expected, dict) and isinstance(given, dict):
+        for key in sorted(set(expected) | set(given), key=str):
+            if key not in expected or key not in given:
+                return (*path, key)
+            if canonical_json(expected[key]) != canonical_json(given[key]):
+                return _first_difference(expected[key], given[key], (*path, key))
+    if isinstance(expected, list) and isinstance(given, list) and len(expected) == len(given):
+        for index, (left, right) in enumerate(zip(expected, given, strict=True)):
+            if canonical_json(left) != canonical_json(right):
+                return _first_difference(left, right, (*path, index))
+    return path
 
 
 def _loc_path(loc: Sequence[str | int]) -> str:
@@ -514,10 +537,10 @@ class _Reader:
     def service(
         self, path: KeyPath, value: object, kinds: Mapping[str, SecretKind | None]
     ) -> Service | None:
+        before = len(self.problems)
         data = self.mapping(path, value, _SERVICE_KEYS, "a service", _UNSUPPORTED_SERVICE)
         if data is None:
             return None
-        before = len(self.problems)
         name = self.name(path, data, check_service_name)
         command = self.command((*path, "command"), data.get("command"), kinds)
         environment: dict[str, str] = {}
@@ -675,10 +698,10 @@ class _Reader:
         return () if rebuilt is None else (rebuilt,)
 
     def variant(self, path: KeyPath, value: object) -> AttestationVariant | None:
+        before = len(self.problems)
         data = self.mapping(path, value, _VARIANT_KEYS, "an attestation variant")
         if data is None:
             return None
-        before = len(self.problems)
         fields: dict[str, Any] = {}
         for key in ("mrenclave", "simulated_measurement"):
             if key in data:
@@ -703,10 +726,10 @@ class _Reader:
         return self.build(path, AttestationVariant, **fields)
 
     def signer(self, path: KeyPath, value: object) -> Signer | None:
+        before = len(self.problems)
         data = self.mapping(path, value, _SIGNER_KEYS, "an enclave signer")
         if data is None:
             return None
-        before = len(self.problems)
         mrsigner_value = self.require(path, data, "mrsigner")
         mrsigner = None
         if mrsigner_value is not None:
@@ -737,10 +760,10 @@ class _Reader:
         return built, paths
 
     def secret(self, path: KeyPath, value: object) -> SecretSpec | None:
+        before = len(self.problems)
         data = self.mapping(path, value, _SECRET_KEYS, "a secret", _UNSUPPORTED_SECRET)
         if data is None:
             return None
-        before = len(self.problems)
         name = self.name(path, data, check_secret_name)
         kind = self.kind(path, data)
         fields = self.secret_fields(path, data)
@@ -965,10 +988,10 @@ class _Reader:
     def image(
         self, path: KeyPath, value: object, kinds: Mapping[str, SecretKind | None]
     ) -> Image | None:
+        before = len(self.problems)
         data = self.mapping(path, value, _IMAGE_KEYS, "an image", _UNSUPPORTED_VOLUMES)
         if data is None:
             return None
-        before = len(self.problems)
         name = self.name(path, data, check_service_name)
         files: list[InjectionFile] = []
         seen: dict[str, KeyPath] = {}
@@ -994,10 +1017,10 @@ class _Reader:
     def injection_file(
         self, path: KeyPath, value: object, kinds: Mapping[str, SecretKind | None]
     ) -> InjectionFile | None:
+        before = len(self.problems)
         data = self.mapping(path, value, _INJECTION_KEYS, "an injection file")
         if data is None:
             return None
-        before = len(self.problems)
         target = self.require(path, data, "path")
         file_path = None
         if target is not None:
@@ -1033,10 +1056,10 @@ class _Reader:
         path: KeyPath = ("access_policy",)
         if value is None:
             return AccessPolicy()
+        before = len(self.problems)
         data = self.mapping(path, value, _ACCESS_KEYS, "read, update and create_sessions rules")
         if data is None:
             return None
-        before = len(self.problems)
         read: AccessRuleModel = CreatorRule()
         update: AccessRuleModel = CreatorRule()
         if "read" in data:
@@ -1193,6 +1216,7 @@ class _Reader:
         return None if attestation is None else self.build(path, Security, attestation=attestation)
 
     def attestation_security(self, path: KeyPath, value: object) -> AttestationSecurity | None:
+        before = len(self.problems)
         data = self.mapping(
             path,
             value,
@@ -1202,7 +1226,6 @@ class _Reader:
         )
         if data is None:
             return None
-        before = len(self.problems)
         fields: dict[str, Any] = {}
         if "mode" in data:
             text = self.string((*path, "mode"), data["mode"])
