@@ -32,6 +32,12 @@ from opencas.service.sessions import (
     update_session,
 )
 from opencas.service.token_guard import TokenGuard
+from opencas.service.workloads import (
+    NONCE_LIFETIME,
+    NonceStore,
+    WorkloadRequest,
+    attest_workload,
+)
 
 API_VERSION = 1
 MAX_TOKEN_LENGTH = 256
@@ -122,6 +128,7 @@ def create_client_api(
             "api_version": API_VERSION,
             "platform": cas.platform.kind,
             "mode": cas.mode,
+            "enclave_port": cas.config.enclave_listen.port,
         }
 
     # Cheap endpoints run on the event loop: a thread-pool hop costs more than their work.
@@ -214,11 +221,33 @@ def create_client_api(
     return MetricsMiddleware(authenticated, metrics, "api")
 
 
+class EnclaveAttestRequest(_Body):
+    """Body of ``POST /v1/enclave/attest``."""
+
+    config_id: str = Field(min_length=3, max_length=1024)
+    nonce: str = Field(pattern=r"^[0-9a-f]{64}$")
+    public_key: str = Field(min_length=1, max_length=1024)
+    evidence: dict[str, Any]
+
+
 def create_enclave_api(cas: Cas, metrics: ApiMetrics | None = None) -> ASGIApp:
     """The enclave API (``enclave_listen``) that workloads attest to."""
     metrics = metrics or ApiMetrics()
     app = FastAPI(title="OpenCAS enclave API", version=__version__, docs_url=None, redoc_url=None)
     install_error_handlers(app)
+    nonces = NonceStore()
+
+    @app.post("/v1/enclave/nonce")
+    async def nonce() -> dict[str, Any]:
+        """A fresh single-use nonce for the next attestation (valid 60 s)."""
+        return {"nonce": nonces.issue(), "expires_in": int(NONCE_LIFETIME)}
+
+    @app.post("/v1/enclave/attest")
+    def attest(body: EnclaveAttestRequest) -> dict[str, str]:
+        """Attest a workload; answer its configuration, HPKE-sealed to its public key."""
+        request = WorkloadRequest(body.config_id, body.nonce, body.public_key, body.evidence)
+        sealed = attest_workload(cas, nonces, request)
+        return {"kem": sealed.kem, "sealed": sealed.sealed}
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

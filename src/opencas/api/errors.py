@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from opencas.errors import CasError, RateLimitedError, RecordDamagedError
+from opencas.errors import AttestationRefused, CasError, RateLimitedError, RecordDamagedError
 from opencas.policy.errors import SessionError
 
 log = logging.getLogger("opencas.api")
@@ -38,6 +38,8 @@ def install_error_handlers(app: FastAPI) -> None:
         body = exc.to_json()
         if isinstance(exc, SessionError):
             body["problems"] = exc.problems_json()
+        if isinstance(exc, AttestationRefused):
+            body["check"] = exc.check
         response = JSONResponse(body, status_code=exc.http_status)
         if isinstance(exc, RateLimitedError):
             response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))

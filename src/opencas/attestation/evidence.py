@@ -86,6 +86,11 @@ class VerifiedEvidence:
     (its memory readable from outside), ``platform_key_hash`` the key hash of the key that vouches
     for the evidence, ``tcb_status`` the platform's TCB verdict and ``advisories`` the security
     advisories that apply to it.
+
+    The remaining fields exist only on some platforms and keep their defaults elsewhere: for SGX
+    ``mrsigner`` (lowercase hex), ``isv_prod_id`` and ``isv_svn``; for TDX ``rtmrs``, the
+    runtime measurement registers RTMR0, RTMR1, ... in order (lowercase hex); for SNP
+    ``host_data`` (lowercase hex).
     """
 
     platform: str
@@ -95,3 +100,8 @@ class VerifiedEvidence:
     platform_key_hash: str
     tcb_status: str
     advisories: tuple[str, ...]
+    mrsigner: str | None = None
+    isv_prod_id: int | None = None
+    isv_svn: int | None = None
+    rtmrs: tuple[str, ...] = ()
+    host_data: str | None = None

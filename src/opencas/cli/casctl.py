@@ -27,8 +27,9 @@ from opencas.cli.casctl_common import (
     pinned_client,
     reports_errors,
 )
+from opencas.cli.run_commands import register_run_commands
 from opencas.cli.session_commands import session_group
-from opencas.client.cas_client import CasClient, new_nonce
+from opencas.client.cas_client import ApiError, CasClient, new_nonce
 from opencas.client.freshness import check_freshness
 from opencas.client.identity import ClientIdentity
 from opencas.client.state import (
@@ -208,7 +209,7 @@ def attest_and_pin(
     check_freshness(
         state.cas.get(name), verified.report, accept_new_instance=flags.accept_new_instance
     )
-    _remember(home, state, name, url, verified)
+    _remember(home, state, name, url, verified, _enclave_port(url, verified))
     return Attested(name, url, verified, expectations, state)
 
 
@@ -229,7 +230,26 @@ def _valid_alias(name: str) -> bool:
     return re.fullmatch(ALIAS_PATTERN, name) is not None
 
 
-def _remember(home: Path, state: CasctlState, name: str, url: str, verified: VerifiedCas) -> None:
+def _enclave_port(url: str, verified: VerifiedCas) -> int | None:
+    """The enclave API port the CAS reports in ``GET /v1/version`` (asked over the channel just
+    pinned), or None when it reports none."""
+    try:
+        with CasClient(url, ca_certificate_pem=verified.ca_certificate_pem) as client:
+            port = client.version().get("enclave_port")
+    except ApiError:
+        return None
+    valid = isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536
+    return port if valid else None
+
+
+def _remember(
+    home: Path,
+    state: CasctlState,
+    name: str,
+    url: str,
+    verified: VerifiedCas,
+    enclave_port: int | None = None,
+) -> None:
     report = verified.report
     previous = state.cas.get(name)
     same_instance = previous is not None and previous.instance_id == report.instance_id
@@ -244,6 +264,7 @@ def _remember(home: Path, state: CasctlState, name: str, url: str, verified: Ver
         platform=report.platform,
         mode=report.mode,
         attested_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        enclave_port=enclave_port,
     )
     if state.default is None:
         state.default = name
@@ -504,6 +525,7 @@ def show_config(cas_name: str | None, identity_path: Path | None, as_json: bool)
 
 
 cli.add_command(session_group)
+register_run_commands(cli)
 
 
 def main() -> None:

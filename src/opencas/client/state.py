@@ -40,6 +40,9 @@ class PinnedCas(BaseModel):
     platform: str
     mode: str
     attested_at: str
+    #: The port of its enclave API (``GET /v1/version``), None if the CAS did not say; optional
+    #: so that state files written before it existed still load.
+    enclave_port: int | None = Field(default=None, ge=1, le=65535)
 
 
 class CasctlState(BaseModel):

@@ -151,8 +151,12 @@ def issue_certificate(
     endpoint: Endpoint | None = None,
     san: Sequence[str] = (),
     ca_path_length: int | None = 0,
+    subject_public_key: ec.EllipticCurvePublicKey | None = None,
 ) -> x509.Certificate:
     """Issue the certificate of ``key``: self-signed, or signed by ``issuer_key``.
+
+    With ``subject_public_key`` the certificate certifies that key instead of ``key``'s (a
+    workload's own key, whose private half the CAS never sees); it must then have an issuer.
 
     The subject is ``CN=common_name`` (1 to 64 characters); the serial number is a random positive
     159-bit number; SubjectKeyIdentifier and (for issued certificates) AuthorityKeyIdentifier are
@@ -176,8 +180,10 @@ def issue_certificate(
         raise ValueError(f"common_name must have 1 to {MAX_COMMON_NAME} characters")
     if valid_for <= timedelta(0):
         raise ValueError("valid_for must be positive")
+    if subject_public_key is not None and issuer_key is None:
+        raise ValueError("a certificate for another party's key needs an issuer")
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    public = key.public_key()
+    public = subject_public_key or key.public_key()
     not_before, not_after = now - CLOCK_SKEW, now + valid_for
     signer: PrivateKey = key
     issuer_name = subject

@@ -43,7 +43,7 @@ from opencas.crypto.x509 import (
 )
 from opencas.errors import ConfigError, RecordDamagedError
 from opencas.service.records import read_record, require_record, write_record
-from opencas.store.base import Store, Transaction
+from opencas.store.base import Reader, Store, Transaction
 
 TABLE = "cas"
 TLS_RENEW_BEFORE = timedelta(days=30)
@@ -187,7 +187,7 @@ class TlsShape:
         return canonical_sha256(self.api_identity.model_dump(mode="json"))
 
 
-def tls_shape(source: Store | Transaction, hostnames: tuple[str, ...]) -> TlsShape:
+def tls_shape(source: Reader, hostnames: tuple[str, ...]) -> TlsShape:
     """The TLS certificate's shape: the config's host names plus the owner's ``[api_identity]``."""
     config = read_owner_config(source)
     api_identity = config.api_identity if config else None
@@ -280,17 +280,17 @@ def _load_certificate(pem: str, record: str) -> x509.Certificate:
         raise RecordDamagedError(TABLE, record, "its certificate does not load") from exc
 
 
-def read_state(source: Store | Transaction) -> StateRecord:
+def read_state(source: Reader) -> StateRecord:
     """The CAS state record (provisioning and database-key facts)."""
     return require_record(source, StateRecord, TABLE, STATE_KEY)
 
 
-def read_owner(source: Store | Transaction) -> OwnerRecord | None:
+def read_owner(source: Reader) -> OwnerRecord | None:
     """The owner record, or ``None`` while unprovisioned."""
     return read_record(source, OwnerRecord, TABLE, OWNER_KEY)
 
 
-def read_owner_config(source: Store | Transaction) -> OwnerConfig | None:
+def read_owner_config(source: Reader) -> OwnerConfig | None:
     """The provisioned owner config, or ``None`` while unprovisioned."""
     record = read_record(source, OwnerConfigRecord, TABLE, OWNER_CONFIG_KEY)
     if record is None:
@@ -301,7 +301,7 @@ def read_owner_config(source: Store | Transaction) -> OwnerConfig | None:
         raise RecordDamagedError(TABLE, OWNER_CONFIG_KEY, "not a valid owner config") from exc
 
 
-def read_provisioning_token(source: Store | Transaction) -> str | None:
+def read_provisioning_token(source: Reader) -> str | None:
     """The one-time provisioning token, or ``None`` once the CAS is provisioned."""
     record = read_record(source, TokenRecord, TABLE, TOKEN_KEY)
     return None if record is None else record.token

@@ -12,7 +12,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from opencas.errors import RecordDamagedError
-from opencas.store.base import Store, Transaction
+from opencas.store.base import Reader, Transaction
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -32,13 +32,13 @@ def decode_record(model_type: type[M], table: str, key: str, data: bytes) -> M:
         ) from exc
 
 
-def read_record(source: Store | Transaction, model_type: type[M], table: str, key: str) -> M | None:
+def read_record(source: Reader, model_type: type[M], table: str, key: str) -> M | None:
     """Read and parse one record, or ``None`` when it does not exist."""
     data = source.get(table, key)
     return None if data is None else decode_record(model_type, table, key, data)
 
 
-def require_record(source: Store | Transaction, model_type: type[M], table: str, key: str) -> M:
+def require_record(source: Reader, model_type: type[M], table: str, key: str) -> M:
     """Read and parse one record that must exist; a missing one means the database is damaged."""
     record = read_record(source, model_type, table, key)
     if record is None:

@@ -34,7 +34,7 @@ from opencas.policy.secret_values import SecretValue, check_import, generate_val
 from opencas.service.cas import Cas
 from opencas.service.identity import utc_now_text
 from opencas.service.records import read_record, write_record
-from opencas.store.base import Store, Transaction
+from opencas.store.base import Reader, Transaction
 
 SESSIONS = "sessions"
 SECRETS = "session-secrets"
@@ -77,7 +77,7 @@ def parent_of(name: str) -> str | None:
     return parent or None
 
 
-def load_session(source: Store | Transaction, name: str) -> StoredSession | None:
+def load_session(source: Reader, name: str) -> StoredSession | None:
     """The stored session ``name``, or ``None``."""
     record = read_record(source, SessionRecord, SESSIONS, name)
     if record is None:
@@ -85,7 +85,7 @@ def load_session(source: Store | Transaction, name: str) -> StoredSession | None
     return StoredSession(record, session_from_normal_form(record.normal_form))
 
 
-def load_secret_values(source: Store | Transaction, name: str) -> dict[str, SecretValue]:
+def load_secret_values(source: Reader, name: str) -> dict[str, SecretValue]:
     """The session's own secret values."""
     record = read_record(source, SecretsRecord, SECRETS, name)
     if record is None:

@@ -45,6 +45,24 @@ class Transaction(Protocol):
 
 
 @runtime_checkable
+@runtime_checkable
+class Reader(Protocol):
+    """What can be read: a store, a transaction, or a snapshot."""
+
+    def get(self, table: str, key: str) -> bytes | None:
+        """The value of ``table``/``key``, or ``None``."""
+        ...
+
+    def get_versioned(self, table: str, key: str) -> tuple[bytes, int] | None:
+        """The value and version of ``table``/``key``, or ``None``."""
+        ...
+
+    def list_keys(self, table: str, prefix: str = "") -> list[str]:
+        """The keys of ``table`` that start with ``prefix``, sorted by code point."""
+        ...
+
+
+@runtime_checkable
 class Store(Protocol):
     """An encrypted, durable record store.
 
@@ -67,6 +85,10 @@ class Store(Protocol):
 
     def transaction(self) -> contextlib.AbstractContextManager[Transaction]:
         """Start a write transaction; commit on normal exit, roll back on exception."""
+        ...
+
+    def snapshot(self) -> contextlib.AbstractContextManager[Reader]:
+        """A read-only view in which every read sees the same committed state."""
         ...
 
     def close(self) -> None:

@@ -408,6 +408,30 @@ def _build(
         conn.close()
 
 
+class SqliteSnapshot:
+    """Reads from one snapshot of the database (see :meth:`SqliteStore.snapshot`)."""
+
+    def __init__(self, conn: sqlite3.Connection, cipher: _RecordCipher, path: Path) -> None:
+        self._conn = conn
+        self._cipher = cipher
+        self._path = path
+
+    def get(self, table: str, key: str) -> bytes | None:
+        """The value of ``table``/``key`` in this snapshot, or ``None``."""
+        found = self.get_versioned(table, key)
+        return None if found is None else found[0]
+
+    def get_versioned(self, table: str, key: str) -> tuple[bytes, int] | None:
+        """The value and version of ``table``/``key`` in this snapshot, or ``None``."""
+        _check_table(table)
+        return _read_record(self._conn, self._cipher, self._path, table, key)
+
+    def list_keys(self, table: str, prefix: str = "") -> list[str]:
+        """The keys of ``table`` starting with ``prefix`` in this snapshot, sorted."""
+        _check_table(table)
+        return _read_keys(self._conn, self._path, table, prefix)
+
+
 class SqliteStore:
     """The SQLite implementation of :class:`opencas.store.base.Store`; safe to share by threads.
 
@@ -552,6 +576,21 @@ class SqliteStore:
         _check_table(table)
         with self._reader() as conn:
             return _read_keys(conn, self._path, table, prefix)
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[SqliteSnapshot]:
+        """A consistent read-only view: every read inside sees the same committed state.
+
+        Writers are not blocked (WAL); use it when several records must agree, such as a
+        session and its secrets while a workload is being configured.
+        """
+        with self._reader() as conn:
+            with _sqlite_errors(self._path, "starting a snapshot"):
+                conn.execute("BEGIN")
+            try:
+                yield SqliteSnapshot(conn, self._cipher, self._path)
+            finally:
+                _rollback_quietly(conn)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[SqliteTransaction]:

@@ -543,3 +543,21 @@ def test_kill_during_create_leaves_no_database(db_path: Path, stage: str) -> Non
     with _create(db_path) as store:
         assert store.get("t", "k") is None
     assert _build_files(db_path) == []
+
+
+def test_snapshot_sees_one_committed_state(tmp_path: Path) -> None:
+    store = SqliteStore.create_atomically(tmp_path / "snap.db", bytes(range(32)), lambda txn: None)
+    try:
+        with store.transaction() as txn:
+            txn.put("t", "a", b"1")
+            txn.put("t", "b", b"1")
+        with store.snapshot() as view:
+            assert view.get("t", "a") == b"1"
+            with store.transaction() as txn:  # a writer is not blocked by the snapshot
+                txn.put("t", "a", b"2")
+                txn.put("t", "b", b"2")
+            assert view.get("t", "b") == b"1"  # ... and the snapshot does not see it
+            assert view.list_keys("t") == ["a", "b"]
+        assert store.get("t", "b") == b"2"
+    finally:
+        store.close()

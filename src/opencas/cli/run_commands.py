@@ -1,0 +1,205 @@
+"""``casctl run`` and ``casctl measure``: the workload runtime on the command line.
+
+``casctl run`` measures the program, attests it to the CAS's enclave API with evidence that
+binds a fresh HPKE key, opens the configuration the CAS seals to that key, and starts the
+program with it. Exit codes: the program's own once it started; before that 1 (error), 2 (usage),
+3 (the CAS cannot be reached), 4 (the CAS refused the attestation).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import click
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from opencas.cli.casctl_common import reports_errors
+from opencas.client.enclave import EnclaveClient, open_config, report_data_for
+from opencas.client.state import CasctlState, casctl_home, load_state
+from opencas.crypto.encoding import b64_encode
+from opencas.crypto.keys import public_key_der
+from opencas.errors import ClientError
+from opencas.platform.simulated import SimulatedPlatform
+from opencas.policy.model import check_environment_name, check_service_name, check_session_name
+from opencas.runtime.launcher import launch
+from opencas.runtime.measure import Measurement, measure_program, resolve_program
+
+PLATFORM_KEY_FILE = "simulated-platform.key"
+AVAILABLE_PLATFORMS = ("simulated",)
+WORKLOAD_KEM = "P-256"
+
+
+def _config_id_option(_: click.Context, __: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    session, _sep, service = value.rpartition("/")
+    try:
+        check_session_name(session)
+        check_service_name(service)
+    except ValueError as exc:
+        raise click.BadParameter(f"expected SESSION/SERVICE: {exc}") from exc
+    return value
+
+
+def _pass_env_option(
+    _: click.Context, __: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    for value in values:
+        try:
+            check_environment_name(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from exc
+    return values
+
+
+_measure_option = click.option(
+    "--measure",
+    "measure_paths",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Also measure this file or directory (repeatable; order matters).",
+)
+_program_argument = click.argument(
+    "argv", nargs=-1, required=True, type=click.UNPROCESSED, metavar="PROGRAM [ARGS]..."
+)
+# Options end at the program's name, so its own options need no "--" in front of them.
+_COMMAND_SETTINGS = {"allow_interspersed_args": False}
+
+
+def _https_host(url: str) -> str:
+    host = urlsplit(url).hostname or ""
+    return f"[{host}]" if ":" in host else host
+
+
+def enclave_target(cas: str | None, state: CasctlState) -> tuple[str, bytes]:
+    """The enclave API URL to use and the pinned CA certificate(s) its TLS must verify against.
+
+    ``cas`` is an attested CAS's name (its enclave URL is its attested host with the enclave port
+    stored at attestation), an enclave API URL ``https://HOST[:PORT]`` (verified against the CA
+    of the pinned CAS instances with that host, else of the default CAS), or None for the
+    default CAS. Raises :class:`ClientError` when no pinned CAS fits or its enclave port is
+    unknown.
+    """
+    if cas is not None and "://" in cas:
+        parts = urlsplit(cas)
+        if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
+            raise ClientError(f"the enclave API URL must be https://HOST:PORT, not {cas!r}")
+        host = parts.hostname
+        pems = [
+            pinned.ca_certificate_pem
+            for _, pinned in sorted(state.cas.items())
+            if urlsplit(pinned.url).hostname == host
+        ]
+        if not pems:
+            pems = [state.resolve(None)[1].ca_certificate_pem]
+        return f"https://{parts.netloc}", "".join(dict.fromkeys(pems)).encode("ascii")
+    name, pinned = state.resolve(cas)
+    if pinned.enclave_port is None:
+        raise ClientError(
+            f"casctl does not know the enclave API port of the CAS {name!r}: attest it again "
+            "(`casctl attest`), or pass --cas https://HOST:PORT"
+        )
+    url = f"https://{_https_host(pinned.url)}:{pinned.enclave_port}"
+    return url, pinned.ca_certificate_pem.encode("ascii")
+
+
+def _measure(argv: Sequence[str], measure_paths: Sequence[Path]) -> Measurement:
+    return measure_program(resolve_program(argv), measure_paths)
+
+
+@click.command("run", context_settings=_COMMAND_SETTINGS)
+@click.option(
+    "--config-id",
+    envvar="CAS_CONFIG_ID",
+    required=True,
+    callback=_config_id_option,
+    help="SESSION/SERVICE to attest as (default: $CAS_CONFIG_ID).",
+)
+@click.option(
+    "--cas",
+    envvar="CAS_ADDR",
+    help="Attested CAS name, or its enclave API URL (default: $CAS_ADDR, else the default CAS).",
+)
+@click.option(
+    "--platform",
+    default="simulated",
+    show_default=True,
+    help="The TEE to produce evidence with.",
+)
+@_measure_option
+@click.option(
+    "--pass-env",
+    multiple=True,
+    callback=_pass_env_option,
+    help="Also pass this variable of casctl's environment to the program (repeatable).",
+)
+@_program_argument
+@click.pass_context
+@reports_errors
+def run_command(
+    ctx: click.Context,
+    config_id: str,
+    cas: str | None,
+    platform: str,
+    measure_paths: tuple[Path, ...],
+    pass_env: tuple[str, ...],
+    argv: tuple[str, ...],
+) -> None:
+    """Attest PROGRAM to the CAS as SESSION/SERVICE and run it with the configuration it sends.
+
+    Use as `casctl run --config-id S/SVC -- PROGRAM [ARGS]...`. The program's exit code is
+    casctl's; before it starts, 3 means the CAS cannot be reached and 4 that it refused.
+    """
+    if platform not in AVAILABLE_PLATFORMS:
+        raise ClientError(
+            f"platform {platform!r} is not available in this build "
+            f"(available: {', '.join(AVAILABLE_PLATFORMS)})"
+        )
+    home = casctl_home()
+    url, ca_pem = enclave_target(cas, load_state(home))
+    program = resolve_program(argv)
+    measurement = measure_program(program, measure_paths)
+    simulated = SimulatedPlatform.load_or_create(home / PLATFORM_KEY_FILE, measurement.value)
+    key = ec.generate_private_key(ec.SECP256R1())
+    public_key = b64_encode(public_key_der(key.public_key()))
+    with EnclaveClient(url, ca_pem) as client:
+        nonce = client.nonce()
+        evidence = simulated.evidence(report_data_for(config_id, nonce, public_key))
+        answer = client.attest(config_id, nonce, public_key, evidence)
+    if answer["kem"] != WORKLOAD_KEM:
+        raise ClientError(
+            f"the CAS's answer could not be opened/parsed: it names the KEM {answer['kem'][:20]!r},"
+            f" not {WORKLOAD_KEM}"
+        )
+    config = open_config(key, answer["sealed"], config_id, nonce)
+    ctx.exit(launch(config, program, argv, pass_env=pass_env, workload_key=key))
+
+
+@click.command("measure", context_settings=_COMMAND_SETTINGS)
+@_measure_option
+@click.option("--json", "as_json", is_flag=True, help="Also list what went into the measurement.")
+@_program_argument
+@reports_errors
+def measure_command(measure_paths: tuple[Path, ...], as_json: bool, argv: tuple[str, ...]) -> None:
+    """Print the simulated measurement `casctl run` would report for PROGRAM [ARGS]...
+
+    Put it into the service's `simulated_measurement` to let the program attest.
+    """
+    measurement = _measure(argv, measure_paths)
+    if not as_json:
+        click.echo(measurement.value)
+        return
+    document = {
+        "measurement": measurement.value,
+        "items": [item.to_json() for item in measurement.items],
+    }
+    click.echo(json.dumps(document, indent=2))
+
+
+def register_run_commands(cli: click.Group) -> None:
+    """Add ``run`` and ``measure`` to the ``casctl`` group."""
+    cli.add_command(run_command)
+    cli.add_command(measure_command)

@@ -1,0 +1,314 @@
+"""The workload side of the enclave API: ask for a nonce, attest, open the sealed configuration.
+
+A workload never talks to a CAS it has not pinned: :class:`EnclaveClient` requires the CA
+certificate of a CAS that casctl attested, and TLS verifies against exactly that. What the CAS
+answers is opened with the workload's private key (:mod:`opencas.crypto.hpke_seal`) and parsed
+strictly into a :class:`WorkloadConfig`; the plaintext is never logged or put into messages.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import httpx
+
+from opencas.attestation.evidence import Evidence
+from opencas.client.cas_client import ApiError, CasClient
+from opencas.crypto.canonical import canonical_json, canonical_sha512, strict_json_object
+from opencas.crypto.encoding import b64_decode
+from opencas.crypto.hpke_seal import RecipientPrivateKey, SealedConfigError, open_workload_config
+from opencas.errors import AttestationRefused, ClientError
+from opencas.policy.model import (
+    check_absolute_path,
+    check_environment_name,
+    check_hex64,
+    check_no_nul,
+    check_permission,
+    check_secret_name,
+)
+
+_NONCE_SHAPE = re.compile(r"[0-9a-f]{64}")
+_CONFIG_KEYS = frozenset(
+    {
+        "config_id",
+        "session_hash",
+        "command",
+        "environment",
+        "pwd",
+        "injection_files",
+        "certificates",
+    }
+)
+_FILE_KEYS = frozenset({"path", "content", "permission"})
+_CERTIFICATE_KEYS = frozenset({"certificate", "chain"})
+_UNREADABLE = "the CAS's answer could not be opened/parsed"
+
+
+@dataclass(frozen=True)
+class InjectionFile:
+    """A file the CAS hands the workload: its session ``path``, ``content`` and ``permission``.
+
+    ``permission`` is the session's spelling (``"0600"``) or None for the default.
+    """
+
+    path: str
+    content: bytes = field(repr=False)
+    permission: str | None
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """A certificate the CAS issued to the workload's key, and its chain up to the issuer CA."""
+
+    certificate: str
+    chain: str
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    """What the CAS sends an attested workload, checked field by field.
+
+    ``command`` is the session's whole argv (empty: the user's arguments apply), ``environment``
+    the session's variables, ``pwd`` an absolute path or None, ``injection_files`` the files to
+    write (unique absolute paths), ``certificates`` the per-workload certificates by secret name.
+    Values may hold secrets: the representation shows only the config id and the session hash.
+    """
+
+    config_id: str
+    session_hash: str
+    command: tuple[str, ...] = field(repr=False)
+    environment: Mapping[str, str] = field(repr=False)
+    pwd: str | None = field(repr=False)
+    injection_files: tuple[InjectionFile, ...] = field(repr=False)
+    certificates: Mapping[str, IssuedCertificate] = field(repr=False)
+
+
+def report_data_for(config_id: str, nonce: str, public_key_b64: str) -> bytes:
+    """The 64 bytes the workload's evidence must bind: SHA-512 over the canonical JSON of
+    ``{"config_id", "nonce", "public_key"}`` (the public key as the base64 text sent)."""
+    return canonical_sha512({"config_id": config_id, "nonce": nonce, "public_key": public_key_b64})
+
+
+def open_config(
+    private_key: RecipientPrivateKey, sealed_b64: str, config_id: str, nonce: str
+) -> WorkloadConfig:
+    """Open the CAS's sealed answer for ``(config_id, nonce)`` and parse it strictly.
+
+    The plaintext must be the canonical JSON of exactly the documented members, with the
+    expected ``config_id``. Any deviation (wrong key, tampered bytes, another exchange, a
+    missing or extra member, a wrong type, a path that is not absolute, a duplicate path, an
+    invalid permission or name) raises :class:`ClientError` saying the CAS's answer could not
+    be opened or parsed, and why, without quoting the plaintext.
+    """
+    try:
+        plaintext = open_workload_config(private_key, sealed_b64, config_id, nonce)
+    except SealedConfigError as exc:
+        raise ClientError(f"{_UNREADABLE}: {exc}") from exc
+    try:
+        return parse_workload_config(plaintext, config_id)
+    except ValueError as exc:
+        raise ClientError(f"{_UNREADABLE}: {exc}") from exc
+
+
+def parse_workload_config(plaintext: bytes, config_id: str) -> WorkloadConfig:
+    """Parse an opened configuration for ``config_id``; ``ValueError`` says what is wrong.
+
+    Messages name members and positions, never values, since values may be secrets.
+    """
+    try:
+        document = strict_json_object(plaintext, "configuration")
+        canonical = canonical_json(document) == plaintext
+    except ValueError:
+        raise ValueError("the configuration is not a JSON object") from None
+    if not canonical:
+        raise ValueError("the configuration is not in canonical JSON form (RFC 8785)")
+    _exact_keys(document, _CONFIG_KEYS, "the configuration")
+    if document["config_id"] != config_id:
+        raise ValueError("the configuration is for another config id")
+    session_hash = _checked(document["session_hash"], check_hex64, "session_hash")
+    command = tuple(
+        _checked(item, check_no_nul, f"command[{index}]")
+        for index, item in enumerate(_list(document["command"], "command"))
+    )
+    environment = _environment(document["environment"])
+    pwd = document["pwd"]
+    if pwd is not None:
+        pwd = _checked(pwd, check_absolute_path, "pwd")
+    return WorkloadConfig(
+        config_id=config_id,
+        session_hash=session_hash,
+        command=command,
+        environment=MappingProxyType(environment),
+        pwd=pwd,
+        injection_files=_injection_files(document["injection_files"]),
+        certificates=MappingProxyType(_certificates(document["certificates"])),
+    )
+
+
+def _exact_keys(value: object, expected: frozenset[str], where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be a JSON object")
+    if set(value) != expected:
+        missing = sorted(expected - set(value))
+        extra = len(set(value) - expected)
+        raise ValueError(f"{where} has the wrong members (missing {missing}, {extra} unexpected)")
+    return value
+
+
+def _list(value: object, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{where} must be a JSON array")
+    return value
+
+
+def _checked(value: object, check: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{where} must be a string")
+    try:
+        result: str = check(value)
+    except ValueError:
+        raise ValueError(f"{where} is not valid") from None
+    return result
+
+
+def _environment(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError("environment must be a JSON object")
+    environment: dict[str, str] = {}
+    for index, (name, text) in enumerate(value.items()):
+        checked_name = _checked(name, check_environment_name, f"environment name #{index + 1}")
+        environment[checked_name] = _checked(text, check_no_nul, f"environment[{checked_name}]")
+    return environment
+
+
+def _injection_files(value: object) -> tuple[InjectionFile, ...]:
+    files: list[InjectionFile] = []
+    seen: set[str] = set()
+    for index, item in enumerate(_list(value, "injection_files")):
+        where = f"injection_files[{index}]"
+        entry = _exact_keys(item, _FILE_KEYS, where)
+        path = _checked(entry["path"], check_absolute_path, f"{where}.path")
+        if path == "/":
+            raise ValueError(f"{where}.path must name a file, not /")
+        if path in seen:
+            raise ValueError(f"{where}.path repeats an earlier injection file")
+        seen.add(path)
+        content = entry["content"]
+        if not isinstance(content, str):
+            raise ValueError(f"{where}.content must be a base64 string")
+        try:
+            data = b64_decode(content)
+        except ValueError:
+            raise ValueError(f"{where}.content is not valid base64") from None
+        permission = entry["permission"]
+        if permission is not None:
+            permission = _checked(permission, check_permission, f"{where}.permission")
+        files.append(InjectionFile(path, data, permission))
+    return tuple(files)
+
+
+def _certificates(value: object) -> dict[str, IssuedCertificate]:
+    if not isinstance(value, dict):
+        raise ValueError("certificates must be a JSON object")
+    certificates: dict[str, IssuedCertificate] = {}
+    for index, (name, item) in enumerate(value.items()):
+        checked_name = _checked(name, check_secret_name, f"certificate name #{index + 1}")
+        where = f"certificates[{checked_name}]"
+        entry = _exact_keys(item, _CERTIFICATE_KEYS, where)
+        certificates[checked_name] = IssuedCertificate(
+            certificate=_pem(entry["certificate"], f"{where}.certificate"),
+            chain=_pem(entry["chain"], f"{where}.chain"),
+        )
+    return certificates
+
+
+def _pem(value: object, where: str) -> str:
+    text = _checked(value, check_no_nul, where)
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ValueError(f"{where} must be PEM certificates")
+    return text
+
+
+class EnclaveClient:
+    """A client for the enclave API at ``url``, trusting only ``ca_certificate_pem``.
+
+    ``ca_certificate_pem`` is the CA certificate of a CAS casctl attested (it is required:
+    nothing is trusted unpinned). ``transport`` replaces the network, for tests.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        ca_certificate_pem: bytes,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not ca_certificate_pem:
+            raise ClientError("the enclave API is used only with the CA of an attested CAS")
+        self.url = url.rstrip("/")
+        self._client = CasClient(
+            self.url, ca_certificate_pem=ca_certificate_pem, transport=transport
+        )
+
+    def __enter__(self) -> EnclaveClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._client.close()
+
+    def nonce(self) -> str:
+        """A fresh single-use nonce from ``POST /v1/enclave/nonce`` (64 lowercase hex digits).
+
+        Raises :class:`CasUnreachable`, :class:`ApiError`, or :class:`ClientError` when the
+        answer has no nonce of that shape.
+        """
+        body = self._client.request("POST", "/v1/enclave/nonce", signed=False)
+        nonce = body.get("nonce") if isinstance(body, dict) else None
+        if not isinstance(nonce, str) or not _NONCE_SHAPE.fullmatch(nonce):
+            raise ClientError("the CAS answered /v1/enclave/nonce without a valid nonce")
+        return nonce
+
+    def attest(
+        self, config_id: str, nonce: str, public_key_der_b64: str, evidence: Evidence
+    ) -> dict[str, str]:
+        """Post the attestation; return the CAS's ``{"kem": ..., "sealed": ...}``.
+
+        Raises :class:`AttestationRefused` with the CAS's check and message when it refuses
+        (403 ``attestation-refused``), :class:`CasUnreachable` when it cannot be reached,
+        :class:`ApiError` for other error answers, and :class:`ClientError` when the answer
+        does not have exactly the string members ``kem`` and ``sealed``.
+        """
+        request = {
+            "config_id": config_id,
+            "nonce": nonce,
+            "public_key": public_key_der_b64,
+            "evidence": evidence.to_json(),
+        }
+        try:
+            body = self._client.request(
+                "POST", "/v1/enclave/attest", json_body=request, signed=False
+            )
+        except ApiError as exc:
+            if exc.status == 403 and exc.code == "attestation-refused":
+                check = exc.details.get("check")
+                raise AttestationRefused(
+                    check if isinstance(check, str) else "unknown", exc.message
+                ) from exc
+            raise
+        if (
+            not isinstance(body, dict)
+            or set(body) != {"kem", "sealed"}
+            or not all(isinstance(value, str) for value in body.values())
+        ):
+            raise ClientError("the CAS answered /v1/enclave/attest without a sealed configuration")
+        return {"kem": body["kem"], "sealed": body["sealed"]}
+
+    report_data_for = staticmethod(report_data_for)
+    open_config = staticmethod(open_config)

@@ -1,0 +1,264 @@
+"""Workloads: attest a program's evidence against its service's policy and hand it its config.
+
+The enclave API's two steps live here: a single-use nonce, then the attestation, which checks
+that the evidence binds ``{config_id, nonce, public_key}``, decides it against the service's
+attestation policy (:mod:`opencas.attestation.workload_policy`), renders the service's
+configuration with its secrets, issues per-workload certificates to the workload's key, and
+seals the whole answer to that key with HPKE. The session, its secrets and the exporters'
+secrets are read from one store snapshot, so an update in flight is seen entirely or not at
+all.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
+
+from opencas.attestation.evidence import Evidence
+from opencas.attestation.verify import verify_evidence
+from opencas.attestation.workload_policy import check_workload
+from opencas.crypto.canonical import canonical_json, canonical_sha512
+from opencas.crypto.hpke_seal import seal_workload_config
+from opencas.errors import AttestationRefused, InvalidRequest, NotFoundError, RateLimitedError
+from opencas.policy.certificates import certificate_to_pem, issue_certificate, parse_valid_for
+from opencas.policy.model import Service, Session
+from opencas.policy.placeholders import find_placeholders, render
+from opencas.policy.secret_values import SecretValue, render_value
+from opencas.service.cas import Cas
+from opencas.service.sessions import load_secret_values, load_session
+from opencas.store.base import Reader
+
+NONCE_BYTES = 32
+NONCE_LIFETIME = 60.0
+MAX_OUTSTANDING_NONCES = 100_000
+PER_WORKLOAD_VALIDITY = "1d"
+
+
+class NonceStore:
+    """Single-use nonces that expire after ``lifetime`` seconds; bounded, thread-safe."""
+
+    def __init__(
+        self,
+        lifetime: float = NONCE_LIFETIME,
+        capacity: int = MAX_OUTSTANDING_NONCES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._lifetime = lifetime
+        self._capacity = capacity
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._expiry: OrderedDict[str, float] = OrderedDict()
+
+    def issue(self) -> str:
+        """A fresh nonce; :class:`RateLimitedError` when too many are outstanding."""
+        nonce = secrets.token_hex(NONCE_BYTES)
+        with self._lock:
+            now = self._clock()
+            self._purge(now)
+            if len(self._expiry) >= self._capacity:
+                raise RateLimitedError(
+                    "too many workloads are attesting at once; retry shortly",
+                    retry_after=1.0,
+                    code="nonce-store-full",
+                )
+            self._expiry[nonce] = now + self._lifetime
+        return nonce
+
+    def consume(self, nonce: str) -> None:
+        """Use ``nonce`` up; refuse one that was never issued, was used, or expired."""
+        with self._lock:
+            now = self._clock()
+            expiry = self._expiry.pop(nonce, None)
+            self._purge(now)
+        if expiry is None or expiry < now:
+            raise AttestationRefused(
+                "nonce",
+                "the nonce is unknown, used already, or expired; ask for a new one",
+            )
+
+    def _purge(self, now: float) -> None:
+        # Insertion order is expiry order (one lifetime for all), so expired ones are in front.
+        while self._expiry:
+            first, expiry = next(iter(self._expiry.items()))
+            if expiry >= now:
+                break
+            del self._expiry[first]
+
+
+@dataclass(frozen=True)
+class WorkloadRequest:
+    """The body of ``POST /v1/enclave/attest``, shape-checked by the API."""
+
+    config_id: str
+    nonce: str
+    public_key: str
+    evidence: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class SealedConfig:
+    """The answer: the KEM used and the HPKE-sealed configuration (base64)."""
+
+    kem: str
+    sealed: str
+
+
+def split_config_id(config_id: str) -> tuple[str, str]:
+    """``SESSION/SERVICE`` → (session, service); the last ``/`` separates them."""
+    session, _, service = config_id.rpartition("/")
+    if not session or not service:
+        raise InvalidRequest(f"config_id must be SESSION/SERVICE, got {config_id!r}")
+    return session, service
+
+
+def report_data_for(config_id: str, nonce: str, public_key: str) -> bytes:
+    """The report data the evidence must carry: SHA-512 over the canonical binding."""
+    return canonical_sha512({"config_id": config_id, "nonce": nonce, "public_key": public_key})
+
+
+def attest_workload(cas: Cas, nonces: NonceStore, request: WorkloadRequest) -> SealedConfig:
+    """Attest a workload and return its sealed configuration.
+
+    Refuses with :class:`AttestationRefused` (a check name and a reason that reveals no secrets
+    and no other service), :class:`NotFoundError` for an unknown session or service,
+    :class:`InvalidRequest` for a malformed key or evidence.
+    """
+    session_name, service_name = split_config_id(request.config_id)
+    public_key_der = _public_key_der(request.public_key)
+    evidence = Evidence.from_json(dict(request.evidence))
+    nonces.consume(request.nonce)
+    verified = verify_evidence(evidence)
+    expected = report_data_for(request.config_id, request.nonce, request.public_key)
+    if not hmac.compare_digest(verified.report_data, expected):
+        raise AttestationRefused(
+            "binding",
+            "the evidence does not bind this config id, nonce and public key",
+        )
+    with cas.store.snapshot() as view:
+        stored = load_session(view, session_name)
+        service = stored.session.service(service_name) if stored else None
+        if stored is None or service is None:
+            raise NotFoundError(f"there is no service {request.config_id}")
+        check_workload(
+            verified, service, stored.session.security.attestation, cas_debug=cas.platform.debug
+        )
+        values = _values(view, stored.session, session_name)
+        config = _render(stored.session, service, values, public_key_der, stored.record.hash)
+    plaintext = canonical_json({"config_id": request.config_id, **config})
+    kem, sealed = seal_workload_config(public_key_der, plaintext, request.config_id, request.nonce)
+    return SealedConfig(kem, sealed)
+
+
+def _public_key_der(encoded: str) -> bytes:
+    try:
+        der = base64.b64decode(encoded, validate=True)
+        key = serialization.load_der_public_key(der)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest("public_key must be a base64 DER SubjectPublicKeyInfo") from exc
+    is_p256 = isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
+    if not (is_p256 or isinstance(key, x25519.X25519PublicKey)):
+        raise InvalidRequest("public_key must be an X25519 or P-256 key")
+    return der
+
+
+def _values(view: Reader, session: Session, name: str) -> dict[str, SecretValue]:
+    """The session's own values, and its imports resolved from the exporters as they are now."""
+    values = load_secret_values(view, name)
+    for secret in session.secrets:
+        spec = secret.import_
+        if spec is None:
+            continue
+        exported = load_secret_values(view, spec.session).get(spec.secret)
+        if exported is None:
+            raise AttestationRefused(
+                "import", f"the imported secret `{secret.name}` is not available from its exporter"
+            )
+        values[secret.name] = exported
+    return values
+
+
+def _render(
+    session: Session,
+    service: Service,
+    values: Mapping[str, SecretValue],
+    public_key_der: bytes,
+    session_hash: str,
+) -> dict[str, Any]:
+    def resolve(text: str) -> str:
+        return render(
+            text,
+            lambda placeholder: render_value(
+                values[placeholder.secret], placeholder.selector, placeholder.format
+            ),
+        )
+
+    image = session.image(service.image_name) if service.image_name else None
+    files = image.injection_files if image else ()
+    return {
+        "session_hash": session_hash,
+        "command": [resolve(argument) for argument in service.command],
+        "environment": {key: resolve(value) for key, value in service.environment.items()},
+        "pwd": resolve(service.pwd) if service.pwd else None,
+        "injection_files": [
+            {
+                "path": file.path,
+                "content": base64.b64encode(resolve(file.content or "").encode()).decode(),
+                "permission": file.permission,
+            }
+            for file in files
+        ],
+        "certificates": _workload_certificates(session, service, files, values, public_key_der),
+    }
+
+
+def _referenced_secrets(service: Service, texts: list[str]) -> set[str]:
+    names: set[str] = set()
+    for text in [*service.command, *service.environment.values(), service.pwd or "", *texts]:
+        names.update(placeholder.secret for placeholder in find_placeholders(text))
+    return names
+
+
+def _workload_certificates(
+    session: Session,
+    service: Service,
+    files: Any,
+    values: Mapping[str, SecretValue],
+    public_key_der: bytes,
+) -> dict[str, dict[str, str]]:
+    """Certificates for the workload's own key, for each referenced x509 secret with an issuer."""
+    key = serialization.load_der_public_key(public_key_der)
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        return {}  # an X25519 key cannot be certified
+    referenced = _referenced_secrets(service, [file.content or "" for file in files])
+    issued: dict[str, dict[str, str]] = {}
+    for secret in session.secrets:
+        if secret.kind != "x509" or secret.issuer is None or secret.name not in referenced:
+            continue
+        issuer = values[secret.issuer]
+        certificate = issue_certificate(
+            issuer.private_key(),
+            common_name=secret.common_name or secret.name,
+            is_ca=False,
+            now=datetime.now(UTC),
+            valid_for=parse_valid_for(secret.valid_for or PER_WORKLOAD_VALIDITY),
+            issuer_key=issuer.private_key(),
+            issuer_certificate=issuer.certificate(),
+            endpoint=secret.endpoint,
+            san=secret.san,
+            subject_public_key=key,
+        )
+        pem = certificate_to_pem(certificate)
+        issued[secret.name] = {"certificate": pem, "chain": pem + (issuer.chain_pem or "")}
+    return issued
