@@ -27,6 +27,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from opencas.attestation.evidence import Evidence, VerifiedEvidence
 from opencas.attestation.verify import verify_evidence
 from opencas.crypto.canonical import canonical_sha512
+from opencas.crypto.x509 import CERTIFICATE_ERRORS, parse_eagerly
 from opencas.errors import AttestationRefused
 
 REPORT_VERSION = 1
@@ -203,8 +204,10 @@ def _parse_certificate(value: object, name: str) -> x509.Certificate:
     if not isinstance(value, str) or len(value) > _MAX_CERTIFICATE_PEM_CHARS:
         raise _format_error(f"the {name} certificate must be a PEM string")
     try:
-        certificates = x509.load_pem_x509_certificates(value.encode("ascii"))
-    except ValueError as exc:
+        certificates = [
+            parse_eagerly(c) for c in x509.load_pem_x509_certificates(value.encode("ascii"))
+        ]
+    except (*CERTIFICATE_ERRORS, UnicodeEncodeError) as exc:
         raise _format_error(f"the {name} certificate is not a valid PEM certificate") from exc
     if len(certificates) != 1:
         raise _format_error(f"the {name} certificate must be exactly one PEM certificate")
@@ -373,9 +376,9 @@ def _check_peer(report: CasReport, ca_certificate: x509.Certificate, peer_der: b
         "intercepting the connection",
     )
     try:
-        peer = x509.load_der_x509_certificate(peer_der)
+        peer = parse_eagerly(x509.load_der_x509_certificate(peer_der))
         peer_key_hash = _certificate_key_hash(peer)
-    except ValueError:
+    except CERTIFICATE_ERRORS:
         raise mismatch from None
     if peer_key_hash != report.tls_key_hash or not _issued_by(peer, ca_certificate):
         raise mismatch

@@ -150,8 +150,9 @@ def run_command(
 ) -> None:
     """Attest PROGRAM to the CAS as SESSION/SERVICE and run it with the configuration it sends.
 
-    Use as `casctl run --config-id S/SVC -- PROGRAM [ARGS]...`. The program's exit code is
-    casctl's; before it starts, 3 means the CAS cannot be reached and 4 that it refused.
+    Use as `casctl run --config-id S/SVC -- PROGRAM [ARGS]...`. When the session sets the
+    service's command, that command replaces ARGS. The program's exit code is casctl's; before
+    it starts, 3 means the CAS cannot be reached and 4 that it refused.
     """
     if platform not in AVAILABLE_PLATFORMS:
         raise ClientError(

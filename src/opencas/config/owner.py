@@ -62,6 +62,7 @@ from opencas.config.toml_source import (
     load_toml,
 )
 from opencas.crypto.canonical import canonical_sha256
+from opencas.crypto.x509 import CERTIFICATE_ERRORS, parse_eagerly
 from opencas.errors import ConfigError
 from opencas.yaml_source import SYNTAX_KINDS, YamlProblem, YamlSourceError, parse_yaml
 
@@ -190,8 +191,8 @@ def _one_certificate(value: str) -> str:
     if labels[0] != "CERTIFICATE":
         raise ValueError(f"the PEM block is a {labels[0][:40]}, not a CERTIFICATE")
     try:
-        certificate = x509.load_pem_x509_certificate(value.encode("utf-8"))
-    except ValueError:
+        certificate = parse_eagerly(x509.load_pem_x509_certificate(value.encode("utf-8")))
+    except CERTIFICATE_ERRORS:
         raise ValueError("the PEM block does not hold a valid X.509 certificate") from None
     # Re-encoding makes line breaks and surrounding text irrelevant to the hash.
     return certificate.public_bytes(Encoding.PEM).decode("ascii")

@@ -45,7 +45,12 @@ from opencas.crypto.jws import (
     verify_signature,
 )
 from opencas.crypto.keys import PrivateKey, key_hash
-from opencas.crypto.x509 import certificate_key_hash, verify_issued_by
+from opencas.crypto.x509 import (
+    CERTIFICATE_ERRORS,
+    certificate_key_hash,
+    parse_eagerly,
+    verify_issued_by,
+)
 from opencas.errors import RequestProofError
 
 PROOF_TYPE: Final = "cas-request+jwt"
@@ -60,13 +65,6 @@ _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _UNRESERVED: Final = frozenset(string.ascii_letters + string.digits + "-._~")
 _PATH_CHARACTERS: Final = _UNRESERVED | frozenset("!$&'()*+,;=:@/")
 _HEX: Final = frozenset(string.hexdigits)
-# What parsing a hostile certificate can raise (several are not ValueErrors).
-_CERTIFICATE_ERRORS: Final = (
-    ValueError,
-    x509.InvalidVersion,
-    x509.DuplicateExtension,
-    x509.UnsupportedGeneralNameType,
-)
 
 
 def normalise_url(url: str) -> str:
@@ -346,15 +344,12 @@ def _signer(header: dict[str, Any]) -> tuple[JwsPublicKey, x509.Certificate | No
     if not isinstance(chain, list) or len(chain) != 1 or not isinstance(chain[0], str):
         _refuse("proof-malformed", "'x5c' must be a list holding exactly the signer's certificate")
     try:
-        certificate = x509.load_der_x509_certificate(b64_decode(chain[0]))
+        certificate = parse_eagerly(x509.load_der_x509_certificate(b64_decode(chain[0])))
         public_key = certificate.public_key()
-        # Names and extensions are parsed lazily; parse them now so that code handed the
-        # certificate later cannot trip over a malformed one.
         self_issued = certificate.issuer == certificate.subject
-        _ = certificate.extensions
     except UnsupportedAlgorithm as exc:
         _refuse("proof-algorithm", f"the certificate's key type is not accepted: {exc}")
-    except _CERTIFICATE_ERRORS as exc:
+    except CERTIFICATE_ERRORS as exc:
         _refuse("proof-malformed", f"the 'x5c' certificate is invalid: {exc}")
     if not isinstance(public_key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
         _refuse(

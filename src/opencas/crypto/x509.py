@@ -218,10 +218,30 @@ def load_certificate_chain_pem(data: bytes) -> list[x509.Certificate]:
         if label != "CERTIFICATE":
             raise ValueError(f"PEM block {index} is a {label}, not a CERTIFICATE")
         try:
-            certificates.append(x509.load_pem_x509_certificate(block.group(0)))
-        except (ValueError, x509.InvalidVersion) as exc:
+            certificates.append(parse_eagerly(x509.load_pem_x509_certificate(block.group(0))))
+        except CERTIFICATE_ERRORS as exc:
             raise ValueError(f"PEM block {index} is not a valid X.509 certificate: {exc}") from exc
     return certificates
+
+
+# What parsing a hostile certificate can raise: cryptography parses names and extensions lazily,
+# and several of its complaints are not ValueErrors.
+CERTIFICATE_ERRORS = (
+    ValueError,
+    TypeError,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
+
+
+def parse_eagerly(certificate: x509.Certificate) -> x509.Certificate:
+    """Parse ``certificate``'s names and extensions now, so later readers cannot trip on them.
+
+    Raises one of :data:`CERTIFICATE_ERRORS` for a malformed certificate.
+    """
+    _ = (certificate.subject, certificate.issuer, certificate.extensions)
+    return certificate
 
 
 def certificate_key_hash(cert: x509.Certificate) -> str:

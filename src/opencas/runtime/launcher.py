@@ -177,10 +177,6 @@ def path_mapper(private_root: Path, session_paths: Sequence[str]) -> Callable[[s
     return lambda text: pattern.sub(lambda match: mapping[match.group(0)], text)
 
 
-def _is_below(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
 def _check_executable(command0: str, program: ResolvedProgram, user_program: str) -> None:
     names = {program.executable.name, program.invoked_path.name, PurePosixPath(user_program).name}
     if PurePosixPath(command0).name in names:
@@ -196,10 +192,22 @@ def _check_executable(command0: str, program: ResolvedProgram, user_program: str
     )
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # inline code is no file name: too long, for instance
+        return False
+
+
 def _check_script(
-    arguments: Sequence[str], program: ResolvedProgram, base: Path, private_root: Path
+    arguments: Sequence[str], program: ResolvedProgram, base: Path, injected: frozenset[Path]
 ) -> None:
-    """Refuse to run an interpreter on anything but the script that was measured."""
+    """Refuse to run an interpreter on anything but the script that was measured.
+
+    ``injected`` holds the resolved private paths of the files about to be written. Messages
+    quote the script argument only when it names a file: otherwise it may be inline code that
+    carries secrets.
+    """
     candidate = script_argument(arguments)
     measured = program.script
     if candidate is None:
@@ -210,12 +218,12 @@ def _check_script(
             )
         return
     path = (base / candidate).resolve()
-    if _is_below(path, private_root.resolve()):
+    if path in injected:
         raise ClientError(
             f"the session runs the injected file {candidate} as a script; only a measured "
             "script may run"
         )
-    if path.is_file():
+    if _is_file(path):
         if measured is None:
             raise ClientError(
                 f"the session runs the script {path}, which was not measured: name it after "
@@ -300,7 +308,8 @@ def plan_launch(
     cwd = _working_directory(config.pwd, private_root, files)
     if program.interpreter:
         base = cwd or current_directory or Path.cwd()
-        _check_script(arguments, program, base, private_root)
+        injected = frozenset((private_root / item.relative).resolve() for item in files)
+        _check_script(arguments, program, base, injected)
     environment = _environment(
         config, mapped, parent_environment, pass_env, private_root, bool(config.certificates)
     )
@@ -381,7 +390,8 @@ def run_plan(plan: LaunchPlan) -> int:
 
     Must be called from the main thread (it changes signal dispositions and the signal mask,
     and restores both before returning). Signals that arrive while the child starts are
-    passed on once it runs. Raises :class:`ClientError` when the program cannot be started.
+    passed on once it runs; signals casctl ignores stay ignored, in the child too. Raises
+    :class:`ClientError` when the program cannot be started.
     """
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("run_plan must be called from the main thread")
@@ -390,8 +400,11 @@ def run_plan(plan: LaunchPlan) -> int:
     def remember(signum: int, _: FrameType | None) -> None:
         early.append(signum)
 
-    watched = {*FORWARDED_SIGNALS, signal.SIGCHLD}
-    previous = {signum: signal.signal(signum, remember) for signum in FORWARDED_SIGNALS}
+    # A signal casctl was started to ignore (nohup, a background job) stays ignored, so that
+    # the child inherits that as it would without casctl.
+    forwarded = {s for s in FORWARDED_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
+    watched = {*forwarded, signal.SIGCHLD}
+    previous = {signum: signal.signal(signum, remember) for signum in forwarded}
     try:
         try:
             child = subprocess.Popen(  # noqa: S603 - runs exactly the measured program

@@ -110,6 +110,13 @@ def find_executable(program: str, search_path: str | None = None) -> Path:
     return Path(os.path.abspath(found))
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # inline code is no file name: too long, for instance
+        return False
+
+
 def resolve_program(argv: Sequence[str]) -> ResolvedProgram:
     """The executable (and, for an interpreter, the script) that ``argv`` would run.
 
@@ -126,7 +133,7 @@ def resolve_program(argv: Sequence[str]) -> ResolvedProgram:
     if not program.interpreter:
         return program
     candidate = script_argument(argv[1:])
-    if candidate is None or not Path(candidate).is_file():
+    if candidate is None or not _is_file(Path(candidate)):
         return program
     return ResolvedProgram(executable, Path(candidate).resolve(strict=True), program.invoked)
 

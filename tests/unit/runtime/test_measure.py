@@ -29,7 +29,9 @@ def make_executable(path: Path, content: bytes = b"#!/bin/sh\nexit 0\n") -> Path
 
 
 def item(role: str, name: str, content: bytes) -> bytes:
-    return role.encode() + b"\0" + name.encode() + b"\0" + str(len(content)).encode() + b"\0" + content
+    return (
+        role.encode() + b"\0" + name.encode() + b"\0" + str(len(content)).encode() + b"\0" + content
+    )
 
 
 def test_exact_byte_format(tmp_path: Path) -> None:
@@ -149,9 +151,13 @@ def test_interpreter_with_script(tmp_path: Path) -> None:
 
     assert resolved == ResolvedProgram(interpreter, script, None)
     measurement = measure_program(resolved)
-    assert measurement.value == hashlib.sha256(
-        item("executable", "python3", b"interpreter") + item("script", "main.py", b"print('hi')\n")
-    ).hexdigest()
+    assert (
+        measurement.value
+        == hashlib.sha256(
+            item("executable", "python3", b"interpreter")
+            + item("script", "main.py", b"print('hi')\n")
+        ).hexdigest()
+    )
     copy = tmp_path / "copy" / "main.py"
     copy.parent.mkdir()
     shutil.copy2(script, copy)
@@ -171,6 +177,11 @@ def test_interpreter_argument_that_is_not_a_file(tmp_path: Path) -> None:
     assert resolved.interpreter
 
 
+def test_long_inline_code_is_not_a_script(tmp_path: Path) -> None:
+    interpreter = make_executable(tmp_path / "python3")
+    assert resolve_program([str(interpreter), "-c", "x = 1;" * 200]).script is None
+
+
 def test_non_interpreter_arguments_are_not_scripts(tmp_path: Path) -> None:
     tool = make_executable(tmp_path / "tool")
     other = tmp_path / "other.py"
@@ -181,7 +192,7 @@ def test_non_interpreter_arguments_are_not_scripts(tmp_path: Path) -> None:
 
 
 def test_relative_script_is_resolved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    interpreter = make_executable(tmp_path / "node")
+    make_executable(tmp_path / "node")
     (tmp_path / "app.js").write_text("1")
     monkeypatch.chdir(tmp_path)
     assert resolve_program(["./node", "app.js"]).script == tmp_path / "app.js"
