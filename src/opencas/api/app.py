@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp
 
 from opencas import __version__
-from opencas.api.auth import ProofMiddleware, caller_of, require_caller
+from opencas.api.auth import BodyLimitMiddleware, ProofMiddleware, caller_of, require_caller
 from opencas.api.errors import install_error_handlers
 from opencas.api.metrics import ApiMetrics, MetricsMiddleware
 from opencas.config.owner import owner_config_from_normal_form
@@ -42,6 +42,8 @@ from opencas.service.workloads import (
 API_VERSION = 1
 MAX_TOKEN_LENGTH = 256
 MAX_SESSION_BYTES = 1024 * 1024
+# An attest request is a config id, a nonce, a key and evidence of at most 64 KiB (base64).
+MAX_ENCLAVE_BODY_BYTES = 256 * 1024
 
 
 class _Body(BaseModel):
@@ -254,4 +256,4 @@ def create_enclave_api(cas: Cas, metrics: ApiMetrics | None = None) -> ASGIApp:
         """Liveness: the process serves requests."""
         return {"status": "ok"}
 
-    return MetricsMiddleware(app, metrics, "enclave")
+    return MetricsMiddleware(BodyLimitMiddleware(app, MAX_ENCLAVE_BODY_BYTES), metrics, "enclave")

@@ -77,6 +77,38 @@ async def send_error(send: Send, error: CasError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class BodyLimitMiddleware:
+    """ASGI middleware that refuses request bodies over ``limit`` bytes with 413."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            body = await _read_body(receive, self.limit)
+        except CasError as error:
+            await send_error(send, error)
+            return
+        await self.app(scope, _replaying(body, receive), send)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 class ProofMiddleware:
     """ASGI middleware verifying request proofs against this CAS's key hash as audience."""
 
@@ -103,16 +135,7 @@ class ProofMiddleware:
             await send_error(send, error)
             return
         scope.setdefault("state", {})["caller"] = caller
-        replayed = False
-
-        async def replay_body() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay_body, send)
+        await self.app(scope, _replaying(body, receive), send)
 
     def _authenticate(self, scope: Scope, body: bytes) -> RequestProof | None:
         authorization = None
@@ -138,7 +161,7 @@ class ProofMiddleware:
         )
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_body(receive: Receive, limit: int = MAX_BODY_BYTES) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -147,8 +170,8 @@ async def _read_body(receive: Receive) -> bytes:
             break
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise BodyTooLarge(f"the request body exceeds {MAX_BODY_BYTES} bytes")
+        if size > limit:
+            raise BodyTooLarge(f"the request body exceeds {limit} bytes")
         chunks.append(chunk)
         if not message.get("more_body", False):
             break

@@ -138,7 +138,12 @@ async def serve_forever(listeners: list[Listener], context: ssl.SSLContext) -> N
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop)
     for listener in listeners:
-        log.info("serving %s API on https://%s", listener.name, listener.address)
+        log.info(
+            "serving the %s API (%s) on https://%s",
+            listener.name,
+            listener.config_key,
+            listener.address,
+        )
     try:
         await asyncio.gather(
             *(server.serve(sockets=[sock]) for server, sock in zip(servers, sockets, strict=True))

@@ -139,7 +139,7 @@ def provision(
     # Validity matters when the owner is provisioned, not when an existing owner is compared.
     owner = load_owner_certificate(owner_identity_path, check_validity=False)
     for warning in loaded.warnings:
-        log.warning("%s: %s", owner_config_path, warning)
+        log.warning("%s", warning)
     cas = open_cas(config)
     try:
         state = cas.state()
@@ -185,7 +185,7 @@ def _serve(cas: Cas) -> None:
     metrics = ApiMetrics()
     config = cas.config
     listeners = [
-        Listener("api", "[api] api_listen", config.api_listen, create_client_api(cas, metrics)),
+        Listener("client", "[api] api_listen", config.api_listen, create_client_api(cas, metrics)),
         Listener(
             "enclave",
             "[api] enclave_listen",

@@ -140,7 +140,10 @@ class AttestFlags:
         ``owner_hash`` and ``config_sha``, when given, are expected in place of the files.
         """
         if owner_hash is None and self.expect_owner_identity is not None:
-            owner_hash = load_owner_certificate(self.expect_owner_identity).key_hash
+            # An owner is its key: an expired certificate still names it.
+            owner_hash = load_owner_certificate(
+                self.expect_owner_identity, check_validity=False
+            ).key_hash
         if config_sha is None and self.expect_owner_config is not None:
             config_sha = owner_config_sha256(load_owner_config(self.expect_owner_config).config)
         return CasExpectations(
@@ -450,10 +453,12 @@ def provision(
     """Attest the CAS at URL, provision it as its owner, and attest it again."""
     loaded = load_owner_config(config_file)
     for warning in loaded.warnings:
-        click.echo(f"casctl: warning: {config_file}: {warning}", err=True)
+        click.echo(f"casctl: warning: {warning}", err=True)
     identity = identity_from(identity_path)
     flags = AttestFlags(**options)
-    first = attest_and_pin(url, flags, allow_unprovisioned=True)
+    # Before provisioning there is no owner to expect; the second attestation checks it.
+    unowned = replace(flags, expect_owner_identity=None, expect_owner_config=None)
+    first = attest_and_pin(url, unowned, allow_unprovisioned=True)
     if first.verified.report.provisioned:
         raise ConflictError(
             f"the CAS at {first.url} is already provisioned "
@@ -500,7 +505,7 @@ def update_config(config_file: Path, cas_name: str | None, identity_path: Path |
     """Replace the owner config of a CAS you own."""
     loaded = load_owner_config(config_file)
     for warning in loaded.warnings:
-        click.echo(f"casctl: warning: {config_file}: {warning}", err=True)
+        click.echo(f"casctl: warning: {warning}", err=True)
     with pinned_client(cas_name, identity_from(identity_path)) as client:
         body = client.request(
             "PUT", "/v1/owner/config", json_body={"owner_config": loaded.config.normal_form()}

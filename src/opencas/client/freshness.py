@@ -20,9 +20,14 @@ def check_freshness(
     pinned: PinnedCas | None, report: CasReport, *, accept_new_instance: bool
 ) -> None:
     """Refuse a CAS that replaced, or rolled back, the one remembered as ``pinned``."""
-    if pinned is None or accept_new_instance:
+    if pinned is None:
         return
-    if pinned.instance_id != report.instance_id or pinned.cas_key_hash != report.cas_key_hash:
+    replaced = (
+        pinned.instance_id != report.instance_id or pinned.cas_key_hash != report.cas_key_hash
+    )
+    if replaced and accept_new_instance:
+        return
+    if replaced:
         raise FreshnessError(
             "freshness",
             "this CAS is not the one you attested before: it was instance "

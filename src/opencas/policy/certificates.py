@@ -222,7 +222,9 @@ def issue_certificate(
         builder = builder.add_extension(
             x509.BasicConstraints(ca=False, path_length=None), critical=True
         ).add_extension(
-            _key_usage(digital_signature=True, key_encipherment=isinstance(key, rsa.RSAPrivateKey)),
+            _key_usage(
+                digital_signature=True, key_encipherment=isinstance(public, rsa.RSAPublicKey)
+            ),
             critical=True,
         )
         if endpoint is not None:

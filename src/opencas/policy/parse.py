@@ -503,7 +503,7 @@ class _Reader:
                 self.fail(
                     path,
                     "required key is missing: an update names the hash of the session version "
-                    "it replaces (casctl session show prints it)",
+                    "it replaces (`casctl session read NAME --json` shows it)",
                     at_value=False,
                 )
             return None

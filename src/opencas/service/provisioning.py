@@ -93,10 +93,14 @@ def provision_with_token(
     Refuses with ``ConflictError`` when already provisioned, ``RateLimitedError`` while the token
     back-off is closed, and ``ForbiddenError`` for a wrong token (which counts toward back-off).
     """
-    if cas.state().provisioned:
+    # State and token from one snapshot: a rival that provisions in between must make this a
+    # conflict, not a wrong token (its provisioning deleted the token).
+    with cas.store.snapshot() as view:
+        provisioned = read_state(view).provisioned
+        expected = read_provisioning_token(view)
+    if provisioned:
         raise ConflictError("this CAS is already provisioned", code="already-provisioned")
     guard.check_open()
-    expected = read_provisioning_token(cas.store)
     if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
         closed_for = guard.record_failure()
         if closed_for:

@@ -24,6 +24,7 @@ from opencas.errors import (
     ConflictError,
     ForbiddenError,
     NotFoundError,
+    RecordDamagedError,
 )
 from opencas.policy.access import can_create_in, can_read, can_update, verify_signatures
 from opencas.policy.errors import Problem, SessionError
@@ -82,7 +83,10 @@ def load_session(source: Reader, name: str) -> StoredSession | None:
     record = read_record(source, SessionRecord, SESSIONS, name)
     if record is None:
         return None
-    return StoredSession(record, session_from_normal_form(record.normal_form))
+    try:
+        return StoredSession(record, session_from_normal_form(record.normal_form))
+    except SessionError as exc:
+        raise RecordDamagedError(SESSIONS, name, "not a valid session") from exc
 
 
 def load_secret_values(source: Reader, name: str) -> dict[str, SecretValue]:
@@ -90,7 +94,10 @@ def load_secret_values(source: Reader, name: str) -> dict[str, SecretValue]:
     record = read_record(source, SecretsRecord, SECRETS, name)
     if record is None:
         return {}
-    return {key: SecretValue.from_record(value) for key, value in record.values.items()}
+    try:
+        return {key: SecretValue.from_record(value) for key, value in record.values.items()}
+    except ValueError as exc:
+        raise RecordDamagedError(SECRETS, name, "a secret value does not load") from exc
 
 
 def _signed(caller: str | None) -> str:
@@ -212,15 +219,16 @@ def read_session(cas: Cas, name: str, caller: str | None) -> SessionRecord:
 
 def exported_values(cas: Cas, name: str, secret: str | None) -> dict[str, str]:
     """The public values session ``name`` marks ``export_public`` (all, or just ``secret``)."""
+    # One answer for "no such session" and "nothing public": anonymous callers must not be able
+    # to list which sessions exist.
     stored = load_session(cas.store, name)
-    if stored is None:
-        raise NotFoundError(f"there is no session {name}")
-    values = public_values(stored.session, load_secret_values(cas.store, name))
-    if secret is None:
-        return values
-    if secret not in values:
-        raise NotFoundError(f"session {name} exports no public value called {secret}")
-    return {secret: values[secret]}
+    values = public_values(stored.session, load_secret_values(cas.store, name)) if stored else {}
+    if secret is not None:
+        values = {secret: values[secret]} if secret in values else {}
+    if not values:
+        what = f"a public value {secret}" if secret else "public values"
+        raise NotFoundError(f"no {what} for session {name}")
+    return values
 
 
 def _resolve_imports(

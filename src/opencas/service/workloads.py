@@ -24,18 +24,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, x25519
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from opencas.attestation.evidence import Evidence
 from opencas.attestation.verify import verify_evidence
 from opencas.attestation.workload_policy import check_workload
 from opencas.crypto.canonical import canonical_json, canonical_sha512
-from opencas.crypto.hpke_seal import seal_workload_config
+from opencas.crypto.hpke_seal import load_recipient_public_key, seal_workload_config
 from opencas.errors import AttestationRefused, InvalidRequest, NotFoundError, RateLimitedError
-from opencas.policy.certificates import certificate_to_pem, issue_certificate, parse_valid_for
+from opencas.policy.certificates import (
+    MAX_COMMON_NAME,
+    certificate_to_pem,
+    issue_certificate,
+    parse_valid_for,
+)
+from opencas.policy.errors import SessionError
 from opencas.policy.model import Service, Session
 from opencas.policy.placeholders import find_placeholders, render
-from opencas.policy.secret_values import SecretValue, render_value
+from opencas.policy.secret_values import SecretValue, check_import, render_value
 from opencas.service.cas import Cas
 from opencas.service.sessions import load_secret_values, load_session
 from opencas.store.base import Reader
@@ -154,7 +160,7 @@ def attest_workload(cas: Cas, nonces: NonceStore, request: WorkloadRequest) -> S
         check_workload(
             verified, service, stored.session.security.attestation, cas_debug=cas.platform.debug
         )
-        values = _values(view, stored.session, session_name)
+        values = _values(view, stored.session, session_name, stored.record.hash)
         config = _render(stored.session, service, values, public_key_der, stored.record.hash)
     plaintext = canonical_json({"config_id": request.config_id, **config})
     kem, sealed = seal_workload_config(public_key_der, plaintext, request.config_id, request.nonce)
@@ -164,22 +170,37 @@ def attest_workload(cas: Cas, nonces: NonceStore, request: WorkloadRequest) -> S
 def _public_key_der(encoded: str) -> bytes:
     try:
         der = base64.b64decode(encoded, validate=True)
-        key = serialization.load_der_public_key(der)
+        load_recipient_public_key(der)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidRequest("public_key must be a base64 DER SubjectPublicKeyInfo") from exc
-    is_p256 = isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
-    if not (is_p256 or isinstance(key, x25519.X25519PublicKey)):
-        raise InvalidRequest("public_key must be an X25519 or P-256 key")
+        raise InvalidRequest(
+            "public_key must be the base64 DER SubjectPublicKeyInfo of an X25519 or "
+            f"uncompressed P-256 key: {exc}"
+        ) from exc
     return der
 
 
-def _values(view: Reader, session: Session, name: str) -> dict[str, SecretValue]:
-    """The session's own values, and its imports resolved from the exporters as they are now."""
+def _values(view: Reader, session: Session, name: str, session_hash: str) -> dict[str, SecretValue]:
+    """The session's own values, and its imports resolved from the exporters as they are now.
+
+    Each import is checked again against the exporter's current ``export`` rules and pins: an
+    exporter that withdrew an export, or changed what a pin names, stops sharing at once.
+    """
     values = load_secret_values(view, name)
     for secret in session.secrets:
         spec = secret.import_
         if spec is None:
             continue
+        exporter = load_session(view, spec.session)
+        try:
+            check_import(
+                session,
+                spec,
+                exporter.session if exporter else None,
+                exporter.record.hash if exporter else None,
+                session_hash,
+            )
+        except SessionError as exc:
+            raise AttestationRefused("import", exc.message) from exc
         exported = load_secret_values(view, spec.session).get(spec.secret)
         if exported is None:
             raise AttestationRefused(
@@ -249,7 +270,7 @@ def _workload_certificates(
         issuer = values[secret.issuer]
         certificate = issue_certificate(
             issuer.private_key(),
-            common_name=secret.common_name or secret.name,
+            common_name=(secret.common_name or secret.name)[:MAX_COMMON_NAME],
             is_ca=False,
             now=datetime.now(UTC),
             valid_for=parse_valid_for(secret.valid_for or PER_WORKLOAD_VALIDITY),

@@ -45,7 +45,6 @@ class Transaction(Protocol):
 
 
 @runtime_checkable
-@runtime_checkable
 class Reader(Protocol):
     """What can be read: a store, a transaction, or a snapshot."""
 

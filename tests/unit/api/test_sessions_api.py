@@ -216,5 +216,12 @@ def test_public_values_are_anonymous_and_only_public(api: Api) -> None:
     assert "PRIVATE KEY" not in values.text
     one = api.call("GET", "/v1/values/session=pki,secret=db_password", None)
     assert one.status_code == 404
+    missing = api.call("GET", "/v1/values/session=nothing-here", None)
+    assert missing.status_code == 404
+    assert api.create(session_text("app"), CREATOR).status_code == 201  # exports nothing public
+    private = api.call("GET", "/v1/values/session=app", None)
+    assert private.status_code == 404
+    assert private.json()["message"] == "no public values for session app"
+    assert missing.json()["message"] == "no public values for session nothing-here"
     bad = api.call("GET", "/v1/values/sessions=pki", None)
     assert bad.status_code == 400

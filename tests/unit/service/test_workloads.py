@@ -266,3 +266,66 @@ def test_malformed_requests_are_400(cas: Cas, change: dict[str, Any]) -> None:
     }
     response = workload.post("/v1/enclave/attest", body)
     assert response.status_code == 400, response.text
+
+
+EXPORTER = """\
+name: exporter
+version: "0.3"
+secrets:
+  - name: shared
+    kind: ascii
+    export:
+      - session: importer
+"""
+IMPORTER = f"""\
+name: importer
+version: "0.3"
+services:
+  - name: app
+    environment:
+      SHARED: "$$CAS::shared$$"
+    attestation:
+      simulated_measurement: "{GOOD}"
+secrets:
+  - name: shared
+    import:
+      session: exporter
+      secret: shared
+security:
+  attestation:
+    tolerate: [simulated]
+"""
+
+
+def test_withdrawn_export_stops_sharing_at_once(cas: Cas) -> None:
+    exporter = create_session(cas, EXPORTER, AUTHOR)
+    create_session(cas, IMPORTER, AUTHOR)
+    workload = Workload(cas)
+    response, nonce = workload.attest(config_id="importer/app")
+    shared = load_secret_values(cas.store, "exporter")["shared"].data.decode()
+    assert workload.config(response, nonce, "importer/app")["environment"]["SHARED"] == shared
+    withdrawn = EXPORTER.replace("    export:\n      - session: importer\n", "")
+    update_session(cas, "exporter", f'predecessor: "{exporter.hash}"\n' + withdrawn, AUTHOR)
+    refused, _ = workload.attest(config_id="importer/app")
+    assert refused.status_code == 403
+    assert refused.json()["check"] == "import"
+
+
+def test_compressed_p256_key_is_invalid_input(cas: Cas) -> None:
+    create_session(cas, session_text(), AUTHOR)
+    workload = Workload(cas)
+    point = workload.key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
+    )
+    # SubjectPublicKeyInfo (id-ecPublicKey, prime256v1) around a compressed point.
+    prefix = bytes.fromhex("3039301306072a8648ce3d020106082a8648ce3d030107032200")
+    workload.public_key = base64.b64encode(prefix + point).decode()
+    response, _ = workload.attest()
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid-request"
+
+
+def test_oversized_enclave_request_is_413(cas: Cas) -> None:
+    response = Workload(cas).post("/v1/enclave/attest", {"padding": "x" * 300_000})
+    assert response.status_code == 413
+    assert response.json()["error"] == "body-too-large"

@@ -1,0 +1,66 @@
+"""casctl's memory of a CAS: a replaced instance or a state that went back is refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from opencas.attestation.report import AUDIT_GENESIS_HEAD, CasReport
+from opencas.client.freshness import FreshnessError, check_freshness
+from opencas.client.state import PinnedCas
+
+PINNED = PinnedCas(
+    url="https://cas.test:8081",
+    cas_key_hash="aa" * 32,
+    ca_certificate_pem="(pinned)",
+    instance_id="instance-1",
+    audit_seq=5,
+    software_measurement="cc" * 32,
+    platform="simulated",
+    mode="debug",
+    attested_at="2026-11-29T00:00:00Z",
+)
+
+
+def report(**changes: Any) -> CasReport:
+    fields: dict[str, Any] = {
+        "version": 1,
+        "cas_version": "0.1.0",
+        "instance_id": "instance-1",
+        "time": "2026-11-29T00:00:00Z",
+        "nonce": "00" * 16,
+        "cas_key_hash": "aa" * 32,
+        "tls_key_hash": "bb" * 32,
+        "software_measurement": "cc" * 32,
+        "platform": "simulated",
+        "mode": "debug",
+        "provisioned": False,
+        "self_provisioned": False,
+        "provisioned_at": None,
+        "owner_identity_hash": None,
+        "owner_config_sha256": None,
+        "db_key_injected": False,
+        "audit": {"seq": 5, "head": AUDIT_GENESIS_HEAD},
+    }
+    fields.update(changes)
+    return CasReport.model_validate(fields)
+
+
+def test_same_instance_is_fresh() -> None:
+    check_freshness(PINNED, report(), accept_new_instance=False)
+    check_freshness(None, report(instance_id="other"), accept_new_instance=False)
+
+
+@pytest.mark.parametrize("change", [{"instance_id": "instance-2"}, {"cas_key_hash": "dd" * 32}])
+def test_replaced_instance_is_refused_unless_accepted(change: dict[str, Any]) -> None:
+    with pytest.raises(FreshnessError, match="not the one you attested before"):
+        check_freshness(PINNED, report(**change), accept_new_instance=False)
+    check_freshness(PINNED, report(**change), accept_new_instance=True)
+
+
+def test_state_that_went_back_is_refused_even_when_new_instances_are_accepted() -> None:
+    went_back = report(audit={"seq": 4, "head": "11" * 32})
+    for accept in (False, True):
+        with pytest.raises(FreshnessError, match="went back"):
+            check_freshness(PINNED, went_back, accept_new_instance=accept)
