@@ -244,8 +244,9 @@ def create_enclave_api(cas: Cas, metrics: ApiMetrics | None = None) -> ASGIApp:
         """A fresh single-use nonce for the next attestation (valid 60 s)."""
         return {"nonce": nonces.issue(), "expires_in": int(NONCE_LIFETIME)}
 
+    # CPU-bound and short: a thread-pool hop would add cost, and the GIL serialises it anyway.
     @app.post("/v1/enclave/attest")
-    def attest(body: EnclaveAttestRequest) -> dict[str, str]:
+    async def attest(body: EnclaveAttestRequest) -> dict[str, str]:
         """Attest a workload; answer its configuration, HPKE-sealed to its public key."""
         request = WorkloadRequest(body.config_id, body.nonce, body.public_key, body.evidence)
         sealed = attest_workload(cas, nonces, request)

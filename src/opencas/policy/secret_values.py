@@ -26,6 +26,7 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Final
 
 from cryptography import x509
@@ -110,12 +111,21 @@ class SecretValue:
 
         Raises ``ValueError`` for other kinds or a key that does not load.
         """
+        return self._private_key
+
+    @cached_property
+    def _private_key(self) -> PrivateKey:
+        # Loading a PEM key costs more than using it; a value is immutable, so load it once.
         if self.private_key_pem is None:
             raise ValueError(f"a {self.kind} value has no private key")
         return load_private_key(self.private_key_pem)
 
     def certificate(self) -> x509.Certificate:
         """The certificate of an ``x509`` or ``x509-ca`` value; ``ValueError`` for other kinds."""
+        return self._certificate
+
+    @cached_property
+    def _certificate(self) -> x509.Certificate:
         if self.certificate_pem is None:
             raise ValueError(f"a {self.kind} value has no certificate")
         return load_certificate_pem(self.certificate_pem.encode("ascii"))

@@ -13,6 +13,7 @@ follow the exporter's later updates.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,13 +33,17 @@ from opencas.policy.hashing import session_hash
 from opencas.policy.model import Session
 from opencas.policy.parse import parse_session, session_from_normal_form
 from opencas.policy.secret_values import SecretValue, check_import, generate_values, public_values
+from opencas.service.cache import ContentCache
 from opencas.service.cas import Cas
 from opencas.service.identity import utc_now_text
-from opencas.service.records import read_record, write_record
+from opencas.service.records import decode_record, read_record, write_record
 from opencas.store.base import Reader, Transaction
 
 SESSIONS = "sessions"
 SECRETS = "session-secrets"
+
+_parsed_sessions: ContentCache[str, Session] = ContentCache()
+_decoded_secrets: ContentCache[tuple[str, bytes], dict[str, SecretValue]] = ContentCache()
 
 
 class SessionRecord(BaseModel):
@@ -84,20 +89,31 @@ def load_session(source: Reader, name: str) -> StoredSession | None:
     if record is None:
         return None
     try:
-        return StoredSession(record, session_from_normal_form(record.normal_form))
+        # The record is authenticated and its hash names its normal form (both written by the
+        # CAS in one record), so the parsed session can be reused for every read of that hash.
+        session = _parsed_sessions.get_or_make(
+            record.hash, lambda: session_from_normal_form(record.normal_form)
+        )
     except SessionError as exc:
         raise RecordDamagedError(SESSIONS, name, "not a valid session") from exc
+    return StoredSession(record, session)
 
 
 def load_secret_values(source: Reader, name: str) -> dict[str, SecretValue]:
     """The session's own secret values."""
-    record = read_record(source, SecretsRecord, SECRETS, name)
-    if record is None:
+    data = source.get(SECRETS, name)
+    if data is None:
         return {}
-    try:
-        return {key: SecretValue.from_record(value) for key, value in record.values.items()}
-    except ValueError as exc:
-        raise RecordDamagedError(SECRETS, name, "a secret value does not load") from exc
+
+    def decode() -> dict[str, SecretValue]:
+        record = decode_record(SecretsRecord, SECRETS, name, data)
+        try:
+            return {key: SecretValue.from_record(value) for key, value in record.values.items()}
+        except ValueError as exc:
+            raise RecordDamagedError(SECRETS, name, "a secret value does not load") from exc
+
+    # Decoding reloads every key and certificate; reuse it while the record's bytes are the same.
+    return dict(_decoded_secrets.get_or_make((name, hashlib.sha256(data).digest()), decode))
 
 
 def _signed(caller: str | None) -> str:

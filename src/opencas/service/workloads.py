@@ -268,13 +268,14 @@ def _workload_certificates(
         if secret.kind != "x509" or secret.issuer is None or secret.name not in referenced:
             continue
         issuer = values[secret.issuer]
+        issuer_key = issuer.private_key()
         certificate = issue_certificate(
-            issuer.private_key(),
+            issuer_key,
             common_name=(secret.common_name or secret.name)[:MAX_COMMON_NAME],
             is_ca=False,
             now=datetime.now(UTC),
             valid_for=parse_valid_for(secret.valid_for or PER_WORKLOAD_VALIDITY),
-            issuer_key=issuer.private_key(),
+            issuer_key=issuer_key,
             issuer_certificate=issuer.certificate(),
             endpoint=secret.endpoint,
             san=secret.san,

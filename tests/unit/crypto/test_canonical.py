@@ -1,0 +1,61 @@
+"""The fast path of canonical JSON agrees with the RFC 8785 reference implementation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from opencas.crypto.canonical import canonical_json
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**60), max_value=2**60)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+def reference(value: Any) -> bytes | None:
+    try:
+        return bytes(rfc8785.dumps(value))
+    except (rfc8785.CanonicalizationError, TypeError):
+        return None
+
+
+@settings(max_examples=500, deadline=None)
+@given(json_values)
+def test_agrees_with_the_reference(value: Any) -> None:
+    expected = reference(value)
+    if expected is None:
+        with pytest.raises(ValueError):
+            canonical_json(value)
+    else:
+        assert canonical_json(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"\ue000": 1, "\U0001f600": 2},  # UTF-16 order differs from code-point order
+        {"a": '\x00\x1f\x7f\u2028"\\/'},
+        {"big": 2**53},
+        [1.5, -0.0, 1e21],
+        "\ud800",
+    ],
+)
+def test_edge_cases(value: Any) -> None:
+    expected = reference(value)
+    if expected is None:
+        with pytest.raises(ValueError):
+            canonical_json(value)
+    else:
+        assert canonical_json(value) == expected
