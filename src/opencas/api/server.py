@@ -22,6 +22,7 @@ from opencas.errors import CasError
 from opencas.service.identity import CasIdentity
 
 log = logging.getLogger("opencas")
+KEEP_ALIVE_SECONDS = 75
 
 
 class ListenError(CasError):
@@ -124,6 +125,9 @@ async def serve_forever(listeners: list[Listener], context: ssl.SSLContext) -> N
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=10,
+            # Longer than clients keep idle connections (httpx: 5 s), so a client never reuses
+            # a connection the server is closing at that very moment.
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
             lifespan="off",
         )
         config.load()

@@ -156,7 +156,7 @@ def create_session(
                     f"{session.name}",
                     code="access-denied",
                 )
-        imported = _resolve_imports(txn, session, new_hash)
+        imported = imported_values(txn, session, new_hash)
         values = generate_values(session, None, None, imported)
         now = utc_now_text()
         record = SessionRecord(
@@ -205,7 +205,7 @@ def update_session(
                 code="stale-predecessor",
                 details={"current_hash": current.record.hash},
             )
-        imported = _resolve_imports(txn, session, new_hash)
+        imported = imported_values(txn, session, new_hash)
         previous = load_secret_values(txn, name)
         values = generate_values(session, previous, current.session, imported)
         record = current.record.model_copy(
@@ -247,15 +247,18 @@ def exported_values(cas: Cas, name: str, secret: str | None) -> dict[str, str]:
     return values
 
 
-def _resolve_imports(
-    txn: Transaction, session: Session, importer_hash: str
-) -> dict[str, SecretValue]:
+def imported_values(source: Reader, session: Session, importer_hash: str) -> dict[str, SecretValue]:
+    """The values ``session`` imports, as their exporters hold them now.
+
+    Each import is checked against the exporter's current ``export`` rules and hash pins; a
+    broken import raises :class:`SessionError` naming it.
+    """
     imported: dict[str, SecretValue] = {}
     for secret in session.secrets:
         spec = secret.import_
         if spec is None:
             continue
-        exporter = load_session(txn, spec.session)
+        exporter = load_session(source, spec.session)
         check_import(
             session,
             spec,
@@ -263,9 +266,17 @@ def _resolve_imports(
             exporter.record.hash if exporter else None,
             importer_hash,
         )
-        exporter_values = load_secret_values(txn, spec.session)
-        if spec.secret in exporter_values:
-            imported[secret.name] = exporter_values[spec.secret]
+        value = load_secret_values(source, spec.session).get(spec.secret)
+        if value is None:
+            raise SessionError(
+                Problem(
+                    f"secrets.{secret.name}.import",
+                    None,
+                    None,
+                    f"session {spec.session} holds no value for {spec.secret}",
+                )
+            )
+        imported[secret.name] = value
     return imported
 
 

@@ -41,9 +41,9 @@ from opencas.policy.certificates import (
 from opencas.policy.errors import SessionError
 from opencas.policy.model import Service, Session
 from opencas.policy.placeholders import find_placeholders, render
-from opencas.policy.secret_values import SecretValue, check_import, render_value
+from opencas.policy.secret_values import SecretValue, render_value
 from opencas.service.cas import Cas
-from opencas.service.sessions import load_secret_values, load_session
+from opencas.service.sessions import imported_values, load_secret_values, load_session
 from opencas.store.base import Reader
 
 NONCE_BYTES = 32
@@ -182,32 +182,14 @@ def _public_key_der(encoded: str) -> bytes:
 def _values(view: Reader, session: Session, name: str, session_hash: str) -> dict[str, SecretValue]:
     """The session's own values, and its imports resolved from the exporters as they are now.
 
-    Each import is checked again against the exporter's current ``export`` rules and pins: an
-    exporter that withdrew an export, or changed what a pin names, stops sharing at once.
+    Imports are checked again at every attestation: an exporter that withdrew an export, or
+    changed what a pin names, stops sharing at once.
     """
-    values = load_secret_values(view, name)
-    for secret in session.secrets:
-        spec = secret.import_
-        if spec is None:
-            continue
-        exporter = load_session(view, spec.session)
-        try:
-            check_import(
-                session,
-                spec,
-                exporter.session if exporter else None,
-                exporter.record.hash if exporter else None,
-                session_hash,
-            )
-        except SessionError as exc:
-            raise AttestationRefused("import", exc.message) from exc
-        exported = load_secret_values(view, spec.session).get(spec.secret)
-        if exported is None:
-            raise AttestationRefused(
-                "import", f"the imported secret `{secret.name}` is not available from its exporter"
-            )
-        values[secret.name] = exported
-    return values
+    try:
+        imported = imported_values(view, session, session_hash)
+    except SessionError as exc:
+        raise AttestationRefused("import", exc.message) from exc
+    return {**load_secret_values(view, name), **imported}
 
 
 def _render(
