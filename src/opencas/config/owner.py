@@ -60,6 +60,7 @@ from opencas.config.toml_source import (
     _what_is_wrong,
     key_line_index,
     load_toml,
+    read_config_text,
 )
 from opencas.crypto.canonical import canonical_sha256
 from opencas.crypto.x509 import CERTIFICATE_ERRORS, parse_eagerly
@@ -477,7 +478,7 @@ def load_owner_config(path: Path) -> LoadedOwnerConfig:
     """
     fmt = owner_config_format(path)
     if fmt != "toml":
-        return _validate(_parse_text(_read_text(path), str(path), fmt))
+        return _validate(_parse_text(read_config_text(path), str(path), fmt))
     try:
         document = load_toml(path)
     except _UNCONVERTIBLE as error:
@@ -519,25 +520,6 @@ class _Document:
     source: str
     data: object
     lines: Mapping[KeyPath, int]
-
-
-def _read_text(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: configuration file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a configuration file") from None
-    except PermissionError:
-        raise ConfigError(f"{path}: cannot read configuration file: permission denied") from None
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise ConfigError(f"{path}: cannot read configuration file: {reason}") from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        raise ConfigError(f"{path}:{line}: not valid UTF-8 text") from None
 
 
 def _parse_text(text: str, source: str, fmt: OwnerConfigFormat) -> _Document:

@@ -41,11 +41,11 @@ class TomlDocument:
     data: dict[str, Any]
 
 
-def load_toml(path: Path) -> TomlDocument:
-    """Read and parse the TOML file at ``path``.
+def read_config_text(path: Path) -> str:
+    """The UTF-8 text of the configuration file at ``path``.
 
-    Raises :class:`ConfigError` if the file is missing, unreadable, not UTF-8 or not valid TOML;
-    the message names the file, and for a syntax error the line and column.
+    Raises :class:`ConfigError` naming the file when it is missing, a directory, unreadable or
+    not UTF-8 (naming the line).
     """
     try:
         raw = path.read_bytes()
@@ -60,10 +60,19 @@ def load_toml(path: Path) -> TomlDocument:
         raise ConfigError(f"{path}: cannot read configuration file: {reason}") from None
     try:
         # Accept a UTF-8 byte-order mark: some editors write one, and it carries no meaning.
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = raw.count(b"\n", 0, error.start) + 1
         raise ConfigError(f"{path}:{line}: not valid UTF-8 text") from None
+
+
+def load_toml(path: Path) -> TomlDocument:
+    """Read and parse the TOML file at ``path``.
+
+    Raises :class:`ConfigError` if the file is missing, unreadable, not UTF-8 or not valid TOML;
+    the message names the file, and for a syntax error the line and column.
+    """
+    text = read_config_text(path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
