@@ -1,0 +1,47 @@
+"""Routes of workloads (the enclave API): a nonce, then the attestation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import Field
+
+from opencas.api.routes.bodies import StrictBody
+from opencas.service.cas import Cas
+from opencas.service.workloads import (
+    NONCE_LIFETIME,
+    NonceStore,
+    WorkloadRequest,
+    attest_workload,
+)
+
+
+class EnclaveAttestRequest(StrictBody):
+    """Body of ``POST /v1/enclave/attest``."""
+
+    config_id: str = Field(min_length=3, max_length=1024)
+    nonce: str = Field(pattern=r"^[0-9a-f]{64}$")
+    public_key: str = Field(min_length=1, max_length=1024)
+    evidence: dict[str, Any]
+
+
+def workloads_router(cas: Cas) -> APIRouter:
+    """``POST /v1/enclave/nonce`` and ``POST /v1/enclave/attest``."""
+    router = APIRouter()
+    nonces = NonceStore()
+
+    @router.post("/v1/enclave/nonce")
+    async def nonce() -> dict[str, Any]:
+        """A fresh single-use nonce for the next attestation (valid 60 s)."""
+        return {"nonce": nonces.issue(), "expires_in": int(NONCE_LIFETIME)}
+
+    # CPU-bound and short: a thread-pool hop would add cost, and the GIL serialises it anyway.
+    @router.post("/v1/enclave/attest")
+    async def attest(body: EnclaveAttestRequest) -> dict[str, str]:
+        """Attest a workload; answer its configuration, HPKE-sealed to its public key."""
+        request = WorkloadRequest(body.config_id, body.nonce, body.public_key, body.evidence)
+        sealed = attest_workload(cas, nonces, request)
+        return {"kem": sealed.kem, "sealed": sealed.sealed}
+
+    return router
