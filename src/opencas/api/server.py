@@ -10,8 +10,9 @@ import os
 import signal
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -157,3 +158,13 @@ async def serve_forever(listeners: list[Listener], context: ssl.SSLContext) -> N
             loop.remove_signal_handler(signum)
         for sock in sockets:
             sock.close()
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` to completion on uvloop (libuv), or on asyncio's own loop without it."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional: a faster loop where it is installed
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)

@@ -7,7 +7,6 @@ Exit codes: 0 success; 1 the CAS cannot start or run (store, key store, lock, pl
 
 from __future__ import annotations
 
-import asyncio
 import binascii
 import json
 import logging
@@ -18,7 +17,13 @@ import click
 from opencas import __version__
 from opencas.api.app import create_client_api, create_enclave_api
 from opencas.api.metrics import ApiMetrics
-from opencas.api.server import Listener, present_identity, serve_forever, tls_context
+from opencas.api.server import (
+    Listener,
+    present_identity,
+    run_event_loop,
+    serve_forever,
+    tls_context,
+)
 from opencas.cli.common import describe_os_error, fail, setup_logging
 from opencas.config.availability import (
     AvailabilityConfig,
@@ -195,7 +200,7 @@ def _serve(cas: Cas) -> None:
     ]
     context = tls_context(cas.identity)
     cas.identity_listeners.append(lambda identity: present_identity(context, identity))
-    asyncio.run(serve_forever(listeners, context))
+    run_event_loop(serve_forever(listeners, context))
     log.info("stopped")
 
 
