@@ -69,17 +69,17 @@ from cas_attest import (
     BenchmarkError,
     Interrupted,
     PhaseResult,
-    _machine_busy_seconds,
-    _ms,
-    _own_cpu_seconds,
-    _PhaseState,
-    _positive,
-    _process_cpu_seconds,
-    _raise_interrupted,
-    _raw_ed25519,
+    PhaseState,
     healthz_target,
+    machine_busy_seconds,
+    ms,
+    own_cpu_seconds,
+    positive,
     print_load,
+    process_cpu_seconds,
+    raise_interrupted,
     rate,
+    raw_ed25519,
     run_async,
     run_phase,
 )
@@ -263,7 +263,7 @@ class CpuMark:
     @classmethod
     def now(cls, server_pid: int) -> CpuMark:
         """The counters now."""
-        return cls(_process_cpu_seconds(server_pid), _own_cpu_seconds(), _machine_busy_seconds())
+        return cls(process_cpu_seconds(server_pid), own_cpu_seconds(), machine_busy_seconds())
 
     def charge(self, result: PhaseResult, server_pid: int) -> None:
         """Fill in the result's CPU shares since this mark (as ``cas_attest`` does)."""
@@ -291,7 +291,7 @@ async def _attest_worker(
     client: httpx.AsyncClient,
     workload: Workload,
     platform_key: Ed25519PrivateKey,
-    state: _PhaseState,
+    state: PhaseState,
     phase: AttestPhase,
 ) -> None:
     # The first exchange opens the connection (TCP and TLS handshakes); it is not measured but
@@ -330,7 +330,7 @@ async def run_attest_phase(
 ) -> AttestPhase:
     """Drive ``clients`` workloads through nonce + attest for ``seconds``."""
     phase = AttestPhase(PhaseResult("attest", clients))
-    state = _PhaseState(phase.result, max_requests)
+    state = PhaseState(phase.result, max_requests)
     workloads = [Workload.generate() for _ in range(clients)]
     async with contextlib.AsyncExitStack() as stack:
         sessions = [await stack.enter_async_context(_client(url, timeout)) for _ in workloads]
@@ -538,7 +538,7 @@ def measure_in_process(
 ) -> MicroResult:
     """The in-process rates; a CAS with the benchmark's session is opened under ``directory``."""
     verify = _verify_rate(platform_key, seconds)
-    _, ed25519_verify = _raw_ed25519(seconds)
+    _, ed25519_verify = raw_ed25519(seconds)
     directory.mkdir(parents=True, exist_ok=True)
     # Ports are never bound: the in-process CAS only needs a valid config.
     cas = open_cas(load_availability_config(write_config(directory, 1, 2)))
@@ -567,7 +567,7 @@ def print_burst(burst: BurstResult) -> None:
     slowest = ordered[-1] if ordered else math.nan
     print(
         f"  {burst.succeeded} of {burst.size} succeeded in {burst.elapsed:.2f} s "
-        f"(latency incl. TCP + TLS handshake: p50 {_ms(p50)} ms, max {_ms(slowest)} ms)"
+        f"(latency incl. TCP + TLS handshake: p50 {ms(p50)} ms, max {ms(slowest)} ms)"
     )
     for kind, count in burst.errors.most_common(5):
         print(f"    {count:>6} x {kind}")
@@ -580,7 +580,7 @@ def print_server_latency(before: Histogram | None, after: Histogram | None) -> N
         return
     for route in ENCLAVE_ROUTES:
         p50, p99 = (histogram_percentile(before, after, route, p) for p in (50, 99))
-        print(f"  {route:<20} p50 <= {_ms(p50)} ms, p99 <= {_ms(p99)} ms (histogram buckets)")
+        print(f"  {route:<20} p50 <= {ms(p50)} ms, p99 <= {ms(p99)} ms (histogram buckets)")
 
 
 def print_micro(micro: MicroResult) -> None:
@@ -607,7 +607,7 @@ def verdicts(
         f"attestation throughput = {ratio:.0%} of enclave /healthz ({load.rate:,.0f} vs "
         f"{healthz.rate:,.0f}/s at {load.clients} clients; goal >= {ATTEST_RATIO_GOAL:.0%}: "
         f"{_met(ratio >= ATTEST_RATIO_GOAL)})",
-        f"attestation p99 = {_ms(p99)} ms for nonce + attest (goal < {P99_GOAL * 1000:.0f} ms: "
+        f"attestation p99 = {ms(p99)} ms for nonce + attest (goal < {P99_GOAL * 1000:.0f} ms: "
         f"{_met(p99 < P99_GOAL)})",
         f"errors = {errors} of {load.ok + errors} attestations, {attest.sampled} answers opened "
         f"and checked (goal 0: {_met(errors == 0)})",
@@ -662,35 +662,35 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "against GET /healthz and in-process bounds."
     )
     parser.add_argument(
-        "--clients", type=_positive(int, 1024), default=32, help="concurrent workloads (32)"
+        "--clients", type=positive(int, 1024), default=32, help="concurrent workloads (32)"
     )
     parser.add_argument(
-        "--seconds", type=_positive(float, 600), default=20.0, help="seconds per phase (20)"
+        "--seconds", type=positive(float, 600), default=20.0, help="seconds per phase (20)"
     )
     parser.add_argument(
         "--burst",
-        type=_positive(int, 2000),
+        type=positive(int, 2000),
         default=200,
         help="workloads that attest once, all at once (200)",
     )
     parser.add_argument(
         "--max-requests",
-        type=_positive(int, 10_000_000),
+        type=positive(int, 10_000_000),
         default=1_000_000,
         help="at most this many measured requests (or attestations) per phase (1000000)",
     )
     parser.add_argument(
         "--micro-seconds",
-        type=_positive(float, 60),
+        type=positive(float, 60),
         default=2.0,
         help="seconds per in-process figure (2)",
     )
     parser.add_argument(
-        "--timeout", type=_positive(float, 120), default=30.0, help="per-request timeout (30)"
+        "--timeout", type=positive(float, 120), default=30.0, help="per-request timeout (30)"
     )
     parser.add_argument(
         "--profile",
-        type=_positive(int, 1000),
+        type=positive(int, 1000),
         default=None,
         metavar="N",
         help="also print the N top functions of a cProfile of attest_workload in-process",
@@ -775,7 +775,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 after measuring, 1 when it could not measure, 130 on interrupt."""
     args = parse_arguments(argv)
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGTERM, raise_interrupted)
     with tempfile.TemporaryDirectory(prefix="opencas-bench-") as temporary:
         try:
             benchmark(args, Path(temporary))

@@ -86,7 +86,7 @@ class Interrupted(Exception):
     """SIGTERM or SIGINT arrived: stop measuring, stop the server, exit."""
 
 
-def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+def raise_interrupted(signum: int, frame: FrameType | None) -> None:
     raise Interrupted
 
 
@@ -112,7 +112,7 @@ async def _until_terminated(work: Coroutine[Any, Any, T]) -> T:
         raise
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, _raise_interrupted)
+        signal.signal(signal.SIGTERM, raise_interrupted)
 
 
 def run_async(work: Coroutine[Any, Any, T]) -> T:
@@ -185,7 +185,7 @@ class PhaseResult:
 
 
 @dataclass
-class _PhaseState:
+class PhaseState:
     """Shared by the workers of one phase (one event loop, so no locks)."""
 
     result: PhaseResult
@@ -217,7 +217,7 @@ async def _send(client: httpx.AsyncClient, target: Target) -> tuple[float, str |
 
 
 async def _worker(
-    client: httpx.AsyncClient, make_target: Callable[[], Target], state: _PhaseState
+    client: httpx.AsyncClient, make_target: Callable[[], Target], state: PhaseState
 ) -> None:
     # The first request opens the connection (TCP and TLS handshakes); it is not measured.
     _, problem = await _send(client, make_target())
@@ -236,7 +236,7 @@ async def _worker(
             state.result.errors[problem] += 1
 
 
-def _process_cpu_seconds(pid: int) -> float | None:
+def process_cpu_seconds(pid: int) -> float | None:
     """User plus system CPU time of process ``pid`` (all threads), or None without ``/proc``."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
@@ -247,12 +247,12 @@ def _process_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _own_cpu_seconds() -> float:
+def own_cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system
 
 
-def _machine_busy_seconds() -> float | None:
+def machine_busy_seconds() -> float | None:
     """CPU time all processes on this machine used (not idle, not waiting for I/O), or None."""
     try:
         with open("/proc/stat", encoding="ascii") as stat:
@@ -277,7 +277,7 @@ async def run_phase(
 ) -> PhaseResult:
     """Drive ``clients`` connections with requests from ``make_target`` for ``seconds``."""
     result = PhaseResult(name, clients)
-    state = _PhaseState(result, max_requests)
+    state = PhaseState(result, max_requests)
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     async with contextlib.AsyncExitStack() as stack:
         sessions = [
@@ -293,9 +293,9 @@ async def run_phase(
                 await asyncio.wait_for(state.ready.wait(), timeout + 5.0)
             except TimeoutError:
                 raise BenchmarkError(f"{name}: the clients did not connect in time") from None
-            server_cpu = _process_cpu_seconds(server_pid)
-            client_cpu = _own_cpu_seconds()
-            machine_cpu = _machine_busy_seconds()
+            server_cpu = process_cpu_seconds(server_pid)
+            client_cpu = own_cpu_seconds()
+            machine_cpu = machine_busy_seconds()
             started = time.perf_counter()
             state.deadline = started + seconds
             state.go.set()
@@ -305,11 +305,11 @@ async def run_phase(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-    server_after = _process_cpu_seconds(server_pid)
-    machine_after = _machine_busy_seconds()
+    server_after = process_cpu_seconds(server_pid)
+    machine_after = machine_busy_seconds()
     if result.elapsed <= 0:
         return result
-    result.client_cpu = (_own_cpu_seconds() - client_cpu) / result.elapsed
+    result.client_cpu = (own_cpu_seconds() - client_cpu) / result.elapsed
     if server_cpu is not None and server_after is not None:
         result.server_cpu = (server_after - server_cpu) / result.elapsed
         if machine_cpu is not None and machine_after is not None:
@@ -403,7 +403,7 @@ class MicroResult:
     app_attest: float
 
 
-def _raw_ed25519(seconds: float) -> tuple[float, float]:
+def raw_ed25519(seconds: float) -> tuple[float, float]:
     key = Ed25519PrivateKey.generate()
     public = key.public_key()
     message = os.urandom(RAW_MESSAGE_BYTES)
@@ -473,7 +473,7 @@ def measure_in_process(
     directory: Path, response: object, nonce: str, seconds: float
 ) -> MicroResult:
     """The in-process rates; a second CAS is created under ``directory`` for the CAS figures."""
-    sign, verify = _raw_ed25519(seconds)
+    sign, verify = raw_ed25519(seconds)
     p384_verify = _raw_p384_verify(seconds)
     verification = _verification_rate(response, nonce, seconds)
     # Ports are never bound: the in-process CAS only needs a valid config.
@@ -509,7 +509,7 @@ def fetch_attestation(url: str, timeout: float) -> tuple[object, str]:
 # --- reporting -----------------------------------------------------------------------------------
 
 
-def _ms(seconds: float) -> str:
+def ms(seconds: float) -> str:
     return "n/a" if math.isnan(seconds) else f"{seconds * 1000:.1f}"
 
 
@@ -530,8 +530,8 @@ def print_load(healthz: PhaseResult, attest: PhaseResult) -> None:
     )
     for result in (healthz, attest):
         print(
-            f"  {result.name:<9} {result.rate:>7,.0f} {_ms(result.percentile(50)):>7} "
-            f"{_ms(result.percentile(95)):>7} {_ms(result.percentile(99)):>7} "
+            f"  {result.name:<9} {result.rate:>7,.0f} {ms(result.percentile(50)):>7} "
+            f"{ms(result.percentile(95)):>7} {ms(result.percentile(99)):>7} "
             f"{result.error_count:>6} {result.ok:>8,} {_share(result.server_cpu):>7} "
             f"{_us(result.server_cpu_per_answer):>6} {_share(result.client_cpu):>7} "
             f"{_share(result.other_cpu):>6}"
@@ -609,8 +609,8 @@ def verdicts(healthz: PhaseResult, attest: PhaseResult, micro: MicroResult) -> l
         f"client verification = {micro.verify_attestation:,.0f}/s vs {signatures:,.0f}/s for "
         f"one Ed25519 + one ECDSA P-384 verify (tight bound; "
         f"{_ratio(micro.verify_attestation, signatures)} of it)",
-        f"attest latency p50/p99 = {_ms(attest.percentile(50))}/{_ms(attest.percentile(99))} ms "
-        f"vs healthz {_ms(healthz.percentile(50))}/{_ms(healthz.percentile(99))} ms "
+        f"attest latency p50/p99 = {ms(attest.percentile(50))}/{ms(attest.percentile(99))} ms "
+        f"vs healthz {ms(healthz.percentile(50))}/{ms(healthz.percentile(99))} ms "
         f"at {attest.clients} clients",
     ]
     for result in (healthz, attest):
@@ -631,7 +631,7 @@ def verdicts(healthz: PhaseResult, attest: PhaseResult, micro: MicroResult) -> l
 # --- main ----------------------------------------------------------------------------------------
 
 
-def _positive(kind: Callable[[str], float], upper: float) -> Callable[[str], Any]:
+def positive(kind: Callable[[str], float], upper: float) -> Callable[[str], Any]:
     def parse(text: str) -> float:
         try:
             value = kind(text)
@@ -651,25 +651,25 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "against in-process bounds."
     )
     parser.add_argument(
-        "--clients", type=_positive(int, 1024), default=32, help="concurrent clients (32)"
+        "--clients", type=positive(int, 1024), default=32, help="concurrent clients (32)"
     )
     parser.add_argument(
-        "--seconds", type=_positive(float, 600), default=10.0, help="seconds per phase (10)"
+        "--seconds", type=positive(float, 600), default=10.0, help="seconds per phase (10)"
     )
     parser.add_argument(
         "--max-requests",
-        type=_positive(int, 10_000_000),
+        type=positive(int, 10_000_000),
         default=1_000_000,
         help="at most this many measured requests per phase (1000000)",
     )
     parser.add_argument(
         "--micro-seconds",
-        type=_positive(float, 60),
+        type=positive(float, 60),
         default=1.0,
         help="seconds per in-process figure (1)",
     )
     parser.add_argument(
-        "--timeout", type=_positive(float, 120), default=10.0, help="per-request timeout (10)"
+        "--timeout", type=positive(float, 120), default=10.0, help="per-request timeout (10)"
     )
     return parser.parse_args(argv)
 
@@ -729,7 +729,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 after measuring, 1 when it could not measure, 130 on interrupt."""
     args = parse_arguments(argv)
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGTERM, raise_interrupted)
     with tempfile.TemporaryDirectory(prefix="opencas-bench-") as temporary:
         workdir = Path(temporary)
         try:
