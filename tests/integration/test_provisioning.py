@@ -48,6 +48,25 @@ def report_of(cas: CasProcess) -> dict[str, object]:
     return report
 
 
+def casctl_provision(
+    home: Path, url: str, token: str, config: Path, *flags: str
+) -> subprocess.CompletedProcess[str]:
+    """``casctl provision`` of a simulated CAS, as the identity kept in ``home``."""
+    return run_casctl(
+        home,
+        [
+            "provision",
+            url,
+            "--token",
+            token,
+            "--config-file",
+            str(config),
+            "--only-for-testing-debug",
+            *flags,
+        ],
+    )
+
+
 @pytest.fixture
 def owner_config(tmp_path: Path) -> Path:
     path = tmp_path / "owner-config.toml"
@@ -68,19 +87,7 @@ def owner_certificate(home: Path) -> Path:
 
 
 def test_attested_provisioning(cas: CasProcess, owner_config: Path, owner_home: Path) -> None:
-    result = run_casctl(
-        owner_home,
-        [
-            "provision",
-            cas.url,
-            "--token",
-            token_of(cas),
-            "--config-file",
-            str(owner_config),
-            "--only-for-testing-debug",
-            "--json",
-        ],
-    )
+    result = casctl_provision(owner_home, cas.url, token_of(cas), owner_config, "--json")
     assert result.returncode == 0, result.stderr
     facts = json.loads(result.stdout)
     me = json.loads(run_casctl(owner_home, ["self", "show-identity", "--json"]).stdout)
@@ -116,18 +123,7 @@ def test_attested_provisioning(cas: CasProcess, owner_config: Path, owner_home: 
     assert check.returncode == 0, check.stderr
 
     # A second provisioning is refused.
-    again = run_casctl(
-        other,
-        [
-            "provision",
-            cas.url,
-            "--token",
-            token_of(cas),
-            "--config-file",
-            str(owner_config),
-            "--only-for-testing-debug",
-        ],
-    )
+    again = casctl_provision(other, cas.url, token_of(cas), owner_config)
     assert again.returncode == 1
     assert "already provisioned" in again.stderr
 
@@ -136,18 +132,7 @@ def test_tls_certificate_follows_api_identity(
     cas: CasProcess, owner_config: Path, owner_home: Path
 ) -> None:
     before = report_of(cas)["tls_key_hash"]
-    result = run_casctl(
-        owner_home,
-        [
-            "provision",
-            cas.url,
-            "--token",
-            token_of(cas),
-            "--config-file",
-            str(owner_config),
-            "--only-for-testing-debug",
-        ],
-    )
+    result = casctl_provision(owner_home, cas.url, token_of(cas), owner_config)
     assert result.returncode == 0, result.stderr
     body = httpx.get(f"{cas.url}/v1/attest", params={"nonce": "00" * 16}, verify=False).json()
     certificate = x509.load_pem_x509_certificate(body["certificate_chain"][0].encode())
@@ -160,18 +145,7 @@ def test_tls_certificate_follows_api_identity(
 
 
 def test_wrong_token_is_refused(cas: CasProcess, owner_config: Path, owner_home: Path) -> None:
-    result = run_casctl(
-        owner_home,
-        [
-            "provision",
-            cas.url,
-            "--token",
-            "wrong",
-            "--config-file",
-            str(owner_config),
-            "--only-for-testing-debug",
-        ],
-    )
+    result = casctl_provision(owner_home, cas.url, "wrong", owner_config)
     assert result.returncode == 1
     assert "wrong provisioning token" in result.stderr
     assert report_of(cas)["provisioned"] is False
@@ -239,18 +213,7 @@ def test_concurrent_provisioning_exactly_one_wins(
     token = token_of(cas)
 
     def provision(index: int) -> subprocess.CompletedProcess[str]:
-        return run_casctl(
-            tmp_path / f"owner-{index}",
-            [
-                "provision",
-                cas.url,
-                "--token",
-                token,
-                "--config-file",
-                str(owner_config),
-                "--only-for-testing-debug",
-            ],
-        )
+        return casctl_provision(tmp_path / f"owner-{index}", cas.url, token, owner_config)
 
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(provision, range(4)))
@@ -267,21 +230,7 @@ def test_concurrent_provisioning_exactly_one_wins(
 def test_update_config_owner_only_and_report_follows(
     cas: CasProcess, owner_config: Path, owner_home: Path, tmp_path: Path
 ) -> None:
-    assert (
-        run_casctl(
-            owner_home,
-            [
-                "provision",
-                cas.url,
-                "--token",
-                token_of(cas),
-                "--config-file",
-                str(owner_config),
-                "--only-for-testing-debug",
-            ],
-        ).returncode
-        == 0
-    )
+    assert casctl_provision(owner_home, cas.url, token_of(cas), owner_config).returncode == 0
     before = report_of(cas)["owner_config_sha256"]
     changed = tmp_path / "changed.toml"
     changed.write_text(OWNER_CONFIG.replace("Example Org", "Other Org"))
