@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import ssl
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from opencas.service.identity import CasIdentity
 
 log = logging.getLogger("opencas")
 KEEP_ALIVE_SECONDS = 75
+MAINTENANCE_INTERVAL = 3600.0
 
 
 class ListenError(CasError):
@@ -105,10 +106,17 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def serve_forever(listeners: list[Listener], context: ssl.SSLContext) -> None:
+async def serve_forever(
+    listeners: list[Listener],
+    context: ssl.SSLContext,
+    maintenance: Callable[[], object] | None = None,
+    maintenance_interval: float = MAINTENANCE_INTERVAL,
+) -> None:
     """Serve every listener until SIGTERM or SIGINT, then shut down gracefully.
 
     All sockets are bound before anything is served, so a taken port fails the start as a whole.
+    ``maintenance``, when given, runs in a worker thread every ``maintenance_interval`` seconds
+    while serving (the CAS renews its TLS certificate there); its errors are logged, not fatal.
     """
     sockets: list[socket.socket] = []
     try:
@@ -149,15 +157,37 @@ async def serve_forever(listeners: list[Listener], context: ssl.SSLContext) -> N
             listener.config_key,
             listener.address,
         )
+    chores = (
+        asyncio.create_task(run_periodically(maintenance, maintenance_interval))
+        if maintenance
+        else None
+    )
     try:
         await asyncio.gather(
             *(server.serve(sockets=[sock]) for server, sock in zip(servers, sockets, strict=True))
         )
     finally:
+        if chores is not None:
+            chores.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await chores
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         for sock in sockets:
             sock.close()
+
+
+async def run_periodically(maintenance: Callable[[], object], interval: float) -> None:
+    """Run ``maintenance`` in a worker thread every ``interval`` seconds until cancelled.
+
+    A failure is logged and the next run happens as planned: upkeep must not stop the CAS.
+    """
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(maintenance)
+        except Exception:
+            log.exception("periodic maintenance failed; the CAS keeps serving")
 
 
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:

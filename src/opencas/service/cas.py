@@ -36,6 +36,7 @@ from opencas.service.identity import (
     populate_new_identity,
     read_provisioning_token,
     read_state,
+    reshape_tls,
     utc_now_text,
 )
 from opencas.store import (
@@ -74,6 +75,18 @@ class Cas:
         self.identity = load_identity(self.store, self.config.hostnames, reissue=False)
         for listener in self.identity_listeners:
             listener(self.identity)
+
+    def refresh_tls(self) -> bool:
+        """Reissue the TLS certificate if it expires soon (or its shape changed); True if it did.
+
+        Meant to run periodically while serving, so a long-running CAS never presents an
+        expired certificate.
+        """
+        with self.store.transaction() as txn:
+            changed = reshape_tls(txn, self.config.hostnames)
+        if changed:
+            self.reload_identity()
+        return changed
 
     def close(self) -> None:
         """Close the store and release the database lock."""

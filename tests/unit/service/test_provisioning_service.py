@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,18 @@ def test_owner_operations_are_owner_only(cas: Cas) -> None:
     changed = parse_owner_config("", "empty.toml", "toml").config
     sha = update_owner_config(cas, OWNER.key_hash, changed)
     assert cas.state().owner_config_sha256 == sha != shown.sha256
+
+
+def test_refresh_tls_renews_a_certificate_that_expires_soon(
+    cas: Cas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = []
+    cas.identity_listeners.append(seen.append)
+    before = cas.identity.tls_certificate
+    key_before = cas.identity.tls_key_hash
+    assert cas.refresh_tls() is False  # a year left: nothing to do
+    monkeypatch.setattr("opencas.service.identity.TLS_RENEW_BEFORE", timedelta(days=400))
+    assert cas.refresh_tls() is True
+    assert cas.identity.tls_certificate.serial_number != before.serial_number
+    assert cas.identity.tls_key_hash == key_before  # pinned clients keep working
+    assert seen == [cas.identity]
