@@ -137,40 +137,50 @@ def create_session(
     session = parse_session(text, "session", purpose="create")
     new_hash = session_hash(session)
     signers = verify_signatures(signatures, new_hash)
+    # Secrets (an RSA key can take seconds) are made from a snapshot, outside the write lock;
+    # the checks run again in the transaction, against whatever was committed meanwhile.
+    with cas.store.snapshot() as view:
+        imported = _admit_create(view, session, creator, signers, new_hash)
+    values = generate_values(session, None, None, imported)
+    now = utc_now_text()
+    record = SessionRecord(
+        name=session.name,
+        text=text,
+        normal_form=session.normal_form(),
+        hash=new_hash,
+        creator=creator,
+        created_at=now,
+        updated_at=now,
+        revision=1,
+    )
     with cas.store.transaction() as txn:
-        if txn.get(SESSIONS, session.name) is not None:
-            raise ConflictError(
-                f"session {session.name} exists; update it instead",
-                code="session-exists",
-            )
-        parent = parent_of(session.name)
-        if parent is not None:
-            governing = load_session(txn, parent)
-            if governing is None:
-                raise NotFoundError(
-                    f"cannot create {session.name}: its namespace session {parent} does not exist"
-                )
-            if not can_create_in(governing.session, creator, governing.record.creator, signers):
-                raise ForbiddenError(
-                    f"the create_sessions policy of {parent} does not allow you to create "
-                    f"{session.name}",
-                    code="access-denied",
-                )
-        imported = imported_values(txn, session, new_hash)
-        values = generate_values(session, None, None, imported)
-        now = utc_now_text()
-        record = SessionRecord(
-            name=session.name,
-            text=text,
-            normal_form=session.normal_form(),
-            hash=new_hash,
-            creator=creator,
-            created_at=now,
-            updated_at=now,
-            revision=1,
-        )
+        _admit_create(txn, session, creator, signers, new_hash)
         _write(txn, record, session, values)
     return record
+
+
+def _admit_create(
+    source: Reader, session: Session, creator: str, signers: frozenset[str], new_hash: str
+) -> dict[str, SecretValue]:
+    """Refuse the creation unless it may happen now; returns the imported values."""
+    if source.get(SESSIONS, session.name) is not None:
+        raise ConflictError(
+            f"session {session.name} exists; update it instead", code="session-exists"
+        )
+    parent = parent_of(session.name)
+    if parent is not None:
+        governing = load_session(source, parent)
+        if governing is None:
+            raise NotFoundError(
+                f"cannot create {session.name}: its namespace session {parent} does not exist"
+            )
+        if not can_create_in(governing.session, creator, governing.record.creator, signers):
+            raise ForbiddenError(
+                f"the create_sessions policy of {parent} does not allow you to create "
+                f"{session.name}",
+                code="access-denied",
+            )
+    return imported_values(source, session, new_hash)
 
 
 def update_session(
@@ -190,35 +200,47 @@ def update_session(
         )
     new_hash = session_hash(session)
     signers = verify_signatures(signatures, new_hash)
+    with cas.store.snapshot() as view:
+        current, imported = _admit_update(view, session, updater, signers, new_hash)
+        previous = load_secret_values(view, name)
+    # Made outside the write lock; the transaction admits the update again, and a session that
+    # changed meanwhile no longer matches the predecessor, so these values cannot be stale.
+    values = generate_values(session, previous, current.session, imported)
+    record = current.record.model_copy(
+        update={
+            "text": text,
+            "normal_form": session.normal_form(),
+            "hash": new_hash,
+            "updated_at": utc_now_text(),
+            "revision": current.record.revision + 1,
+        }
+    )
     with cas.store.transaction() as txn:
-        current = load_session(txn, name)
-        if current is None:
-            raise NotFoundError(f"there is no session {name}")
-        if not can_update(current.session, updater, current.record.creator, signers):
-            raise ForbiddenError(
-                f"the update policy of {name} does not allow this update", code="access-denied"
-            )
-        if session.predecessor != current.record.hash:
-            raise ConflictError(
-                f"session {name} changed: its current hash is {current.record.hash}, but the "
-                f"update names predecessor {session.predecessor}; merge and retry",
-                code="stale-predecessor",
-                details={"current_hash": current.record.hash},
-            )
-        imported = imported_values(txn, session, new_hash)
-        previous = load_secret_values(txn, name)
-        values = generate_values(session, previous, current.session, imported)
-        record = current.record.model_copy(
-            update={
-                "text": text,
-                "normal_form": session.normal_form(),
-                "hash": new_hash,
-                "updated_at": utc_now_text(),
-                "revision": current.record.revision + 1,
-            }
-        )
+        _admit_update(txn, session, updater, signers, new_hash)
         _write(txn, record, session, values)
     return record
+
+
+def _admit_update(
+    source: Reader, session: Session, updater: str, signers: frozenset[str], new_hash: str
+) -> tuple[StoredSession, dict[str, SecretValue]]:
+    """Refuse the update unless it may happen now; returns the current version and imports."""
+    name = session.name
+    current = load_session(source, name)
+    if current is None:
+        raise NotFoundError(f"there is no session {name}")
+    if not can_update(current.session, updater, current.record.creator, signers):
+        raise ForbiddenError(
+            f"the update policy of {name} does not allow this update", code="access-denied"
+        )
+    if session.predecessor != current.record.hash:
+        raise ConflictError(
+            f"session {name} changed: its current hash is {current.record.hash}, but the "
+            f"update names predecessor {session.predecessor}; merge and retry",
+            code="stale-predecessor",
+            details={"current_hash": current.record.hash},
+        )
+    return current, imported_values(source, session, new_hash)
 
 
 def read_session(cas: Cas, name: str, caller: str | None) -> SessionRecord:
