@@ -269,26 +269,12 @@ def test_self_provisioning_twice_with_flag_skips(
     cas_process: CasProcess, owner_config: Path, owner_home: Path
 ) -> None:
     certificate = owner_certificate(owner_home)
-    cas_process.start(
-        "provision",
-        "--owner-config",
-        str(owner_config),
-        "--owner-identity",
-        str(certificate),
-        "--skip-if-already-provisioned",
-    )
+    cas_process.self_provision(owner_config, certificate)
     first = report_of(cas_process)
     assert first["provisioned"] is True
     assert first["self_provisioned"] is True
     assert cas_process.stop() == 0
-    cas_process.start(
-        "provision",
-        "--owner-config",
-        str(owner_config),
-        "--owner-identity",
-        str(certificate),
-        "--skip-if-already-provisioned",
-    )
+    cas_process.self_provision(owner_config, certificate)
     second = report_of(cas_process)
     assert second["owner_identity_hash"] == first["owner_identity_hash"]
     assert second["provisioned_at"] == first["provisioned_at"]
@@ -325,25 +311,11 @@ def test_changed_files_warn_and_expect_refuses(
     cas_process: CasProcess, owner_config: Path, owner_home: Path, tmp_path: Path
 ) -> None:
     certificate = owner_certificate(owner_home)
-    cas_process.start(
-        "provision",
-        "--owner-config",
-        str(owner_config),
-        "--owner-identity",
-        str(certificate),
-        "--skip-if-already-provisioned",
-    )
+    cas_process.self_provision(owner_config, certificate)
     cas_process.stop()
     changed = tmp_path / "changed.toml"
     changed.write_text(OWNER_CONFIG.replace("DE", "FR"))
-    cas_process.start(
-        "provision",
-        "--owner-config",
-        str(changed),
-        "--owner-identity",
-        str(certificate),
-        "--skip-if-already-provisioned",
-    )
+    cas_process.self_provision(changed, certificate)
     assert "do NOT match" in cas_process.log()
     assert "owner config (provisioned" in cas_process.log()
     refused = run_casctl(

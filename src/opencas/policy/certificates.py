@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from opencas.crypto.keys import PrivateKey, key_hash
+from opencas.crypto.x509 import key_usage
 from opencas.policy.model import KEY_TYPES, Endpoint, KeyType, check_valid_for
 
 # Certificates start a little in the past so that a peer whose clock lags ours still accepts them.
@@ -216,13 +217,13 @@ def issue_certificate(
         builder = builder.add_extension(
             x509.BasicConstraints(ca=True, path_length=ca_path_length), critical=True
         ).add_extension(
-            _key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True), critical=True
+            key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True), critical=True
         )
     else:
         builder = builder.add_extension(
             x509.BasicConstraints(ca=False, path_length=None), critical=True
         ).add_extension(
-            _key_usage(
+            key_usage(
                 digital_signature=True, key_encipherment=isinstance(public, rsa.RSAPublicKey)
             ),
             critical=True,
@@ -277,26 +278,6 @@ def _signature_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384 | None:
     if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP384R1):
         return hashes.SHA384()
     return hashes.SHA256()
-
-
-def _key_usage(
-    *,
-    digital_signature: bool = False,
-    key_encipherment: bool = False,
-    key_cert_sign: bool = False,
-    crl_sign: bool = False,
-) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=digital_signature,
-        content_commitment=False,
-        key_encipherment=key_encipherment,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=key_cert_sign,
-        crl_sign=crl_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
 
 
 def _describe(key: object) -> str:

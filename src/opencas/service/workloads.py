@@ -18,7 +18,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -39,7 +39,7 @@ from opencas.policy.certificates import (
     parse_valid_for,
 )
 from opencas.policy.errors import SessionError
-from opencas.policy.model import Service, Session
+from opencas.policy.model import InjectionFile, Service, Session
 from opencas.policy.placeholders import find_placeholders, render
 from opencas.policy.secret_values import SecretValue, render_value
 from opencas.service.cas import Cas
@@ -236,7 +236,7 @@ def _referenced_secrets(service: Service, texts: list[str]) -> set[str]:
 def _workload_certificates(
     session: Session,
     service: Service,
-    files: Any,
+    files: Sequence[InjectionFile],
     values: Mapping[str, SecretValue],
     public_key_der: bytes,
 ) -> dict[str, dict[str, str]]:
