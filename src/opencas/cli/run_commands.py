@@ -35,7 +35,9 @@ WORKLOAD_KEM = "P-256"
 def _config_id_option(_: click.Context, __: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
-    session, _sep, service = value.rpartition("/")
+    session, separator, service = value.rpartition("/")
+    if not separator:
+        raise click.BadParameter(f"expected SESSION/SERVICE, got {value!r} (no '/')")
     try:
         check_session_name(session)
         check_service_name(service)
