@@ -703,7 +703,7 @@ def running_cas(directory: Path) -> Iterator[SelfProvisionedCas]:
     """A self-provisioned ``cas`` with the benchmark's session; stopped on leaving."""
     cas = start_self_provisioned_cas(directory)
     try:
-        cas.client.request("POST", "/v1/sessions", json_body={"session": SESSION})
+        cas.client.create_session(SESSION)
         yield cas
     finally:
         cas.stop()

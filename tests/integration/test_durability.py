@@ -18,15 +18,10 @@ secrets:
 def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
     cas = start_self_provisioned_cas(tmp_path)
     try:
-        created = cas.client.request("POST", "/v1/sessions", json_body={"session": SESSION})
-        updated = cas.client.request(
-            "PUT",
-            "/v1/sessions/durable",
-            json_body={
-                "session": f'predecessor: "{created["hash"]}"\n'
-                + SESSION
-                + "  - name: more\n    kind: binary\n"
-            },
+        created = cas.client.create_session(SESSION)
+        updated = cas.client.update_session(
+            "durable",
+            f'predecessor: "{created.hash}"\n' + SESSION + "  - name: more\n    kind: binary\n",
         )
         # No clean shutdown: the process dies right after the answers were received.
         cas.client.close()
@@ -34,8 +29,8 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
         cas.process.start()
         client, _ = attest_as_owner(cas.url, cas.owner, cas.owner_config_path)
         with client:
-            read = client.request("GET", "/v1/sessions/durable")
-        assert read["hash"] == updated["hash"]
-        assert read["revision"] == 2
+            read = client.read_session("durable")
+        assert read.hash == updated.hash
+        assert read.revision == 2
     finally:
         cas.process.stop()

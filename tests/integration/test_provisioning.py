@@ -14,9 +14,10 @@ import httpx
 import pytest
 from cryptography import x509
 
-from opencas.attestation.report import CasExpectations
-from opencas.client.cas_client import ApiError, CasClient, new_nonce
-from opencas.client.identity import ClientIdentity
+from opencas.attestation.report import CasExpectations, VerifiedCas
+from opencas.client import ApiError, CasClient, ClientIdentity, new_nonce
+from opencas.client.channel import ProofAuth, pinned_ssl_context
+from opencas.config.owner import OwnerConfig
 from opencas.crypto.keys import generate_private_key
 from opencas.crypto.x509 import certificate_pem, create_identity_certificate
 from opencas.testing import CasProcess, run_casctl
@@ -151,11 +152,15 @@ def test_wrong_token_is_refused(cas: CasProcess, owner_config: Path, owner_home:
     assert report_of(cas)["provisioned"] is False
 
 
-def pinned_owner_client(cas: CasProcess, identity: ClientIdentity) -> CasClient:
+def attest_unprovisioned(cas: CasProcess) -> VerifiedCas:
     with CasClient(cas.url) as bootstrap:
-        verified = bootstrap.attest(
+        return bootstrap.attest(
             CasExpectations(nonce=new_nonce(), allow_debug=True, allow_unprovisioned=True)
         )
+
+
+def pinned_owner_client(cas: CasProcess, identity: ClientIdentity) -> CasClient:
+    verified = attest_unprovisioned(cas)
     return CasClient(
         cas.url,
         ca_certificate_pem=verified.ca_certificate_pem,
@@ -166,17 +171,17 @@ def pinned_owner_client(cas: CasProcess, identity: ClientIdentity) -> CasClient:
 
 def test_token_back_off(cas: CasProcess) -> None:
     identity = ClientIdentity.generate()
-    body = {"token": "wrong", "owner_config": {}}
+    config = OwnerConfig()
     with pinned_owner_client(cas, identity) as client:
         for _ in range(10):
             with pytest.raises(ApiError) as refused:
-                client.request("POST", "/v1/provision", json_body=body)
+                client.provision("wrong", config)
             assert refused.value.code == "wrong-token"
         with pytest.raises(ApiError) as eleventh:
-            client.request("POST", "/v1/provision", json_body=body)
+            client.provision("wrong", config)
         assert eleventh.value.code == "wrong-token"
         with pytest.raises(ApiError) as closed:
-            client.request("POST", "/v1/provision", json_body={**body, "token": token_of(cas)})
+            client.provision(token_of(cas), config)
         assert closed.value.status == 429
         assert closed.value.code == "provisioning-backoff"
     assert "wrong provisioning tokens; provisioning is closed" in cas.log()
@@ -193,17 +198,17 @@ def test_anonymous_provisioning_is_refused(cas: CasProcess) -> None:
 
 
 def test_invalid_owner_config_in_request_is_refused(cas: CasProcess) -> None:
-    with (
-        pinned_owner_client(cas, ClientIdentity.generate()) as client,
-        pytest.raises(ApiError) as refused,
-    ):
-        client.request(
-            "POST",
-            "/v1/provision",
-            json_body={"token": token_of(cas), "owner_config": {"bogus": 1}},
+    # The SDK sends only valid owner configs: this request is written by hand.
+    verified = attest_unprovisioned(cas)
+    signer = ProofAuth(ClientIdentity.generate(), verified.report.cas_key_hash)
+    with httpx.Client(verify=pinned_ssl_context(verified.ca_certificate_pem)) as http:
+        refused = http.post(
+            f"{cas.url}/v1/provision",
+            json={"token": token_of(cas), "owner_config": {"bogus": 1}},
+            auth=signer,
         )
-    assert refused.value.status == 400
-    assert "bogus" in refused.value.message
+    assert refused.status_code == 400
+    assert "bogus" in refused.json()["message"]
     assert report_of(cas)["provisioned"] is False
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from opencas.client.cas_client import ApiError
+from opencas.client import ApiError
 from opencas.testing import run_casctl
 from opencas.testing_plugin import SelfProvisionedCas
 
@@ -92,7 +92,7 @@ def test_owner_has_no_special_access(author: Casctl, opencas_cas: SelfProvisione
     created_hash(author("session", "create", str(SAMPLES / "simulated.yaml")))
     owner = opencas_cas.client
     with pytest.raises(ApiError) as refused:
-        owner.request("GET", "/v1/sessions/simulated-dev")
+        owner.read_session("simulated-dev")
     assert refused.value.status == 403
 
 

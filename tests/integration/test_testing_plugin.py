@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from opencas.client.cas_client import ApiError, CasClient
+from opencas.client import ApiError, CasClient
 from opencas.client.identity import ClientIdentity
 from opencas.config.owner import load_owner_config, owner_config_sha256
 from opencas.testing_plugin import SelfProvisionedCas, start_self_provisioned_cas
@@ -29,9 +29,9 @@ def test_fixture_gives_an_attested_owner_client(opencas_cas: SelfProvisionedCas)
     assert opencas_cas.url == opencas_cas.process.url
     assert opencas_cas.owner_certificate_path.is_file()
 
-    body = client.request("GET", "/v1/owner/config")
-    assert body["owner_config"]["api_identity"]["common_name"] == "localhost"
-    assert body["owner_config_sha256"] == report.owner_config_sha256
+    shown = client.owner_config()
+    assert shown.owner_config["api_identity"]["common_name"] == "localhost"
+    assert shown.owner_config_sha256 == report.owner_config_sha256
 
 
 def test_fixture_cas_refuses_a_stranger_as_owner(opencas_cas: SelfProvisionedCas) -> None:
@@ -44,7 +44,7 @@ def test_fixture_cas_refuses_a_stranger_as_owner(opencas_cas: SelfProvisionedCas
     ) as client:
         assert client.whoami() == stranger.key_hash
         with pytest.raises(ApiError) as refused:
-            client.request("GET", "/v1/owner/config")
+            client.owner_config()
     assert refused.value.code == "not-owner"
 
 
@@ -52,12 +52,12 @@ def test_owner_reads_own_config_with_secrets_redacted(tmp_path: Path) -> None:
     config = f'[dcap]\npccs_url = "https://pccs.example.test/"\nsubscription_key = "{SECRET}"\n'
     cas = start_self_provisioned_cas(tmp_path, owner_config_text=config)
     try:
-        body = cas.client.request("GET", "/v1/owner/config")
+        shown = cas.client.owner_config()
     finally:
         assert cas.stop() == 0
-    assert body["owner_config"]["dcap"] == {
+    assert shown.owner_config["dcap"] == {
         "pccs_url": "https://pccs.example.test/",
         "subscription_key": "<redacted>",
     }
-    assert SECRET not in str(body)
+    assert SECRET not in str(shown)
     assert SECRET not in cas.process.log()

@@ -74,7 +74,7 @@ async def attest_all(url: str) -> list[str | BaseException]:
 
 
 def test_200_concurrent_attestations_all_succeed(opencas_cas: SelfProvisionedCas) -> None:
-    opencas_cas.client.request("POST", "/v1/sessions", json_body={"session": SESSION})
+    opencas_cas.client.create_session(SESSION)
     enclave_url = f"https://127.0.0.1:{opencas_cas.process.enclave_port}"
     results = asyncio.run(attest_all(enclave_url))
     failures = [r for r in results if isinstance(r, BaseException)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,8 @@ from opencas.cli.casctl_common import (
 )
 from opencas.cli.run_commands import register_run_commands
 from opencas.cli.session_commands import session_group
-from opencas.client.cas_client import ApiError, CasClient, new_nonce
+from opencas.client.cas_client import CasClient, new_nonce
+from opencas.client.channel import ApiError, MalformedAnswer
 from opencas.client.freshness import check_freshness
 from opencas.client.identity import ClientIdentity
 from opencas.client.state import (
@@ -238,11 +239,9 @@ def _enclave_port(url: str, verified: VerifiedCas) -> int | None:
     pinned), or None when it reports none."""
     try:
         with CasClient(url, ca_certificate_pem=verified.ca_certificate_pem) as client:
-            port = client.version().get("enclave_port")
-    except ApiError:
+            return client.version().enclave_port
+    except (ApiError, MalformedAnswer):
         return None
-    valid = isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536
-    return port if valid else None
 
 
 def _remember(
@@ -471,11 +470,7 @@ def provision(
         cas_key_hash=first.verified.report.cas_key_hash,
         identity=identity,
     ) as client:
-        client.request(
-            "POST",
-            "/v1/provision",
-            json_body={"token": token, "owner_config": loaded.config.normal_form()},
-        )
+        client.provision(token, loaded.config)
     owner_flags = replace(
         flags,
         cas_key_hash=first.verified.report.cas_key_hash,
@@ -507,10 +502,8 @@ def update_config(config_file: Path, cas_name: str | None, identity_path: Path |
     for warning in loaded.warnings:
         click.echo(f"casctl: warning: {warning}", err=True)
     with pinned_client(cas_name, identity_from(identity_path)) as client:
-        body = client.request(
-            "PUT", "/v1/owner/config", json_body={"owner_config": loaded.config.normal_form()}
-        )
-    click.echo(f"owner config updated: {body['owner_config_sha256']}")
+        sha256 = client.update_owner_config(loaded.config)
+    click.echo(f"owner config updated: {sha256}")
 
 
 @cli.command("show-config")
@@ -521,12 +514,12 @@ def update_config(config_file: Path, cas_name: str | None, identity_path: Path |
 def show_config(cas_name: str | None, identity_path: Path | None, as_json: bool) -> None:
     """Print the owner config of a CAS you own (secrets redacted)."""
     with pinned_client(cas_name, identity_from(identity_path)) as client:
-        body = client.request("GET", "/v1/owner/config")
+        shown = client.owner_config()
     if as_json:
-        click.echo(json.dumps(body, indent=2))
+        click.echo(json.dumps(asdict(shown), indent=2))
         return
-    click.echo(f"# owner config SHA-256: {body['owner_config_sha256']}")
-    click.echo(json.dumps(body["owner_config"], indent=2))
+    click.echo(f"# owner config SHA-256: {shown.owner_config_sha256}")
+    click.echo(json.dumps(shown.owner_config, indent=2))
 
 
 cli.add_command(session_group)

@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 import click
 
 from opencas.cli.common import describe_os_error, fail
-from opencas.client.cas_client import CasClient, CasUnreachable
+from opencas.client.cas_client import CasClient
+from opencas.client.channel import CasUnreachable
 from opencas.client.freshness import FreshnessError
 from opencas.client.identity import ClientIdentity
 from opencas.client.state import casctl_home, load_state

@@ -165,12 +165,8 @@ def create(
     text = session_text(file, assignments, use_env)
     _parse(text, file)
     with pinned_client(cas_name, identity_from(identity_path)) as client:
-        body = client.request(
-            "POST",
-            "/v1/sessions",
-            json_body={"session": text, "signatures": _signatures(signature_paths)},
-        )
-    click.echo(f"created session {body['name']}: hash {body['hash']}")
+        created = client.create_session(text, _signatures(signature_paths))
+    click.echo(f"created session {created.name}: hash {created.hash}")
 
 
 @session_group.command("update")
@@ -196,14 +192,9 @@ def update(
     session = _parse(text, file)
     with pinned_client(cas_name, identity_from(identity_path)) as client:
         if session.predecessor is None:
-            current = client.request("GET", f"/v1/sessions/{session.name}")
-            text = with_predecessor(text, current["hash"])
-        body = client.request(
-            "PUT",
-            f"/v1/sessions/{session.name}",
-            json_body={"session": text, "signatures": _signatures(signature_paths)},
-        )
-    click.echo(f"updated session {body['name']}: hash {body['hash']}")
+            text = with_predecessor(text, client.read_session(session.name).hash)
+        updated = client.update_session(session.name, text, _signatures(signature_paths))
+    click.echo(f"updated session {updated.name}: hash {updated.hash}")
 
 
 @session_group.command("read")
@@ -221,14 +212,14 @@ def read(
 ) -> None:
     """Print (or write to a file) the session NAME as stored."""
     with pinned_client(cas_name, identity_from(identity_path)) as client:
-        body = client.request("GET", f"/v1/sessions/{name}")
+        stored = client.read_session(name)
     if as_json:
-        click.echo(json.dumps(body, indent=2))
+        click.echo(json.dumps(stored.to_json(), indent=2))
     elif output is not None:
-        output.write_text(body["session"], encoding="utf-8")
-        click.echo(f"wrote session {name} (hash {body['hash']}) to {output}", err=True)
+        output.write_text(stored.text, encoding="utf-8")
+        click.echo(f"wrote session {name} (hash {stored.hash}) to {output}", err=True)
     else:
-        sys.stdout.write(body["session"])
+        sys.stdout.write(stored.text)
 
 
 @session_group.command("verify")
@@ -247,9 +238,9 @@ def verify(
     session = _parse(session_text(file, assignments, use_env), file)
     expected = session_hash(session)
     with pinned_client(cas_name, identity_from(identity_path)) as client:
-        body = client.request("GET", f"/v1/sessions/{session.name}")
-    if body["hash"] != expected:
+        stored = client.read_session(session.name)
+    if stored.hash != expected:
         raise ClientError(
-            f"session {session.name} differs: the CAS has {body['hash']}, {file} is {expected}"
+            f"session {session.name} differs: the CAS has {stored.hash}, {file} is {expected}"
         )
     click.echo(f"session {session.name} on the CAS equals {file} (hash {expected})")

@@ -1,79 +1,40 @@
-"""The Python SDK: talk to a CAS over a pinned TLS channel with signed requests.
+"""The Python SDK: talk to a CAS's client API over a pinned TLS channel with signed requests.
 
 A :class:`CasClient` either is *pinned* (it trusts only the CA certificate of a CAS it attested) or
 is used once, unpinned, to attest a CAS: the attestation response is then verified against what the
-TLS connection actually presented, so nothing is trusted before it is checked. The transport is
-injectable (``httpx`` transports), which lets tests run the server in-process.
+TLS connection actually presented, so nothing is trusted before it is checked. Each client-API
+operation is one method that takes and returns typed values (:mod:`opencas.client.answers`); an
+error answer raises :class:`ApiError` with the CAS's code, message and extra members.
 """
 
 from __future__ import annotations
 
 import secrets
-import ssl
-from collections.abc import Generator
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 
 from opencas.attestation.report import CasExpectations, VerifiedCas, verify_cas_attestation
+from opencas.client.answers import (
+    OwnerConfigUpdated,
+    OwnerConfigView,
+    Provisioned,
+    SessionValues,
+    SessionWritten,
+    StoredSession,
+    VersionInfo,
+    Whoami,
+)
+from opencas.client.channel import DEFAULT_TIMEOUT, ApiChannel, MalformedAnswer
 from opencas.client.identity import ClientIdentity
-from opencas.crypto.request_proof import create_request_proof
+from opencas.config.owner import OwnerConfig
 from opencas.errors import ClientError
 
-DEFAULT_TIMEOUT = 30.0
 NONCE_BYTES = 32
 
-
-class CasUnreachable(ClientError):
-    """The CAS did not answer: connection refused, TLS failure, timeout."""
-
-    code = "cas-unreachable"
-
-
-class ApiError(ClientError):
-    """The CAS answered with an error; ``code`` and ``message`` are the CAS's own."""
-
-    def __init__(
-        self, status: int, code: str, message: str, details: dict[str, object] | None = None
-    ) -> None:
-        super().__init__(message, code=code, details=details)
-        self.status = status
-
-
-class ProofAuth(httpx.Auth):
-    """Adds ``Authorization: CAS-Proof <JWS>`` to every request, signed by ``identity``."""
-
-    requires_request_body = True
-
-    def __init__(self, identity: ClientIdentity, audience: str) -> None:
-        self.identity = identity
-        self.audience = audience
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        """Sign ``request`` (method, URL, body) for the CAS ``audience``."""
-        proof = create_request_proof(
-            self.identity.key,
-            self.identity.certificate,
-            method=request.method,
-            url=str(request.url),
-            body=request.content,
-            audience=self.audience,
-        )
-        request.headers["Authorization"] = f"CAS-Proof {proof}"
-        yield request
-
-
-def pinned_ssl_context(ca_certificate_pem: bytes) -> ssl.SSLContext:
-    """A client TLS context that trusts exactly the CA certificate of one attested CAS.
-
-    The CA key *is* the CAS key users pin, so the chain check is the pin; host names are not
-    checked, because a CAS is reached under names its operator chooses.
-    """
-    context = ssl.create_default_context(cadata=ca_certificate_pem.decode("ascii"))
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
+Signature = Mapping[str, Any]
+"""A detached signature over a session hash, as ``casctl session sign`` writes it."""
 
 
 def new_nonce() -> str:
@@ -82,7 +43,14 @@ def new_nonce() -> str:
 
 
 class CasClient:
-    """A client for one CAS at ``url``."""
+    """A client for the client API of one CAS at ``url``.
+
+    Pass ``ca_certificate_pem`` (the attested CAS's CA certificate) to pin it; signed requests
+    also need ``cas_key_hash`` (the proof's audience) and ``identity`` (who signs). ``transport``
+    replaces the network, for tests. Every method raises :class:`CasUnreachable` when the CAS
+    cannot be reached, :class:`ApiError` when it answers an error and :class:`MalformedAnswer`
+    when the answer does not have its documented shape.
+    """
 
     def __init__(
         self,
@@ -94,15 +62,29 @@ class CasClient:
         transport: httpx.BaseTransport | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        self.url = url.rstrip("/")
-        self.cas_key_hash = cas_key_hash
-        self.identity = identity
-        verify: ssl.SSLContext | bool = (
-            pinned_ssl_context(ca_certificate_pem) if ca_certificate_pem else False
+        self._channel = ApiChannel(
+            url,
+            ca_certificate_pem=ca_certificate_pem,
+            cas_key_hash=cas_key_hash,
+            identity=identity,
+            transport=transport,
+            timeout=timeout,
         )
-        self._http = httpx.Client(
-            base_url=self.url, verify=verify, transport=transport, timeout=timeout
-        )
+
+    @property
+    def url(self) -> str:
+        """The client API's URL (without a trailing ``/``)."""
+        return self._channel.url
+
+    @property
+    def cas_key_hash(self) -> str | None:
+        """The key hash of the pinned CAS: the audience of signed requests."""
+        return self._channel.cas_key_hash
+
+    @property
+    def identity(self) -> ClientIdentity | None:
+        """The identity that signs requests."""
+        return self._channel.identity
 
     def __enter__(self) -> CasClient:
         return self
@@ -112,86 +94,85 @@ class CasClient:
 
     def close(self) -> None:
         """Close the connections."""
-        self._http.close()
+        self._channel.close()
 
     def attest(self, expectations: CasExpectations) -> VerifiedCas:
         """Fetch the report for ``expectations.nonce`` and verify it and the TLS peer.
 
         Raises :class:`AttestationRefused` / :class:`EvidenceError` when the CAS is not what the
-        expectations accept, :class:`CasUnreachable` or :class:`ApiError` otherwise.
+        expectations accept.
         """
-        response = self._send("GET", "/v1/attest", params={"nonce": expectations.nonce})
-        body = self._json(response)
+        response = self._channel.send("GET", "/v1/attest", params={"nonce": expectations.nonce})
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise MalformedAnswer("the CAS answered /v1/attest with invalid JSON") from exc
         return verify_cas_attestation(body, expectations, _peer_certificate(response))
+
+    def version(self) -> VersionInfo:
+        """The CAS's software and API version, and the port of its enclave API."""
+        return self._channel.call(VersionInfo, "GET", "/v1/version")
 
     def whoami(self, signed: bool = True) -> str:
         """The caller identity the CAS sees: a key hash, or ``anonymous``."""
-        body = self._json(self._send("GET", "/v1/whoami", signed=signed))
-        identity = body.get("identity") if isinstance(body, dict) else None
-        if not isinstance(identity, str):
-            raise ClientError("the CAS answered /v1/whoami without an identity")
-        return identity
+        return self._channel.call(Whoami, "GET", "/v1/whoami", signed=signed).identity
 
-    def version(self) -> dict[str, Any]:
-        """The CAS's software and API version."""
-        body = self._json(self._send("GET", "/v1/version"))
-        if not isinstance(body, dict):
-            raise ClientError("the CAS answered /v1/version with something that is not an object")
-        return body
+    def provision(self, token: str, owner_config: OwnerConfig) -> Provisioned:
+        """Attested provisioning: make this client's identity the owner of the CAS.
 
-    def request(self, method: str, path: str, *, json_body: Any = None, signed: bool = True) -> Any:
-        """Send an API request (signed unless ``signed`` is false) and return its JSON body."""
-        return self._json(self._send(method, path, json_body=json_body, signed=signed))
+        ``token`` is the CAS's one-time provisioning token. Errors: ``already-provisioned``,
+        ``wrong-token``, ``provisioning-backoff`` (429), ``invalid-config``.
+        """
+        body = {"token": token, "owner_config": owner_config.normal_form()}
+        return self._channel.call(Provisioned, "POST", "/v1/provision", json_body=body, signed=True)
 
-    def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: dict[str, str] | None = None,
-        json_body: Any = None,
-        signed: bool = False,
-    ) -> httpx.Response:
-        auth: httpx.Auth | None = None
-        if signed:
-            if self.identity is None or self.cas_key_hash is None:
-                raise ClientError("a signed request needs a client identity and a pinned CAS")
-            auth = ProofAuth(self.identity, self.cas_key_hash)
-        try:
-            response = self._http.request(method, path, params=params, json=json_body, auth=auth)
-        except httpx.TransportError as exc:
-            raise CasUnreachable(f"cannot reach the CAS at {self.url}: {_reason(exc)}") from exc
-        if response.status_code >= 400:
-            raise _api_error(response)
-        return response
+    def owner_config(self) -> OwnerConfigView:
+        """The owner config, secrets redacted (owner only: ``not-owner``, ``not-provisioned``)."""
+        return self._channel.call(OwnerConfigView, "GET", "/v1/owner/config", signed=True)
 
-    @staticmethod
-    def _json(response: httpx.Response) -> Any:
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise ClientError(f"the CAS answered {response.url.path} with invalid JSON") from exc
+    def update_owner_config(self, owner_config: OwnerConfig) -> str:
+        """Replace the owner config (owner only); returns its SHA-256, as reports carry it."""
+        body = {"owner_config": owner_config.normal_form()}
+        updated = self._channel.call(
+            OwnerConfigUpdated, "PUT", "/v1/owner/config", json_body=body, signed=True
+        )
+        return updated.owner_config_sha256
 
+    def create_session(self, text: str, signatures: Sequence[Signature] = ()) -> SessionWritten:
+        """Create the session ``text`` (YAML); this client's identity becomes its creator.
 
-def _api_error(response: httpx.Response) -> ApiError:
-    try:
-        body = response.json()
-        details = {k: v for k, v in body.items() if k not in ("error", "message")}
-        return ApiError(response.status_code, str(body["error"]), str(body["message"]), details)
-    except (ValueError, KeyError, TypeError):
-        return ApiError(
-            response.status_code, "http-error", f"HTTP {response.status_code} from the CAS"
+        Errors: ``invalid-session`` (with ``problems``), ``session-exists``, ``access-denied``.
+        """
+        body = {"session": text, "signatures": [dict(s) for s in signatures]}
+        return self._channel.call(
+            SessionWritten, "POST", "/v1/sessions", json_body=body, signed=True
         )
 
+    def update_session(
+        self, name: str, text: str, signatures: Sequence[Signature] = ()
+    ) -> SessionWritten:
+        """Replace session ``name`` by ``text``, whose ``predecessor`` names the current hash.
 
-def _reason(exc: httpx.TransportError) -> str:
-    text = str(exc) or exc.__class__.__name__
-    if "CERTIFICATE_VERIFY_FAILED" in text:
-        return (
-            "its TLS certificate does not verify against the CAS key pinned for it (another CAS "
-            f"answers at this address, or the certificate expired): {text}"
+        A stale predecessor raises :class:`ApiError` ``stale-predecessor`` (409) whose
+        ``details["current_hash"]`` is the current hash.
+        """
+        body = {"session": text, "signatures": [dict(s) for s in signatures]}
+        return self._channel.call(
+            SessionWritten, "PUT", _session_path(name), json_body=body, signed=True
         )
-    return text
+
+    def read_session(self, name: str, signed: bool = True) -> StoredSession:
+        """Session ``name`` as stored, with its hash and revision (its ``read`` rule decides)."""
+        return self._channel.call(StoredSession, "GET", _session_path(name), signed=signed)
+
+    def session_values(self, session: str, secret: str | None = None) -> SessionValues:
+        """The public values ``session`` exports (all, or just ``secret``); anonymous."""
+        selector = f"session={session}" + (f",secret={secret}" if secret is not None else "")
+        return self._channel.call(SessionValues, "GET", f"/v1/values/{selector}")
+
+
+def _session_path(name: str) -> str:
+    return f"/v1/sessions/{name}"
 
 
 def _peer_certificate(response: httpx.Response) -> bytes | None:

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from opencas.attestation.evidence import Evidence
-from opencas.client.cas_client import ApiError, CasClient
+from opencas.client.channel import ApiChannel, ApiError
 from opencas.crypto.canonical import canonical_json, canonical_sha512, strict_json_object
 from opencas.crypto.encoding import b64_decode
 from opencas.crypto.hpke_seal import RecipientPrivateKey, SealedConfigError, open_workload_config
@@ -249,7 +249,7 @@ class EnclaveClient:
         if not ca_certificate_pem:
             raise ClientError("the enclave API is used only with the CA of an attested CAS")
         self.url = url.rstrip("/")
-        self._client = CasClient(
+        self._client = ApiChannel(
             self.url, ca_certificate_pem=ca_certificate_pem, transport=transport
         )
 

@@ -14,7 +14,7 @@ from starlette.types import ASGIApp
 
 from opencas.api.app import create_client_api
 from opencas.attestation.report import CasExpectations, verify_cas_attestation
-from opencas.client.cas_client import ProofAuth
+from opencas.client.channel import ProofAuth
 from opencas.client.identity import ClientIdentity
 from opencas.config.availability import load_availability_config
 from opencas.service.cas import Cas, open_cas

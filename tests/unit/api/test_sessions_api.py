@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from opencas.api.app import create_client_api
-from opencas.client.cas_client import ProofAuth
+from opencas.client.channel import ProofAuth
 from opencas.client.identity import ClientIdentity
 from opencas.config.availability import load_availability_config
 from opencas.config.owner import parse_owner_config

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 
 from opencas.attestation.evidence import Evidence
-from opencas.client.cas_client import ApiError, CasUnreachable
+from opencas.client.channel import ApiError, CasUnreachable
 from opencas.client.enclave import (
     EnclaveClient,
     InjectionFile,

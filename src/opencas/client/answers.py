@@ -1,0 +1,102 @@
+"""What the client API answers, as typed values (docs/api.md has each answer's JSON).
+
+Each is a frozen dataclass whose fields are the answer's members; :class:`StoredSession` calls the
+session's text ``text``, as the CAS's own session record does. Members a newer CAS adds are
+ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import Field
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """``GET /v1/version``: the CAS's software and API version, and where workloads attest."""
+
+    cas_version: str
+    api_version: int
+    platform: str
+    mode: str
+    enclave_port: Port | None = None
+    """The port of the CAS's enclave API (``enclave_listen``)."""
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    """``POST /v1/provision``: the CAS's provisioning facts after it got its owner."""
+
+    provisioned: bool
+    provisioned_at: str | None
+    owner_identity_hash: str
+    owner_config_sha256: str
+
+
+@dataclass(frozen=True)
+class OwnerConfigView:
+    """``GET /v1/owner/config``: the owner config in its normal form, secrets redacted."""
+
+    owner_config: dict[str, Any]
+    owner_config_sha256: str
+
+
+@dataclass(frozen=True)
+class OwnerConfigUpdated:
+    """``PUT /v1/owner/config``: the hash every later report carries."""
+
+    owner_config_sha256: str
+
+
+@dataclass(frozen=True)
+class SessionWritten:
+    """``POST /v1/sessions`` and ``PUT /v1/sessions/{name}``: the session version now stored."""
+
+    name: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    """``GET /v1/sessions/{name}``: the session as stored (never generated secret values)."""
+
+    name: str
+    hash: str
+    text: Annotated[str, Field(validation_alias="session")]
+    """The session's YAML text, exactly as uploaded."""
+    creator: str
+    created_at: str
+    updated_at: str
+    revision: int
+    """1 at creation, one more with each update."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The answer's JSON form, as the CAS sent it (the text under ``session``)."""
+        return {
+            "name": self.name,
+            "hash": self.hash,
+            "session": self.text,
+            "creator": self.creator,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "revision": self.revision,
+        }
+
+
+@dataclass(frozen=True)
+class SessionValues:
+    """``GET /v1/values/session=NAME[,secret=S]``: the public values a session exports."""
+
+    session: str
+    values: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Whoami:
+    """``GET /v1/whoami``: the caller's key hash, or ``anonymous``."""
+
+    identity: str
