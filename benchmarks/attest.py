@@ -95,6 +95,7 @@ from opencas.attestation.verify import verify_evidence
 from opencas.client.enclave import WorkloadConfig, open_config, report_data_for
 from opencas.config.availability import load_availability_config
 from opencas.errors import CasError
+from opencas.policy.caller import Caller
 from opencas.service.cas import Cas, open_cas
 from opencas.service.sessions import create_session
 from opencas.service.workloads import NonceStore, WorkloadRequest, attest_workload
@@ -543,7 +544,7 @@ def measure_in_process(
     # Ports are never bound: the in-process CAS only needs a valid config.
     cas = open_cas(load_availability_config(write_config(directory, 1, 2)))
     try:
-        create_session(cas, SESSION, "be" * 32)
+        create_session(cas, SESSION, Caller("be" * 32))
         attest, attest_best = _attest_workload_rates(cas, platform_key, seconds)
         profile = ""
         if profile_lines > 0:

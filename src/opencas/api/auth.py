@@ -1,9 +1,10 @@
 """Request authentication: the ``Authorization: CAS-Proof <JWS>`` proof of DESIGN.md §4.
 
 The middleware reads the whole body (bounded), checks the proof when there is one, and hands the
-verified :class:`RequestProof` to the endpoints in ``scope["state"]["caller"]``. A request without a
-proof is anonymous; a request with a proof that does not verify is refused with 401 and the
-proof error's own code, before any endpoint runs.
+endpoints the :class:`~opencas.policy.caller.Caller` the proof proved (:func:`caller_of`). A
+request without a proof is anonymous; a request with a proof that does not verify is refused with
+401 and the proof error's own code, before any endpoint runs. Whether an operation refuses
+anonymous callers is not decided here but by the service, through :meth:`Caller.signer`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from collections.abc import Callable
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from opencas.crypto.request_proof import ReplayCache, RequestProof, verify_request_proof
-from opencas.errors import AuthenticationRequired, CasError, RequestProofError
+from opencas.crypto.request_proof import ReplayCache, verify_request_proof
+from opencas.errors import CasError, RequestProofError
+from opencas.policy.caller import ANONYMOUS, Caller
 
 PROOF_SCHEME = "cas-proof"
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -29,19 +31,9 @@ class BodyTooLarge(CasError):
     http_status = 413
 
 
-def caller_of(request: Request) -> RequestProof | None:
-    """The verified signer of ``request``, or ``None`` for an anonymous request."""
-    caller: RequestProof | None = request.scope.get("state", {}).get("caller")
-    return caller
-
-
-def require_caller(request: Request) -> RequestProof:
-    """The verified signer of ``request``; :class:`AuthenticationRequired` when it is anonymous."""
-    caller = caller_of(request)
-    if caller is None:
-        raise AuthenticationRequired(
-            "this operation needs a signed request (Authorization: CAS-Proof)"
-        )
+def caller_of(request: Request) -> Caller:
+    """Who sent ``request``, as its verified proof says; anonymous when it carried none."""
+    caller: Caller = request.scope.get("state", {}).get("caller", ANONYMOUS)
     return caller
 
 
@@ -78,7 +70,10 @@ async def send_error(send: Send, error: CasError) -> None:
 
 
 class BodyLimitMiddleware:
-    """ASGI middleware that refuses request bodies over ``limit`` bytes with 413."""
+    """ASGI middleware that refuses request bodies over ``limit`` bytes with 413.
+
+    The app receives the body as it was read; :meth:`inspect` may refuse the request first.
+    """
 
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
         self.app = app
@@ -90,10 +85,14 @@ class BodyLimitMiddleware:
             return
         try:
             body = await _read_body(receive, self.limit)
+            self.inspect(scope, body)
         except CasError as error:
             await send_error(send, error)
             return
         await self.app(scope, _replaying(body, receive), send)
+
+    def inspect(self, scope: Scope, body: bytes) -> None:
+        """Look at the request before the app does; raise a :class:`CasError` to refuse it."""
 
 
 def _replaying(body: bytes, receive: Receive) -> Receive:
@@ -109,7 +108,7 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-class ProofMiddleware:
+class ProofMiddleware(BodyLimitMiddleware):
     """ASGI middleware verifying request proofs against this CAS's key hash as audience."""
 
     def __init__(
@@ -119,38 +118,29 @@ class ProofMiddleware:
         replay_cache: ReplayCache,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.app = app
+        super().__init__(app)
         self.audience = audience
         self.replay_cache = replay_cache
         self.clock = clock
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        try:
-            body = await _read_body(receive)
-            caller = self._authenticate(scope, body)
-        except CasError as error:
-            await send_error(send, error)
-            return
-        scope.setdefault("state", {})["caller"] = caller
-        await self.app(scope, _replaying(body, receive), send)
+    def inspect(self, scope: Scope, body: bytes) -> None:
+        """Record the request's :class:`Caller`; refuse a proof that does not verify."""
+        scope.setdefault("state", {})["caller"] = self._authenticate(scope, body)
 
-    def _authenticate(self, scope: Scope, body: bytes) -> RequestProof | None:
+    def _authenticate(self, scope: Scope, body: bytes) -> Caller:
         authorization = None
         for name, value in scope.get("headers", []):
             if name == b"authorization":
                 authorization = value.decode("latin-1")
                 break
         if authorization is None:
-            return None
+            return ANONYMOUS
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != PROOF_SCHEME or not token.strip():
             raise RequestProofError(
                 "the Authorization header must be 'CAS-Proof <JWS>'", code="proof-malformed"
             )
-        return verify_request_proof(
+        proof = verify_request_proof(
             token.strip(),
             method=scope["method"],
             url=request_url(scope),
@@ -159,6 +149,7 @@ class ProofMiddleware:
             now=self.clock(),
             replay_cache=self.replay_cache,
         )
+        return Caller(proof.key_hash, proof.certificate)
 
 
 async def _read_body(receive: Receive, limit: int = MAX_BODY_BYTES) -> bytes:

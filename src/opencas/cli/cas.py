@@ -34,7 +34,7 @@ from opencas.config.owner import load_owner_config, owner_config_sha256
 from opencas.config.owner_identity import load_owner_certificate
 from opencas.errors import CasError, ConfigError
 from opencas.service.cas import Cas, inspect_cas, open_cas
-from opencas.service.identity import StateRecord
+from opencas.service.cas_records import StateRecord
 from opencas.service.provisioning import provision as provision_cas
 
 log = logging.getLogger("opencas")

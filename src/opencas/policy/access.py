@@ -1,11 +1,11 @@
 """Access decisions over a session's access policy, and detached signatures over session hashes.
 
 Pure: a decision takes the rule, who is asking and which keys signed, and returns ``True`` or
-``False``. *Who is asking* is the key hash of the key that signed the request (DESIGN.md §4), or
-``None`` for an anonymous request. *Which keys signed* is the set of key hashes whose detached
-signatures over the new session hash verified (:func:`verify_signatures`); ``signer`` rules are
-satisfied by those, whoever sends the request. The CAS owner has no special access: nothing here
-knows about owners.
+``False``. *Who is asking* is a :class:`~opencas.policy.caller.Caller`: the key hash of the key
+that signed the request (DESIGN.md §4), or anonymous. *Which keys signed* is the set of key
+hashes whose detached signatures over the new session hash verified (:func:`verify_signatures`);
+``signer`` rules are satisfied by those, whoever sends the request. The CAS owner has no special
+access: nothing here knows about owners.
 
 Decisions fail closed: an anonymous caller satisfies only ``any``; ``none`` is satisfied by no one.
 """
@@ -16,7 +16,6 @@ import base64
 import binascii
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Final, TypeAlias
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from opencas.crypto.keys import PrivateKey, key_hash
+from opencas.policy.caller import Caller
 from opencas.policy.errors import Problem, SessionError
 from opencas.policy.model import (
     AccessRuleModel,
@@ -53,26 +53,14 @@ _MAX_SIGNATURE_B64: Final = 256
 _HEX_DIGITS: Final = frozenset("0123456789abcdef")
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who makes a request: the key hash of its request-signing key, or ``None`` (anonymous)."""
-
-    key_hash: str | None = None
-
-    @property
-    def anonymous(self) -> bool:
-        """True for a request that carried no proof of a key."""
-        return self.key_hash is None
-
-
 def allows(
     rule: AccessRuleModel,
     *,
-    caller: Caller | str | None,
+    caller: Caller,
     creator: str,
     signers: Signatures,
 ) -> bool:
-    """Whether ``rule`` is satisfied for ``caller`` (a key hash, a :class:`Caller` or ``None``).
+    """Whether ``rule`` is satisfied for ``caller``.
 
     ``creator`` holds when the caller's key hash equals ``creator`` (the key hash of the
     session's creator); ``any`` always holds, anonymous callers included; ``none`` never holds;
@@ -81,22 +69,23 @@ def allows(
     ``N`` distinct sub-rules hold (a rule listed twice counts once). Key hashes are compared in
     constant time. An empty rule list or a count below 1 is never satisfied.
     """
-    who = caller.key_hash if isinstance(caller, Caller) else caller
     if isinstance(rule, AllRule):
         return bool(rule.rules) and all(
-            allows(item, caller=who, creator=creator, signers=signers) for item in rule.rules
+            allows(item, caller=caller, creator=creator, signers=signers) for item in rule.rules
         )
     if isinstance(rule, AtLeastRule):
         distinct: list[AccessRuleModel] = []
         for item in rule.rules:
             if item not in distinct:
                 distinct.append(item)
-        held = sum(allows(item, caller=who, creator=creator, signers=signers) for item in distinct)
+        held = sum(
+            allows(item, caller=caller, creator=creator, signers=signers) for item in distinct
+        )
         return rule.count >= 1 and held >= rule.count
-    return _leaf_allows(rule, who, creator, signers)
+    return _leaf_allows(rule, caller.key_hash, creator, signers)
 
 
-def can_read(session: Session, caller: Caller | str | None, creator: str) -> bool:
+def can_read(session: Session, caller: Caller, creator: str) -> bool:
     """Whether ``caller`` may read ``session`` (its text, hash and metadata).
 
     ``read`` is a flat any-of list (the model refuses signer rules and governance trees there),
@@ -107,7 +96,7 @@ def can_read(session: Session, caller: Caller | str | None, creator: str) -> boo
 
 def can_update(
     session_before: Session,
-    caller: Caller | str | None,
+    caller: Caller,
     creator: str,
     signers: Signatures,
 ) -> bool:
@@ -123,7 +112,7 @@ def can_update(
 
 def can_create_in(
     parent_session: Session,
-    caller: Caller | str | None,
+    caller: Caller,
     creator_of_parent: str,
     signers: Signatures,
 ) -> bool:

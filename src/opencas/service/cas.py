@@ -28,14 +28,12 @@ from opencas.errors import KeyStoreError, StoreError
 from opencas.platform.base import Platform
 from opencas.platform.measurement import package_measurement
 from opencas.platform.simulated import SimulatedPlatform
+from opencas.service.cas_records import StateRecord, read_provisioning_token, read_state
 from opencas.service.identity import (
     CasIdentity,
-    StateRecord,
     load_identity,
     mark_db_key_injected,
     populate_new_identity,
-    read_provisioning_token,
-    read_state,
     reshape_tls,
     utc_now_text,
 )

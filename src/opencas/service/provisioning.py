@@ -13,28 +13,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from opencas.config.owner import OwnerConfig, owner_config_sha256
-from opencas.config.owner_identity import OwnerIdentity
+from opencas.config.owner_identity import OwnerIdentity, owner_identity_of
 from opencas.errors import ConflictError, ForbiddenError
+from opencas.policy.caller import Caller
 from opencas.service.cas import Cas
-from opencas.service.identity import (
-    OWNER_CONFIG_KEY,
-    OWNER_KEY,
-    STATE_KEY,
-    TABLE,
-    TOKEN_KEY,
-    OwnerConfigRecord,
+from opencas.service.cas_records import (
     OwnerRecord,
     StateRecord,
+    delete_provisioning_token,
     read_owner,
     read_owner_config,
     read_provisioning_token,
     read_state,
-    reshape_tls,
-    utc_now_text,
+    write_owner,
+    write_owner_config,
+    write_state,
 )
-from opencas.service.records import write_record
+from opencas.service.identity import reshape_tls, utc_now_text
 from opencas.service.token_guard import TokenGuard
-from opencas.store.base import Transaction
 
 log = logging.getLogger("opencas")
 
@@ -68,15 +64,12 @@ def provision(
                 "owner_config_sha256": owner_config_sha256(config),
             }
         )
-        write_record(
-            txn,
-            TABLE,
-            OWNER_KEY,
-            OwnerRecord(key_hash=owner.key_hash, certificate_pem=owner.certificate_pem),
+        write_owner(
+            txn, OwnerRecord(key_hash=owner.key_hash, certificate_pem=owner.certificate_pem)
         )
-        _write_config(txn, config)
-        write_record(txn, TABLE, STATE_KEY, new_state)
-        txn.delete(TABLE, TOKEN_KEY)
+        write_owner_config(txn, config)
+        write_state(txn, new_state)
+        delete_provisioning_token(txn)
         tls_changed = reshape_tls(txn, cas.config.hostnames)
     if tls_changed:
         cas.reload_identity()
@@ -86,13 +79,15 @@ def provision(
 
 
 def provision_with_token(
-    cas: Cas, guard: TokenGuard, token: str, owner: OwnerIdentity, config: OwnerConfig
+    cas: Cas, guard: TokenGuard, token: str, caller: Caller, config: OwnerConfig
 ) -> StateRecord:
-    """Attested provisioning: ``token`` must be the CAS's one-time token.
+    """Attested provisioning: ``caller`` becomes the owner; ``token`` must be the one-time token.
 
-    Refuses with ``ConflictError`` when already provisioned, ``RateLimitedError`` while the token
-    back-off is closed, and ``ForbiddenError`` for a wrong token (which counts toward back-off).
+    Refuses with ``AuthenticationRequired`` for an anonymous caller, ``ConflictError`` when
+    already provisioned, ``RateLimitedError`` while the token back-off is closed, and
+    ``ForbiddenError`` for a wrong token (which counts toward back-off).
     """
+    owner = owner_of(caller)
     # State and token from one snapshot: a rival that provisions in between must make this a
     # conflict, not a wrong token (its provisioning deleted the token).
     with cas.store.snapshot() as view:
@@ -113,22 +108,39 @@ def provision_with_token(
     return provision(cas, owner, config, self_provisioned=False)
 
 
-def require_owner(cas: Cas, caller_key_hash: str) -> None:
-    """Raise unless ``caller_key_hash`` names the owner of the provisioned ``cas``."""
+def owner_of(caller: Caller) -> OwnerIdentity:
+    """The owner identity ``caller`` would be: its key hash and, when it sent one, certificate.
+
+    Raises ``AuthenticationRequired`` for an anonymous caller: an owner is always a key.
+    """
+    key = caller.signer("provisioning")
+    if caller.certificate is not None:
+        return owner_identity_of(caller.certificate)
+    return OwnerIdentity(key, None)
+
+
+def require_owner(cas: Cas, caller: Caller) -> None:
+    """Raise unless ``caller`` is the owner of the provisioned ``cas``.
+
+    An anonymous caller gets ``AuthenticationRequired``; before provisioning every signed caller
+    gets ``ConflictError`` (``not-provisioned``), after it anyone but the owner
+    ``ForbiddenError`` (``not-owner``).
+    """
+    key = caller.signer("an owner operation")
     owner = read_owner(cas.store)
     if owner is None:
         raise ConflictError("this CAS is not provisioned yet", code="not-provisioned")
-    if not hmac.compare_digest(owner.key_hash, caller_key_hash):
+    if not hmac.compare_digest(owner.key_hash, key):
         raise ForbiddenError("only the CAS owner may do this", code="not-owner")
 
 
-def update_owner_config(cas: Cas, caller_key_hash: str, config: OwnerConfig) -> str:
+def update_owner_config(cas: Cas, caller: Caller, config: OwnerConfig) -> str:
     """Replace the owner config (owner only); returns its new hash."""
-    require_owner(cas, caller_key_hash)
+    require_owner(cas, caller)
     with cas.store.transaction() as txn:
         state = read_state(txn)
-        sha = _write_config(txn, config)
-        write_record(txn, TABLE, STATE_KEY, state.model_copy(update={"owner_config_sha256": sha}))
+        sha = write_owner_config(txn, config)
+        write_state(txn, state.model_copy(update={"owner_config_sha256": sha}))
         tls_changed = reshape_tls(txn, cas.config.hostnames)
     if tls_changed:
         cas.reload_identity()
@@ -136,21 +148,10 @@ def update_owner_config(cas: Cas, caller_key_hash: str, config: OwnerConfig) -> 
     return sha
 
 
-def show_owner_config(cas: Cas, caller_key_hash: str) -> ProvisionedConfig:
+def show_owner_config(cas: Cas, caller: Caller) -> ProvisionedConfig:
     """The owner config with secrets redacted (owner only)."""
-    require_owner(cas, caller_key_hash)
+    require_owner(cas, caller)
     config = read_owner_config(cas.store)
     if config is None:
         raise ConflictError("this CAS is not provisioned yet", code="not-provisioned")
     return ProvisionedConfig(config.redacted(), owner_config_sha256(config))
-
-
-def _write_config(txn: Transaction, config: OwnerConfig) -> str:
-    sha = owner_config_sha256(config)
-    write_record(
-        txn,
-        TABLE,
-        OWNER_CONFIG_KEY,
-        OwnerConfigRecord(normal_form=config.normal_form(), sha256=sha),
-    )
-    return sha

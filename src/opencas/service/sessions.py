@@ -14,20 +14,26 @@ follow the exporter's later updates.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from opencas.errors import (
-    AuthenticationRequired,
     ConflictError,
     ForbiddenError,
     NotFoundError,
     RecordDamagedError,
 )
-from opencas.policy.access import can_create_in, can_read, can_update, verify_signatures
+from opencas.policy.access import (
+    Signatures,
+    can_create_in,
+    can_read,
+    can_update,
+    verify_signatures,
+)
+from opencas.policy.caller import Caller
 from opencas.policy.errors import Problem, SessionError
 from opencas.policy.hashing import session_hash
 from opencas.policy.model import Session
@@ -41,6 +47,7 @@ from opencas.store.base import Reader, Transaction
 
 SESSIONS = "sessions"
 SECRETS = "session-secrets"
+_CHANGING_SESSIONS = "changing sessions"
 
 _parsed_sessions: ContentCache[str, Session] = ContentCache()
 _decoded_secrets: ContentCache[tuple[str, bytes], dict[str, SecretValue]] = ContentCache()
@@ -116,75 +123,73 @@ def load_secret_values(source: Reader, name: str) -> dict[str, SecretValue]:
     return dict(_decoded_secrets.get_or_make((name, hashlib.sha256(data).digest()), decode))
 
 
-def _signed(caller: str | None) -> str:
-    if caller is None:
-        raise AuthenticationRequired(
-            "changing sessions needs a signed request (Authorization: CAS-Proof)"
-        )
-    return caller
+@dataclass(frozen=True)
+class _Change:
+    """A session write to admit: the new version, its hash, who asks and whose signatures hold."""
+
+    session: Session
+    hash: str
+    caller: Caller
+    signers: Signatures
 
 
-def create_session(
-    cas: Cas, text: str, caller: str | None, signatures: object = ()
-) -> SessionRecord:
+def _change(session: Session, caller: Caller, signatures: object) -> _Change:
+    new_hash = session_hash(session)
+    return _Change(session, new_hash, caller, verify_signatures(signatures, new_hash))
+
+
+def create_session(cas: Cas, text: str, caller: Caller, signatures: object = ()) -> SessionRecord:
     """Store a new session written by ``caller``; returns its record.
 
     Refuses: anonymous callers (401); an invalid policy (400, naming path and line); a name that
     exists (409); a namespace whose parent is missing (404) or whose ``create_sessions`` policy
     does not allow the caller (403); a broken import (400).
     """
-    creator = _signed(caller)
-    session = parse_session(text, "session", purpose="create")
-    new_hash = session_hash(session)
-    signers = verify_signatures(signatures, new_hash)
+    creator = caller.signer(_CHANGING_SESSIONS)
+    change = _change(parse_session(text, "session", purpose="create"), caller, signatures)
     # Secrets (an RSA key can take seconds) are made from a snapshot, outside the write lock;
     # the checks run again in the transaction, against whatever was committed meanwhile.
     with cas.store.snapshot() as view:
-        imported = _admit_create(view, session, creator, signers, new_hash)
-    values = generate_values(session, None, None, imported)
+        imported = _admit_create(view, change)
+    values = generate_values(change.session, None, None, imported)
     now = utc_now_text()
     record = SessionRecord(
-        name=session.name,
+        name=change.session.name,
         text=text,
-        normal_form=session.normal_form(),
-        hash=new_hash,
+        normal_form=change.session.normal_form(),
+        hash=change.hash,
         creator=creator,
         created_at=now,
         updated_at=now,
         revision=1,
     )
-    with cas.store.transaction() as txn:
-        _admit_create(txn, session, creator, signers, new_hash)
-        _write(txn, record, session, values)
-    return record
+    return _commit(cas, change, _admit_create, record, values)
 
 
-def _admit_create(
-    source: Reader, session: Session, creator: str, signers: frozenset[str], new_hash: str
-) -> dict[str, SecretValue]:
+def _admit_create(source: Reader, change: _Change) -> dict[str, SecretValue]:
     """Refuse the creation unless it may happen now; returns the imported values."""
-    if source.get(SESSIONS, session.name) is not None:
-        raise ConflictError(
-            f"session {session.name} exists; update it instead", code="session-exists"
-        )
-    parent = parent_of(session.name)
+    name = change.session.name
+    if source.get(SESSIONS, name) is not None:
+        raise ConflictError(f"session {name} exists; update it instead", code="session-exists")
+    parent = parent_of(name)
     if parent is not None:
         governing = load_session(source, parent)
         if governing is None:
             raise NotFoundError(
-                f"cannot create {session.name}: its namespace session {parent} does not exist"
+                f"cannot create {name}: its namespace session {parent} does not exist"
             )
-        if not can_create_in(governing.session, creator, governing.record.creator, signers):
+        if not can_create_in(
+            governing.session, change.caller, governing.record.creator, change.signers
+        ):
             raise ForbiddenError(
-                f"the create_sessions policy of {parent} does not allow you to create "
-                f"{session.name}",
+                f"the create_sessions policy of {parent} does not allow you to create {name}",
                 code="access-denied",
             )
-    return imported_values(source, session, new_hash)
+    return imported_values(source, change.session, change.hash)
 
 
 def update_session(
-    cas: Cas, name: str, text: str, caller: str | None, signatures: object = ()
+    cas: Cas, name: str, text: str, caller: Caller, signatures: object = ()
 ) -> SessionRecord:
     """Replace session ``name`` with ``text``, whose ``predecessor`` must be the current hash.
 
@@ -192,16 +197,15 @@ def update_session(
     (400); an unknown session (404); a stale predecessor (409, with ``current_hash``); an update
     the stored version's ``update`` policy does not allow (403); a broken import (400).
     """
-    updater = _signed(caller)
+    caller.signer(_CHANGING_SESSIONS)
     session = parse_session(text, "session", purpose="update")
     if session.name != name:
         raise SessionError(
             Problem("name", None, None, f"the policy names {session.name}, not {name}")
         )
-    new_hash = session_hash(session)
-    signers = verify_signatures(signatures, new_hash)
+    change = _change(session, caller, signatures)
     with cas.store.snapshot() as view:
-        current, imported = _admit_update(view, session, updater, signers, new_hash)
+        current, imported = _admit_update(view, change)
         previous = load_secret_values(view, name)
     # Made outside the write lock; the transaction admits the update again, and a session that
     # changed meanwhile no longer matches the predecessor, so these values cannot be stale.
@@ -210,40 +214,49 @@ def update_session(
         update={
             "text": text,
             "normal_form": session.normal_form(),
-            "hash": new_hash,
+            "hash": change.hash,
             "updated_at": utc_now_text(),
             "revision": current.record.revision + 1,
         }
     )
-    with cas.store.transaction() as txn:
-        _admit_update(txn, session, updater, signers, new_hash)
-        _write(txn, record, session, values)
-    return record
+    return _commit(cas, change, _admit_update, record, values)
 
 
-def _admit_update(
-    source: Reader, session: Session, updater: str, signers: frozenset[str], new_hash: str
-) -> tuple[StoredSession, dict[str, SecretValue]]:
+def _admit_update(source: Reader, change: _Change) -> tuple[StoredSession, dict[str, SecretValue]]:
     """Refuse the update unless it may happen now; returns the current version and imports."""
-    name = session.name
+    name = change.session.name
     current = load_session(source, name)
     if current is None:
         raise NotFoundError(f"there is no session {name}")
-    if not can_update(current.session, updater, current.record.creator, signers):
+    if not can_update(current.session, change.caller, current.record.creator, change.signers):
         raise ForbiddenError(
             f"the update policy of {name} does not allow this update", code="access-denied"
         )
-    if session.predecessor != current.record.hash:
+    if change.session.predecessor != current.record.hash:
         raise ConflictError(
             f"session {name} changed: its current hash is {current.record.hash}, but the "
-            f"update names predecessor {session.predecessor}; merge and retry",
+            f"update names predecessor {change.session.predecessor}; merge and retry",
             code="stale-predecessor",
             details={"current_hash": current.record.hash},
         )
-    return current, imported_values(source, session, new_hash)
+    return current, imported_values(source, change.session, change.hash)
 
 
-def read_session(cas: Cas, name: str, caller: str | None) -> SessionRecord:
+def _commit(
+    cas: Cas,
+    change: _Change,
+    admit: Callable[[Reader, _Change], object],
+    record: SessionRecord,
+    values: Mapping[str, SecretValue],
+) -> SessionRecord:
+    """Write ``record`` and its own values if ``admit`` still admits ``change``; returns it."""
+    with cas.store.transaction() as txn:
+        admit(txn, change)
+        _write(txn, record, change.session, values)
+    return record
+
+
+def read_session(cas: Cas, name: str, caller: Caller) -> SessionRecord:
     """The stored session ``name`` if ``caller`` may read it (404 / 403 otherwise)."""
     stored = load_session(cas.store, name)
     if stored is None:

@@ -17,7 +17,6 @@ from opencas.crypto.x509 import certificate_pem, create_identity_certificate
 from opencas.policy.access import (
     MAX_SIGNATURES,
     SIGNATURE_DOMAIN,
-    Caller,
     allows,
     can_create_in,
     can_read,
@@ -26,6 +25,7 @@ from opencas.policy.access import (
     signed_message,
     verify_signatures,
 )
+from opencas.policy.caller import Caller
 from opencas.policy.errors import SessionError
 from opencas.policy.model import AllRule, AtLeastRule, KeyRule, Session
 from opencas.policy.parse import parse_session
@@ -69,10 +69,11 @@ def _any_of(*rules: dict[str, Any]) -> dict[str, Any]:
 def _decisions(
     session: Session, caller: str | None, signers: frozenset[str] = frozenset()
 ) -> tuple[bool, bool, bool]:
+    who = Caller(caller)
     return (
-        can_read(session, caller, CREATOR),
-        can_update(session, caller, CREATOR, signers),
-        can_create_in(session, caller, CREATOR, signers),
+        can_read(session, who, CREATOR),
+        can_update(session, who, CREATOR, signers),
+        can_create_in(session, who, CREATOR, signers),
     )
 
 
@@ -145,13 +146,11 @@ def test_default_policy_is_the_creator_for_everything() -> None:
     assert _decisions(session, OTHER) == NOBODY
 
 
-def test_caller_object_and_key_hash_string_decide_the_same() -> None:
+def test_a_caller_is_decided_by_its_key_hash_alone() -> None:
     session = _session()
     assert can_read(session, Caller(CREATOR), CREATOR)
     assert not can_read(session, Caller(OTHER), CREATOR)
     assert not can_read(session, Caller(), CREATOR)
-    assert Caller().anonymous
-    assert not Caller(CREATOR).anonymous
 
 
 def test_signer_entries_are_satisfied_by_signatures_whoever_asks() -> None:
@@ -165,20 +164,20 @@ def test_signer_entries_are_satisfied_by_signatures_whoever_asks() -> None:
 
 def test_a_signature_does_not_stand_in_for_a_key_entry() -> None:
     session = _session({"update": _key(SIGNER_A)})
-    assert not can_update(session, OTHER, CREATOR, frozenset({SIGNER_A}))
-    assert can_update(session, SIGNER_A, CREATOR, frozenset())
+    assert not can_update(session, Caller(OTHER), CREATOR, frozenset({SIGNER_A}))
+    assert can_update(session, Caller(SIGNER_A), CREATOR, frozenset())
 
 
 def test_require_all() -> None:
     rule = {"type": "all", "rules": [{"type": "creator"}, _signer(SIGNER_A), _signer(SIGNER_B)]}
     session = _session({"update": rule, "create_sessions": rule})
     both = frozenset({SIGNER_A, SIGNER_B})
-    assert can_update(session, CREATOR, CREATOR, both)
-    assert can_create_in(session, CREATOR, CREATOR, both)
-    assert not can_update(session, CREATOR, CREATOR, frozenset({SIGNER_A}))
-    assert not can_update(session, OTHER, CREATOR, both)
-    assert not can_update(session, ANONYMOUS, CREATOR, both)
-    assert not can_create_in(session, OTHER, CREATOR, both)
+    assert can_update(session, Caller(CREATOR), CREATOR, both)
+    assert can_create_in(session, Caller(CREATOR), CREATOR, both)
+    assert not can_update(session, Caller(CREATOR), CREATOR, frozenset({SIGNER_A}))
+    assert not can_update(session, Caller(OTHER), CREATOR, both)
+    assert not can_update(session, Caller(), CREATOR, both)
+    assert not can_create_in(session, Caller(OTHER), CREATOR, both)
 
 
 def test_require_at_least_n_nested() -> None:
@@ -205,7 +204,7 @@ def test_require_at_least_n_nested() -> None:
         (OTHER, {SIGNER_A, SIGNER_B, SIGNER_C}, True),
     ]
     for caller, signers, expected in cases:
-        assert can_update(session, caller, CREATOR, frozenset(signers)) is expected, (
+        assert can_update(session, Caller(caller), CREATOR, frozenset(signers)) is expected, (
             caller,
             signers,
         )
@@ -214,9 +213,9 @@ def test_require_at_least_n_nested() -> None:
 def test_require_at_least_n_of_keys_needs_distinct_rules() -> None:
     rule = {"type": "at-least", "count": 2, "rules": [_key(OTHER), _signer(SIGNER_A)]}
     session = _session({"update": rule})
-    assert can_update(session, OTHER, CREATOR, frozenset({SIGNER_A}))
-    assert not can_update(session, OTHER, CREATOR, frozenset())
-    assert not can_update(session, THIRD, CREATOR, frozenset({SIGNER_A}))
+    assert can_update(session, Caller(OTHER), CREATOR, frozenset({SIGNER_A}))
+    assert not can_update(session, Caller(OTHER), CREATOR, frozenset())
+    assert not can_update(session, Caller(THIRD), CREATOR, frozenset({SIGNER_A}))
 
 
 def test_a_rule_listed_twice_counts_once() -> None:
@@ -224,36 +223,36 @@ def test_a_rule_listed_twice_counts_once() -> None:
     rule = AtLeastRule.model_construct(
         type="at-least", count=2, rules=(KeyRule(key_hash=OTHER), KeyRule(key_hash=OTHER))
     )
-    assert not allows(rule, caller=OTHER, creator=CREATOR, signers=frozenset())
+    assert not allows(rule, caller=Caller(OTHER), creator=CREATOR, signers=frozenset())
 
 
 def test_degenerate_trees_fail_closed() -> None:
     empty = AtLeastRule.model_construct(type="at-least", count=0, rules=())
-    assert not allows(empty, caller=CREATOR, creator=CREATOR, signers=frozenset())
+    assert not allows(empty, caller=Caller(CREATOR), creator=CREATOR, signers=frozenset())
     empty_all = AllRule.model_construct(type="all", rules=())
-    assert not allows(empty_all, caller=CREATOR, creator=CREATOR, signers=frozenset())
+    assert not allows(empty_all, caller=Caller(CREATOR), creator=CREATOR, signers=frozenset())
 
 
 def test_creator_and_key_comparisons_refuse_odd_callers() -> None:
     session = _session({"read": _key(OTHER)})
-    assert not can_read(session, "", CREATOR)
-    assert not can_read(session, "é" * 64, CREATOR)
-    assert not can_read(session, OTHER.upper(), CREATOR)
-    assert not can_read(_session(), "", "")
+    assert not can_read(session, Caller(""), CREATOR)
+    assert not can_read(session, Caller("é" * 64), CREATOR)
+    assert not can_read(session, Caller(OTHER.upper()), CREATOR)
+    assert not can_read(_session(), Caller(""), "")
 
 
 def test_update_is_decided_by_the_version_being_replaced() -> None:
     before = _session({"update": _key(OTHER)})
     after = _session({"update": _key(THIRD)})
-    assert can_update(before, OTHER, CREATOR, frozenset())
-    assert not can_update(before, THIRD, CREATOR, frozenset())
-    assert can_update(after, THIRD, CREATOR, frozenset())
+    assert can_update(before, Caller(OTHER), CREATOR, frozenset())
+    assert not can_update(before, Caller(THIRD), CREATOR, frozenset())
+    assert can_update(after, Caller(THIRD), CREATOR, frozenset())
 
 
 def test_create_in_uses_the_parent_creator() -> None:
     parent = _session({"create_sessions": {"type": "creator"}})
-    assert can_create_in(parent, OTHER, OTHER, frozenset())
-    assert not can_create_in(parent, CREATOR, OTHER, frozenset())
+    assert can_create_in(parent, Caller(OTHER), OTHER, frozenset())
+    assert not can_create_in(parent, Caller(CREATOR), OTHER, frozenset())
 
 
 # --- detached signatures --------------------------------------------------------------------------
@@ -480,9 +479,9 @@ def test_verified_signers_satisfy_signer_rules() -> None:
         [sign_session_hash(key_a, SESSION_HASH), sign_session_hash(key_b, SESSION_HASH)],
         SESSION_HASH,
     )
-    assert can_update(session, ANONYMOUS, CREATOR, signers)
+    assert can_update(session, Caller(), CREATOR, signers)
     only_a = verify_signatures([sign_session_hash(key_a, SESSION_HASH)], SESSION_HASH)
-    assert not can_update(session, ANONYMOUS, CREATOR, only_a)
+    assert not can_update(session, Caller(), CREATOR, only_a)
 
 
 # --- policies written in YAML ---------------------------------------------------------------------
@@ -517,14 +516,14 @@ access_policy:
     )
     reader = key_hash(reader_key)
     for caller in (CREATOR, OTHER, reader):
-        assert can_read(session, caller, CREATOR)
-    assert not can_read(session, THIRD, CREATOR)
-    assert not can_read(session, ANONYMOUS, CREATOR)
+        assert can_read(session, Caller(caller), CREATOR)
+    assert not can_read(session, Caller(THIRD), CREATOR)
+    assert not can_read(session, Caller(), CREATOR)
     signers = verify_signatures([sign_session_hash(signer_key, SESSION_HASH)], SESSION_HASH)
-    assert can_update(session, CREATOR, CREATOR, signers)
-    assert not can_update(session, CREATOR, CREATOR, frozenset())
-    assert not can_update(session, reader, CREATOR, signers)
-    assert not can_create_in(session, CREATOR, CREATOR, signers)
+    assert can_update(session, Caller(CREATOR), CREATOR, signers)
+    assert not can_update(session, Caller(CREATOR), CREATOR, frozenset())
+    assert not can_update(session, Caller(reader), CREATOR, signers)
+    assert not can_create_in(session, Caller(CREATOR), CREATOR, signers)
 
 
 def test_at_least_two_of_three_signers_in_yaml() -> None:
@@ -545,5 +544,5 @@ access_policy:
         [sign_session_hash(keys[0], SESSION_HASH), sign_session_hash(keys[2], SESSION_HASH)],
         SESSION_HASH,
     )
-    assert not can_update(session, CREATOR, CREATOR, one)
-    assert can_update(session, ANONYMOUS, CREATOR, two)
+    assert not can_update(session, Caller(CREATOR), CREATOR, one)
+    assert can_update(session, Caller(), CREATOR, two)

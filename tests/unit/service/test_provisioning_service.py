@@ -8,13 +8,17 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from opencas.config.availability import load_availability_config
 from opencas.config.owner import parse_owner_config
 from opencas.config.owner_identity import OwnerIdentity
-from opencas.errors import CasError, ConflictError, ForbiddenError
+from opencas.crypto.keys import key_hash
+from opencas.crypto.x509 import certificate_pem, create_identity_certificate
+from opencas.errors import AuthenticationRequired, CasError, ConflictError, ForbiddenError
+from opencas.policy.caller import Caller
 from opencas.service.cas import Cas, open_cas
-from opencas.service.identity import read_owner, read_provisioning_token
+from opencas.service.cas_records import read_owner, read_provisioning_token
 from opencas.service.provisioning import (
     provision,
     provision_with_token,
@@ -30,6 +34,7 @@ CONFIG = parse_owner_config(
     "toml",
 ).config
 OWNER = OwnerIdentity("a1" * 32, None)
+OWNER_CALLER = Caller(OWNER.key_hash)
 
 
 @pytest.fixture
@@ -62,12 +67,12 @@ def test_concurrent_provisioning_has_exactly_one_winner(cas: Cas) -> None:
     guard = TokenGuard()
 
     def attempt(index: int) -> str:
-        owner = OwnerIdentity(f"{index:02x}" * 32, None)
+        owner = f"{index:02x}" * 32
         try:
-            provision_with_token(cas, guard, token, owner, CONFIG)
+            provision_with_token(cas, guard, token, Caller(owner), CONFIG)
         except ConflictError:
             return "conflict"
-        return owner.key_hash
+        return owner
 
     with ThreadPoolExecutor(8) as pool:
         outcomes = list(pool.map(attempt, range(8)))
@@ -79,10 +84,42 @@ def test_concurrent_provisioning_has_exactly_one_winner(cas: Cas) -> None:
 def test_wrong_token_is_forbidden_and_counted(cas: Cas) -> None:
     guard = TokenGuard()
     with pytest.raises(ForbiddenError) as refused:
-        provision_with_token(cas, guard, "not-the-token", OWNER, CONFIG)
+        provision_with_token(cas, guard, "not-the-token", OWNER_CALLER, CONFIG)
     assert refused.value.code == "wrong-token"
     assert guard.failures == 1
     assert not cas.state().provisioned
+
+
+def test_anonymous_provisioning_is_refused_before_the_token_counts(cas: Cas) -> None:
+    guard = TokenGuard()
+    with pytest.raises(AuthenticationRequired) as refused:
+        provision_with_token(cas, guard, "not-the-token", Caller(), CONFIG)
+    assert refused.value.code == "signature-required"
+    assert refused.value.http_status == 401
+    assert guard.failures == 0
+    assert not cas.state().provisioned
+
+
+def test_attested_provisioning_records_the_callers_certificate(cas: Cas) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    certificate = create_identity_certificate(key, "owner")
+    token = read_provisioning_token(cas.store)
+    assert token is not None
+    provision_with_token(cas, TokenGuard(), token, Caller(key_hash(key), certificate), CONFIG)
+    owner = read_owner(cas.store)
+    assert owner is not None
+    assert owner.key_hash == key_hash(key)
+    assert owner.certificate_pem == certificate_pem(certificate).decode("ascii")
+
+
+def test_owner_operations_refuse_anonymous_callers_first(cas: Cas) -> None:
+    # Even before provisioning (which answers signed callers with not-provisioned).
+    for operation in (
+        lambda: show_owner_config(cas, Caller()),
+        lambda: update_owner_config(cas, Caller(), CONFIG),
+    ):
+        with pytest.raises(AuthenticationRequired):
+            operation()
 
 
 def test_failed_provisioning_changes_nothing(cas: Cas, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,17 +136,17 @@ def test_failed_provisioning_changes_nothing(cas: Cas, monkeypatch: pytest.Monke
 
 def test_owner_operations_are_owner_only(cas: Cas) -> None:
     with pytest.raises(ConflictError):
-        show_owner_config(cas, OWNER.key_hash)
+        show_owner_config(cas, OWNER_CALLER)
     provision(cas, OWNER, CONFIG, self_provisioned=False)
     with pytest.raises(ForbiddenError):
-        show_owner_config(cas, "b2" * 32)
+        show_owner_config(cas, Caller("b2" * 32))
     with pytest.raises(ForbiddenError):
-        update_owner_config(cas, "b2" * 32, CONFIG)
-    shown = show_owner_config(cas, OWNER.key_hash)
+        update_owner_config(cas, Caller("b2" * 32), CONFIG)
+    shown = show_owner_config(cas, OWNER_CALLER)
     assert shown.redacted["dcap"]["subscription_key"] == "<redacted>"
     assert "s3cr3t-key" not in repr(shown)
     changed = parse_owner_config("", "empty.toml", "toml").config
-    sha = update_owner_config(cas, OWNER.key_hash, changed)
+    sha = update_owner_config(cas, OWNER_CALLER, changed)
     assert cas.state().owner_config_sha256 == sha != shown.sha256
 
 

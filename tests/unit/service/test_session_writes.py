@@ -11,11 +11,12 @@ import pytest
 
 from opencas.config.availability import load_availability_config
 from opencas.errors import ConflictError
+from opencas.policy.caller import Caller
 from opencas.service import sessions
 from opencas.service.cas import Cas, open_cas
 from opencas.testing import write_config
 
-AUTHOR = "a1" * 32
+AUTHOR = Caller("a1" * 32)
 
 
 def text(name: str) -> str:
@@ -74,7 +75,7 @@ def test_a_session_created_meanwhile_makes_the_slow_create_a_conflict(
         values = real(*args, **kwargs)
         if sessions.load_session(cas.store, "twice") is None:
             monkeypatch.setattr(sessions, "generate_values", real)
-            sessions.create_session(cas, text("twice"), "b2" * 32)  # a rival wins meanwhile
+            sessions.create_session(cas, text("twice"), Caller("b2" * 32))  # a rival wins meanwhile
         return values
 
     monkeypatch.setattr(sessions, "generate_values", racing_generation)

@@ -20,12 +20,13 @@ from opencas.api.app import create_enclave_api
 from opencas.attestation.simulated import create_simulated_evidence
 from opencas.config.availability import load_availability_config
 from opencas.crypto.hpke_seal import open_workload_config
+from opencas.policy.caller import Caller
 from opencas.service.cas import Cas, open_cas
 from opencas.service.sessions import create_session, load_secret_values, update_session
 from opencas.service.workloads import NonceStore, report_data_for
 from opencas.testing import write_config
 
-AUTHOR = "a1" * 32
+AUTHOR = Caller("a1" * 32)
 GOOD = "11" * 32
 PLATFORM_KEY = Ed25519PrivateKey.generate()
 

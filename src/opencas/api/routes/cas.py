@@ -60,8 +60,7 @@ def cas_router(cas: Cas, metrics: ApiMetrics) -> APIRouter:
     @router.get("/v1/whoami")
     async def whoami(request: Request) -> dict[str, str]:
         """The caller's key hash as proven by the request proof, or ``anonymous``."""
-        caller = caller_of(request)
-        return {"identity": caller.key_hash if caller else "anonymous"}
+        return {"identity": caller_of(request).key_hash or "anonymous"}
 
     @router.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

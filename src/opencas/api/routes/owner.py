@@ -7,11 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import Field
 
-from opencas.api.auth import require_caller
+from opencas.api.auth import caller_of
 from opencas.api.routes.bodies import StrictBody
 from opencas.config.owner import owner_config_from_normal_form
-from opencas.config.owner_identity import OwnerIdentity, owner_identity_of
-from opencas.crypto.request_proof import RequestProof
 from opencas.service.cas import Cas
 from opencas.service.provisioning import (
     provision_with_token,
@@ -36,13 +34,6 @@ class OwnerConfigRequest(StrictBody):
     owner_config: dict[str, Any]
 
 
-def owner_of(caller: RequestProof) -> OwnerIdentity:
-    """The owner identity of the signer of a provisioning request."""
-    if caller.certificate is not None:
-        return owner_identity_of(caller.certificate)
-    return OwnerIdentity(caller.key_hash, None)
-
-
 def owner_router(cas: Cas) -> APIRouter:
     """``POST /v1/provision``, ``GET`` and ``PUT /v1/owner/config``."""
     router = APIRouter()
@@ -51,9 +42,8 @@ def owner_router(cas: Cas) -> APIRouter:
     @router.post("/v1/provision")
     def provision(body: ProvisionRequest, request: Request) -> dict[str, Any]:
         """Attested provisioning: the signer of this request becomes the CAS owner."""
-        caller = require_caller(request)
         config = owner_config_from_normal_form(body.owner_config)
-        state = provision_with_token(cas, guard, body.token, owner_of(caller), config)
+        state = provision_with_token(cas, guard, body.token, caller_of(request), config)
         return {
             "provisioned": state.provisioned,
             "provisioned_at": state.provisioned_at,
@@ -64,14 +54,13 @@ def owner_router(cas: Cas) -> APIRouter:
     @router.get("/v1/owner/config")
     def show_config(request: Request) -> dict[str, Any]:
         """The owner config, secrets redacted (owner only)."""
-        shown = show_owner_config(cas, require_caller(request).key_hash)
+        shown = show_owner_config(cas, caller_of(request))
         return {"owner_config": shown.redacted, "owner_config_sha256": shown.sha256}
 
     @router.put("/v1/owner/config")
     def update_config(body: OwnerConfigRequest, request: Request) -> dict[str, Any]:
         """Replace the owner config (owner only)."""
-        caller = require_caller(request)
         config = owner_config_from_normal_form(body.owner_config)
-        return {"owner_config_sha256": update_owner_config(cas, caller.key_hash, config)}
+        return {"owner_config_sha256": update_owner_config(cas, caller_of(request), config)}
 
     return router

@@ -7,7 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import Field
 
-from opencas.api.routes.bodies import StrictBody, caller_hash
+from opencas.api.auth import caller_of
+from opencas.api.routes.bodies import StrictBody
 from opencas.errors import InvalidRequest
 from opencas.service.cas import Cas
 from opencas.service.sessions import (
@@ -49,19 +50,19 @@ def sessions_router(cas: Cas) -> APIRouter:
     @router.post("/v1/sessions", status_code=201)
     def create(body: SessionRequest, request: Request) -> dict[str, Any]:
         """Create a session; the signer becomes its creator."""
-        record = create_session(cas, body.session, caller_hash(request), body.signatures)
+        record = create_session(cas, body.session, caller_of(request), body.signatures)
         return {"name": record.name, "hash": record.hash}
 
     @router.put("/v1/sessions/{name:path}")
     def update(name: str, body: SessionRequest, request: Request) -> dict[str, Any]:
         """Replace a session; its ``predecessor`` must name the current version's hash."""
-        record = update_session(cas, name, body.session, caller_hash(request), body.signatures)
+        record = update_session(cas, name, body.session, caller_of(request), body.signatures)
         return {"name": record.name, "hash": record.hash}
 
     @router.get("/v1/sessions/{name:path}")
     def read(name: str, request: Request) -> dict[str, Any]:
         """The session as stored and its hash (never generated secret values)."""
-        record = read_session(cas, name, caller_hash(request))
+        record = read_session(cas, name, caller_of(request))
         return {
             "name": record.name,
             "hash": record.hash,

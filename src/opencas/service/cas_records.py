@@ -1,0 +1,204 @@
+"""The records of the CAS's own table ``cas``, and the only code that reads or writes them.
+
+Records (table ``cas``; each value is the JSON of its model below):
+
+- ``identity`` (:class:`IdentityRecord`): instance id, CAS key (ECDSA P-384) and its
+  self-signed CA certificate; written once, at the first start.
+- ``tls`` (:class:`TlsRecord`): the TLS server key and certificate issued by the CAS key for
+  the configured hostnames; reissued when the hostnames change.
+- ``state`` (:class:`StateRecord`): what the attestation report says about provisioning and the
+  database key.
+- ``owner`` (:class:`OwnerRecord`) and ``owner-config`` (:class:`OwnerConfigRecord`): the
+  owner's key hash (and certificate) and the owner config, written at provisioning.
+- ``provisioning-token`` (:class:`TokenRecord`): the one-time token that attested provisioning
+  requires; deleted once the CAS is provisioned.
+
+The table name, the keys and the JSON shapes are the on-disk format: existing databases must keep
+opening, so they change only with a migration. A record that must exist and does not, or that
+does not fit its model, raises :class:`RecordDamagedError` naming ``cas`` and its key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import BaseModel, ConfigDict
+
+from opencas.config.owner import OwnerConfig, owner_config_from_normal_form, owner_config_sha256
+from opencas.crypto.keys import load_private_key_pem
+from opencas.crypto.x509 import load_certificate_pem
+from opencas.errors import ConfigError, RecordDamagedError
+from opencas.service.records import read_record, require_record, write_record
+from opencas.store.base import Reader, Transaction
+
+_TABLE: Final = "cas"
+_IDENTITY: Final = "identity"
+_TLS: Final = "tls"
+_STATE: Final = "state"
+_OWNER: Final = "owner"
+_OWNER_CONFIG: Final = "owner-config"
+_TOKEN: Final = "provisioning-token"  # noqa: S105 - a record name, not a secret
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class IdentityRecord(_Record):
+    """The permanent identity of this CAS instance."""
+
+    instance_id: str
+    created_at: str
+    cas_key_pem: str
+    ca_certificate_pem: str
+
+    def load_cas_key(self) -> ec.EllipticCurvePrivateKey:
+        """The CAS key; :class:`RecordDamagedError` when it does not load."""
+        return _load_key(self.cas_key_pem, _IDENTITY)
+
+    def load_ca_certificate(self) -> x509.Certificate:
+        """The CAS CA certificate; :class:`RecordDamagedError` when it does not load."""
+        return _load_certificate(self.ca_certificate_pem, _IDENTITY)
+
+
+class TlsRecord(_Record):
+    """The current TLS server key and certificate, and what shaped the certificate."""
+
+    hostnames: tuple[str, ...]
+    subject_sha256: str | None = None
+    tls_key_pem: str
+    tls_certificate_pem: str
+
+    def load_tls_key(self) -> ec.EllipticCurvePrivateKey:
+        """The TLS server key; :class:`RecordDamagedError` when it does not load."""
+        return _load_key(self.tls_key_pem, _TLS)
+
+    def load_tls_certificate(self) -> x509.Certificate:
+        """The TLS server certificate; :class:`RecordDamagedError` when it does not load."""
+        return _load_certificate(self.tls_certificate_pem, _TLS)
+
+
+class StateRecord(_Record):
+    """The facts the attestation report states about this CAS's history."""
+
+    provisioned: bool = False
+    self_provisioned: bool = False
+    provisioned_at: str | None = None
+    owner_identity_hash: str | None = None
+    owner_config_sha256: str | None = None
+    db_key_injected: bool = False
+
+
+class OwnerRecord(_Record):
+    """The CAS owner: its key hash and, when it was presented, its certificate."""
+
+    key_hash: str
+    certificate_pem: str | None
+
+
+class OwnerConfigRecord(_Record):
+    """The owner config in its normal form, and the hash the report states for it."""
+
+    normal_form: dict[str, Any]
+    sha256: str
+
+
+class TokenRecord(_Record):
+    """The one-time provisioning token (deleted once the CAS is provisioned)."""
+
+    token: str
+
+
+def read_identity(source: Reader) -> IdentityRecord:
+    """The identity record (it exists from the first start on)."""
+    return require_record(source, IdentityRecord, _TABLE, _IDENTITY)
+
+
+def write_identity(txn: Transaction, record: IdentityRecord) -> None:
+    """Write the identity record (once, when the CAS is created)."""
+    write_record(txn, _TABLE, _IDENTITY, record)
+
+
+def read_tls(source: Reader) -> TlsRecord:
+    """The TLS record (it exists from the first start on)."""
+    return require_record(source, TlsRecord, _TABLE, _TLS)
+
+
+def write_tls(txn: Transaction, record: TlsRecord) -> None:
+    """Write the TLS record (at creation and whenever the certificate is reissued)."""
+    write_record(txn, _TABLE, _TLS, record)
+
+
+def read_state(source: Reader) -> StateRecord:
+    """The CAS state record (provisioning and database-key facts)."""
+    return require_record(source, StateRecord, _TABLE, _STATE)
+
+
+def write_state(txn: Transaction, record: StateRecord) -> None:
+    """Write the CAS state record."""
+    write_record(txn, _TABLE, _STATE, record)
+
+
+def read_owner(source: Reader) -> OwnerRecord | None:
+    """The owner record, or ``None`` while unprovisioned."""
+    return read_record(source, OwnerRecord, _TABLE, _OWNER)
+
+
+def write_owner(txn: Transaction, record: OwnerRecord) -> None:
+    """Write the owner record (at provisioning)."""
+    write_record(txn, _TABLE, _OWNER, record)
+
+
+def read_owner_config(source: Reader) -> OwnerConfig | None:
+    """The provisioned owner config, or ``None`` while unprovisioned."""
+    record = read_record(source, OwnerConfigRecord, _TABLE, _OWNER_CONFIG)
+    if record is None:
+        return None
+    try:
+        return owner_config_from_normal_form(record.normal_form)
+    except ConfigError as exc:
+        raise RecordDamagedError(_TABLE, _OWNER_CONFIG, "not a valid owner config") from exc
+
+
+def write_owner_config(txn: Transaction, config: OwnerConfig) -> str:
+    """Write ``config`` as the owner config record; returns its hash (``owner_config_sha256``)."""
+    sha = owner_config_sha256(config)
+    write_record(
+        txn, _TABLE, _OWNER_CONFIG, OwnerConfigRecord(normal_form=config.normal_form(), sha256=sha)
+    )
+    return sha
+
+
+def read_provisioning_token(source: Reader) -> str | None:
+    """The one-time provisioning token, or ``None`` once the CAS is provisioned."""
+    record = read_record(source, TokenRecord, _TABLE, _TOKEN)
+    return None if record is None else record.token
+
+
+def write_provisioning_token(txn: Transaction, token: str) -> None:
+    """Write the one-time provisioning token (when the CAS is created)."""
+    write_record(txn, _TABLE, _TOKEN, TokenRecord(token=token))
+
+
+def delete_provisioning_token(txn: Transaction) -> None:
+    """Delete the one-time provisioning token (provisioning consumes it)."""
+    txn.delete(_TABLE, _TOKEN)
+
+
+def _load_key(pem: str, record: str) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = load_private_key_pem(pem.encode("ascii"))
+    except (ValueError, TypeError) as exc:
+        raise RecordDamagedError(_TABLE, record, "its private key does not load") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise RecordDamagedError(_TABLE, record, "its private key does not load")
+    return key
+
+
+def _load_certificate(pem: str, record: str) -> x509.Certificate:
+    try:
+        return load_certificate_pem(pem.encode("ascii"))
+    except ValueError as exc:
+        raise RecordDamagedError(_TABLE, record, "its certificate does not load") from exc
