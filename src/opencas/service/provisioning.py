@@ -87,7 +87,7 @@ def provision_with_token(
     already provisioned, ``RateLimitedError`` while the token back-off is closed, and
     ``ForbiddenError`` for a wrong token (which counts toward back-off).
     """
-    owner = owner_of(caller)
+    owner = _owner_of(caller)
     # State and token from one snapshot: a rival that provisions in between must make this a
     # conflict, not a wrong token (its provisioning deleted the token).
     with cas.store.snapshot() as view:
@@ -108,7 +108,7 @@ def provision_with_token(
     return provision(cas, owner, config, self_provisioned=False)
 
 
-def owner_of(caller: Caller) -> OwnerIdentity:
+def _owner_of(caller: Caller) -> OwnerIdentity:
     """The owner identity ``caller`` would be: its key hash and, when it sent one, certificate.
 
     Raises ``AuthenticationRequired`` for an anonymous caller: an owner is always a key.
