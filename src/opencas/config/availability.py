@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from opencas.config.toml_source import load_toml, toml_string, validation_error_to_config_error
+from opencas.dns_names import canonical_hostname, host_name_problem
 
 DEFAULT_DATABASE_PATH = ".cas/cas.db"
 DEFAULT_API_LISTEN = "127.0.0.1:8081"
@@ -60,7 +61,6 @@ class ListenAddress:
 
 
 _PORT = re.compile(r"[0-9]+")
-_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _LISTEN_FORM = "expected HOST:PORT, such as 127.0.0.1:8081 or [::1]:8081"
 
 
@@ -104,7 +104,7 @@ def _split_host_port(text: str) -> tuple[str, str]:
     try:
         return str(ipaddress.IPv4Address(host_text)), port_text
     except ValueError:
-        problem = _dns_name_problem(host_text)
+        problem = host_name_problem(host_text)
         if problem is not None:
             raise ValueError(
                 f"host is neither an IP address nor a valid hostname: {problem}"
@@ -120,52 +120,6 @@ def _parse_port(text: str) -> int:
     if len(text) > 5 or not 1 <= int(text) <= 65535:
         raise ValueError(f"port {text} is out of range 1-65535")
     return int(text)
-
-
-def _dns_name_problem(name: str) -> str | None:
-    """Why ``name`` is not a syntactically valid DNS host name (RFC 1123), or None if it is."""
-    if not name.isascii():
-        return "not ASCII; write internationalized names in their xn-- (punycode) form"
-    if len(name) > 253:
-        return "longer than 253 characters"
-    labels = name.split(".")
-    problems = (_dns_label_problem(label) for label in labels)
-    problem = next((found for found in problems if found is not None), None)
-    if problem is None and labels[-1].isdigit():
-        # Resolvers read an all-numeric last label as an IPv4 address, never as a name.
-        problem = "looks like an IPv4 address but is not a valid one"
-    return problem
-
-
-def _dns_label_problem(label: str) -> str | None:
-    if not label:
-        return "empty label (a leading, trailing or doubled dot)"
-    if len(label) > 63:
-        return f"label {label[:20]!r}... is longer than 63 characters"
-    if not _DNS_LABEL.fullmatch(label):
-        return (
-            f"label {label!r} may hold only letters, digits and hyphens, "
-            "and may not start or end with a hyphen"
-        )
-    return None
-
-
-def _certificate_name(name: str) -> str:
-    """``name`` in canonical form if it can go into a TLS certificate; ``ValueError`` if not."""
-    if name.startswith("[") and name.endswith("]"):
-        raise ValueError(f"{name!r}: write IPv6 addresses without brackets, as in {name[1:-1]!r}")
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        problem = _dns_name_problem(name)
-        if problem is not None:
-            raise ValueError(
-                f"{name!r} is neither an IP address nor a valid DNS name: {problem}"
-            ) from None
-        return name.lower()
-    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
-        raise ValueError(f"{name!r}: an IP address in a certificate cannot carry a zone ('%')")
-    return str(address)
 
 
 def _is_wildcard(host: str) -> bool:
@@ -210,7 +164,7 @@ def _platform_kind(kind: str) -> str:
 # --- the file's schema (internal) ---------------------------------------------------------------
 
 _ListenText = Annotated[str, AfterValidator(_listen_address)]
-_CertificateName = Annotated[str, AfterValidator(_certificate_name)]
+_CertificateName = Annotated[str, AfterValidator(canonical_hostname)]
 _LocalPath = Annotated[str, AfterValidator(_local_path)]
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 

@@ -48,7 +48,6 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from opencas.config.availability import _certificate_name, _dns_name_problem
 from opencas.config.toml_source import (
     _EXPECTED_TYPES,
     KeyPath,
@@ -64,6 +63,7 @@ from opencas.config.toml_source import (
 )
 from opencas.crypto.canonical import canonical_sha256
 from opencas.crypto.x509 import CERTIFICATE_ERRORS, parse_eagerly
+from opencas.dns_names import canonical_hostname, host_name_problem
 from opencas.errors import ConfigError
 from opencas.yaml_source import SYNTAX_KINDS, YamlProblem, YamlSourceError, parse_yaml
 
@@ -127,7 +127,7 @@ def _email(value: str) -> str:
             f"{value!r}: the part before '@' may hold only ASCII letters, digits, "
             "!#$%&'*+/=?^_`{|}~- and single dots between them"
         )
-    problem = _dns_name_problem(domain)
+    problem = host_name_problem(domain)
     if problem is not None:
         raise ValueError(f"{value!r}: the domain is not a valid DNS name: {problem}")
     if "." not in domain:
@@ -161,7 +161,7 @@ def _url(value: str, schemes: tuple[str, ...]) -> str:
     if not parts.hostname:
         raise ValueError("the URL names no host")
     try:
-        _certificate_name(parts.hostname)
+        canonical_hostname(parts.hostname)
     except ValueError:
         raise ValueError("the URL's host is neither an IP address nor a valid DNS name") from None
     if parts.fragment or value.endswith("#"):
@@ -227,7 +227,7 @@ _Text128 = Annotated[
 _Country = Annotated[str, AfterValidator(_country_code)]
 _Email = Annotated[str, StringConstraints(min_length=1, max_length=254), AfterValidator(_email)]
 _AltNames = Annotated[
-    tuple[Annotated[str, AfterValidator(_certificate_name)], ...],
+    tuple[Annotated[str, AfterValidator(canonical_hostname)], ...],
     BeforeValidator(_array_as_tuple),
     Field(max_length=MAX_ALT_NAMES),
 ]

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from opencas.crypto.keys import PrivateKey, PublicKey, key_hash
+from opencas.dns_names import san_dns_name_problem
 
 CA_VALIDITY = timedelta(days=20 * 365)
 TLS_VALIDITY = timedelta(days=365)
@@ -29,8 +30,6 @@ CLOCK_SKEW = timedelta(minutes=5)
 
 # RFC 5280's upper bound for a common name; longer host names go only into the SAN.
 _MAX_COMMON_NAME = 64
-_DNS_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
-_DNS_NAME = re.compile(rf"(?:\*\.)?{_DNS_LABEL}(?:\.{_DNS_LABEL})*\.?")
 _PEM_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----(?:\r?\n)?", re.DOTALL
 )
@@ -343,10 +342,7 @@ def _general_name(hostname: str) -> x509.GeneralName:
         return x509.IPAddress(ipaddress.ip_address(text.removeprefix("[").removesuffix("]")))
     except ValueError:
         pass
-    text = text.lower()
-    if len(text) > 253 or not _DNS_NAME.fullmatch(text):
-        raise ValueError(
-            f"{hostname!r} is neither an IP address nor a valid DNS name "
-            "(internationalised names must be given in their ASCII 'xn--' form)"
-        )
-    return x509.DNSName(text)
+    problem = san_dns_name_problem(text)
+    if problem is not None:
+        raise ValueError(f"{hostname!r} is neither an IP address nor a valid DNS name: {problem}")
+    return x509.DNSName(text.lower())

@@ -25,6 +25,8 @@ from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from opencas.dns_names import san_dns_name_problem
+
 SESSION_LANGUAGE_VERSION: Literal["0.3"] = "0.3"
 """The only session-language version OpenCAS speaks (``0.3``, ``0.3.N`` and ``0.3`` as a number
 are read as this)."""
@@ -67,8 +69,6 @@ _ADVISORY = re.compile(r"INTEL-SA-[0-9]{5}")
 _VALID_FOR = re.compile(r"([1-9][0-9]{0,6})([dh])")
 _PERMISSION = re.compile(r"0[0-7]{3}")
 _SAN = re.compile(r"(dns|ip):(.+)")
-_DNS_LABEL = r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)"
-_DNS_NAME = re.compile(rf"(?:\*\.)?{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----")
 
 
@@ -221,8 +221,9 @@ def check_san(value: str) -> str:
         raise ValueError(f"expected 'dns:NAME' or 'ip:ADDRESS', got {_quote(value)}")
     kind, name = match.groups()
     if kind == "dns":
-        if len(name) > 253 or not _DNS_NAME.fullmatch(name):
-            raise ValueError(f"{_quote(name)} is not a valid DNS name")
+        problem = san_dns_name_problem(name)
+        if problem is not None:
+            raise ValueError(f"{_quote(name)} is not a valid DNS name: {problem}")
         if name != name.lower():
             raise ValueError(f"DNS names are written in lowercase, got {_quote(name)}")
     else:

@@ -377,6 +377,31 @@ def test_certificate_names_legacy_dns_and_canonical_san() -> None:
     )
 
 
+def test_certificate_dns_names_may_carry_a_wildcard_and_underscores() -> None:
+    session = parse(
+        "secrets:\n  - name: c\n    kind: x509\n"
+        "    san: ['dns:*.Web.Example', 'dns:_svc.example', 'dns:10.0.0.300']\n"
+    )
+
+    assert session.secrets[0].san == ("dns:*.web.example", "dns:_svc.example", "dns:10.0.0.300")
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("a.*.example", "'a.*.example' is not a valid DNS name: a wildcard '*' may only be"),
+        ("*", "'*' is not a valid DNS name"),
+        ("web.example.", "'web.example.' is not a valid DNS name: empty label"),
+        ("bad host", "'bad host' is not a valid DNS name: label 'bad host' may hold only"),
+    ],
+)
+def test_certificate_dns_names_follow_the_san_grammar(name: str, fragment: str) -> None:
+    found = problem(HEAD + f"secrets:\n  - {{name: c, kind: x509, san: ['dns:{name}']}}\n")
+
+    assert found.path == "secrets[0].san[0]"
+    assert fragment in found.message
+
+
 @pytest.mark.parametrize(
     ("secret", "path", "fragment"),
     [
