@@ -10,8 +10,8 @@ What it measures, all in one run on one machine:
    also issues a certificate for the workload's key. ``--clients`` simulated workloads, each an
    ``httpx.AsyncClient`` with exactly one pooled TLS connection to the enclave port (certificate
    checks off, TLS on) and one P-256 key pair made up front, then repeat for ``--seconds``:
-   ``POST /v1/enclave/nonce``, fresh simulated evidence over ``report_data_for(config_id, nonce,
-   public_key)``, ``POST /v1/enclave/attest``. Latency is that whole pair, evidence included.
+   ``POST /v1/enclave/nonce``, fresh simulated evidence over ``workload_report_data(config_id,
+   nonce, public_key)``, ``POST /v1/enclave/attest``. Latency is that whole pair, evidence included.
    Every 50th answer is opened (``open_config``, the runtime's strict parser) and checked: the
    secret is in the environment and the per-workload certificate certifies the workload's key.
    Anything but a 200 (and, for a sample, an answer that opens and checks) is an error. Then
@@ -58,6 +58,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from opencas.attestation.evidence import Evidence
 from opencas.attestation.simulated import create_simulated_evidence
 from opencas.attestation.verify import verify_evidence
-from opencas.client.enclave import WorkloadConfig, open_config, report_data_for
+from opencas.attestation.workload_binding import ConfigId, workload_report_data
+from opencas.client.enclave import WorkloadConfig, open_config
 from opencas.config.availability import load_availability_config
 from opencas.errors import CasError
 from opencas.policy.caller import Caller
@@ -106,8 +108,10 @@ from opencas.testing_plugin import SelfProvisionedCas, start_self_provisioned_ca
 P99_GOAL = 0.050
 #: Open and check every this many answers of the sustained phase (all of the burst's).
 SAMPLE_EVERY = 50
-CONFIG_ID = "bench/app"
+CONFIG_ID = ConfigId("bench", "app")
 MEASUREMENT = "5e" * 32
+#: The verification time of the in-process figures (simulated evidence does not depend on it).
+AT = datetime.now(UTC)
 SECRET_VARIABLE = "BENCH_TOKEN"
 SESSION = f"""\
 name: bench
@@ -169,10 +173,10 @@ class Workload:
     def request_body(self, platform_key: Ed25519PrivateKey, nonce: str) -> dict[str, Any]:
         """The body of ``POST /v1/enclave/attest`` with fresh evidence binding ``nonce``."""
         evidence = create_simulated_evidence(
-            platform_key, MEASUREMENT, report_data_for(CONFIG_ID, nonce, self.public_key)
+            platform_key, MEASUREMENT, workload_report_data(CONFIG_ID, nonce, self.public_key)
         )
         return {
-            "config_id": CONFIG_ID,
+            "config_id": str(CONFIG_ID),
             "nonce": nonce,
             "public_key": self.public_key,
             "evidence": evidence.to_json(),
@@ -469,9 +473,9 @@ class MicroResult:
 def _verify_rate(platform_key: Ed25519PrivateKey, seconds: float) -> float:
     workload = Workload.generate()
     evidence = Evidence.from_json(workload.request_body(platform_key, "ab" * 32)["evidence"])
-    if verify_evidence(evidence).measurement != MEASUREMENT:
+    if verify_evidence(evidence, at=AT).measurement != MEASUREMENT:
         raise BenchmarkError("the simulated evidence does not verify to its measurement")
-    return rate(lambda: verify_evidence(evidence), seconds)
+    return rate(lambda: verify_evidence(evidence, at=AT), seconds)
 
 
 def _prepared_requests(
@@ -482,7 +486,7 @@ def _prepared_requests(
     for _ in range(count):
         body = workload.request_body(platform_key, nonces.issue())
         requests.append(
-            WorkloadRequest(body["config_id"], body["nonce"], body["public_key"], body["evidence"])
+            WorkloadRequest(CONFIG_ID, body["nonce"], body["public_key"], body["evidence"])
         )
     return requests
 

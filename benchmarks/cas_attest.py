@@ -47,6 +47,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar, cast
@@ -438,11 +439,12 @@ def _expectations(nonce: str) -> CasExpectations:
 
 def _verification_rate(response: object, nonce: str, seconds: float) -> float:
     expectations = _expectations(nonce)
+    now = datetime.now(UTC)
     try:
-        verify_cas_attestation(response, expectations, None)
+        verify_cas_attestation(response, expectations, None, at=now)
     except Exception as exc:
         raise BenchmarkError(f"the server's attestation response does not verify: {exc}") from exc
-    return rate(lambda: verify_cas_attestation(response, expectations, None), seconds)
+    return rate(lambda: verify_cas_attestation(response, expectations, None, at=now), seconds)
 
 
 def _cas_rates(cas: Cas, seconds: float) -> dict[str, float]:

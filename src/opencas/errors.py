@@ -71,10 +71,20 @@ class PlatformError(CasError):
 
 
 class EvidenceError(CasError):
-    """Attestation evidence is malformed or does not verify."""
+    """Attestation evidence is malformed or does not verify.
+
+    ``check`` names the verification step that failed: ``format`` (the evidence is not of its
+    type's shape), ``type`` (no verifier for its type), ``signature`` (it does not verify),
+    ``debug`` (it contradicts what its type implies), ``collateral`` (what it must be checked
+    against is not available).
+    """
 
     code = "invalid-evidence"
     http_status = 400
+
+    def __init__(self, message: str, *, check: str = "format") -> None:
+        super().__init__(message)
+        self.check = check
 
 
 class AttestationRefused(CasError):

@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from opencas.attestation.simulated import create_simulated_evidence
+from opencas.attestation.workload_binding import ConfigId, workload_report_data
 from opencas.crypto.hpke_seal import open_workload_config
-from opencas.service.workloads import report_data_for
 from opencas.testing_plugin import SelfProvisionedCas
 
 MEASUREMENT = "5a" * 32
@@ -46,7 +46,7 @@ async def one_workload(client: httpx.AsyncClient, platform_key: Ed25519PrivateKe
     ).decode()
     nonce = (await client.post("/v1/enclave/nonce")).json()["nonce"]
     evidence = create_simulated_evidence(
-        platform_key, MEASUREMENT, report_data_for("load/app", nonce, public_key)
+        platform_key, MEASUREMENT, workload_report_data(ConfigId("load", "app"), nonce, public_key)
     )
     response = await client.post(
         "/v1/enclave/attest",

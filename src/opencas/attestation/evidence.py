@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from opencas.crypto.canonical import member_mismatch
 from opencas.crypto.encoding import b64_decode, b64_encode
 from opencas.errors import EvidenceError
 
@@ -21,6 +22,7 @@ MAX_EVIDENCE_BYTES = 64 * 1024
 # is rejected before dispatch so that error messages never echo arbitrary input at length.
 _TYPE_SHAPE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _MAX_BASE64_CHARS = 4 * ((MAX_EVIDENCE_BYTES + 2) // 3)
+_WIRE_KEYS = frozenset({"type", "data"})
 
 
 @dataclass(frozen=True)
@@ -44,16 +46,9 @@ class Evidence:
         """
         if not isinstance(obj, dict):
             raise EvidenceError("evidence must be a JSON object with the keys 'type' and 'data'")
-        keys = set(obj)
-        if keys != {"type", "data"}:
-            missing = sorted(str(k) for k in {"type", "data"} - keys)
-            extra = sorted(str(k)[:40] for k in keys - {"type", "data"})
-            parts = []
-            if missing:
-                parts.append(f"missing {', '.join(missing)}")
-            if extra:
-                parts.append(f"unexpected {', '.join(extra)}")
-            raise EvidenceError(f"evidence has the wrong fields ({'; '.join(parts)})")
+        mismatch = member_mismatch(obj, _WIRE_KEYS)
+        if mismatch is not None:
+            raise EvidenceError(f"evidence has the wrong fields ({mismatch})")
         evidence_type = obj["type"]
         if not isinstance(evidence_type, str) or not _TYPE_SHAPE.fullmatch(evidence_type):
             raise EvidenceError(

@@ -26,7 +26,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from opencas.attestation.evidence import Evidence, VerifiedEvidence
 from opencas.attestation.verify import verify_evidence
-from opencas.crypto.canonical import canonical_sha512
+from opencas.crypto.canonical import canonical_sha512, member_mismatch
 from opencas.crypto.x509 import CERTIFICATE_ERRORS, parse_eagerly
 from opencas.errors import AttestationRefused
 
@@ -38,6 +38,7 @@ _HASH_SHAPE = r"^[0-9a-f]{64}$"
 _HEX_SHAPE = r"^(?:[0-9a-f]{2})+$"
 _TIME_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z")
 _MAX_CERTIFICATE_PEM_CHARS = 16 * 1024
+_RESPONSE_KEYS = frozenset({"report", "evidence", "certificate_chain"})
 
 
 def _rfc3339_utc(text: str) -> str:
@@ -223,17 +224,9 @@ def _parse_response(
 ) -> tuple[CasReport, Evidence, x509.Certificate, x509.Certificate]:
     if not isinstance(response, dict):
         raise _format_error("the body must be a JSON object")
-    expected = {"report", "evidence", "certificate_chain"}
-    keys = set(response)
-    if keys != expected:
-        missing = sorted(str(k) for k in expected - keys)
-        extra = sorted(str(k)[:40] for k in keys - expected)
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing)}")
-        if extra:
-            parts.append(f"unexpected {', '.join(extra)}")
-        raise _format_error(f"wrong fields ({'; '.join(parts)})")
+    mismatch = member_mismatch(response, _RESPONSE_KEYS)
+    if mismatch is not None:
+        raise _format_error(f"wrong fields ({mismatch})")
     report = _parse_report(response["report"])
     evidence = Evidence.from_json(response["evidence"])
     chain = response["certificate_chain"]
@@ -416,25 +409,29 @@ def _check_provisioning(report: CasReport, expectations: CasExpectations) -> Non
 
 
 def verify_cas_attestation(
-    response: object, expectations: CasExpectations, peer_certificate_der: bytes | None
+    response: object,
+    expectations: CasExpectations,
+    peer_certificate_der: bytes | None,
+    *,
+    at: datetime,
 ) -> VerifiedCas:
     """Decide whether the ``GET /v1/attest`` answer ``response`` proves an acceptable CAS.
 
     ``response`` is the parsed JSON body; ``peer_certificate_der`` the certificate the TLS
-    connection presented (None when the caller did not connect over TLS, e.g. in tests). The
-    checks run in this order, and the first failure raises :class:`AttestationRefused` whose
-    ``check`` names it: ``format`` (body shape), then evidence verification
-    (:class:`EvidenceError`), ``binding`` (evidence binds this report), ``nonce``, ``binding``
-    (evidence measurement and platform equal the report's; debug evidence implies debug mode),
-    ``debug-mode``, ``measurement``, ``cas-key`` (CA certificate carries the reported CAS key),
-    ``cas-key-hash`` (the expected CAS key), ``db-key-injected``, ``tls-certificate`` (the TLS
-    certificate carries the reported TLS key and is issued by the CA certificate; the TLS
-    connection presented that certificate), then ``unprovisioned``, ``owner-identity`` and
-    ``owner-config``. On success it returns the report, the verified
-    evidence and the two certificates as PEM, for the caller to pin.
+    connection presented (None when the caller did not connect over TLS, e.g. in tests); ``at``
+    the time to verify the evidence as of. The checks run in this order, and the first failure
+    raises :class:`AttestationRefused` whose ``check`` names it: ``format`` (body shape), then
+    evidence verification (:class:`EvidenceError`, whose ``check`` names its step), ``binding``
+    (evidence binds this report), ``nonce``, ``binding`` (evidence measurement and platform equal
+    the report's; debug evidence implies debug mode), ``debug-mode``, ``measurement``,
+    ``cas-key`` (CA certificate carries the reported CAS key), ``cas-key-hash`` (the expected CAS
+    key), ``db-key-injected``, ``tls-certificate`` (the TLS certificate carries the reported TLS
+    key and is issued by the CA certificate; the TLS connection presented that certificate),
+    then ``unprovisioned``, ``owner-identity`` and ``owner-config``. On success it returns the
+    report, the verified evidence and the two certificates as PEM, for the caller to pin.
     """
     report, evidence, tls_certificate, ca_certificate = _parse_response(response)
-    verified = verify_evidence(evidence)
+    verified = verify_evidence(evidence, at=at)
     _check_binding(report, verified, expectations)
     _check_policy(report, verified, expectations)
     _check_certificates(report, expectations, tls_certificate, ca_certificate, peer_certificate_der)

@@ -20,13 +20,15 @@ and the signature covers ``b"opencas-simulated-evidence/v1\\x00" + canonical_jso
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from opencas.attestation.evidence import Evidence, VerifiedEvidence
-from opencas.crypto.canonical import canonical_json, strict_json_object
+from opencas.attestation.verifier import CollateralSource
+from opencas.crypto.canonical import canonical_json, member_mismatch, strict_json_object
 from opencas.crypto.encoding import b64_decode, b64_encode
 from opencas.crypto.keys import key_hash
 from opencas.errors import EvidenceError
@@ -96,16 +98,9 @@ def _parse_document(data: bytes) -> Any:
 def _check_keys(value: object, expected: frozenset[str], where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise EvidenceError(f"simulated evidence {where} must be a JSON object")
-    keys = set(value)
-    if keys != expected:
-        missing = sorted(expected - keys)
-        extra = sorted(key[:40] for key in keys - expected)
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing)}")
-        if extra:
-            parts.append(f"unexpected {', '.join(extra)}")
-        raise EvidenceError(f"simulated evidence {where} has the wrong fields ({'; '.join(parts)})")
+    mismatch = member_mismatch(value, expected)
+    if mismatch is not None:
+        raise EvidenceError(f"simulated evidence {where} has the wrong fields ({mismatch})")
     return value
 
 
@@ -132,7 +127,9 @@ def verify_simulated_evidence(evidence: Evidence) -> VerifiedEvidence:
     hash; trusting that key is the caller's decision.
     """
     if evidence.type != EVIDENCE_TYPE:
-        raise EvidenceError(f"evidence of type '{evidence.type}' is not simulated evidence")
+        raise EvidenceError(
+            f"evidence of type '{evidence.type}' is not simulated evidence", check="type"
+        )
     document = _check_keys(_parse_document(evidence.data), _TOP_KEYS, "document")
     body = _check_keys(document["body"], _BODY_KEYS, "body")
     if body["format"] != FORMAT:
@@ -151,7 +148,8 @@ def verify_simulated_evidence(evidence: Evidence) -> VerifiedEvidence:
     if body["debug"] is not True:
         raise EvidenceError(
             "simulated evidence field 'debug' must be true: simulated platforms always run "
-            "in debug mode"
+            "in debug mode",
+            check="debug",
         )
     try:
         platform_key = Ed25519PublicKey.from_public_bytes(
@@ -167,7 +165,8 @@ def verify_simulated_evidence(evidence: Evidence) -> VerifiedEvidence:
     except InvalidSignature as exc:
         raise EvidenceError(
             "simulated evidence signature does not verify: the evidence was changed or was not "
-            "signed by its platform key"
+            "signed by its platform key",
+            check="signature",
         ) from exc
     return VerifiedEvidence(
         platform=EVIDENCE_TYPE,
@@ -178,3 +177,17 @@ def verify_simulated_evidence(evidence: Evidence) -> VerifiedEvidence:
         tcb_status=TCB_STATUS,
         advisories=(),
     )
+
+
+class SimulatedVerifier:
+    """The :class:`~opencas.attestation.verifier.Verifier` of simulated evidence.
+
+    Simulated evidence carries everything it is checked against (the platform key) and has no
+    time in it, so the verification time and the collateral source are not used.
+    """
+
+    def verify(
+        self, evidence: Evidence, *, at: datetime, collateral: CollateralSource
+    ) -> VerifiedEvidence:
+        """:func:`verify_simulated_evidence` of ``evidence``."""
+        return verify_simulated_evidence(evidence)

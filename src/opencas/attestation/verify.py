@@ -1,34 +1,51 @@
-"""One entry point for evidence verification, dispatching on the evidence type."""
+"""One entry point for evidence verification: the registry of verifiers, by evidence type.
+
+Every evidence type this build verifies has one :class:`~opencas.attestation.verifier.Verifier`
+in :data:`VERIFIERS`; :func:`verify_evidence` looks it up and runs it. A verifier for a real TEE
+is added there, next to the simulated one, without touching its callers.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
+from datetime import datetime
+from types import MappingProxyType
 
 from opencas.attestation.evidence import Evidence, VerifiedEvidence
 from opencas.attestation.simulated import EVIDENCE_TYPE as SIMULATED
-from opencas.attestation.simulated import verify_simulated_evidence
+from opencas.attestation.simulated import SimulatedVerifier
+from opencas.attestation.verifier import NO_COLLATERAL, CollateralSource, Verifier
 from opencas.errors import EvidenceError
 
-_VERIFIERS: dict[str, Callable[[Evidence], VerifiedEvidence]] = {
-    SIMULATED: verify_simulated_evidence,
-}
+#: The verifier of each evidence type this build supports.
+VERIFIERS: Mapping[str, Verifier] = MappingProxyType({SIMULATED: SimulatedVerifier()})
 
 #: Evidence types OpenCAS knows but this build cannot verify yet.
 KNOWN_UNSUPPORTED_TYPES = frozenset({"sgx-dcap", "tdx", "snp"})
 
 
-def verify_evidence(evidence: Evidence) -> VerifiedEvidence:
-    """Verify ``evidence`` with the verifier for its type and return what it proves.
+def verify_evidence(
+    evidence: Evidence,
+    *,
+    at: datetime,
+    collateral: CollateralSource = NO_COLLATERAL,
+    verifiers: Mapping[str, Verifier] = VERIFIERS,
+) -> VerifiedEvidence:
+    """Verify ``evidence`` as of ``at`` with the verifier for its type; return what it proves.
 
-    Raises :class:`EvidenceError` when the evidence does not verify, when its type is known but
-    not supported by this build, or when its type is unknown. Whether what it proves is
-    acceptable (measurement, debug mode, TCB status) is for the caller's policy to decide.
+    ``collateral`` is where the verifier gets what it checks the evidence against (none is needed
+    for simulated evidence); ``verifiers`` the registry to use. Raises :class:`EvidenceError`
+    when the evidence does not verify, or (``check="type"``) when its type is known but not
+    supported by this build, or unknown. Whether what it proves is acceptable (measurement,
+    debug mode, TCB status) is for the caller's policy to decide.
     """
-    verifier = _VERIFIERS.get(evidence.type)
+    verifier = verifiers.get(evidence.type)
     if verifier is not None:
-        return verifier(evidence)
+        return verifier.verify(evidence, at=at, collateral=collateral)
     if evidence.type in KNOWN_UNSUPPORTED_TYPES:
-        raise EvidenceError(f"evidence type '{evidence.type}' is not supported by this build")
-    known = ", ".join(sorted({*_VERIFIERS, *KNOWN_UNSUPPORTED_TYPES}))
+        raise EvidenceError(
+            f"evidence type '{evidence.type}' is not supported by this build", check="type"
+        )
+    known = ", ".join(sorted({*verifiers, *KNOWN_UNSUPPORTED_TYPES}))
     shown = evidence.type if len(evidence.type) <= 40 else evidence.type[:40] + "..."
-    raise EvidenceError(f"unknown evidence type {shown!r} (known types: {known})")
+    raise EvidenceError(f"unknown evidence type {shown!r} (known types: {known})", check="type")

@@ -14,36 +14,29 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
-from cryptography.hazmat.primitives.asymmetric import ec
 
+from opencas.attestation.workload_binding import CONFIG_ID_SHAPE, ConfigId
 from opencas.cli.casctl_common import reports_errors
-from opencas.client.enclave import EnclaveClient, open_config, report_data_for
+from opencas.client.enclave import EnclaveClient
 from opencas.client.state import CasctlState, casctl_home, load_state
-from opencas.crypto.encoding import b64_encode
-from opencas.crypto.keys import public_key_der
 from opencas.errors import ClientError
 from opencas.platform.simulated import SimulatedPlatform
-from opencas.policy.model import check_environment_name, check_service_name, check_session_name
+from opencas.policy.model import check_environment_name
+from opencas.runtime.exchange import fetch_configuration
 from opencas.runtime.launcher import launch
 from opencas.runtime.measure import Measurement, measure_program, resolve_program
 
 PLATFORM_KEY_FILE = "simulated-platform.key"
 AVAILABLE_PLATFORMS = ("simulated",)
-WORKLOAD_KEM = "P-256"
 
 
-def _config_id_option(_: click.Context, __: click.Parameter, value: str | None) -> str | None:
+def _config_id_option(_: click.Context, __: click.Parameter, value: str | None) -> ConfigId | None:
     if value is None:
         return None
-    session, separator, service = value.rpartition("/")
-    if not separator:
-        raise click.BadParameter(f"expected SESSION/SERVICE, got {value!r} (no '/')")
     try:
-        check_session_name(session)
-        check_service_name(service)
+        return ConfigId.parse(value)
     except ValueError as exc:
-        raise click.BadParameter(f"expected SESSION/SERVICE: {exc}") from exc
-    return value
+        raise click.BadParameter(str(exc)) from exc
 
 
 def _pass_env_option(
@@ -118,7 +111,7 @@ def _measure(argv: Sequence[str], measure_paths: Sequence[Path]) -> Measurement:
     envvar="CAS_CONFIG_ID",
     required=True,
     callback=_config_id_option,
-    help="SESSION/SERVICE to attest as (default: $CAS_CONFIG_ID).",
+    help=f"{CONFIG_ID_SHAPE} to attest as (default: $CAS_CONFIG_ID).",
 )
 @click.option(
     "--cas",
@@ -143,7 +136,7 @@ def _measure(argv: Sequence[str], measure_paths: Sequence[Path]) -> Measurement:
 @reports_errors
 def run_command(
     ctx: click.Context,
-    config_id: str,
+    config_id: ConfigId,
     cas: str | None,
     platform: str,
     measure_paths: tuple[Path, ...],
@@ -166,19 +159,9 @@ def run_command(
     program = resolve_program(argv)
     measurement = measure_program(program, measure_paths)
     simulated = SimulatedPlatform.load_or_create(home / PLATFORM_KEY_FILE, measurement.value)
-    key = ec.generate_private_key(ec.SECP256R1())
-    public_key = b64_encode(public_key_der(key.public_key()))
     with EnclaveClient(url, ca_pem) as client:
-        nonce = client.nonce()
-        evidence = simulated.evidence(report_data_for(config_id, nonce, public_key))
-        answer = client.attest(config_id, nonce, public_key, evidence)
-    if answer["kem"] != WORKLOAD_KEM:
-        raise ClientError(
-            f"the CAS's answer could not be opened/parsed: it names the KEM {answer['kem'][:20]!r},"
-            f" not {WORKLOAD_KEM}"
-        )
-    config = open_config(key, answer["sealed"], config_id, nonce)
-    ctx.exit(launch(config, program, argv, pass_env=pass_env, workload_key=key))
+        attested = fetch_configuration(client, config_id, simulated)
+    ctx.exit(launch(attested.config, program, argv, pass_env=pass_env, workload_key=attested.key))
 
 
 @click.command("measure", context_settings=_COMMAND_SETTINGS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -107,7 +108,9 @@ class CasClient:
             body = response.json()
         except ValueError as exc:
             raise MalformedAnswer("the CAS answered /v1/attest with invalid JSON") from exc
-        return verify_cas_attestation(body, expectations, _peer_certificate(response))
+        return verify_cas_attestation(
+            body, expectations, _peer_certificate(response), at=datetime.now(UTC)
+        )
 
     def version(self) -> VersionInfo:
         """The CAS's software and API version, and the port of its enclave API."""

@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 
 from opencas.attestation.evidence import Evidence
+from opencas.attestation.workload_binding import ConfigId
 from opencas.client.channel import ApiChannel, ApiError
-from opencas.crypto.canonical import canonical_json, canonical_sha512, strict_json_object
+from opencas.crypto.canonical import canonical_json, member_mismatch, strict_json_object
 from opencas.crypto.encoding import b64_decode
 from opencas.crypto.hpke_seal import RecipientPrivateKey, SealedConfigError, open_workload_config
 from opencas.errors import AttestationRefused, ClientError
@@ -78,7 +79,7 @@ class WorkloadConfig:
     Values may hold secrets: the representation shows only the config id and the session hash.
     """
 
-    config_id: str
+    config_id: ConfigId
     session_hash: str
     command: tuple[str, ...] = field(repr=False)
     environment: Mapping[str, str] = field(repr=False)
@@ -87,14 +88,8 @@ class WorkloadConfig:
     certificates: Mapping[str, IssuedCertificate] = field(repr=False)
 
 
-def report_data_for(config_id: str, nonce: str, public_key_b64: str) -> bytes:
-    """The 64 bytes the workload's evidence must bind: SHA-512 over the canonical JSON of
-    ``{"config_id", "nonce", "public_key"}`` (the public key as the base64 text sent)."""
-    return canonical_sha512({"config_id": config_id, "nonce": nonce, "public_key": public_key_b64})
-
-
 def open_config(
-    private_key: RecipientPrivateKey, sealed_b64: str, config_id: str, nonce: str
+    private_key: RecipientPrivateKey, sealed_b64: str, config_id: ConfigId, nonce: str
 ) -> WorkloadConfig:
     """Open the CAS's sealed answer for ``(config_id, nonce)`` and parse it strictly.
 
@@ -105,7 +100,7 @@ def open_config(
     be opened or parsed, and why, without quoting the plaintext.
     """
     try:
-        plaintext = open_workload_config(private_key, sealed_b64, config_id, nonce)
+        plaintext = open_workload_config(private_key, sealed_b64, str(config_id), nonce)
     except SealedConfigError as exc:
         raise ClientError(f"{_UNREADABLE}: {exc}") from exc
     try:
@@ -114,7 +109,7 @@ def open_config(
         raise ClientError(f"{_UNREADABLE}: {exc}") from exc
 
 
-def parse_workload_config(plaintext: bytes, config_id: str) -> WorkloadConfig:
+def parse_workload_config(plaintext: bytes, config_id: ConfigId) -> WorkloadConfig:
     """Parse an opened configuration for ``config_id``; ``ValueError`` says what is wrong.
 
     Messages name members and positions, never values, since values may be secrets.
@@ -127,7 +122,7 @@ def parse_workload_config(plaintext: bytes, config_id: str) -> WorkloadConfig:
     if not canonical:
         raise ValueError("the configuration is not in canonical JSON form (RFC 8785)")
     _exact_keys(document, _CONFIG_KEYS, "the configuration")
-    if document["config_id"] != config_id:
+    if document["config_id"] != str(config_id):
         raise ValueError("the configuration is for another config id")
     session_hash = _checked(document["session_hash"], check_hex64, "session_hash")
     command = tuple(
@@ -152,10 +147,10 @@ def parse_workload_config(plaintext: bytes, config_id: str) -> WorkloadConfig:
 def _exact_keys(value: object, expected: frozenset[str], where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"{where} must be a JSON object")
-    if set(value) != expected:
-        missing = sorted(expected - set(value))
-        extra = len(set(value) - expected)
-        raise ValueError(f"{where} has the wrong members (missing {missing}, {extra} unexpected)")
+    # Member names of the configuration can be secret values: unexpected ones are only counted.
+    mismatch = member_mismatch(value, expected, name_unexpected=False)
+    if mismatch is not None:
+        raise ValueError(f"{where} has the wrong members ({mismatch})")
     return value
 
 
@@ -276,7 +271,7 @@ class EnclaveClient:
         return nonce
 
     def attest(
-        self, config_id: str, nonce: str, public_key_der_b64: str, evidence: Evidence
+        self, config_id: ConfigId, nonce: str, public_key_der_b64: str, evidence: Evidence
     ) -> dict[str, str]:
         """Post the attestation; return the CAS's ``{"kem": ..., "sealed": ...}``.
 
@@ -286,7 +281,7 @@ class EnclaveClient:
         does not have exactly the string members ``kem`` and ``sealed``.
         """
         request = {
-            "config_id": config_id,
+            "config_id": str(config_id),
             "nonce": nonce,
             "public_key": public_key_der_b64,
             "evidence": evidence.to_json(),
@@ -310,5 +305,4 @@ class EnclaveClient:
             raise ClientError("the CAS answered /v1/enclave/attest without a sealed configuration")
         return {"kem": body["kem"], "sealed": body["sealed"]}
 
-    report_data_for = staticmethod(report_data_for)
     open_config = staticmethod(open_config)

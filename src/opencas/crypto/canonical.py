@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import rfc8785
@@ -92,6 +93,30 @@ def strict_json_object(data: bytes, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"the {what} must be a JSON object")
     return value
+
+
+def member_mismatch(
+    members: Iterable[object], expected: frozenset[str], *, name_unexpected: bool = True
+) -> str | None:
+    """What is wrong with a JSON object's member names, or None when they are ``expected``.
+
+    The answer reads ``missing a, b; unexpected c``: missing names sorted, unexpected ones
+    sorted and cut to 40 characters, or only counted (``2 unexpected``) when
+    ``name_unexpected`` is false, for documents whose member names may be secret values.
+    """
+    present = {str(member) for member in members}
+    if present == expected:
+        return None
+    parts = []
+    missing = sorted(expected - present)
+    if missing:
+        parts.append(f"missing {', '.join(missing)}")
+    unexpected = present - expected
+    if unexpected and name_unexpected:
+        parts.append(f"unexpected {', '.join(sorted(name[:40] for name in unexpected))}")
+    elif unexpected:
+        parts.append(f"{len(unexpected)} unexpected")
+    return "; ".join(parts)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

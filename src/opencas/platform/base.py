@@ -7,8 +7,20 @@ from typing import Protocol, runtime_checkable
 from opencas.attestation.evidence import Evidence
 
 
+class EvidenceProvider(Protocol):
+    """What produces evidence: a platform, as a workload attesting to a CAS needs it."""
+
+    def evidence(self, report_data: bytes) -> Evidence:
+        """Evidence that binds the 64-byte ``report_data`` to this platform and measurement.
+
+        Raises ``ValueError`` when ``report_data`` is not 64 bytes and
+        :class:`opencas.errors.PlatformError` when the platform cannot produce evidence.
+        """
+        ...
+
+
 @runtime_checkable
-class Platform(Protocol):
+class Platform(EvidenceProvider, Protocol):
     """The trusted execution environment this program runs in.
 
     It says what it is (``kind``, ``debug``), what code runs (``measurement``), produces
@@ -29,14 +41,6 @@ class Platform(Protocol):
     @property
     def measurement(self) -> str:
         """The software measurement of this program, lowercase hex."""
-        ...
-
-    def evidence(self, report_data: bytes) -> Evidence:
-        """Evidence that binds the 64-byte ``report_data`` to this platform and measurement.
-
-        Raises ``ValueError`` when ``report_data`` is not 64 bytes and
-        :class:`opencas.errors.PlatformError` when the platform cannot produce evidence.
-        """
         ...
 
     def seal(self, plaintext: bytes) -> bytes:

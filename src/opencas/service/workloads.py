@@ -28,8 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from opencas.attestation.evidence import Evidence
 from opencas.attestation.verify import verify_evidence
+from opencas.attestation.workload_binding import ConfigId, workload_report_data
 from opencas.attestation.workload_policy import check_workload
-from opencas.crypto.canonical import canonical_json, canonical_sha512
+from opencas.crypto.canonical import canonical_json
 from opencas.crypto.hpke_seal import load_recipient_public_key, seal_workload_config
 from opencas.errors import AttestationRefused, InvalidRequest, NotFoundError, RateLimitedError
 from opencas.policy.certificates import (
@@ -107,7 +108,7 @@ class NonceStore:
 class WorkloadRequest:
     """The body of ``POST /v1/enclave/attest``, shape-checked by the API."""
 
-    config_id: str
+    config_id: ConfigId
     nonce: str
     public_key: str
     evidence: Mapping[str, Any]
@@ -121,19 +122,6 @@ class SealedConfig:
     sealed: str
 
 
-def split_config_id(config_id: str) -> tuple[str, str]:
-    """``SESSION/SERVICE`` → (session, service); the last ``/`` separates them."""
-    session, _, service = config_id.rpartition("/")
-    if not session or not service:
-        raise InvalidRequest(f"config_id must be SESSION/SERVICE, got {config_id!r}")
-    return session, service
-
-
-def report_data_for(config_id: str, nonce: str, public_key: str) -> bytes:
-    """The report data the evidence must carry: SHA-512 over the canonical binding."""
-    return canonical_sha512({"config_id": config_id, "nonce": nonce, "public_key": public_key})
-
-
 def attest_workload(cas: Cas, nonces: NonceStore, request: WorkloadRequest) -> SealedConfig:
     """Attest a workload and return its sealed configuration.
 
@@ -141,29 +129,29 @@ def attest_workload(cas: Cas, nonces: NonceStore, request: WorkloadRequest) -> S
     and no other service), :class:`NotFoundError` for an unknown session or service,
     :class:`InvalidRequest` for a malformed key or evidence.
     """
-    session_name, service_name = split_config_id(request.config_id)
+    config_id = request.config_id
     public_key_der = _public_key_der(request.public_key)
     evidence = Evidence.from_json(dict(request.evidence))
     nonces.consume(request.nonce)
-    verified = verify_evidence(evidence)
-    expected = report_data_for(request.config_id, request.nonce, request.public_key)
+    verified = verify_evidence(evidence, at=datetime.now(UTC))
+    expected = workload_report_data(config_id, request.nonce, request.public_key)
     if not hmac.compare_digest(verified.report_data, expected):
         raise AttestationRefused(
             "binding",
             "the evidence does not bind this config id, nonce and public key",
         )
     with cas.store.snapshot() as view:
-        stored = load_session(view, session_name)
-        service = stored.session.service(service_name) if stored else None
+        stored = load_session(view, config_id.session)
+        service = stored.session.service(config_id.service) if stored else None
         if stored is None or service is None:
-            raise NotFoundError(f"there is no service {request.config_id}")
+            raise NotFoundError(f"there is no service {config_id}")
         check_workload(
             verified, service, stored.session.security.attestation, cas_debug=cas.platform.debug
         )
-        values = _values(view, stored.session, session_name, stored.record.hash)
+        values = _values(view, stored.session, config_id.session, stored.record.hash)
         config = _render(stored.session, service, values, public_key_der, stored.record.hash)
-    plaintext = canonical_json({"config_id": request.config_id, **config})
-    kem, sealed = seal_workload_config(public_key_der, plaintext, request.config_id, request.nonce)
+    plaintext = canonical_json({"config_id": str(config_id), **config})
+    kem, sealed = seal_workload_config(public_key_der, plaintext, str(config_id), request.nonce)
     return SealedConfig(kem, sealed)
 
 

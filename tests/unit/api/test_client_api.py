@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ def test_attest_verifies_in_process(client: InProcessClient, cas: Cas) -> None:
         body,
         CasExpectations(nonce=nonce, allow_debug=True, allow_unprovisioned=True),
         peer_certificate_der=None,
+        at=datetime.now(UTC),
     )
     assert verified.report.cas_key_hash == cas.identity.cas_key_hash
     assert verified.report.instance_id == cas.identity.instance_id

@@ -33,6 +33,8 @@ from opencas.errors import AttestationRefused, EvidenceError
 
 NONCE = "0123456789abcdef0123456789abcdef"
 MEASUREMENT = "5e" * 32
+#: The time the evidence is verified as of (simulated evidence does not depend on it).
+AT = datetime.datetime(2026, 11, 29, 14, 0, tzinfo=datetime.UTC)
 NOT_BEFORE = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 NOT_AFTER = datetime.datetime(2036, 1, 1, tzinfo=datetime.UTC)
 
@@ -155,13 +157,13 @@ def refused(
     response: object, expectations: CasExpectations, peer: bytes | None = None
 ) -> AttestationRefused:
     with pytest.raises(AttestationRefused) as info:
-        verify_cas_attestation(response, expectations, peer)
+        verify_cas_attestation(response, expectations, peer, at=AT)
     return info.value
 
 
 def test_happy_path(bundle: Bundle) -> None:
     response = bundle.response()
-    verified = verify_cas_attestation(response, expect(), bundle.tls_der)
+    verified = verify_cas_attestation(response, expect(), bundle.tls_der, at=AT)
     assert verified.report == CasReport.model_validate(response["report"])
     assert verified.report.model_dump(mode="json") == response["report"]
     assert verified.evidence.measurement == MEASUREMENT
@@ -171,7 +173,7 @@ def test_happy_path(bundle: Bundle) -> None:
 
 
 def test_happy_path_without_peer_certificate(bundle: Bundle) -> None:
-    verify_cas_attestation(bundle.response(), expect(), None)
+    verify_cas_attestation(bundle.response(), expect(), None, at=AT)
 
 
 def test_unprovisioned_report_verifies(bundle: Bundle) -> None:
@@ -183,7 +185,9 @@ def test_unprovisioned_report_verifies(bundle: Bundle) -> None:
         audit={"seq": 0, "head": AUDIT_GENESIS_HEAD},
     )
     response = bundle.response(report)
-    verified = verify_cas_attestation(response, expect(allow_unprovisioned=True), bundle.tls_der)
+    verified = verify_cas_attestation(
+        response, expect(allow_unprovisioned=True), bundle.tls_der, at=AT
+    )
     assert verified.report.audit.head == AUDIT_GENESIS_HEAD
     assert refused(response, expect()).check == "unprovisioned"
     owner_expected = expect(allow_unprovisioned=True, owner_identity_hash="aa" * 32)
@@ -196,7 +200,7 @@ def test_expected_owner_and_config(bundle: Bundle) -> None:
     assert report["provisioned"] is True
     owner, config = str(report["owner_identity_hash"]), str(report["owner_config_sha256"])
     both = expect(owner_identity_hash=owner, owner_config_sha256=config)
-    verified = verify_cas_attestation(response, both, bundle.tls_der)
+    verified = verify_cas_attestation(response, both, bundle.tls_der, at=AT)
     assert verified.report.owner_identity_hash == owner
     wrong_owner = expect(owner_identity_hash="ab" * 32, owner_config_sha256=config)
     problem = refused(response, wrong_owner)
@@ -305,7 +309,7 @@ def test_measurement_mismatch(bundle: Bundle) -> None:
 
 def test_measurement_any_of_matches(bundle: Bundle) -> None:
     expected = frozenset({"01" * 32, MEASUREMENT})
-    verify_cas_attestation(bundle.response(), expect(measurements=expected), bundle.tls_der)
+    verify_cas_attestation(bundle.response(), expect(measurements=expected), bundle.tls_der, at=AT)
 
 
 def test_ca_certificate_does_not_carry_reported_cas_key(bundle: Bundle) -> None:
@@ -315,7 +319,7 @@ def test_ca_certificate_does_not_carry_reported_cas_key(bundle: Bundle) -> None:
 
 def test_expected_cas_key_hash(bundle: Bundle) -> None:
     pinned = key_hash(bundle.ca_key)
-    verify_cas_attestation(bundle.response(), expect(cas_key_hash=pinned), bundle.tls_der)
+    verify_cas_attestation(bundle.response(), expect(cas_key_hash=pinned), bundle.tls_der, at=AT)
     error = refused(bundle.response(), expect(cas_key_hash="d4" * 32), bundle.tls_der)
     assert error.check == "cas-key-hash"
 
@@ -325,7 +329,7 @@ def test_db_key_injected(bundle: Bundle) -> None:
     error = refused(response, expect(), bundle.tls_der)
     assert error.check == "db-key-injected"
     assert "--allow-cas-owner-secret-access" in error.message
-    verify_cas_attestation(response, expect(allow_db_key_injected=True), bundle.tls_der)
+    verify_cas_attestation(response, expect(allow_db_key_injected=True), bundle.tls_der, at=AT)
 
 
 def test_tls_certificate_not_issued_by_ca(bundle: Bundle) -> None:
@@ -372,7 +376,7 @@ def test_peer_with_reissued_certificate_for_the_same_key_is_accepted(bundle: Bun
     # The CAS reissues its TLS certificate (same key) when the owner changes its subject.
     reissued = _certificate_for(bundle.tls_key, bundle.ca_key, bundle.ca_certificate.subject)
     assert reissued != bundle.tls_der
-    assert verify_cas_attestation(bundle.response(), expect(), reissued).report.tls_key_hash
+    assert verify_cas_attestation(bundle.response(), expect(), reissued, at=AT).report.tls_key_hash
 
 
 def test_peer_with_the_right_key_from_another_issuer_is_refused(bundle: Bundle) -> None:
@@ -424,7 +428,7 @@ def _malformed_responses(bundle: Bundle) -> list[object]:
 def test_malformed_bodies_are_refused_cleanly(bundle: Bundle) -> None:
     for response in _malformed_responses(bundle):
         with pytest.raises((AttestationRefused, EvidenceError)):
-            verify_cas_attestation(response, expect(), bundle.tls_der)
+            verify_cas_attestation(response, expect(), bundle.tls_der, at=AT)
 
 
 @pytest.mark.parametrize(
@@ -445,7 +449,7 @@ def test_evidence_not_base64_is_evidence_error(bundle: Bundle) -> None:
     response = bundle.response()
     response["evidence"]["data"] = "%%%"
     with pytest.raises(EvidenceError, match="base64"):
-        verify_cas_attestation(response, expect(), bundle.tls_der)
+        verify_cas_attestation(response, expect(), bundle.tls_der, at=AT)
 
 
 def test_inconsistent_provisioning_claims_are_refused(bundle: Bundle) -> None:

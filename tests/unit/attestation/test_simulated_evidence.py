@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from opencas.errors import EvidenceError
 
 MEASUREMENT = "ab" * 32
 REPORT_DATA = bytes(range(64))
+AT = datetime(2026, 11, 29, 14, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -51,7 +53,7 @@ def test_round_trip(key: Ed25519PrivateKey) -> None:
     assert verified.platform_key_hash == key_hash(key)
     assert verified.tcb_status == "Simulated"
     assert verified.advisories == ()
-    assert verify_evidence(evidence) == verified
+    assert verify_evidence(evidence, at=AT) == verified
 
 
 def test_wire_form_round_trip(key: Ed25519PrivateKey) -> None:
@@ -109,8 +111,9 @@ def test_other_key_signature_fails(key: Ed25519PrivateKey) -> None:
 def test_debug_must_be_true(key: Ed25519PrivateKey, debug: object) -> None:
     body = _document(create_simulated_evidence(key, MEASUREMENT, REPORT_DATA))["body"]
     body["debug"] = debug
-    with pytest.raises(EvidenceError, match="'debug' must be true"):
+    with pytest.raises(EvidenceError, match="'debug' must be true") as refused:
         verify_simulated_evidence(_resign(key, body))
+    assert refused.value.check == "debug"
 
 
 @pytest.mark.parametrize(
@@ -190,13 +193,13 @@ def test_create_refuses_bad_arguments(key: Ed25519PrivateKey) -> None:
 
 def test_unknown_type_is_refused() -> None:
     with pytest.raises(EvidenceError, match="unknown evidence type 'quantum'"):
-        verify_evidence(Evidence("quantum", b"{}"))
+        verify_evidence(Evidence("quantum", b"{}"), at=AT)
 
 
 @pytest.mark.parametrize("evidence_type", ["sgx-dcap", "tdx", "snp"])
 def test_known_unsupported_types(evidence_type: str) -> None:
     with pytest.raises(EvidenceError, match=f"'{evidence_type}' is not supported by this build"):
-        verify_evidence(Evidence(evidence_type, b"\x00"))
+        verify_evidence(Evidence(evidence_type, b"\x00"), at=AT)
 
 
 def test_simulated_verifier_refuses_other_types(key: Ed25519PrivateKey) -> None:

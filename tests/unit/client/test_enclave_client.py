@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 
 from opencas.attestation.evidence import Evidence
+from opencas.attestation.workload_binding import ConfigId
 from opencas.client.channel import ApiError, CasUnreachable
 from opencas.client.enclave import (
     EnclaveClient,
@@ -19,9 +20,8 @@ from opencas.client.enclave import (
     IssuedCertificate,
     open_config,
     parse_workload_config,
-    report_data_for,
 )
-from opencas.crypto.canonical import canonical_json, canonical_sha512
+from opencas.crypto.canonical import canonical_json
 from opencas.crypto.hpke_seal import (
     SealedConfigError,
     UnsupportedRecipientKey,
@@ -35,6 +35,7 @@ from opencas.crypto.x509 import certificate_pem, create_ca_certificate
 from opencas.errors import AttestationRefused, ClientError
 
 CONFIG_ID = "team/app/api"
+WORKLOAD = ConfigId.parse(CONFIG_ID)
 NONCE = "ab" * 32
 SECRET = "s3cr3t-value-never-shown"
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -161,8 +162,8 @@ def document(**overrides: Any) -> dict[str, Any]:
 
 
 def test_parses_the_documented_plaintext() -> None:
-    config = parse_workload_config(canonical_json(document()), CONFIG_ID)
-    assert config.config_id == CONFIG_ID
+    config = parse_workload_config(canonical_json(document()), WORKLOAD)
+    assert config.config_id == WORKLOAD
     assert config.session_hash == "0f" * 32
     assert config.command == ("python3", "app.py", f"--token={SECRET}")
     assert dict(config.environment) == {"TOKEN": SECRET, "CONF": "/etc/app/conf.yaml"}
@@ -181,7 +182,7 @@ def test_empty_configuration() -> None:
     plaintext = canonical_json(
         document(command=[], environment={}, pwd=None, injection_files=[], certificates={})
     )
-    config = parse_workload_config(plaintext, CONFIG_ID)
+    config = parse_workload_config(plaintext, WORKLOAD)
     assert config.command == ()
     assert config.pwd is None
 
@@ -241,7 +242,7 @@ BAD_DOCUMENTS: dict[str, Any] = {
 @pytest.mark.parametrize("doc", BAD_DOCUMENTS.values(), ids=BAD_DOCUMENTS.keys())
 def test_deviations_are_refused(doc: dict[str, Any]) -> None:
     with pytest.raises(ValueError) as caught:
-        parse_workload_config(canonical_json(doc), CONFIG_ID)
+        parse_workload_config(canonical_json(doc), WORKLOAD)
     assert SECRET not in str(caught.value)
 
 
@@ -258,14 +259,14 @@ def test_deviations_are_refused(doc: dict[str, Any]) -> None:
 )
 def test_non_canonical_or_invalid_json_is_refused(plaintext: bytes) -> None:
     with pytest.raises(ValueError) as caught:
-        parse_workload_config(plaintext, CONFIG_ID)
+        parse_workload_config(plaintext, WORKLOAD)
     assert SECRET not in str(caught.value)
 
 
 def test_open_config_round_trip() -> None:
     key = p256()
     _, sealed = seal_workload_config(der_of(key), canonical_json(document()), CONFIG_ID, NONCE)
-    config = open_config(key, sealed, CONFIG_ID, NONCE)
+    config = open_config(key, sealed, WORKLOAD, NONCE)
     assert config.command[1] == "app.py"
     assert EnclaveClient.open_config is open_config
 
@@ -276,20 +277,12 @@ def test_open_config_errors_are_client_errors_without_plaintext() -> None:
         der_of(key), canonical_json(document(command=[1, SECRET])), CONFIG_ID, NONCE
     )
     with pytest.raises(ClientError, match=r"the CAS's answer could not be opened/parsed") as bad:
-        open_config(key, sealed, CONFIG_ID, NONCE)
+        open_config(key, sealed, WORKLOAD, NONCE)
     assert SECRET not in bad.value.message
     with pytest.raises(ClientError, match=r"could not be opened/parsed"):
-        open_config(p256(), sealed, CONFIG_ID, NONCE)
+        open_config(p256(), sealed, WORKLOAD, NONCE)
     with pytest.raises(ClientError, match=r"could not be opened/parsed"):
-        open_config(key, sealed, CONFIG_ID, "cd" * 32)
-
-
-def test_report_data_binds_the_three_strings() -> None:
-    data = report_data_for(CONFIG_ID, NONCE, "cHVi")
-    assert len(data) == 64
-    assert data == canonical_sha512({"config_id": CONFIG_ID, "nonce": NONCE, "public_key": "cHVi"})
-    assert data != report_data_for(CONFIG_ID, NONCE, "cHVj")
-    assert EnclaveClient.report_data_for is report_data_for
+        open_config(key, sealed, WORKLOAD, "cd" * 32)
 
 
 # --- the HTTP client ---------------------------------------------------------------------------
@@ -335,7 +328,7 @@ def test_attest_posts_the_documented_body() -> None:
         return httpx.Response(200, json={"kem": "P-256", "sealed": "c2VhbGVk"})
 
     with client_for(handler) as client:
-        answer = client.attest(CONFIG_ID, NONCE, "cHVi", EVIDENCE)
+        answer = client.attest(WORKLOAD, NONCE, "cHVi", EVIDENCE)
     assert answer == {"kem": "P-256", "sealed": "c2VhbGVk"}
     assert seen == [
         {
@@ -353,7 +346,7 @@ def test_refusal_becomes_attestation_refused() -> None:
         client_for(lambda _: httpx.Response(403, json=body)) as client,
         pytest.raises(AttestationRefused) as refused,
     ):
-        client.attest(CONFIG_ID, NONCE, "cHVi", EVIDENCE)
+        client.attest(WORKLOAD, NONCE, "cHVi", EVIDENCE)
     assert refused.value.check == "measurement"
     assert refused.value.message == "not allowed"
 
@@ -372,7 +365,7 @@ def test_other_errors_are_api_errors(status: int, body: dict[str, Any]) -> None:
         client_for(lambda _: httpx.Response(status, json=body)) as client,
         pytest.raises(ApiError) as error,
     ):
-        client.attest(CONFIG_ID, NONCE, "cHVi", EVIDENCE)
+        client.attest(WORKLOAD, NONCE, "cHVi", EVIDENCE)
     assert error.value.status == status
 
 
@@ -385,7 +378,7 @@ def test_malformed_attest_answer(body: Any) -> None:
         client_for(lambda _: httpx.Response(200, json=body)) as client,
         pytest.raises(ClientError, match="without a sealed configuration"),
     ):
-        client.attest(CONFIG_ID, NONCE, "cHVi", EVIDENCE)
+        client.attest(WORKLOAD, NONCE, "cHVi", EVIDENCE)
 
 
 def test_unreachable() -> None:

@@ -9,7 +9,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opencas.crypto.canonical import canonical_json
+from opencas.crypto.canonical import canonical_json, member_mismatch
 
 json_values = st.recursive(
     st.none()
@@ -59,3 +59,14 @@ def test_edge_cases(value: Any) -> None:
             canonical_json(value)
     else:
         assert canonical_json(value) == expected
+
+
+def test_member_mismatch_names_what_is_missing_and_unexpected() -> None:
+    expected = frozenset({"type", "data"})
+    assert member_mismatch({"type": 1, "data": 2}, expected) is None
+    assert member_mismatch({"type": 1}, expected) == "missing data"
+    assert member_mismatch({"type": 1, "data": 2, "b": 3, "a": 4}, expected) == "unexpected a, b"
+    assert member_mismatch({"x" * 50: 1}, expected) == f"missing data, type; unexpected {'x' * 40}"
+    assert member_mismatch({"secret": 1, "type": 2}, expected, name_unexpected=False) == (
+        "missing data; 1 unexpected"
+    )

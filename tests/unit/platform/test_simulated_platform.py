@@ -6,6 +6,7 @@ import hashlib
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -109,7 +110,7 @@ def test_bad_measurement_is_refused(tmp_path: Path) -> None:
 def test_evidence_verifies(tmp_path: Path) -> None:
     platform = SimulatedPlatform.load_or_create(tmp_path / "key.pem", MEASUREMENT)
     report_data = os.urandom(64)
-    verified = verify_evidence(platform.evidence(report_data))
+    verified = verify_evidence(platform.evidence(report_data), at=datetime.now(UTC))
     assert verified.report_data == report_data
     assert verified.measurement == MEASUREMENT
     assert verified.debug is True

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from opencas.attestation.workload_binding import ConfigId
 from opencas.client.enclave import InjectionFile, IssuedCertificate, WorkloadConfig
 from opencas.crypto.keys import key_hash, load_private_key_pem
 from opencas.errors import ClientError
@@ -46,7 +47,7 @@ PARENT_ENV = {
 
 def config(**changes: Any) -> WorkloadConfig:
     base = WorkloadConfig(
-        config_id="s/svc",
+        config_id=ConfigId("s", "svc"),
         session_hash="00" * 32,
         command=(),
         environment=MappingProxyType({}),

@@ -18,12 +18,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from opencas.api.app import create_enclave_api
 from opencas.attestation.simulated import create_simulated_evidence
+from opencas.attestation.workload_binding import ConfigId, workload_report_data
 from opencas.config.availability import load_availability_config
 from opencas.crypto.hpke_seal import open_workload_config
 from opencas.policy.caller import Caller
 from opencas.service.cas import Cas, open_cas
 from opencas.service.sessions import create_session, load_secret_values, update_session
-from opencas.service.workloads import NonceStore, report_data_for
+from opencas.service.workloads import NonceStore
 from opencas.testing import write_config
 
 AUTHOR = Caller("a1" * 32)
@@ -81,6 +82,9 @@ def cas(tmp_path: Path) -> Iterator[Cas]:
         opened.close()
 
 
+HELLO_APP = ConfigId("hello", "app")
+
+
 class Workload:
     """A simulated workload talking to the enclave API in this process."""
 
@@ -114,8 +118,8 @@ class Workload:
         bound_key: str | None = None,
     ) -> tuple[httpx.Response, str]:
         nonce = nonce or self.nonce()
-        report_data = report_data_for(
-            bound_config_id or config_id, nonce, bound_key or self.public_key
+        report_data = workload_report_data(
+            ConfigId.parse(bound_config_id or config_id), nonce, bound_key or self.public_key
         )
         evidence = create_simulated_evidence(PLATFORM_KEY, self.measurement, report_data)
         body = {
@@ -256,7 +260,9 @@ def test_malformed_requests_are_400(cas: Cas, change: dict[str, Any]) -> None:
     workload = Workload(cas)
     nonce = workload.nonce()
     evidence = create_simulated_evidence(
-        PLATFORM_KEY, GOOD, report_data_for("hello/app", nonce, workload.public_key)
+        PLATFORM_KEY,
+        GOOD,
+        workload_report_data(ConfigId("hello", "app"), nonce, workload.public_key),
     )
     body = {
         "config_id": "hello/app",

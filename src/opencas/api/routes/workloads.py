@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
-from pydantic import Field
+from pydantic import Field, GetPydanticSchema
+from pydantic_core import core_schema
 
 from opencas.api.routes.bodies import StrictBody
+from opencas.attestation.workload_binding import ConfigId
 from opencas.service.cas import Cas
 from opencas.service.workloads import (
     NONCE_LIFETIME,
@@ -16,11 +18,21 @@ from opencas.service.workloads import (
     attest_workload,
 )
 
+#: A config id in a request body: a string of 3 to 1024 characters read as a :class:`ConfigId`.
+ConfigIdText = Annotated[
+    ConfigId,
+    GetPydanticSchema(
+        lambda _type, _handler: core_schema.no_info_after_validator_function(
+            ConfigId.parse, core_schema.str_schema(min_length=3, max_length=1024)
+        )
+    ),
+]
+
 
 class EnclaveAttestRequest(StrictBody):
     """Body of ``POST /v1/enclave/attest``."""
 
-    config_id: str = Field(min_length=3, max_length=1024)
+    config_id: ConfigIdText
     nonce: str = Field(pattern=r"^[0-9a-f]{64}$")
     public_key: str = Field(min_length=1, max_length=1024)
     evidence: dict[str, Any]

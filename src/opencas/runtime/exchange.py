@@ -1,0 +1,93 @@
+"""The workload exchange: from a fresh key to the opened configuration (DESIGN.md §8).
+
+A workload makes a P-256 key pair, asks the enclave API for a nonce, obtains evidence that binds
+its config id, that nonce and its public key (:func:`~opencas.attestation.workload_binding.
+workload_report_data`), posts it, and opens the configuration the CAS sealed to its key.
+:class:`WorkloadExchange` holds the workload's side of these steps, with no I/O;
+:func:`fetch_configuration` runs them against an :class:`~opencas.client.enclave.EnclaveClient`.
+``casctl run`` and the workload attestation benchmark both go through here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from opencas.attestation.evidence import Evidence
+from opencas.attestation.workload_binding import ConfigId, workload_report_data
+from opencas.client.enclave import EnclaveClient, WorkloadConfig, open_config
+from opencas.crypto.encoding import b64_encode
+from opencas.crypto.keys import public_key_der
+from opencas.errors import ClientError
+from opencas.platform.base import EvidenceProvider
+
+#: The KEM of the workload's key: P-256, so that the CAS can also certify the key.
+WORKLOAD_KEM = "P-256"
+
+
+@dataclass(frozen=True)
+class AttestedWorkload:
+    """What an attested workload got: its configuration and the key it was sealed to.
+
+    The key is the one the per-workload certificates in ``config`` certify.
+    """
+
+    config: WorkloadConfig
+    key: ec.EllipticCurvePrivateKey = field(repr=False)
+
+
+@dataclass(frozen=True)
+class WorkloadExchange:
+    """The workload's side of attesting as ``config_id`` with ``key``, without I/O.
+
+    ``public_key`` is the key as sent: standard base64 of its DER SubjectPublicKeyInfo.
+    """
+
+    config_id: ConfigId
+    key: ec.EllipticCurvePrivateKey = field(repr=False)
+    public_key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        """Derive the public key text from the key."""
+        object.__setattr__(self, "public_key", b64_encode(public_key_der(self.key.public_key())))
+
+    @classmethod
+    def new(cls, config_id: ConfigId) -> WorkloadExchange:
+        """An exchange for ``config_id`` with a fresh P-256 key pair."""
+        return cls(config_id, ec.generate_private_key(ec.SECP256R1()))
+
+    def evidence(self, nonce: str, provider: EvidenceProvider) -> Evidence:
+        """Evidence from ``provider`` that binds this config id, ``nonce`` and public key."""
+        return provider.evidence(workload_report_data(self.config_id, nonce, self.public_key))
+
+    def open(self, answer: dict[str, str], nonce: str) -> WorkloadConfig:
+        """Open the CAS's ``{"kem", "sealed"}`` answer to the attestation with ``nonce``.
+
+        Raises :class:`ClientError` when the answer names another KEM than this key's, or does
+        not open and parse (:func:`~opencas.client.enclave.open_config`).
+        """
+        if answer["kem"] != WORKLOAD_KEM:
+            raise ClientError(
+                "the CAS's answer could not be opened/parsed: it names the KEM "
+                f"{answer['kem'][:20]!r}, not {WORKLOAD_KEM}"
+            )
+        return open_config(self.key, answer["sealed"], self.config_id, nonce)
+
+
+def fetch_configuration(
+    client: EnclaveClient, config_id: ConfigId, provider: EvidenceProvider
+) -> AttestedWorkload:
+    """Attest to the CAS behind ``client`` as ``config_id`` with evidence from ``provider``.
+
+    Makes a fresh key, asks for a nonce, attests, and returns the opened configuration with the
+    key. Raises :class:`~opencas.client.cas_client.CasUnreachable`,
+    :class:`~opencas.errors.AttestationRefused` when the CAS refuses, and :class:`ClientError`
+    when its answer does not open.
+    """
+    exchange = WorkloadExchange.new(config_id)
+    nonce = client.nonce()
+    answer = client.attest(
+        config_id, nonce, exchange.public_key, exchange.evidence(nonce, provider)
+    )
+    return AttestedWorkload(exchange.open(answer, nonce), exchange.key)

@@ -1,0 +1,136 @@
+"""The workload exchange: nonce, evidence, attest and opening, against a scripted enclave API."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from opencas.attestation.evidence import Evidence
+from opencas.attestation.verify import verify_evidence
+from opencas.attestation.workload_binding import ConfigId, workload_report_data
+from opencas.client.enclave import EnclaveClient
+from opencas.crypto.canonical import canonical_json
+from opencas.crypto.hpke_seal import seal_workload_config
+from opencas.crypto.x509 import certificate_pem, create_ca_certificate
+from opencas.errors import AttestationRefused, ClientError
+from opencas.platform.simulated import SimulatedPlatform
+from opencas.runtime.exchange import WORKLOAD_KEM, WorkloadExchange, fetch_configuration
+
+CONFIG_ID = ConfigId("team/app", "api")
+NONCE = "ab" * 32
+MEASUREMENT = "5e" * 32
+CA_PEM = certificate_pem(create_ca_certificate(ec.generate_private_key(ec.SECP256R1()), "t"))
+
+
+def configuration(config_id: ConfigId = CONFIG_ID) -> bytes:
+    return canonical_json(
+        {
+            "config_id": str(config_id),
+            "session_hash": "0f" * 32,
+            "command": [],
+            "environment": {"TOKEN": "value"},
+            "pwd": None,
+            "injection_files": [],
+            "certificates": {},
+        }
+    )
+
+
+class ScriptedCas:
+    """An enclave API that issues one nonce and answers an attestation as the CAS would."""
+
+    def __init__(self, kem: str | None = None, plaintext: bytes | None = None) -> None:
+        self.kem = kem
+        self.plaintext = plaintext or configuration()
+        self.bodies: list[dict[str, Any]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/nonce"):
+            return httpx.Response(200, json={"nonce": NONCE, "expires_in": 60})
+        body = json.loads(request.content)
+        self.bodies.append(body)
+        verified = verify_evidence(Evidence.from_json(body["evidence"]), at=datetime.now(UTC))
+        expected = workload_report_data(
+            ConfigId.parse(body["config_id"]), body["nonce"], body["public_key"]
+        )
+        if verified.report_data != expected:
+            return httpx.Response(
+                403, json={"error": "attestation-refused", "check": "binding", "message": "no"}
+            )
+        der = base64.b64decode(body["public_key"])
+        kem, sealed = seal_workload_config(der, self.plaintext, body["config_id"], body["nonce"])
+        return httpx.Response(200, json={"kem": self.kem or kem, "sealed": sealed})
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> SimulatedPlatform:
+    return SimulatedPlatform.load_or_create(tmp_path / "platform.key", MEASUREMENT)
+
+
+def client_for(cas: ScriptedCas) -> EnclaveClient:
+    return EnclaveClient("https://cas.test:18765", CA_PEM, transport=httpx.MockTransport(cas))
+
+
+def test_fetch_configuration_attests_and_opens(platform: SimulatedPlatform) -> None:
+    cas = ScriptedCas()
+    with client_for(cas) as client:
+        attested = fetch_configuration(client, CONFIG_ID, platform)
+    assert attested.config.config_id == CONFIG_ID
+    assert dict(attested.config.environment) == {"TOKEN": "value"}
+    assert isinstance(attested.key.curve, ec.SECP256R1)
+    [body] = cas.bodies
+    assert body["config_id"] == "team/app/api"
+    assert body["nonce"] == NONCE
+    assert body["public_key"] == WorkloadExchange(CONFIG_ID, attested.key).public_key
+
+
+def test_every_exchange_has_its_own_key(platform: SimulatedPlatform) -> None:
+    with client_for(ScriptedCas()) as client:
+        first = fetch_configuration(client, CONFIG_ID, platform)
+        second = fetch_configuration(client, CONFIG_ID, platform)
+    assert first.key.private_numbers() != second.key.private_numbers()
+
+
+def test_evidence_binds_config_id_nonce_and_key(platform: SimulatedPlatform) -> None:
+    exchange = WorkloadExchange.new(CONFIG_ID)
+    verified = verify_evidence(exchange.evidence(NONCE, platform), at=datetime.now(UTC))
+    assert verified.report_data == workload_report_data(CONFIG_ID, NONCE, exchange.public_key)
+    assert verified.measurement == MEASUREMENT
+
+
+def test_a_refusal_is_attestation_refused(platform: SimulatedPlatform) -> None:
+    class Rebinding(ScriptedCas):
+        def __call__(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/attest"):
+                body = json.loads(request.content)
+                body["public_key"] = "b3RoZXI="
+                request = httpx.Request("POST", request.url, json=body)
+            return super().__call__(request)
+
+    with client_for(Rebinding()) as client, pytest.raises(AttestationRefused) as refused:
+        fetch_configuration(client, CONFIG_ID, platform)
+    assert refused.value.check == "binding"
+
+
+def test_another_kem_is_refused(platform: SimulatedPlatform) -> None:
+    with (
+        client_for(ScriptedCas(kem="X25519")) as client,
+        pytest.raises(ClientError, match=f"names the KEM 'X25519', not {WORKLOAD_KEM}"),
+    ):
+        fetch_configuration(client, CONFIG_ID, platform)
+
+
+def test_a_configuration_for_another_service_does_not_open(platform: SimulatedPlatform) -> None:
+    other = ScriptedCas(plaintext=configuration(ConfigId("team/app", "web")))
+    with (
+        client_for(other) as client,
+        pytest.raises(ClientError, match=r"could not be opened/parsed.*another config id"),
+    ):
+        fetch_configuration(client, CONFIG_ID, platform)
