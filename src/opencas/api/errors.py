@@ -1,19 +1,26 @@
-"""How the API turns errors into responses: always JSON ``{error, message}``, never a traceback."""
+"""How the API turns errors into responses: always JSON ``{error, message}``, never a traceback.
+
+Every :class:`CasError` answers with its own JSON form and headers; the API's own request
+validation answers as :class:`InvalidRequest`, its problems in the same ``problems[]`` shape as
+an invalid config or session.
+"""
 
 from __future__ import annotations
 
 import logging
-import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from opencas.errors import AttestationRefused, CasError, RateLimitedError, RecordDamagedError
-from opencas.policy.errors import SessionError
+from opencas.errors import CasError, InvalidRequest
+from opencas.sources.problems import KeyPath, validation_problems
 
 log = logging.getLogger("opencas.api")
+
+REQUEST = ""
+"""How problems name the request itself: no text of its own, so their messages start at the key."""
 
 _HTTP_CODES = {
     404: "not-found",
@@ -28,30 +35,38 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)
 
 
+def cas_error_response(error: CasError) -> JSONResponse:
+    """The answer to a request refused with ``error``: its JSON form, status and headers."""
+    return JSONResponse(error.to_json(), status_code=error.http_status, headers=error.headers())
+
+
+def invalid_request(error: RequestValidationError) -> InvalidRequest:
+    """The request validation ``error`` as :class:`InvalidRequest`, one problem per field.
+
+    Each problem's key is the field's location as FastAPI gives it (``body.token``,
+    ``query.session``), and its message pydantic's.
+    """
+    return InvalidRequest(
+        validation_problems(error.errors(), source=REQUEST, key=_request_key), source=REQUEST
+    )
+
+
+def _request_key(path: KeyPath, _item: object) -> str:
+    return ".".join(str(part) for part in path)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that shape every error the API returns."""
 
     @app.exception_handler(CasError)
     async def cas_error(_: Request, exc: CasError) -> JSONResponse:
-        if isinstance(exc, RecordDamagedError):
+        if exc.logged:
             log.error("refused a request: %s", exc.message)
-        body = exc.to_json()
-        if isinstance(exc, SessionError):
-            body["problems"] = exc.problems_json()
-        if isinstance(exc, AttestationRefused):
-            body["check"] = exc.check
-        response = JSONResponse(body, status_code=exc.http_status)
-        if isinstance(exc, RateLimitedError):
-            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-        return response
+        return cas_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error.get("loc", ()))
-            problems.append(f"{where}: {error.get('msg', 'invalid')}")
-        return error_response(400, "invalid-request", "; ".join(problems) or "invalid request")
+    async def request_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return cas_error_response(invalid_request(exc))
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:

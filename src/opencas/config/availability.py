@@ -27,8 +27,10 @@ from pydantic import (
     field_validator,
 )
 
-from opencas.config.toml_source import load_toml, toml_string, validation_error_to_config_error
 from opencas.dns_names import canonical_hostname, host_name_problem
+from opencas.errors import ConfigError
+from opencas.sources.problems import in_text_order
+from opencas.sources.toml import load_toml, model_problems, toml_string
 
 DEFAULT_DATABASE_PATH = ".cas/cas.db"
 DEFAULT_API_LISTEN = "127.0.0.1:8081"
@@ -264,7 +266,14 @@ def load_availability_config(path: Path) -> AvailabilityConfig:
     try:
         parsed = _AvailabilityFile.model_validate(document.data)
     except ValidationError as error:
-        raise validation_error_to_config_error(error, document, _AvailabilityFile) from error
+        problems = model_problems(
+            error,
+            source=document.source,
+            model=_AvailabilityFile,
+            data=document.data,
+            lines=document.lines(),
+        )
+        raise ConfigError(in_text_order(problems)) from error
     source = path.absolute()
     database_path = _resolve(source.parent, parsed.database.path)
     if parsed.platform.key_file is None:

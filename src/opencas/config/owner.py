@@ -22,10 +22,8 @@ print.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
-import tomllib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -46,26 +44,16 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
-from pydantic_core import ErrorDetails
 
-from opencas.config.toml_source import (
-    _EXPECTED_TYPES,
-    KeyPath,
-    _is_table,
-    _label,
-    _nearest_line,
-    _show,
-    _syntax_error_message,
-    _what_is_wrong,
-    key_line_index,
-    load_toml,
-    read_config_text,
-)
 from opencas.crypto.canonical import canonical_sha256
 from opencas.crypto.x509 import CERTIFICATE_ERRORS, parse_eagerly
 from opencas.dns_names import canonical_hostname, host_name_problem
 from opencas.errors import ConfigError
-from opencas.yaml_source import SYNTAX_KINDS, YamlProblem, YamlSourceError, parse_yaml
+from opencas.sources.files import read_text
+from opencas.sources.json import parse_json
+from opencas.sources.problems import KeyPath, Problem, in_text_order, nearest_line, render
+from opencas.sources.toml import model_problems, parse_toml, show_value, toml_label
+from opencas.sources.yaml import YamlSourceError, line_problems, parse_yaml
 
 OwnerConfigFormat = Literal["toml", "json", "yaml"]
 """The text formats an owner config may be written in."""
@@ -86,8 +74,6 @@ _MAX_PEM_LENGTH = 65536
 # The schema is at most four levels deep (api.identity.alt_names[i]); nothing deeper is valid,
 # so the structural checks stop there and leave the rest to the schema's type errors.
 _MAX_DEPTH = 8
-# What parsers raise for text that parses but cannot become Python values.
-_UNCONVERTIBLE = (RecursionError, ValueError)
 _Model = TypeVar("_Model", bound=BaseModel)
 
 
@@ -476,14 +462,7 @@ def load_owner_config(path: Path) -> LoadedOwnerConfig:
     every problem, each naming the file, the key and (for TOML and YAML) the line. Secret
     values never appear in the message.
     """
-    fmt = owner_config_format(path)
-    if fmt != "toml":
-        return _validate(_parse_text(read_config_text(path), str(path), fmt))
-    try:
-        document = load_toml(path)
-    except _UNCONVERTIBLE as error:
-        raise _unconvertible(str(path), fmt, error) from None
-    return _validate(_Document(str(path), document.data, key_line_index(document.text)))
+    return _validate(_parse_text(read_text(path), str(path), owner_config_format(path)))
 
 
 def parse_owner_config(text: str, source: str, fmt: OwnerConfigFormat) -> LoadedOwnerConfig:
@@ -523,86 +502,17 @@ class _Document:
 
 
 def _parse_text(text: str, source: str, fmt: OwnerConfigFormat) -> _Document:
-    try:
-        if fmt == "json":
-            return _parse_json(text, source)
-        if fmt == "yaml":
-            return _parse_yaml(text, source)
+    if fmt == "json":
+        document = parse_json(text, source, label=toml_label)
+        return _Document(source, document.data, document.lines)
+    if fmt == "yaml":
         try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(_syntax_error_message(Path(source), text, str(error))) from None
-        return _Document(source, data, key_line_index(text))
-    except _UNCONVERTIBLE as error:
-        raise _unconvertible(source, fmt, error) from None
-
-
-def _unconvertible(source: str, fmt: OwnerConfigFormat, error: Exception) -> ConfigError:
-    """The error for text that parses but holds what Python cannot turn into values."""
-    if isinstance(error, RecursionError):
-        return ConfigError(f"{source}: invalid {fmt.upper()}: values are nested too deeply")
-    # Python's own conversions fail like this (an integer of more than 4300 digits, say); their
-    # text may quote the value, so it is not passed on.
-    return ConfigError(f"{source}: invalid {fmt.upper()}: a value cannot be converted")
-
-
-def _parse_json(text: str, source: str) -> _Document:
-    duplicates: list[str] = []
-
-    def object_from_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in result:
-                duplicates.append(key)
-            result[key] = value
-        return result
-
-    def refuse_constant(name: str) -> Any:
-        raise ConfigError(f"{source}: invalid JSON: {name} is not a JSON number")
-
-    try:
-        data = json.loads(text, object_pairs_hook=object_from_pairs, parse_constant=refuse_constant)
-    except json.JSONDecodeError as error:
-        where = f"{source}:{error.lineno}:{error.colno}"
-        raise ConfigError(f"{where}: invalid JSON: {error.msg}") from None
-    # JSON is YAML too: its node positions give the lines, best effort.
-    try:
-        lines = parse_yaml(text).lines()
-        yaml_problems: tuple[YamlProblem, ...] = ()
-    except YamlSourceError as error:
-        lines, yaml_problems = {}, error.problems
-    if duplicates:
-        found = [problem for problem in yaml_problems if problem.kind == "duplicate-key"]
-        if found:
-            raise _yaml_config_error(source, "JSON", found)
-        raise ConfigError(f"{source}: invalid JSON: duplicate key {duplicates[0]!r}")
-    return _Document(source, data, lines)
-
-
-def _parse_yaml(text: str, source: str) -> _Document:
-    try:
-        document = parse_yaml(text)
-    except YamlSourceError as error:
-        raise _yaml_config_error(source, "YAML", error.problems) from None
-    data = {} if document.data is None else document.data
-    return _Document(source, data, document.lines())
-
-
-def _yaml_config_error(source: str, fmt: str, problems: Iterable[YamlProblem]) -> ConfigError:
-    """One :class:`ConfigError` for what :func:`parse_yaml` refused, in this module's wording."""
-    lines: list[tuple[int, str]] = []
-    for problem in problems:
-        if problem.kind in SYNTAX_KINDS:
-            where = _where(source, problem.line)
-            if problem.line is not None and problem.column is not None:
-                where += f":{problem.column}"
-            lines.append((problem.line or 0, f"{where}: invalid {fmt}: {problem.message}"))
-        else:
-            # A key that is not a string is a problem of the mapping that holds it.
-            label = _label(problem.path, problem.kind == "key-type")
-            text = f"{_where(source, problem.line)}: {label}: {problem.message}"
-            lines.append((problem.line or 0, text))
-    return _config_error(lines)
+            parsed = parse_yaml(text, source=source, label=toml_label)
+        except YamlSourceError as error:
+            raise ConfigError(line_problems(error, "YAML")) from None
+        return _Document(source, {} if parsed.data is None else parsed.data, parsed.lines())
+    toml = parse_toml(text, source)
+    return _Document(source, toml.data, toml.lines())
 
 
 # --- validation ---------------------------------------------------------------------------------
@@ -618,8 +528,8 @@ def _validate(document: _Document) -> LoadedOwnerConfig:
     )
     warnings: tuple[str, ...] = ()
     if "ias" in data:
-        where = _where(document.source, document.lines.get(("ias",)))
-        warnings = (f"{where}: {IAS_END_OF_LIFE}",)
+        line = document.lines.get(("ias",))
+        warnings = (render(Problem(document.source, line, None, IAS_END_OF_LIFE)),)
     return LoadedOwnerConfig(config, warnings)
 
 
@@ -631,26 +541,31 @@ def _validated(document: _Document, model: type[_Model]) -> tuple[_Model, dict[s
     """
     source, lines = document.source, document.lines
     if not isinstance(document.data, dict):
-        raise ConfigError(f"{source}: expected a table of sections, got {_show(document.data)}")
-    problems: list[tuple[int, str]] = []
+        what = f"expected a table of sections, got {show_value(document.data)}"
+        raise ConfigError(Problem(source, None, None, what))
+    problems: list[Problem] = []
     data = _plain_data(document.data, (), problems, source, lines)
     if model is _OwnerFile:
         problems.extend(_synonym_conflict(data, source, lines))
     try:
         parsed = model.model_validate(data)
     except ValidationError as error:
-        problems.extend(_validation_problems(error, model, data, source, lines))
+        problems.extend(
+            model_problems(
+                error, source=source, model=model, data=data, lines=lines, is_secret=_is_secret
+            )
+        )
         # Not chained: the validation error holds the input, secrets included.
-        raise _config_error(problems) from None
+        raise ConfigError(in_text_order(problems)) from None
     if problems:
-        raise _config_error(problems)
+        raise ConfigError(in_text_order(problems))
     return parsed, data
 
 
 def _plain_data(
     data: dict[Any, Any],
     path: KeyPath,
-    problems: list[tuple[int, str]],
+    problems: list[Problem],
     source: str,
     lines: Mapping[KeyPath, int],
 ) -> dict[str, Any]:
@@ -661,7 +576,7 @@ def _plain_data(
     plain: dict[str, Any] = {}
     for key, value in data.items():
         if not isinstance(key, str):
-            what = f"keys must be strings, got {_show(key)}"
+            what = f"keys must be strings, got {show_value(key)}"
             problems.append(_problem(source, lines, path, is_table=True, what=what))
         elif value is None:
             what = "null is not a value; leave the key out instead"
@@ -675,7 +590,7 @@ def _plain_data(
 
 def _synonym_conflict(
     data: Mapping[str, Any], source: str, lines: Mapping[KeyPath, int]
-) -> Iterator[tuple[int, str]]:
+) -> Iterator[Problem]:
     api = data.get("api")
     if "api_identity" in data and isinstance(api, dict) and "identity" in api:
         first = lines.get(("api_identity",))
@@ -684,62 +599,12 @@ def _synonym_conflict(
         yield _problem(source, lines, ("api", "identity"), is_table=True, what=what)
 
 
-def _validation_problems(
-    error: ValidationError,
-    model: type[BaseModel],
-    data: Mapping[str, Any],
-    source: str,
-    lines: Mapping[KeyPath, int],
-) -> Iterator[tuple[int, str]]:
-    for item in error.errors(include_url=False):
-        loc: KeyPath = tuple(item["loc"])
-        # An unknown name inside a section reads best as a key of that section.
-        is_table = _is_table(model, loc, data) and not (
-            item["type"] == "extra_forbidden" and len(loc) > 1
-        )
-        # "Unknown key" never quotes the value, and says more than the secret-safe words.
-        if item["type"] != "extra_forbidden" and any(part in _SECRET_KEYS for part in loc):
-            what = _what_is_wrong_with_secret(item)
-        else:
-            what = _what_is_wrong(item, model, loc, is_table)
-        yield _problem(source, lines, loc, is_table=is_table, what=what)
-
-
-def _what_is_wrong_with_secret(item: ErrorDetails) -> str:
-    """What is wrong with a secret value, in words that never show the value."""
-    kind, given, ctx = item["type"], item["input"], item.get("ctx") or {}
-    if kind in _EXPECTED_TYPES:
-        return f"expected {_EXPECTED_TYPES[kind]}, got {_kind_of(given)} (not shown: a secret)"
-    if kind == "value_error" and "error" in ctx:
-        return str(ctx["error"])  # written by _secret, which never quotes the value
-    return "invalid value (not shown: a secret)"
-
-
-def _kind_of(value: object) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | dict):
-        return _show(value)
-    return type(value).__name__
-
-
-def _where(source: str, line: int | None) -> str:
-    return source if line is None else f"{source}:{line}"
+def _is_secret(path: KeyPath) -> bool:
+    """Whether ``path`` holds a secret value (the DCAP subscription key, the IAS key)."""
+    return any(part in _SECRET_KEYS for part in path)
 
 
 def _problem(
     source: str, lines: Mapping[KeyPath, int], loc: KeyPath, *, is_table: bool, what: str
-) -> tuple[int, str]:
-    line = _nearest_line(lines, loc)
-    return line or 0, f"{_where(source, line)}: {_label(loc, is_table)}: {what}"
-
-
-def _config_error(problems: Iterable[tuple[int, str]]) -> ConfigError:
-    ordered = sorted(problems, key=lambda problem: problem[0])
-    return ConfigError("\n".join(text for _, text in ordered))
+) -> Problem:
+    return Problem(source, nearest_line(lines, loc), None, what, toml_label(loc, is_table))

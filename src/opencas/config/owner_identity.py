@@ -43,11 +43,12 @@ def load_owner_certificate(
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the owner certificate: {exc.strerror}") from exc
+        what = f"cannot read the owner certificate: {exc.strerror}"
+        raise ConfigError(what, source=str(path)) from exc
     try:
         certificate = load_certificate_pem(data)
     except ValueError as exc:
-        raise ConfigError(f"{path}: not a PEM certificate: {exc}") from exc
+        raise ConfigError(f"not a PEM certificate: {exc}", source=str(path)) from exc
     if check_validity:
         _check_validity(path, certificate, now or datetime.now(UTC))
     key = certificate.public_key()
@@ -56,8 +57,9 @@ def load_owner_certificate(
     )
     if not supported:
         raise ConfigError(
-            f"{path}: the owner certificate carries a {type(key).__name__}; "
-            "use a P-256, P-384 or Ed25519 key"
+            f"the owner certificate carries a {type(key).__name__}; "
+            "use a P-256, P-384 or Ed25519 key",
+            source=str(path),
         )
     return owner_identity_of(certificate)
 
@@ -65,11 +67,13 @@ def load_owner_certificate(
 def _check_validity(path: Path, certificate: x509.Certificate, moment: datetime) -> None:
     if moment < certificate.not_valid_before_utc:
         raise ConfigError(
-            f"{path}: the owner certificate is not valid before "
-            f"{certificate.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}"
+            "the owner certificate is not valid before "
+            f"{certificate.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}",
+            source=str(path),
         )
     if moment > certificate.not_valid_after_utc:
         raise ConfigError(
-            f"{path}: the owner certificate expired at "
-            f"{certificate.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}"
+            "the owner certificate expired at "
+            f"{certificate.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}",
+            source=str(path),
         )

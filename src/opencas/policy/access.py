@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from opencas.crypto.keys import PrivateKey, key_hash
 from opencas.policy.caller import Caller
-from opencas.policy.errors import Problem, SessionError
+from opencas.policy.errors import SessionError
 from opencas.policy.model import (
     AccessRuleModel,
     AllRule,
@@ -36,6 +36,7 @@ from opencas.policy.model import (
     Session,
     SignerRule,
 )
+from opencas.sources.problems import Problem
 
 Signatures: TypeAlias = frozenset[str]
 """Key hashes whose detached signatures over the session hash verified."""
@@ -180,10 +181,10 @@ def verify_signatures(items: object, session_hash: str) -> Signatures:
     if items is None:
         return frozenset()
     if not isinstance(items, list | tuple):
-        raise SessionError(Problem("signatures", None, None, "must be a list of signatures"))
+        raise SessionError(Problem.about("signatures", "must be a list of signatures"))
     if len(items) > MAX_SIGNATURES:
         raise SessionError(
-            Problem("signatures", None, None, f"at most {MAX_SIGNATURES} signatures are accepted")
+            Problem.about("signatures", f"at most {MAX_SIGNATURES} signatures are accepted")
         )
     problems: list[Problem] = []
     verified: dict[str, int] = {}
@@ -193,11 +194,11 @@ def verify_signatures(items: object, session_hash: str) -> Signatures:
             signer = _verify_one(item, message)
         except _Refused as refused:
             where = f"{path}.{refused.field}" if refused.field else path
-            problems.append(Problem(where, None, None, refused.message))
+            problems.append(Problem.about(where, refused.message))
             continue
         if signer in verified:
             message_text = f"the key {signer} already signed in signatures[{verified[signer]}]"
-            problems.append(Problem(f"{path}.key_hash", None, None, message_text))
+            problems.append(Problem.about(f"{path}.key_hash", message_text))
             continue
         verified[signer] = index
     if problems:

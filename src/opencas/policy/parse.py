@@ -40,6 +40,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from opencas.crypto.canonical import canonical_json
 from opencas.crypto.keys import key_hash
@@ -49,7 +50,7 @@ from opencas.crypto.x509 import (
     load_certificate_pem,
 )
 from opencas.policy.certificates import load_private_key
-from opencas.policy.errors import Problem, SessionError
+from opencas.policy.errors import SessionError
 from opencas.policy.model import (
     DEFAULT_KEY_TYPE,
     DEFAULT_SECRET_SIZE,
@@ -100,15 +101,15 @@ from opencas.policy.placeholders import (
     find_placeholders,
     validate,
 )
-from opencas.yaml_source import (
+from opencas.sources.problems import (
     KeyPath,
-    Position,
-    YamlDocument,
-    YamlSourceError,
+    Problem,
     describe,
     format_path,
-    parse_yaml,
+    in_text_order,
+    validation_problems,
 )
+from opencas.sources.yaml import YamlDocument, YamlSourceError, parse_yaml
 
 Purpose = Literal["create", "update", "check"]
 """What a session text is parsed for: ``create`` forbids ``predecessor``, ``update`` requires it,
@@ -225,12 +226,12 @@ def parse_session(text: str, source: str = "session", *, purpose: Purpose = "che
     naming its key path and, where known, its line and column.
     """
     try:
-        document = parse_yaml(text.removeprefix("\ufeff"))
+        document = parse_yaml(text.removeprefix("\ufeff"), source=source)
     except YamlSourceError as error:
         raise SessionError(
             [
                 # A text refused before it was read (too large) is pointed at its start.
-                Problem(format_path(item.path), item.line or 1, item.column or 1, item.message)
+                Problem(item.path, item.line or 1, item.column or 1, item.message, item.key)
                 for item in error.problems
             ],
             source=source,
@@ -238,7 +239,7 @@ def parse_session(text: str, source: str = "session", *, purpose: Purpose = "che
     reader = _Reader(document)
     session = reader.session(document.data, purpose)
     if reader.problems or session is None:
-        raise SessionError(_ordered(reader.problems), source=source)
+        raise SessionError(in_text_order(reader.problems), source=source)
     return session
 
 
@@ -260,18 +261,20 @@ def session_from_normal_form(obj: object, *, source: str = NORMAL_FORM_SOURCE) -
     try:
         session = Session.model_validate_json(encoded)
     except ValidationError as error:
-        raise SessionError(
-            [Problem(_loc_path(item["loc"]), None, None, item["msg"]) for item in error.errors()],
+        problems = validation_problems(
+            error.errors(include_url=False),
             source=source,
-        ) from None
+            text_path=_text_path,
+            explain=_pydantic_words,
+            is_secret=is_secret_value,
+        )
+        raise SessionError(problems, source=source) from None
     expected = session.normal_form()
     if canonical_json(expected) != encoded:
         path = _first_difference(expected, obj, ())
         raise SessionError(
-            Problem(
+            Problem.about(
                 format_path(path),
-                None,
-                None,
                 "not in normal form: a key is missing, or the value is not in its one spelling "
                 "(lists sorted and without repeats, hex in lowercase, defaults written out)",
             ),
@@ -295,18 +298,19 @@ def _first_difference(expected: object, given: object, path: KeyPath) -> KeyPath
     return path
 
 
-def _loc_path(loc: Sequence[str | int]) -> str:
-    parts: list[str | int] = []
-    for part in loc:
-        if isinstance(part, str) and part.startswith(("function-", "tagged-union")):
-            continue
-        parts.append("import" if part == "import_" else part)
-    return format_path(tuple(parts))
+def _text_path(loc: KeyPath) -> KeyPath:
+    """A model location as the session text writes it: the field ``import_`` is ``import``."""
+    return tuple("import" if part == "import_" else part for part in loc)
 
 
-def _ordered(problems: list[Problem]) -> list[Problem]:
-    unique = list(dict.fromkeys(problems))
-    return sorted(unique, key=lambda item: (item.line or 0, item.column or 0))
+def _pydantic_words(item: ErrorDetails, _path: KeyPath) -> str:
+    # The normal form is read back as it was stored, so pydantic's message is kept whole.
+    return item["msg"]
+
+
+def is_secret_value(path: KeyPath) -> bool:
+    """Whether ``path`` holds a secret's value in a session (``secrets[i].value``)."""
+    return len(path) == 3 and path[0] == "secrets" and path[2] == "value"
 
 
 class _Reader:
@@ -320,14 +324,16 @@ class _Reader:
 
     def fail(self, path: KeyPath, message: str, *, at_value: bool = True) -> None:
         """Record a problem at ``path``: where its value is written, or else its key."""
-        where: Position | None = None
-        if at_value:
-            where = self.document.value_positions.get(path)
-        if where is None:
-            where = self.document.position(path)
+        line, column = self.place(path, at_value=at_value)
+        self.problems.append(Problem("", line, column, message, format_path(path)))
+
+    def place(self, path: KeyPath, *, at_value: bool = True) -> tuple[int, int]:
+        """The line and column of ``path``'s value (or its key), or of its nearest ancestor."""
+        where = (self.document.value_positions.get(path) if at_value else None) or (
+            self.document.position(path)
+        )
         # Only an empty document has no position at all; its first line is where to look.
-        where = where or Position(1, 1)
-        self.problems.append(Problem(format_path(path), where.line, where.column, message))
+        return (where.line, where.column) if where is not None else (1, 1)
 
     def checked(self, path: KeyPath, value: _T, check: Callable[[_T], _T]) -> _T | None:
         """``check(value)``, or ``None`` with its complaint recorded at ``path``."""
@@ -343,10 +349,19 @@ class _Reader:
         try:
             return model(**fields)
         except ValidationError as error:
-            for item in error.errors(include_url=False):
-                loc = tuple("import" if part == "import_" else part for part in item["loc"])
-                message = item["msg"].removeprefix("Value error, ")
-                self.fail((*at, *loc) if loc and loc[0] in fields else at, message)
+
+            def text_path(loc: KeyPath) -> KeyPath:
+                return (*at, *_text_path(loc)) if loc and loc[0] in fields else at
+
+            self.problems.extend(
+                validation_problems(
+                    error.errors(include_url=False),
+                    source="",
+                    text_path=text_path,
+                    locate=self.place,
+                    is_secret=is_secret_value,
+                )
+            )
             return None
 
     # --- shapes ----------------------------------------------------------------------------

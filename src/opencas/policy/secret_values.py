@@ -50,9 +50,10 @@ from opencas.policy.certificates import (
     private_key_to_pem,
     public_key_to_pem,
 )
-from opencas.policy.errors import Problem, SessionError
+from opencas.policy.errors import SessionError
 from opencas.policy.model import SECRET_KINDS, ImportSpec, SecretKind, SecretSpec, Session
 from opencas.policy.placeholders import SELECTORS, format_problem
+from opencas.sources.problems import Problem
 
 ASCII_ALPHABET: Final = string.ascii_letters + string.digits
 """What generated ``ascii`` secrets are made of: printable, and safe unquoted in shells and URLs."""
@@ -306,7 +307,7 @@ def check_import(
     subject = f"secret {local!r} imports secret {spec.secret!r} of session {spec.session!r}"
 
     def refuse(why: str) -> SessionError:
-        return SessionError(Problem(path, None, None, f"{subject}, but {why}"))
+        return SessionError(Problem.about(path, f"{subject}, but {why}"))
 
     if exporter is not None and exporter.name != spec.session:
         raise ValueError(f"the exporter given is {exporter.name!r}, not {spec.session!r}")
@@ -408,7 +409,7 @@ class _Generator:
             value = self._make(spec)
         except _Refused as refused:
             path = f"secrets[{index}]" + (f".{refused.field}" if refused.field else "")
-            self._problems.append(Problem(path, None, None, refused.message))
+            self._problems.append(Problem.about(path, refused.message))
             self._failed.add(name)
             raise _DependencyFailed(name) from None
         except _DependencyFailed:

@@ -34,7 +34,7 @@ from opencas.policy.access import (
     verify_signatures,
 )
 from opencas.policy.caller import Caller
-from opencas.policy.errors import Problem, SessionError
+from opencas.policy.errors import SessionError
 from opencas.policy.hashing import session_hash
 from opencas.policy.model import Session
 from opencas.policy.parse import parse_session, session_from_normal_form
@@ -43,6 +43,7 @@ from opencas.service.cache import ContentCache
 from opencas.service.cas import Cas
 from opencas.service.identity import utc_now_text
 from opencas.service.records import decode_record, read_record, write_record
+from opencas.sources.problems import Problem
 from opencas.store.base import Reader, Transaction
 
 SESSIONS = "sessions"
@@ -200,9 +201,7 @@ def update_session(
     caller.signer(_CHANGING_SESSIONS)
     session = parse_session(text, "session", purpose="update")
     if session.name != name:
-        raise SessionError(
-            Problem("name", None, None, f"the policy names {session.name}, not {name}")
-        )
+        raise SessionError(Problem.about("name", f"the policy names {session.name}, not {name}"))
     change = _change(session, caller, signatures)
     with cas.store.snapshot() as view:
         current, imported = _admit_update(view, change)
@@ -304,10 +303,8 @@ def imported_values(source: Reader, session: Session, importer_hash: str) -> dic
         value = load_secret_values(source, spec.session).get(spec.secret)
         if value is None:
             raise SessionError(
-                Problem(
+                Problem.about(
                     f"secrets.{secret.name}.import",
-                    None,
-                    None,
                     f"session {spec.session} holds no value for {spec.secret}",
                 )
             )

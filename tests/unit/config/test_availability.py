@@ -14,7 +14,6 @@ from opencas.config.availability import (
     load_availability_config,
     parse_listen_address,
 )
-from opencas.config.toml_source import find_key_line
 from opencas.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "cas.toml"
@@ -424,60 +423,6 @@ def test_parse_listen_address_rejects(text: str, reason: str) -> None:
 
     assert reason in str(caught.value)
     assert repr(text) in str(caught.value)
-
-
-# --- key line look-up ----------------------------------------------------------------------------
-
-LOOKUP_TEXT = '''\
-top = 1
-[a]
-x = """
-[fake]
-y = 2
-"""
-b.c = 'v'   # comment with = sign
-"quoted.key" = { inner = 1, deeper = { z = [1, 2] } }
-list = [
-  "one",
-  { name = "two" },
-]
-[a.sub]
-k = true
-[[items]]
-n = 1
-[[items]]
-n = 2
-[items.detail]
-d = 0
-'''
-
-
-@pytest.mark.parametrize(
-    ("key_path", "line"),
-    [
-        (("top",), 1),
-        (("a",), 2),
-        (("a", "x"), 3),
-        (("a", "b"), 7),
-        (("a", "b", "c"), 7),
-        (("a", "quoted.key", "inner"), 8),
-        (("a", "quoted.key", "deeper", "z", 1), 8),
-        (("a", "list", 0), 10),
-        (("a", "list", 1, "name"), 11),
-        (("a", "sub"), 13),
-        (("a", "sub", "k"), 14),
-        (("items",), 15),
-        (("items", 1, "n"), 18),
-        (("items", 1, "detail", "d"), 20),
-    ],
-)
-def test_find_key_line(key_path: tuple[str | int, ...], line: int) -> None:
-    assert find_key_line(LOOKUP_TEXT, key_path) == line
-
-
-@pytest.mark.parametrize("key_path", [("fake",), ("a", "y"), ("missing",), ("items", 2)])
-def test_find_key_line_returns_none_when_not_written(key_path: tuple[str | int, ...]) -> None:
-    assert find_key_line(LOOKUP_TEXT, key_path) is None
 
 
 def test_pathological_toml_is_a_config_error(tmp_path: Path) -> None:

@@ -312,7 +312,7 @@ def test_no_signatures() -> None:
 
 
 def _problem_paths(error: pytest.ExceptionInfo[SessionError]) -> list[str]:
-    return [problem.path for problem in error.value.problems]
+    return [problem.key for problem in error.value.problems]
 
 
 @pytest.mark.parametrize("key_type", sorted(KEYS))

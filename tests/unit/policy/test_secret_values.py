@@ -278,7 +278,7 @@ def test_expired_issuer_is_refused_on_the_certificate_that_needs_it() -> None:
     )
     with pytest.raises(SessionError) as error:
         _generate(session)
-    assert [p.path for p in error.value.problems] == ["secrets[1].issuer"]
+    assert [p.key for p in error.value.problems] == ["secrets[1].issuer"]
     assert "not valid now" in str(error.value)
 
 
@@ -382,7 +382,7 @@ def test_migrate_refuses_a_key_type_change() -> None:
     after = _session({**KEY, "migrate": True, "key_type": "P-384"})
     with pytest.raises(SessionError) as error:
         _update(before, values, after)
-    assert [p.path for p in error.value.problems] == ["secrets[0].migrate"]
+    assert [p.key for p in error.value.problems] == ["secrets[0].migrate"]
     assert "P-256" in str(error.value)
     assert "P-384" in str(error.value)
 
@@ -451,7 +451,7 @@ def test_imported_values_are_passed_through() -> None:
 def test_imported_value_missing() -> None:
     with pytest.raises(SessionError) as error:
         _generate(_session(IMPORT))
-    assert [p.path for p in error.value.problems] == ["secrets[0].import"]
+    assert [p.key for p in error.value.problems] == ["secrets[0].import"]
 
 
 def test_imported_value_of_another_kind_than_declared() -> None:
@@ -490,7 +490,7 @@ def test_explicit_private_key_of_another_type_than_key_type() -> None:
     spec = {"name": "k", "kind": "private-key", "key_type": "P-256", "value": _pem(key)}
     with pytest.raises(SessionError) as error:
         _generate(_session(spec))
-    assert [p.path for p in error.value.problems] == ["secrets[0].key_type"]
+    assert [p.key for p in error.value.problems] == ["secrets[0].key_type"]
     assert "set key_type: RSA-2048" in str(error.value)
     assert "BEGIN" not in str(error.value)
 
@@ -590,7 +590,7 @@ def test_problems_of_several_secrets_are_all_reported() -> None:
     with pytest.raises(SessionError) as error:
         _generate(session)
     # The certificate needing k1 fails too, but only k1's own problem is reported.
-    assert [p.path for p in error.value.problems] == ["secrets[1].key_type", "secrets[2].key_type"]
+    assert [p.key for p in error.value.problems] == ["secrets[1].key_type", "secrets[2].key_type"]
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -805,7 +805,7 @@ def _refusal(
 ) -> str:
     with pytest.raises(SessionError) as error:
         _check(importer, exporter, exporter_hash, importer_hash)
-    assert [p.path for p in error.value.problems] == ["secrets[1].import"]
+    assert [p.key for p in error.value.problems] == ["secrets[1].import"]
     text = str(error.value)
     # Names the importing secret, the exporter session and its secret.
     assert "'shared'" in text

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from opencas.policy.errors import SessionError
 from opencas.policy.hashing import session_hash
 from opencas.policy.parse import parse_session, session_from_normal_form
-from opencas.yaml_source import parse_yaml
+from opencas.sources.yaml import parse_yaml
 
 SAMPLES = sorted((Path(__file__).parents[2] / "data" / "sessions").glob("*.yaml"))
 SAMPLE_TEXTS = [path.read_text() for path in SAMPLES]

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from opencas.crypto.canonical import canonical_json
 from opencas.crypto.keys import key_hash, load_private_key_pem
 from opencas.crypto.x509 import certificate_key_hash, load_certificate_pem
-from opencas.policy.errors import Problem, SessionError
+from opencas.policy.errors import SessionError
 from opencas.policy.hashing import session_hash
 from opencas.policy.model import (
     AllRule,
@@ -31,6 +31,7 @@ from opencas.policy.model import (
     SignerRule,
 )
 from opencas.policy.parse import Purpose, parse_session, session_from_normal_form
+from opencas.sources.problems import Problem
 
 SESSIONS = Path(__file__).parents[2] / "data" / "sessions"
 SAMPLES = sorted(SESSIONS.glob("*.yaml"))
@@ -146,7 +147,7 @@ def test_version_spellings(version: str) -> None:
 def test_other_versions_are_refused(version: str) -> None:
     found = problem(f"name: s\nversion: {version}\n")
 
-    assert (found.path, found.line, found.column) == ("version", 2, 10)
+    assert (found.key, found.line, found.column) == ("version", 2, 10)
     assert "unsupported session language version" in found.message
 
 
@@ -171,7 +172,7 @@ def test_session_names(name: str, ok: bool) -> None:
         assert parse_session(text).name == name
     else:
         found = problem(text)
-        assert (found.path, found.line, found.column) == ("name", 1, 7)
+        assert (found.key, found.line, found.column) == ("name", 1, 7)
 
 
 def test_command_string_is_split_like_a_shell() -> None:
@@ -196,7 +197,7 @@ def test_command_list_is_kept_and_placeholders_take_their_canonical_spelling() -
 def test_a_command_with_unbalanced_quotes_is_refused() -> None:
     found = problem(HEAD + "services:\n  - name: a\n    command: prog 'open\n")
 
-    assert (found.path, found.line, found.column) == ("services[0].command", 5, 14)
+    assert (found.key, found.line, found.column) == ("services[0].command", 5, 14)
     assert "cannot be split" in found.message
 
 
@@ -237,13 +238,13 @@ def test_environment_pwd_image_and_platforms() -> None:
 def test_environment_values_must_be_strings(value: str, message: str) -> None:
     found = problem(HEAD + f"services:\n  - name: a\n    environment:\n      PORT: {value}\n")
 
-    assert found == Problem("services[0].environment.PORT", 6, 13, message)
+    assert found == Problem("t.yaml", 6, 13, message, "services[0].environment.PORT")
 
 
 def test_environment_names_are_checked() -> None:
     found = problem(HEAD + "services:\n  - name: a\n    environment:\n      1BAD: x\n")
 
-    assert found.path == "services[0].environment.1BAD"
+    assert found.key == "services[0].environment.1BAD"
     assert "not a valid environment variable name" in found.message
 
 
@@ -271,7 +272,7 @@ def test_legacy_mrenclaves_with_several_variants_is_refused() -> None:
         f"    attestation:\n      - mrenclave: {H1}\n      - mrenclave: {H2}\n"
     )
 
-    assert (found.path, found.line, found.column) == ("services[0].mrenclaves", 5, 5)
+    assert (found.key, found.line, found.column) == ("services[0].mrenclaves", 5, 5)
 
 
 def test_tdx_snp_signer_and_simulated_variants() -> None:
@@ -328,7 +329,7 @@ def test_tdx_snp_signer_and_simulated_variants() -> None:
 def test_attestation_errors(variant: str, path: str, fragment: str) -> None:
     found = problem(HEAD + f"services:\n  - name: a\n    attestation: {variant}\n")
 
-    assert found.path == path
+    assert found.key == path
     assert found.line == 5
     assert found.column is not None
     assert fragment in found.message
@@ -398,7 +399,7 @@ def test_certificate_dns_names_may_carry_a_wildcard_and_underscores() -> None:
 def test_certificate_dns_names_follow_the_san_grammar(name: str, fragment: str) -> None:
     found = problem(HEAD + f"secrets:\n  - {{name: c, kind: x509, san: ['dns:{name}']}}\n")
 
-    assert found.path == "secrets[0].san[0]"
+    assert found.key == "secrets[0].san[0]"
     assert fragment in found.message
 
 
@@ -461,7 +462,7 @@ def test_certificate_dns_names_follow_the_san_grammar(name: str, fragment: str) 
 def test_secret_errors(secret: str, path: str, fragment: str) -> None:
     found = problem(HEAD + f"secrets:\n  - {secret}\n")
 
-    assert found.path == path
+    assert found.key == path
     assert found.line == 4
     assert found.column is not None
     assert fragment in found.message
@@ -529,7 +530,7 @@ def test_images_and_injection_files() -> None:
 def test_injection_file_errors(entry: str, path: str, fragment: str) -> None:
     found = problem(HEAD + f"images:\n  - name: img\n    injection_files:\n      - {entry}\n")
 
-    assert found.path == path
+    assert found.key == path
     assert found.line == 6
     assert fragment in found.message
 
@@ -540,10 +541,11 @@ def test_injection_paths_are_unique_per_image() -> None:
     )
 
     assert found == Problem(
-        "images[0].injection_files[1].path",
+        "t.yaml",
         7,
         15,
         "the path is already used by images[0].injection_files[0]",
+        "images[0].injection_files[1].path",
     )
 
 
@@ -645,7 +647,7 @@ def test_update_rule_forms(rule: str, expected: object) -> None:
 def test_access_rule_errors(rule: str, path: str, fragment: str) -> None:
     found = problem(HEAD + f"access_policy:\n  update: {rule}\n")
 
-    assert found.path == path
+    assert found.key == path
     assert found.line == 4
     assert fragment in found.message
 
@@ -653,7 +655,7 @@ def test_access_rule_errors(rule: str, path: str, fragment: str) -> None:
 def test_read_takes_no_trees_or_signers() -> None:
     for rule in (f"[{{signer: {H1}}}]", f"{{require-all: [CREATOR, {H1}]}}"):
         found = problem(HEAD + f"access_policy:\n  read: {rule}\n")
-        assert found.path.startswith("access_policy.read")
+        assert found.key.startswith("access_policy.read")
         assert "read takes a plain list" in found.message
 
 
@@ -700,7 +702,7 @@ def test_security_tolerate_and_advisories_are_sorted_and_unique() -> None:
 def test_security_errors(body: str, path: str, fragment: str) -> None:
     found = problem(HEAD + body)
 
-    assert found.path == path
+    assert found.key == path
     assert fragment in found.message
 
 
@@ -771,7 +773,7 @@ def test_unsupported_features_are_named(
 ) -> None:
     found = problem(HEAD + body)
 
-    assert (found.path, found.line, found.column) == (path, line, column)
+    assert (found.key, found.line, found.column) == (path, line, column)
     assert feature in found.message
     assert "OpenCAS does not support" in found.message
 
@@ -797,7 +799,7 @@ def test_unsupported_features_are_named(
 def test_unknown_keys_list_the_expected_ones(body: str, path: str, expected: str) -> None:
     found = problem(HEAD + body)
 
-    assert found.path == path
+    assert found.key == path
     assert found.message.startswith("unknown key; expected one of: ")
     assert expected in found.message
 
@@ -823,7 +825,7 @@ def test_placeholders_are_validated_at_parse_time(value: str, fragment: str) -> 
         "secrets:\n  - {name: cert, kind: x509}\n  - {name: text, kind: ascii}\n"
     )
 
-    assert (found.path, found.line, found.column) == ("services[0].environment.X", 6, 10)
+    assert (found.key, found.line, found.column) == ("services[0].environment.X", 6, 10)
     assert fragment in found.message
 
 
@@ -851,7 +853,7 @@ def test_placeholder_problems_in_multi_line_content_name_the_line_of_the_text() 
         "        content: |\n          first\n          $$CAS::nope$$\n"
     )
 
-    assert found.path == "images[0].injection_files[0].content"
+    assert found.key == "images[0].injection_files[0].content"
     assert "(line 2 of the text)" in found.message
 
 
@@ -872,7 +874,7 @@ def test_placeholder_problems_in_multi_line_content_name_the_line_of_the_text() 
 def test_placeholders_where_they_are_not_replaced_are_refused(body: str, path: str) -> None:
     found = problems(HEAD + body)
 
-    assert path in [item.path for item in found]
+    assert path in [item.key for item in found]
 
 
 @pytest.mark.parametrize(
@@ -920,7 +922,7 @@ def test_placeholders_where_they_are_not_replaced_are_refused(body: str, path: s
 def test_cross_references(body: str, path: str, fragment: str) -> None:
     found = problem(HEAD + body)
 
-    assert found.path == path
+    assert found.key == path
     assert found.line is not None
     assert fragment in found.message
 
@@ -932,7 +934,7 @@ def test_issuer_cycles_are_refused() -> None:
         "  - {name: c, kind: x509, issuer: a}\n"
     )
 
-    assert [(item.path, item.line) for item in found] == [
+    assert [(item.key, item.line) for item in found] == [
         ("secrets[0].issuer", 4),
         ("secrets[1].issuer", 5),
     ]
@@ -967,7 +969,7 @@ def test_a_given_certificate_must_certify_its_key() -> None:
 
     found = problem(HEAD + explicit(pem("signer-2"), key))
 
-    assert found.path == "secrets[1].value"
+    assert found.key == "secrets[1].value"
     assert "does not certify the key 'k'" in found.message
 
 
@@ -978,7 +980,7 @@ def test_a_given_certificate_needs_a_given_key() -> None:
         f"    value: |\n{indented(pem('reader'), 6)}\n"
     )
 
-    assert found.path == "secrets[1].private_key"
+    assert found.key == "secrets[1].private_key"
 
 
 def test_a_given_private_key_must_load() -> None:
@@ -988,7 +990,7 @@ def test_a_given_private_key_must_load() -> None:
         HEAD + f"secrets:\n  - name: k\n    kind: private-key\n    value: |\n{indented(bad, 6)}\n"
     )
 
-    assert found.path == "secrets[0].value"
+    assert found.key == "secrets[0].value"
     assert "not a usable private key" in found.message
 
 
@@ -1007,14 +1009,14 @@ def test_a_given_private_key_must_load() -> None:
 def test_the_root_must_be_a_mapping(text: str, got: str) -> None:
     found = problem(text)
 
-    assert (found.path, found.line, found.column) == ("", 1, 1)
+    assert (found.key, found.line, found.column) == ("", 1, 1)
     assert found.message.endswith(got)
 
 
 def test_missing_required_keys_point_at_the_enclosing_mapping() -> None:
     found = problems("services:\n  - command: x\n")
 
-    assert [(item.path, item.line, item.column) for item in found] == [
+    assert [(item.key, item.line, item.column) for item in found] == [
         ("name", 1, 1),
         ("version", 1, 1),
         ("services[0].name", 2, 5),
@@ -1045,7 +1047,7 @@ def test_predecessor_by_purpose(
         assert session.predecessor == (H1 if with_predecessor else None)
     else:
         found = problem(text, purpose=purpose)
-        assert found.path == "predecessor"
+        assert found.key == "predecessor"
         assert error in found.message
 
 
@@ -1053,7 +1055,7 @@ def test_predecessor_must_be_a_session_hash() -> None:
     found = problem(HEAD + "predecessor: abc\n")
 
     assert found == Problem(
-        "predecessor", 3, 14, "expected 64 lowercase hexadecimal digits, got 'abc'"
+        "t.yaml", 3, 14, "expected 64 lowercase hexadecimal digits, got 'abc'", "predecessor"
     )
 
 
@@ -1073,7 +1075,7 @@ def test_yaml_level_errors_carry_path_line_and_column(
 ) -> None:
     found = problem(text)
 
-    assert (found.path, found.line, found.column) == (path, line, column)
+    assert (found.key, found.line, found.column) == (path, line, column)
 
 
 def test_an_oversized_text_is_refused_before_parsing() -> None:
@@ -1103,7 +1105,15 @@ def test_session_error_text_names_source_line_column_and_path() -> None:
         "my-session.yaml:3:1: colour: unknown key; expected one of: name, version, predecessor, "
         "services, secrets, images, access_policy, security"
     )
-    assert error.problems_json()[0]["line"] == 3
+    assert error.to_json()["problems"] == [
+        {
+            "path": "my-session.yaml",
+            "key": "colour",
+            "line": 3,
+            "column": 1,
+            "message": error.problems[0].message,
+        }
+    ]
 
 
 def test_a_byte_order_mark_is_ignored() -> None:
@@ -1244,4 +1254,4 @@ def test_session_from_normal_form_names_where_the_spelling_differs() -> None:
     with pytest.raises(SessionError) as caught:
         session_from_normal_form(data)
 
-    assert caught.value.problems[0].path == "security.attestation.tolerate[0]"
+    assert caught.value.problems[0].key == "security.attestation.tolerate[0]"

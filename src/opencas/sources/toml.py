@@ -1,13 +1,14 @@
-"""Reading TOML configuration files, with errors that name the file, the key and the line.
+"""TOML text to plain data, where its keys are written, and how TOML names keys in messages.
 
-Three pieces, shared by every configuration loader:
-
-- :func:`load_toml` reads and parses a file; an unreadable file or a TOML syntax error becomes a
-  :class:`~opencas.errors.ConfigError` naming the file (and the line and column for syntax).
+- :func:`load_toml` reads and parses a file, :func:`parse_toml` a text; a TOML syntax error
+  becomes a :class:`~opencas.errors.ConfigError` whose problem names the text, the line and the
+  column.
 - :func:`find_key_line` / :func:`key_line_index` find where a key path is written in the text;
   ``tomllib`` keeps no positions, so a small scanner over the (already valid) text recovers them.
-- :func:`validation_error_to_config_error` turns a pydantic ``ValidationError`` into one
-  ``ConfigError`` listing every problem as ``FILE:LINE: [section] key: what is wrong``.
+- :func:`model_problems` turns a pydantic ``ValidationError`` of a configuration model into
+  problems in TOML's words: ``[section] key: what is wrong``, naming the keys allowed where an
+  unknown one is written and the type expected where a value has the wrong one. The owner config
+  speaks these words in every format it is written in.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import datetime
 import re
 import tomllib
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -27,77 +28,73 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from opencas.errors import ConfigError
-
-KeyPath = tuple[str | int, ...]
-"""A location in a TOML document: table and key names, and indexes into arrays."""
+from opencas.sources.files import read_text
+from opencas.sources.problems import (
+    EXPECTED_TYPES,
+    KeyPath,
+    Problem,
+    nearest_line,
+    unconvertible,
+    unreadable,
+    validation_problems,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class TomlDocument:
-    """A parsed TOML file: the path it was read from, its text (for line look-ups), its data."""
+    """A parsed TOML text: its name for messages, its text (for line look-ups), its data."""
 
-    path: Path
+    source: str
     text: str
     data: dict[str, Any]
 
-
-def read_config_text(path: Path) -> str:
-    """The UTF-8 text of the configuration file at ``path``.
-
-    Raises :class:`ConfigError` naming the file when it is missing, a directory, unreadable or
-    not UTF-8 (naming the line).
-    """
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: configuration file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a configuration file") from None
-    except PermissionError:
-        raise ConfigError(f"{path}: cannot read configuration file: permission denied") from None
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise ConfigError(f"{path}: cannot read configuration file: {reason}") from None
-    try:
-        # Accept a UTF-8 byte-order mark: some editors write one, and it carries no meaning.
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        raise ConfigError(f"{path}:{line}: not valid UTF-8 text") from None
+    def lines(self) -> dict[KeyPath, int]:
+        """The line of every key path written in the text (see :func:`key_line_index`)."""
+        return key_line_index(self.text)
 
 
 def load_toml(path: Path) -> TomlDocument:
-    """Read and parse the TOML file at ``path``.
+    """Read and parse the TOML file at ``path``, as :func:`parse_toml` does with its text.
 
     Raises :class:`ConfigError` if the file is missing, unreadable, not UTF-8 or not valid TOML;
-    the message names the file, and for a syntax error the line and column.
+    the problem names the file, and for a syntax error the line and column.
     """
-    text = read_config_text(path)
+    return parse_toml(read_text(path), str(path))
+
+
+def parse_toml(text: str, source: str) -> TomlDocument:
+    """Parse the TOML ``text``, which ``source`` names in problems.
+
+    Raises :class:`ConfigError` if it is not valid TOML (naming the line and column where
+    ``tomllib`` says), is nested too deeply, or holds a value Python cannot convert (the problem
+    does not quote it).
+    """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(_syntax_error_message(path, text, str(error))) from None
+        raise ConfigError(_syntax_problem(source, text, str(error))) from None
     except RecursionError:
-        raise ConfigError(f"{path}: invalid TOML: values are nested too deeply") from None
-    except ValueError as error:  # e.g. an integer longer than Python converts
-        raise ConfigError(f"{path}: invalid TOML: {error}") from None
-    return TomlDocument(path=path, text=text, data=data)
+        raise ConfigError(unreadable(source, "TOML", "values are nested too deeply")) from None
+    except ValueError:
+        raise ConfigError(unconvertible(source, "TOML")) from None
+    return TomlDocument(source=source, text=text, data=data)
 
 
 _AT_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 _AT_END = re.compile(r"\s*\(at end of document\)$")
 
 
-def _syntax_error_message(path: Path, text: str, detail: str) -> str:
+def _syntax_problem(source: str, text: str, detail: str) -> Problem:
     position = _AT_POSITION.search(detail)
     if position is not None:
         reason = detail[: position.start()]
-        return f"{path}:{position[1]}:{position[2]}: invalid TOML: {reason}"
+        return Problem(source, int(position[1]), int(position[2]), f"invalid TOML: {reason}")
     end = _AT_END.search(detail)
     if end is not None:
         last_line = max(1, len(text.splitlines()))
-        return f"{path}:{last_line}: invalid TOML at end of file: {detail[: end.start()]}"
-    return f"{path}: invalid TOML: {detail}"
+        reason = detail[: end.start()]
+        return Problem(source, last_line, None, f"invalid TOML at end of file: {reason}")
+    return unreadable(source, "TOML", detail)
 
 
 # --- where keys are written ---------------------------------------------------------------------
@@ -387,60 +384,40 @@ def _decode_basic_string(literal: str) -> str:
 
 # --- validation errors --------------------------------------------------------------------------
 
-_EXPECTED_TYPES = {
-    "string_type": "a string",
-    "int_type": "an integer",
-    "float_type": "a number",
-    "bool_type": "true or false",
-    "list_type": "an array",
-    "tuple_type": "an array",
-    "set_type": "an array",
-    "dict_type": "a table",
-    "model_type": "a table",
-    "model_attributes_type": "a table",
-    "dataclass_type": "a table",
-    "datetime_type": "a date-time",
-    "date_type": "a date",
-    "time_type": "a time",
-}
 
+def model_problems(
+    error: ValidationError,
+    *,
+    source: str,
+    model: type[BaseModel],
+    data: Mapping[str, Any],
+    lines: Mapping[KeyPath, int],
+    is_secret: Callable[[KeyPath], bool] | None = None,
+) -> list[Problem]:
+    """Every problem in ``error``, in its order, in TOML's words.
 
-def validation_error_to_config_error(
-    error: ValidationError, document: TomlDocument, model: type[BaseModel]
-) -> ConfigError:
-    """One :class:`ConfigError` describing every problem in ``error``.
-
-    ``model`` is the model ``document.data`` was validated against; it tells sections from keys
-    and which keys are allowed where. The message has one line per problem, ordered by line:
-    ``FILE:LINE: [section] key: what is wrong`` (``FILE: ...`` when the problem has no line,
-    such as a missing section). Unknown keys list the keys allowed there; wrong types name the
-    expected type and the value given.
+    ``model`` is the model ``data`` was validated against; it tells sections from keys and which
+    keys are allowed where. Each problem names ``source``, the line from ``lines`` (of the key,
+    or else of the nearest section that should hold it) and the key as ``[section] key``.
+    Unknown keys list the keys allowed there; wrong types name the expected type and the value
+    given, except at the paths ``is_secret`` names, whose values are never shown.
     """
-    lines = key_line_index(document.text)
-    problems: list[tuple[int, str]] = []
-    for item in error.errors(include_url=False):
-        loc: KeyPath = tuple(item["loc"])
-        line = _nearest_line(lines, loc)
-        where = f"{document.path}:{line}" if line is not None else f"{document.path}"
+
+    def is_table(loc: KeyPath, item: ErrorDetails) -> bool:
         # An unknown name inside a section reads best as a key of that section, even if its
         # value is a table; only at the top level is it an unknown section.
-        is_table = _is_table(model, loc, document.data) and not (
+        return _is_table(model, loc, data) and not (
             item["type"] == "extra_forbidden" and len(loc) > 1
         )
-        what = _what_is_wrong(item, model, loc, is_table)
-        label = _label(loc, is_table)
-        problems.append((line or 0, f"{where}: {label}: {what}"))
-    problems.sort(key=lambda problem: problem[0])
-    return ConfigError("\n".join(text for _, text in problems))
 
-
-def _nearest_line(lines: Mapping[KeyPath, int], loc: KeyPath) -> int | None:
-    # A missing key has no line of its own; the section that should hold it is the best hint.
-    for length in range(len(loc), 0, -1):
-        line = lines.get(loc[:length])
-        if line is not None:
-            return line
-    return None
+    return validation_problems(
+        error.errors(include_url=False),
+        source=source,
+        key=lambda loc, item: toml_label(loc, is_table(loc, item)),
+        explain=lambda item, loc: _what_is_wrong(item, model, loc, is_table(loc, item)),
+        locate=lambda loc: (nearest_line(lines, loc), None),
+        is_secret=is_secret or (lambda _loc: False),
+    )
 
 
 def _what_is_wrong(item: ErrorDetails, model: type[BaseModel], loc: KeyPath, is_table: bool) -> str:
@@ -452,8 +429,8 @@ def _what_is_wrong(item: ErrorDetails, model: type[BaseModel], loc: KeyPath, is_
             what += f"; expected one of: {', '.join(allowed)}"
     elif kind == "missing":
         what = "required section is missing" if is_table else "required key is missing"
-    elif kind in _EXPECTED_TYPES:
-        what = f"expected {_EXPECTED_TYPES[kind]}, got {_show(given)}"
+    elif kind in EXPECTED_TYPES:
+        what = f"expected {EXPECTED_TYPES[kind]}, got {show_value(given)}"
     elif kind in {"value_error", "assertion_error"} and "error" in ctx:
         what = str(ctx["error"])
     elif kind in {"too_long", "too_short", "string_too_long", "string_too_short"}:
@@ -463,9 +440,9 @@ def _what_is_wrong(item: ErrorDetails, model: type[BaseModel], loc: KeyPath, is_
         else:
             what = f"at least {_count(int(ctx['min_length']), unit)} required, got {len(given)}"
     elif kind == "literal_error":
-        what = f"expected {ctx['expected']}, got {_show(given)}"
+        what = f"expected {ctx['expected']}, got {show_value(given)}"
     else:
-        what = f"{item['msg']}; got {_show(given)}"
+        what = f"{item['msg']}; got {show_value(given)}"
     return what
 
 
@@ -475,7 +452,7 @@ def _count(number: int, unit: str) -> str:
     return f"{number} {unit[:-1]}ies" if unit.endswith("y") else f"{number} {unit}s"
 
 
-def _label(loc: KeyPath, is_table: bool) -> str:
+def toml_label(loc: KeyPath, is_table: bool) -> str:
     """``[section] key`` for a key, ``[section]`` for a table, ``key`` for a top-level key."""
     if not loc:
         return "(whole file)"
@@ -499,8 +476,8 @@ def _dotted(parts: KeyPath) -> str:
     return text
 
 
-def _show(value: Any) -> str:
-    """A short description of a TOML value, naming its TOML type."""
+def show_value(value: Any) -> str:
+    """A short description of a value in TOML's words, naming its TOML type and its value."""
     if isinstance(value, bool):
         shown = f"boolean {'true' if value else 'false'}"
     elif isinstance(value, int | float):

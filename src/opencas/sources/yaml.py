@@ -15,14 +15,16 @@ and column of the offending text:
 - keys that are not strings, tags other than the plain core types, more than one document,
   and numbers JSON cannot hold (NaN, infinities, integers beyond Python's conversion limit).
 
-The module is pure: it takes text and returns values; it neither reads files nor logs.
+Refusals are :class:`~opencas.sources.problems.Problem` values naming the text as the caller
+does (``source``) and the key as the caller writes keys (``label``). The module is pure: it takes
+text and returns values; it neither reads files nor logs.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -41,13 +43,20 @@ from ruamel.yaml.events import (
 from ruamel.yaml.nodes import ScalarNode
 from ruamel.yaml.reader import ReaderError
 
+from opencas.sources.problems import (
+    KeyPath,
+    Position,
+    Problem,
+    describe,
+    format_path,
+    in_text_order,
+    render_all,
+)
+
 MAX_YAML_BYTES: Final = 1 << 20
 """The largest YAML text accepted, in bytes of its UTF-8 encoding (1 MiB)."""
 MAX_YAML_DEPTH: Final = 64
 """The deepest nesting of mappings and sequences accepted."""
-
-KeyPath = tuple[str | int, ...]
-"""A location in a document: mapping keys and sequence indexes from the root; ``()`` is the root."""
 
 _CORE = "tag:yaml.org,2002:"
 _STR, _INT, _FLOAT, _BOOL, _NULL = (
@@ -57,51 +66,46 @@ _MAP, _SEQ, _MERGE, _TIMESTAMP = (f"{_CORE}{name}" for name in ("map", "seq", "m
 _SCALAR_TAGS = frozenset({_STR, _INT, _FLOAT, _BOOL, _NULL})
 # "\ud800" escapes decode to lone surrogates: not characters, and not encodable as UTF-8.
 _SURROGATE = re.compile("[\ud800-\udfff]")
-# Kinds of problem that are about the text itself rather than a key of the document.
-SYNTAX_KINDS: Final = frozenset(
-    {"syntax", "too-large", "too-deep", "multiple-documents", "tag", "value"}
-)
-"""The :attr:`YamlProblem.kind` values that say the text is not acceptable YAML at all."""
+
+KeyLabel = Callable[[KeyPath, bool], str]
+"""How a key path reads in a problem; the flag says the path names the mapping holding the key
+that is wrong (a key that is not a string), not a key itself."""
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
-    """Where something is written: 1-based line and column."""
-
-    line: int
-    column: int
-
-
-@dataclass(frozen=True, slots=True)
-class YamlProblem:
-    """One reason the text was refused.
-
-    ``path`` is the key path the problem concerns (as far as parsing got; ``()`` for the whole
-    text); ``line`` and ``column`` are 1-based, ``None`` when unknown. ``kind`` is one of
-    ``syntax``, ``too-large``, ``too-deep``, ``multiple-documents``, ``tag``, ``value``,
-    ``anchor``, ``alias``, ``merge-key``, ``key-type`` and ``duplicate-key``. Messages never
-    quote values (they may be secrets); they may quote keys.
-    """
-
-    path: KeyPath
-    line: int | None
-    column: int | None
-    message: str
-    kind: str
+def dotted_label(path: KeyPath, _mapping: bool) -> str:
+    """The key path written as the session language writes it: ``services[0].name``."""
+    return format_path(path)
 
 
 class YamlSourceError(ValueError):
-    """The text is not acceptable YAML; ``problems`` lists why, in the order of the text."""
+    """The text is not acceptable YAML; ``problems`` lists why, in the order of the text.
 
-    def __init__(self, problems: list[YamlProblem]) -> None:
-        self.problems = tuple(sorted(problems, key=lambda item: (item.line or 0, item.column or 0)))
-        super().__init__("; ".join(_render(item) for item in self.problems))
+    ``unreadable`` is the problem after which the text could not be read on (a syntax error, too
+    large, too deep, a second document, an unsupported tag, a number JSON cannot hold), if there
+    is one: the text is not acceptable YAML at all. The others are about keys of a text that was
+    read to its end (duplicate keys, keys that are not strings, anchors, aliases, merge keys).
+    """
+
+    def __init__(self, problems: list[Problem], unreadable: Problem | None = None) -> None:
+        self.problems = tuple(in_text_order(problems))
+        self.unreadable = unreadable
+        super().__init__(render_all(self.problems))
 
 
-def _render(problem: YamlProblem) -> str:
-    where = "" if problem.line is None else f"{problem.line}:{problem.column or 0}: "
-    path = f"{format_path(problem.path)}: " if problem.path else ""
-    return f"{where}{path}{problem.message}"
+def line_problems(error: YamlSourceError, fmt: str) -> list[Problem]:
+    """``error``'s problems as configuration files word them, for a text in ``fmt``.
+
+    The problem that stopped the reading reads ``invalid YAML: …`` (``fmt`` names the format)
+    at its line and column; the others name their key and line only, as TOML's problems do.
+    """
+    problems: list[Problem] = []
+    for problem in error.problems:
+        if problem == error.unreadable:
+            what = f"invalid {fmt}: {problem.message}"
+            problems.append(Problem(problem.path, problem.line, problem.column, what))
+        else:
+            problems.append(Problem(problem.path, problem.line, None, problem.message, problem.key))
+    return problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,41 +138,13 @@ class YamlDocument:
         return {path: where.line for path, where in self.positions.items()}
 
 
-def format_path(path: KeyPath) -> str:
-    """``path`` as it reads in messages: ``services[0].environment.HOME``."""
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-    return text
-
-
-def describe(value: object) -> str:
-    """A short description of a plain value's type, showing scalars that are not strings.
-
-    Strings are never shown (they may be secrets): ``a string``; others read ``integer 3``,
-    ``boolean true``, ``null``, ``a mapping``, ``a sequence``.
-    """
-    if value is None or isinstance(value, str | dict | list):
-        return _DESCRIPTIONS[type(value)]
-    if isinstance(value, bool):
-        return f"boolean {'true' if value else 'false'}"
-    if isinstance(value, int):
-        return f"integer {value if abs(value) < 10**30 else '(a very large number)'}"
-    if isinstance(value, float):
-        return f"float {value!r}"
-    return type(value).__name__
-
-
-_DESCRIPTIONS: Final[dict[type, str]] = {
-    type(None): "null",
-    str: "a string",
-    dict: "a mapping",
-    list: "a sequence",
-}
-
-
 def parse_yaml(
-    text: str, *, max_bytes: int = MAX_YAML_BYTES, max_depth: int = MAX_YAML_DEPTH
+    text: str,
+    *,
+    source: str = "",
+    label: KeyLabel = dotted_label,
+    max_bytes: int = MAX_YAML_BYTES,
+    max_depth: int = MAX_YAML_DEPTH,
 ) -> YamlDocument:
     """Parse ``text`` as one YAML document into plain data and positions.
 
@@ -176,50 +152,73 @@ def parse_yaml(
     :class:`YamlSourceError` — and nothing else — listing every structural problem found
     (duplicate keys, keys that are not strings, anchors, aliases, merge keys), or the first
     problem that stops parsing (a syntax error, too large, too deep, a second document, an
-    unsupported tag, a number JSON cannot hold).
+    unsupported tag, a number JSON cannot hold). Its problems name ``source`` as their text and
+    their keys as ``label`` writes them.
     """
+    report = _Report(source, label)
     if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
-        raise YamlSourceError(
-            [YamlProblem((), None, None, f"the text is larger than {max_bytes} bytes", "too-large")]
-        )
-    builder = _Builder(max_depth)
+        too_large = report((), None, None, f"the text is larger than {max_bytes} bytes")
+        raise YamlSourceError([too_large], too_large)
+    builder = _Builder(max_depth, report)
     yaml = YAML(typ="safe", pure=True)
     try:
         for event in yaml.parse(text):
             builder.feed(event, yaml)
     except _Stop as stop:
-        raise YamlSourceError([*builder.problems, stop.problem]) from None
+        raise YamlSourceError([*builder.problems, stop.problem], stop.problem) from None
     except YAMLError as error:
-        raise YamlSourceError([_syntax_problem(text, error)]) from None
+        syntax = _syntax_problem(text, error, report)
+        raise YamlSourceError([syntax], syntax) from None
     except RecursionError:
         # The parser itself is not recursive; this is a safety net, not an expected path.
-        raise YamlSourceError(
-            [YamlProblem((), None, None, "values are nested too deeply", "too-deep")]
-        ) from None
+        too_deep = report((), None, None, "values are nested too deeply")
+        raise YamlSourceError([too_deep], too_deep) from None
     if builder.problems:
         raise YamlSourceError(builder.problems)
     return YamlDocument(builder.root, builder.positions, builder.value_positions)
 
 
-def _syntax_problem(text: str, error: YAMLError) -> YamlProblem:
+@dataclass(frozen=True, slots=True)
+class _Report:
+    """Makes the problems of one text: naming the text, and its keys as the caller writes them."""
+
+    source: str
+    label: KeyLabel
+
+    def __call__(
+        self,
+        path: KeyPath,
+        line: int | None,
+        column: int | None,
+        what: str,
+        *,
+        mapping: bool = False,
+    ) -> Problem:
+        return Problem(self.source, line, column, what, self.label(path, mapping))
+
+    def at(self, path: KeyPath, start: Position, what: str, *, mapping: bool = False) -> Problem:
+        return self(path, start.line, start.column, what, mapping=mapping)
+
+
+def _syntax_problem(text: str, error: YAMLError, report: _Report) -> Problem:
     if isinstance(error, ReaderError) and isinstance(error.position, int):
         line = text.count("\n", 0, error.position) + 1
         column = error.position - (text.rfind("\n", 0, error.position) + 1) + 1
         code = f" (#x{error.character:04x})" if isinstance(error.character, int) else ""
-        return YamlProblem((), line, column, f"{error.reason}{code}", "syntax")
+        return report((), line, column, f"{error.reason}{code}")
     if isinstance(error, MarkedYAMLError):
         mark = error.problem_mark or error.context_mark
         what = error.problem or error.context or "not valid YAML"
         if mark is None:
-            return YamlProblem((), None, None, str(what), "syntax")
-        return YamlProblem((), mark.line + 1, mark.column + 1, str(what), "syntax")
-    return YamlProblem((), None, None, "not valid YAML", "syntax")
+            return report((), None, None, str(what))
+        return report((), mark.line + 1, mark.column + 1, str(what))
+    return report((), None, None, "not valid YAML")
 
 
 class _Stop(Exception):
     """Raised inside the builder for a problem after which parsing cannot sensibly go on."""
 
-    def __init__(self, problem: YamlProblem) -> None:
+    def __init__(self, problem: Problem) -> None:
         super().__init__(problem.message)
         self.problem = problem
 
@@ -244,14 +243,15 @@ class _Frame:
 class _Builder:
     """Builds plain data from parser events without recursion, recording positions."""
 
-    def __init__(self, max_depth: int) -> None:
+    def __init__(self, max_depth: int, report: _Report) -> None:
         self.max_depth = max_depth
+        self.report = report
         self.stack: list[_Frame] = []
         self.root: object = None
         self.documents = 0
         self.positions: dict[KeyPath, Position] = {}
         self.value_positions: dict[KeyPath, Position] = {}
-        self.problems: list[YamlProblem] = []
+        self.problems: list[Problem] = []
 
     def feed(self, event: Event, yaml: YAML) -> None:
         start = _position(event)
@@ -259,7 +259,7 @@ class _Builder:
             self.documents += 1
             if self.documents > 1:
                 what = "only one YAML document is allowed; remove the second one ('---')"
-                raise _Stop(YamlProblem((), start.line, start.column, what, "multiple-documents"))
+                raise _Stop(self.report.at((), start, what))
             return
         if isinstance(event, MappingEndEvent | SequenceEndEvent):
             frame = self.stack.pop()
@@ -272,10 +272,10 @@ class _Builder:
             self.positions[path] = start
         if event.anchor is not None and not isinstance(event, AliasEvent):
             what = "YAML anchors (&name) are not supported here; write the value out"
-            self._problem(path, start, what, "anchor")
+            self._problem(path, start, what)
         if isinstance(event, AliasEvent):
             what = "YAML aliases (*name) are not supported here; write the value out"
-            self._problem(path, start, what, "alias")
+            self._problem(path, start, what)
             self._complete(None, role, path, record, start)
         elif isinstance(event, ScalarEvent):
             value = self._scalar(event, yaml, path, start, is_key=role == "key")
@@ -288,10 +288,10 @@ class _Builder:
     ) -> None:
         if len(self.stack) >= self.max_depth:
             what = f"values are nested too deeply (more than {self.max_depth} levels)"
-            raise _Stop(YamlProblem(path, start.line, start.column, what, "too-deep"))
+            raise _Stop(self.report.at(path, start, what))
         expected = _MAP if isinstance(event, MappingStartEvent) else _SEQ
         if event.tag not in (None, "!", expected):
-            raise _Stop(_tag_problem(path, start, event.tag))
+            raise _Stop(self.report.at(path, start, _tag_message(event.tag)))
         container: dict[str, object] | list[object] = (
             {} if isinstance(event, MappingStartEvent) else []
         )
@@ -335,20 +335,21 @@ class _Builder:
         top.key, top.key_valid = key, False
         if key is _MERGE_KEY:
             what = "YAML merge keys (<<) are not supported; write the keys out"
-            self._problem(top.path, start, what, "merge-key")
+            self._problem(top.path, start, what)
         elif not isinstance(key, str):
-            self._problem(top.path, start, f"keys must be strings, got {describe(key)}", "key-type")
+            what = f"keys must be strings, got {describe(key)}"
+            self._problem(top.path, start, what, mapping=True)
         elif key in top.first:
             what = f"duplicate key (first written on line {top.first[key].line})"
-            self._problem((*top.path, key), start, what, "duplicate-key")
+            self._problem((*top.path, key), start, what)
         else:
             top.first[key] = start
             top.key_valid = True
             if top.record:
                 self.positions[(*top.path, key)] = start
 
-    def _problem(self, path: KeyPath, start: Position, what: str, kind: str) -> None:
-        self.problems.append(YamlProblem(path, start.line, start.column, what, kind))
+    def _problem(self, path: KeyPath, start: Position, what: str, *, mapping: bool = False) -> None:
+        self.problems.append(self.report.at(path, start, what, mapping=mapping))
 
     def _scalar(
         self, event: ScalarEvent, yaml: YAML, path: KeyPath, start: Position, *, is_key: bool
@@ -362,22 +363,22 @@ class _Builder:
             if tag == _MERGE:
                 return _MERGE_KEY if is_key else event.value
         if tag not in _SCALAR_TAGS:
-            raise _Stop(_tag_problem(path, start, tag))
+            raise _Stop(self.report.at(path, start, _tag_message(tag)))
         try:
             value: Any = yaml.constructor.construct_object(
                 ScalarNode(tag, event.value, event.start_mark, event.end_mark), deep=False
             )
         except (YAMLError, ValueError, OverflowError):
             what = "this value cannot be converted to a number (is it too long?)"
-            raise _Stop(YamlProblem(path, start.line, start.column, what, "value")) from None
+            raise _Stop(self.report.at(path, start, what)) from None
         finally:
             yaml.constructor.constructed_objects.clear()
         if isinstance(value, str) and _SURROGATE.search(value):
             what = "an escape (\\uD800 to \\uDFFF) stands for half a UTF-16 pair, not a character"
-            raise _Stop(YamlProblem(path, start.line, start.column, what, "value"))
+            raise _Stop(self.report.at(path, start, what))
         if isinstance(value, float) and not math.isfinite(value):
             what = "NaN and infinite numbers are not accepted"
-            raise _Stop(YamlProblem(path, start.line, start.column, what, "value"))
+            raise _Stop(self.report.at(path, start, what))
         return value
 
 
@@ -388,13 +389,12 @@ class _MergeKey:
 _MERGE_KEY: Final = _MergeKey()
 
 
-def _tag_problem(path: KeyPath, start: Position, tag: str | None) -> YamlProblem:
+def _tag_message(tag: str | None) -> str:
     shown = str(tag).replace(_CORE, "!!")
-    what = (
+    return (
         f"could not determine a constructor for the tag {shown!r}: only plain strings, "
         "numbers, booleans, null, sequences and mappings are accepted"
     )
-    return YamlProblem(path, start.line, start.column, what, "tag")
 
 
 def _position(event: Event) -> Position:
