@@ -84,13 +84,7 @@ def attest_as_owner(
     )
     with CasClient(url) as bootstrap:
         verified = bootstrap.attest(expectations)
-    client = CasClient(
-        url,
-        ca_certificate_pem=verified.ca_certificate_pem,
-        cas_key_hash=verified.report.cas_key_hash,
-        identity=owner,
-    )
-    return client, verified
+    return CasClient.pinned_to(url, verified, owner), verified
 
 
 def start_self_provisioned_cas(

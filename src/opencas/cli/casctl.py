@@ -11,36 +11,20 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import click
 
 from opencas import __version__
-from opencas.attestation.report import CasExpectations, VerifiedCas
-from opencas.cli.casctl_common import (
-    F,
-    identity_from,
-    identity_option,
-    pinned_client,
-    reports_errors,
-)
+from opencas.attestation.report import CasExpectations
+from opencas.cli.casctl_common import F, identity_from, identity_option, reports_errors
 from opencas.cli.run_commands import register_run_commands
 from opencas.cli.session_commands import session_group
-from opencas.client.cas_client import CasClient, new_nonce
-from opencas.client.channel import ApiError, MalformedAnswer
-from opencas.client.freshness import check_freshness
+from opencas.client.cas_client import new_nonce
 from opencas.client.identity import ClientIdentity
-from opencas.client.state import (
-    ALIAS_PATTERN,
-    CasctlState,
-    PinnedCas,
-    casctl_home,
-    load_state,
-    save_state,
-)
+from opencas.client.pinning import Attested, attest_and_pin, cas_url, pin_name, pinned_client
+from opencas.client.state import casctl_home, load_state, save_state
 from opencas.config.owner import load_owner_config, owner_config_sha256
 from opencas.config.owner_identity import load_owner_certificate
 from opencas.crypto.keys import is_valid_key_hash
@@ -66,11 +50,6 @@ def _measurements_option(
         if not re.fullmatch(r"(?:[0-9a-fA-F]{2}){16,64}", value):
             raise click.BadParameter(f"{value!r} is not a measurement (32 to 128 hex digits)")
     return frozenset(value.lower() for value in values)
-
-
-def _alias_for(url: str) -> str:
-    parts = urlsplit(url)
-    return parts.netloc or url
 
 
 def attest_options(command: F) -> F:
@@ -159,38 +138,7 @@ class AttestFlags:
         )
 
 
-def _cas_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.netloc:
-        raise click.BadParameter("the CAS URL must be https://HOST:PORT", param_hint="URL")
-    return f"https://{parts.netloc}"
-
-
-@dataclass(frozen=True)
-class Attested:
-    """The outcome of attesting and pinning a CAS."""
-
-    name: str
-    url: str
-    verified: VerifiedCas
-    expectations: CasExpectations
-    state: CasctlState
-
-    def facts(self) -> dict[str, Any]:
-        """What was verified, as printed by ``--json``."""
-        return _verified_facts(
-            self.url, self.name, self.state.default == self.name, self.verified, self.expectations
-        )
-
-    def show(self, as_json: bool) -> None:
-        """Print what was verified."""
-        if as_json:
-            click.echo(json.dumps(self.facts(), indent=2))
-        else:
-            _print_facts(self.facts())
-
-
-def attest_and_pin(
+def pin(
     url: str,
     flags: AttestFlags,
     *,
@@ -198,23 +146,30 @@ def attest_and_pin(
     owner_hash: str | None = None,
     config_sha: str | None = None,
 ) -> Attested:
-    """Attest the CAS at ``url`` as ``flags`` ask, check freshness, and pin it."""
-    url = _cas_url(url)
-    name = flags.alias or _alias_for(url)
-    if not _valid_alias(name):
-        raise click.BadParameter(f"{name!r} is not a valid name", param_hint="--alias")
-    home = casctl_home()
-    state = load_state(home)
+    """Attest and pin the CAS at ``url`` as ``flags`` ask; a bad URL or alias is a usage error."""
+    try:
+        url = cas_url(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="URL") from exc
+    try:
+        pin_name(url, flags.alias)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--alias") from exc
     expectations = flags.expectations(
         allow_unprovisioned=allow_unprovisioned, owner_hash=owner_hash, config_sha=config_sha
     )
-    with CasClient(url) as client:
-        verified = client.attest(expectations)
-    check_freshness(
-        state.cas.get(name), verified.report, accept_new_instance=flags.accept_new_instance
+    return attest_and_pin(
+        url, expectations, alias=flags.alias, accept_new_instance=flags.accept_new_instance
     )
-    _remember(home, state, name, url, verified, _enclave_port(url, verified))
-    return Attested(name, url, verified, expectations, state)
+
+
+def show_attested(attested: Attested, as_json: bool) -> None:
+    """Print what was verified (``--json``: as JSON)."""
+    facts = _verified_facts(attested)
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+    else:
+        _print_facts(facts)
 
 
 @cli.command()
@@ -225,62 +180,17 @@ def attest_and_pin(
 @reports_errors
 def attest(url: str, allow_unprovisioned: bool, as_json: bool, **options: Any) -> None:
     """Attest the CAS at URL, then pin it for later commands."""
-    attest_and_pin(url, AttestFlags(**options), allow_unprovisioned=allow_unprovisioned).show(
-        as_json
-    )
+    attested = pin(url, AttestFlags(**options), allow_unprovisioned=allow_unprovisioned)
+    show_attested(attested, as_json)
 
 
-def _valid_alias(name: str) -> bool:
-    return re.fullmatch(ALIAS_PATTERN, name) is not None
-
-
-def _enclave_port(url: str, verified: VerifiedCas) -> int | None:
-    """The enclave API port the CAS reports in ``GET /v1/version`` (asked over the channel just
-    pinned), or None when it reports none."""
-    try:
-        with CasClient(url, ca_certificate_pem=verified.ca_certificate_pem) as client:
-            return client.version().enclave_port
-    except (ApiError, MalformedAnswer):
-        return None
-
-
-def _remember(
-    home: Path,
-    state: CasctlState,
-    name: str,
-    url: str,
-    verified: VerifiedCas,
-    enclave_port: int | None = None,
-) -> None:
-    report = verified.report
-    previous = state.cas.get(name)
-    same_instance = previous is not None and previous.instance_id == report.instance_id
-    seen = max(report.audit.seq, previous.audit_seq if previous and same_instance else 0)
-    state.cas[name] = PinnedCas(
-        url=url,
-        cas_key_hash=report.cas_key_hash,
-        ca_certificate_pem=verified.ca_certificate_pem.decode("ascii"),
-        instance_id=report.instance_id,
-        audit_seq=seen,
-        software_measurement=report.software_measurement,
-        platform=report.platform,
-        mode=report.mode,
-        attested_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        enclave_port=enclave_port,
-    )
-    if state.default is None:
-        state.default = name
-    save_state(home, state)
-
-
-def _verified_facts(
-    url: str, name: str, is_default: bool, verified: VerifiedCas, expected: CasExpectations
-) -> dict[str, Any]:
+def _verified_facts(attested: Attested) -> dict[str, Any]:
+    verified, expected = attested.verified, attested.expectations
     report = verified.report
     return {
-        "url": url,
-        "alias": name,
-        "default": is_default,
+        "url": attested.url,
+        "alias": attested.name,
+        "default": attested.is_default,
         "instance_id": report.instance_id,
         "cas_version": report.cas_version,
         "platform": report.platform,
@@ -457,33 +367,28 @@ def provision(
     flags = AttestFlags(**options)
     # Before provisioning there is no owner to expect; the second attestation checks it.
     unowned = replace(flags, expect_owner_identity=None, expect_owner_config=None)
-    first = attest_and_pin(url, unowned, allow_unprovisioned=True)
+    first = pin(url, unowned, allow_unprovisioned=True)
     if first.verified.report.provisioned:
         raise ConflictError(
             f"the CAS at {first.url} is already provisioned "
             f"(owner {first.verified.report.owner_identity_hash})",
             code="already-provisioned",
         )
-    with CasClient(
-        first.url,
-        ca_certificate_pem=first.verified.ca_certificate_pem,
-        cas_key_hash=first.verified.report.cas_key_hash,
-        identity=identity,
-    ) as client:
+    with first.client(identity) as client:
         client.provision(token, loaded.config)
     owner_flags = replace(
         flags,
         cas_key_hash=first.verified.report.cas_key_hash,
         alias=first.name,
     )
-    second = attest_and_pin(
+    second = pin(
         first.url,
         owner_flags,
         allow_unprovisioned=False,
         owner_hash=identity.key_hash,
         config_sha=owner_config_sha256(loaded.config),
     )
-    second.show(as_json)
+    show_attested(second, as_json)
 
 
 @cli.command("update-config")

@@ -1,4 +1,4 @@
-"""What every ``casctl`` command shares: exit codes, error reporting, identities, pinned clients."""
+"""What every ``casctl`` command shares: exit codes, error reporting, the identity option."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ from typing import Any, TypeVar
 import click
 
 from opencas.cli.common import describe_os_error, fail
-from opencas.client.cas_client import CasClient
 from opencas.client.channel import CasUnreachable
 from opencas.client.freshness import FreshnessError
 from opencas.client.identity import ClientIdentity
-from opencas.client.state import casctl_home, load_state
+from opencas.client.state import casctl_home
 from opencas.errors import AttestationRefused, CasError, EvidenceError
 
 EXIT_ERROR = 1
@@ -48,20 +47,8 @@ def reports_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def pinned_client(name: str | None, identity: ClientIdentity | None = None) -> CasClient:
-    """A client for the attested CAS ``name`` (or the default), signing as ``identity``
-    (default: casctl's own)."""
-    home = casctl_home()
-    _, pinned = load_state(home).resolve(name)
-    return CasClient(
-        pinned.url,
-        ca_certificate_pem=pinned.ca_certificate_pem.encode("ascii"),
-        cas_key_hash=pinned.cas_key_hash,
-        identity=identity or ClientIdentity.load_or_create(home),
-    )
-
-
 def identity_from(path: Path | None) -> ClientIdentity:
+    """The identity ``--identity`` names, else casctl's own (created on first use)."""
     return ClientIdentity.from_path(path) if path else ClientIdentity.load_or_create(casctl_home())
 
 

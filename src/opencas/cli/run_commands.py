@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import click
 
 from opencas.attestation.workload_binding import CONFIG_ID_SHAPE, ConfigId
 from opencas.cli.casctl_common import reports_errors
 from opencas.client.enclave import EnclaveClient
-from opencas.client.state import CasctlState, casctl_home, load_state
+from opencas.client.pinning import enclave_target
+from opencas.client.state import casctl_home, load_state
 from opencas.errors import ClientError
 from opencas.platform.simulated import SimulatedPlatform
 from opencas.policy.model import check_environment_name
@@ -62,43 +62,6 @@ _program_argument = click.argument(
 )
 # Options end at the program's name, so its own options need no "--" in front of them.
 _COMMAND_SETTINGS = {"allow_interspersed_args": False}
-
-
-def _https_host(url: str) -> str:
-    host = urlsplit(url).hostname or ""
-    return f"[{host}]" if ":" in host else host
-
-
-def enclave_target(cas: str | None, state: CasctlState) -> tuple[str, bytes]:
-    """The enclave API URL to use and the pinned CA certificate(s) its TLS must verify against.
-
-    ``cas`` is an attested CAS's name (its enclave URL is its attested host with the enclave port
-    stored at attestation), an enclave API URL ``https://HOST[:PORT]`` (verified against the CA
-    of the pinned CAS instances with that host, else of the default CAS), or None for the
-    default CAS. Raises :class:`ClientError` when no pinned CAS fits or its enclave port is
-    unknown.
-    """
-    if cas is not None and "://" in cas:
-        parts = urlsplit(cas)
-        if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
-            raise ClientError(f"the enclave API URL must be https://HOST:PORT, not {cas!r}")
-        host = parts.hostname
-        pems = [
-            pinned.ca_certificate_pem
-            for _, pinned in sorted(state.cas.items())
-            if urlsplit(pinned.url).hostname == host
-        ]
-        if not pems:
-            pems = [state.resolve(None)[1].ca_certificate_pem]
-        return f"https://{parts.netloc}", "".join(dict.fromkeys(pems)).encode("ascii")
-    name, pinned = state.resolve(cas)
-    if pinned.enclave_port is None:
-        raise ClientError(
-            f"casctl does not know the enclave API port of the CAS {name!r}: attest it again "
-            "(`casctl attest`), or pass --cas https://HOST:PORT"
-        )
-    url = f"https://{_https_host(pinned.url)}:{pinned.enclave_port}"
-    return url, pinned.ca_certificate_pem.encode("ascii")
 
 
 def _measure(argv: Sequence[str], measure_paths: Sequence[Path]) -> Measurement:

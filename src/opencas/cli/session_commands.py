@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 
 import click
 
-from opencas.cli.casctl_common import identity_from, identity_option, pinned_client, reports_errors
+from opencas.cli.casctl_common import identity_from, identity_option, reports_errors
+from opencas.client.pinning import pinned_client
 from opencas.client.templates import fill_template, parse_assignments
 from opencas.crypto.keys import load_private_key_pem
 from opencas.errors import ClientError

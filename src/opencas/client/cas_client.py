@@ -72,6 +72,28 @@ class CasClient:
             timeout=timeout,
         )
 
+    @classmethod
+    def pinned_to(
+        cls,
+        url: str,
+        verified: VerifiedCas,
+        identity: ClientIdentity | None = None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> CasClient:
+        """A client for the CAS at ``url`` that :meth:`attest` verified as ``verified``.
+
+        It trusts only that CAS's CA certificate and signs its requests (as ``identity``, when
+        given) for that CAS's key hash.
+        """
+        return cls(
+            url,
+            ca_certificate_pem=verified.ca_certificate_pem,
+            cas_key_hash=verified.report.cas_key_hash,
+            identity=identity,
+            transport=transport,
+        )
+
     @property
     def url(self) -> str:
         """The client API's URL (without a trailing ``/``)."""

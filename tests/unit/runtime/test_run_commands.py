@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from opencas.cli.casctl import cli
-from opencas.cli.run_commands import enclave_target
+from opencas.client.pinning import enclave_target
 from opencas.client.state import CasctlState, PinnedCas, load_state, save_state
 from opencas.crypto.x509 import certificate_pem, create_ca_certificate
 from opencas.errors import ClientError
