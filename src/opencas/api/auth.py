@@ -54,18 +54,17 @@ def request_url(scope: Scope) -> str:
 
 
 async def send_error(send: Send, error: CasError) -> None:
-    """Answer with the API's JSON error body for ``error``."""
+    """Answer with the API's JSON error body for ``error``, and the headers it gives."""
     body = json.dumps(error.to_json()).encode("utf-8")
-    await send(
-        {
-            "type": "http.response.start",
-            "status": error.http_status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode("ascii")),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode("ascii")),
+    ]
+    headers += [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in error.headers().items()
+    ]
+    await send({"type": "http.response.start", "status": error.http_status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

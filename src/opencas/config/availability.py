@@ -27,6 +27,7 @@ from pydantic import (
     field_validator,
 )
 
+from opencas.config.checks import listed_once
 from opencas.dns_names import canonical_hostname, host_name_problem
 from opencas.errors import ConfigError
 from opencas.sources.problems import in_text_order
@@ -183,7 +184,7 @@ class _ApiSection(BaseModel):
     api_listen: _ListenText = DEFAULT_API_LISTEN
     # Validated even when left out, so that an api_listen set to the enclave default is caught.
     enclave_listen: _ListenText = Field(default=DEFAULT_ENCLAVE_LISTEN, validate_default=True)
-    hostnames: list[_CertificateName] = Field(
+    hostnames: Annotated[list[_CertificateName], AfterValidator(listed_once)] = Field(
         default_factory=lambda: list(DEFAULT_HOSTNAMES), min_length=1, max_length=MAX_HOSTNAMES
     )
 
@@ -206,16 +207,6 @@ class _ApiSection(BaseModel):
                 "every interface; use different ports"
             )
         return value
-
-    @field_validator("hostnames")
-    @classmethod
-    def _no_duplicates(cls, names: list[str]) -> list[str]:
-        seen: set[str] = set()
-        for name in names:
-            if name in seen:
-                raise ValueError(f"{name!r} is listed twice")
-            seen.add(name)
-        return names
 
 
 class _PlatformSection(BaseModel):

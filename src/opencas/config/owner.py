@@ -45,6 +45,7 @@ from pydantic import (
     field_validator,
 )
 
+from opencas.config.checks import listed_once
 from opencas.crypto.canonical import canonical_sha256
 from opencas.crypto.x509 import CERTIFICATE_ERRORS, parse_eagerly
 from opencas.dns_names import canonical_hostname, host_name_problem
@@ -216,6 +217,7 @@ _AltNames = Annotated[
     tuple[Annotated[str, AfterValidator(canonical_hostname)], ...],
     BeforeValidator(_array_as_tuple),
     Field(max_length=MAX_ALT_NAMES),
+    AfterValidator(listed_once),
 ]
 _HttpsUrl = Annotated[
     str, StringConstraints(min_length=1, max_length=_MAX_URL_LENGTH), AfterValidator(_https_url)
@@ -253,16 +255,6 @@ class ApiIdentity(BaseModel):
     state_or_province: _Text128 | None = None
     locality: _Text128 | None = None
     email: _Email | None = None
-
-    @field_validator("alt_names")
-    @classmethod
-    def _no_duplicates(cls, names: tuple[str, ...]) -> tuple[str, ...]:
-        seen: set[str] = set()
-        for name in names:
-            if name in seen:
-                raise ValueError(f"{name!r} is listed twice")
-            seen.add(name)
-        return names
 
     def subject_name(self) -> x509.Name:
         """The certificate subject: C, ST, L, O, CN and emailAddress, only those that are set.
