@@ -19,7 +19,8 @@ from opencas.client import ApiError, CasClient, ClientIdentity, new_nonce
 from opencas.client.channel import ProofAuth, pinned_ssl_context
 from opencas.config.owner import OwnerConfig
 from opencas.crypto.keys import generate_private_key
-from opencas.crypto.x509 import certificate_pem, create_identity_certificate
+from opencas.crypto.pem import certificate_pem
+from opencas.crypto.x509 import create_identity_certificate
 from opencas.testing import CasProcess, run_casctl
 
 Casctl = Callable[..., subprocess.CompletedProcess[str]]

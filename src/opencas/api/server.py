@@ -18,7 +18,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from opencas.config.availability import ListenAddress
-from opencas.crypto.keys import private_key_pem
+from opencas.crypto.pem import private_key_pem
 from opencas.errors import CasError
 from opencas.service.identity import CasIdentity
 

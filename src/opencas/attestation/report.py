@@ -12,7 +12,6 @@ no files, no clock.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 from dataclasses import dataclass
@@ -20,14 +19,18 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from opencas.attestation.evidence import Evidence, VerifiedEvidence
 from opencas.attestation.verify import verify_evidence
 from opencas.crypto.canonical import canonical_sha512, member_mismatch
-from opencas.crypto.x509 import CERTIFICATE_ERRORS, parse_eagerly
+from opencas.crypto.pem import (
+    CERTIFICATE_ERRORS,
+    certificate_pem,
+    load_certificate_chain_pem,
+    parse_eagerly,
+)
+from opencas.crypto.x509 import certificate_key_hash, verify_issued_by
 from opencas.errors import AttestationRefused
 
 REPORT_VERSION = 1
@@ -204,17 +207,17 @@ def _parse_report(value: object) -> CasReport:
 def _parse_certificate(value: object, name: str) -> x509.Certificate:
     if not isinstance(value, str) or len(value) > _MAX_CERTIFICATE_PEM_CHARS:
         raise _format_error(f"the {name} certificate must be a PEM string")
+    if not value.isascii():
+        raise _format_error(f"the {name} certificate is not a valid PEM certificate")
     try:
-        certificates = [
-            parse_eagerly(c) for c in x509.load_pem_x509_certificates(value.encode("ascii"))
-        ]
-    except (*CERTIFICATE_ERRORS, UnicodeEncodeError) as exc:
+        certificates = load_certificate_chain_pem(value.encode("ascii"))
+    except ValueError as exc:
         raise _format_error(f"the {name} certificate is not a valid PEM certificate") from exc
     if len(certificates) != 1:
         raise _format_error(f"the {name} certificate must be exactly one PEM certificate")
     try:
-        certificates[0].public_key()
-    except (ValueError, UnsupportedAlgorithm) as exc:
+        certificate_key_hash(certificates[0])
+    except ValueError as exc:
         raise _format_error(f"the {name} certificate has a key of an unsupported type") from exc
     return certificates[0]
 
@@ -239,25 +242,12 @@ def _parse_response(
     return report, evidence, tls_certificate, ca_certificate
 
 
-def _certificate_key_hash(certificate: x509.Certificate) -> str:
-    # The key hash (DESIGN.md §3) is defined on the DER SubjectPublicKeyInfo, which the
-    # certificate carries whatever its key type.
-    spki = certificate.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(spki).hexdigest()
-
-
 def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
-        certificate.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        verify_issued_by(certificate, issuer)
+    except ValueError:
         return False
     return True
-
-
-def _pem(certificate: x509.Certificate) -> bytes:
-    return certificate.public_bytes(serialization.Encoding.PEM)
 
 
 def _check_binding(
@@ -323,7 +313,7 @@ def _check_certificates(
     peer_certificate_der: bytes | None,
 ) -> None:
     """The certificates carry the reported keys, and the connection uses the reported one."""
-    ca_key_hash = _certificate_key_hash(ca_certificate)
+    ca_key_hash = certificate_key_hash(ca_certificate)
     if ca_key_hash != report.cas_key_hash:
         raise AttestationRefused(
             "cas-key",
@@ -342,7 +332,7 @@ def _check_certificates(
             "the CAS's database key was injected from outside, so someone outside the CAS may "
             "read its sessions and secrets; pass --allow-cas-owner-secret-access to accept it",
         )
-    tls_key_hash = _certificate_key_hash(tls_certificate)
+    tls_key_hash = certificate_key_hash(tls_certificate)
     if tls_key_hash != report.tls_key_hash:
         raise AttestationRefused(
             "tls-certificate",
@@ -370,7 +360,7 @@ def _check_peer(report: CasReport, ca_certificate: x509.Certificate, peer_der: b
     )
     try:
         peer = parse_eagerly(x509.load_der_x509_certificate(peer_der))
-        peer_key_hash = _certificate_key_hash(peer)
+        peer_key_hash = certificate_key_hash(peer)
     except CERTIFICATE_ERRORS:
         raise mismatch from None
     if peer_key_hash != report.tls_key_hash or not _issued_by(peer, ca_certificate):
@@ -439,6 +429,6 @@ def verify_cas_attestation(
     return VerifiedCas(
         report=report,
         evidence=verified,
-        ca_certificate_pem=_pem(ca_certificate),
-        tls_certificate_pem=_pem(tls_certificate),
+        ca_certificate_pem=certificate_pem(ca_certificate),
+        tls_certificate_pem=certificate_pem(tls_certificate),
     )

@@ -15,7 +15,7 @@ import click
 from opencas.cli.casctl_common import identity_from, identity_option, reports_errors
 from opencas.client.pinning import pinned_client
 from opencas.client.templates import fill_template, parse_assignments
-from opencas.crypto.keys import load_private_key_pem
+from opencas.crypto.pem import load_private_key_pem
 from opencas.errors import ClientError
 from opencas.policy.access import sign_session_hash
 from opencas.policy.hashing import session_hash

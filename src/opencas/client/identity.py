@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -10,18 +9,18 @@ from pathlib import Path
 from cryptography import x509
 
 from opencas.client.files import write_private_file
-from opencas.crypto.keys import (
-    PrivateKey,
-    generate_private_key,
-    key_hash,
+from opencas.crypto.keys import SIGNING_KEY_TYPES, PrivateKey, generate_private_key, key_hash
+from opencas.crypto.pem import (
+    certificate_pem,
+    load_certificate_pem,
     load_private_key_pem,
+    pem_blocks,
     private_key_pem,
 )
-from opencas.crypto.x509 import certificate_pem, create_identity_certificate, load_certificate_pem
+from opencas.crypto.x509 import certificate_key_hash, create_identity_certificate
 from opencas.errors import ClientError
 
 KEY_FILE = "identity-key.pem"
-_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 CERTIFICATE_FILE = "identity-cert.pem"
 
 
@@ -53,16 +52,14 @@ class ClientIdentity:
         """Load the identity kept in ``directory``; raise :class:`ClientError` naming the file."""
         key_path, cert_path = directory / KEY_FILE, directory / CERTIFICATE_FILE
         try:
-            key = load_private_key_pem(key_path.read_bytes())
-        except (OSError, ValueError, TypeError) as exc:
+            key = load_private_key_pem(key_path.read_bytes(), SIGNING_KEY_TYPES)
+        except (OSError, ValueError) as exc:
             raise ClientError(f"cannot load the identity key {key_path}: {exc}") from exc
         try:
             certificate = load_certificate_pem(cert_path.read_bytes())
         except (OSError, ValueError) as exc:
             raise ClientError(f"cannot load the identity certificate {cert_path}: {exc}") from exc
-        if key_hash(certificate.public_key()) != key_hash(key):  # type: ignore[arg-type]
-            raise ClientError(f"{cert_path} does not carry the key in {key_path}")
-        return cls(key, certificate)
+        return cls._checked(key, certificate, f"{cert_path} does not carry the key in {key_path}")
 
     @classmethod
     def from_path(cls, path: Path) -> ClientIdentity:
@@ -76,18 +73,30 @@ class ClientIdentity:
             data = path.read_bytes()
         except OSError as exc:
             raise ClientError(f"cannot read the identity {path}: {exc.strerror}") from exc
-        blocks = {m.group(1): m.group(0) for m in _PEM_BLOCK.finditer(data)}
-        key_pem = blocks.get(b"PRIVATE KEY") or blocks.get(b"EC PRIVATE KEY")
-        certificate_pem_block = blocks.get(b"CERTIFICATE")
-        if key_pem is None or certificate_pem_block is None:
-            raise ClientError(f"{path} must hold a PEM private key and a PEM certificate")
         try:
-            key = load_private_key_pem(key_pem)
-            certificate = load_certificate_pem(certificate_pem_block)
-        except (ValueError, TypeError) as exc:
+            blocks = dict(pem_blocks(data))
+            key_pem = blocks.get("PRIVATE KEY") or blocks.get("EC PRIVATE KEY")
+            certificate_block = blocks.get("CERTIFICATE")
+            if key_pem is None or certificate_block is None:
+                raise ClientError(f"{path} must hold a PEM private key and a PEM certificate")
+            key = load_private_key_pem(key_pem, SIGNING_KEY_TYPES)
+            certificate = load_certificate_pem(certificate_block)
+        except ValueError as exc:
             raise ClientError(f"cannot load the identity {path}: {exc}") from exc
-        if key_hash(certificate.public_key()) != key_hash(key):  # type: ignore[arg-type]
-            raise ClientError(f"the certificate in {path} does not carry its private key")
+        return cls._checked(
+            key, certificate, f"the certificate in {path} does not carry its private key"
+        )
+
+    @classmethod
+    def _checked(
+        cls, key: PrivateKey, certificate: x509.Certificate, mismatch: str
+    ) -> ClientIdentity:
+        try:
+            carried = certificate_key_hash(certificate)
+        except ValueError as exc:
+            raise ClientError(mismatch) from exc
+        if carried != key_hash(key):
+            raise ClientError(mismatch)
         return cls(key, certificate)
 
     @classmethod

@@ -21,7 +21,6 @@ print.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -47,7 +46,8 @@ from pydantic import (
 
 from opencas.config.checks import listed_once
 from opencas.crypto.canonical import canonical_sha256
-from opencas.crypto.x509 import CERTIFICATE_ERRORS, parse_eagerly
+from opencas.crypto.pem import CERTIFICATE_ERRORS, parse_eagerly
+from opencas.crypto.x509 import general_name
 from opencas.dns_names import canonical_hostname, host_name_problem
 from opencas.errors import ConfigError
 from opencas.sources.files import read_text
@@ -276,13 +276,7 @@ class ApiIdentity(BaseModel):
 
     def subject_alternative_names(self) -> list[x509.GeneralName]:
         """``alt_names`` as X.509 general names, in order: IP addresses and DNS names."""
-        names: list[x509.GeneralName] = []
-        for name in self.alt_names:
-            try:
-                names.append(x509.IPAddress(ipaddress.ip_address(name)))
-            except ValueError:
-                names.append(x509.DNSName(name))
-        return names
+        return [general_name(name) for name in self.alt_names]
 
 
 class DcapConfig(BaseModel):

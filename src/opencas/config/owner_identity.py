@@ -7,12 +7,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from opencas.crypto.x509 import certificate_key_hash, certificate_pem, load_certificate_pem
+from opencas.crypto.keys import SIGNING_KEY_TYPES, describe_key, key_type_of
+from opencas.crypto.pem import certificate_pem, load_certificate_pem
+from opencas.crypto.x509 import certificate_key_hash
 from opencas.errors import ConfigError
-
-_CURVES = (ec.SECP256R1, ec.SECP384R1)
 
 
 @dataclass(frozen=True)
@@ -52,12 +51,9 @@ def load_owner_certificate(
     if check_validity:
         _check_validity(path, certificate, now or datetime.now(UTC))
     key = certificate.public_key()
-    supported = isinstance(key, ed25519.Ed25519PublicKey) or (
-        isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, _CURVES)
-    )
-    if not supported:
+    if key_type_of(key) not in SIGNING_KEY_TYPES:
         raise ConfigError(
-            f"the owner certificate carries a {type(key).__name__}; "
+            f"the owner certificate carries a {describe_key(key)} key; "
             "use a P-256, P-384 or Ed25519 key",
             source=str(path),
         )

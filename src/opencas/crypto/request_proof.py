@@ -45,12 +45,8 @@ from opencas.crypto.jws import (
     verify_signature,
 )
 from opencas.crypto.keys import PrivateKey, key_hash
-from opencas.crypto.x509 import (
-    CERTIFICATE_ERRORS,
-    certificate_key_hash,
-    parse_eagerly,
-    verify_issued_by,
-)
+from opencas.crypto.pem import CERTIFICATE_ERRORS, parse_eagerly
+from opencas.crypto.x509 import certificate_key_hash, verify_issued_by
 from opencas.errors import RequestProofError
 
 PROOF_TYPE: Final = "cas-request+jwt"

@@ -1,39 +1,145 @@
-"""X.509 certificates: the CAS's CA, its TLS server certificates and client identity certificates.
+"""X.509 certificates: the one certificate builder and the certificates OpenCAS makes with it.
+
+:func:`build_certificate` is the only place that assembles a certificate: serial number,
+validity (with :data:`CLOCK_SKEW`), signature hash, key identifiers and the subject alternative
+names. The CAS's CA and TLS server certificates, client identity certificates and the
+certificates of session secrets (:mod:`opencas.policy.certificates`) are made with it.
 
 Everything here is pure: keys and times come from the caller, certificates go back as
-``cryptography`` objects or PEM bytes. Names are descriptive only — OpenCAS matches a certificate by
-its key (the key hash, DESIGN.md §3), never by its subject.
+``cryptography`` objects (:mod:`opencas.crypto.pem` encodes them). Names are descriptive only —
+OpenCAS matches a certificate by its key (the key hash, DESIGN.md §3), never by its subject.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from opencas.crypto.keys import PrivateKey, PublicKey, key_hash
+from opencas.crypto.keys import (
+    SIGNING_KEY_TYPES,
+    PrivateKey,
+    PublicKey,
+    describe_key,
+    key_hash,
+    key_type_of,
+    signature_hash,
+)
 from opencas.dns_names import san_dns_name_problem
 
-CA_VALIDITY = timedelta(days=20 * 365)
-TLS_VALIDITY = timedelta(days=365)
-IDENTITY_VALIDITY = timedelta(days=3650)
+CA_VALIDITY: Final = timedelta(days=20 * 365)
+TLS_VALIDITY: Final = timedelta(days=365)
+IDENTITY_VALIDITY: Final = timedelta(days=3650)
 # Certificates start a little in the past so that a peer whose clock lags ours still accepts them.
-CLOCK_SKEW = timedelta(minutes=5)
-
+CLOCK_SKEW: Final = timedelta(minutes=5)
 # RFC 5280's upper bound for a common name; longer host names go only into the SAN.
-_MAX_COMMON_NAME = 64
-_PEM_BLOCK = re.compile(
-    rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----(?:\r?\n)?", re.DOTALL
+MAX_COMMON_NAME: Final = 64
+
+_KEY_USAGE_BITS: Final = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+    "encipher_only",
+    "decipher_only",
 )
-_PEM_BEGIN = re.compile(rb"-----BEGIN ")
+
+SanName = x509.DNSName | x509.IPAddress
+"""A subject alternative name OpenCAS writes: a DNS name or an IP address."""
+
+
+@dataclass(frozen=True)
+class Issuer:
+    """A CA that signs certificates: its private key and its certificate."""
+
+    key: PrivateKey
+    certificate: x509.Certificate
+
+
+@dataclass(frozen=True)
+class CertificateUse:
+    """What a certificate is for, as its extensions say.
+
+    ``ca`` and ``path_length`` go into BasicConstraints, ``key_usage`` into KeyUsage (both
+    critical), ``extended_key_usage`` (when not empty) into ExtendedKeyUsage and ``names`` (when
+    not empty) into the SubjectAlternativeName.
+    """
+
+    ca: bool
+    key_usage: x509.KeyUsage
+    path_length: int | None = None
+    extended_key_usage: tuple[x509.ObjectIdentifier, ...] = ()
+    names: tuple[SanName, ...] = ()
+
+
+def build_certificate(
+    public_key: PublicKey,
+    subject: x509.Name,
+    use: CertificateUse,
+    *,
+    signer: Issuer | PrivateKey,
+    valid_for: timedelta,
+    now: datetime | None = None,
+) -> x509.Certificate:
+    """The certificate of ``public_key`` for ``subject`` and ``use``, signed by ``signer``.
+
+    ``signer`` is an :class:`Issuer` (a CA whose key belongs to its CA certificate), or the
+    private key of ``public_key`` itself for a self-signed certificate. The serial number is a
+    random positive 159-bit number; the certificate is valid from :data:`CLOCK_SKEW` before
+    ``now`` (default: the current time) for ``valid_for``, cut to the issuer's own validity. It
+    carries Subject- and AuthorityKeyIdentifiers; the SubjectAlternativeName holds ``use.names``
+    without duplicates and is critical when the subject is empty (RFC 5280). The signature hash
+    is :func:`~opencas.crypto.keys.signature_hash` of the signing key.
+
+    Raises ``ValueError`` when ``now`` is naive, ``valid_for`` is not positive, the signing key
+    is not the issuer's or (self-signed) not the subject's, the issuer is not a CA or is not
+    valid now, or the signing key is of a type that cannot sign.
+    """
+    not_before, not_after = _validity(now, valid_for)
+    if isinstance(signer, Issuer):
+        _check_issuer(signer)
+        not_before, not_after = _within_issuer_validity(signer.certificate, not_before, not_after)
+        signing_key, issuer_name = signer.key, signer.certificate.subject
+        authority_key_id = _authority_key_id(signer)
+    else:
+        if key_hash(signer) != key_hash(public_key):
+            raise ValueError("a self-signed certificate must be signed by its own key")
+        signing_key, issuer_name = signer, subject
+        authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(public_key)
+        .serial_number(_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=use.ca, path_length=use.path_length), critical=True)
+        .add_extension(use.key_usage, critical=True)
+    )
+    if use.extended_key_usage:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage(list(use.extended_key_usage)), critical=False
+        )
+    if use.names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(list(dict.fromkeys(use.names))), critical=not subject
+        )
+    builder = builder.add_extension(
+        x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False
+    ).add_extension(authority_key_id, critical=False)
+    return builder.sign(signing_key, signature_hash(signing_key))
 
 
 def create_ca_certificate(
@@ -45,34 +151,16 @@ def create_ca_certificate(
     """Create the self-signed CA certificate of ``key`` (the CAS key).
 
     The certificate may only issue end-entity certificates (BasicConstraints ``ca=True,
-    pathlen=0``, critical; KeyUsage ``keyCertSign`` and ``cRLSign``, critical), carries a
-    SubjectKeyIdentifier and a random positive 159-bit serial number, and is signed with SHA-384
-    for a P-384 key or SHA-256 for a P-256 key. It is valid from ``CLOCK_SKEW`` before ``now``
-    (default: the current time) for ``valid_for``. Raises ``ValueError`` for other curves, a naive
-    ``now`` or an unusable name.
+    pathlen=0``; KeyUsage ``keyCertSign`` and ``cRLSign``) and is signed with SHA-384 for a
+    P-384 key or SHA-256 for a P-256 key; see :func:`build_certificate` for the rest. Raises
+    ``ValueError`` for other keys, a naive ``now`` or an unusable name.
     """
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError("the CA key must be an ECDSA P-256 or P-384 key")
-    not_before, not_after = _validity(now, valid_for)
-    name = _name(common_name)
-    public = key.public_key()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(public)
-        .serial_number(_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            key_usage(key_cert_sign=True, crl_sign=True),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
+    use = CertificateUse(
+        ca=True, path_length=0, key_usage=key_usage(key_cert_sign=True, crl_sign=True)
     )
-    return builder.sign(key, _hash_for(key))
+    return _self_signed(key, common_name, use, valid_for, now)
 
 
 def issue_tls_certificate(
@@ -88,57 +176,35 @@ def issue_tls_certificate(
     """Issue a TLS server certificate for ``public_key``, signed by the CA ``ca_key``.
 
     ``subject``, when given, is the certificate's subject (the owner's ``[api_identity]``);
-    otherwise it is derived from the first hostname as below.
-
-    ``hostnames`` go into the SubjectAlternativeName, each as an IPAddress when it is an IP literal
-    (``[::1]`` accepted) and as a lower-cased DNSName otherwise; duplicates are dropped and the
-    first one is the subject's common name (when it fits in 64 characters; otherwise the subject
-    is empty and the SAN critical, as RFC 5280 requires). The certificate is an end entity
-    (BasicConstraints ``ca=False``) for ``serverAuth`` with KeyUsage ``digitalSignature`` and
-    carries Subject- and AuthorityKeyIdentifiers. It is valid from ``CLOCK_SKEW`` before ``now``
-    for ``valid_for``, cut to the CA's own validity. Raises ``ValueError`` when there is no
-    hostname, a hostname is invalid, ``ca_key`` does not belong to ``ca_certificate`` or the CA
-    has expired.
+    otherwise it is ``CN=`` the first hostname when that fits in 64 characters, and empty (the
+    SAN critical) when it does not. ``hostnames`` go into the SubjectAlternativeName as
+    :func:`general_name` reads them, duplicates dropped. The certificate is an end entity for
+    ``serverAuth`` with KeyUsage ``digitalSignature``; see :func:`build_certificate` for the
+    rest. Raises ``ValueError`` when there is no hostname, a hostname is invalid, ``ca_key`` does
+    not belong to ``ca_certificate`` or the CA has expired.
     """
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise ValueError("the CA key must be an ECDSA P-256 or P-384 key")
-    if key_hash(ca_key) != certificate_key_hash(ca_certificate):
-        raise ValueError("the CA key does not belong to the CA certificate")
-    names = _general_names(hostnames)
-    not_before, not_after = _validity(now, valid_for)
-    not_before = max(not_before, ca_certificate.not_valid_before_utc)
-    not_after = min(not_after, ca_certificate.not_valid_after_utc)
-    if not_after <= not_before:
-        raise ValueError(
-            f"the CA certificate is not valid at {not_before.isoformat()} "
-            f"(valid until {ca_certificate.not_valid_after_utc.isoformat()}); renew the CA first"
-        )
+    if isinstance(hostnames, str) or not hostnames:
+        raise ValueError("a TLS certificate needs at least one hostname (a sequence of strings)")
+    names = tuple(general_name(hostname) for hostname in hostnames)
     if subject is None:
         first = hostnames[0].strip().strip("[]")
-        subject = _name(first) if len(first) <= _MAX_COMMON_NAME else x509.Name([])
-    try:
-        ca_ski = ca_certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-        authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
-            ca_ski.value
-        )
-    except x509.ExtensionNotFound:
-        authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca_certificate.subject)
-        .public_key(public_key)
-        .serial_number(_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(key_usage(digital_signature=True), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(names), critical=not subject)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(authority_key_id, critical=False)
+        subject = common_name_subject(first) if len(first) <= MAX_COMMON_NAME else x509.Name([])
+    use = CertificateUse(
+        ca=False,
+        key_usage=key_usage(digital_signature=True),
+        extended_key_usage=(ExtendedKeyUsageOID.SERVER_AUTH,),
+        names=names,
     )
-    return builder.sign(ca_key, _hash_for(ca_key))
+    return build_certificate(
+        public_key,
+        subject,
+        use,
+        signer=Issuer(ca_key, ca_certificate),
+        valid_for=valid_for,
+        now=now,
+    )
 
 
 def create_identity_certificate(
@@ -150,97 +216,110 @@ def create_identity_certificate(
     """Create the self-signed client identity certificate that carries ``key`` (DESIGN.md §3).
 
     ``key`` is ECDSA P-256 (signed with SHA-256), P-384 (SHA-384) or Ed25519. The certificate is an
-    end entity (BasicConstraints ``ca=False``) for ``clientAuth`` with KeyUsage
-    ``digitalSignature``, valid from ``CLOCK_SKEW`` before ``now`` for ``valid_for``. Raises
-    ``ValueError`` for other key types (RSA included), a naive ``now`` or an unusable name.
+    end entity for ``clientAuth`` with KeyUsage ``digitalSignature``; see
+    :func:`build_certificate` for the rest. Raises ``ValueError`` for other key types (RSA
+    included), a naive ``now`` or an unusable name.
     """
-    if not isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
-        raise ValueError(f"identity keys must be P-256, P-384 or Ed25519, not {type(key).__name__}")
-    not_before, not_after = _validity(now, valid_for)
-    name = _name(common_name)
-    public = key.public_key()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(public)
-        .serial_number(_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(key_usage(digital_signature=True), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+    if key_type_of(key) not in SIGNING_KEY_TYPES:
+        raise ValueError(f"identity keys must be P-256, P-384 or Ed25519, not {describe_key(key)}")
+    use = CertificateUse(
+        ca=False,
+        key_usage=key_usage(digital_signature=True),
+        extended_key_usage=(ExtendedKeyUsageOID.CLIENT_AUTH,),
     )
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return builder.sign(key, None)
-    return builder.sign(key, _hash_for(key))
+    return _self_signed(key, common_name, use, valid_for, now)
 
 
-def certificate_pem(cert: x509.Certificate) -> bytes:
-    """The PEM encoding of ``cert``."""
-    return cert.public_bytes(serialization.Encoding.PEM)
+def _self_signed(
+    key: PrivateKey,
+    common_name: str,
+    use: CertificateUse,
+    valid_for: timedelta,
+    now: datetime | None,
+) -> x509.Certificate:
+    subject = common_name_subject(common_name)
+    return build_certificate(
+        key.public_key(), subject, use, signer=key, valid_for=valid_for, now=now
+    )
 
 
-def load_certificate_pem(data: bytes) -> x509.Certificate:
-    """Load exactly one PEM certificate from ``data``.
+def common_name_subject(common_name: str) -> x509.Name:
+    """The subject ``CN=common_name``; raises ``ValueError`` unless it has 1 to 64 characters."""
+    if not common_name or len(common_name) > MAX_COMMON_NAME:
+        raise ValueError(f"a common name must have 1 to {MAX_COMMON_NAME} characters")
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
-    Raises ``ValueError`` saying what is wrong when ``data`` holds no PEM block, more than one,
-    a block that is not a certificate, or a certificate that does not parse.
+
+def key_usage(
+    *,
+    digital_signature: bool = False,
+    key_encipherment: bool = False,
+    key_cert_sign: bool = False,
+    crl_sign: bool = False,
+) -> x509.KeyUsage:
+    """A KeyUsage extension with exactly the named bits set; every other bit is clear."""
+    chosen = {
+        "digital_signature": digital_signature,
+        "key_encipherment": key_encipherment,
+        "key_cert_sign": key_cert_sign,
+        "crl_sign": crl_sign,
+    }
+    return x509.KeyUsage(**{bit: chosen.get(bit, False) for bit in _KEY_USAGE_BITS})
+
+
+# --- subject alternative names --------------------------------------------------------------------
+
+
+def general_name(hostname: str) -> SanName:
+    """``hostname`` as a subject alternative name.
+
+    An IP literal (surrounding whitespace ignored; ``[::1]`` accepted) becomes an IPAddress;
+    anything else must be a SAN DNS name (:mod:`opencas.dns_names`: a leading ``*`` label and
+    underscores allowed) and becomes a lower-cased DNSName. Raises ``ValueError`` otherwise.
     """
-    certificates = load_certificate_chain_pem(data)
-    if len(certificates) != 1:
-        raise ValueError(
-            f"expected exactly one PEM certificate, found {len(certificates)} "
-            "(use a file that holds only this certificate)"
-        )
-    return certificates[0]
+    text = hostname.strip() if isinstance(hostname, str) else ""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(text.removeprefix("[").removesuffix("]")))
+    except ValueError:
+        pass
+    problem = san_dns_name_problem(text)
+    if problem is not None:
+        raise ValueError(f"{hostname!r} is neither an IP address nor a valid DNS name: {problem}")
+    return x509.DNSName(text.lower())
 
 
-def load_certificate_chain_pem(data: bytes) -> list[x509.Certificate]:
-    """Load one or more PEM certificates from ``data``, in the order they appear.
+def parse_san_entry(entry: str) -> SanName:
+    """The subject alternative name a session writes as ``dns:NAME`` or ``ip:ADDRESS``.
 
-    Text outside PEM blocks is ignored. Raises ``ValueError`` when there is no PEM block, a block
-    is not a ``CERTIFICATE`` (a private key pasted into a certificate file, for instance), or a
-    certificate does not parse.
+    The prefix and the DNS name may be in any case, the address in any spelling Python's
+    ``ipaddress`` reads. Raises ``ValueError`` for another prefix, a NAME that is not a SAN DNS
+    name or an ADDRESS that is not an IPv4 or IPv6 literal.
     """
-    if not isinstance(data, bytes | bytearray):
-        raise ValueError("PEM data must be bytes")
-    blocks = list(_PEM_BLOCK.finditer(data))
-    if not blocks:
-        raise ValueError("no PEM certificate found (expected '-----BEGIN CERTIFICATE-----')")
-    if len(_PEM_BEGIN.findall(data)) != len(blocks):
-        raise ValueError("the PEM data has a BEGIN line without its matching END line")
-    certificates: list[x509.Certificate] = []
-    for index, block in enumerate(blocks, start=1):
-        label = block.group(1).decode("ascii")
-        if label != "CERTIFICATE":
-            raise ValueError(f"PEM block {index} is a {label}, not a CERTIFICATE")
+    kind, colon, rest = entry.partition(":")
+    if colon and kind.lower() == "dns":
+        problem = san_dns_name_problem(rest)
+        if problem is not None:
+            raise ValueError(f"{_quote(rest)} is not a valid DNS name: {problem}")
+        return x509.DNSName(rest.lower())
+    if colon and kind.lower() == "ip":
         try:
-            certificates.append(parse_eagerly(x509.load_pem_x509_certificate(block.group(0))))
-        except CERTIFICATE_ERRORS as exc:
-            raise ValueError(f"PEM block {index} is not a valid X.509 certificate: {exc}") from exc
-    return certificates
+            return x509.IPAddress(ipaddress.ip_address(rest))
+        except ValueError:
+            raise ValueError(f"{_quote(rest)} is not a valid IP address") from None
+    raise ValueError(f"expected 'dns:NAME' or 'ip:ADDRESS', got {_quote(entry)}")
 
 
-# What parsing a hostile certificate can raise: cryptography parses names and extensions lazily,
-# and several of its complaints are not ValueErrors.
-CERTIFICATE_ERRORS = (
-    ValueError,
-    TypeError,
-    x509.InvalidVersion,
-    x509.DuplicateExtension,
-    x509.UnsupportedGeneralNameType,
-)
+def canonical_san_entry(entry: str) -> str:
+    """``entry`` (see :func:`parse_san_entry`) in canonical spelling: ``dns:`` and the name in
+    lowercase, or ``ip:`` and the address in its compressed form. Raises ``ValueError`` as
+    :func:`parse_san_entry` does."""
+    name = parse_san_entry(entry)
+    if isinstance(name, x509.DNSName):
+        return f"dns:{name.value}"
+    return f"ip:{name.value}"
 
 
-def parse_eagerly(certificate: x509.Certificate) -> x509.Certificate:
-    """Parse ``certificate``'s names and extensions now, so later readers cannot trip on them.
-
-    Raises one of :data:`CERTIFICATE_ERRORS` for a malformed certificate.
-    """
-    _ = (certificate.subject, certificate.issuer, certificate.extensions)
-    return certificate
+# --- reading certificates -------------------------------------------------------------------------
 
 
 def certificate_key_hash(cert: x509.Certificate) -> str:
@@ -259,6 +338,14 @@ def certificate_key_hash(cert: x509.Certificate) -> str:
     return key_hash(public)
 
 
+def is_ca_certificate(cert: x509.Certificate) -> bool:
+    """True when ``cert`` carries BasicConstraints ``ca=True``."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
 def verify_issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:
     """Check that ``issuer`` signed ``cert`` and is named as its issuer.
 
@@ -275,6 +362,9 @@ def verify_issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:
         raise ValueError(f"the certificate was not issued by this issuer: {exc}") from exc
 
 
+# --- the builder's rules --------------------------------------------------------------------------
+
+
 def _validity(now: datetime | None, valid_for: timedelta) -> tuple[datetime, datetime]:
     if now is None:
         now = datetime.now(UTC)
@@ -285,31 +375,36 @@ def _validity(now: datetime | None, valid_for: timedelta) -> tuple[datetime, dat
     return now - CLOCK_SKEW, now + valid_for
 
 
-def _name(common_name: str) -> x509.Name:
-    if not common_name or len(common_name) > _MAX_COMMON_NAME:
-        raise ValueError(f"a common name must have 1 to {_MAX_COMMON_NAME} characters")
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+def _within_issuer_validity(
+    issuer: x509.Certificate, not_before: datetime, not_after: datetime
+) -> tuple[datetime, datetime]:
+    not_before = max(not_before, issuer.not_valid_before_utc)
+    not_after = min(not_after, issuer.not_valid_after_utc)
+    if not_after <= not_before:
+        raise ValueError(
+            f"the issuer's certificate is not valid now ({not_before.isoformat()}; it is valid "
+            f"until {issuer.not_valid_after_utc.isoformat()}): renew the CA first"
+        )
+    return not_before, not_after
 
 
-def key_usage(
-    *,
-    digital_signature: bool = False,
-    key_encipherment: bool = False,
-    key_cert_sign: bool = False,
-    crl_sign: bool = False,
-) -> x509.KeyUsage:
-    """A KeyUsage extension with exactly the named bits set."""
-    return x509.KeyUsage(
-        digital_signature=digital_signature,
-        content_commitment=False,
-        key_encipherment=key_encipherment,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=key_cert_sign,
-        crl_sign=crl_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
+def _check_issuer(issuer: Issuer) -> None:
+    try:
+        certified = certificate_key_hash(issuer.certificate)
+    except ValueError as exc:
+        raise ValueError("the issuer certificate's key is of an unsupported type") from exc
+    if certified != key_hash(issuer.key):
+        raise ValueError("the issuer's private key does not belong to the issuer's certificate")
+    if not is_ca_certificate(issuer.certificate):
+        raise ValueError("the issuer's certificate is not a CA certificate (BasicConstraints)")
+
+
+def _authority_key_id(issuer: Issuer) -> x509.AuthorityKeyIdentifier:
+    try:
+        ski = issuer.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key())
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski.value)
 
 
 def _serial_number() -> int:
@@ -317,32 +412,5 @@ def _serial_number() -> int:
     return secrets.randbits(158) | (1 << 158)
 
 
-def _hash_for(key: ec.EllipticCurvePrivateKey) -> hashes.SHA256 | hashes.SHA384:
-    if isinstance(key.curve, ec.SECP384R1):
-        return hashes.SHA384()
-    if isinstance(key.curve, ec.SECP256R1):
-        return hashes.SHA256()
-    raise ValueError(f"unsupported curve {key.curve.name}; use P-256 or P-384")
-
-
-def _general_names(hostnames: Sequence[str]) -> list[x509.GeneralName]:
-    if isinstance(hostnames, str) or not hostnames:
-        raise ValueError("a TLS certificate needs at least one hostname (a sequence of strings)")
-    names: list[x509.GeneralName] = []
-    for hostname in hostnames:
-        name = _general_name(hostname)
-        if name not in names:
-            names.append(name)
-    return names
-
-
-def _general_name(hostname: str) -> x509.GeneralName:
-    text = hostname.strip() if isinstance(hostname, str) else ""
-    try:
-        return x509.IPAddress(ipaddress.ip_address(text.removeprefix("[").removesuffix("]")))
-    except ValueError:
-        pass
-    problem = san_dns_name_problem(text)
-    if problem is not None:
-        raise ValueError(f"{hostname!r} is neither an IP address nor a valid DNS name: {problem}")
-    return x509.DNSName(text.lower())
+def _quote(text: str) -> str:
+    return repr(text if len(text) <= 80 else text[:77] + "...")

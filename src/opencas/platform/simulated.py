@@ -24,7 +24,8 @@ from opencas.attestation.simulated import (
     is_simulated_measurement,
 )
 from opencas.crypto.envelope import EnvelopeError, derive_key, open_envelope, seal
-from opencas.crypto.keys import key_hash, private_key_pem
+from opencas.crypto.keys import key_hash
+from opencas.crypto.pem import private_key_pem
 from opencas.errors import PlatformError
 
 _SEAL_PURPOSE = "simulated-seal"

@@ -18,11 +18,18 @@ import hmac
 from collections.abc import Mapping
 from typing import Final, TypeAlias
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from opencas.crypto.keys import PrivateKey, key_hash
+from opencas.crypto.keys import (
+    SIGNING_KEY_TYPES,
+    PrivateKey,
+    describe_key,
+    ecdsa_hash,
+    key_hash,
+    key_type_of,
+)
+from opencas.crypto.pem import load_public_key_pem, public_key_pem
 from opencas.policy.caller import Caller
 from opencas.policy.errors import SessionError
 from opencas.policy.model import (
@@ -151,18 +158,19 @@ def sign_session_hash(private_key: PrivateKey, session_hash: str) -> dict[str, s
     message = signed_message(session_hash)
     if isinstance(private_key, ed25519.Ed25519PrivateKey):
         signature = private_key.sign(message)
-    elif isinstance(private_key, ec.EllipticCurvePrivateKey):
-        signature = private_key.sign(message, ec.ECDSA(_ecdsa_hash(private_key.curve)))
+    elif (
+        isinstance(private_key, ec.EllipticCurvePrivateKey)
+        and key_type_of(private_key) in SIGNING_KEY_TYPES
+    ):
+        signature = private_key.sign(message, ec.ECDSA(ecdsa_hash(private_key)))
     else:
         raise ValueError(
-            f"{type(private_key).__name__} keys cannot sign sessions; use P-256, P-384 or Ed25519"
+            f"{describe_key(private_key)} keys cannot sign sessions; use P-256, P-384 or Ed25519"
         )
     public = private_key.public_key()
     return {
         "key_hash": key_hash(public),
-        "public_key": public.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ).decode("ascii"),
+        "public_key": public_key_pem(public).decode("ascii"),
         "signature": base64.b64encode(signature).decode("ascii"),
     }
 
@@ -238,7 +246,7 @@ def _verify_one(item: object, message: bytes) -> str:
         if isinstance(public, ed25519.Ed25519PublicKey):
             public.verify(signature, message)
         else:
-            public.verify(signature, message, ec.ECDSA(_ecdsa_hash(public.curve)))
+            public.verify(signature, message, ec.ECDSA(ecdsa_hash(public)))
     except InvalidSignature:
         raise _Refused(
             "signature",
@@ -252,16 +260,12 @@ def _load_public_key(pem: str) -> ec.EllipticCurvePublicKey | ed25519.Ed25519Pub
     if len(pem) > _MAX_PUBLIC_KEY_PEM or not pem.isascii():
         raise _Refused("public_key", "must be a PEM public key ('-----BEGIN PUBLIC KEY-----')")
     try:
-        public = serialization.load_pem_public_key(pem.encode("ascii"))
-    except (ValueError, UnsupportedAlgorithm):
+        public = load_public_key_pem(pem.encode("ascii"))
+    except ValueError:
         raise _Refused(
             "public_key", "must be a PEM public key ('-----BEGIN PUBLIC KEY-----')"
         ) from None
-    if isinstance(public, ed25519.Ed25519PublicKey):
-        return public
-    if isinstance(public, ec.EllipticCurvePublicKey) and isinstance(
-        public.curve, ec.SECP256R1 | ec.SECP384R1
-    ):
+    if key_type_of(public) in SIGNING_KEY_TYPES and not isinstance(public, rsa.RSAPublicKey):
         return public
     raise _Refused("public_key", "must be a P-256, P-384 or Ed25519 key")
 
@@ -273,14 +277,6 @@ def _decode_signature(encoded: str) -> bytes:
         return base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise _Refused("signature", "must be a signature in standard base64") from None
-
-
-def _ecdsa_hash(curve: ec.EllipticCurve) -> hashes.SHA256 | hashes.SHA384:
-    if isinstance(curve, ec.SECP256R1):
-        return hashes.SHA256()
-    if isinstance(curve, ec.SECP384R1):
-        return hashes.SHA384()
-    raise ValueError(f"ECDSA curve {curve.name} cannot sign sessions; use P-256, P-384 or Ed25519")
 
 
 def _leaf_allows(rule: AccessRuleModel, who: str | None, creator: str, signers: Signatures) -> bool:

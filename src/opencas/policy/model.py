@@ -25,7 +25,8 @@ from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from opencas.dns_names import san_dns_name_problem
+from opencas.crypto.keys import KeyType
+from opencas.crypto.x509 import canonical_san_entry
 
 SESSION_LANGUAGE_VERSION: Literal["0.3"] = "0.3"
 """The only session-language version OpenCAS speaks (``0.3``, ``0.3.N`` and ``0.3`` as a number
@@ -40,10 +41,6 @@ SecretKind: TypeAlias = Literal["ascii", "binary", "private-key", "x509-ca", "x5
 """What a secret is; it decides how the CAS generates it and which placeholder formats fit."""
 SECRET_KINDS: tuple[SecretKind, ...] = ("ascii", "binary", "private-key", "x509-ca", "x509")
 
-KeyType: TypeAlias = Literal["P-256", "P-384", "Ed25519", "RSA-2048", "RSA-3072"]
-"""The key types a ``private-key`` secret (or an ``x509``'s implicit key) may have."""
-KEY_TYPES: tuple[KeyType, ...] = ("P-256", "P-384", "Ed25519", "RSA-2048", "RSA-3072")
-DEFAULT_KEY_TYPE: KeyType = "P-256"
 
 Endpoint: TypeAlias = Literal["server", "client"]
 AttestationMode: TypeAlias = Literal["hardware", "none"]
@@ -68,7 +65,6 @@ _HEX = re.compile(r"[0-9a-f]*")
 _ADVISORY = re.compile(r"INTEL-SA-[0-9]{5}")
 _VALID_FOR = re.compile(r"([1-9][0-9]{0,6})([dh])")
 _PERMISSION = re.compile(r"0[0-7]{3}")
-_SAN = re.compile(r"(dns|ip):(.+)")
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----")
 
 
@@ -214,26 +210,15 @@ def check_no_nul(value: str) -> str:
 
 def check_san(value: str) -> str:
     """A subject alternative name in canonical spelling: ``dns:NAME`` or ``ip:ADDRESS``."""
-    import ipaddress  # noqa: PLC0415 - only needed for this check
-
-    match = _SAN.fullmatch(value)
-    if match is None:
+    kind, colon, name = value.partition(":")
+    if not colon or kind not in ("dns", "ip"):
         raise ValueError(f"expected 'dns:NAME' or 'ip:ADDRESS', got {_quote(value)}")
-    kind, name = match.groups()
+    canonical = canonical_san_entry(value)
+    if canonical == value:
+        return value
     if kind == "dns":
-        problem = san_dns_name_problem(name)
-        if problem is not None:
-            raise ValueError(f"{_quote(name)} is not a valid DNS name: {problem}")
-        if name != name.lower():
-            raise ValueError(f"DNS names are written in lowercase, got {_quote(name)}")
-    else:
-        try:
-            address = ipaddress.ip_address(name)
-        except ValueError:
-            raise ValueError(f"{_quote(name)} is not a valid IP address") from None
-        if str(address) != name:
-            raise ValueError(f"the IP address is written {str(address)!r}, not {_quote(name)}")
-    return value
+        raise ValueError(f"DNS names are written in lowercase, got {_quote(name)}")
+    raise ValueError(f"the IP address is written {canonical[3:]!r}, not {_quote(name)}")
 
 
 def check_advisory(value: str) -> str:

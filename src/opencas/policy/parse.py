@@ -29,32 +29,26 @@ What the parser accepts beyond the normal form (each is normalised away):
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from opencas.crypto.canonical import canonical_json
-from opencas.crypto.keys import key_hash
-from opencas.crypto.x509 import (
-    certificate_key_hash,
+from opencas.crypto.keys import DEFAULT_KEY_TYPE, KEY_TYPES, key_hash
+from opencas.crypto.pem import (
     load_certificate_chain_pem,
     load_certificate_pem,
+    load_private_key_pem,
+    load_public_key_pem,
 )
-from opencas.policy.certificates import load_private_key
+from opencas.crypto.x509 import canonical_san_entry, certificate_key_hash
 from opencas.policy.errors import SessionError
 from opencas.policy.model import (
-    DEFAULT_KEY_TYPE,
     DEFAULT_SECRET_SIZE,
-    KEY_TYPES,
     SECRET_KINDS,
     SESSION_LANGUAGE_VERSION,
     AccessPolicy,
@@ -84,7 +78,6 @@ from opencas.policy.model import (
     check_hex,
     check_no_nul,
     check_permission,
-    check_san,
     check_secret_name,
     check_service_name,
     check_session_name,
@@ -874,14 +867,14 @@ class _Reader:
             for item_path, item in self.sequence((*path, "san"), data["san"], "names"):
                 text = self.string(item_path, item)
                 if text is not None:
-                    entry = self.checked(item_path, _canonical_san(text), check_san)
+                    entry = self.checked(item_path, text, canonical_san_entry)
                     if entry is not None:
                         entries.append(entry)
         if "dns" in data:
             for item_path, item in self.one_or_many((*path, "dns"), data["dns"]):
                 text = self.string(item_path, item)
                 if text is not None:
-                    entry = self.checked(item_path, f"dns:{text.lower()}", check_san)
+                    entry = self.checked(item_path, f"dns:{text}", canonical_san_entry)
                     if entry is not None:
                         entries.append(entry)
         return tuple(dict.fromkeys(entries))
@@ -958,7 +951,7 @@ class _Reader:
         for spec, path in zip(secrets, paths, strict=True):
             if spec.kind == "private-key" and spec.value is not None:
                 try:
-                    keys[spec.name] = key_hash(load_private_key(spec.value))
+                    keys[spec.name] = key_hash(load_private_key_pem(spec.value.encode("utf-8")))
                 except ValueError as error:
                     self.fail((*path, "value"), f"not a usable private key: {error}")
         for spec, path in zip(secrets, paths, strict=True):
@@ -1353,17 +1346,6 @@ def _with_defaults(kind: SecretKind | None, fields: dict[str, Any]) -> dict[str,
     return filled
 
 
-def _canonical_san(text: str) -> str:
-    kind, colon, name = text.partition(":")
-    if not colon or kind.lower() not in ("dns", "ip"):
-        return text
-    if kind.lower() == "dns":
-        return f"dns:{name.lower()}"
-    with contextlib.suppress(ValueError):
-        name = str(ipaddress.ip_address(name))
-    return f"ip:{name}"
-
-
 def _canonical_permission(text: str) -> str:
     digits = text.removeprefix("0o")
     if len(digits) == 3:
@@ -1374,13 +1356,5 @@ def _canonical_permission(text: str) -> str:
 def _pem_key_hash(text: str) -> str:
     data = text.encode("utf-8")
     if "-----BEGIN PUBLIC KEY-----" in text:
-        try:
-            public = serialization.load_pem_public_key(data)
-        except (ValueError, UnsupportedAlgorithm) as error:
-            raise ValueError(f"the public key does not load ({error})") from None
-        if not isinstance(
-            public, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
-        ):
-            raise ValueError(f"unsupported key type {type(public).__name__}")
-        return key_hash(public)
+        return key_hash(load_public_key_pem(data))
     return certificate_key_hash(load_certificate_pem(data))

@@ -32,24 +32,17 @@ from typing import Final
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from opencas.crypto.keys import PrivateKey, key_hash
-from opencas.crypto.x509 import (
-    certificate_key_hash,
+from opencas.crypto.keys import PrivateKey, generate_private_key, key_hash, key_type_of
+from opencas.crypto.pem import (
+    certificate_pem,
     load_certificate_chain_pem,
     load_certificate_pem,
+    load_private_key_pem,
+    private_key_pem,
+    public_key_pem,
 )
-from opencas.policy.certificates import (
-    MAX_COMMON_NAME,
-    certificate_to_pem,
-    generate_key,
-    is_ca_certificate,
-    issue_certificate,
-    key_type_of,
-    load_private_key,
-    parse_valid_for,
-    private_key_to_pem,
-    public_key_to_pem,
-)
+from opencas.crypto.x509 import MAX_COMMON_NAME, certificate_key_hash, is_ca_certificate
+from opencas.policy.certificates import issue_certificate, parse_valid_for
 from opencas.policy.errors import SessionError
 from opencas.policy.model import SECRET_KINDS, ImportSpec, SecretKind, SecretSpec, Session
 from opencas.policy.placeholders import SELECTORS, format_problem
@@ -119,7 +112,7 @@ class SecretValue:
         # Loading a PEM key costs more than using it; a value is immutable, so load it once.
         if self.private_key_pem is None:
             raise ValueError(f"a {self.kind} value has no private key")
-        return load_private_key(self.private_key_pem)
+        return load_private_key_pem(self.private_key_pem.encode("utf-8"))
 
     def certificate(self) -> x509.Certificate:
         """The certificate of an ``x509`` or ``x509-ca`` value; ``ValueError`` for other kinds."""
@@ -175,7 +168,7 @@ class SecretValue:
             return cls(kind=_kind(kind), data=_record_data(kind, fields["data"]))
         key_pem = fields["private_key_pem"]
         try:
-            key = load_private_key(key_pem)
+            key = load_private_key_pem(key_pem.encode("utf-8"))
         except ValueError as exc:
             raise ValueError(f"the record's private_key_pem: {exc}") from None
         if kind == "private-key":
@@ -275,7 +268,7 @@ def public_values(session: Session, values: Mapping[str, SecretValue]) -> dict[s
         if not spec.export_public or value is None:
             continue
         if value.kind == "private-key":
-            result[spec.name] = public_key_to_pem(value.private_key())
+            result[spec.name] = public_key_pem(value.private_key().public_key()).decode("ascii")
         else:
             result[spec.name] = render_value(value, None, None)
     return result
@@ -489,7 +482,7 @@ class _Generator:
             raise _Refused("key_type", "a private-key secret needs a key type")
         if spec.value is not None:
             try:
-                key = load_private_key(spec.value)
+                key = load_private_key_pem(spec.value.encode("utf-8"))
             except ValueError as exc:
                 raise _Refused("value", str(exc)) from None
             actual = key_type_of(key)
@@ -498,7 +491,9 @@ class _Generator:
                     "key_type",
                     f"is {key_type} and the key given as value is {actual}; set key_type: {actual}",
                 )
-            return SecretValue(kind="private-key", private_key_pem=private_key_to_pem(key))
+            return SecretValue(
+                kind="private-key", private_key_pem=private_key_pem(key).decode("ascii")
+            )
         before = self._previous_value(spec) if spec.migrate else None
         if before is not None:
             previous_type = key_type_of(before.private_key())
@@ -511,16 +506,17 @@ class _Generator:
                 )
             return before
         return SecretValue(
-            kind="private-key", private_key_pem=private_key_to_pem(generate_key(key_type))
+            kind="private-key",
+            private_key_pem=private_key_pem(generate_private_key(key_type)).decode("ascii"),
         )
 
     def _certificate_value(self, spec: SecretSpec, kind: SecretKind) -> SecretValue:
         if spec.private_key is not None:
             key_pem = _required(self._resolve(spec.private_key).private_key_pem)
-            key = load_private_key(key_pem)
+            key = load_private_key_pem(key_pem.encode("utf-8"))
         elif spec.key_type is not None:
-            key = generate_key(spec.key_type)
-            key_pem = private_key_to_pem(key)
+            key = generate_private_key(spec.key_type)
+            key_pem = private_key_pem(key).decode("ascii")
         else:
             raise _Refused("key_type", "needs a key type when it names no private_key")
         if spec.value is not None:
@@ -549,7 +545,7 @@ class _Generator:
             )
         except ValueError as exc:
             raise _Refused("issuer" if issuer else "", str(exc)) from None
-        cert_pem = certificate_to_pem(cert)
+        cert_pem = certificate_pem(cert).decode("ascii")
         chain = cert_pem + (_required(issuer.chain_pem) if issuer else "")
         return SecretValue(
             kind=kind, private_key_pem=key_pem, certificate_pem=cert_pem, chain_pem=chain
@@ -573,8 +569,8 @@ def _given_certificate(kind: SecretKind, value: str, key: PrivateKey, key_pem: s
     return SecretValue(
         kind=kind,
         private_key_pem=key_pem,
-        certificate_pem=certificate_to_pem(cert),
-        chain_pem="".join(certificate_to_pem(item) for item in certificates),
+        certificate_pem=certificate_pem(cert).decode("ascii"),
+        chain_pem="".join(certificate_pem(item).decode("ascii") for item in certificates),
     )
 
 

@@ -43,7 +43,7 @@ from types import FrameType, MappingProxyType
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from opencas.client.enclave import WorkloadConfig
-from opencas.crypto.keys import private_key_pem
+from opencas.crypto.pem import private_key_pem
 from opencas.errors import ClientError
 from opencas.policy.model import check_environment_name
 from opencas.runtime.measure import ResolvedProgram, find_executable, script_argument

@@ -27,8 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict
 
 from opencas.config.owner import OwnerConfig, owner_config_from_normal_form, owner_config_sha256
-from opencas.crypto.keys import load_private_key_pem
-from opencas.crypto.x509 import load_certificate_pem
+from opencas.crypto.pem import load_certificate_pem, load_private_key_pem
 from opencas.errors import ConfigError, RecordDamagedError
 from opencas.service.records import read_record, require_record, write_record
 from opencas.store.base import Reader, Transaction

@@ -20,8 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from opencas.attestation.report import report_time
 from opencas.config.owner import ApiIdentity
 from opencas.crypto.canonical import canonical_sha256
-from opencas.crypto.keys import generate_private_key, key_hash, private_key_pem
-from opencas.crypto.x509 import certificate_pem, create_ca_certificate, issue_tls_certificate
+from opencas.crypto.keys import generate_private_key, key_hash
+from opencas.crypto.pem import certificate_pem, private_key_pem
+from opencas.crypto.x509 import create_ca_certificate, issue_tls_certificate
 from opencas.service.cas_records import (
     IdentityRecord,
     StateRecord,

@@ -32,13 +32,10 @@ from opencas.attestation.workload_binding import ConfigId, workload_report_data
 from opencas.attestation.workload_policy import check_workload
 from opencas.crypto.canonical import canonical_json
 from opencas.crypto.hpke_seal import load_recipient_public_key, seal_workload_config
+from opencas.crypto.pem import certificate_pem
+from opencas.crypto.x509 import MAX_COMMON_NAME
 from opencas.errors import AttestationRefused, InvalidRequest, NotFoundError, RateLimitedError
-from opencas.policy.certificates import (
-    MAX_COMMON_NAME,
-    certificate_to_pem,
-    issue_certificate,
-    parse_valid_for,
-)
+from opencas.policy.certificates import issue_certificate, parse_valid_for
 from opencas.policy.errors import SessionError
 from opencas.policy.model import InjectionFile, Service, Session
 from opencas.policy.placeholders import find_placeholders, render
@@ -251,6 +248,6 @@ def _workload_certificates(
             san=secret.san,
             subject_public_key=key,
         )
-        pem = certificate_to_pem(certificate)
+        pem = certificate_pem(certificate).decode("ascii")
         issued[secret.name] = {"certificate": pem, "chain": pem + (issuer.chain_pem or "")}
     return issued

@@ -31,7 +31,8 @@ from opencas.crypto.hpke_seal import (
     seal_workload_config,
 )
 from opencas.crypto.keys import public_key_der
-from opencas.crypto.x509 import certificate_pem, create_ca_certificate
+from opencas.crypto.pem import certificate_pem
+from opencas.crypto.x509 import create_ca_certificate
 from opencas.errors import AttestationRefused, ClientError
 
 CONFIG_ID = "team/app/api"

@@ -25,14 +25,14 @@ from opencas.crypto.jws import (
     sign_compact,
     verify_signature,
 )
-from opencas.crypto.keys import KeyType, generate_private_key, public_key_der
+from opencas.crypto.keys import SigningKeyType, generate_private_key, public_key_der
 
 KEYS = {
     "ES256": generate_private_key("P-256"),
     "ES384": generate_private_key("P-384"),
     "EdDSA": generate_private_key("Ed25519"),
 }
-KEY_TYPES: dict[str, KeyType] = {"ES256": "P-256", "ES384": "P-384", "EdDSA": "Ed25519"}
+KEY_TYPES: dict[str, SigningKeyType] = {"ES256": "P-256", "ES384": "P-384", "EdDSA": "Ed25519"}
 SIGNATURE_SIZES = {"ES256": 64, "ES384": 96, "EdDSA": 64}
 
 # RFC 8037 Appendix A (Ed25519) and RFC 7515 Appendix A.3 (ES256): independent known answers.

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from opencas.crypto.encoding import b64_encode, b64url_encode
 from opencas.crypto.jws import alg_for_key, parse_compact, public_key_to_jwk
-from opencas.crypto.keys import KeyType, PrivateKey, generate_private_key, key_hash
+from opencas.crypto.keys import PrivateKey, SigningKeyType, generate_private_key, key_hash
 from opencas.crypto.request_proof import (
     ReplayCache,
     RequestProof,
@@ -42,8 +42,8 @@ AUDIENCE = key_hash(generate_private_key("P-384"))
 URL = "https://cas.example:8081/v1/sessions/demo"
 BODY = b'{"name": "demo"}'
 EMPTY_BODY_HASH = "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU"
-KEY_TYPES: list[KeyType] = ["P-256", "P-384", "Ed25519"]
-KEYS: dict[KeyType, PrivateKey] = {kind: generate_private_key(kind) for kind in KEY_TYPES}
+KEY_TYPES: list[SigningKeyType] = ["P-256", "P-384", "Ed25519"]
+KEYS: dict[SigningKeyType, PrivateKey] = {kind: generate_private_key(kind) for kind in KEY_TYPES}
 CERTIFICATES = {
     kind: create_identity_certificate(key, f"client {kind}", now=CERT_TIME)
     for kind, key in KEYS.items()
@@ -146,7 +146,7 @@ def _raw_signature(key: Any, data: bytes) -> bytes:
 
 @pytest.mark.parametrize("kind", KEY_TYPES)
 @pytest.mark.parametrize("carrier", ["x5c", "jwk"])
-def test_valid_proof_identifies_the_signing_key(kind: KeyType, carrier: str) -> None:
+def test_valid_proof_identifies_the_signing_key(kind: SigningKeyType, carrier: str) -> None:
     key = KEYS[kind]
     certificate = CERTIFICATES[kind] if carrier == "x5c" else None
     token = _proof(key, certificate)
@@ -279,7 +279,7 @@ def test_wrong_audience() -> None:
 
 @pytest.mark.parametrize("kind", KEY_TYPES)
 @pytest.mark.parametrize("position", [0, -1])
-def test_flipped_signature_byte(kind: KeyType, position: int) -> None:
+def test_flipped_signature_byte(kind: SigningKeyType, position: int) -> None:
     head, body, signature = _proof(KEYS[kind], CERTIFICATES[kind]).split(".")
     raw = bytearray(parse_compact(f"{head}.{body}.{signature}")[3])
     raw[position] ^= 0x01
@@ -323,7 +323,7 @@ _DER = serialization.Encoding.DER
     ],
 )
 @pytest.mark.parametrize("carrier", ["x5c", "jwk"])
-def test_alg_must_match_the_key(alg: str, kind: KeyType, carrier: str) -> None:
+def test_alg_must_match_the_key(alg: str, kind: SigningKeyType, carrier: str) -> None:
     key = KEYS[kind]
     if carrier == "x5c":
         header = _header(

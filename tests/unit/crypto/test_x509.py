@@ -1,10 +1,11 @@
-"""X.509 issuing: the CAS CA, TLS server certificates, identity certificates and PEM handling."""
+"""X.509: the one certificate builder, the CAS CA, TLS and identity certificates, SAN names."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
 import ipaddress
+import re
 import ssl
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,16 +19,26 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opencas.crypto.keys import generate_private_key, key_hash, private_key_pem
+from opencas.crypto.keys import generate_private_key, key_hash
+from opencas.crypto.pem import (
+    certificate_pem,
+    load_certificate_pem,
+    private_key_pem,
+)
 from opencas.crypto.x509 import (
     CLOCK_SKEW,
+    CertificateUse,
+    Issuer,
+    build_certificate,
+    canonical_san_entry,
     certificate_key_hash,
-    certificate_pem,
+    common_name_subject,
     create_ca_certificate,
     create_identity_certificate,
+    general_name,
     issue_tls_certificate,
-    load_certificate_chain_pem,
-    load_certificate_pem,
+    key_usage,
+    parse_san_entry,
     verify_issued_by,
 )
 
@@ -291,41 +302,6 @@ def test_identity_certificate_refuses_rsa() -> None:
         create_identity_certificate(key, "rsa", now=NOW)
 
 
-# --- PEM ------------------------------------------------------------------------------------------
-
-
-def test_pem_round_trip_and_chain(ca_certificate: x509.Certificate) -> None:
-    identity = create_identity_certificate(generate_private_key(), "bob", now=NOW)
-    pem = certificate_pem(ca_certificate)
-    assert pem.startswith(b"-----BEGIN CERTIFICATE-----\n")
-    assert load_certificate_pem(pem) == ca_certificate
-    assert load_certificate_pem(b"comment before\n" + pem + b"after\n") == ca_certificate
-    chain = certificate_pem(identity) + pem
-    assert load_certificate_chain_pem(chain) == [identity, ca_certificate]
-    assert load_certificate_chain_pem(chain.replace(b"\n", b"\r\n")) == [identity, ca_certificate]
-    with pytest.raises(ValueError, match="exactly one PEM certificate, found 2"):
-        load_certificate_pem(chain)
-
-
-def test_pem_errors_are_explained(ca_certificate: x509.Certificate) -> None:
-    pem = certificate_pem(ca_certificate)
-    with pytest.raises(ValueError, match="no PEM certificate"):
-        load_certificate_pem(b"")
-    with pytest.raises(ValueError, match="no PEM certificate"):
-        load_certificate_pem(b"not a pem file")
-    with pytest.raises(ValueError, match="PRIVATE KEY, not a CERTIFICATE"):
-        load_certificate_pem(private_key_pem(generate_private_key()))
-    with pytest.raises(ValueError, match="PRIVATE KEY, not a CERTIFICATE"):
-        load_certificate_chain_pem(pem + private_key_pem(generate_private_key()))
-    with pytest.raises(ValueError, match=r"not a valid X\.509 certificate"):
-        load_certificate_pem(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
-    truncated = pem.split(b"-----END")[0]
-    with pytest.raises(ValueError, match="without its matching END"):
-        load_certificate_chain_pem(truncated + pem)
-    with pytest.raises(ValueError, match="bytes"):
-        load_certificate_pem(pem.decode("ascii"))  # type: ignore[arg-type]
-
-
 # --- issuer checks --------------------------------------------------------------------------------
 
 
@@ -362,3 +338,133 @@ def test_damaged_certificates_raise_only_value_errors(position: int, mask: int) 
         cert = load_certificate_pem(pem)
         certificate_key_hash(cert)
         verify_issued_by(cert, cert)
+
+
+# --- the one builder ------------------------------------------------------------------------------
+
+
+def _use(*names: x509.DNSName | x509.IPAddress, ca: bool = False) -> CertificateUse:
+    return CertificateUse(
+        ca=ca,
+        path_length=0 if ca else None,
+        key_usage=key_usage(digital_signature=True),
+        names=names,
+    )
+
+
+def test_built_certificates_carry_key_identifiers_and_unique_names(
+    ca_key: ec.EllipticCurvePrivateKey, ca_certificate: x509.Certificate
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.DNSName("a.example")
+    cert = build_certificate(
+        key.public_key(),
+        common_name_subject("leaf"),
+        _use(name, x509.IPAddress(ipaddress.ip_address("10.0.0.1")), name),
+        signer=Issuer(ca_key, ca_certificate),
+        valid_for=timedelta(days=1),
+        now=NOW,
+    )
+    san = _extension(cert, x509.SubjectAlternativeName)
+    assert not san.critical
+    assert list(san.value) == [name, x509.IPAddress(ipaddress.ip_address("10.0.0.1"))]
+    ski = _extension(cert, x509.SubjectKeyIdentifier).value
+    assert ski == x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    ca_ski = _extension(ca_certificate, x509.SubjectKeyIdentifier).value
+    assert _extension(cert, x509.AuthorityKeyIdentifier).value.key_identifier == ca_ski.digest
+    assert cert.serial_number.bit_length() == 159
+    assert cert.not_valid_before_utc == NOW - CLOCK_SKEW
+    verify_issued_by(cert, ca_certificate)
+
+
+def test_a_self_signed_certificate_names_itself_as_authority() -> None:
+    key = generate_private_key("Ed25519")
+    cert = build_certificate(
+        key.public_key(), common_name_subject("self"), _use(), signer=key, valid_for=timedelta(1)
+    )
+    assert cert.issuer == cert.subject
+    assert cert.signature_hash_algorithm is None
+    aki = _extension(cert, x509.AuthorityKeyIdentifier).value
+    assert aki.key_identifier == _extension(cert, x509.SubjectKeyIdentifier).value.digest
+    with pytest.raises(x509.ExtensionNotFound):
+        cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    verify_issued_by(cert, cert)
+
+
+def test_the_builder_refuses_a_signer_that_cannot_sign_this_certificate(
+    ca_key: ec.EllipticCurvePrivateKey, ca_certificate: x509.Certificate
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = common_name_subject("x")
+    with pytest.raises(ValueError, match="signed by its own key"):
+        build_certificate(key.public_key(), subject, _use(), signer=ca_key, valid_for=timedelta(1))
+    leaf = issue_tls_certificate(ca_key, ca_certificate, key.public_key(), ["cas"], now=NOW)
+    with pytest.raises(ValueError, match="not a CA certificate"):
+        build_certificate(
+            key.public_key(), subject, _use(), signer=Issuer(key, leaf), valid_for=timedelta(1)
+        )
+    with pytest.raises(ValueError, match="does not belong"):
+        build_certificate(
+            key.public_key(),
+            subject,
+            _use(),
+            signer=Issuer(key, ca_certificate),
+            valid_for=timedelta(1),
+        )
+
+
+# --- subject alternative names --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("hostname", "expected"),
+    [
+        ("CAS.Example", x509.DNSName("cas.example")),
+        (" *.cas.example ", x509.DNSName("*.cas.example")),
+        ("_svc.cas.example", x509.DNSName("_svc.cas.example")),
+        ("[::1]", x509.IPAddress(ipaddress.ip_address("::1"))),
+        ("0:0::1", x509.IPAddress(ipaddress.ip_address("::1"))),
+        ("10.0.0.1", x509.IPAddress(ipaddress.ip_address("10.0.0.1"))),
+    ],
+)
+def test_general_name_reads_ip_literals_and_san_dns_names(
+    hostname: str, expected: x509.GeneralName
+) -> None:
+    assert general_name(hostname) == expected
+
+
+@pytest.mark.parametrize("hostname", ["cas.example.", "a.*.example", "bad host", ""])
+def test_general_name_refuses_what_is_no_san_dns_name(hostname: str) -> None:
+    with pytest.raises(ValueError, match="neither an IP address nor a valid DNS name"):
+        general_name(hostname)
+
+
+@pytest.mark.parametrize(
+    ("entry", "canonical"),
+    [
+        ("dns:web.example", "dns:web.example"),
+        ("DNS:Web.Example", "dns:web.example"),
+        ("dns:*.web.example", "dns:*.web.example"),
+        ("ip:10.0.0.1", "ip:10.0.0.1"),
+        ("IP:0:0:0:0:0:0:0:1", "ip:::1"),
+    ],
+)
+def test_san_entries_are_parsed_and_spelled_canonically(entry: str, canonical: str) -> None:
+    assert canonical_san_entry(entry) == canonical
+    assert canonical_san_entry(canonical) == canonical
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("web.example", "expected 'dns:NAME' or 'ip:ADDRESS', got 'web.example'"),
+        ("uri:https://example", "expected 'dns:NAME' or 'ip:ADDRESS'"),
+        ("dns:", "'' is not a valid DNS name: empty label"),
+        ("dns:a.*.example", "is not a valid DNS name: a wildcard"),
+        ("ip:[::1]", "'[::1]' is not a valid IP address"),
+        ("ip:10.0.0.300", "is not a valid IP address"),
+    ],
+)
+def test_san_entries_that_do_not_parse(entry: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_san_entry(entry)

@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from opencas.attestation.verify import verify_evidence
-from opencas.crypto.keys import private_key_pem
+from opencas.crypto.pem import private_key_pem
 from opencas.errors import PlatformError
 from opencas.platform.base import Platform
 from opencas.platform.measurement import measure_directory, package_measurement

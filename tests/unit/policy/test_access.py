@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from opencas.crypto.keys import key_hash
-from opencas.crypto.x509 import certificate_pem, create_identity_certificate
+from opencas.crypto.pem import certificate_pem
+from opencas.crypto.x509 import create_identity_certificate
 from opencas.policy.access import (
     MAX_SIGNATURES,
     SIGNATURE_DOMAIN,

@@ -14,19 +14,14 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from opencas.crypto.keys import key_hash
-from opencas.crypto.x509 import certificate_key_hash, load_certificate_chain_pem, verify_issued_by
-from opencas.policy.certificates import (
-    CLOCK_SKEW,
-    issue_certificate,
-    key_type_of,
-    load_private_key,
-    parse_valid_for,
-)
+from opencas.crypto.keys import key_hash, key_type_of
+from opencas.crypto.pem import load_certificate_chain_pem
+from opencas.crypto.x509 import CLOCK_SKEW, certificate_key_hash, verify_issued_by
+from opencas.policy.certificates import issue_certificate
 from opencas.policy.errors import SessionError
 from opencas.policy.model import Session
 from opencas.policy.parse import parse_session
@@ -936,84 +931,6 @@ def test_public_values() -> None:
 def test_public_values_leave_out_secrets_without_a_value() -> None:
     session = _session({**CA, "export_public": True})
     assert public_values(session, {}) == {}
-
-
-# --- certificate helpers --------------------------------------------------------------------------
-
-
-def test_issuer_must_be_a_ca_with_the_matching_key() -> None:
-    key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    leaf = issue_certificate(key, common_name="leaf", is_ca=False, now=NOW, valid_for=timedelta(1))
-    ca = issue_certificate(key, common_name="ca", is_ca=True, now=NOW, valid_for=timedelta(1))
-    with pytest.raises(ValueError, match="not a CA"):
-        issue_certificate(
-            other,
-            common_name="x",
-            is_ca=False,
-            now=NOW,
-            valid_for=timedelta(1),
-            issuer_key=key,
-            issuer_certificate=leaf,
-        )
-    with pytest.raises(ValueError, match="does not belong"):
-        issue_certificate(
-            key,
-            common_name="x",
-            is_ca=False,
-            now=NOW,
-            valid_for=timedelta(1),
-            issuer_key=other,
-            issuer_certificate=ca,
-        )
-    with pytest.raises(ValueError, match="both"):
-        issue_certificate(
-            key, common_name="x", is_ca=False, now=NOW, valid_for=timedelta(1), issuer_key=key
-        )
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "words"),
-    [
-        ({"now": datetime(2025, 1, 1)}, "timezone"),
-        ({"common_name": "x" * 65}, "common_name"),
-        ({"common_name": ""}, "common_name"),
-        ({"valid_for": timedelta(0)}, "positive"),
-        ({"san": ["uri:https://example"]}, "dns:NAME"),
-        ({"san": ["ip:not-an-address"]}, "IP address"),
-    ],
-)
-def test_issue_certificate_refuses(kwargs: dict[str, Any], words: str) -> None:
-    arguments: dict[str, Any] = {
-        "common_name": "x",
-        "is_ca": False,
-        "now": NOW,
-        "valid_for": timedelta(days=1),
-        **kwargs,
-    }
-    with pytest.raises(ValueError, match=words):
-        issue_certificate(ec.generate_private_key(ec.SECP256R1()), **arguments)
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [("1d", timedelta(days=1)), ("365d", timedelta(days=365)), ("48h", timedelta(hours=48))],
-)
-def test_parse_valid_for(text: str, expected: timedelta) -> None:
-    assert parse_valid_for(text) == expected
-
-
-@pytest.mark.parametrize("text", ["", "0d", "1w", "-1d", "1.5d", "365", "40000d"])
-def test_parse_valid_for_refuses(text: str) -> None:
-    with pytest.raises(ValueError, match="period"):
-        parse_valid_for(text)
-
-
-def test_load_private_key_refuses_unsupported_keys() -> None:
-    for key in (ec.generate_private_key(ec.SECP521R1()), ed448.Ed448PrivateKey.generate()):
-        with pytest.raises(ValueError, match="unsupported private key"):
-            load_private_key(_pem(key))
-    with pytest.raises(ValueError, match="not a PEM private key"):
-        load_private_key("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
 
 
 # --- a session written in YAML, created, updated and rendered -------------------------------------

@@ -12,8 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from opencas.crypto.canonical import canonical_json
-from opencas.crypto.keys import key_hash, load_private_key_pem
-from opencas.crypto.x509 import certificate_key_hash, load_certificate_pem
+from opencas.crypto.keys import key_hash
+from opencas.crypto.pem import load_certificate_pem, load_private_key_pem
+from opencas.crypto.x509 import certificate_key_hash
 from opencas.policy.errors import SessionError
 from opencas.policy.hashing import session_hash
 from opencas.policy.model import (

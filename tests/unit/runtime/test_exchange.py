@@ -18,7 +18,8 @@ from opencas.attestation.workload_binding import ConfigId, workload_report_data
 from opencas.client.enclave import EnclaveClient
 from opencas.crypto.canonical import canonical_json
 from opencas.crypto.hpke_seal import seal_workload_config
-from opencas.crypto.x509 import certificate_pem, create_ca_certificate
+from opencas.crypto.pem import certificate_pem
+from opencas.crypto.x509 import create_ca_certificate
 from opencas.errors import AttestationRefused, ClientError
 from opencas.platform.simulated import SimulatedPlatform
 from opencas.runtime.exchange import WORKLOAD_KEM, WorkloadExchange, fetch_configuration

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from opencas.attestation.workload_binding import ConfigId
 from opencas.client.enclave import InjectionFile, IssuedCertificate, WorkloadConfig
-from opencas.crypto.keys import key_hash, load_private_key_pem
+from opencas.crypto.keys import key_hash
+from opencas.crypto.pem import load_private_key_pem
 from opencas.errors import ClientError
 from opencas.runtime.launcher import (
     SI_KERNEL,

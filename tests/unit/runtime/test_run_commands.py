@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from opencas.cli.casctl import cli
 from opencas.client.pinning import enclave_target
 from opencas.client.state import CasctlState, PinnedCas, load_state, save_state
-from opencas.crypto.x509 import certificate_pem, create_ca_certificate
+from opencas.crypto.pem import certificate_pem
+from opencas.crypto.x509 import create_ca_certificate
 from opencas.errors import ClientError
 from opencas.runtime.measure import measure_program, resolve_program
 

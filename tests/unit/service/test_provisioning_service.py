@@ -14,7 +14,8 @@ from opencas.config.availability import load_availability_config
 from opencas.config.owner import parse_owner_config
 from opencas.config.owner_identity import OwnerIdentity
 from opencas.crypto.keys import key_hash
-from opencas.crypto.x509 import certificate_pem, create_identity_certificate
+from opencas.crypto.pem import certificate_pem
+from opencas.crypto.x509 import create_identity_certificate
 from opencas.errors import AuthenticationRequired, CasError, ConflictError, ForbiddenError
 from opencas.policy.caller import Caller
 from opencas.service.cas import Cas, open_cas
