@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from opencas.errors import CasError, InvalidRequest
-from opencas.sources.problems import KeyPath, validation_problems
+from opencas.sources.problems import joined_key, validation_problems
 
 log = logging.getLogger("opencas.api")
 
@@ -47,12 +47,8 @@ def invalid_request(error: RequestValidationError) -> InvalidRequest:
     ``query.session``), and its message pydantic's.
     """
     return InvalidRequest(
-        validation_problems(error.errors(), source=REQUEST, key=_request_key), source=REQUEST
+        validation_problems(error.errors(), source=REQUEST, key=joined_key), source=REQUEST
     )
-
-
-def _request_key(path: KeyPath, _item: object) -> str:
-    return ".".join(str(part) for part in path)
 
 
 def install_error_handlers(app: FastAPI) -> None:

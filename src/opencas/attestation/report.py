@@ -32,6 +32,7 @@ from opencas.crypto.pem import (
 )
 from opencas.crypto.x509 import certificate_key_hash, verify_issued_by
 from opencas.errors import AttestationRefused
+from opencas.sources.problems import joined_key, render, validation_problems
 
 REPORT_VERSION = 1
 #: The audit head of an empty log.
@@ -186,13 +187,15 @@ def _format_error(message: str) -> AttestationRefused:
 
 
 def _describe_validation_error(error: ValidationError) -> str:
-    problems = []
-    for item in error.errors()[:5]:
-        where = ".".join(["report", *(str(part) for part in item["loc"])])
-        problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+    problems = validation_problems(
+        error.errors(include_url=False)[:5],
+        source="",
+        text_path=lambda loc: ("report", *loc),
+        key=joined_key,
+    )
     more = error.error_count() - len(problems)
     suffix = f" (and {more} more)" if more > 0 else ""
-    return "; ".join(problems) + suffix
+    return "; ".join(render(problem) for problem in problems) + suffix
 
 
 def _parse_report(value: object) -> CasReport:

@@ -225,6 +225,11 @@ def _dotted(path: KeyPath, _item: ErrorDetails) -> str:
     return format_path(path)
 
 
+def joined_key(path: KeyPath, _item: ErrorDetails) -> str:
+    """A key for :func:`validation_problems` as pydantic writes locations: ``body.0.x``."""
+    return ".".join(str(part) for part in path)
+
+
 def validation_problems(
     errors: Iterable[ErrorDetails],
     *,
