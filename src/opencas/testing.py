@@ -4,7 +4,9 @@ Downstream projects and OpenCAS's own integration tests use :class:`CasProcess` 
 exactly as an operator would (``cas -c FILE serve``), wait until it answers ``/healthz``, and stop
 it with a signal. :meth:`CasProcess.self_provision` starts it self-provisioned instead, from an
 owner config (:func:`write_owner_config`) and an owner identity (:func:`create_owner_identity`);
-the pytest plugin :mod:`opencas.testing_plugin` builds its ``opencas_cas`` fixture on these.
+:func:`start_self_provisioned_cas` does all of it and attests the CAS as its owner; the pytest
+plugin :mod:`opencas.testing_plugin` builds its ``opencas_cas`` fixture on it. Nothing here
+needs pytest, so benchmarks and other programs can use it with the package alone.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from pathlib import Path
 
 import httpx
 
-from opencas.client.identity import ClientIdentity
+from opencas.attestation.report import CasExpectations, VerifiedCas
+from opencas.client.cas_client import CasClient, new_nonce
+from opencas.client.identity import CERTIFICATE_FILE, ClientIdentity
+from opencas.config.owner import load_owner_config, owner_config_sha256
 
 STARTUP_TIMEOUT = 60.0
 POLL_INTERVAL = 0.05
@@ -190,6 +195,85 @@ class CasProcess:
     def kill(self) -> None:
         """``kill -9`` the process."""
         self.stop(signal.SIGKILL)
+
+
+@dataclass
+class SelfProvisionedCas:
+    """A running, self-provisioned CAS and a client that attested it and signs as its owner."""
+
+    process: CasProcess
+    """The ``cas`` process (its log: ``process.log()``)."""
+    owner: ClientIdentity
+    """The owner's identity; its certificate is ``owner_directory / "identity-cert.pem"``."""
+    owner_directory: Path
+    """Where the owner identity is kept, as casctl keeps it: use it as ``CASCTL_HOME``."""
+    owner_config_path: Path
+    """The owner config the CAS was provisioned with."""
+    verified: VerifiedCas
+    """What the attestation verified: the report, the evidence and the CAS certificates."""
+    client: CasClient
+    """Pinned to the CAS's CA certificate; signs its requests as the owner."""
+
+    @property
+    def url(self) -> str:
+        """The client API's URL."""
+        return self.process.url
+
+    @property
+    def owner_certificate_path(self) -> Path:
+        """The owner identity file the CAS was provisioned with."""
+        return self.owner_directory / CERTIFICATE_FILE
+
+    def stop(self) -> int:
+        """Close the client and stop the CAS (SIGTERM); returns the process's exit code."""
+        self.client.close()
+        return self.process.stop()
+
+
+def attest_as_owner(
+    url: str, owner: ClientIdentity, owner_config_path: Path
+) -> tuple[CasClient, VerifiedCas]:
+    """Attest the CAS at ``url`` as provisioned with ``owner`` and this owner config.
+
+    Accepts debug mode (the simulated platform). Returns a client pinned to the attested CAS
+    that signs as ``owner``, and what was verified. Raises :class:`AttestationRefused` if the
+    CAS has another owner or owner config.
+    """
+    expectations = CasExpectations(
+        nonce=new_nonce(),
+        allow_debug=True,
+        owner_identity_hash=owner.key_hash,
+        owner_config_sha256=owner_config_sha256(load_owner_config(owner_config_path).config),
+    )
+    with CasClient(url) as bootstrap:
+        verified = bootstrap.attest(expectations)
+    return CasClient.pinned_to(url, verified, owner), verified
+
+
+def start_self_provisioned_cas(
+    directory: Path, owner_config_text: str | None = None
+) -> SelfProvisionedCas:
+    """Start a CAS in ``directory``, self-provisioned, and attest it as its owner.
+
+    ``directory`` receives ``owner/`` (the owner identity), ``owner-config.toml`` (the
+    development owner config unless ``owner_config_text`` is given) and ``cas/`` (the CAS's
+    config, database and log). Stop it with :meth:`SelfProvisionedCas.stop`.
+    """
+    owner_directory = directory / "owner"
+    owner = create_owner_identity(owner_directory)
+    config_path = directory / "owner-config.toml"
+    if owner_config_text is None:
+        write_owner_config(config_path)
+    else:
+        write_owner_config(config_path, owner_config_text)
+    process = CasProcess(directory / "cas")
+    try:
+        process.self_provision(config_path, owner_directory / CERTIFICATE_FILE)
+        client, verified = attest_as_owner(process.url, owner, config_path)
+    except BaseException:
+        process.stop()
+        raise
+    return SelfProvisionedCas(process, owner, owner_directory, config_path, verified, client)
 
 
 def run_casctl(

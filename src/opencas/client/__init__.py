@@ -19,7 +19,7 @@ from opencas.client.answers import (
     StoredSession,
     VersionInfo,
 )
-from opencas.client.cas_client import CasClient, Signature, new_nonce
+from opencas.client.cas_client import AsyncCasClient, CasClient, Signature, new_nonce
 from opencas.client.channel import ApiError, CasUnreachable, MalformedAnswer
 from opencas.client.freshness import FreshnessError
 from opencas.client.identity import ClientIdentity
@@ -28,6 +28,7 @@ from opencas.errors import AttestationRefused, ClientError, EvidenceError
 
 __all__ = [
     "ApiError",
+    "AsyncCasClient",
     "AttestationRefused",
     "Attested",
     "CasClient",

@@ -100,3 +100,14 @@ class Whoami:
     """``GET /v1/whoami``: the caller's key hash, or ``anonymous``."""
 
     identity: str
+
+
+#: Where every listener of a CAS answers :class:`Health`.
+HEALTH_PATH = "/healthz"
+
+
+@dataclass(frozen=True)
+class Health:
+    """``GET /healthz``, on every listener: ``status`` is ``"ok"`` while it serves."""
+
+    status: str

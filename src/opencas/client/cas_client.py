@@ -18,6 +18,8 @@ import httpx
 
 from opencas.attestation.report import CasExpectations, VerifiedCas, verify_cas_attestation
 from opencas.client.answers import (
+    HEALTH_PATH,
+    Health,
     OwnerConfigUpdated,
     OwnerConfigView,
     Provisioned,
@@ -27,7 +29,13 @@ from opencas.client.answers import (
     VersionInfo,
     Whoami,
 )
-from opencas.client.channel import DEFAULT_TIMEOUT, ApiChannel, MalformedAnswer
+from opencas.client.channel import (
+    DEFAULT_TIMEOUT,
+    ApiChannel,
+    AsyncApiChannel,
+    MalformedAnswer,
+    read_answer,
+)
 from opencas.client.identity import ClientIdentity
 from opencas.config.owner import OwnerConfig
 from opencas.errors import ClientError
@@ -125,13 +133,12 @@ class CasClient:
         Raises :class:`AttestationRefused` / :class:`EvidenceError` when the CAS is not what the
         expectations accept.
         """
-        response = self._channel.send("GET", "/v1/attest", params={"nonce": expectations.nonce})
-        try:
-            body = response.json()
-        except ValueError as exc:
-            raise MalformedAnswer("the CAS answered /v1/attest with invalid JSON") from exc
+        response = self._channel.send("GET", ATTEST_PATH, params={"nonce": expectations.nonce})
         return verify_cas_attestation(
-            body, expectations, _peer_certificate(response), at=datetime.now(UTC)
+            _attestation_of(response),
+            expectations,
+            _peer_certificate(response),
+            at=datetime.now(UTC),
         )
 
     def version(self) -> VersionInfo:
@@ -194,6 +201,65 @@ class CasClient:
         """The public values ``session`` exports (all, or just ``secret``); anonymous."""
         selector = f"session={session}" + (f",secret={secret}" if secret is not None else "")
         return self._channel.call(SessionValues, "GET", f"/v1/values/{selector}")
+
+
+class AsyncCasClient:
+    """The anonymous part of the client API for asyncio, for programs that load a CAS.
+
+    ``attestation`` answers the CAS's attestation response as sent, *unverified*: it is for
+    measuring how fast a CAS answers, and for verifying later with
+    :func:`~opencas.attestation.report.verify_cas_attestation`; to trust a CAS, use
+    :meth:`CasClient.attest`. Pinned to ``ca_certificate_pem`` when given; ``max_connections``
+    bounds the connection pool; ``transport`` replaces the network. Errors are
+    :class:`CasClient`'s.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ca_certificate_pem: bytes | None = None,
+        max_connections: int | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._channel = AsyncApiChannel(
+            url,
+            ca_certificate_pem=ca_certificate_pem,
+            transport=transport,
+            timeout=timeout,
+            max_connections=max_connections,
+        )
+
+    async def __aenter__(self) -> AsyncCasClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self._channel.aclose()
+
+    async def health(self) -> str:
+        """The listener's health, ``GET /healthz``: ``"ok"`` when it serves."""
+        return read_answer(Health, await self._channel.send("GET", HEALTH_PATH)).status
+
+    async def attestation(self, nonce: str) -> Any:
+        """The CAS's unverified attestation response for ``nonce`` (its parsed JSON body)."""
+        response = await self._channel.send("GET", ATTEST_PATH, params={"nonce": nonce})
+        return _attestation_of(response)
+
+
+#: The client API's attestation route.
+ATTEST_PATH = "/v1/attest"
+
+
+def _attestation_of(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise MalformedAnswer(f"the CAS answered {ATTEST_PATH} with invalid JSON") from exc
 
 
 def _session_path(name: str) -> str:

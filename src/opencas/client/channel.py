@@ -2,10 +2,11 @@
 
 Both SDK clients, :class:`~opencas.client.cas_client.CasClient` (the client API) and
 :class:`~opencas.client.enclave.EnclaveClient` (the enclave API), send their requests through an
-:class:`ApiChannel`. It trusts only the CA certificate of an attested CAS (or nothing, for the one
-unpinned attestation request), signs requests when asked, and turns transport failures into
-:class:`CasUnreachable` and error answers into :class:`ApiError`. The transport is injectable
-(``httpx`` transports), which lets tests run the server in-process.
+:class:`ApiChannel`, and the asyncio clients through an :class:`AsyncApiChannel`. A channel
+trusts only the CA certificate of an attested CAS (or nothing, for the one unpinned attestation
+request), signs requests when asked, and turns transport failures into :class:`CasUnreachable`
+and error answers into :class:`ApiError`. The transport is injectable (``httpx`` transports),
+which lets tests run the server in-process.
 """
 
 from __future__ import annotations
@@ -107,11 +108,11 @@ class ApiChannel:
         self.url = url.rstrip("/")
         self.cas_key_hash = cas_key_hash
         self.identity = identity
-        verify: ssl.SSLContext | bool = (
-            pinned_ssl_context(ca_certificate_pem) if ca_certificate_pem else False
-        )
         self._http = httpx.Client(
-            base_url=self.url, verify=verify, transport=transport, timeout=timeout
+            base_url=self.url,
+            verify=_tls_verify(ca_certificate_pem),
+            transport=transport,
+            timeout=timeout,
         )
 
     def close(self) -> None:
@@ -132,18 +133,12 @@ class ApiChannel:
         Raises :class:`CasUnreachable` when the CAS cannot be reached, :class:`ApiError` for an
         error answer, :class:`ClientError` for a signed request without identity or pin.
         """
-        auth: httpx.Auth | None = None
-        if signed:
-            if self.identity is None or self.cas_key_hash is None:
-                raise ClientError("a signed request needs a client identity and a pinned CAS")
-            auth = ProofAuth(self.identity, self.cas_key_hash)
+        auth = _proof_auth(self.identity, self.cas_key_hash) if signed else None
         try:
             response = self._http.request(method, path, params=params, json=json_body, auth=auth)
         except httpx.TransportError as exc:
-            raise CasUnreachable(f"cannot reach the CAS at {self.url}: {_reason(exc)}") from exc
-        if response.status_code >= 400:
-            raise _api_error(response)
-        return response
+            raise _unreachable(self.url, exc) from exc
+        return _successful(response)
 
     def request(
         self,
@@ -179,6 +174,76 @@ class ApiChannel:
         """
         response = self.send(method, path, params=params, json_body=json_body, signed=signed)
         return read_answer(answer, response)
+
+
+class AsyncApiChannel:
+    """Anonymous requests to one listener at ``url``, for asyncio: many at once.
+
+    Pinned to ``ca_certificate_pem`` when given; ``max_connections`` bounds its connection pool
+    (a load generator keeps one connection per simulated client; default: httpx's);
+    ``transport`` replaces the network.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ca_certificate_pem: bytes | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_connections: int | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            verify=_tls_verify(ca_certificate_pem),
+            transport=transport,
+            timeout=timeout,
+            limits=limits if max_connections is not None else httpx.Limits(),
+        )
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self._http.aclose()
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        json_body: Any = None,
+    ) -> httpx.Response:
+        """Send one anonymous request as :meth:`ApiChannel.send` does, with the same errors."""
+        try:
+            response = await self._http.request(method, path, params=params, json=json_body)
+        except httpx.TransportError as exc:
+            raise _unreachable(self.url, exc) from exc
+        return _successful(response)
+
+
+def _tls_verify(ca_certificate_pem: bytes | None) -> ssl.SSLContext | bool:
+    # Unpinned means unverified: only the first attestation, which checks the peer itself.
+    return pinned_ssl_context(ca_certificate_pem) if ca_certificate_pem else False
+
+
+def _proof_auth(identity: ClientIdentity | None, cas_key_hash: str | None) -> ProofAuth:
+    if identity is None or cas_key_hash is None:
+        raise ClientError("a signed request needs a client identity and a pinned CAS")
+    return ProofAuth(identity, cas_key_hash)
+
+
+def _unreachable(url: str, exc: httpx.TransportError) -> CasUnreachable:
+    return CasUnreachable(f"cannot reach the CAS at {url}: {_reason(exc)}")
+
+
+def _successful(response: httpx.Response) -> httpx.Response:
+    if response.status_code >= 400:
+        raise _api_error(response)
+    return response
 
 
 def read_answer(answer: type[T], response: httpx.Response) -> T:

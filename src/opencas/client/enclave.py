@@ -18,11 +18,18 @@ import httpx
 
 from opencas.attestation.evidence import Evidence
 from opencas.attestation.workload_binding import ConfigId
-from opencas.client.channel import ApiChannel, ApiError
+from opencas.client.answers import HEALTH_PATH, Health
+from opencas.client.channel import (
+    DEFAULT_TIMEOUT,
+    ApiChannel,
+    ApiError,
+    AsyncApiChannel,
+    read_answer,
+)
 from opencas.crypto.canonical import canonical_json, member_mismatch, strict_json_object
 from opencas.crypto.encoding import b64_decode
 from opencas.crypto.hpke_seal import RecipientPrivateKey, SealedConfigError, open_workload_config
-from opencas.errors import AttestationRefused, ClientError
+from opencas.errors import AttestationRefused, CasError, ClientError
 from opencas.policy.model import (
     check_absolute_path,
     check_environment_name,
@@ -228,6 +235,15 @@ def _pem(value: object, where: str) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class SealedConfig:
+    """The CAS's answer to an attestation: the HPKE KEM it used and the sealed configuration
+    (base64), to be opened with the workload's private key (:func:`open_config`)."""
+
+    kem: str
+    sealed: str = field(repr=False)
+
+
 class EnclaveClient:
     """A client for the enclave API at ``url``, trusting only ``ca_certificate_pem``.
 
@@ -241,8 +257,7 @@ class EnclaveClient:
         ca_certificate_pem: bytes,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        if not ca_certificate_pem:
-            raise ClientError("the enclave API is used only with the CA of an attested CAS")
+        _require_pin(ca_certificate_pem)
         self.url = url.rstrip("/")
         self._client = ApiChannel(
             self.url, ca_certificate_pem=ca_certificate_pem, transport=transport
@@ -264,45 +279,134 @@ class EnclaveClient:
         Raises :class:`CasUnreachable`, :class:`ApiError`, or :class:`ClientError` when the
         answer has no nonce of that shape.
         """
-        body = self._client.request("POST", "/v1/enclave/nonce", signed=False)
-        nonce = body.get("nonce") if isinstance(body, dict) else None
-        if not isinstance(nonce, str) or not _NONCE_SHAPE.fullmatch(nonce):
-            raise ClientError("the CAS answered /v1/enclave/nonce without a valid nonce")
-        return nonce
+        return _nonce_of(self._client.send("POST", ENCLAVE_NONCE_PATH))
 
     def attest(
         self, config_id: ConfigId, nonce: str, public_key_der_b64: str, evidence: Evidence
-    ) -> dict[str, str]:
-        """Post the attestation; return the CAS's ``{"kem": ..., "sealed": ...}``.
+    ) -> SealedConfig:
+        """Post the attestation; return the CAS's sealed answer.
 
         Raises :class:`AttestationRefused` with the CAS's check and message when it refuses
         (403 ``attestation-refused``), :class:`CasUnreachable` when it cannot be reached,
         :class:`ApiError` for other error answers, and :class:`ClientError` when the answer
         does not have exactly the string members ``kem`` and ``sealed``.
         """
-        request = {
-            "config_id": str(config_id),
-            "nonce": nonce,
-            "public_key": public_key_der_b64,
-            "evidence": evidence.to_json(),
-        }
+        body = _attest_body(config_id, nonce, public_key_der_b64, evidence)
         try:
-            body = self._client.request(
-                "POST", "/v1/enclave/attest", json_body=request, signed=False
-            )
+            response = self._client.send("POST", ENCLAVE_ATTEST_PATH, json_body=body)
         except ApiError as exc:
-            if exc.status == 403 and exc.code == "attestation-refused":
-                check = exc.details.get("check")
-                raise AttestationRefused(
-                    check if isinstance(check, str) else "unknown", exc.message
-                ) from exc
-            raise
-        if (
-            not isinstance(body, dict)
-            or set(body) != {"kem", "sealed"}
-            or not all(isinstance(value, str) for value in body.values())
-        ):
-            raise ClientError("the CAS answered /v1/enclave/attest without a sealed configuration")
-        return {"kem": body["kem"], "sealed": body["sealed"]}
+            raise _refusal(exc) from exc
+        return _sealed_of(response)
 
     open_config = staticmethod(open_config)
+
+
+class AsyncEnclaveClient:
+    """:class:`EnclaveClient` for asyncio, for programs that attest many workloads at once.
+
+    It trusts only ``ca_certificate_pem``, like :class:`EnclaveClient`, and raises the same
+    errors. ``max_connections`` bounds its connection pool (default: httpx's); ``transport``
+    replaces the network.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        ca_certificate_pem: bytes,
+        *,
+        max_connections: int | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        _require_pin(ca_certificate_pem)
+        self.url = url.rstrip("/")
+        self._client = AsyncApiChannel(
+            self.url,
+            ca_certificate_pem=ca_certificate_pem,
+            transport=transport,
+            timeout=timeout,
+            max_connections=max_connections,
+        )
+
+    async def __aenter__(self) -> AsyncEnclaveClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self._client.aclose()
+
+    async def health(self) -> str:
+        """The listener's health, ``GET /healthz``: ``"ok"`` when it serves."""
+        return read_answer(Health, await self._client.send("GET", HEALTH_PATH)).status
+
+    async def nonce(self) -> str:
+        """A fresh single-use nonce, as :meth:`EnclaveClient.nonce`."""
+        return _nonce_of(await self._client.send("POST", ENCLAVE_NONCE_PATH))
+
+    async def attest(
+        self, config_id: ConfigId, nonce: str, public_key_der_b64: str, evidence: Evidence
+    ) -> SealedConfig:
+        """Post the attestation, as :meth:`EnclaveClient.attest`."""
+        body = _attest_body(config_id, nonce, public_key_der_b64, evidence)
+        try:
+            response = await self._client.send("POST", ENCLAVE_ATTEST_PATH, json_body=body)
+        except ApiError as exc:
+            raise _refusal(exc) from exc
+        return _sealed_of(response)
+
+
+#: The enclave API's routes (their templates, as the CAS's metrics name them).
+ENCLAVE_NONCE_PATH = "/v1/enclave/nonce"
+ENCLAVE_ATTEST_PATH = "/v1/enclave/attest"
+
+
+def _require_pin(ca_certificate_pem: bytes) -> None:
+    if not ca_certificate_pem:
+        raise ClientError("the enclave API is used only with the CA of an attested CAS")
+
+
+def _nonce_of(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    nonce = body.get("nonce") if isinstance(body, dict) else None
+    if not isinstance(nonce, str) or not _NONCE_SHAPE.fullmatch(nonce):
+        raise ClientError(f"the CAS answered {ENCLAVE_NONCE_PATH} without a valid nonce")
+    return nonce
+
+
+def _attest_body(
+    config_id: ConfigId, nonce: str, public_key_der_b64: str, evidence: Evidence
+) -> dict[str, Any]:
+    return {
+        "config_id": str(config_id),
+        "nonce": nonce,
+        "public_key": public_key_der_b64,
+        "evidence": evidence.to_json(),
+    }
+
+
+def _refusal(error: ApiError) -> CasError:
+    """A refusal answer as :class:`AttestationRefused`; any other error answer as it is."""
+    if error.status == 403 and error.code == "attestation-refused":
+        check = error.details.get("check")
+        return AttestationRefused(check if isinstance(check, str) else "unknown", error.message)
+    return error
+
+
+def _sealed_of(response: httpx.Response) -> SealedConfig:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if (
+        not isinstance(body, dict)
+        or set(body) != {"kem", "sealed"}
+        or not all(isinstance(value, str) for value in body.values())
+    ):
+        raise ClientError(f"the CAS answered {ENCLAVE_ATTEST_PATH} without a sealed configuration")
+    return SealedConfig(kem=body["kem"], sealed=body["sealed"])

@@ -1,11 +1,12 @@
 """The workload exchange: from a fresh key to the opened configuration (DESIGN.md §8).
 
 A workload makes a P-256 key pair, asks the enclave API for a nonce, obtains evidence that binds
-its config id, that nonce and its public key (:func:`~opencas.attestation.workload_binding.
-workload_report_data`), posts it, and opens the configuration the CAS sealed to its key.
-:class:`WorkloadExchange` holds the workload's side of these steps, with no I/O;
-:func:`fetch_configuration` runs them against an :class:`~opencas.client.enclave.EnclaveClient`.
-``casctl run`` and the workload attestation benchmark both go through here.
+its config id, that nonce and its public key (``workload_report_data`` of
+:mod:`opencas.attestation.workload_binding`), posts it, and opens the configuration the CAS
+sealed to its key. :class:`WorkloadExchange` holds the workload's side of these steps, with no
+I/O; :func:`attest` (or :func:`attest_async`) sends the requests through an enclave client, and
+:func:`fetch_configuration` does it all for one fresh key. ``casctl run`` and the workload
+attestation benchmark both go through here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from opencas.attestation.evidence import Evidence
 from opencas.attestation.workload_binding import ConfigId, workload_report_data
-from opencas.client.enclave import EnclaveClient, WorkloadConfig, open_config
+from opencas.client.enclave import (
+    AsyncEnclaveClient,
+    EnclaveClient,
+    SealedConfig,
+    WorkloadConfig,
+    open_config,
+)
 from opencas.crypto.encoding import b64_encode
 from opencas.crypto.keys import public_key_der
 from opencas.errors import ClientError
@@ -61,18 +68,53 @@ class WorkloadExchange:
         """Evidence from ``provider`` that binds this config id, ``nonce`` and public key."""
         return provider.evidence(workload_report_data(self.config_id, nonce, self.public_key))
 
-    def open(self, answer: dict[str, str], nonce: str) -> WorkloadConfig:
-        """Open the CAS's ``{"kem", "sealed"}`` answer to the attestation with ``nonce``.
+    def open(self, answer: SealedAnswer) -> WorkloadConfig:
+        """Open the CAS's answer to an attestation of this exchange.
 
         Raises :class:`ClientError` when the answer names another KEM than this key's, or does
         not open and parse (:func:`~opencas.client.enclave.open_config`).
         """
-        if answer["kem"] != WORKLOAD_KEM:
+        kem = answer.sealed.kem
+        if kem != WORKLOAD_KEM:
             raise ClientError(
-                "the CAS's answer could not be opened/parsed: it names the KEM "
-                f"{answer['kem'][:20]!r}, not {WORKLOAD_KEM}"
+                f"the CAS's answer could not be opened/parsed: it names the KEM {kem[:20]!r}, "
+                f"not {WORKLOAD_KEM}"
             )
-        return open_config(self.key, answer["sealed"], self.config_id, nonce)
+        return open_config(self.key, answer.sealed.sealed, self.config_id, answer.nonce)
+
+
+@dataclass(frozen=True)
+class SealedAnswer:
+    """The CAS's sealed answer to one attestation, and the nonce that attestation used."""
+
+    nonce: str
+    sealed: SealedConfig
+
+
+def attest(
+    client: EnclaveClient, exchange: WorkloadExchange, provider: EvidenceProvider
+) -> SealedAnswer:
+    """Ask for a nonce, get evidence from ``provider`` and attest; the answer is not opened.
+
+    Raises :class:`~opencas.client.channel.CasUnreachable`,
+    :class:`~opencas.errors.AttestationRefused` when the CAS refuses, and
+    :class:`~opencas.client.channel.ApiError` or :class:`ClientError` for other failures.
+    """
+    nonce = client.nonce()
+    evidence = exchange.evidence(nonce, provider)
+    return SealedAnswer(
+        nonce, client.attest(exchange.config_id, nonce, exchange.public_key, evidence)
+    )
+
+
+async def attest_async(
+    client: AsyncEnclaveClient, exchange: WorkloadExchange, provider: EvidenceProvider
+) -> SealedAnswer:
+    """:func:`attest` through an :class:`~opencas.client.enclave.AsyncEnclaveClient`."""
+    nonce = await client.nonce()
+    evidence = exchange.evidence(nonce, provider)
+    sealed = await client.attest(exchange.config_id, nonce, exchange.public_key, evidence)
+    return SealedAnswer(nonce, sealed)
 
 
 def fetch_configuration(
@@ -80,14 +122,8 @@ def fetch_configuration(
 ) -> AttestedWorkload:
     """Attest to the CAS behind ``client`` as ``config_id`` with evidence from ``provider``.
 
-    Makes a fresh key, asks for a nonce, attests, and returns the opened configuration with the
-    key. Raises :class:`~opencas.client.cas_client.CasUnreachable`,
-    :class:`~opencas.errors.AttestationRefused` when the CAS refuses, and :class:`ClientError`
-    when its answer does not open.
+    Makes a fresh key, attests (:func:`attest`) and returns the opened configuration with the
+    key. Raises what :func:`attest` and :meth:`WorkloadExchange.open` raise.
     """
     exchange = WorkloadExchange.new(config_id)
-    nonce = client.nonce()
-    answer = client.attest(
-        config_id, nonce, exchange.public_key, exchange.evidence(nonce, provider)
-    )
-    return AttestedWorkload(exchange.open(answer, nonce), exchange.key)
+    return AttestedWorkload(exchange.open(attest(client, exchange, provider)), exchange.key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Callable
@@ -15,9 +16,11 @@ from opencas.attestation.evidence import Evidence
 from opencas.attestation.workload_binding import ConfigId
 from opencas.client.channel import ApiError, CasUnreachable
 from opencas.client.enclave import (
+    AsyncEnclaveClient,
     EnclaveClient,
     InjectionFile,
     IssuedCertificate,
+    SealedConfig,
     open_config,
     parse_workload_config,
 )
@@ -330,7 +333,7 @@ def test_attest_posts_the_documented_body() -> None:
 
     with client_for(handler) as client:
         answer = client.attest(WORKLOAD, NONCE, "cHVi", EVIDENCE)
-    assert answer == {"kem": "P-256", "sealed": "c2VhbGVk"}
+    assert answer == SealedConfig("P-256", "c2VhbGVk")
     assert seen == [
         {
             "config_id": CONFIG_ID,
@@ -393,3 +396,82 @@ def test_unreachable() -> None:
 def test_nothing_is_trusted_unpinned() -> None:
     with pytest.raises(ClientError, match="attested CAS"):
         EnclaveClient("https://cas.test:18765", b"")
+
+
+# --- the asyncio client ------------------------------------------------------------------------
+
+
+def async_client_for(handler: Callable[[httpx.Request], httpx.Response]) -> AsyncEnclaveClient:
+    return AsyncEnclaveClient(
+        "https://cas.test:18765/", CA_PEM, max_connections=1, transport=httpx.MockTransport(handler)
+    )
+
+
+def test_async_client_speaks_the_same_protocol() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/healthz":
+            return httpx.Response(200, json={"status": "ok"})
+        if request.url.path == "/v1/enclave/nonce":
+            return httpx.Response(200, json={"nonce": NONCE, "expires_in": 60})
+        return httpx.Response(200, json={"kem": "P-256", "sealed": "c2VhbGVk"})
+
+    async def exchange() -> tuple[str, str, SealedConfig]:
+        async with async_client_for(handler) as client:
+            health = await client.health()
+            nonce = await client.nonce()
+            return health, nonce, await client.attest(WORKLOAD, nonce, "cHVi", EVIDENCE)
+
+    assert asyncio.run(exchange()) == ("ok", NONCE, SealedConfig("P-256", "c2VhbGVk"))
+    assert [(r.method, r.url.path) for r in seen] == [
+        ("GET", "/healthz"),
+        ("POST", "/v1/enclave/nonce"),
+        ("POST", "/v1/enclave/attest"),
+    ]
+    assert json.loads(seen[2].content) == {
+        "config_id": CONFIG_ID,
+        "nonce": NONCE,
+        "public_key": "cHVi",
+        "evidence": EVIDENCE.to_json(),
+    }
+
+
+def test_async_client_errors_are_the_same() -> None:
+    refusal = {"error": "attestation-refused", "check": "binding", "message": "not bound"}
+
+    async def attest(status: int, body: Any) -> SealedConfig:
+        async with async_client_for(lambda _: httpx.Response(status, json=body)) as client:
+            return await client.attest(WORKLOAD, NONCE, "cHVi", EVIDENCE)
+
+    with pytest.raises(AttestationRefused) as refused:
+        asyncio.run(attest(403, refusal))
+    assert refused.value.check == "binding"
+    with pytest.raises(ApiError) as error:
+        asyncio.run(attest(404, {"error": "not-found", "message": "no"}))
+    assert error.value.status == 404
+    with pytest.raises(ClientError, match="without a sealed configuration"):
+        asyncio.run(attest(200, {"kem": "P-256"}))
+
+    async def nonce() -> str:
+        async with async_client_for(lambda _: httpx.Response(200, json={})) as client:
+            return await client.nonce()
+
+    with pytest.raises(ClientError, match="without a valid nonce"):
+        asyncio.run(nonce())
+
+    def unreachable(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    async def health() -> str:
+        async with async_client_for(unreachable) as client:
+            return await client.health()
+
+    with pytest.raises(CasUnreachable):
+        asyncio.run(health())
+
+
+def test_async_client_is_never_unpinned() -> None:
+    with pytest.raises(ClientError, match="attested CAS"):
+        AsyncEnclaveClient("https://cas.test:18765", b"")

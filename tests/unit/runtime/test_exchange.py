@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from datetime import UTC, datetime
@@ -15,14 +16,20 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from opencas.attestation.evidence import Evidence
 from opencas.attestation.verify import verify_evidence
 from opencas.attestation.workload_binding import ConfigId, workload_report_data
-from opencas.client.enclave import EnclaveClient
+from opencas.client.enclave import AsyncEnclaveClient, EnclaveClient, WorkloadConfig
 from opencas.crypto.canonical import canonical_json
 from opencas.crypto.hpke_seal import seal_workload_config
 from opencas.crypto.pem import certificate_pem
 from opencas.crypto.x509 import create_ca_certificate
 from opencas.errors import AttestationRefused, ClientError
 from opencas.platform.simulated import SimulatedPlatform
-from opencas.runtime.exchange import WORKLOAD_KEM, WorkloadExchange, fetch_configuration
+from opencas.runtime.exchange import (
+    WORKLOAD_KEM,
+    WorkloadExchange,
+    attest,
+    attest_async,
+    fetch_configuration,
+)
 
 CONFIG_ID = ConfigId("team/app", "api")
 NONCE = "ab" * 32
@@ -135,3 +142,26 @@ def test_a_configuration_for_another_service_does_not_open(platform: SimulatedPl
         pytest.raises(ClientError, match=r"could not be opened/parsed.*another config id"),
     ):
         fetch_configuration(client, CONFIG_ID, platform)
+
+
+def test_one_key_attests_again_and_the_answers_open_later(platform: SimulatedPlatform) -> None:
+    exchange = WorkloadExchange.new(CONFIG_ID)
+    with client_for(ScriptedCas()) as client:
+        answers = [attest(client, exchange, platform) for _ in range(2)]
+    assert [exchange.open(answer).config_id for answer in answers] == [CONFIG_ID, CONFIG_ID]
+    assert answers[0].nonce == NONCE
+
+
+def test_attest_async_is_the_same_exchange(platform: SimulatedPlatform) -> None:
+    cas = ScriptedCas()
+    exchange = WorkloadExchange.new(CONFIG_ID)
+
+    async def run() -> WorkloadConfig:
+        transport = httpx.MockTransport(cas)
+        async with AsyncEnclaveClient(
+            "https://cas.test:18765", CA_PEM, transport=transport
+        ) as client:
+            return exchange.open(await attest_async(client, exchange, platform))
+
+    assert asyncio.run(run()).config_id == CONFIG_ID
+    assert cas.bodies[0]["public_key"] == exchange.public_key

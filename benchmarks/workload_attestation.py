@@ -1,0 +1,660 @@
+"""Benchmark workload attestation on the enclave API against the goals and bounds it is held to.
+
+What it measures, all in one run on one machine:
+
+1. **Over the network, sustained.** A self-provisioned ``cas`` (``start_self_provisioned_cas`` of
+   :mod:`opencas.testing`, in a temporary directory, free ports of 127.0.0.1) gets one session,
+   ``bench``, created by its owner (``CasClient.create_session``): one service ``bench/app`` with
+   a fixed ``simulated_measurement``, ``tolerate: [simulated]``, an ascii secret in its
+   environment, an injection file, and an ``x509-ca`` plus an ``x509`` server certificate issued
+   by it that the service references, so every attestation also issues a certificate for the
+   workload's key. First one workload attests as ``casctl run`` does
+   (``fetch_configuration`` of :mod:`opencas.runtime.exchange`) and its configuration is checked.
+   Then ``--clients`` simulated workloads, each an
+   :class:`~opencas.client.enclave.AsyncEnclaveClient` with exactly one TLS connection pinned to
+   the attested CAS and one :class:`~opencas.runtime.exchange.WorkloadExchange` (a P-256 key made
+   up front), repeat for ``--seconds``: ``attest_async`` (a nonce, fresh evidence from the
+   simulated platform over the workload binding, the attestation). Latency is that whole
+   exchange, evidence included. Every 50th answer of each workload is opened
+   (``WorkloadExchange.open``, the runtime's strict parser) and checked: the secret is in the
+   environment and the per-workload certificate certifies the workload's key. Any error answer
+   (and, for a sample, an answer that does not open and check) is an error. Then ``health()``
+   (``GET /healthz``) on the same enclave listener, same clients, same duration, as the bound.
+2. **A burst.** ``--burst`` new workloads (own connection, own key each) attest once, all at
+   the same moment; every answer is opened and checked.
+3. **In-process, one call at a time**, after the server stopped: ``verify_evidence`` on real
+   simulated evidence, raw Ed25519 verifications (its signature check) for comparison, and
+   ``attest_workload`` itself on a CAS opened with ``open_cas`` (the same session), which bounds
+   what one server process can do on one core. ``--profile N`` adds a cProfile of those calls.
+
+It prints the figures, then one verdict per goal of the workload work for a 2-core machine:
+attestation throughput >= 30% of ``/healthz`` throughput, p99 < 50 ms, no errors, the whole
+burst succeeds ("met" / "NOT met"). The exit code is 0 whatever the verdicts say, 1 when the
+benchmark cannot measure (the server does not start, a phase gets no correct answer at all) and
+130 when interrupted. The server is stopped at the end, also on Ctrl-C or SIGTERM; each phase is
+bounded by ``--seconds`` and ``--max-requests``; all traffic goes to 127.0.0.1.
+
+Run it with the package installed::
+
+    python benchmarks/workload_attestation.py [--clients 32] [--seconds 20]
+
+The load generator shares the machine with the server and does real work per attestation (an
+Ed25519 signature, canonical JSON, two TLS requests): when it uses most of a core (``gen CPU``),
+the rates are lower bounds for the server and its latencies include the generator's own queueing;
+the server's CPU per answer and its own latency histogram (from its ``/metrics``) do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import io
+import math
+import pstats
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from common import (
+    ATTEST_RATIO_GOAL,
+    Attempt,
+    BenchmarkError,
+    PhaseResult,
+    Send,
+    arguments,
+    capacity_line,
+    cpu_notes,
+    machine_line,
+    main,
+    met,
+    ms,
+    number_option,
+    percentile,
+    positive,
+    print_load,
+    print_rates,
+    rate,
+    raw_ed25519,
+    run_async,
+    run_phase,
+    running_cas,
+    server_pid,
+    timed,
+)
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client.parser import text_string_to_metric_families
+
+from opencas.attestation.verify import verify_evidence
+from opencas.attestation.workload_binding import ConfigId
+from opencas.client.channel import pinned_ssl_context
+from opencas.client.enclave import (
+    ENCLAVE_ATTEST_PATH,
+    ENCLAVE_NONCE_PATH,
+    AsyncEnclaveClient,
+    EnclaveClient,
+    WorkloadConfig,
+)
+from opencas.config.availability import load_availability_config
+from opencas.errors import AttestationRefused, CasError
+from opencas.platform.simulated import SimulatedPlatform
+from opencas.policy.caller import Caller
+from opencas.runtime.exchange import (
+    SealedAnswer,
+    WorkloadExchange,
+    attest_async,
+    fetch_configuration,
+)
+from opencas.service.cas import Cas, open_cas
+from opencas.service.sessions import create_session
+from opencas.service.workloads import NonceStore, WorkloadRequest, attest_workload
+from opencas.testing import SelfProvisionedCas, write_config
+
+#: The p99 goal: 99% of workloads wait less than this for nonce plus attest.
+P99_GOAL = 0.050
+#: Open and check every this many answers of each workload in the sustained phase (all of the
+#: burst's).
+SAMPLE_EVERY = 50
+CONFIG_ID = ConfigId("bench", "app")
+MEASUREMENT = "5e" * 32
+SECRET_VARIABLE = "BENCH_TOKEN"
+SESSION = f"""\
+name: bench
+version: "0.3"
+services:
+  - name: app
+    command: ["/usr/bin/bench-app", "--tls-cert", "/etc/bench/server.crt"]
+    environment:
+      {SECRET_VARIABLE}: "$$CAS::token$$"
+    image_name: bench-image
+    attestation:
+      simulated_measurement: "{MEASUREMENT}"
+images:
+  - name: bench-image
+    injection_files:
+      - path: /etc/bench/server.crt
+        content: "$$CAS::server.crt$$"
+secrets:
+  - name: token
+    kind: ascii
+    size: 32
+  - name: ca
+    kind: x509-ca
+    common_name: Bench CA
+  - name: server
+    kind: x509
+    issuer: ca
+    common_name: bench.example
+    endpoint: server
+    san: ["dns:bench.example"]
+security:
+  attestation:
+    tolerate: [simulated]
+"""
+#: Routes of the enclave API whose server-side latency histogram is reported.
+ENCLAVE_ROUTES = (ENCLAVE_NONCE_PATH, ENCLAVE_ATTEST_PATH)
+
+
+# --- the simulated workload ----------------------------------------------------------------------
+
+
+def config_problem(config: WorkloadConfig, key: ec.EllipticCurvePrivateKey) -> str | None:
+    """What is wrong with an opened configuration of ``bench/app``, or None."""
+    if not config.environment.get(SECRET_VARIABLE):
+        return "the secret is missing from the environment"
+    if [file.path for file in config.injection_files] != ["/etc/bench/server.crt"]:
+        return "the injection file is missing"
+    issued = config.certificates.get("server")
+    if issued is None:
+        return "no per-workload certificate"
+    certificate = x509.load_pem_x509_certificate(issued.certificate.encode("ascii"))
+    if certificate.public_key() != key.public_key():
+        return "the per-workload certificate does not certify the workload's key"
+    return None
+
+
+def answer_problem(exchange: WorkloadExchange, answer: SealedAnswer) -> str | None:
+    """Open a sealed answer and check what matters; ``None`` or what is wrong."""
+    try:
+        config = exchange.open(answer)
+    except CasError as exc:
+        return f"does not open: {exc}"
+    return config_problem(config, exchange.key)
+
+
+@dataclass(frozen=True)
+class Exchanged:
+    """One attestation as the workload saw it: its latency, and its answer or what went wrong."""
+
+    latency: float
+    answer: SealedAnswer | None = None
+    problem: str | None = None
+
+
+async def attest_once(
+    client: AsyncEnclaveClient, exchange: WorkloadExchange, platform: SimulatedPlatform
+) -> Exchanged:
+    """Nonce, evidence, attestation; the sealed answer is returned unopened."""
+    started = time.perf_counter()
+    try:
+        answer = await attest_async(client, exchange, platform)
+    except AttestationRefused as exc:
+        return Exchanged(time.perf_counter() - started, problem=f"refused: {exc.check}")
+    except CasError as exc:
+        return Exchanged(time.perf_counter() - started, problem=f"{type(exc).__name__} {exc.code}")
+    return Exchanged(time.perf_counter() - started, answer)
+
+
+def enclave_client(cas: SelfProvisionedCas, timeout: float) -> AsyncEnclaveClient:
+    """A client of the CAS's enclave API with one connection, pinned to the attested CAS."""
+    return AsyncEnclaveClient(
+        enclave_url(cas), cas.verified.ca_certificate_pem, max_connections=1, timeout=timeout
+    )
+
+
+def enclave_url(cas: SelfProvisionedCas) -> str:
+    """The enclave API of the benchmark's CAS."""
+    return f"https://127.0.0.1:{cas.process.enclave_port}"
+
+
+# --- sustained load ------------------------------------------------------------------------------
+
+
+@dataclass
+class AttestPhase:
+    """The sustained attestation phase: the load figures and the sampled answers."""
+
+    result: PhaseResult
+    sampled: int = 0
+
+
+def attest_send(
+    client: AsyncEnclaveClient,
+    exchange: WorkloadExchange,
+    platform: SimulatedPlatform,
+    phase: AttestPhase,
+) -> Send:
+    """One workload's next attestation; its first answer and every 50th are opened and checked."""
+    count = 0
+
+    async def send() -> Attempt:
+        nonlocal count
+        count += 1
+        exchanged = await attest_once(client, exchange, platform)
+        if exchanged.answer is None or (count > 1 and count % SAMPLE_EVERY):
+            return Attempt(exchanged.latency, exchanged.problem)
+        if count > 1:
+            phase.sampled += 1
+        # Opening is not part of the latency: the answer has arrived.
+        return Attempt(exchanged.latency, answer_problem(exchange, exchanged.answer))
+
+    return send
+
+
+async def run_attest_phase(
+    cas: SelfProvisionedCas, platform: SimulatedPlatform, args: argparse.Namespace
+) -> AttestPhase:
+    """Drive ``args.clients`` workloads through attestation for ``args.seconds``."""
+    phase = AttestPhase(PhaseResult("attest", args.clients))
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(enclave_client(cas, args.timeout))
+            for _ in range(args.clients)
+        ]
+        sends = [
+            attest_send(client, WorkloadExchange.new(CONFIG_ID), platform, phase)
+            for client in clients
+        ]
+        phase.result = await run_phase(
+            "attest",
+            sends,
+            server_pid(cas),
+            seconds=args.seconds,
+            max_requests=args.max_requests,
+            connect_timeout=2 * args.timeout + 5.0,
+        )
+    return phase
+
+
+async def run_healthz_phase(cas: SelfProvisionedCas, args: argparse.Namespace) -> PhaseResult:
+    """``health()`` on the enclave listener from ``args.clients`` clients for ``args.seconds``."""
+
+    def healthz_send(client: AsyncEnclaveClient) -> Send:
+        async def check() -> str | None:
+            return None if await client.health() == "ok" else "wrong answer"
+
+        return lambda: timed(check())
+
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(enclave_client(cas, args.timeout))
+            for _ in range(args.clients)
+        ]
+        return await run_phase(
+            "healthz",
+            [healthz_send(client) for client in clients],
+            server_pid(cas),
+            seconds=args.seconds,
+            max_requests=args.max_requests,
+            connect_timeout=args.timeout + 5.0,
+        )
+
+
+# --- the burst -----------------------------------------------------------------------------------
+
+
+@dataclass
+class BurstResult:
+    """``size`` new workloads attesting once, all at once."""
+
+    size: int
+    elapsed: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def succeeded(self) -> int:
+        """Workloads whose answer opened and checked."""
+        return len(self.latencies)
+
+
+async def run_burst(
+    cas: SelfProvisionedCas, platform: SimulatedPlatform, size: int, timeout: float
+) -> BurstResult:
+    """``size`` workloads, each with its own new connection and key, attest at the same moment."""
+    result = BurstResult(size)
+    exchanges = [WorkloadExchange.new(CONFIG_ID) for _ in range(size)]
+    go = asyncio.Event()
+
+    async def one(client: AsyncEnclaveClient, exchange: WorkloadExchange) -> Exchanged:
+        await go.wait()
+        return await attest_once(client, exchange, platform)
+
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(enclave_client(cas, timeout)) for _ in exchanges]
+        tasks = [
+            asyncio.create_task(one(client, exchange))
+            for client, exchange in zip(clients, exchanges, strict=True)
+        ]
+        started = time.perf_counter()
+        go.set()
+        try:
+            outcomes = await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        result.elapsed = time.perf_counter() - started
+    for exchange, outcome in zip(exchanges, outcomes, strict=True):
+        problem = outcome.problem
+        if outcome.answer is not None:
+            problem = answer_problem(exchange, outcome.answer)
+        if problem is None:
+            result.latencies.append(outcome.latency)
+        else:
+            result.errors[problem] += 1
+    return result
+
+
+# --- the server's own latency histogram ----------------------------------------------------------
+
+#: Cumulative request counts by route and bucket upper bound (seconds; ``inf`` last).
+Histogram = dict[str, dict[float, float]]
+
+
+def server_histogram(cas: SelfProvisionedCas, timeout: float) -> Histogram | None:
+    """The enclave routes' latency histogram from the client API's ``/metrics``, or ``None``."""
+    context = pinned_ssl_context(cas.verified.ca_certificate_pem)
+    try:
+        with httpx.Client(base_url=cas.url, verify=context, timeout=timeout) as client:
+            answer = client.get("/metrics")
+    except httpx.HTTPError:
+        return None
+    if answer.status_code != 200:
+        return None
+    histogram: Histogram = {route: {} for route in ENCLAVE_ROUTES}
+    for family in text_string_to_metric_families(answer.text):
+        if family.name != "opencas_http_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            route = sample.labels.get("route", "")
+            enclave = sample.labels.get("listener") == "enclave"
+            if enclave and sample.name.endswith("_bucket") and route in histogram:
+                histogram[route][float(sample.labels["le"])] = sample.value
+    return histogram
+
+
+def histogram_percentile(before: Histogram, after: Histogram, route: str, p: float) -> float:
+    """The upper bound of the bucket holding the ``p``-th percentile between two scrapes."""
+    counts = {le: after[route].get(le, 0.0) - before[route].get(le, 0.0) for le in after[route]}
+    total = counts.get(math.inf, 0.0)
+    if total <= 0:
+        return math.nan
+    for le in sorted(counts):
+        if counts[le] >= p / 100 * total:
+            return le
+    return math.inf
+
+
+# --- in-process figures --------------------------------------------------------------------------
+
+
+@dataclass
+class MicroResult:
+    """In-process rates, per second, one thread."""
+
+    verify_evidence: float
+    ed25519_verify: float
+    attest_workload: float
+    attest_workload_best: float
+    """The fastest batch: the least disturbed figure."""
+    profile: str = ""
+
+
+def _verify_rate(platform: SimulatedPlatform, seconds: float) -> float:
+    evidence = WorkloadExchange.new(CONFIG_ID).evidence("ab" * 32, platform)
+    now = datetime.now(UTC)
+    if verify_evidence(evidence, at=now).measurement != MEASUREMENT:
+        raise BenchmarkError("the simulated evidence does not verify to its measurement")
+    return rate(lambda: verify_evidence(evidence, at=now), seconds)
+
+
+def _prepared_requests(
+    nonces: NonceStore, platform: SimulatedPlatform, count: int
+) -> list[WorkloadRequest]:
+    exchange = WorkloadExchange.new(CONFIG_ID)
+    requests = []
+    for _ in range(count):
+        nonce = nonces.issue()
+        evidence = exchange.evidence(nonce, platform)
+        requests.append(WorkloadRequest(CONFIG_ID, nonce, exchange.public_key, evidence.to_json()))
+    return requests
+
+
+def _attest_workload_rates(
+    cas: Cas, platform: SimulatedPlatform, seconds: float
+) -> tuple[float, float]:
+    """``attest_workload`` calls per second, overall and in the fastest batch of 32.
+
+    Each call has its own nonce and evidence, made beforehand and not timed. The fastest batch
+    is the least disturbed by other processes: the bound for one server process.
+    """
+    nonces = NonceStore()
+    for request in _prepared_requests(nonces, platform, 4):  # warm caches, lazy imports
+        attest_workload(cas, nonces, request)
+    count, timed_seconds, best = 0, 0.0, math.inf
+    while timed_seconds < seconds:
+        batch = _prepared_requests(nonces, platform, 32)
+        started = time.perf_counter()
+        for request in batch:
+            attest_workload(cas, nonces, request)
+        elapsed = time.perf_counter() - started
+        timed_seconds += elapsed
+        best = min(best, elapsed / len(batch))
+        count += len(batch)
+    return count / timed_seconds, 1 / best
+
+
+def profile_attest_workload(
+    cas: Cas, platform: SimulatedPlatform, seconds: float, lines: int
+) -> str:
+    """The ``lines`` top functions of a cProfile of ``attest_workload`` calls, two orders."""
+    nonces = NonceStore()
+    profiler = cProfile.Profile()
+    count, deadline = 0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        batch = _prepared_requests(nonces, platform, 32)
+        profiler.enable()
+        for request in batch:
+            attest_workload(cas, nonces, request)
+        profiler.disable()
+        count += len(batch)
+    text = []
+    for order in ("tottime", "cumulative"):
+        stream = io.StringIO()
+        stats = pstats.Stats(profiler, stream=stream)
+        stats.strip_dirs().sort_stats(order).print_stats(lines)
+        text.append(f"--- {count} calls of attest_workload, by {order} ---\n{stream.getvalue()}")
+    return "\n".join(text)
+
+
+def measure_in_process(
+    directory: Path, platform: SimulatedPlatform, seconds: float, profile_lines: int
+) -> MicroResult:
+    """The in-process rates; a CAS with the benchmark's session is opened under ``directory``."""
+    verify = _verify_rate(platform, seconds)
+    _, ed25519_verify = raw_ed25519(seconds)
+    directory.mkdir(parents=True, exist_ok=True)
+    # Ports are never bound: the in-process CAS only needs a valid config.
+    cas = open_cas(load_availability_config(write_config(directory, 1, 2)))
+    try:
+        create_session(cas, SESSION, Caller("be" * 32))
+        attest, attest_best = _attest_workload_rates(cas, platform, seconds)
+        profile = ""
+        if profile_lines > 0:
+            profile = profile_attest_workload(cas, platform, seconds, profile_lines)
+    finally:
+        cas.close()
+    return MicroResult(verify, ed25519_verify, attest, attest_best, profile)
+
+
+# --- reporting -----------------------------------------------------------------------------------
+
+
+def print_burst(burst: BurstResult) -> None:
+    """The burst's figures."""
+    print(
+        f"  {burst.succeeded} of {burst.size} succeeded in {burst.elapsed:.2f} s "
+        f"(latency incl. TCP + TLS handshake: p50 {ms(percentile(burst.latencies, 50))} ms, "
+        f"max {ms(percentile(burst.latencies, 100))} ms)"
+    )
+    for kind, count in burst.errors.most_common(5):
+        print(f"    {count:>6} x {kind}")
+
+
+def print_server_latency(before: Histogram | None, after: Histogram | None) -> None:
+    """The server's own view of the attest phase: bucket bounds of its latency percentiles."""
+    if before is None or after is None:
+        print("  (the server's /metrics could not be read)")
+        return
+    for route in ENCLAVE_ROUTES:
+        p50, p99 = (histogram_percentile(before, after, route, p) for p in (50, 99))
+        print(f"  {route:<20} p50 <= {ms(p50)} ms, p99 <= {ms(p99)} ms (histogram buckets)")
+
+
+def print_micro(micro: MicroResult) -> None:
+    """The in-process figures."""
+    rows = [
+        ("verify_evidence (simulated)", micro.verify_evidence),
+        ("Ed25519 verify (raw, 300 B)", micro.ed25519_verify),
+        ("attest_workload (whole)", micro.attest_workload),
+        ("attest_workload, fastest batch", micro.attest_workload_best),
+    ]
+    print_rates(rows)
+
+
+def verdicts(
+    healthz: PhaseResult, attest: AttestPhase, burst: BurstResult, micro: MicroResult
+) -> list[str]:
+    """One line per goal or bound."""
+    load = attest.result
+    throughput = load.rate / healthz.rate if healthz.rate > 0 else 0.0
+    p99 = load.percentile(99)
+    errors = load.error_count
+    lines = [
+        f"attestation throughput = {throughput:.0%} of enclave /healthz ({load.rate:,.0f} vs "
+        f"{healthz.rate:,.0f}/s at {load.clients} clients; goal >= {ATTEST_RATIO_GOAL:.0%}: "
+        f"{met(throughput >= ATTEST_RATIO_GOAL)})",
+        f"attestation p99 = {ms(p99)} ms for nonce + attest (goal < {P99_GOAL * 1000:.0f} ms: "
+        f"{met(p99 < P99_GOAL)})",
+        f"errors = {errors} of {load.ok + errors} attestations, {attest.sampled} answers opened "
+        f"and checked (goal 0: {met(errors == 0)})",
+        f"burst: {burst.succeeded} of {burst.size} concurrent attestations succeeded (goal all: "
+        f"{met(burst.succeeded == burst.size)})",
+    ]
+    capacity = capacity_line("attestation", load, healthz)
+    if capacity is not None:
+        lines.append(capacity)
+    attest_cost = load.server_cpu_per_answer
+    inside = 1 / micro.attest_workload_best
+    if attest_cost:
+        part = f"{inside / attest_cost:.0%}" if attest_cost > inside else "all (disturbed)"
+        lines.append(
+            f"server CPU per attestation = {attest_cost * 1e6:,.0f} us, of which attest_workload "
+            f"in-process takes {inside * 1e6:,.0f} us ({part}); the rest is outside it: HTTP, "
+            "TLS, JSON, the nonce request"
+        )
+    lines += [
+        f"attestation over TLS = {load.rate:,.0f}/s vs {micro.attest_workload_best:,.0f}/s for "
+        "attest_workload in-process (bound for one server process, one core)",
+        f"verify_evidence = {micro.verify_evidence:,.0f}/s vs {micro.ed25519_verify:,.0f} raw "
+        f"Ed25519 verifies/s (bound; {micro.verify_evidence / micro.ed25519_verify:.0%} of it)",
+    ]
+    return lines + cpu_notes((healthz, load))
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = arguments(
+        "Benchmark workload attestation (enclave API nonce + attest) of a local CAS against "
+        "GET /healthz and in-process bounds.",
+        seconds=20.0,
+        micro_seconds=2.0,
+        timeout=30.0,
+    )
+    number_option(parser, "--burst", int, 2000, 200, "workloads that attest once, all at once")
+    parser.add_argument(
+        "--profile",
+        type=positive(int, 1000),
+        default=None,
+        metavar="N",
+        help="also print the N top functions of a cProfile of attest_workload in-process",
+    )
+    return parser.parse_args(argv)
+
+
+def check_runtime_exchange(cas: SelfProvisionedCas, platform: SimulatedPlatform) -> None:
+    """One workload attests as ``casctl run`` does; its configuration must check."""
+    with EnclaveClient(enclave_url(cas), cas.verified.ca_certificate_pem) as client:
+        attested = fetch_configuration(client, CONFIG_ID, platform)
+    problem = config_problem(attested.config, attested.key)
+    if problem is not None:
+        raise BenchmarkError(f"the runtime's exchange got a wrong configuration: {problem}")
+
+
+def benchmark(args: argparse.Namespace, workdir: Path) -> None:
+    """Run every phase and print the figures and verdicts."""
+    print(
+        machine_line(
+            f"OpenCAS workload attestation benchmark: {args.clients} clients, {args.seconds:g} s "
+            f"per phase, burst of {args.burst}"
+        )
+    )
+    platform = SimulatedPlatform.load_or_create(workdir / "platform.key", MEASUREMENT)
+    with running_cas(workdir / "server") as cas:
+        cas.client.create_session(SESSION)
+        print(
+            f"server: enclave API {enclave_url(cas)}, client API {cas.url} (pid {server_pid(cas)})"
+        )
+        check_runtime_exchange(cas, platform)
+        before = server_histogram(cas, args.timeout)
+        attest = run_async(run_attest_phase(cas, platform, args))
+        after = server_histogram(cas, args.timeout)
+        if attest.result.ok == 0:
+            raise BenchmarkError(f"no correct attestation: {dict(attest.result.errors)}")
+        healthz = run_async(run_healthz_phase(cas, args))
+        if healthz.ok == 0:
+            raise BenchmarkError(f"no correct /healthz answer: {dict(healthz.errors)}")
+        burst = run_async(run_burst(cas, platform, args.burst, args.timeout))
+    print("\nOver TLS to the enclave API:")
+    print_load(healthz, attest.result)
+    print("  attest = nonce + evidence + attestation, one exchange of the runtime")
+    print("\nThe server's own latency during the attest phase (its /metrics):")
+    print_server_latency(before, after)
+    print(f"\nBurst: {args.burst} new workloads (own connection each) attest once, all at once:")
+    print_burst(burst)
+    print("\nIn-process, one call at a time (server stopped):")
+    micro = measure_in_process(
+        workdir / "in-process", platform, args.micro_seconds, args.profile or 0
+    )
+    print_micro(micro)
+    print("\nVerdicts:")
+    for line in verdicts(healthz, attest, burst, micro):
+        print(f"  {line}")
+    if micro.profile:
+        print(f"\n{micro.profile}")
+
+
+if __name__ == "__main__":
+    arguments_given = parse_arguments(sys.argv[1:])
+    sys.exit(main(lambda workdir: benchmark(arguments_given, workdir)))
