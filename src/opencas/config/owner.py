@@ -29,7 +29,6 @@ from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from pydantic import (
     AfterValidator,
@@ -46,7 +45,7 @@ from pydantic import (
 
 from opencas.config.checks import listed_once
 from opencas.crypto.canonical import canonical_sha256
-from opencas.crypto.pem import CERTIFICATE_ERRORS, parse_eagerly
+from opencas.crypto.pem import certificate_pem, load_certificate_pem, pem_blocks
 from opencas.crypto.x509 import general_name
 from opencas.dns_names import canonical_hostname, host_name_problem
 from opencas.errors import ConfigError
@@ -86,7 +85,6 @@ _Model = TypeVar("_Model", bound=BaseModel)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _HEX32 = re.compile(r"[0-9A-Fa-f]{32}")
 _EMAIL_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
-_PEM_BEGIN = re.compile(r"-----BEGIN ([^\r\n]*?)-----")
 
 
 def _plain_text(value: str) -> str:
@@ -171,19 +169,20 @@ def _audit_url(value: str) -> str:
 
 def _one_certificate(value: str) -> str:
     """The canonical PEM of the one certificate in ``value``; ``ValueError`` saying why not."""
-    labels = _PEM_BEGIN.findall(value)
-    if not labels:
+    blocks = pem_blocks(value.encode("utf-8"))
+    if not blocks:
         raise ValueError("not PEM: no '-----BEGIN CERTIFICATE-----' line")
-    if len(labels) > 1:
-        raise ValueError(f"expected exactly one PEM block (one certificate), found {len(labels)}")
-    if labels[0] != "CERTIFICATE":
-        raise ValueError(f"the PEM block is a {labels[0][:40]}, not a CERTIFICATE")
+    if len(blocks) > 1:
+        raise ValueError(f"expected exactly one PEM block (one certificate), found {len(blocks)}")
+    label, block = blocks[0]
+    if label != "CERTIFICATE":
+        raise ValueError(f"the PEM block is a {label[:40]}, not a CERTIFICATE")
     try:
-        certificate = parse_eagerly(x509.load_pem_x509_certificate(value.encode("utf-8")))
-    except CERTIFICATE_ERRORS:
+        certificate = load_certificate_pem(block)
+    except ValueError:
         raise ValueError("the PEM block does not hold a valid X.509 certificate") from None
     # Re-encoding makes line breaks and surrounding text irrelevant to the hash.
-    return certificate.public_bytes(Encoding.PEM).decode("ascii")
+    return certificate_pem(certificate).decode("ascii")
 
 
 def _spid(value: str) -> str:

@@ -19,6 +19,8 @@ PublicKey: TypeAlias = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rs
 KeyType: TypeAlias = Literal["P-256", "P-384", "Ed25519", "RSA-2048", "RSA-3072"]
 """Every key type OpenCAS makes: a session's keys may have any of them."""
 KEY_TYPES: Final[tuple[KeyType, ...]] = ("P-256", "P-384", "Ed25519", "RSA-2048", "RSA-3072")
+EcdsaKeyType: TypeAlias = Literal["P-256", "P-384"]
+"""The ECDSA key types: the CAS key, TLS keys and workload keys are of these."""
 SigningKeyType: TypeAlias = Literal["P-256", "P-384", "Ed25519"]
 """The key types of identities: they sign request proofs and sessions (no RSA)."""
 SIGNING_KEY_TYPES: Final[tuple[SigningKeyType, ...]] = ("P-256", "P-384", "Ed25519")
@@ -35,11 +37,17 @@ def generate_private_key(key_type: KeyType = DEFAULT_KEY_TYPE) -> PrivateKey:
     """Create a new private key of ``key_type``; raises ``ValueError`` for an unknown type."""
     if key_type == "Ed25519":
         return ed25519.Ed25519PrivateKey.generate()
-    if key_type in _CURVES:
-        return ec.generate_private_key(_CURVES[key_type])
+    curve = _CURVES.get(key_type)
+    if curve is not None:
+        return ec.generate_private_key(curve)
     if key_type in _RSA_SIZES:
         return rsa.generate_private_key(public_exponent=65537, key_size=_RSA_SIZES[key_type])
     raise ValueError(f"unknown key type {key_type!r}; expected one of {', '.join(KEY_TYPES)}")
+
+
+def generate_ecdsa_key(key_type: EcdsaKeyType) -> ec.EllipticCurvePrivateKey:
+    """Create a new ECDSA private key of ``key_type`` (typed as such, for ECDH and TLS)."""
+    return ec.generate_private_key(_CURVES[key_type])
 
 
 def key_type_of(key: object) -> KeyType | None:

@@ -13,8 +13,6 @@ import secrets
 import stat
 from pathlib import Path
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from opencas.attestation.evidence import Evidence
@@ -24,14 +22,15 @@ from opencas.attestation.simulated import (
     is_simulated_measurement,
 )
 from opencas.crypto.envelope import EnvelopeError, derive_key, open_envelope, seal
-from opencas.crypto.keys import key_hash
-from opencas.crypto.pem import private_key_pem
+from opencas.crypto.keys import KeyType, key_hash
+from opencas.crypto.pem import load_private_key_pem, private_key_pem
 from opencas.errors import PlatformError
 
 _SEAL_PURPOSE = "simulated-seal"
 _SEAL_AAD = b"opencas-simulated-seal/v1"
 # A PKCS#8 PEM Ed25519 key is about 120 bytes; anything much larger is not a key file.
 _MAX_KEY_FILE_BYTES = 16 * 1024
+_PLATFORM_KEY_TYPES: tuple[KeyType, ...] = ("Ed25519",)
 
 
 def _read_key_file(path: Path) -> Ed25519PrivateKey:
@@ -64,16 +63,12 @@ def _read_key_file(path: Path) -> Ed25519PrivateKey:
     if len(data) > _MAX_KEY_FILE_BYTES:
         raise PlatformError(f"platform key file {path} is corrupt: it is too large for a key")
     try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise PlatformError(
-            f"platform key file {path} is corrupt: it does not hold an unencrypted PEM private key"
-        ) from exc
+        key = load_private_key_pem(data, _PLATFORM_KEY_TYPES)
+    except ValueError as exc:
+        raise PlatformError(f"platform key file {path} is corrupt: {exc}") from exc
+    # Only Ed25519 was accepted; the check narrows the type for what follows.
     if not isinstance(key, Ed25519PrivateKey):
-        raise PlatformError(
-            f"platform key file {path} is corrupt: it holds a {type(key).__name__}, "
-            "not an Ed25519 key"
-        )
+        raise PlatformError(f"platform key file {path} is corrupt: it holds no Ed25519 key")
     return key
 
 

@@ -25,7 +25,7 @@ from opencas.client.enclave import (
     open_config,
 )
 from opencas.crypto.encoding import b64_encode
-from opencas.crypto.keys import public_key_der
+from opencas.crypto.keys import generate_ecdsa_key, public_key_der
 from opencas.errors import ClientError
 from opencas.platform.base import EvidenceProvider
 
@@ -62,7 +62,7 @@ class WorkloadExchange:
     @classmethod
     def new(cls, config_id: ConfigId) -> WorkloadExchange:
         """An exchange for ``config_id`` with a fresh P-256 key pair."""
-        return cls(config_id, ec.generate_private_key(ec.SECP256R1()))
+        return cls(config_id, generate_ecdsa_key("P-256"))
 
     def evidence(self, nonce: str, provider: EvidenceProvider) -> Evidence:
         """Evidence from ``provider`` that binds this config id, ``nonce`` and public key."""

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from opencas.attestation.report import report_time
 from opencas.config.owner import ApiIdentity
 from opencas.crypto.canonical import canonical_sha256
-from opencas.crypto.keys import generate_private_key, key_hash
+from opencas.crypto.keys import generate_ecdsa_key, key_hash
 from opencas.crypto.pem import certificate_pem, private_key_pem
 from opencas.crypto.x509 import create_ca_certificate, issue_tls_certificate
 from opencas.service.cas_records import (
@@ -87,7 +87,7 @@ def populate_new_identity(
     txn: Transaction, hostnames: tuple[str, ...], *, db_key_injected: bool
 ) -> None:
     """Write every record a brand-new CAS needs, inside the creating transaction."""
-    cas_key = _ec_key(generate_private_key("P-384"))
+    cas_key = generate_ecdsa_key("P-384")
     instance_id = str(uuid.uuid4())
     ca_certificate = create_ca_certificate(cas_key, f"OpenCAS {key_hash(cas_key)[:16]}")
     identity = IdentityRecord(
@@ -96,7 +96,7 @@ def populate_new_identity(
         cas_key_pem=private_key_pem(cas_key).decode("ascii"),
         ca_certificate_pem=certificate_pem(ca_certificate).decode("ascii"),
     )
-    tls_key = _ec_key(generate_private_key("P-256"))
+    tls_key = generate_ecdsa_key("P-256")
     write_identity(txn, identity)
     write_tls(txn, _issue_tls(cas_key, ca_certificate, tls_key, TlsShape(hostnames)))
     write_state(txn, StateRecord(db_key_injected=db_key_injected))
@@ -165,12 +165,6 @@ def reshape_tls(txn: Transaction, hostnames: tuple[str, ...]) -> bool:
     )
     write_tls(txn, reissued)
     return True
-
-
-def _ec_key(key: object) -> ec.EllipticCurvePrivateKey:
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise TypeError("expected an EC private key")
-    return key
 
 
 def load_identity(store: Store, hostnames: tuple[str, ...], *, reissue: bool = True) -> CasIdentity:

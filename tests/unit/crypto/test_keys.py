@@ -12,9 +12,11 @@ from opencas.crypto.keys import (
     DEFAULT_KEY_TYPE,
     KEY_TYPES,
     SIGNING_KEY_TYPES,
+    EcdsaKeyType,
     KeyType,
     describe_key,
     ecdsa_hash,
+    generate_ecdsa_key,
     generate_private_key,
     is_valid_key_hash,
     key_hash,
@@ -49,6 +51,13 @@ def test_each_key_type_is_generated_recognised_and_signs_with_its_hash(
     assert describe_key(key) == key_type
     assert isinstance(signature_hash(key), hash_type)
     assert isinstance(signature_hash(key.public_key()), hash_type)
+
+
+@pytest.mark.parametrize(("key_type", "curve"), [("P-256", ec.SECP256R1), ("P-384", ec.SECP384R1)])
+def test_ecdsa_keys_are_generated_on_their_curve(key_type: EcdsaKeyType, curve: type) -> None:
+    key = generate_ecdsa_key(key_type)
+    assert isinstance(key.curve, curve)
+    assert key_type_of(key) == key_type
 
 
 def test_the_default_key_type_is_p256() -> None:
