@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from typing import Any, Final, Literal, TypeAlias
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 
 from opencas.crypto.canonical import strict_json_object
 from opencas.crypto.encoding import b64url_encode
+from opencas.crypto.keys import KeyType, describe_key, ecdsa_hash, key_type_of
 
 Algorithm: TypeAlias = Literal["ES256", "ES384", "EdDSA"]
 JwsPublicKey: TypeAlias = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
@@ -35,10 +35,16 @@ JwsPrivateKey: TypeAlias = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKe
 ALGORITHMS: Final[frozenset[str]] = frozenset({"ES256", "ES384", "EdDSA"})
 MAX_TOKEN_SIZE: Final = 16 * 1024
 
-# alg -> (curve name in JWK, coordinate / scalar size in bytes, hash)
-_EC_PARAMETERS: Final[dict[str, tuple[str, int, type[hashes.HashAlgorithm]]]] = {
-    "ES256": ("P-256", 32, hashes.SHA256),
-    "ES384": ("P-384", 48, hashes.SHA384),
+# alg -> (curve name in JWK, coordinate / scalar size in bytes); RFC 7518 fixes each alg's hash,
+# which is the hash OpenCAS signs with on that curve (crypto.keys.ecdsa_hash).
+_EC_PARAMETERS: Final[dict[str, tuple[str, int]]] = {
+    "ES256": ("P-256", 32),
+    "ES384": ("P-384", 48),
+}
+_ALGORITHM_OF: Final[dict[KeyType | None, Algorithm]] = {
+    "P-256": "ES256",
+    "P-384": "ES384",
+    "Ed25519": "EdDSA",
 }
 _EC_CURVES: Final[dict[str, type[ec.EllipticCurve]]] = {
     "P-256": ec.SECP256R1,
@@ -58,16 +64,11 @@ def alg_for_key(key: object) -> Algorithm:
 
     Raises :class:`JwsAlgorithmError` for any other key (RSA, P-521, Ed448, ...).
     """
-    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
-        if isinstance(key.curve, ec.SECP256R1):
-            return "ES256"
-        if isinstance(key.curve, ec.SECP384R1):
-            return "ES384"
-        raise JwsAlgorithmError(f"ECDSA curve {key.curve.name} is not accepted; use P-256 or P-384")
-    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
-        return "EdDSA"
+    alg = _ALGORITHM_OF.get(key_type_of(key))
+    if alg is not None:
+        return alg
     raise JwsAlgorithmError(
-        f"{type(key).__name__} keys are not accepted; use P-256, P-384 or Ed25519"
+        f"{describe_key(key)} keys are not accepted; use P-256, P-384 or Ed25519"
     )
 
 
@@ -135,12 +136,14 @@ def verify_signature(alg: str, public_key: object, signing_input: bytes, signatu
                 return False
             public_key.verify(signature, signing_input)
             return True
-        _, size, hash_type = _EC_PARAMETERS[alg]
+        _, size = _EC_PARAMETERS[alg]
         if len(signature) != 2 * size:
             return False
         r = int.from_bytes(signature[:size], "big")
         s = int.from_bytes(signature[size:], "big")
-        public_key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(hash_type()))
+        public_key.verify(
+            encode_dss_signature(r, s), signing_input, ec.ECDSA(ecdsa_hash(public_key))
+        )
         return True
     except InvalidSignature:
         return False
@@ -159,7 +162,7 @@ def public_key_to_jwk(key: object) -> dict[str, str]:
         return {"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(key.public_bytes_raw())}
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise JwsAlgorithmError(f"{type(key).__name__} keys have no supported JWK form")
-    crv, size, _ = _EC_PARAMETERS[alg]
+    crv, size = _EC_PARAMETERS[alg]
     numbers = key.public_numbers()
     return {
         "kty": "EC",
@@ -221,8 +224,8 @@ def b64url_decode_strict(text: str, what: str = "value") -> bytes:
 def _sign(alg: Algorithm, key: JwsPrivateKey, signing_input: bytes) -> bytes:
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key.sign(signing_input)
-    _, size, hash_type = _EC_PARAMETERS[alg]
-    r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hash_type())))
+    _, size = _EC_PARAMETERS[alg]
+    r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(ecdsa_hash(key))))
     return r.to_bytes(size, "big") + s.to_bytes(size, "big")
 
 
