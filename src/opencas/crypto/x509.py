@@ -125,20 +125,9 @@ def build_certificate(
         .serial_number(_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=use.ca, path_length=use.path_length), critical=True)
-        .add_extension(use.key_usage, critical=True)
     )
-    if use.extended_key_usage:
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage(list(use.extended_key_usage)), critical=False
-        )
-    if use.names:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(list(dict.fromkeys(use.names))), critical=not subject
-        )
-    builder = builder.add_extension(
-        x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False
-    ).add_extension(authority_key_id, critical=False)
+    for extension, critical in _extensions(use, subject, public_key, authority_key_id):
+        builder = builder.add_extension(extension, critical=critical)
     return builder.sign(signing_key, signature_hash(signing_key))
 
 
@@ -363,6 +352,28 @@ def verify_issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:
 
 
 # --- the builder's rules --------------------------------------------------------------------------
+
+
+def _extensions(
+    use: CertificateUse,
+    subject: x509.Name,
+    public_key: PublicKey,
+    authority_key_id: x509.AuthorityKeyIdentifier,
+) -> list[tuple[x509.ExtensionType, bool]]:
+    """The extensions of a certificate for ``use``, each with whether it is critical."""
+    extensions: list[tuple[x509.ExtensionType, bool]] = [
+        (x509.BasicConstraints(ca=use.ca, path_length=use.path_length), True),
+        (use.key_usage, True),
+    ]
+    if use.extended_key_usage:
+        extensions.append((x509.ExtendedKeyUsage(list(use.extended_key_usage)), False))
+    if use.names:
+        # RFC 5280: with an empty subject the names are the only identity, so they are critical.
+        names = x509.SubjectAlternativeName(list(dict.fromkeys(use.names)))
+        extensions.append((names, not subject))
+    extensions.append((x509.SubjectKeyIdentifier.from_public_key(public_key), False))
+    extensions.append((authority_key_id, False))
+    return extensions
 
 
 def _validity(now: datetime | None, valid_for: timedelta) -> tuple[datetime, datetime]:
