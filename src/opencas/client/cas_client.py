@@ -18,8 +18,6 @@ import httpx
 
 from opencas.attestation.report import CasExpectations, VerifiedCas, verify_cas_attestation
 from opencas.client.answers import (
-    HEALTH_PATH,
-    Health,
     OwnerConfigUpdated,
     OwnerConfigView,
     Provisioned,
@@ -32,9 +30,8 @@ from opencas.client.answers import (
 from opencas.client.channel import (
     DEFAULT_TIMEOUT,
     ApiChannel,
-    AsyncApiChannel,
+    AsyncListenerClient,
     MalformedAnswer,
-    read_answer,
 )
 from opencas.client.identity import ClientIdentity
 from opencas.config.owner import OwnerConfig
@@ -203,7 +200,7 @@ class CasClient:
         return self._channel.call(SessionValues, "GET", f"/v1/values/{selector}")
 
 
-class AsyncCasClient:
+class AsyncCasClient(AsyncListenerClient):
     """The anonymous part of the client API for asyncio, for programs that load a CAS.
 
     ``attestation`` answers the CAS's attestation response as sent, *unverified*: it is for
@@ -213,37 +210,6 @@ class AsyncCasClient:
     bounds the connection pool; ``transport`` replaces the network. Errors are
     :class:`CasClient`'s.
     """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        ca_certificate_pem: bytes | None = None,
-        max_connections: int | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self._channel = AsyncApiChannel(
-            url,
-            ca_certificate_pem=ca_certificate_pem,
-            transport=transport,
-            timeout=timeout,
-            max_connections=max_connections,
-        )
-
-    async def __aenter__(self) -> AsyncCasClient:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the connections."""
-        await self._channel.aclose()
-
-    async def health(self) -> str:
-        """The listener's health, ``GET /healthz``: ``"ok"`` when it serves."""
-        return read_answer(Health, await self._channel.send("GET", HEALTH_PATH)).status
 
     async def attestation(self, nonce: str) -> Any:
         """The CAS's unverified attestation response for ``nonce`` (its parsed JSON body)."""

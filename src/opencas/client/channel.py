@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Generator
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 from pydantic import TypeAdapter, ValidationError
 
+from opencas.client.answers import HEALTH_PATH, Health
 from opencas.client.identity import ClientIdentity
 from opencas.crypto.request_proof import create_request_proof
 from opencas.errors import ClientError
@@ -223,6 +224,49 @@ class AsyncApiChannel:
         except httpx.TransportError as exc:
             raise _unreachable(self.url, exc) from exc
         return _successful(response)
+
+
+class AsyncListenerClient:
+    """What every asyncio client of a CAS listener offers: ``async with``, health, closing.
+
+    Its requests go through an :class:`AsyncApiChannel` made from the same arguments.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ca_certificate_pem: bytes | None = None,
+        max_connections: int | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._channel = AsyncApiChannel(
+            url,
+            ca_certificate_pem=ca_certificate_pem,
+            transport=transport,
+            timeout=timeout,
+            max_connections=max_connections,
+        )
+
+    @property
+    def url(self) -> str:
+        """The listener's URL (without a trailing ``/``)."""
+        return self._channel.url
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self._channel.aclose()
+
+    async def health(self) -> str:
+        """The listener's health, ``GET /healthz``: ``"ok"`` while it serves."""
+        return read_answer(Health, await self._channel.send("GET", HEALTH_PATH)).status
 
 
 def _tls_verify(ca_certificate_pem: bytes | None) -> ssl.SSLContext | bool:

@@ -18,13 +18,11 @@ import httpx
 
 from opencas.attestation.evidence import Evidence
 from opencas.attestation.workload_binding import ConfigId
-from opencas.client.answers import HEALTH_PATH, Health
 from opencas.client.channel import (
     DEFAULT_TIMEOUT,
     ApiChannel,
     ApiError,
-    AsyncApiChannel,
-    read_answer,
+    AsyncListenerClient,
 )
 from opencas.crypto.canonical import canonical_json, member_mismatch, strict_json_object
 from opencas.crypto.encoding import b64_decode
@@ -301,7 +299,7 @@ class EnclaveClient:
     open_config = staticmethod(open_config)
 
 
-class AsyncEnclaveClient:
+class AsyncEnclaveClient(AsyncListenerClient):
     """:class:`EnclaveClient` for asyncio, for programs that attest many workloads at once.
 
     It trusts only ``ca_certificate_pem``, like :class:`EnclaveClient`, and raises the same
@@ -319,32 +317,17 @@ class AsyncEnclaveClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         _require_pin(ca_certificate_pem)
-        self.url = url.rstrip("/")
-        self._client = AsyncApiChannel(
-            self.url,
+        super().__init__(
+            url,
             ca_certificate_pem=ca_certificate_pem,
-            transport=transport,
-            timeout=timeout,
             max_connections=max_connections,
+            timeout=timeout,
+            transport=transport,
         )
-
-    async def __aenter__(self) -> AsyncEnclaveClient:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the connections."""
-        await self._client.aclose()
-
-    async def health(self) -> str:
-        """The listener's health, ``GET /healthz``: ``"ok"`` when it serves."""
-        return read_answer(Health, await self._client.send("GET", HEALTH_PATH)).status
 
     async def nonce(self) -> str:
         """A fresh single-use nonce, as :meth:`EnclaveClient.nonce`."""
-        return _nonce_of(await self._client.send("POST", ENCLAVE_NONCE_PATH))
+        return _nonce_of(await self._channel.send("POST", ENCLAVE_NONCE_PATH))
 
     async def attest(
         self, config_id: ConfigId, nonce: str, public_key_der_b64: str, evidence: Evidence
@@ -352,7 +335,7 @@ class AsyncEnclaveClient:
         """Post the attestation, as :meth:`EnclaveClient.attest`."""
         body = _attest_body(config_id, nonce, public_key_der_b64, evidence)
         try:
-            response = await self._client.send("POST", ENCLAVE_ATTEST_PATH, json_body=body)
+            response = await self._channel.send("POST", ENCLAVE_ATTEST_PATH, json_body=body)
         except ApiError as exc:
             raise _refusal(exc) from exc
         return _sealed_of(response)
