@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,16 +44,24 @@ def free_port() -> int:
 
 
 def write_config(
-    directory: Path, api_port: int, enclave_port: int, database: str = "cas.db"
+    directory: Path,
+    api_port: int,
+    enclave_port: int,
+    database: str = "cas.db",
+    limits: Mapping[str, float] | None = None,
 ) -> Path:
-    """Write an availability config for a simulated CAS in ``directory``; returns its path."""
+    """Write an availability config for a simulated CAS in ``directory``; returns its path.
+
+    ``limits``, when given, is written as the ``[limits]`` section (key to number).
+    """
     path = directory / "cas.toml"
+    limit_lines = "".join(f"{key} = {value!r}\n" for key, value in (limits or {}).items())
     path.write_text(
         f'[database]\npath = "{database}"\n\n'
         f'[api]\napi_listen = "127.0.0.1:{api_port}"\n'
         f'enclave_listen = "127.0.0.1:{enclave_port}"\n'
         'hostnames = ["localhost", "127.0.0.1"]\n\n'
-        '[platform]\nkind = "simulated"\n',
+        '[platform]\nkind = "simulated"\n' + (f"\n[limits]\n{limit_lines}" if limits else ""),
         encoding="utf-8",
     )
     return path
@@ -98,16 +106,23 @@ class CasStartError(RuntimeError):
 
 @dataclass
 class CasProcess:
-    """One ``cas`` server process with its own directory and ports."""
+    """One ``cas`` server process with its own directory and ports.
+
+    ``limits`` goes into the ``[limits]`` section of its availability config (for example a small
+    ``max_connections_per_source`` for a test of that limit).
+    """
 
     directory: Path
     api_port: int = field(default_factory=free_port)
     enclave_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    limits: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.config_path = write_config(self.directory, self.api_port, self.enclave_port)
+        self.config_path = write_config(
+            self.directory, self.api_port, self.enclave_port, limits=self.limits
+        )
         self.log_path = self.directory / "cas.log"
 
     @property

@@ -20,7 +20,7 @@ from opencas.api.routes.cas import cas_router, health_router
 from opencas.api.routes.owner import owner_router
 from opencas.api.routes.sessions import sessions_router
 from opencas.api.routes.workloads import workloads_router
-from opencas.crypto.request_proof import ReplayCache
+from opencas.crypto.replay_cache import ReplayCache
 from opencas.service.cas import Cas
 
 # An attest request is a config id, a nonce, a key and evidence of at most 64 KiB (base64).
@@ -48,7 +48,11 @@ def create_client_api(
         sessions_router(cas),
     ):
         app.include_router(router)
-    authenticated = ProofMiddleware(app, cas.identity.cas_key_hash, ReplayCache(), clock)
+    limits = cas.config.replay_cache_limits
+    replay_cache = ReplayCache(
+        capacity=limits.entries, share=limits.entries_per_identity, identities=limits.identities
+    )
+    authenticated = ProofMiddleware(app, cas.identity.cas_key_hash, replay_cache, clock)
     return MetricsMiddleware(authenticated, metrics, "api")
 
 

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from opencas.crypto.request_proof import ReplayCache, verify_request_proof
+from opencas.crypto.replay_cache import ReplayCache
+from opencas.crypto.request_proof import verify_request_proof
 from opencas.errors import CasError, RequestProofError
 from opencas.policy.caller import ANONYMOUS, Caller
 

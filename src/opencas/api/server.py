@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -16,15 +17,18 @@ from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from opencas.config.availability import ListenAddress
+from opencas.api.connections import Listening
+from opencas.config.availability import ConnectionLimits, ListenAddress
 from opencas.crypto.pem import private_key_pem
 from opencas.errors import CasError
 from opencas.service.identity import CasIdentity
 
 log = logging.getLogger("opencas")
-KEEP_ALIVE_SECONDS = 75
 MAINTENANCE_INTERVAL = 3600.0
+FILE_DESCRIPTOR_HEADROOM = 256
+"""File descriptors kept beyond one per allowed connection: the database, logs, worker threads."""
 
 
 class ListenError(CasError):
@@ -100,23 +104,101 @@ def _memory_file(data: bytes) -> Iterator[str]:
 
 
 class _Server(uvicorn.Server):
+    """One listener's HTTP server. It accepts its connections itself, through :class:`Listening`.
+
+    uvicorn runs the HTTP protocol, the ``Date`` header and the graceful shutdown; it is given
+    no socket, because a server made by ``loop.create_server`` could neither count connections
+    before their TLS handshake nor bound that handshake's duration.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        sock: socket.socket,
+        context: ssl.SSLContext,
+        limits: ConnectionLimits,
+    ) -> None:
+        super().__init__(config)
+        self.sock = sock
+        self.listening = Listening(limits, context, self._http_protocol)
+        self._accepting: asyncio.Task[None] | None = None
+
     # Two servers share one process: signals are handled once, by `serve_forever`.
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start uvicorn without a socket of its own, then accept on this listener's socket."""
+        await super().startup(sockets=[])
+        self._accepting = asyncio.create_task(self.listening.accept_forever(self.sock))
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop accepting, drop connections still in their handshake, then close the others."""
+        if self._accepting is not None:
+            self._accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepting
+        self.listening.abort_handshakes()
+        await super().shutdown(sockets)
+
+    def _http_protocol(self) -> asyncio.Protocol:
+        # What uvicorn's own server would make for a connection; the lifespan is off, so the
+        # application state it would share is empty.
+        return HttpToolsProtocol(config=self.config, server_state=self.server_state, app_state={})
+
+
+def _server(
+    listener: Listener, sock: socket.socket, context: ssl.SSLContext, limits: ConnectionLimits
+) -> _Server:
+    config = uvicorn.Config(
+        listener.app,
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+        # Longer than clients keep idle connections (httpx: 5 s), so a client never reuses a
+        # connection the server is closing at that very moment.
+        timeout_keep_alive=limits.keep_alive_timeout,
+        lifespan="off",
+    )
+    config.load()
+    return _Server(config, sock, context, limits)
+
+
+def allow_file_descriptors(needed: int) -> None:
+    """Raise this process's soft limit on open files to ``needed`` if the hard limit allows.
+
+    Without it, a default soft limit of 1024 would fail ``accept`` before the connection limits
+    are reached; a hard limit too low for them is logged, since the limits then cannot hold.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        if wanted < needed:
+            log.warning(
+                "open-file limit %d is below the %d the connection limits need; lower "
+                "[limits] max_connections or raise the limit (ulimit -n)",
+                wanted,
+                needed,
+            )
+
 
 async def serve_forever(
     listeners: list[Listener],
     context: ssl.SSLContext,
+    limits: ConnectionLimits,
     maintenance: Callable[[], object] | None = None,
     maintenance_interval: float = MAINTENANCE_INTERVAL,
 ) -> None:
     """Serve every listener until SIGTERM or SIGINT, then shut down gracefully.
 
     All sockets are bound before anything is served, so a taken port fails the start as a whole.
-    ``maintenance``, when given, runs in a worker thread every ``maintenance_interval`` seconds
-    while serving (the CAS renews its TLS certificate there); its errors are logged, not fatal.
+    Each listener applies ``limits`` to its own connections. ``maintenance``, when given, runs in
+    a worker thread every ``maintenance_interval`` seconds while serving (the CAS renews its TLS
+    certificate there); its errors are logged, not fatal.
     """
     sockets: list[socket.socket] = []
     try:
@@ -126,22 +208,11 @@ async def serve_forever(
         for sock in sockets:
             sock.close()
         raise
-    servers = []
-    for listener in listeners:
-        config = uvicorn.Config(
-            listener.app,
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            timeout_graceful_shutdown=10,
-            # Longer than clients keep idle connections (httpx: 5 s), so a client never reuses
-            # a connection the server is closing at that very moment.
-            timeout_keep_alive=KEEP_ALIVE_SECONDS,
-            lifespan="off",
-        )
-        config.load()
-        config.ssl = context
-        servers.append(_Server(config))
+    allow_file_descriptors(len(listeners) * limits.max_connections + FILE_DESCRIPTOR_HEADROOM)
+    servers = [
+        _server(listener, sock, context, limits)
+        for listener, sock in zip(listeners, sockets, strict=True)
+    ]
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -163,9 +234,7 @@ async def serve_forever(
         else None
     )
     try:
-        await asyncio.gather(
-            *(server.serve(sockets=[sock]) for server, sock in zip(servers, sockets, strict=True))
-        )
+        await asyncio.gather(*(server.serve() for server in servers))
     finally:
         if chores is not None:
             chores.cancel()

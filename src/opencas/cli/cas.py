@@ -200,7 +200,9 @@ def _serve(cas: Cas) -> None:
     ]
     context = tls_context(cas.identity)
     cas.identity_listeners.append(lambda identity: present_identity(context, identity))
-    run_event_loop(serve_forever(listeners, context, maintenance=cas.refresh_tls))
+    run_event_loop(
+        serve_forever(listeners, context, config.connection_limits, maintenance=cas.refresh_tls)
+    )
     log.info("stopped")
 
 

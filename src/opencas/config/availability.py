@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from opencas.config.checks import listed_once
+from opencas.crypto.replay_cache import DEFAULT_CAPACITY, DEFAULT_IDENTITIES, DEFAULT_SHARE
 from opencas.dns_names import canonical_hostname, host_name_problem
 from opencas.errors import ConfigError
 from opencas.sources.problems import in_text_order
@@ -44,6 +45,34 @@ AVAILABLE_PLATFORM_KINDS = ("simulated",)
 """Platform kinds this build can run on."""
 KNOWN_PLATFORM_KINDS = ("gramine-sgx", "simulated", "tsm")
 """Every platform kind OpenCAS knows, including those this build cannot run on."""
+
+
+# --- limits -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """How many connections each listener holds, and how long a connection may stall."""
+
+    max_connections: int = 1000
+    """Open connections per listener, counted from the moment they are accepted."""
+    max_connections_per_source: int = 250
+    """Open connections per listener from one IPv4 address or IPv6 /64 network."""
+    tls_handshake_timeout: float = 10.0
+    """Seconds from accepting a connection to the end of its TLS handshake."""
+    request_header_timeout: float = 10.0
+    """Seconds for a request's headers: from the handshake (first request) or its first byte."""
+    keep_alive_timeout: int = 75
+    """Seconds an idle connection is kept open between requests."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayCacheLimits:
+    """The memory of request proofs (``jti`` values), in total and per signing key."""
+
+    entries: int = DEFAULT_CAPACITY
+    entries_per_identity: int = DEFAULT_SHARE
+    identities: int = DEFAULT_IDENTITIES
 
 
 # --- addresses and names ------------------------------------------------------------------------
@@ -217,12 +246,64 @@ class _PlatformSection(BaseModel):
     key_file: _LocalPath | None = None
 
 
+_CONNECTIONS = ConnectionLimits()
+_REPLAY_CACHE = ReplayCacheLimits()
+_Count = Annotated[int, Field(ge=1, le=10_000_000)]
+_Seconds = Annotated[float, Field(gt=0, le=3600)]
+
+
+class _LimitsSection(BaseModel):
+    model_config = _STRICT
+
+    max_connections: _Count = _CONNECTIONS.max_connections
+    max_connections_per_source: _Count = _CONNECTIONS.max_connections_per_source
+    tls_handshake_timeout: _Seconds = _CONNECTIONS.tls_handshake_timeout
+    request_header_timeout: _Seconds = _CONNECTIONS.request_header_timeout
+    keep_alive_timeout: Annotated[int, Field(ge=1, le=3600)] = _CONNECTIONS.keep_alive_timeout
+    replay_cache_entries: _Count = _REPLAY_CACHE.entries
+    replay_cache_entries_per_identity: _Count = _REPLAY_CACHE.entries_per_identity
+    replay_cache_identities: _Count = _REPLAY_CACHE.identities
+
+    @field_validator("max_connections_per_source")
+    @classmethod
+    def _within_max_connections(cls, value: int, info: ValidationInfo) -> int:
+        total = info.data.get("max_connections")
+        if total is not None and value > total:
+            raise ValueError(f"{value} is more than max_connections ({total})")
+        return value
+
+    @field_validator("replay_cache_entries_per_identity")
+    @classmethod
+    def _within_replay_cache_entries(cls, value: int, info: ValidationInfo) -> int:
+        total = info.data.get("replay_cache_entries")
+        if total is not None and value > total:
+            raise ValueError(f"{value} is more than replay_cache_entries ({total})")
+        return value
+
+    def connections(self) -> ConnectionLimits:
+        return ConnectionLimits(
+            max_connections=self.max_connections,
+            max_connections_per_source=self.max_connections_per_source,
+            tls_handshake_timeout=self.tls_handshake_timeout,
+            request_header_timeout=self.request_header_timeout,
+            keep_alive_timeout=self.keep_alive_timeout,
+        )
+
+    def replay_cache(self) -> ReplayCacheLimits:
+        return ReplayCacheLimits(
+            entries=self.replay_cache_entries,
+            entries_per_identity=self.replay_cache_entries_per_identity,
+            identities=self.replay_cache_identities,
+        )
+
+
 class _AvailabilityFile(BaseModel):
     model_config = _STRICT
 
     database: _DatabaseSection
     api: _ApiSection = Field(default_factory=_ApiSection)
     platform: _PlatformSection
+    limits: _LimitsSection = Field(default_factory=_LimitsSection)
 
 
 # --- the resolved config ------------------------------------------------------------------------
@@ -242,6 +323,9 @@ class AvailabilityConfig:
     platform_kind: str
     platform_key_file: Path
     """The simulated platform's key file; beside the database unless the file says otherwise."""
+    connection_limits: ConnectionLimits = _CONNECTIONS
+    """Applied to each listener separately."""
+    replay_cache_limits: ReplayCacheLimits = _REPLAY_CACHE
 
 
 def load_availability_config(path: Path) -> AvailabilityConfig:
@@ -279,6 +363,8 @@ def load_availability_config(path: Path) -> AvailabilityConfig:
         hostnames=tuple(parsed.api.hostnames),
         platform_kind=parsed.platform.kind,
         platform_key_file=key_file,
+        connection_limits=parsed.limits.connections(),
+        replay_cache_limits=parsed.limits.replay_cache(),
     )
 
 
@@ -296,6 +382,7 @@ def default_availability_config(database_path: str = DEFAULT_DATABASE_PATH) -> s
     """
     key_file = str(Path(database_path).parent / SIMULATED_KEY_FILE_NAME)
     hostnames = ", ".join(toml_string(name) for name in DEFAULT_HOSTNAMES)
+    connections, replay = _CONNECTIONS, _REPLAY_CACHE
     return f"""\
 # OpenCAS availability config: how the `cas` server runs (`cas -c THIS-FILE`).
 # It holds no secrets. Relative paths are resolved against the directory of this file.
@@ -318,4 +405,18 @@ hostnames = [{hostnames}]
 kind = "simulated"
 # The simulated platform's key file, which stands in for the hardware's sealing key.
 key_file = {toml_string(key_file)}
+
+[limits]
+# What one client can hold of the CAS (docs/operations.md). Connection limits apply to each
+# listener separately; a source is one IPv4 address or one IPv6 /64 network.
+max_connections = {connections.max_connections}
+max_connections_per_source = {connections.max_connections_per_source}
+# Seconds: to finish the TLS handshake; to send a request's headers; idle between requests.
+tls_handshake_timeout = {connections.tls_handshake_timeout}
+request_header_timeout = {connections.request_header_timeout}
+keep_alive_timeout = {connections.keep_alive_timeout}
+# The memory of request proofs: in total, per signing key, and how many keys it tracks.
+replay_cache_entries = {replay.entries}
+replay_cache_entries_per_identity = {replay.entries_per_identity}
+replay_cache_identities = {replay.identities}
 """

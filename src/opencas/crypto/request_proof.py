@@ -10,18 +10,17 @@ TLS authenticates only the server, so each authenticated request carries
   the body, empty body included).
 
 The caller's identity is the key hash of the signing key. Both sides live here so they cannot
-drift apart. Everything is pure except :class:`ReplayCache`, which keeps in-memory state.
+drift apart. Everything is pure; the memory of accepted proofs is
+:class:`~opencas.crypto.replay_cache.ReplayCache`, which the caller passes in with the time.
 """
 
 from __future__ import annotations
 
 import hashlib
-import heapq
 import hmac
 import re
 import secrets
 import string
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
@@ -46,11 +45,11 @@ from opencas.crypto.jws import (
 )
 from opencas.crypto.keys import PrivateKey, key_hash
 from opencas.crypto.pem import CERTIFICATE_ERRORS, parse_eagerly
+from opencas.crypto.replay_cache import ReplayCache
 from opencas.crypto.x509 import certificate_key_hash, verify_issued_by
 from opencas.errors import RequestProofError
 
 PROOF_TYPE: Final = "cas-request+jwt"
-DEFAULT_MAX_SKEW: Final = 120
 
 _JTI_BYTES: Final = 16
 _JTI: Final = re.compile(r"[A-Za-z0-9_-]{16,64}")
@@ -94,74 +93,6 @@ def normalise_url(url: str) -> str:
         )
     netloc = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
     return f"{scheme}://{netloc}{_normalise_path(parts.path or '/')}"
-
-
-class ReplayCache:
-    """The ``jti`` values of accepted proofs, remembered for as long as those proofs could verify.
-
-    A proof is acceptable while ``|now - iat| <= window``, so its ``jti`` is kept until
-    ``iat + 2 * window`` — a margin over the last moment it could be replayed. Expired entries are
-    purged whenever the cache is used; memory is bounded by ``capacity``. When every slot holds a
-    ``jti`` that has not expired, new proofs are refused (``proof-replay-cache-full``) rather than
-    forgetting one, because forgetting would let that proof be replayed. Thread-safe.
-    """
-
-    def __init__(self, window_seconds: int = DEFAULT_MAX_SKEW, capacity: int = 100_000) -> None:
-        if window_seconds <= 0 or capacity <= 0:
-            raise ValueError("window_seconds and capacity must be positive")
-        self.window_seconds = window_seconds
-        self.capacity = capacity
-        self._lock = threading.Lock()
-        self._expiry: dict[str, int] = {}
-        self._deadlines: list[tuple[int, str]] = []
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._expiry)
-
-    def __contains__(self, jti: object) -> bool:
-        with self._lock:
-            return jti in self._expiry
-
-    def purge(self, now: float) -> int:
-        """Forget every ``jti`` that expired before ``now``; return how many were forgotten."""
-        with self._lock:
-            return self._purge(now)
-
-    def remember(self, jti: str, *, iat: int, now: float) -> None:
-        """Record ``jti`` of a proof issued at ``iat``, unless it was seen before.
-
-        Raises :class:`RequestProofError` ``proof-replayed`` when ``jti`` is still remembered, and
-        ``proof-replay-cache-full`` (HTTP 503) when the cache holds ``capacity`` unexpired entries;
-        in both cases nothing is recorded.
-        """
-        expires = iat + 2 * self.window_seconds
-        with self._lock:
-            self._purge(now)
-            if jti in self._expiry:
-                _refuse(
-                    "proof-replayed",
-                    "this request proof was already used; sign every request with a fresh jti",
-                )
-            if len(self._expiry) >= self.capacity:
-                error = RequestProofError(
-                    f"the server remembers {self.capacity} recent request proofs and cannot "
-                    "accept more right now; retry shortly",
-                    code="proof-replay-cache-full",
-                )
-                error.http_status = 503
-                raise error
-            self._expiry[jti] = expires
-            heapq.heappush(self._deadlines, (expires, jti))
-
-    def _purge(self, now: float) -> int:
-        purged = 0
-        while self._deadlines and self._deadlines[0][0] < now:
-            expires, jti = heapq.heappop(self._deadlines)
-            if self._expiry.get(jti) == expires:
-                del self._expiry[jti]
-                purged += 1
-        return purged
 
 
 @dataclass(frozen=True)
@@ -228,21 +159,19 @@ def verify_request_proof(
     audience: str,
     now: float,
     replay_cache: ReplayCache,
-    max_skew: int = DEFAULT_MAX_SKEW,
 ) -> RequestProof:
     """Verify that ``token`` proves this request (method, URL, body) to ``audience`` at ``now``.
 
-    Checks, in order: the token's form, the algorithm against the key, the signature,
-    ``|now - iat| <= max_skew``, method, URL (both normalised), audience, body hash (in constant
-    time), and finally that the ``jti`` is unseen — it is recorded only when every other check
-    passed. The signer is identified by its key; an ``x5c`` certificate must be well-formed and, if
-    self-issued, carry a valid self-signature, but need not chain to anything and its validity
-    dates are not checked (a certificate names a key, DESIGN.md §3). Returns the signer on success.
-    Raises :class:`RequestProofError` whose ``code`` names the first failed check, and
-    ``ValueError`` only when ``max_skew`` exceeds the replay cache's window (a server bug).
+    Checks, in order: the token's form, the algorithm against the key, the signature, that ``iat``
+    is at most ``replay_cache.max_age`` seconds old and at most ``replay_cache.max_future_skew``
+    seconds ahead, method, URL (both normalised), audience, body hash (in constant time), and
+    finally that the ``jti`` is unseen for this signer and the signer has room in the replay cache
+    — it is recorded only when every other check passed. The signer is identified by its key; an
+    ``x5c`` certificate must be well-formed and, if self-issued, carry a valid self-signature, but
+    need not chain to anything and its validity dates are not checked (a certificate names a key,
+    DESIGN.md §3). Returns the signer on success.
+    Raises :class:`RequestProofError` whose ``code`` names the first failed check.
     """
-    if max_skew > replay_cache.window_seconds:
-        raise ValueError("max_skew must not exceed the replay cache's window")
     try:
         header, claims, signing_input, signature = parse_compact(token)
     except ValueError as exc:
@@ -257,7 +186,7 @@ def verify_request_proof(
         _refuse("proof-algorithm", f"alg {alg} does not fit the proof's key, which needs {key_alg}")
     if not verify_signature(alg, public_key, signing_input, signature):
         _refuse("proof-signature-invalid", "the request proof's signature does not verify")
-    _check_time(fields.iat, now, max_skew)
+    replay_cache.check_time(fields.iat, now)
     if fields.htm != method.upper():
         _refuse(
             "proof-method-mismatch",
@@ -272,9 +201,10 @@ def verify_request_proof(
         )
     if not hmac.compare_digest(fields.bh.encode("ascii"), _body_hash(body).encode("ascii")):
         _refuse("proof-body-mismatch", "the request body is not the body the proof was signed for")
-    replay_cache.remember(fields.jti, iat=fields.iat, now=now)
+    signer = key_hash(public_key)
+    replay_cache.remember(signer, fields.jti, iat=fields.iat, now=now)
     return RequestProof(
-        key_hash=key_hash(public_key),
+        key_hash=signer,
         public_key=public_key,
         certificate=certificate,
         jti=fields.jti,
@@ -362,21 +292,6 @@ def _signer(header: dict[str, Any]) -> tuple[JwsPublicKey, x509.Certificate | No
         except ValueError as exc:
             _refuse("proof-malformed", f"the self-signed 'x5c' certificate is invalid: {exc}")
     return public_key, certificate
-
-
-def _check_time(iat: int, now: float, max_skew: int) -> None:
-    if iat < now - max_skew:
-        _refuse(
-            "proof-expired",
-            f"the request proof was issued at {_show(iat)}, more than {max_skew} s before the "
-            f"server's time {int(now)}; check the client's clock",
-        )
-    if iat > now + max_skew:
-        _refuse(
-            "proof-not-yet-valid",
-            f"the request proof was issued at {_show(iat)}, more than {max_skew} s after the "
-            f"server's time {int(now)}; check the client's clock",
-        )
 
 
 def _check_url(htu: str, url: str) -> None:

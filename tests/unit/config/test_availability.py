@@ -9,7 +9,9 @@ import pytest
 
 from opencas.config.availability import (
     AvailabilityConfig,
+    ConnectionLimits,
     ListenAddress,
+    ReplayCacheLimits,
     default_availability_config,
     load_availability_config,
     parse_listen_address,
@@ -160,7 +162,7 @@ def test_unknown_section(tmp_path: Path) -> None:
     path = write_config(tmp_path, MINIMAL + "\n[databse]\npath = 'x'\n")
 
     assert config_error(path) == (
-        f"{path}:7: [databse]: unknown section; expected one of: api, database, platform"
+        f"{path}:7: [databse]: unknown section; expected one of: api, database, limits, platform"
     )
 
 
@@ -334,6 +336,53 @@ colour = "blue"
     ]
 
 
+# --- limits -------------------------------------------------------------------------------------
+
+
+def test_limits_are_read(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        MINIMAL
+        + "\n[limits]\nmax_connections = 20\nmax_connections_per_source = 5\n"
+        + "tls_handshake_timeout = 2\nrequest_header_timeout = 0.5\nkeep_alive_timeout = 3\n"
+        + "replay_cache_entries = 100\nreplay_cache_entries_per_identity = 10\n"
+        + "replay_cache_identities = 7\n",
+    )
+
+    config = load_availability_config(path)
+
+    assert config.connection_limits == ConnectionLimits(
+        max_connections=20,
+        max_connections_per_source=5,
+        tls_handshake_timeout=2.0,
+        request_header_timeout=0.5,
+        keep_alive_timeout=3,
+    )
+    assert config.replay_cache_limits == ReplayCacheLimits(
+        entries=100, entries_per_identity=10, identities=7
+    )
+
+
+@pytest.mark.parametrize(
+    ("lines", "reason"),
+    [
+        ("max_connections = 0", "greater than or equal to 1"),
+        ("request_header_timeout = 0", "greater than 0"),
+        ("keep_alive_timeout = 1.5", "integer"),
+        ("max_connections = 10\nmax_connections_per_source = 11", "more than max_connections"),
+        (
+            "replay_cache_entries = 10\nreplay_cache_entries_per_identity = 11",
+            "more than replay_cache_entries",
+        ),
+        ("unknown_limit = 1", "unknown_limit"),
+    ],
+)
+def test_bad_limits_are_named(tmp_path: Path, lines: str, reason: str) -> None:
+    message = config_error(write_config(tmp_path, MINIMAL + "\n[limits]\n" + lines + "\n"))
+    assert "limits" in message
+    assert reason in message
+
+
 # --- the default text and the example ------------------------------------------------------------
 
 
@@ -354,7 +403,19 @@ def test_default_text_loads_and_sets_every_key(tmp_path: Path) -> None:
             "hostnames": ["localhost", "127.0.0.1", "::1"],
         },
         "platform": {"kind": "simulated", "key_file": ".cas/simulated-platform.key"},
+        "limits": {
+            "max_connections": 1000,
+            "max_connections_per_source": 250,
+            "tls_handshake_timeout": 10.0,
+            "request_header_timeout": 10.0,
+            "keep_alive_timeout": 75,
+            "replay_cache_entries": 100_000,
+            "replay_cache_entries_per_identity": 5_000,
+            "replay_cache_identities": 10_000,
+        },
     }
+    assert config.connection_limits == ConnectionLimits()
+    assert config.replay_cache_limits == ReplayCacheLimits()
 
 
 def test_default_text_quotes_the_database_path(tmp_path: Path) -> None:

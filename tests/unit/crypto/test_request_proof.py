@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from opencas.crypto.encoding import b64_encode, b64url_encode
 from opencas.crypto.jws import alg_for_key, parse_compact, public_key_to_jwk
 from opencas.crypto.keys import PrivateKey, SigningKeyType, generate_private_key, key_hash
+from opencas.crypto.replay_cache import ReplayCache
 from opencas.crypto.request_proof import (
-    ReplayCache,
     RequestProof,
     create_request_proof,
     normalise_url,
@@ -93,7 +93,7 @@ def _refused(code: str, token: str, **request: Any) -> RequestProofError:
     with pytest.raises(RequestProofError) as caught:
         _verify(token, **request)
     assert caught.value.code == code, caught.value.message
-    assert caught.value.http_status in {401, 503}
+    assert caught.value.http_status in {401, 429, 503}
     return caught.value
 
 
@@ -196,7 +196,7 @@ def test_jti_is_fresh_for_every_proof() -> None:
 
 def test_skew_boundaries_are_inclusive() -> None:
     _verify(_proof(), now=NOW + 120)
-    _verify(_proof(), now=NOW - 120)
+    _verify(_proof(), now=NOW - 5)
 
 
 def test_query_is_ignored_and_default_port_equivalent() -> None:
@@ -231,6 +231,19 @@ def test_expired() -> None:
 
 def test_not_yet_valid() -> None:
     _refused("proof-not-yet-valid", _proof(), now=NOW - 121)
+    error = _refused("proof-not-yet-valid", _proof(), now=NOW - 6)
+    assert "more than 5 s after" in error.message
+
+
+def test_a_proof_may_be_a_little_ahead_of_the_server() -> None:
+    _verify(_proof(), now=NOW - 5)
+
+
+def test_the_replay_cache_sets_the_window() -> None:
+    cache = ReplayCache(max_age=10, max_future_skew=0)
+    _refused("proof-expired", _proof(), now=NOW + 11, cache=cache)
+    _refused("proof-not-yet-valid", _proof(), now=NOW - 1, cache=cache)
+    _verify(_proof(), now=NOW + 10, cache=cache)
 
 
 def test_replayed() -> None:
@@ -461,45 +474,34 @@ def test_non_string_token_is_malformed() -> None:
     _refused("proof-malformed", _proof().encode())  # type: ignore[arg-type]
 
 
-# --- replay cache ---------------------------------------------------------------------------------
+# --- replay cache (its own rules: tests/unit/crypto/test_replay_cache.py) -----------------------
 
 
-def test_replay_cache_purges_expired_entries() -> None:
-    cache = ReplayCache(window_seconds=10, capacity=2)
-    cache.remember("jti-a-0123456789", iat=100, now=100)
-    cache.remember("jti-b-0123456789", iat=105, now=100)
-    assert len(cache) == 2
-    assert cache.purge(now=120) == 0  # a is remembered until iat + 2 * window = 120
-    assert cache.purge(now=121) == 1
-    assert "jti-a-0123456789" not in cache
-    assert "jti-b-0123456789" in cache
-    cache.remember("jti-c-0123456789", iat=121, now=121)
-    cache.remember("jti-a-0123456789", iat=121, now=126)  # b purged on the way in
-    assert len(cache) == 2
-
-
-def test_replay_cache_refuses_when_full_and_never_evicts() -> None:
-    cache = ReplayCache(window_seconds=10, capacity=2)
-    cache.remember("jti-a-0123456789", iat=100, now=100)
-    cache.remember("jti-b-0123456789", iat=100, now=100)
-    with pytest.raises(RequestProofError) as caught:
-        cache.remember("jti-c-0123456789", iat=100, now=110)
-    assert caught.value.code == "proof-replay-cache-full"
-    assert caught.value.http_status == 503
-    assert "jti-c-0123456789" not in cache
-    with pytest.raises(RequestProofError) as replayed:
-        cache.remember("jti-a-0123456789", iat=100, now=110)
-    assert replayed.value.code == "proof-replayed"
-    cache.remember("jti-c-0123456789", iat=121, now=121)
-
-
-def test_full_cache_refuses_proofs_and_still_catches_replays() -> None:
-    cache = ReplayCache(capacity=1)
+def test_a_key_over_its_share_is_refused_and_replays_are_still_caught() -> None:
+    cache = ReplayCache(capacity=2, share=1)
     first = _proof()
     _verify(first, cache=cache)
-    _refused("proof-replay-cache-full", _proof(), cache=cache)
+    error = _refused("proof-rate-limited", _proof(), cache=cache)
+    assert error.http_status == 429
     _refused("proof-replayed", first, cache=cache)
     _verify(_proof(now=NOW + 300), now=NOW + 300, cache=cache)
+
+
+def test_another_key_keeps_its_share_when_one_key_exhausts_its_own() -> None:
+    cache = ReplayCache(capacity=2, share=1)
+    _verify(_proof(), cache=cache)
+    _refused("proof-rate-limited", _proof(), cache=cache)
+    other = KEYS["Ed25519"], CERTIFICATES["Ed25519"]
+    assert _verify(_proof(*other), cache=cache).key_hash == key_hash(other[0])
+
+
+def test_a_full_cache_refuses_the_youngest_key() -> None:
+    cache = ReplayCache(capacity=1, share=1)
+    _verify(_proof(), cache=cache)
+    error = _refused(
+        "proof-replay-cache-full", _proof(KEYS["P-384"], CERTIFICATES["P-384"]), cache=cache
+    )
+    assert error.http_status == 503
 
 
 def test_replay_cache_is_thread_safe() -> None:
@@ -513,11 +515,11 @@ def test_replay_cache_is_thread_safe() -> None:
         for round_ in range(50):
             jti = f"shared-jti-{round_:06d}"
             try:
-                cache.remember(jti, iat=NOW, now=NOW)
+                cache.remember("shared", jti, iat=NOW, now=NOW)
                 accepted.append(jti)
             except RequestProofError as error:
                 refused.append(error.code)
-            cache.remember(f"own-{index:02d}-{round_:06d}", iat=NOW, now=NOW)
+            cache.remember(f"own-{index:02d}", f"own-{index:02d}-{round_:06d}", iat=NOW, now=NOW)
 
     threads = [threading.Thread(target=attempt, args=(index,)) for index in range(8)]
     for thread in threads:
@@ -527,23 +529,7 @@ def test_replay_cache_is_thread_safe() -> None:
     assert sorted(accepted) == [f"shared-jti-{round_:06d}" for round_ in range(50)]
     assert refused == ["proof-replayed"] * (7 * 50)
     assert len(cache) == 50 + 8 * 50
-
-
-def test_replay_cache_arguments() -> None:
-    with pytest.raises(ValueError, match="positive"):
-        ReplayCache(window_seconds=0)
-    with pytest.raises(ValueError, match="positive"):
-        ReplayCache(capacity=0)
-    with pytest.raises(ValueError, match="window"):
-        verify_request_proof(
-            _proof(),
-            method="POST",
-            url=URL,
-            body=BODY,
-            audience=AUDIENCE,
-            now=NOW,
-            replay_cache=ReplayCache(window_seconds=60),
-        )
+    assert cache.tracked_identities() == 9
 
 
 # --- creating proofs ------------------------------------------------------------------------------
