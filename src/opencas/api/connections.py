@@ -134,9 +134,10 @@ class Listening:
 
     async def _handshake(self, connection: socket.socket, source: str) -> None:
         limits = self.limits
+        guarded = GuardedConnection(self, source)
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: GuardedConnection(self, source),
+                lambda: guarded,
                 connection,
                 ssl=self.context,
                 ssl_handshake_timeout=limits.tls_handshake_timeout,
@@ -144,7 +145,7 @@ class Listening:
             )
         except (OSError, asyncio.CancelledError):
             # A failed, timed-out or interrupted handshake; the loop closed the connection.
-            self.counter.release(source)
+            guarded.release()
 
 
 class GuardedConnection(asyncio.Protocol):
@@ -203,9 +204,13 @@ class GuardedConnection(asyncio.Protocol):
             if inner is not None:
                 inner.connection_lost(exc)
         finally:
-            if self._source is not None:
-                self._listening.counter.release(self._source)
-                self._source = None
+            self.release()
+
+    def release(self) -> None:
+        """Stop counting this connection; only the first call counts."""
+        if self._source is not None:
+            self._listening.counter.release(self._source)
+            self._source = None
 
 
 class _HeaderDeadline:
