@@ -136,3 +136,15 @@ def test_an_idle_keep_alive_connection_is_closed(guarded_cas: CasProcess) -> Non
     assert sock.recv(4096).startswith(b"HTTP/1.1 200")
     answered = time.monotonic()
     assert _closed_at(sock) - answered > KEEP_ALIVE - 0.1
+
+
+def test_stopping_does_not_wait_for_silent_connections(guarded_cas: CasProcess) -> None:
+    port = guarded_cas.api_port
+    silent = [_connect(port), _tls(port), _tls(port)]
+    silent[2].sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+    assert _answers(port, 1) == [200]
+    stopping = time.monotonic()
+    assert guarded_cas.stop() == 0
+    assert time.monotonic() - stopping < 8.0  # the graceful shutdown gives up after 10 s
+    for sock in silent:
+        sock.close()

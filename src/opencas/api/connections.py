@@ -39,6 +39,9 @@ from opencas.config.availability import ConnectionLimits
 log = logging.getLogger("opencas")
 ACCEPT_RETRY_SECONDS = 0.1
 """How long to wait before accepting again after ``accept`` failed (no file descriptor left)."""
+TLS_SHUTDOWN_SECONDS = 2.0
+"""How long a closing connection waits for the peer's TLS close_notify: a silent peer would
+otherwise keep its connection counted, and delay the server's stop, for the loop's 30 s."""
 IPV6_SOURCE_PREFIX = 64
 """IPv6 sources are counted by /64 network: one host usually holds a whole /64."""
 
@@ -141,7 +144,7 @@ class Listening:
                 connection,
                 ssl=self.context,
                 ssl_handshake_timeout=limits.tls_handshake_timeout,
-                ssl_shutdown_timeout=limits.tls_handshake_timeout,
+                ssl_shutdown_timeout=TLS_SHUTDOWN_SECONDS,
             )
         except (OSError, asyncio.CancelledError):
             # A failed, timed-out or interrupted handshake; the loop closed the connection.
