@@ -1,33 +1,63 @@
-"""Run real ``cas`` processes for tests: free ports, a private directory, health polling.
+"""CAS instances for tests: real ``cas`` processes, and the ASGI apps served in-process.
 
-Downstream projects and OpenCAS's own integration tests use :class:`CasProcess` to start a CAS
-exactly as an operator would (``cas -c FILE serve``), wait until it answers ``/healthz``, and stop
-it with a signal. :meth:`CasProcess.self_provision` starts it self-provisioned instead, from an
-owner config (:func:`write_owner_config`) and an owner identity (:func:`create_owner_identity`);
-:func:`start_self_provisioned_cas` does all of it and attests the CAS as its owner; the pytest
-plugin :mod:`opencas.testing_plugin` builds its ``opencas_cas`` fixture on it. Nothing here
-needs pytest, so benchmarks and other programs can use it with the package alone.
+Downstream projects and OpenCAS's own tests use :class:`CasProcess` to start a CAS exactly as an
+operator would (``cas -c FILE serve``), wait until it answers ``/healthz``, and stop it with a
+signal. :meth:`CasProcess.self_provision` starts it self-provisioned instead, from an owner config
+(:func:`write_owner_config`) and an owner identity (:func:`create_owner_identity`);
+:func:`start_self_provisioned_cas` does all of it and attests the CAS as its owner. The pytest
+plugin :mod:`opencas.testing_plugin` builds its ``opencas_cas`` fixture on that.
+:class:`InProcessServer` serves an ASGI app (``opencas.api.app``) to a :class:`CasClient` without
+a network. This module needs only OpenCAS itself (no pytest), so benchmarks and scripts use it too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import httpx
+from starlette.types import ASGIApp
 
+from opencas.api.app import create_client_api, create_enclave_api
 from opencas.attestation.report import CasExpectations, VerifiedCas
+from opencas.client.answers import Provisioned
 from opencas.client.cas_client import CasClient, new_nonce
+from opencas.client.channel import ProofAuth
+from opencas.client.enclave import EnclaveClient
 from opencas.client.identity import CERTIFICATE_FILE, ClientIdentity
-from opencas.config.owner import load_owner_config, owner_config_sha256
+from opencas.config.owner import OwnerConfig, load_owner_config, owner_config_sha256
+from opencas.errors import ClientError, ConflictError
+from opencas.service.cas import Cas
+from opencas.service.cas_records import read_provisioning_token
+
+__all__ = [
+    "DEVELOPMENT_OWNER_CONFIG",
+    "CasProcess",
+    "CasStartError",
+    "InProcessCas",
+    "InProcessServer",
+    "SelfProvisionedCas",
+    "attest_as_owner",
+    "cas_command",
+    "create_owner_identity",
+    "free_port",
+    "run_casctl",
+    "self_provision_args",
+    "start_self_provisioned_cas",
+    "write_config",
+    "write_owner_config",
+]
 
 STARTUP_TIMEOUT = 60.0
 POLL_INTERVAL = 0.05
@@ -180,14 +210,15 @@ class CasProcess:
     def wait_healthy(self, timeout: float = STARTUP_TIMEOUT) -> None:
         """Poll ``/healthz`` until it answers 200; raise :class:`CasStartError` otherwise."""
         deadline = time.monotonic() + timeout
-        with httpx.Client(verify=False, timeout=2.0) as client:  # noqa: S501 - liveness only
+        # Unpinned: liveness only, nothing the answer says is trusted.
+        with CasClient(self.url, timeout=2.0) as client:
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.poll() is not None:
                     raise CasStartError(
                         f"cas exited with {self.process.returncode} during start:\n{self.log()}"
                     )
-                with contextlib.suppress(httpx.TransportError):
-                    if client.get(f"{self.url}/healthz").status_code == 200:
+                with contextlib.suppress(ClientError):
+                    if client.health() == "ok":
                         return
                 time.sleep(POLL_INTERVAL)
         raise CasStartError(f"cas did not become healthy in {timeout} s:\n{self.log()}")
@@ -210,6 +241,21 @@ class CasProcess:
     def kill(self) -> None:
         """``kill -9`` the process."""
         self.stop(signal.SIGKILL)
+
+
+def run_casctl(
+    home: Path, args: Sequence[str], timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``casctl ARGS`` with ``CASCTL_HOME=home``."""
+    env = {**os.environ, "CASCTL_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "opencas.cli.casctl", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
 
 
 @dataclass
@@ -291,16 +337,159 @@ def start_self_provisioned_cas(
     return SelfProvisionedCas(process, owner, owner_directory, config_path, verified, client)
 
 
-def run_casctl(
-    home: Path, args: Sequence[str], timeout: float = 60.0
-) -> subprocess.CompletedProcess[str]:
-    """Run ``casctl ARGS`` with ``CASCTL_HOME=home``."""
-    env = {**os.environ, "CASCTL_HOME": str(home)}
-    return subprocess.run(
-        [sys.executable, "-m", "opencas.cli.casctl", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
+class InProcessServer:
+    """An ASGI app served in this process, for synchronous ``httpx`` clients such as CasClient.
+
+    :class:`~opencas.client.CasClient` is synchronous, ``httpx.ASGITransport`` is not: the server
+    runs the app on an event loop of its own, in a background thread, and each of its
+    :meth:`transport` objects hands requests to that loop and waits for the answer. Requests sent
+    from several threads at once are served concurrently, as ``cas serve`` serves them; an
+    exception in the app is answered with 500, as a server answers it. There is no TLS, so
+    :meth:`CasClient.attest` has no peer certificate to compare with the report. Use it as a
+    context manager, or call :meth:`close`, to stop the thread.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="opencas-in-process-server", daemon=True
+        )
+        self._thread.start()
+
+    def __enter__(self) -> InProcessServer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def transport(self) -> httpx.BaseTransport:
+        """A transport for one ``httpx.Client``; closing that client leaves the server running."""
+        return _InProcessTransport(self)
+
+    def serve(self, request: httpx.Request) -> httpx.Response:
+        """The app's complete answer to ``request``."""
+        if self._loop.is_closed():
+            raise RuntimeError("the in-process server is closed")
+        body = request.read()
+        answer = asyncio.run_coroutine_threadsafe(self._serve(request, body), self._loop)
+        status, headers, content = answer.result()
+        return httpx.Response(status, headers=headers, content=content, request=request)
+
+    async def _serve(
+        self, request: httpx.Request, body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        forwarded = httpx.Request(
+            request.method, request.url, headers=request.headers, content=body
+        )
+        response = await self._app.handle_async_request(forwarded)
+        return response.status_code, response.headers.raw, await response.aread()
+
+    def close(self) -> None:
+        """Stop the event loop and its thread (idempotent)."""
+        if self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+class _InProcessTransport(httpx.BaseTransport):
+    def __init__(self, server: InProcessServer) -> None:
+        self._server = server
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self._server.serve(request)
+
+
+#: Where the in-process listeners answer; request proofs are bound to these URLs.
+API_URL = "https://cas.test"
+ENCLAVE_URL = "https://enclave.cas.test"
+
+Listener = Literal["api", "enclave"]
+
+
+class InProcessCas:
+    """The two APIs of an open :class:`~opencas.service.cas.Cas` served in this process, with
+    clients that attested it.
+
+    Tests drive the CAS through the real :class:`CasClient` (:meth:`client`) and
+    :class:`EnclaveClient` (:meth:`enclave_client`); what the SDK never sends (raw, malformed or
+    forged requests) goes through :meth:`send`. Close it to close the clients and stop serving;
+    closing the ``Cas`` stays the caller's.
+    """
+
+    def __init__(self, cas: Cas) -> None:
+        self.cas = cas
+        self._servers = {
+            "api": InProcessServer(create_client_api(cas)),
+            "enclave": InProcessServer(create_enclave_api(cas)),
+        }
+        self._raw: dict[Listener, httpx.Client] = {}
+        self._closing: list[CasClient | EnclaveClient] = []
+        with CasClient(API_URL, transport=self._servers["api"].transport()) as unpinned:
+            #: What attesting the CAS verified (debug mode, not provisioned yet is accepted).
+            self.verified: VerifiedCas = unpinned.attest(
+                CasExpectations(nonce=new_nonce(), allow_debug=True, allow_unprovisioned=True)
+            )
+
+    def client(self, identity: ClientIdentity | None = None) -> CasClient:
+        """A client pinned to this CAS, signing as ``identity`` (anonymous without one)."""
+        client = CasClient.pinned_to(
+            API_URL, self.verified, identity, transport=self._servers["api"].transport()
+        )
+        self._closing.append(client)
+        return client
+
+    def enclave_client(self) -> EnclaveClient:
+        """A client of the enclave API, trusting this CAS's CA certificate."""
+        client = EnclaveClient(
+            ENCLAVE_URL,
+            self.verified.ca_certificate_pem,
+            transport=self._servers["enclave"].transport(),
+        )
+        self._closing.append(client)
+        return client
+
+    def provision(self, owner: ClientIdentity, config: OwnerConfig | None = None) -> Provisioned:
+        """Make ``owner`` the owner, through the client API with the CAS's provisioning token."""
+        token = read_provisioning_token(self.cas.store)
+        if token is None:
+            raise ConflictError("the CAS is provisioned already", code="already-provisioned")
+        return self.client(owner).provision(token, config or OwnerConfig())
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        listener: Listener = "api",
+        signer: ClientIdentity | None = None,
+        audience: str | None = None,
+        **request: Any,
+    ) -> httpx.Response:
+        """Send a request as written, and return the answer whatever its status.
+
+        ``signer`` adds a request proof for ``audience`` (default: this CAS's key hash);
+        ``request`` goes to ``httpx.Client.request`` (``json``, ``params``, ``headers``, ...).
+        """
+        auth = ProofAuth(signer, audience or self.cas.identity.cas_key_hash) if signer else None
+        if listener not in self._raw:
+            self._raw[listener] = httpx.Client(
+                base_url=API_URL if listener == "api" else ENCLAVE_URL,
+                transport=self._servers[listener].transport(),
+            )
+        return self._raw[listener].request(method, path, auth=auth, **request)
+
+    def close(self) -> None:
+        """Close every client handed out, then stop serving."""
+        for client in [*self._closing, *self._raw.values()]:
+            client.close()
+        for server in self._servers.values():
+            server.close()
+
+    def __enter__(self) -> InProcessCas:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

@@ -3,14 +3,15 @@
 Installing OpenCAS registers this plugin with pytest (entry point ``opencas``). Its fixture
 ``opencas_cas`` starts a real ``cas`` process on free ports in a temporary directory,
 self-provisioned with a fresh owner identity and a small owner config, attests it, and yields a
-:class:`SelfProvisionedCas`::
+:class:`~opencas.testing.SelfProvisionedCas`::
+
+    from opencas.testing import SelfProvisionedCas
 
     def test_something(opencas_cas: SelfProvisionedCas) -> None:
         assert opencas_cas.client.whoami() == opencas_cas.owner.key_hash
 
 The CAS runs on the simulated platform, in debug mode: for tests only. It is stopped when the
-test ends. Programs that are not tests start the same CAS with
-:func:`opencas.testing.start_self_provisioned_cas`.
+test ends. Without pytest, :func:`opencas.testing.start_self_provisioned_cas` does the same.
 """
 
 from __future__ import annotations
@@ -19,14 +20,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from opencas.testing import SelfProvisionedCas, attest_as_owner, start_self_provisioned_cas
+from opencas.testing import SelfProvisionedCas, start_self_provisioned_cas
 
-__all__ = [
-    "SelfProvisionedCas",
-    "attest_as_owner",
-    "opencas_cas",
-    "start_self_provisioned_cas",
-]
+__all__ = ["opencas_cas"]
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from opencas.testing import run_casctl
-from opencas.testing_plugin import SelfProvisionedCas
+from opencas.testing import SelfProvisionedCas, run_casctl
 
 PROGRAM = """\
 import hashlib, os, sys

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from opencas.testing_plugin import attest_as_owner, start_self_provisioned_cas
+from opencas.testing import attest_as_owner, start_self_provisioned_cas
 
 SESSION = """\
 name: durable

@@ -8,8 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from opencas.testing import run_casctl
-from opencas.testing_plugin import SelfProvisionedCas
+from opencas.testing import SelfProvisionedCas, run_casctl
 
 EXAMPLE = Path(__file__).parent.parent.parent / "examples" / "hello"
 

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from opencas.client import ApiError
-from opencas.testing import run_casctl
-from opencas.testing_plugin import SelfProvisionedCas
+from opencas.testing import SelfProvisionedCas, run_casctl
 
 SAMPLES = Path(__file__).parent.parent / "data" / "sessions"
 # Exporters before importers: an import is checked against its exporter at upload.
@@ -66,6 +65,7 @@ def created_hash(result: subprocess.CompletedProcess[str]) -> str:
 
 def test_sample_sessions_round_trip(author: Casctl, tmp_path: Path) -> None:
     assert sorted(ORDER) == sorted(p.name for p in SAMPLES.glob("*.yaml"))
+    hashes = {}
     for name in ORDER:
         path = SAMPLES / name
         offline = author("session", "hash", str(path))
@@ -73,12 +73,15 @@ def test_sample_sessions_round_trip(author: Casctl, tmp_path: Path) -> None:
         assert author("session", "check", str(path)).returncode == 0
         server_hash = created_hash(author("session", "create", str(path)))
         assert server_hash == offline.stdout.strip(), name
+        hashes[name] = server_hash
         verify = author("session", "verify", str(path))
         assert verify.returncode == 0, (name, verify.stderr)
     # Read back and verify what was read: the stored policy is the uploaded one.
     read_back = tmp_path / "tls.yaml"
     assert author("session", "read", "tls-service", "-o", str(read_back)).returncode == 0
-    assert read_back.read_text() == (SAMPLES / "tls-service.yaml").read_text()
+    assert read_back.read_text() == (
+        f"# hash: {hashes['tls-service.yaml']}\n" + (SAMPLES / "tls-service.yaml").read_text()
+    )
     assert author("session", "verify", str(read_back)).returncode == 0
     listing = json.loads(author("session", "read", "team/worker", "--json").stdout)
     assert listing["name"] == "team/worker"
@@ -94,6 +97,45 @@ def test_owner_has_no_special_access(author: Casctl, opencas_cas: SelfProvisione
     with pytest.raises(ApiError) as refused:
         owner.read_session("simulated-dev")
     assert refused.value.status == 403
+
+
+def test_read_output_goes_back_as_an_update_of_that_version(author: Casctl, tmp_path: Path) -> None:
+    path = tmp_path / "app.yaml"
+    shutil.copy(SAMPLES / "simulated.yaml", path)
+    first = created_hash(author("session", "create", str(path)))
+    shown = author("session", "read", "simulated-dev")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == f"# hash: {first}\n" + path.read_text()
+    # -o writes the same text; with --json, the whole answer, to stdout or to the file.
+    edited = tmp_path / "edited.yaml"
+    assert author("session", "read", "simulated-dev", "-o", str(edited)).returncode == 0
+    assert edited.read_text() == shown.stdout
+    answer = tmp_path / "answer.json"
+    assert author("session", "read", "simulated-dev", "--json", "-o", str(answer)).returncode == 0
+    stdout_answer = author("session", "read", "simulated-dev", "--json").stdout
+    assert answer.read_text() == stdout_answer
+    assert json.loads(stdout_answer)["hash"] == first
+    assert json.loads(stdout_answer)["session"] == path.read_text()
+
+    # Edit what was read and send it back: it replaces the version it was read from.
+    edited.write_text(edited.read_text().replace("hello from the CAS", "hello again"))
+    second = created_hash(author("session", "update", str(edited)))
+    assert second != first
+    again = author("session", "read", "simulated-dev").stdout
+    assert again.startswith(f"# hash: {second}\n")
+    assert again.count("# hash:") == 1  # the comment is shown, never stored
+    assert f'predecessor: "{first}"' in again
+    # Read back again, the text names its own predecessor; the update replaces that version.
+    edited.write_text(again.replace("hello again", "hello a third time"))
+    third = created_hash(author("session", "update", str(edited)))
+    assert author("session", "read", "simulated-dev").stdout.startswith(f"# hash: {third}\n")
+    # A read-back of a version that was replaced since is refused, naming the current hash.
+    lost = tmp_path / "lost.yaml"
+    lost.write_text(again.replace("hello again", "a lost update"))
+    refused = author("session", "update", str(lost))
+    assert refused.returncode == 1
+    assert third in refused.stderr
+    assert "a lost update" not in author("session", "read", "simulated-dev").stdout
 
 
 def test_update_fills_predecessor_and_refuses_stale(author: Casctl, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 from opencas.client import ApiError, CasClient
 from opencas.client.identity import ClientIdentity
 from opencas.config.owner import load_owner_config, owner_config_sha256
-from opencas.testing_plugin import SelfProvisionedCas, start_self_provisioned_cas
+from opencas.testing import SelfProvisionedCas, start_self_provisioned_cas
 
 SECRET = "0123456789abcdef0123456789abcdef"
 

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from opencas.attestation.simulated import create_simulated_evidence
 from opencas.attestation.workload_binding import ConfigId, workload_report_data
 from opencas.crypto.hpke_seal import open_workload_config
-from opencas.testing_plugin import SelfProvisionedCas
+from opencas.testing import SelfProvisionedCas
 
 MEASUREMENT = "5a" * 32
 SESSION = f"""\

@@ -73,6 +73,40 @@ def with_predecessor(text: str, predecessor: str) -> str:
     return line + text
 
 
+# `session read` starts its output with this line, so the text stays YAML that names its version.
+_READ_BACK = re.compile(r"# hash: ([0-9a-f]{64})[ \t]*\r?\n")
+
+
+def with_hash_comment(text: str, session_hash: str) -> str:
+    """``text`` as ``session read`` shows it: a leading ``# hash: HASH`` line, then the text."""
+    return f"# hash: {session_hash}\n{text}"
+
+
+def split_hash_comment(text: str) -> tuple[str | None, str]:
+    """The hash a leading ``# hash: HASH`` line names (None without one), and the text after."""
+    match = _READ_BACK.match(text)
+    if match is None:
+        return None, text
+    return match.group(1), text[match.end() :]
+
+
+def replacing(text: str, session: Session, predecessor: str, path: Path) -> str:
+    """``text`` with its ``predecessor`` set to ``predecessor`` (added, or its line replaced)."""
+    if session.predecessor is None:
+        return with_predecessor(text, predecessor)
+    if session.predecessor == predecessor:
+        return text
+    replaced, count = re.subn(
+        r"^predecessor:[^\n]*$", f'predecessor: "{predecessor}"', text, flags=re.MULTILINE
+    )
+    if count != 1 or _parse(replaced, path).predecessor != predecessor:
+        raise ClientError(
+            f"{path}: cannot set its predecessor to {predecessor}: write it into the file's "
+            "`predecessor` line yourself"
+        )
+    return replaced
+
+
 def _remote_options(command: F) -> F:
     command = identity_option(command)
     return click.option("--cas", "cas_name", help="Attested CAS (default: the default CAS).")(
@@ -163,7 +197,7 @@ def create(
     identity_path: Path | None,
 ) -> None:
     """Create the session in FILE; you become its creator."""
-    text = session_text(file, assignments, use_env)
+    _, text = split_hash_comment(session_text(file, assignments, use_env))
     _parse(text, file)
     with pinned_client(cas_name, identity_from(identity_path)) as client:
         created = client.create_session(text, _signatures(signature_paths))
@@ -186,13 +220,17 @@ def update(
 ) -> None:
     """Update the session in FILE.
 
-    Without a `predecessor` in FILE, the current hash is fetched and filled in; a
-    `predecessor` written in FILE is sent as written, so a stale one is refused.
+    FILE as `session read` wrote it (a leading `# hash: HASH` line) replaces that version: its
+    predecessor becomes HASH, so the update is refused if the session changed since. Otherwise,
+    without a `predecessor` in FILE, the current hash is fetched and filled in; a `predecessor`
+    written in FILE is sent as written, so a stale one is refused.
     """
-    text = session_text(file, assignments, use_env)
+    read_from, text = split_hash_comment(session_text(file, assignments, use_env))
     session = _parse(text, file)
     with pinned_client(cas_name, identity_from(identity_path)) as client:
-        if session.predecessor is None:
+        if read_from is not None:
+            text = replacing(text, session, read_from, file)
+        elif session.predecessor is None:
             text = with_predecessor(text, client.read_session(session.name).hash)
         updated = client.update_session(session.name, text, _signatures(signature_paths))
     click.echo(f"updated session {updated.name}: hash {updated.hash}")
@@ -211,16 +249,21 @@ def read(
     cas_name: str | None,
     identity_path: Path | None,
 ) -> None:
-    """Print (or write to a file) the session NAME as stored."""
+    """Print (or write to a file) the session NAME as stored, after a `# hash: HASH` line.
+
+    The output is YAML that `session update` takes back, as an update of that version.
+    """
     with pinned_client(cas_name, identity_from(identity_path)) as client:
         stored = client.read_session(name)
     if as_json:
-        click.echo(json.dumps(stored.to_json(), indent=2))
-    elif output is not None:
-        output.write_text(stored.text, encoding="utf-8")
-        click.echo(f"wrote session {name} (hash {stored.hash}) to {output}", err=True)
+        shown = json.dumps(stored.to_json(), indent=2) + "\n"
     else:
-        sys.stdout.write(stored.text)
+        shown = with_hash_comment(stored.text, stored.hash)
+    if output is None:
+        sys.stdout.write(shown)
+        return
+    output.write_text(shown, encoding="utf-8")
+    click.echo(f"wrote session {name} (hash {stored.hash}) to {output}", err=True)
 
 
 @session_group.command("verify")

@@ -18,6 +18,8 @@ import httpx
 
 from opencas.attestation.report import CasExpectations, VerifiedCas, verify_cas_attestation
 from opencas.client.answers import (
+    HEALTH_PATH,
+    Health,
     OwnerConfigUpdated,
     OwnerConfigView,
     Provisioned,
@@ -137,6 +139,10 @@ class CasClient:
             _peer_certificate(response),
             at=datetime.now(UTC),
         )
+
+    def health(self) -> str:
+        """The status the CAS reports for itself: ``ok`` while it serves requests."""
+        return self._channel.call(Health, "GET", HEALTH_PATH).status
 
     def version(self) -> VersionInfo:
         """The CAS's software and API version, and the port of its enclave API."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -16,6 +14,7 @@ from opencas.crypto.keys import key_hash
 from opencas.crypto.request_proof import ReplayCache, create_request_proof
 from opencas.crypto.x509 import certificate_key_hash, create_identity_certificate
 from opencas.policy.caller import ANONYMOUS, Caller
+from opencas.testing import InProcessServer
 
 AUDIENCE = "ca" * 32
 URL = "https://cas.test/v1/echo"
@@ -36,13 +35,9 @@ def _post(body: bytes, authorization: str | None = None) -> httpx.Response:
     app = ProofMiddleware(echo, AUDIENCE, ReplayCache())
     headers = {} if authorization is None else {"authorization": authorization}
 
-    async def send() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport) as client:
-            return await client.post(URL, content=body, headers=headers)
-
     seen.clear()
-    return asyncio.run(send())
+    with InProcessServer(app) as server, httpx.Client(transport=server.transport()) as client:
+        return client.post(URL, content=body, headers=headers)
 
 
 def _proof(body: bytes, *, with_certificate: bool) -> str:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,32 +10,22 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from starlette.types import ASGIApp
 
-from opencas.api.app import create_client_api
 from opencas.api.errors import install_error_handlers
-from opencas.client.channel import ProofAuth
 from opencas.client.identity import ClientIdentity
-from opencas.config.availability import load_availability_config
-from opencas.config.owner import parse_owner_config
-from opencas.config.owner_identity import owner_identity_of
 from opencas.errors import AttestationRefused, ConfigError, RateLimitedError
-from opencas.service.cas import Cas, open_cas
-from opencas.service.provisioning import provision
 from opencas.sources.problems import Problem
-from opencas.testing import write_config
+from opencas.testing import InProcessCas, InProcessServer
 
 OWNER = ClientIdentity.generate()
 BAD_OWNER_CONFIG = {"dcap": {"pccs_url": "http://pccs.example"}, "colour": "red"}
 
 
-def call(
-    app: ASGIApp, method: str, path: str, body: Any = None, auth: httpx.Auth | None = None
-) -> httpx.Response:
-    async def send() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="https://cas.test") as client:
-            return await client.request(method, path, json=body, auth=auth)
-
-    return asyncio.run(send())
+def call(app: ASGIApp, method: str, path: str, body: Any = None) -> httpx.Response:
+    with (
+        InProcessServer(app) as server,
+        httpx.Client(transport=server.transport(), base_url="https://cas.test") as client,
+    ):
+        return client.request(method, path, json=body)
 
 
 class _Body(BaseModel):
@@ -118,15 +105,6 @@ def test_request_validation_lists_its_problems_in_the_same_shape(app: FastAPI) -
     assert set(body["problems"][0]) == {"path", "key", "line", "column", "message"}
 
 
-@pytest.fixture
-def cas(tmp_path: Path) -> Iterator[Cas]:
-    opened = open_cas(load_availability_config(write_config(tmp_path, 18081, 18766)))
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
 def _assert_invalid_owner_config(response: httpx.Response) -> None:
     assert response.status_code == 400
     body = response.json()
@@ -138,28 +116,22 @@ def _assert_invalid_owner_config(response: httpx.Response) -> None:
     assert "http://pccs.example" not in response.text
 
 
-def test_provisioning_with_an_invalid_owner_config_lists_its_problems(cas: Cas) -> None:
-    response = call(
-        create_client_api(cas),
+def test_provisioning_with_an_invalid_owner_config_lists_its_problems(api: InProcessCas) -> None:
+    response = api.send(
         "POST",
         "/v1/provision",
-        {"token": "t", "owner_config": BAD_OWNER_CONFIG},
-        ProofAuth(OWNER, cas.identity.cas_key_hash),
+        signer=OWNER,
+        json={"token": "t", "owner_config": BAD_OWNER_CONFIG},
     )
 
     _assert_invalid_owner_config(response)
 
 
-def test_an_invalid_owner_config_update_lists_its_problems(cas: Cas) -> None:
-    config = parse_owner_config("", "owner.toml", "toml").config
-    provision(cas, owner_identity_of(OWNER.certificate), config, self_provisioned=True)
+def test_an_invalid_owner_config_update_lists_its_problems(api: InProcessCas) -> None:
+    api.provision(OWNER)
 
-    response = call(
-        create_client_api(cas),
-        "PUT",
-        "/v1/owner/config",
-        {"owner_config": BAD_OWNER_CONFIG},
-        ProofAuth(OWNER, cas.identity.cas_key_hash),
+    response = api.send(
+        "PUT", "/v1/owner/config", signer=OWNER, json={"owner_config": BAD_OWNER_CONFIG}
     )
 
     _assert_invalid_owner_config(response)

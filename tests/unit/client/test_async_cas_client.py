@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,18 +13,7 @@ from opencas.api.app import create_client_api
 from opencas.attestation.report import CasExpectations, verify_cas_attestation
 from opencas.client.cas_client import AsyncCasClient, new_nonce
 from opencas.client.channel import ApiError, CasUnreachable, MalformedAnswer
-from opencas.config.availability import load_availability_config
-from opencas.service.cas import Cas, open_cas
-from opencas.testing import write_config
-
-
-@pytest.fixture
-def cas(tmp_path: Path) -> Iterator[Cas]:
-    opened = open_cas(load_availability_config(write_config(tmp_path, 18081, 18766)))
-    try:
-        yield opened
-    finally:
-        opened.close()
+from opencas.service.cas import Cas
 
 
 def in_process(cas: Cas) -> AsyncCasClient:

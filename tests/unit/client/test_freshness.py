@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -10,17 +11,13 @@ from opencas.attestation.report import AUDIT_GENESIS_HEAD, CasReport
 from opencas.client.freshness import FreshnessError, check_freshness
 from opencas.client.state import PinnedCas
 
-PINNED = PinnedCas(
-    url="https://cas.test:8081",
-    cas_key_hash="aa" * 32,
-    ca_certificate_pem="(pinned)",
-    instance_id="instance-1",
-    audit_seq=5,
-    software_measurement="cc" * 32,
-    platform="simulated",
-    mode="debug",
-    attested_at="2026-11-29T00:00:00Z",
-)
+Pin = Callable[..., PinnedCas]
+
+
+@pytest.fixture
+def pinned(pinned_cas: Pin) -> PinnedCas:
+    """The CAS as pinned before: instance-1, audit sequence 5."""
+    return pinned_cas(audit_seq=5, enclave_port=None)
 
 
 def report(**changes: Any) -> CasReport:
@@ -47,20 +44,24 @@ def report(**changes: Any) -> CasReport:
     return CasReport.model_validate(fields)
 
 
-def test_same_instance_is_fresh() -> None:
-    check_freshness(PINNED, report(), accept_new_instance=False)
+def test_same_instance_is_fresh(pinned: PinnedCas) -> None:
+    check_freshness(pinned, report(), accept_new_instance=False)
     check_freshness(None, report(instance_id="other"), accept_new_instance=False)
 
 
 @pytest.mark.parametrize("change", [{"instance_id": "instance-2"}, {"cas_key_hash": "dd" * 32}])
-def test_replaced_instance_is_refused_unless_accepted(change: dict[str, Any]) -> None:
+def test_replaced_instance_is_refused_unless_accepted(
+    pinned: PinnedCas, change: dict[str, Any]
+) -> None:
     with pytest.raises(FreshnessError, match="not the one you attested before"):
-        check_freshness(PINNED, report(**change), accept_new_instance=False)
-    check_freshness(PINNED, report(**change), accept_new_instance=True)
+        check_freshness(pinned, report(**change), accept_new_instance=False)
+    check_freshness(pinned, report(**change), accept_new_instance=True)
 
 
-def test_state_that_went_back_is_refused_even_when_new_instances_are_accepted() -> None:
+def test_state_that_went_back_is_refused_even_when_new_instances_are_accepted(
+    pinned: PinnedCas,
+) -> None:
     went_back = report(audit={"seq": 4, "head": "11" * 32})
     for accept in (False, True):
         with pytest.raises(FreshnessError, match="went back"):
-            check_freshness(PINNED, went_back, accept_new_instance=accept)
+            check_freshness(pinned, went_back, accept_new_instance=accept)

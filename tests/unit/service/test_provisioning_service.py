@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from opencas.config.availability import load_availability_config
 from opencas.config.owner import parse_owner_config
 from opencas.config.owner_identity import OwnerIdentity
 from opencas.crypto.keys import key_hash
@@ -18,7 +15,7 @@ from opencas.crypto.pem import certificate_pem
 from opencas.crypto.x509 import create_identity_certificate
 from opencas.errors import AuthenticationRequired, CasError, ConflictError, ForbiddenError
 from opencas.policy.caller import Caller
-from opencas.service.cas import Cas, open_cas
+from opencas.service.cas import Cas
 from opencas.service.cas_records import read_owner, read_provisioning_token
 from opencas.service.provisioning import (
     provision,
@@ -27,7 +24,6 @@ from opencas.service.provisioning import (
     update_owner_config,
 )
 from opencas.service.token_guard import TokenGuard
-from opencas.testing import write_config
 
 CONFIG = parse_owner_config(
     '[api_identity]\ncommon_name = "cas.test"\n[dcap]\nsubscription_key = "s3cr3t-key"\n',
@@ -36,15 +32,6 @@ CONFIG = parse_owner_config(
 ).config
 OWNER = OwnerIdentity("a1" * 32, None)
 OWNER_CALLER = Caller(OWNER.key_hash)
-
-
-@pytest.fixture
-def cas(tmp_path: Path) -> Iterator[Cas]:
-    opened = open_cas(load_availability_config(write_config(tmp_path, 18081, 18766)))
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def test_provision_records_everything_and_consumes_the_token(cas: Cas) -> None:

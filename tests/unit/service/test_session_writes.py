@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from opencas.config.availability import load_availability_config
 from opencas.errors import ConflictError
 from opencas.policy.caller import Caller
 from opencas.service import sessions
-from opencas.service.cas import Cas, open_cas
-from opencas.testing import write_config
+from opencas.service.cas import Cas
 
 AUTHOR = Caller("a1" * 32)
 
 
 def text(name: str) -> str:
     return f'name: {name}\nversion: "0.3"\nsecrets:\n  - name: s\n    kind: ascii\n'
-
-
-@pytest.fixture
-def cas(tmp_path: Path) -> Iterator[Cas]:
-    opened = open_cas(load_availability_config(write_config(tmp_path, 18081, 18766)))
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def test_other_writes_proceed_while_secrets_are_generated(

@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from opencas.api.app import create_enclave_api
 from opencas.attestation.simulated import create_simulated_evidence
 from opencas.attestation.workload_binding import ConfigId, workload_report_data
-from opencas.config.availability import load_availability_config
+from opencas.client import ApiError
+from opencas.client.enclave import SealedConfig
 from opencas.crypto.hpke_seal import open_workload_config
+from opencas.errors import AttestationRefused
 from opencas.policy.caller import Caller
-from opencas.service.cas import Cas, open_cas
 from opencas.service.sessions import create_session, load_secret_values, update_session
 from opencas.service.workloads import NonceStore
-from opencas.testing import write_config
+from opencas.testing import InProcessCas
 
 AUTHOR = Caller("a1" * 32)
 GOOD = "11" * 32
@@ -73,23 +69,11 @@ def session_text(greeting: str = "hi", measurement: str = GOOD, security: str = 
     return SESSION.format(greeting=greeting, measurement=measurement, security=security)
 
 
-@pytest.fixture
-def cas(tmp_path: Path) -> Iterator[Cas]:
-    opened = open_cas(load_availability_config(write_config(tmp_path, 18081, 18766)))
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
-HELLO_APP = ConfigId("hello", "app")
-
-
 class Workload:
-    """A simulated workload talking to the enclave API in this process."""
+    """A simulated workload with its own key, attesting through the real enclave client."""
 
-    def __init__(self, cas: Cas, measurement: str = GOOD) -> None:
-        self.app = create_enclave_api(cas)
+    def __init__(self, api: InProcessCas, measurement: str = GOOD) -> None:
+        self.client = api.enclave_client()
         self.key = ec.generate_private_key(ec.SECP256R1())
         self.public_key = base64.b64encode(
             self.key.public_key().public_bytes(
@@ -98,50 +82,39 @@ class Workload:
         ).decode()
         self.measurement = measurement
 
-    def post(self, path: str, body: Any = None) -> httpx.Response:
-        async def send() -> httpx.Response:
-            transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="https://cas.test") as c:
-                return await c.post(path, json=body)
-
-        return asyncio.run(send())
-
-    def nonce(self) -> str:
-        nonce: str = self.post("/v1/enclave/nonce").json()["nonce"]
-        return nonce
-
     def attest(
         self,
         config_id: str = "hello/app",
         nonce: str | None = None,
         bound_config_id: str | None = None,
         bound_key: str | None = None,
-    ) -> tuple[httpx.Response, str]:
-        nonce = nonce or self.nonce()
+    ) -> tuple[SealedConfig, str]:
+        """The CAS's sealed answer and the nonce; evidence may bind another id or key."""
+        nonce = nonce or self.client.nonce()
         report_data = workload_report_data(
             ConfigId.parse(bound_config_id or config_id), nonce, bound_key or self.public_key
         )
         evidence = create_simulated_evidence(PLATFORM_KEY, self.measurement, report_data)
-        body = {
-            "config_id": config_id,
-            "nonce": nonce,
-            "public_key": self.public_key,
-            "evidence": evidence.to_json(),
-        }
-        return self.post("/v1/enclave/attest", body), nonce
+        answer = self.client.attest(ConfigId.parse(config_id), nonce, self.public_key, evidence)
+        return answer, nonce
 
-    def config(self, response: httpx.Response, nonce: str, config_id: str = "hello/app") -> Any:
-        assert response.status_code == 200, response.text
-        plaintext = open_workload_config(self.key, response.json()["sealed"], config_id, nonce)
+    def refused(self, **attest: Any) -> AttestationRefused:
+        """The refusal of an attestation that must be refused."""
+        with pytest.raises(AttestationRefused) as refusal:
+            self.attest(**attest)
+        return refusal.value
+
+    def config(self, answer: SealedConfig, nonce: str, config_id: str = "hello/app") -> Any:
+        plaintext = open_workload_config(self.key, answer.sealed, config_id, nonce)
         return json.loads(plaintext)
 
 
-def test_right_program_gets_its_config(cas: Cas) -> None:
-    create_session(cas, session_text(), AUTHOR)
-    workload = Workload(cas)
-    response, nonce = workload.attest()
-    config = workload.config(response, nonce)
-    token = load_secret_values(cas.store, "hello")["token"].data.decode()
+def test_right_program_gets_its_config(api: InProcessCas) -> None:
+    create_session(api.cas, session_text(), AUTHOR)
+    workload = Workload(api)
+    answer, nonce = workload.attest()
+    config = workload.config(answer, nonce)
+    token = load_secret_values(api.cas.store, "hello")["token"].data.decode()
     assert config["command"] == ["python3", "/app/hello.py", "--token", token]
     assert config["environment"] == {"GREETING": "hi", "TOKEN_HEX": token.encode().hex()}
     files = {f["path"]: f for f in config["injection_files"]}
@@ -150,42 +123,36 @@ def test_right_program_gets_its_config(cas: Cas) -> None:
     }
     assert files["/etc/app/config.json"]["permission"] == "0640"
     assert b"BEGIN CERTIFICATE" in base64.b64decode(files["/etc/app/server.crt"]["content"])
-    assert token not in response.text  # sealed: nothing readable travels
+    assert token not in answer.kem + answer.sealed  # sealed: nothing readable travels
 
 
-def test_per_workload_certificate_chains_to_the_session_ca(cas: Cas) -> None:
-    create_session(cas, session_text(), AUTHOR)
-    workload = Workload(cas)
-    response, nonce = workload.attest()
-    issued = workload.config(response, nonce)["certificates"]["server"]
+def test_per_workload_certificate_chains_to_the_session_ca(api: InProcessCas) -> None:
+    create_session(api.cas, session_text(), AUTHOR)
+    workload = Workload(api)
+    answer, nonce = workload.attest()
+    issued = workload.config(answer, nonce)["certificates"]["server"]
     certificate = x509.load_pem_x509_certificate(issued["certificate"].encode())
-    ca = load_secret_values(cas.store, "hello")["ca"].certificate()
+    ca = load_secret_values(api.cas.store, "hello")["ca"].certificate()
     certificate.verify_directly_issued_by(ca)
     assert certificate.public_key() == workload.key.public_key()
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == ["hello.example"]
 
 
-def test_changed_program_is_refused_with_the_measurement_message(cas: Cas) -> None:
-    create_session(cas, session_text(), AUTHOR)
-    response, _ = Workload(cas, measurement="22" * 32).attest()
-    assert response.status_code == 403
-    body = response.json()
-    assert body["check"] == "measurement"
-    assert "is not allowed for service `app`" in body["message"]
-    assert GOOD not in body["message"]
+def test_changed_program_is_refused_with_the_measurement_message(api: InProcessCas) -> None:
+    create_session(api.cas, session_text(), AUTHOR)
+    refused = Workload(api, measurement="22" * 32).refused()
+    assert refused.check == "measurement"
+    assert "is not allowed for service `app`" in refused.message
+    assert GOOD not in refused.message
 
 
-def test_nonce_reuse_and_unknown_nonce_are_refused(cas: Cas) -> None:
-    create_session(cas, session_text(), AUTHOR)
-    workload = Workload(cas)
-    first, nonce = workload.attest()
-    assert first.status_code == 200
-    again, _ = workload.attest(nonce=nonce)
-    assert again.status_code == 403
-    assert again.json()["check"] == "nonce"
-    made_up, _ = workload.attest(nonce="00" * 32)
-    assert made_up.json()["check"] == "nonce"
+def test_nonce_reuse_and_unknown_nonce_are_refused(api: InProcessCas) -> None:
+    create_session(api.cas, session_text(), AUTHOR)
+    workload = Workload(api)
+    _, nonce = workload.attest()
+    assert workload.refused(nonce=nonce).check == "nonce"
+    assert workload.refused(nonce="00" * 32).check == "nonce"
 
 
 def test_expired_nonce_is_refused() -> None:
@@ -197,33 +164,29 @@ def test_expired_nonce_is_refused() -> None:
         store.consume(nonce)
 
 
-def test_evidence_binding_another_key_or_config_id_is_refused(cas: Cas) -> None:
-    create_session(cas, session_text(), AUTHOR)
-    workload = Workload(cas)
-    other_key = Workload(cas).public_key
-    wrong_key, _ = workload.attest(bound_key=other_key)
-    assert wrong_key.status_code == 403
-    assert wrong_key.json()["check"] == "binding"
-    wrong_id, _ = workload.attest(bound_config_id="hello/other")
-    assert wrong_id.json()["check"] == "binding"
+def test_evidence_binding_another_key_or_config_id_is_refused(api: InProcessCas) -> None:
+    create_session(api.cas, session_text(), AUTHOR)
+    workload = Workload(api)
+    other_key = Workload(api).public_key
+    assert workload.refused(bound_key=other_key).check == "binding"
+    assert workload.refused(bound_config_id="hello/other").check == "binding"
 
 
-def test_response_cannot_be_opened_with_another_key(cas: Cas) -> None:
-    create_session(cas, session_text(), AUTHOR)
-    workload = Workload(cas)
-    response, nonce = workload.attest()
+def test_response_cannot_be_opened_with_another_key(api: InProcessCas) -> None:
+    create_session(api.cas, session_text(), AUTHOR)
+    answer, nonce = Workload(api).attest()
     thief = ec.generate_private_key(ec.SECP256R1())
     with pytest.raises(ValueError, match="does not open"):
-        open_workload_config(thief, response.json()["sealed"], "hello/app", nonce)
+        open_workload_config(thief, answer.sealed, "hello/app", nonce)
 
 
-def test_session_update_takes_effect_for_the_next_attestation(cas: Cas) -> None:
-    record = create_session(cas, session_text(), AUTHOR)
-    workload = Workload(cas)
+def test_session_update_takes_effect_for_the_next_attestation(api: InProcessCas) -> None:
+    record = create_session(api.cas, session_text(), AUTHOR)
+    workload = Workload(api)
     first, nonce = workload.attest()
     assert workload.config(first, nonce)["environment"]["GREETING"] == "hi"
     update_session(
-        cas,
+        api.cas,
         "hello",
         f'predecessor: "{record.hash}"\n' + session_text(greeting="hello again"),
         AUTHOR,
@@ -232,18 +195,17 @@ def test_session_update_takes_effect_for_the_next_attestation(cas: Cas) -> None:
     assert workload.config(second, nonce)["environment"]["GREETING"] == "hello again"
 
 
-def test_simulated_evidence_needs_the_session_to_tolerate_it(cas: Cas) -> None:
-    create_session(cas, session_text(security=""), AUTHOR)
-    response, _ = Workload(cas).attest()
-    assert response.status_code == 403
-    assert response.json()["check"] == "simulated"
+def test_simulated_evidence_needs_the_session_to_tolerate_it(api: InProcessCas) -> None:
+    create_session(api.cas, session_text(security=""), AUTHOR)
+    assert Workload(api).refused().check == "simulated"
 
 
-def test_unknown_service_does_not_reveal_others(cas: Cas) -> None:
-    create_session(cas, session_text(), AUTHOR)
-    response, _ = Workload(cas).attest(config_id="hello/nope")
-    assert response.status_code == 404
-    assert "app" not in response.json()["message"].replace("hello/nope", "")
+def test_unknown_service_does_not_reveal_others(api: InProcessCas) -> None:
+    create_session(api.cas, session_text(), AUTHOR)
+    with pytest.raises(ApiError) as unknown:
+        Workload(api).attest(config_id="hello/nope")
+    assert unknown.value.status == 404
+    assert "app" not in unknown.value.message.replace("hello/nope", "")
 
 
 @pytest.mark.parametrize(
@@ -255,14 +217,14 @@ def test_unknown_service_does_not_reveal_others(cas: Cas) -> None:
         {"nonce": "zz"},
     ],
 )
-def test_malformed_requests_are_400(cas: Cas, change: dict[str, Any]) -> None:
-    create_session(cas, session_text(), AUTHOR)
-    workload = Workload(cas)
-    nonce = workload.nonce()
+def test_malformed_requests_are_400(api: InProcessCas, change: dict[str, Any]) -> None:
+    create_session(api.cas, session_text(), AUTHOR)
+    workload = Workload(api)
+    nonce = workload.client.nonce()
     evidence = create_simulated_evidence(
         PLATFORM_KEY,
         GOOD,
-        workload_report_data(ConfigId("hello", "app"), nonce, workload.public_key),
+        workload_report_data(ConfigId.parse("hello/app"), nonce, workload.public_key),
     )
     body = {
         "config_id": "hello/app",
@@ -271,7 +233,7 @@ def test_malformed_requests_are_400(cas: Cas, change: dict[str, Any]) -> None:
         "evidence": evidence.to_json(),
         **change,
     }
-    response = workload.post("/v1/enclave/attest", body)
+    response = api.send("POST", "/v1/enclave/attest", listener="enclave", json=body)
     assert response.status_code == 400, response.text
 
 
@@ -304,35 +266,36 @@ security:
 """
 
 
-def test_withdrawn_export_stops_sharing_at_once(cas: Cas) -> None:
-    exporter = create_session(cas, EXPORTER, AUTHOR)
-    create_session(cas, IMPORTER, AUTHOR)
-    workload = Workload(cas)
-    response, nonce = workload.attest(config_id="importer/app")
-    shared = load_secret_values(cas.store, "exporter")["shared"].data.decode()
-    assert workload.config(response, nonce, "importer/app")["environment"]["SHARED"] == shared
+def test_withdrawn_export_stops_sharing_at_once(api: InProcessCas) -> None:
+    exporter = create_session(api.cas, EXPORTER, AUTHOR)
+    create_session(api.cas, IMPORTER, AUTHOR)
+    workload = Workload(api)
+    answer, nonce = workload.attest(config_id="importer/app")
+    shared = load_secret_values(api.cas.store, "exporter")["shared"].data.decode()
+    assert workload.config(answer, nonce, "importer/app")["environment"]["SHARED"] == shared
     withdrawn = EXPORTER.replace("    export:\n      - session: importer\n", "")
-    update_session(cas, "exporter", f'predecessor: "{exporter.hash}"\n' + withdrawn, AUTHOR)
-    refused, _ = workload.attest(config_id="importer/app")
-    assert refused.status_code == 403
-    assert refused.json()["check"] == "import"
+    update_session(api.cas, "exporter", f'predecessor: "{exporter.hash}"\n' + withdrawn, AUTHOR)
+    assert workload.refused(config_id="importer/app").check == "import"
 
 
-def test_compressed_p256_key_is_invalid_input(cas: Cas) -> None:
-    create_session(cas, session_text(), AUTHOR)
-    workload = Workload(cas)
+def test_compressed_p256_key_is_invalid_input(api: InProcessCas) -> None:
+    create_session(api.cas, session_text(), AUTHOR)
+    workload = Workload(api)
     point = workload.key.public_key().public_bytes(
         serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
     )
     # SubjectPublicKeyInfo (id-ecPublicKey, prime256v1) around a compressed point.
     prefix = bytes.fromhex("3039301306072a8648ce3d020106082a8648ce3d030107032200")
     workload.public_key = base64.b64encode(prefix + point).decode()
-    response, _ = workload.attest()
-    assert response.status_code == 400, response.text
-    assert response.json()["error"] == "invalid-request"
+    with pytest.raises(ApiError) as invalid:
+        workload.attest()
+    assert invalid.value.status == 400
+    assert invalid.value.code == "invalid-request"
 
 
-def test_oversized_enclave_request_is_413(cas: Cas) -> None:
-    response = Workload(cas).post("/v1/enclave/attest", {"padding": "x" * 300_000})
+def test_oversized_enclave_request_is_413(api: InProcessCas) -> None:
+    response = api.send(
+        "POST", "/v1/enclave/attest", listener="enclave", json={"padding": "x" * 300_000}
+    )
     assert response.status_code == 413
     assert response.json()["error"] == "body-too-large"
