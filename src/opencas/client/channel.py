@@ -141,24 +141,6 @@ class ApiChannel:
             raise _unreachable(self.url, exc) from exc
         return _successful(response)
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json_body: Any = None,
-        signed: bool = False,
-    ) -> Any:
-        """Send one request as :meth:`send` does and return its JSON body, unchecked.
-
-        Raises :class:`MalformedAnswer` when the body is not JSON.
-        """
-        response = self.send(method, path, json_body=json_body, signed=signed)
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise MalformedAnswer(f"the CAS answered {path} with invalid JSON") from exc
-
     def call(
         self,
         answer: type[T],
