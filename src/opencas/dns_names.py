@@ -55,11 +55,6 @@ def san_dns_name_problem(name: str) -> str | None:
     return _name_problem(name, labels, _san_label_problem)
 
 
-def is_san_dns_name(name: str) -> bool:
-    """True when ``name`` can be a certificate's DNS name (see :func:`san_dns_name_problem`)."""
-    return san_dns_name_problem(name) is None
-
-
 def canonical_hostname(name: str) -> str:
     """``name`` as the TLS certificate will carry it: an IP literal or a host name.
 

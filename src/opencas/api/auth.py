@@ -25,11 +25,8 @@ PROOF_SCHEME = "cas-proof"
 MAX_BODY_BYTES = 2 * 1024 * 1024
 
 
-class BodyTooLarge(CasError):
+class BodyTooLarge(CasError, code="body-too-large", http_status=413):
     """The request body exceeds what the API accepts."""
-
-    code = "body-too-large"
-    http_status = 413
 
 
 def caller_of(request: Request) -> Caller:

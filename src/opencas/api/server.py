@@ -31,10 +31,8 @@ FILE_DESCRIPTOR_HEADROOM = 256
 """File descriptors kept beyond one per allowed connection: the database, logs, worker threads."""
 
 
-class ListenError(CasError):
+class ListenError(CasError, code="listen-error"):
     """A listener cannot be opened (address taken, not local, no permission)."""
-
-    code = "listen-error"
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,8 @@ DEFAULT_TIMEOUT = 30.0
 T = TypeVar("T")
 
 
-class CasUnreachable(ClientError):
+class CasUnreachable(ClientError, code="cas-unreachable"):
     """The CAS did not answer: connection refused, TLS failure, timeout."""
-
-    code = "cas-unreachable"
 
 
 class ApiError(ClientError):
@@ -48,10 +46,8 @@ class ApiError(ClientError):
         self.status = status
 
 
-class MalformedAnswer(ClientError):
+class MalformedAnswer(ClientError, code="malformed-answer"):
     """The CAS answered, but not with the documented shape."""
-
-    code = "malformed-answer"
 
 
 class ProofAuth(httpx.Auth):

@@ -10,10 +10,8 @@ from opencas.client.state import PinnedCas
 from opencas.errors import AttestationRefused
 
 
-class FreshnessError(AttestationRefused):
+class FreshnessError(AttestationRefused, code="freshness"):
     """The CAS is another instance than the one pinned, or its audit sequence went back."""
-
-    code = "freshness"
 
 
 def check_freshness(

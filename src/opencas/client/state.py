@@ -64,13 +64,6 @@ class CasctlState(BaseModel):
             raise ClientError(f"no attested CAS called {chosen!r} (known: {known})")
         return chosen, self.cas[chosen]
 
-    def find_by_url(self, url: str) -> str | None:
-        """The alias under which ``url`` was attested, if any."""
-        for alias, pinned in self.cas.items():
-            if pinned.url == url:
-                return alias
-        return None
-
 
 def load_state(home: Path) -> CasctlState:
     """Read the state file in ``home`` (an empty state if there is none)."""

@@ -46,7 +46,6 @@ from pydantic import (
 from opencas.config.checks import listed_once
 from opencas.crypto.canonical import canonical_sha256
 from opencas.crypto.pem import certificate_pem, load_certificate_pem, pem_blocks
-from opencas.crypto.x509 import general_name
 from opencas.dns_names import canonical_hostname, host_name_problem
 from opencas.errors import ConfigError
 from opencas.sources.files import read_text
@@ -272,10 +271,6 @@ class ApiIdentity(BaseModel):
         return x509.Name(
             [x509.NameAttribute(oid, value) for oid, value in present if value is not None]
         )
-
-    def subject_alternative_names(self) -> list[x509.GeneralName]:
-        """``alt_names`` as X.509 general names, in order: IP addresses and DNS names."""
-        return [general_name(name) for name in self.alt_names]
 
 
 class DcapConfig(BaseModel):

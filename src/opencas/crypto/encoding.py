@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 def b64url_encode(data: bytes) -> str:
@@ -11,14 +14,20 @@ def b64url_encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def b64url_decode(text: str) -> bytes:
-    """Decode URL-safe base64 with or without padding; raise ``ValueError`` on any bad character."""
-    if not isinstance(text, str) or any(c in text for c in "+/= \n\r\t"):
-        raise ValueError("not unpadded base64url")
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"not valid base64url: {exc}") from exc
+def b64url_decode_strict(text: str, what: str = "value") -> bytes:
+    """Decode canonical unpadded base64url (RFC 7515 §2): one encoding per byte string.
+
+    Raises ``ValueError`` (naming ``what``) for padding, characters outside the alphabet, an
+    impossible length or non-zero trailing bits.
+    """
+    if not isinstance(text, str) or not _B64URL.fullmatch(text):
+        raise ValueError(f"the {what} is not unpadded base64url")
+    if len(text) % 4 == 1:
+        raise ValueError(f"the {what} has an impossible base64url length")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if b64url_encode(data) != text:
+        raise ValueError(f"the {what} is not canonical base64url (non-zero trailing bits)")
+    return data
 
 
 def b64_encode(data: bytes) -> str:

@@ -11,9 +11,7 @@ algorithm or the key type, so callers can report those separately from a malform
 
 from __future__ import annotations
 
-import base64
 import json
-import re
 from collections.abc import Mapping
 from typing import Any, Final, Literal, TypeAlias
 
@@ -25,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from opencas.crypto.canonical import strict_json_object
-from opencas.crypto.encoding import b64url_encode
+from opencas.crypto.encoding import b64url_decode_strict, b64url_encode
 from opencas.crypto.keys import KeyType, describe_key, ecdsa_hash, key_type_of
 
 Algorithm: TypeAlias = Literal["ES256", "ES384", "EdDSA"]
@@ -52,7 +50,6 @@ _EC_CURVES: Final[dict[str, type[ec.EllipticCurve]]] = {
 }
 _ED25519_SIZE: Final = 32
 _ED25519_SIGNATURE_SIZE: Final = 64
-_B64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class JwsAlgorithmError(ValueError):
@@ -203,22 +200,6 @@ def jwk_to_public_key(jwk: Mapping[str, Any]) -> JwsPublicKey:
         except ValueError as exc:
             raise ValueError(f"the JWK's point is not on {crv}") from exc
     raise JwsAlgorithmError(f"JWK key type {kty!r} is not accepted; use EC or OKP")
-
-
-def b64url_decode_strict(text: str, what: str = "value") -> bytes:
-    """Decode canonical unpadded base64url (RFC 7515 §2): one encoding per byte string.
-
-    Raises ``ValueError`` (naming ``what``) for padding, characters outside the alphabet, an
-    impossible length or non-zero trailing bits.
-    """
-    if not isinstance(text, str) or not _B64URL.fullmatch(text):
-        raise ValueError(f"the {what} is not unpadded base64url")
-    if len(text) % 4 == 1:
-        raise ValueError(f"the {what} has an impossible base64url length")
-    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    if b64url_encode(data) != text:
-        raise ValueError(f"the {what} is not canonical base64url (non-zero trailing bits)")
-    return data
 
 
 def _sign(alg: Algorithm, key: JwsPrivateKey, signing_input: bytes) -> bytes:

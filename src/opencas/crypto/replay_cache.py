@@ -48,6 +48,30 @@ DEFAULT_IDENTITIES: Final = 10_000
 
 
 @dataclass(eq=False)
+class ProofRetryLater(RequestProofError):
+    """A proof refused for now, not for what it is: ``retry_after`` seconds later it may pass.
+
+    The JSON form carries ``retry_after``; the answer carries ``Retry-After``.
+    """
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, details={"retry_after": retry_after})
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        """``Retry-After`` in whole seconds, at least 1."""
+        return {"Retry-After": str(max(1, self.retry_after))}
+
+
+class ProofRateLimited(ProofRetryLater, code="proof-rate-limited", http_status=429):
+    """The signing key holds its whole share of the replay cache."""
+
+
+class ReplayCacheFull(ProofRetryLater, code="proof-replay-cache-full", http_status=503):
+    """No room can be made in the replay cache without forgetting a more senior key."""
+
+
+@dataclass(eq=False)
 class _Identity:
     seniority: int
     """Lower is older: the order in which identities were first tracked."""
@@ -193,14 +217,11 @@ class ReplayCache:
 
     def _refuse_share(self, record: _Identity, now: float) -> NoReturn:
         wait = max(1, math.ceil(min(record.expiries.values()) - now) + 1)
-        error = RequestProofError(
+        raise ProofRateLimited(
             f"this key made {self.share} signed requests in the last {self.max_age} s, the most "
             f"the server remembers for one key; retry in {wait} s",
-            code="proof-rate-limited",
-            details={"retry_after": wait},
+            retry_after=wait,
         )
-        error.http_status = 429
-        raise error
 
     def _make_room_for(self, record: _Identity) -> None:
         """Forget the youngest identity holding entries, if it is younger than ``record``."""
@@ -264,13 +285,10 @@ class ReplayCache:
 
 
 def _full(reason: str, *, retry_after: int) -> NoReturn:
-    error = RequestProofError(
+    raise ReplayCacheFull(
         f"the server cannot accept a request proof of this key right now: {reason}",
-        code="proof-replay-cache-full",
-        details={"retry_after": retry_after},
+        retry_after=retry_after,
     )
-    error.http_status = 503
-    raise error
 
 
 def _refuse(code: str, message: str) -> NoReturn:

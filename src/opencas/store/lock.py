@@ -16,10 +16,8 @@ from types import TracebackType
 from opencas.errors import StoreError
 
 
-class DatabaseInUse(StoreError):
+class DatabaseInUse(StoreError, code="database-in-use"):
     """Another process holds the database lock."""
-
-    code = "database-in-use"
 
 
 def lock_path(database: Path) -> Path:

@@ -90,3 +90,19 @@ def test_an_oversized_body_is_refused_with_413() -> None:
     assert response.status_code == 413
     assert response.json()["error"] == "body-too-large"
     assert seen == []
+
+
+def test_a_key_over_its_replay_cache_share_is_told_when_to_retry() -> None:
+    app = ProofMiddleware(echo, AUDIENCE, ReplayCache(share=2))
+    body = b"{}"
+    with InProcessServer(app) as server, httpx.Client(transport=server.transport()) as client:
+        answers = [
+            client.post(
+                URL, content=body, headers={"authorization": _proof(body, with_certificate=False)}
+            )
+            for _ in range(3)
+        ]
+    assert [answer.status_code for answer in answers] == [200, 200, 429]
+    refused = answers[-1]
+    assert refused.json()["error"] == "proof-rate-limited"
+    assert int(refused.headers["retry-after"]) == refused.json()["retry_after"] >= 1

@@ -135,3 +135,19 @@ def test_an_invalid_owner_config_update_lists_its_problems(api: InProcessCas) ->
     )
 
     _assert_invalid_owner_config(response)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/provision", {"token": "t", "owner_config": BAD_OWNER_CONFIG}),
+        ("PUT", "/v1/owner/config", {"owner_config": BAD_OWNER_CONFIG}),
+    ],
+)
+def test_an_anonymous_owner_request_is_refused_before_its_body_is_read(
+    api: InProcessCas, method: str, path: str, body: dict[str, object]
+) -> None:
+    response = api.send(method, path, json=body)
+
+    assert response.status_code == 401
+    assert response.json()["error"] == "signature-required"

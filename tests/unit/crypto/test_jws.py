@@ -13,12 +13,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from opencas.crypto.encoding import b64url_encode
+from opencas.crypto.encoding import b64url_decode_strict, b64url_encode
 from opencas.crypto.jws import (
     MAX_TOKEN_SIZE,
     JwsAlgorithmError,
     alg_for_key,
-    b64url_decode_strict,
     jwk_to_public_key,
     parse_compact,
     public_key_to_jwk,

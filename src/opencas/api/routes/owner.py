@@ -42,8 +42,10 @@ def owner_router(cas: Cas) -> APIRouter:
     @router.post("/v1/provision")
     def provision(body: ProvisionRequest, request: Request) -> dict[str, Any]:
         """Attested provisioning: the signer of this request becomes the CAS owner."""
+        caller = caller_of(request)
+        caller.signer("provisioning")  # before the body is parsed: anonymous work costs nothing
         config = owner_config_from_normal_form(body.owner_config)
-        state = provision_with_token(cas, guard, body.token, caller_of(request), config)
+        state = provision_with_token(cas, guard, body.token, caller, config)
         return {
             "provisioned": state.provisioned,
             "provisioned_at": state.provisioned_at,
@@ -60,7 +62,9 @@ def owner_router(cas: Cas) -> APIRouter:
     @router.put("/v1/owner/config")
     def update_config(body: OwnerConfigRequest, request: Request) -> dict[str, Any]:
         """Replace the owner config (owner only)."""
+        caller = caller_of(request)
+        caller.signer("an owner operation")  # before the body is parsed, as for provisioning
         config = owner_config_from_normal_form(body.owner_config)
-        return {"owner_config_sha256": update_owner_config(cas, caller_of(request), config)}
+        return {"owner_config_sha256": update_owner_config(cas, caller, config)}
 
     return router
