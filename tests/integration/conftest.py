@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from opencas.testing import CasProcess, run_casctl
+from opencas.testing import CasProcess, SelfProvisionedCas, run_casctl
 
 Casctl = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -43,3 +43,19 @@ def casctl(casctl_home: Path) -> Casctl:
         return run_casctl(casctl_home, args)
 
     return run
+
+
+@pytest.fixture
+def attested_casctl(opencas_cas: SelfProvisionedCas) -> Callable[[Path], Casctl]:
+    """casctl with a home of its own (so its own self-made identity), having attested the CAS."""
+
+    def make(home: Path) -> Casctl:
+        attested = run_casctl(home, ["attest", opencas_cas.url, "--only-for-testing-debug"])
+        assert attested.returncode == 0, attested.stderr
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return run_casctl(home, args)
+
+        return run
+
+    return make

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from opencas.testing import SelfProvisionedCas, run_casctl
+from opencas.testing import SelfProvisionedCas
 
 PROGRAM = """\
 import hashlib, os, sys
@@ -78,16 +78,9 @@ Casctl = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
-def casctl(opencas_cas: SelfProvisionedCas, tmp_path: Path) -> Casctl:
+def casctl(attested_casctl: Callable[[Path], Casctl], tmp_path: Path) -> Casctl:
     """casctl with its own home, having attested the CAS."""
-    home = tmp_path / "home"
-    attested = run_casctl(home, ["attest", opencas_cas.url, "--only-for-testing-debug"])
-    assert attested.returncode == 0, attested.stderr
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return run_casctl(home, args)
-
-    return run
+    return attested_casctl(tmp_path / "home")
 
 
 @pytest.fixture

@@ -16,11 +16,12 @@ from opencas.client import ApiError
 from opencas.testing import SelfProvisionedCas, run_casctl
 
 SAMPLES = Path(__file__).parent.parent / "data" / "sessions"
-# Exporters before importers: an import is checked against its exporter at upload.
+# The order of tests/data/sessions/README.md: a namespace before the session that exports to it
+# without a pin, exporters before importers (an import is checked against its exporter at upload).
 ORDER = [
+    "team.yaml",
     "exporter.yaml",
     "importer.yaml",
-    "team.yaml",
     "team-worker.yaml",
     "tls-service.yaml",
     "multi-service.yaml",
@@ -203,7 +204,7 @@ def test_governed_update_needs_two_signatures(author: Casctl, tmp_path: Path) ->
 
 
 def test_pinned_import_breaks_when_exporter_changes(author: Casctl, tmp_path: Path) -> None:
-    for name in ("exporter.yaml", "importer.yaml", "team.yaml", "team-worker.yaml"):
+    for name in ("team.yaml", "exporter.yaml", "importer.yaml", "team-worker.yaml"):
         created_hash(author("session", "create", str(SAMPLES / name)))
     # team-worker pins the exporter's hash; change the exporter.
     exporter = tmp_path / "exporter.yaml"

@@ -276,6 +276,44 @@ def session_from_normal_form(obj: object, *, source: str = NORMAL_FORM_SOURCE) -
     return session
 
 
+def export_place(text: str, secret: str, rule: ExportRule) -> tuple[str, int, int] | None:
+    """Where ``text`` (a session's YAML) writes ``rule`` among the exports of ``secret``.
+
+    Returns the key path as the text's language writes it (``secrets[2].export[0]``), and the
+    line and column there; ``None`` when the text does not parse or holds no such export.
+    """
+    try:
+        document = parse_yaml(text.removeprefix("\ufeff"))
+    except YamlSourceError:
+        return None
+    top = document.data
+    secrets = top.get("secrets") if isinstance(top, dict) else None
+    if not isinstance(secrets, list):
+        return None
+    target_key, target = (
+        ("session", rule.session) if rule.session is not None else ("namespace", rule.namespace)
+    )
+    for index, item in enumerate(secrets):
+        if not isinstance(item, dict) or item.get("name") != secret:
+            continue
+        exports = item.get("export")
+        paths: list[tuple[KeyPath, object]] = (
+            [(("secrets", index, "export", at), one) for at, one in enumerate(exports)]
+            if isinstance(exports, list)
+            else [(("secrets", index, "export"), exports)]
+        )
+        for path, written in paths:
+            if (
+                isinstance(written, dict)
+                and written.get(target_key) == target
+                and written.get("session_hash") == rule.session_hash
+            ):
+                where = document.position(path)
+                if where is not None:
+                    return format_path(path), where.line, where.column
+    return None
+
+
 def _first_difference(expected: object, given: object, path: KeyPath) -> KeyPath:
     """The first path at which ``given`` differs from ``expected`` (``path`` if at the top)."""
     if isinstance(expected, dict) and isinstance(given, dict):

@@ -24,6 +24,7 @@ import hmac
 import secrets
 import string
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -44,9 +45,17 @@ from opencas.crypto.pem import (
 from opencas.crypto.x509 import MAX_COMMON_NAME, certificate_key_hash, is_ca_certificate
 from opencas.policy.certificates import issue_certificate, parse_valid_for
 from opencas.policy.errors import SessionError
-from opencas.policy.model import SECRET_KINDS, ImportSpec, SecretKind, SecretSpec, Session
+from opencas.policy.model import (
+    SECRET_KINDS,
+    ExportRule,
+    ImportSpec,
+    SecretKind,
+    SecretSpec,
+    Session,
+)
+from opencas.policy.parse import export_place
 from opencas.policy.placeholders import SELECTORS, format_problem
-from opencas.sources.problems import Problem
+from opencas.sources.problems import Problem, in_text_order
 
 ASCII_ALPHABET: Final = string.ascii_letters + string.digits
 """What generated ``ascii`` secrets are made of: printable, and safe unquoted in shells and URLs."""
@@ -338,6 +347,73 @@ def check_import(
             f"{_pins(exported, importer.name)}, and this version's hash is {importer_hash}"
         )
     raise refuse(f"the secret is not exported to session {importer.name!r} or a namespace of it")
+
+
+def unpinned_export_targets(exporter: Session) -> frozenset[str]:
+    """The sessions and namespaces that ``exporter``'s export rules name without a hash pin.
+
+    The exporter's own name is left out: a session cannot import from itself, and a namespace
+    export to its own name is governed by its own ``create_sessions`` rule.
+    """
+    return frozenset(
+        target
+        for secret in exporter.secrets
+        for rule in secret.export
+        if rule.session_hash is None
+        for target in (rule.session or rule.namespace,)
+        if target is not None and target != exporter.name
+    )
+
+
+def check_exports_claimed(
+    exporter: Session, existing: AbstractSet[str], text: str | None = None
+) -> None:
+    """Refuse ``exporter`` if an unpinned export names a session or namespace not in ``existing``.
+
+    An unpinned ``session:`` export goes to whoever creates that session, and a ``namespace:``
+    export to whoever the namespace session's ``create_sessions`` rule admits; while that session
+    does not exist, any identity can create it and take the secret. ``existing`` holds the names
+    in :func:`unpinned_export_targets` that exist now. Raises :class:`SessionError` with one
+    problem per such export, naming both fixes (create the importer first, or pin its hash);
+    when ``text`` is the session's YAML, each problem points at the export's line in it.
+    """
+    problems: list[Problem] = []
+    for secret in exporter.secrets:
+        for rule in secret.export:
+            target = rule.session or rule.namespace
+            if rule.session_hash is not None or target is None or target == exporter.name:
+                continue
+            if target in existing:
+                continue
+            problems.append(_unclaimed_export(exporter, secret.name, rule, target, text))
+    if problems:
+        raise SessionError(in_text_order(problems))
+
+
+def _unclaimed_export(
+    exporter: Session, secret: str, rule: ExportRule, target: str, text: str | None
+) -> Problem:
+    index = next(i for i, spec in enumerate(exporter.secrets) if spec.name == secret)
+    if rule.session is not None:
+        what = (
+            f"secret {secret!r} is exported to session {target!r} without a session_hash pin, "
+            f"and there is no session {target!r} yet: whoever creates it first would receive "
+            f"the secret. Create the session {target!r} first and then store this one, or pin "
+            f"the importer: add 'session_hash: <hash of {target}>' to this export "
+            "('casctl session hash FILE' prints it)"
+        )
+    else:
+        what = (
+            f"secret {secret!r} is exported to the namespace {target!r}, and there is no "
+            f"session {target!r} yet: whoever creates it first would decide who receives the "
+            f"secret. Create the namespace session {target!r} first and then store this one, or "
+            "export to each importing session pinned to its hash ('session' and 'session_hash')"
+        )
+    place = export_place(text, secret, rule) if text is not None else None
+    if place is None:
+        return Problem.about(f"secrets[{index}].export", what)
+    key, line, column = place
+    return Problem("", line, column, what, key)
 
 
 # --- generation -----------------------------------------------------------------------------------

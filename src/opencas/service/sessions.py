@@ -2,7 +2,8 @@
 
 What a session *means* is decided in :mod:`opencas.policy`; this module is what happens when one
 is stored: access decisions against the stored version, the ``predecessor`` check that keeps two
-writers from losing each other's changes, import checks against the exporters, and the session
+writers from losing each other's changes, import checks against the exporters, the refusal of
+an unpinned export to a name nobody has claimed yet, and the session
 and its generated secrets written in one transaction.
 
 Records: table ``sessions`` (key: session name) holds the policy text as uploaded, its normal
@@ -38,7 +39,14 @@ from opencas.policy.errors import SessionError
 from opencas.policy.hashing import session_hash
 from opencas.policy.model import Session
 from opencas.policy.parse import parse_session, session_from_normal_form
-from opencas.policy.secret_values import SecretValue, check_import, generate_values, public_values
+from opencas.policy.secret_values import (
+    SecretValue,
+    check_exports_claimed,
+    check_import,
+    generate_values,
+    public_values,
+    unpinned_export_targets,
+)
 from opencas.service.cache import ContentCache
 from opencas.service.cas import Cas
 from opencas.service.identity import utc_now_text
@@ -129,14 +137,15 @@ class _Change:
     """A session write to admit: the new version, its hash, who asks and whose signatures hold."""
 
     session: Session
+    text: str
     hash: str
     caller: Caller
     signers: Signatures
 
 
-def _change(session: Session, caller: Caller, signatures: object) -> _Change:
+def _change(session: Session, text: str, caller: Caller, signatures: object) -> _Change:
     new_hash = session_hash(session)
-    return _Change(session, new_hash, caller, verify_signatures(signatures, new_hash))
+    return _Change(session, text, new_hash, caller, verify_signatures(signatures, new_hash))
 
 
 def create_session(cas: Cas, text: str, caller: Caller, signatures: object = ()) -> SessionRecord:
@@ -144,10 +153,11 @@ def create_session(cas: Cas, text: str, caller: Caller, signatures: object = ())
 
     Refuses: anonymous callers (401); an invalid policy (400, naming path and line); a name that
     exists (409); a namespace whose parent is missing (404) or whose ``create_sessions`` policy
-    does not allow the caller (403); a broken import (400).
+    does not allow the caller (403); a broken import, or an unpinned export to a session or
+    namespace that does not exist yet (400).
     """
     creator = caller.signer(_CHANGING_SESSIONS)
-    change = _change(parse_session(text, "session", purpose="create"), caller, signatures)
+    change = _change(parse_session(text, "session", purpose="create"), text, caller, signatures)
     # Secrets (an RSA key can take seconds) are made from a snapshot, outside the write lock;
     # the checks run again in the transaction, against whatever was committed meanwhile.
     with cas.store.snapshot() as view:
@@ -186,6 +196,7 @@ def _admit_create(source: Reader, change: _Change) -> dict[str, SecretValue]:
                 f"the create_sessions policy of {parent} does not allow you to create {name}",
                 code="access-denied",
             )
+    _check_exports(source, change)
     return imported_values(source, change.session, change.hash)
 
 
@@ -196,13 +207,14 @@ def update_session(
 
     Refuses: anonymous callers (401); an invalid policy or a name that differs from ``name``
     (400); an unknown session (404); a stale predecessor (409, with ``current_hash``); an update
-    the stored version's ``update`` policy does not allow (403); a broken import (400).
+    the stored version's ``update`` policy does not allow (403); a broken import, or an unpinned
+    export to a session or namespace that does not exist yet (400).
     """
     caller.signer(_CHANGING_SESSIONS)
     session = parse_session(text, "session", purpose="update")
     if session.name != name:
         raise SessionError(Problem.about("name", f"the policy names {session.name}, not {name}"))
-    change = _change(session, caller, signatures)
+    change = _change(session, text, caller, signatures)
     with cas.store.snapshot() as view:
         current, imported = _admit_update(view, change)
         previous = load_secret_values(view, name)
@@ -238,7 +250,15 @@ def _admit_update(source: Reader, change: _Change) -> tuple[StoredSession, dict[
             code="stale-predecessor",
             details={"current_hash": current.record.hash},
         )
+    _check_exports(source, change)
     return current, imported_values(source, change.session, change.hash)
+
+
+def _check_exports(source: Reader, change: _Change) -> None:
+    """Refuse an unpinned export to a session or namespace that nobody has created yet."""
+    targets = unpinned_export_targets(change.session)
+    existing = {name for name in targets if source.get(SESSIONS, name) is not None}
+    check_exports_claimed(change.session, existing, change.text)
 
 
 def _commit(

@@ -104,12 +104,15 @@ def test_sample_hash_pins_match() -> None:
         load("team-worker.yaml"),
     )
     password = exporter.secret("db-password")
+    ca_cert = exporter.secret("ca-cert")
     token = worker.secret("api-token")
 
     assert password is not None
+    assert ca_cert is not None
     assert token is not None
     assert token.import_ is not None
     assert password.export[0].session_hash == session_hash(importer)
+    assert ca_cert.export[0].session_hash == session_hash(importer)
     assert token.import_.session_hash == session_hash(exporter)
 
 

@@ -19,6 +19,8 @@ from opencas.client.enclave import SealedConfig
 from opencas.crypto.hpke_seal import open_workload_config
 from opencas.errors import AttestationRefused
 from opencas.policy.caller import Caller
+from opencas.policy.hashing import session_hash
+from opencas.policy.parse import parse_session
 from opencas.service.sessions import create_session, load_secret_values, update_session
 from opencas.service.workloads import NonceStore
 from opencas.testing import InProcessCas
@@ -237,15 +239,6 @@ def test_malformed_requests_are_400(api: InProcessCas, change: dict[str, Any]) -
     assert response.status_code == 400, response.text
 
 
-EXPORTER = """\
-name: exporter
-version: "0.3"
-secrets:
-  - name: shared
-    kind: ascii
-    export:
-      - session: importer
-"""
 IMPORTER = f"""\
 name: importer
 version: "0.3"
@@ -264,6 +257,19 @@ security:
   attestation:
     tolerate: [simulated]
 """
+# Pinned to the importer's hash: an unpinned export to a session nobody created yet is refused.
+EXPORT = f"""\
+    export:
+      - session: importer
+        session_hash: {session_hash(parse_session(IMPORTER))}
+"""
+EXPORTER = f"""\
+name: exporter
+version: "0.3"
+secrets:
+  - name: shared
+    kind: ascii
+{EXPORT}"""
 
 
 def test_withdrawn_export_stops_sharing_at_once(api: InProcessCas) -> None:
@@ -273,7 +279,7 @@ def test_withdrawn_export_stops_sharing_at_once(api: InProcessCas) -> None:
     answer, nonce = workload.attest(config_id="importer/app")
     shared = load_secret_values(api.cas.store, "exporter")["shared"].data.decode()
     assert workload.config(answer, nonce, "importer/app")["environment"]["SHARED"] == shared
-    withdrawn = EXPORTER.replace("    export:\n      - session: importer\n", "")
+    withdrawn = EXPORTER.replace(EXPORT, "")
     update_session(api.cas, "exporter", f'predecessor: "{exporter.hash}"\n' + withdrawn, AUTHOR)
     assert workload.refused(config_id="importer/app").check == "import"
 
