@@ -26,7 +26,12 @@ from opencas.client.channel import (
 )
 from opencas.crypto.canonical import canonical_json, member_mismatch, strict_json_object
 from opencas.crypto.encoding import b64_decode
-from opencas.crypto.hpke_seal import RecipientPrivateKey, SealedConfigError, open_workload_config
+from opencas.crypto.hpke_seal import (
+    RecipientPrivateKey,
+    SealedConfig,
+    SealedConfigError,
+    open_workload_config,
+)
 from opencas.errors import AttestationRefused, CasError, ClientError
 from opencas.policy.model import (
     check_absolute_path,
@@ -231,15 +236,6 @@ def _pem(value: object, where: str) -> str:
     if "-----BEGIN CERTIFICATE-----" not in text:
         raise ValueError(f"{where} must be PEM certificates")
     return text
-
-
-@dataclass(frozen=True)
-class SealedConfig:
-    """The CAS's answer to an attestation: the HPKE KEM it used and the sealed configuration
-    (base64), to be opened with the workload's private key (:func:`open_config`)."""
-
-    kem: str
-    sealed: str = field(repr=False)
 
 
 class EnclaveClient:

@@ -16,7 +16,7 @@ source.
 
 from __future__ import annotations
 
-from typing import Literal, TypeAlias
+from typing import Literal, NamedTuple, TypeAlias
 
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hpke, serialization
@@ -37,6 +37,16 @@ _KEMS: dict[str, hpke.KEM] = {"X25519": hpke.KEM.X25519, "P-256": hpke.KEM.P256}
 
 class UnsupportedRecipientKey(ValueError):
     """The recipient public key is not a DER SubjectPublicKeyInfo of an X25519 or P-256 key."""
+
+
+class SealedConfig(NamedTuple):
+    """A configuration sealed for one exchange: the KEM it was sealed with (``"X25519"`` or
+    ``"P-256"`` when this module sealed it; whatever a CAS named, when a client received it) and
+    the standard base64 of ``enc || ciphertext``. What the enclave API answers, as it answers it.
+    """
+
+    kem: str
+    sealed: str
 
 
 class SealedConfigError(ValueError):
@@ -106,19 +116,19 @@ def load_recipient_public_key(public_key_der: bytes) -> RecipientPublicKey:
 
 def seal_workload_config(
     public_key_der: bytes, plaintext: bytes, config_id: str, nonce: str
-) -> tuple[KemName, str]:
+) -> SealedConfig:
     """Seal ``plaintext`` to the DER SubjectPublicKeyInfo ``public_key_der`` for one exchange.
 
-    Returns ``(kem, sealed)``: the KEM name (``"X25519"`` or ``"P-256"``, from the key type) and
-    the standard base64 of ``enc || ciphertext``. Only the matching private key, given the same
-    ``config_id`` and ``nonce``, opens it (:func:`open_workload_config`). Raises
-    :class:`UnsupportedRecipientKey` (a ``ValueError``) when the key is not an X25519 or P-256
-    public key in DER SubjectPublicKeyInfo form.
+    Returns a :class:`SealedConfig` ``(kem, sealed)``: the KEM name (``"X25519"`` or
+    ``"P-256"``, from the key type) and the standard base64 of ``enc || ciphertext``. Only the
+    matching private key, given the same ``config_id`` and ``nonce``, opens it
+    (:func:`open_workload_config`). Raises :class:`UnsupportedRecipientKey` (a ``ValueError``)
+    when the key is not an X25519 or P-256 public key in DER SubjectPublicKeyInfo form.
     """
     key = load_recipient_public_key(public_key_der)
     kem = kem_for_public_key(key)
     sealed = _suite(kem).encrypt(plaintext, key, info=hpke_info(config_id, nonce))
-    return kem, b64_encode(sealed)
+    return SealedConfig(kem, b64_encode(sealed))
 
 
 def open_workload_config(

@@ -20,11 +20,11 @@ from opencas.attestation.workload_binding import ConfigId, workload_report_data
 from opencas.client.enclave import (
     AsyncEnclaveClient,
     EnclaveClient,
-    SealedConfig,
     WorkloadConfig,
     open_config,
 )
 from opencas.crypto.encoding import b64_encode
+from opencas.crypto.hpke_seal import SealedConfig
 from opencas.crypto.keys import generate_ecdsa_key, public_key_der
 from opencas.errors import ClientError
 from opencas.platform.base import EvidenceProvider

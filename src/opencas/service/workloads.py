@@ -31,7 +31,7 @@ from opencas.attestation.verify import verify_evidence
 from opencas.attestation.workload_binding import ConfigId, workload_report_data
 from opencas.attestation.workload_policy import check_workload
 from opencas.crypto.canonical import canonical_json
-from opencas.crypto.hpke_seal import load_recipient_public_key, seal_workload_config
+from opencas.crypto.hpke_seal import SealedConfig, load_recipient_public_key, seal_workload_config
 from opencas.crypto.pem import certificate_pem
 from opencas.crypto.x509 import MAX_COMMON_NAME
 from opencas.errors import AttestationRefused, InvalidRequest, NotFoundError, RateLimitedError
@@ -111,14 +111,6 @@ class WorkloadRequest:
     evidence: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
-class SealedConfig:
-    """The answer: the KEM used and the HPKE-sealed configuration (base64)."""
-
-    kem: str
-    sealed: str
-
-
 def attest_workload(cas: Cas, nonces: NonceStore, request: WorkloadRequest) -> SealedConfig:
     """Attest a workload and return its sealed configuration.
 
@@ -148,8 +140,7 @@ def attest_workload(cas: Cas, nonces: NonceStore, request: WorkloadRequest) -> S
         values = _values(view, stored.session, config_id.session, stored.record.hash)
         config = _render(stored.session, service, values, public_key_der, stored.record.hash)
     plaintext = canonical_json({"config_id": str(config_id), **config})
-    kem, sealed = seal_workload_config(public_key_der, plaintext, str(config_id), request.nonce)
-    return SealedConfig(kem, sealed)
+    return seal_workload_config(public_key_der, plaintext, str(config_id), request.nonce)
 
 
 def _public_key_der(encoded: str) -> bytes:

@@ -20,12 +20,12 @@ from opencas.client.enclave import (
     EnclaveClient,
     InjectionFile,
     IssuedCertificate,
-    SealedConfig,
     open_config,
     parse_workload_config,
 )
 from opencas.crypto.canonical import canonical_json
 from opencas.crypto.hpke_seal import (
+    SealedConfig,
     SealedConfigError,
     UnsupportedRecipientKey,
     hpke_info,

@@ -15,8 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from opencas.attestation.simulated import create_simulated_evidence
 from opencas.attestation.workload_binding import ConfigId, workload_report_data
 from opencas.client import ApiError
-from opencas.client.enclave import SealedConfig
-from opencas.crypto.hpke_seal import open_workload_config
+from opencas.crypto.hpke_seal import SealedConfig, open_workload_config
 from opencas.errors import AttestationRefused
 from opencas.policy.caller import Caller
 from opencas.policy.hashing import session_hash
