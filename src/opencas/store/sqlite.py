@@ -38,6 +38,8 @@ SCHEMA_VERSION = 1
 STORE_FORMAT = "opencas-store/1"
 BUSY_TIMEOUT_SECONDS = 10.0
 DMK_SIZE = 32
+# The database and the files SQLite keeps next to it are readable by their owner only.
+DATABASE_FILE_MODE = 0o600
 # Versions stay within the integers that canonical JSON (and so the record AAD) represents exactly.
 MAX_VERSION = 2**53 - 1
 
@@ -378,9 +380,20 @@ def _remove_stale_builds(path: Path) -> None:
                 entry.unlink()
 
 
+def _create_private_file(path: Path) -> None:
+    # SQLite creates a database's -journal, -wal and -shm files with the database file's own
+    # mode, so creating the file 0600 here (whatever the umask) keeps all of them private.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, DATABASE_FILE_MODE)
+    try:
+        os.fchmod(fd, DATABASE_FILE_MODE)
+    finally:
+        os.close(fd)
+
+
 def _build(
     building: Path, path: Path, cipher: _RecordCipher, populate: Callable[[Transaction], None]
 ) -> None:
+    _create_private_file(building)
     with _sqlite_errors(path, "creating the new database file"):
         conn = _connect(building)
     try:
