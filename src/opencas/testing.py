@@ -36,10 +36,13 @@ from opencas.client.cas_client import CasClient, new_nonce
 from opencas.client.channel import ProofAuth
 from opencas.client.enclave import EnclaveClient
 from opencas.client.identity import CERTIFICATE_FILE, ClientIdentity
+from opencas.config.availability import AvailabilityConfig, load_availability_config
 from opencas.config.owner import OwnerConfig, load_owner_config, owner_config_sha256
 from opencas.errors import ClientError, ConflictError
-from opencas.service.cas import Cas
+from opencas.service.cas import Cas, load_platform
 from opencas.service.cas_records import read_provisioning_token
+from opencas.store.keystore import key_store_path, load_key_store
+from opencas.store.state import StateKeys
 
 __all__ = [
     "DEVELOPMENT_OWNER_CONFIG",
@@ -55,6 +58,7 @@ __all__ = [
     "run_casctl",
     "self_provision_args",
     "start_self_provisioned_cas",
+    "stored_record_id",
     "write_config",
     "write_owner_config",
 ]
@@ -95,6 +99,16 @@ def write_config(
         encoding="utf-8",
     )
     return path
+
+
+def stored_record_id(config: AvailabilityConfig, table: str, key: str) -> bytes:
+    """The id under which the CAS configured by ``config`` stores ``table``/``key``.
+
+    It unseals the key store with the simulated platform, which only a debug CAS allows.
+    """
+    platform = load_platform(config)
+    dmk = load_key_store(key_store_path(config.database_path), platform.unseal).dmk
+    return StateKeys(dmk).record_id(table, key)
 
 
 def cas_command(*args: str) -> list[str]:
@@ -164,6 +178,12 @@ class CasProcess:
     def database(self) -> Path:
         """The SQLite database file."""
         return self.directory / "cas.db"
+
+    def record_id(self, table: str, key: str) -> bytes:
+        """The id under which ``table``/``key`` is stored in :attr:`database` (column ``key``),
+        for a test that edits the file as someone with the disk (and, in debug, the key) would.
+        """
+        return stored_record_id(load_availability_config(self.config_path), table, key)
 
     def command(self, *args: str) -> list[str]:
         """The argv of ``cas -c CONFIG ARGS...``."""

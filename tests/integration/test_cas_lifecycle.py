@@ -92,15 +92,16 @@ def test_invalid_config_refuses(cas_process: CasProcess) -> None:
 def test_flipped_byte_in_cas_key_record_refuses_start(cas_process: CasProcess) -> None:
     cas_process.start()
     cas_process.stop()
+    record_id = cas_process.record_id("cas", "identity")
     with sqlite3.connect(cas_process.database) as db:
         (value,) = db.execute(
-            "SELECT value FROM records WHERE tbl = 'cas' AND key = 'identity'"
+            "SELECT value FROM records WHERE tbl = 'cas' AND key = ?", (record_id,)
         ).fetchone()
         damaged = bytearray(value)
         damaged[len(damaged) // 2] ^= 0x01
         db.execute(
-            "UPDATE records SET value = ? WHERE tbl = 'cas' AND key = 'identity'",
-            (bytes(damaged),),
+            "UPDATE records SET value = ? WHERE tbl = 'cas' AND key = ?",
+            (bytes(damaged), record_id),
         )
     result = cas_process.run("serve")
     assert result.returncode == 1

@@ -75,6 +75,16 @@ class AuditHead(BaseModel):
     head: _Hash
 
 
+class StoreStateClaim(BaseModel):
+    """The CAS store's commit counter (one more for every commit that changed a record) and a
+    commitment to the digest over all its records."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    counter: Annotated[int, Field(ge=0, le=2**53 - 1)]
+    digest: _Hash
+
+
 class CasReport(BaseModel):
     """The claims a CAS makes about itself, bound to its platform evidence (DESIGN.md §5).
 
@@ -101,6 +111,7 @@ class CasReport(BaseModel):
     owner_identity_hash: _Hash | None
     owner_config_sha256: _Hash | None
     db_key_injected: bool
+    state: StoreStateClaim
     audit: AuditHead
 
     @model_validator(mode="after")

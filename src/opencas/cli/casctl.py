@@ -218,6 +218,7 @@ def _verified_facts(attested: Attested) -> dict[str, Any]:
         "owner_config_sha256": report.owner_config_sha256,
         "owner_config_checked": expected.owner_config_sha256 is not None,
         "audit_seq": report.audit.seq,
+        "state_counter": report.state.counter,
     }
 
 

@@ -11,7 +11,8 @@ from opencas.errors import AttestationRefused
 
 
 class FreshnessError(AttestationRefused, code="freshness"):
-    """The CAS is another instance than the one pinned, or its audit sequence went back."""
+    """The CAS is another instance than the one pinned, or its audit sequence or store commit
+    counter went back."""
 
 
 def check_freshness(
@@ -38,4 +39,10 @@ def check_freshness(
             "freshness",
             f"the CAS state went back: its audit sequence is {report.audit.seq}, but "
             f"{pinned.audit_seq} was seen before (a restored old database?)",
+        )
+    if report.state.counter < pinned.state_counter:
+        raise FreshnessError(
+            "freshness",
+            f"the CAS state went back: its store commit counter is {report.state.counter}, but "
+            f"{pinned.state_counter} was seen before (a restored old database?)",
         )

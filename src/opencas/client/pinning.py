@@ -176,13 +176,16 @@ def _remember(
     report = verified.report
     previous = state.cas.get(name)
     same_instance = previous is not None and previous.instance_id == report.instance_id
-    seen = max(report.audit.seq, previous.audit_seq if previous and same_instance else 0)
+    known = previous if previous is not None and same_instance else None
+    seen = max(report.audit.seq, known.audit_seq if known else 0)
+    counter = max(report.state.counter, known.state_counter if known else 0)
     state.cas[name] = PinnedCas(
         url=url,
         cas_key_hash=report.cas_key_hash,
         ca_certificate_pem=verified.ca_certificate_pem.decode("ascii"),
         instance_id=report.instance_id,
         audit_seq=seen,
+        state_counter=counter,
         software_measurement=report.software_measurement,
         platform=report.platform,
         mode=report.mode,

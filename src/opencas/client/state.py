@@ -36,6 +36,8 @@ class PinnedCas(BaseModel):
     ca_certificate_pem: str
     instance_id: str
     audit_seq: int = Field(ge=0)
+    #: The highest store commit counter seen; optional so that older state files still load.
+    state_counter: int = Field(default=0, ge=0)
     software_measurement: str
     platform: str
     mode: str

@@ -21,6 +21,7 @@ from opencas.attestation.report import (
     REPORT_VERSION,
     AuditHead,
     CasReport,
+    StoreStateClaim,
     report_data,
 )
 from opencas.config.availability import AvailabilityConfig
@@ -107,6 +108,7 @@ class Cas:
     def report(self, nonce: str) -> CasReport:
         """The attestation report for ``nonce``, from the current state."""
         state = self.state()
+        committed = self.store.state()
         return CasReport(
             version=REPORT_VERSION,
             cas_version=__version__,
@@ -124,6 +126,7 @@ class Cas:
             owner_identity_hash=state.owner_identity_hash,
             owner_config_sha256=state.owner_config_sha256,
             db_key_injected=state.db_key_injected,
+            state=StoreStateClaim(counter=committed.counter, digest=committed.digest),
             audit=AuditHead(seq=0, head=AUDIT_GENESIS_HEAD),
         )
 
@@ -180,6 +183,7 @@ def open_cas(config: AvailabilityConfig, injected_dmk: bytes | None = None) -> C
                 f"a database key may only be injected on a debug platform, not on {platform.kind}"
             )
         store, created = _open_or_create_store(database, platform, config, injected_dmk)
+        _log_damaged_records(store)
         try:
             identity = load_identity(store, config.hostnames)
         except BaseException:
@@ -189,6 +193,12 @@ def open_cas(config: AvailabilityConfig, injected_dmk: bytes | None = None) -> C
         lock.release()
         raise
     return Cas(config, store, platform, identity, lock, created)
+
+
+def _log_damaged_records(store: Store) -> None:
+    # Each one is refused when read; saying so at start tells the operator before a user does.
+    for damage in store.damaged_records:
+        log.error("record-damaged at open: %s", damage)
 
 
 def inspect_cas(config: AvailabilityConfig) -> Cas:

@@ -7,12 +7,29 @@ not authenticate under its own table, key and version is reported with
 :class:`opencas.errors.RecordDamagedError`, never returned.
 
 Table names beginning with ``_`` are reserved for the store's own records.
+
+Every commit that changes a record advances the store's authenticated *state*
+(:mod:`opencas.store.state`): a commit counter and a digest over every record's table, key,
+version and stored bytes. A record older than the state, or deleted behind the store's back, is
+reported as damaged like any other.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+
+from opencas.errors import RecordDamagedError
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """What the attestation report says of the store: its commit counter, and a commitment to
+    its digest (64 hex digits) that changes with every commit."""
+
+    counter: int
+    digest: str
 
 
 @runtime_checkable
@@ -80,6 +97,15 @@ class Store(Protocol):
 
     def list_keys(self, table: str, prefix: str = "") -> list[str]:
         """The committed keys of ``table`` that start with ``prefix``, sorted by code point."""
+        ...
+
+    @property
+    def damaged_records(self) -> tuple[RecordDamagedError, ...]:
+        """The records found damaged when the store was opened; reading one raises."""
+        ...
+
+    def state(self) -> StoreState:
+        """The committed state: commit counter and digest commitment."""
         ...
 
     def transaction(self) -> contextlib.AbstractContextManager[Transaction]:

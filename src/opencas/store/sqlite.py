@@ -2,14 +2,20 @@
 
 Layout::
 
-    meta(name TEXT, value TEXT)                                    plaintext: format, created_at
-    records(tbl TEXT, key TEXT, version INTEGER, value BLOB)       PRIMARY KEY (tbl, key)
+    meta(name TEXT, value TEXT)                                  plaintext: format, created_at
+    records(tbl TEXT, key BLOB, version INTEGER, value BLOB)     PRIMARY KEY (tbl, key)
+    record_index(tbl TEXT, key BLOB, value BLOB)                 PRIMARY KEY (tbl, key)
+    commit_state(name TEXT, value BLOB)                          one row, "state"
 
-``value`` is ``seal(derive_key(dmk, "store/table/" + tbl), plaintext, record_aad(tbl, key,
-version))``, so a value edited, or moved to another table, key or version, does not decrypt and is
-reported as damaged. The record ``_meta``/``dmk-check`` lets :meth:`SqliteStore.open` tell a wrong
-database key apart from damage. The file carries ``PRAGMA application_id`` "OCAS" and
-``PRAGMA user_version`` = schema version.
+``key`` is the record id (:meth:`StateKeys.record_id`, a keyed hash of table and key), ``value``
+is ``seal(derive_key(dmk, "store/table/" + tbl), plaintext, record_aad(tbl, key, version))`` over
+the real key, so a value edited, or moved to another table, key or version, does not decrypt and
+is reported as damaged. ``record_index`` and ``commit_state`` hold the authenticated state of
+:mod:`opencas.store.state`: a row older than its index entry, or missing, is damaged, and the
+index as a whole is checked against the commit state when the store is opened. The record
+``_meta``/``dmk-check`` lets :meth:`SqliteStore.open` tell a wrong database key apart from
+damage. The file carries ``PRAGMA application_id`` "OCAS" and ``PRAGMA user_version`` = schema
+version.
 
 Concurrency: one writer connection serialised by a lock (writes are ``BEGIN IMMEDIATE``
 transactions), and a pool of read-only connections for reads outside transactions. In WAL mode
@@ -27,21 +33,33 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeGuard
+from typing import Any
 
 from opencas.crypto.envelope import derive_key, open_envelope, record_aad, seal
 from opencas.errors import KeyStoreError, RecordDamagedError, StoreError
-from opencas.store.base import Transaction
+from opencas.store.base import StoreState, Transaction
+from opencas.store.state import (
+    EMPTY_DIGEST,
+    INITIAL_STATE,
+    MAX_VERSION,
+    STATE_KEY,
+    STATE_TABLE,
+    CommitState,
+    IndexEntry,
+    StateKeys,
+    check_record,
+    envelope_sha256,
+    is_valid_version,
+    xor,
+)
 
 APPLICATION_ID = int.from_bytes(b"OCAS", "big")
-SCHEMA_VERSION = 1
-STORE_FORMAT = "opencas-store/1"
+SCHEMA_VERSION = 2
+STORE_FORMAT = "opencas-store/2"
 BUSY_TIMEOUT_SECONDS = 10.0
 DMK_SIZE = 32
 # The database and the files SQLite keeps next to it are readable by their owner only.
 DATABASE_FILE_MODE = 0o600
-# Versions stay within the integers that canonical JSON (and so the record AAD) represents exactly.
-MAX_VERSION = 2**53 - 1
 
 _META_TABLE = "_meta"
 _CHECK_KEY = "dmk-check"
@@ -52,17 +70,17 @@ _APPLICATION_ID_OFFSET = 68
 
 _SCHEMA = (
     "CREATE TABLE meta (name TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
-    "CREATE TABLE records (tbl TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL, "
+    "CREATE TABLE records (tbl TEXT NOT NULL, key BLOB NOT NULL, version INTEGER NOT NULL, "
     "value BLOB NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID",
+    "CREATE TABLE record_index (tbl TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL, "
+    "PRIMARY KEY (tbl, key)) WITHOUT ROWID",
+    "CREATE TABLE commit_state (name TEXT NOT NULL PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
 )
+_TABLES = {"meta", "records", "record_index", "commit_state"}
 
 
 def _do_nothing() -> None:
     return None
-
-
-def _is_valid_version(version: object) -> TypeGuard[int]:
-    return type(version) is int and 1 <= version <= MAX_VERSION
 
 
 class _RecordCipher:
@@ -73,6 +91,7 @@ class _RecordCipher:
             raise ValueError(f"database master key must be {DMK_SIZE} bytes, got {len(dmk)}")
         self._dmk = dmk
         self._table_keys: dict[str, bytes] = {}
+        self.state_keys = StateKeys(dmk)
 
     def __repr__(self) -> str:
         return "<_RecordCipher>"
@@ -92,7 +111,7 @@ class _RecordCipher:
     def open(self, table: str, key: str, version: object, envelope: object) -> bytes:
         # The row comes from a file anyone with disk access may have edited, so even its types
         # are checked before they are trusted.
-        if not _is_valid_version(version):
+        if not is_valid_version(version):
             raise RecordDamagedError(
                 table, key, f"its version is not an integer in 1..{MAX_VERSION}"
             )
@@ -124,36 +143,67 @@ def _fetch_one(conn: sqlite3.Connection, sql: str, parameters: tuple[object, ...
         return cursor.fetchone()
 
 
+def _index_entry(
+    conn: sqlite3.Connection, cipher: _RecordCipher, table: str, record_id: bytes
+) -> IndexEntry | None:
+    row = _fetch_one(
+        conn, "SELECT value FROM record_index WHERE tbl = ? AND key = ?", (table, record_id)
+    )
+    return None if row is None else cipher.state_keys.open_entry(table, record_id, row[0])
+
+
 def _read_record(
     conn: sqlite3.Connection, cipher: _RecordCipher, path: Path, table: str, key: str
 ) -> tuple[bytes, int] | None:
+    record_id = cipher.state_keys.record_id(table, key)
     with _sqlite_errors(path, f"reading {table}/{key}"):
         row = _fetch_one(
-            conn, "SELECT version, value FROM records WHERE tbl = ? AND key = ?", (table, key)
+            conn,
+            "SELECT version, value FROM records WHERE tbl = ? AND key = ?",
+            (table, record_id),
         )
-    if row is None:
+        entry = _index_entry(conn, cipher, table, record_id)
+    if row is None and entry is None:
         return None
-    version, envelope = row
-    return cipher.open(table, key, version, envelope), version
+    version, envelope = (None, None) if row is None else row
+    committed = check_record(table, key, entry, version, envelope)
+    return cipher.open(table, key, version, envelope), committed.version
 
 
-def _read_keys(conn: sqlite3.Connection, path: Path, table: str, prefix: str) -> list[str]:
+def _read_keys(
+    conn: sqlite3.Connection, cipher: _RecordCipher, path: Path, table: str, prefix: str
+) -> list[str]:
     keys: list[str] = []
     with (
         _sqlite_errors(path, f"listing {table}"),
         contextlib.closing(
-            conn.execute(
-                "SELECT key FROM records WHERE tbl = ? AND key >= ? ORDER BY key", (table, prefix)
-            )
+            conn.execute("SELECT key, value FROM record_index WHERE tbl = ?", (table,))
         ) as cursor,
     ):
-        # BINARY collation orders UTF-8 bytes, which is code-point order: every key with the
-        # prefix comes in one run starting at the prefix itself.
-        for (key,) in cursor:
-            if not isinstance(key, str) or not key.startswith(prefix):
-                break
-            keys.append(key)
-    return keys
+        for record_id, sealed in cursor:
+            if not isinstance(record_id, bytes):
+                raise RecordDamagedError(table, str(record_id), "its id is not a blob")
+            key = cipher.state_keys.open_entry(table, record_id, sealed).key
+            if key.startswith(prefix):
+                keys.append(key)
+    # Python orders strings by code point, the order the contract promises.
+    return sorted(keys)
+
+
+def _read_state(conn: sqlite3.Connection, cipher: _RecordCipher, path: Path) -> CommitState:
+    with _sqlite_errors(path, "reading the commit state"):
+        row = _fetch_one(conn, "SELECT value FROM commit_state WHERE name = 'state'", ())
+    if row is None:
+        raise RecordDamagedError(STATE_TABLE, STATE_KEY, "the commit state is missing")
+    return cipher.state_keys.open_state(row[0])
+
+
+def _write_state(conn: sqlite3.Connection, cipher: _RecordCipher, state: CommitState) -> None:
+    conn.execute(
+        "INSERT INTO commit_state (name, value) VALUES ('state', ?) "
+        "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (cipher.state_keys.seal_state(state),),
+    )
 
 
 class SqliteTransaction:
@@ -167,6 +217,8 @@ class SqliteTransaction:
         self._cipher = cipher
         self._path = path
         self._active = True
+        self._changed = False
+        self._delta = EMPTY_DIGEST
 
     def _connection(self) -> sqlite3.Connection:
         if not self._active:
@@ -175,6 +227,21 @@ class SqliteTransaction:
 
     def _finish(self) -> None:
         self._active = False
+
+    def _change(self, table: str, old: IndexEntry | None, new: IndexEntry | None) -> None:
+        keys = self._cipher.state_keys
+        for entry in (old, new):
+            if entry is not None:
+                self._delta = xor(self._delta, keys.tag(table, entry))
+        self._changed = True
+
+    def _advance_state(self) -> None:
+        """Write the commit state advanced by this transaction's changes, if it made any."""
+        if not self._changed:
+            return
+        state = _read_state(self._conn, self._cipher, self._path)
+        with _sqlite_errors(self._path, "writing the commit state"):
+            _write_state(self._conn, self._cipher, state.advanced(self._delta))
 
     def get(self, table: str, key: str) -> bytes | None:
         """The value of ``table``/``key`` as this transaction sees it, or ``None``."""
@@ -193,48 +260,69 @@ class SqliteTransaction:
         """Insert or replace ``table``/``key``; return its new version (1 on insert, else +1).
 
         The old value is not read, so a damaged record can be overwritten; a stored version that
-        is not a valid integer raises :class:`RecordDamagedError` (delete the record first).
+        is not a valid integer, or an index entry that does not open, raises
+        :class:`RecordDamagedError` (delete the record first).
         """
         _check_table(table)
         return self._put(table, key, value)
 
     def _put(self, table: str, key: str, value: bytes) -> int:
         conn = self._connection()
+        record_id = self._cipher.state_keys.record_id(table, key)
         with _sqlite_errors(self._path, f"writing {table}/{key}"):
             row = _fetch_one(
-                conn, "SELECT version FROM records WHERE tbl = ? AND key = ?", (table, key)
+                conn, "SELECT version FROM records WHERE tbl = ? AND key = ?", (table, record_id)
             )
             if row is None:
                 version = 1
-            elif _is_valid_version(row[0]) and row[0] < MAX_VERSION:
+            elif is_valid_version(row[0]) and row[0] < MAX_VERSION:
                 version = row[0] + 1
             else:
                 raise RecordDamagedError(
                     table, key, f"its version is not an integer in 1..{MAX_VERSION - 1}"
                 )
+            old = _index_entry(conn, self._cipher, table, record_id)
             envelope = self._cipher.seal(table, key, version, value)
+            new = IndexEntry(key, version, envelope_sha256(envelope))
             conn.execute(
                 "INSERT INTO records (tbl, key, version, value) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (tbl, key) DO UPDATE SET version = excluded.version, "
                 "value = excluded.value",
-                (table, key, version, envelope),
+                (table, record_id, version, envelope),
             )
+            conn.execute(
+                "INSERT INTO record_index (tbl, key, value) VALUES (?, ?, ?) "
+                "ON CONFLICT (tbl, key) DO UPDATE SET value = excluded.value",
+                (table, record_id, self._cipher.state_keys.seal_entry(table, record_id, new)),
+            )
+        self._change(table, old, new)
         return version
 
     def delete(self, table: str, key: str) -> bool:
-        """Remove ``table``/``key``; return whether a record was there."""
+        """Remove ``table``/``key``; return whether a record was there.
+
+        Raises :class:`RecordDamagedError` when its index entry does not open.
+        """
         _check_table(table)
         conn = self._connection()
+        record_id = self._cipher.state_keys.record_id(table, key)
         with _sqlite_errors(self._path, f"deleting {table}/{key}"):
-            cursor = conn.execute("DELETE FROM records WHERE tbl = ? AND key = ?", (table, key))
+            old = _index_entry(conn, self._cipher, table, record_id)
+            cursor = conn.execute(
+                "DELETE FROM records WHERE tbl = ? AND key = ?", (table, record_id)
+            )
             deleted = cursor.rowcount > 0
             cursor.close()
+            conn.execute("DELETE FROM record_index WHERE tbl = ? AND key = ?", (table, record_id))
+            deleted = deleted or old is not None
+        if old is not None:
+            self._change(table, old, None)
         return deleted
 
     def list_keys(self, table: str, prefix: str = "") -> list[str]:
         """The keys of ``table`` starting with ``prefix``, sorted, as this transaction sees them."""
         _check_table(table)
-        return _read_keys(self._connection(), self._path, table, prefix)
+        return _read_keys(self._connection(), self._cipher, self._path, table, prefix)
 
 
 def _rollback_quietly(conn: sqlite3.Connection) -> None:
@@ -253,6 +341,7 @@ def _transaction_on(
     tx = SqliteTransaction(conn, cipher, path)
     try:
         yield tx
+        tx._advance_state()
     except BaseException:
         tx._finish()
         _rollback_quietly(conn)
@@ -322,7 +411,13 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
                 f"database {path} has schema version {schema_version}, newer than this cas "
                 f"supports ({SCHEMA_VERSION}); use a newer cas"
             )
-        if schema_version < 1 or not {"meta", "records"} <= tables:
+        if schema_version == 1:
+            raise StoreError(
+                f"database {path} has schema version 1, written by an older cas; this cas reads "
+                f"version {SCHEMA_VERSION} only (record keys are no longer stored in clear and "
+                "every commit is authenticated), so create a new CAS for it"
+            )
+        if schema_version < 1 or not tables >= _TABLES:
             raise StoreError(f"{path} is not a complete OpenCAS database (its schema is missing)")
         row = _fetch_one(conn, "SELECT value FROM meta WHERE name = 'format'", ())
         if row is None or row[0] != STORE_FORMAT:
@@ -344,14 +439,78 @@ def _check_key(conn: sqlite3.Connection, cipher: _RecordCipher, path: Path) -> N
         f"the database key does not open {path} "
         "(it is another database's key, or the key-check record was damaged)"
     )
+    # Read without the index: its entries open only under the right key, which is the question.
+    with _sqlite_errors(path, "reading the key-check record"):
+        row = _fetch_one(
+            conn,
+            "SELECT version, value FROM records WHERE tbl = ? AND key = ?",
+            (_META_TABLE, cipher.state_keys.record_id(_META_TABLE, _CHECK_KEY)),
+        )
+    if row is None:
+        raise StoreError(f"{path} is not a complete OpenCAS database (no key-check record)")
     try:
-        found = _read_record(conn, cipher, path, _META_TABLE, _CHECK_KEY)
+        plaintext = cipher.open(_META_TABLE, _CHECK_KEY, row[0], row[1])
     except RecordDamagedError:
         raise wrong_key from None
-    if found is None:
-        raise StoreError(f"{path} is not a complete OpenCAS database (no key-check record)")
-    if found[0] != _CHECK_PLAINTEXT:
+    if plaintext != _CHECK_PLAINTEXT:
         raise wrong_key
+
+
+def _committed_index(
+    conn: sqlite3.Connection, cipher: _RecordCipher, path: Path
+) -> dict[tuple[str, bytes], IndexEntry]:
+    """Every index entry, once their tags are shown to add up to the commit state."""
+    state = _read_state(conn, cipher, path)
+    entries: dict[tuple[str, bytes], IndexEntry] = {}
+    digest = EMPTY_DIGEST
+    with (
+        _sqlite_errors(path, "checking the record index"),
+        contextlib.closing(conn.execute("SELECT tbl, key, value FROM record_index")) as cursor,
+    ):
+        for table, record_id, sealed in cursor:
+            if not isinstance(table, str) or not isinstance(record_id, bytes):
+                raise RecordDamagedError(
+                    STATE_TABLE, STATE_KEY, "the record index holds a row of the wrong shape"
+                )
+            entry = cipher.state_keys.open_entry(table, record_id, sealed)
+            digest = xor(digest, cipher.state_keys.tag(table, entry))
+            entries[table, record_id] = entry
+    if digest != state.digest:
+        raise RecordDamagedError(
+            STATE_TABLE,
+            STATE_KEY,
+            f"the record index does not add up to commit {state.counter}: records were removed "
+            "or rolled back together with their index entries",
+        )
+    return entries
+
+
+def _check_records(
+    conn: sqlite3.Connection, cipher: _RecordCipher, path: Path
+) -> tuple[RecordDamagedError, ...]:
+    """Check every record against the committed index; the records that fail, named."""
+    entries = _committed_index(conn, cipher, path)
+    damaged: list[RecordDamagedError] = []
+    with (
+        _sqlite_errors(path, "checking the records"),
+        contextlib.closing(conn.execute("SELECT tbl, key, version, value FROM records")) as cursor,
+    ):
+        for table, record_id, version, envelope in cursor:
+            entry = entries.pop((table, record_id), None)
+            shown = entry.key if entry is not None else _shown_id(record_id)
+            try:
+                check_record(str(table), shown, entry, version, envelope)
+            except RecordDamagedError as exc:
+                damaged.append(exc)
+    for (table, _), entry in sorted(entries.items()):
+        damaged.append(
+            RecordDamagedError(table, entry.key, "the record was deleted behind the store's back")
+        )
+    return tuple(damaged)
+
+
+def _shown_id(record_id: object) -> str:
+    return record_id.hex() if isinstance(record_id, bytes) else str(record_id)
 
 
 def _fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:
@@ -415,6 +574,7 @@ def _build(
                         ("created_at", datetime.now(UTC).isoformat(timespec="seconds")),
                     ],
                 )
+                _write_state(conn, cipher, INITIAL_STATE)
             tx._put(_META_TABLE, _CHECK_KEY, _CHECK_PLAINTEXT)
             populate(tx)
     finally:
@@ -442,7 +602,7 @@ class SqliteSnapshot:
     def list_keys(self, table: str, prefix: str = "") -> list[str]:
         """The keys of ``table`` starting with ``prefix`` in this snapshot, sorted."""
         _check_table(table)
-        return _read_keys(self._conn, self._path, table, prefix)
+        return _read_keys(self._conn, self._cipher, self._path, table, prefix)
 
 
 class SqliteStore:
@@ -452,10 +612,17 @@ class SqliteStore:
     :class:`~opencas.store.lock.DatabaseLock` of the database while the store is open.
     """
 
-    def __init__(self, path: Path, cipher: _RecordCipher, writer: sqlite3.Connection) -> None:
+    def __init__(
+        self,
+        path: Path,
+        cipher: _RecordCipher,
+        writer: sqlite3.Connection,
+        damaged: tuple[RecordDamagedError, ...] = (),
+    ) -> None:
         self._path = path
         self._cipher = cipher
         self._writer = writer
+        self._damaged = damaged
         self._write_lock = threading.Lock()
         self._pool_lock = threading.Lock()
         self._idle_readers: list[sqlite3.Connection] = []
@@ -469,6 +636,11 @@ class SqliteStore:
     def path(self) -> Path:
         """The database file."""
         return self._path
+
+    @property
+    def damaged_records(self) -> tuple[RecordDamagedError, ...]:
+        """The records found damaged when the store was opened (reading one raises)."""
+        return self._damaged
 
     @staticmethod
     def check_file(path: Path) -> None:
@@ -484,9 +656,14 @@ class SqliteStore:
 
         Raises :class:`StoreError`, naming ``path``, when there is no file, when it is not an
         SQLite database, when it is an SQLite database but not a (complete) OpenCAS one, or when
-        its schema is newer than this code; a foreign file is not modified. Raises
+        its schema is newer or older than this code; a foreign file is not modified. Raises
         :class:`KeyStoreError` when ``dmk`` is not this database's key, and ``ValueError``
         unless ``dmk`` is 32 bytes.
+
+        Every record is checked against the committed state: the ones that fail are listed in
+        :attr:`damaged_records` (and reading one raises). When the record index itself does not
+        add up to the commit state, nothing can be trusted and :class:`RecordDamagedError`
+        naming ``_state/commit`` is raised.
         """
         cipher = _RecordCipher(dmk)
         _check_header(path)
@@ -496,10 +673,16 @@ class SqliteStore:
             _check_schema(writer, path)
             _enable_wal(writer, path)
             _check_key(writer, cipher, path)
+            with _sqlite_errors(path, "starting the check of every record"):
+                writer.execute("BEGIN")
+            try:
+                damaged = _check_records(writer, cipher, path)
+            finally:
+                _rollback_quietly(writer)
         except BaseException:
             writer.close()
             raise
-        return cls(path, cipher, writer)
+        return cls(path, cipher, writer, damaged)
 
     @classmethod
     def create_atomically(
@@ -588,7 +771,13 @@ class SqliteStore:
         """The committed keys of ``table`` that start with ``prefix``, sorted by code point."""
         _check_table(table)
         with self._reader() as conn:
-            return _read_keys(conn, self._path, table, prefix)
+            return _read_keys(conn, self._cipher, self._path, table, prefix)
+
+    def state(self) -> StoreState:
+        """The committed state: its commit counter and a commitment to its digest."""
+        with self._reader() as conn:
+            committed = _read_state(conn, self._cipher, self._path)
+        return StoreState(committed.counter, self._cipher.state_keys.commitment(committed))
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[SqliteSnapshot]:

@@ -8,7 +8,7 @@ import pytest
 
 from opencas.attestation.report import CasExpectations
 from opencas.client import ApiError, ClientIdentity, new_nonce
-from opencas.testing import InProcessCas
+from opencas.testing import InProcessCas, stored_record_id
 
 
 def test_healthz_and_version(api: InProcessCas) -> None:
@@ -75,13 +75,15 @@ def test_damaged_record_gives_error_and_server_keeps_serving(api: InProcessCas) 
     client = api.client()
     expectations = CasExpectations(nonce="00" * 16, allow_debug=True, allow_unprovisioned=True)
     client.attest(expectations)
-    with sqlite3.connect(api.cas.config.database_path) as db:
+    database = api.cas.config.database_path
+    record_id = stored_record_id(api.cas.config, "cas", "state")
+    with sqlite3.connect(database) as db:
         (value,) = db.execute(
-            "SELECT value FROM records WHERE tbl = 'cas' AND key = 'state'"
+            "SELECT value FROM records WHERE tbl = 'cas' AND key = ?", (record_id,)
         ).fetchone()
         db.execute(
-            "UPDATE records SET value = ? WHERE tbl = 'cas' AND key = 'state'",
-            (value[:-1] + bytes([value[-1] ^ 1]),),
+            "UPDATE records SET value = ? WHERE tbl = 'cas' AND key = ?",
+            (value[:-1] + bytes([value[-1] ^ 1]), record_id),
         )
     with pytest.raises(ApiError) as damaged:
         client.attest(expectations)

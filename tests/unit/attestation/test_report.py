@@ -111,6 +111,7 @@ class Bundle:
             "owner_identity_hash": "a1" * 32,
             "owner_config_sha256": "b2" * 32,
             "db_key_injected": False,
+            "state": {"counter": 12, "digest": "d4" * 32},
             "audit": {"seq": 7, "head": "c3" * 32},
         }
         report.update(changes)
@@ -235,6 +236,7 @@ CHANGED_VALUES: dict[str, Any] = {
     "owner_identity_hash": "a2" * 32,
     "owner_config_sha256": None,
     "db_key_injected": True,
+    "state": {"counter": 13, "digest": "d5" * 32},
     "audit": {"seq": 8, "head": "c3" * 32},
 }
 

@@ -16,8 +16,8 @@ Pin = Callable[..., PinnedCas]
 
 @pytest.fixture
 def pinned(pinned_cas: Pin) -> PinnedCas:
-    """The CAS as pinned before: instance-1, audit sequence 5."""
-    return pinned_cas(audit_seq=5, enclave_port=None)
+    """The CAS as pinned before: instance-1, audit sequence 5, store commit counter 9."""
+    return pinned_cas(audit_seq=5, state_counter=9, enclave_port=None)
 
 
 def report(**changes: Any) -> CasReport:
@@ -38,6 +38,7 @@ def report(**changes: Any) -> CasReport:
         "owner_identity_hash": None,
         "owner_config_sha256": None,
         "db_key_injected": False,
+        "state": {"counter": 9, "digest": "dd" * 32},
         "audit": {"seq": 5, "head": AUDIT_GENESIS_HEAD},
     }
     fields.update(changes)
@@ -65,3 +66,15 @@ def test_state_that_went_back_is_refused_even_when_new_instances_are_accepted(
     for accept in (False, True):
         with pytest.raises(FreshnessError, match="went back"):
             check_freshness(pinned, went_back, accept_new_instance=accept)
+
+
+def test_store_counter_that_went_back_is_refused_like_the_audit_sequence(
+    pinned: PinnedCas,
+) -> None:
+    went_back = report(state={"counter": 8, "digest": "dd" * 32})
+    for accept in (False, True):
+        with pytest.raises(FreshnessError, match="store commit counter is 8, but 9"):
+            check_freshness(pinned, went_back, accept_new_instance=accept)
+    check_freshness(
+        pinned, report(state={"counter": 10, "digest": "ee" * 32}), accept_new_instance=False
+    )

@@ -1,4 +1,5 @@
-"""The SQLite state store: records, versions, transactions, tamper detection, creation, threads."""
+"""The SQLite state store: records, versions, transactions, tamper and rollback detection, creation,
+threads."""
 
 from __future__ import annotations
 
@@ -17,8 +18,22 @@ import pytest
 from opencas.errors import KeyStoreError, RecordDamagedError, StoreError
 from opencas.store import SqliteStore, Store, Transaction
 from opencas.store.sqlite import APPLICATION_ID, SCHEMA_VERSION
+from opencas.store.state import (
+    INITIAL_STATE,
+    CommitState,
+    IndexEntry,
+    StateKeys,
+    check_record,
+    envelope_sha256,
+    xor,
+)
 
 DMK = bytes(range(32))
+# The ids under which secrets/a and secrets/b are stored: what someone editing the file sees.
+A = StateKeys(DMK).record_id("secrets", "a")
+B = StateKeys(DMK).record_id("secrets", "b")
+KEYS = StateKeys(DMK)
+NAME = "payroll-Distinctive-Session-Name"
 
 
 def _nothing(tx: Transaction) -> None:
@@ -261,12 +276,12 @@ def _damaged_store(db_path: Path, edit: Callable[[sqlite3.Connection], None]) ->
 def test_flipped_byte_in_a_value_is_reported(db_path: Path) -> None:
     def flip(conn: sqlite3.Connection) -> None:
         (value,) = conn.execute(
-            "SELECT value FROM records WHERE tbl = 'secrets' AND key = 'a'"
+            "SELECT value FROM records WHERE tbl = 'secrets' AND key = ?", (A,)
         ).fetchone()
         damaged = bytearray(value)
         damaged[len(damaged) // 2] ^= 0x01
         conn.execute(
-            "UPDATE records SET value = ? WHERE tbl = 'secrets' AND key = 'a'", (bytes(damaged),)
+            "UPDATE records SET value = ? WHERE tbl = 'secrets' AND key = ?", (bytes(damaged), A)
         )
 
     with _damaged_store(db_path, flip) as store:
@@ -283,8 +298,9 @@ def test_flipped_byte_in_a_value_is_reported(db_path: Path) -> None:
 def test_value_copied_onto_another_key_is_reported(db_path: Path) -> None:
     def copy(conn: sqlite3.Connection) -> None:
         conn.execute(
-            "UPDATE records SET value = (SELECT value FROM records WHERE key = 'a') "
-            "WHERE tbl = 'secrets' AND key = 'b'"
+            "UPDATE records SET value = (SELECT value FROM records WHERE key = ?) "
+            "WHERE tbl = 'secrets' AND key = ?",
+            (A, B),
         )
 
     with _damaged_store(db_path, copy) as store:
@@ -296,11 +312,19 @@ def test_value_copied_onto_another_key_is_reported(db_path: Path) -> None:
 
 def test_value_moved_to_another_table_is_reported(db_path: Path) -> None:
     def move(conn: sqlite3.Connection) -> None:
-        conn.execute("UPDATE records SET tbl = 'public' WHERE tbl = 'secrets' AND key = 'a'")
+        conn.execute("UPDATE records SET tbl = 'public' WHERE tbl = 'secrets' AND key = ?", (A,))
 
-    with _damaged_store(db_path, move) as store, pytest.raises(RecordDamagedError) as caught:
-        store.get("public", "a")
-    assert (caught.value.table, caught.value.key) == ("public", "a")
+    # The record id is keyed by its table too, so the moved row is no record of "public": it is
+    # reported where it was committed, and as a row the store never committed where it is now.
+    with _damaged_store(db_path, move) as store:
+        with pytest.raises(RecordDamagedError) as caught:
+            store.get("secrets", "a")
+        assert (caught.value.table, caught.value.key) == ("secrets", "a")
+        assert store.get("public", "a") is None
+        assert {(damage.table, damage.key) for damage in store.damaged_records} == {
+            ("secrets", "a"),
+            ("public", A.hex()),
+        }
 
 
 # Text that looks like an integer ("1", 1.0) is stored as an integer by the column's affinity,
@@ -308,7 +332,7 @@ def test_value_moved_to_another_table_is_reported(db_path: Path) -> None:
 @pytest.mark.parametrize("version", [2, 0, -1, 2**53, 2**62, "one", 1.5, b"1"])
 def test_changed_version_is_reported(db_path: Path, version: object) -> None:
     def change(conn: sqlite3.Connection) -> None:
-        conn.execute("UPDATE records SET version = ? WHERE key = 'a'", (version,))
+        conn.execute("UPDATE records SET version = ? WHERE key = ?", (version, A))
 
     with _damaged_store(db_path, change) as store:
         with pytest.raises(RecordDamagedError):
@@ -325,7 +349,7 @@ def test_changed_version_is_reported(db_path: Path, version: object) -> None:
 @pytest.mark.parametrize("value", ["text instead of a blob", 42, b"", b"\x01short"])
 def test_value_of_the_wrong_kind_is_reported(db_path: Path, value: object) -> None:
     def change(conn: sqlite3.Connection) -> None:
-        conn.execute("UPDATE records SET value = ? WHERE key = 'a'", (value,))
+        conn.execute("UPDATE records SET value = ? WHERE key = ?", (value, A))
 
     with _damaged_store(db_path, change) as store, pytest.raises(RecordDamagedError):
         store.get("secrets", "a")
@@ -333,7 +357,7 @@ def test_value_of_the_wrong_kind_is_reported(db_path: Path, value: object) -> No
 
 def test_damaged_record_can_be_deleted_and_rewritten(db_path: Path) -> None:
     def flip(conn: sqlite3.Connection) -> None:
-        conn.execute("UPDATE records SET value = zeroblob(40) WHERE key = 'a'")
+        conn.execute("UPDATE records SET value = zeroblob(40) WHERE key = ?", (A,))
 
     with _damaged_store(db_path, flip) as store:
         with store.transaction() as tx:
@@ -423,7 +447,7 @@ def test_file_is_marked_and_in_wal_mode(store: SqliteStore, db_path: Path) -> No
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
     assert APPLICATION_ID.to_bytes(4, "big") == b"OCAS"
-    assert meta["format"] == "opencas-store/1"
+    assert meta["format"] == "opencas-store/2"
     assert "created_at" in meta
 
 
@@ -561,3 +585,176 @@ def test_snapshot_sees_one_committed_state(tmp_path: Path) -> None:
         assert store.get("t", "b") == b"2"
     finally:
         store.close()
+
+
+# --- the commit state: rolled-back, mixed and deleted records ---------------------------------
+
+
+def _two_sessions(tx: Transaction) -> None:
+    tx.put("sessions", NAME, b"reader: alice, bob")
+    tx.put("secrets", NAME, b"password-one")
+    tx.put("sessions", "other", b"other session")
+
+
+def _rows(path: Path, table: str, key: str) -> dict[str, tuple[object, ...]]:
+    record_id = KEYS.record_id(table, key)
+    with _raw(path) as conn:
+        return {
+            sql_table: conn.execute(
+                f"SELECT * FROM {sql_table} WHERE tbl = ? AND key = ?",
+                (table, record_id),
+            ).fetchone()
+            for sql_table in ("records", "record_index")
+        }
+
+
+def _put_back(path: Path, sql_table: str, row: tuple[object, ...]) -> None:
+    marks = ", ".join("?" for _ in row)
+    with _raw(path) as conn:
+        conn.execute(f"INSERT OR REPLACE INTO {sql_table} VALUES ({marks})", row)
+
+
+@pytest.fixture
+def sessions_db(db_path: Path) -> Path:
+    SqliteStore.create_atomically(db_path, DMK, _two_sessions).close()
+    return db_path
+
+
+def _revoke_and_rotate(path: Path) -> None:
+    with SqliteStore.open(path, DMK) as store, store.transaction() as tx:
+        tx.put("sessions", NAME, b"reader: alice")
+        tx.put("secrets", NAME, b"password-two")
+
+
+def test_every_changing_commit_advances_the_counter(sessions_db: Path) -> None:
+    db_path = sessions_db
+    with SqliteStore.open(db_path, DMK) as store:
+        first = store.state()
+        with store.transaction() as tx:
+            tx.get("sessions", NAME)
+        assert store.state() == first
+        with store.transaction() as tx:
+            tx.put("sessions", "new", b"x")
+        second = store.state()
+        with store.transaction() as tx:
+            tx.delete("sessions", "new")
+        third = store.state()
+    assert (first.counter, second.counter, third.counter) == (1, 2, 3)
+    assert len({first.digest, second.digest, third.digest}) == 3
+    assert all(len(state.digest) == 64 for state in (first, second, third))
+
+
+def test_an_older_row_copied_back_is_damaged_at_open_and_at_read(sessions_db: Path) -> None:
+    db_path = sessions_db
+    old_session = _rows(db_path, "sessions", NAME)["records"]
+    old_secret = _rows(db_path, "secrets", NAME)["records"]
+    _revoke_and_rotate(db_path)
+    _put_back(db_path, "records", old_session)
+    _put_back(db_path, "records", old_secret)
+    with SqliteStore.open(db_path, DMK) as store:
+        assert {(damage.table, damage.key) for damage in store.damaged_records} == {
+            ("sessions", NAME),
+            ("secrets", NAME),
+        }
+        for table in ("sessions", "secrets"):
+            with pytest.raises(RecordDamagedError, match="older copy") as caught:
+                store.get(table, NAME)
+            assert (caught.value.table, caught.value.key) == (table, NAME)
+        assert store.get("sessions", "other") == b"other session"
+
+
+def test_an_older_row_with_its_older_index_entry_refuses_the_store(sessions_db: Path) -> None:
+    db_path = sessions_db
+    old = _rows(db_path, "secrets", NAME)
+    _revoke_and_rotate(db_path)
+    _put_back(db_path, "records", old["records"])
+    _put_back(db_path, "record_index", old["record_index"])
+    with pytest.raises(RecordDamagedError, match="does not add up") as caught:
+        SqliteStore.open(db_path, DMK)
+    assert (caught.value.table, caught.value.key) == ("_state", "commit")
+
+
+def test_a_deleted_row_is_damaged(sessions_db: Path) -> None:
+    db_path = sessions_db
+    with _raw(db_path) as conn:
+        conn.execute("DELETE FROM records WHERE key = ?", (KEYS.record_id("secrets", NAME),))
+    with SqliteStore.open(db_path, DMK) as store:
+        assert [(d.table, d.key) for d in store.damaged_records] == [("secrets", NAME)]
+        with pytest.raises(RecordDamagedError, match="deleted"):
+            store.get("secrets", NAME)
+        # Deleting it for real, or writing it again, is a committed change like any other.
+        with store.transaction() as tx:
+            assert tx.delete("secrets", NAME) is True
+        assert store.get("secrets", NAME) is None
+    with SqliteStore.open(db_path, DMK) as store:
+        assert store.damaged_records == ()
+
+
+def test_a_row_deleted_with_its_index_entry_refuses_the_store(sessions_db: Path) -> None:
+    db_path = sessions_db
+    record_id = KEYS.record_id("secrets", NAME)
+    with _raw(db_path) as conn:
+        conn.execute("DELETE FROM records WHERE key = ?", (record_id,))
+        conn.execute("DELETE FROM record_index WHERE key = ?", (record_id,))
+    with pytest.raises(RecordDamagedError, match="does not add up"):
+        SqliteStore.open(db_path, DMK)
+
+
+def test_an_older_commit_state_refuses_the_store(sessions_db: Path) -> None:
+    db_path = sessions_db
+    with _raw(db_path) as conn:
+        (old_state,) = conn.execute("SELECT value FROM commit_state").fetchone()
+    _revoke_and_rotate(db_path)
+    with _raw(db_path) as conn:
+        conn.execute("UPDATE commit_state SET value = ?", (old_state,))
+    with pytest.raises(RecordDamagedError, match="_state/commit"):
+        SqliteStore.open(db_path, DMK)
+
+
+def test_no_name_is_stored_in_clear(tmp_path: Path) -> None:
+    path = tmp_path / "cas.db"
+    store = SqliteStore.create_atomically(path, DMK, _two_sessions)
+    with store.transaction() as tx:
+        tx.put("sessions", "second-Distinctive-Name", b"x")
+    files = [path, path.with_name(path.name + "-wal")]
+    raw = b"".join(file.read_bytes() for file in files if file.exists())
+    store.close()
+    raw += path.read_bytes()
+    for name in (NAME, "second-Distinctive-Name", "password-one"):
+        assert name.encode() not in raw
+    with SqliteStore.open(path, DMK) as reopened:
+        assert reopened.list_keys("sessions") == sorted([NAME, "other", "second-Distinctive-Name"])
+
+
+def test_a_store_of_the_first_format_is_refused_clearly(sessions_db: Path) -> None:
+    db_path = sessions_db
+    with _raw(db_path) as conn:
+        conn.execute("PRAGMA user_version = 1")
+    with pytest.raises(StoreError, match="older cas") as caught:
+        SqliteStore.open(db_path, DMK)
+    assert str(db_path) in str(caught.value)
+
+
+def test_digest_is_the_xor_of_tags_so_a_change_undoes_exactly() -> None:
+    entry = IndexEntry("k", 1, envelope_sha256(b"v"))
+    tag = KEYS.tag("t", entry)
+    state = INITIAL_STATE.advanced(tag).advanced(tag)
+    assert state == CommitState(2, INITIAL_STATE.digest)
+    assert xor(tag, tag) == INITIAL_STATE.digest
+    assert KEYS.commitment(state) != KEYS.commitment(CommitState(1, INITIAL_STATE.digest))
+
+
+def test_an_index_entry_opens_only_for_its_own_id() -> None:
+    entry = IndexEntry("k", 3, envelope_sha256(b"v"))
+    record_id = KEYS.record_id("t", "k")
+    sealed = KEYS.seal_entry("t", record_id, entry)
+    assert KEYS.open_entry("t", record_id, sealed) == entry
+    with pytest.raises(RecordDamagedError):
+        KEYS.open_entry("t", KEYS.record_id("t", "other"), sealed)
+    with pytest.raises(RecordDamagedError):
+        KEYS.open_entry("u", record_id, sealed)
+    assert check_record("t", "k", entry, 3, b"v") == entry
+    with pytest.raises(RecordDamagedError, match="older copy"):
+        check_record("t", "k", entry, 2, b"v")
+    with pytest.raises(RecordDamagedError, match="not the one"):
+        check_record("t", "k", entry, 3, b"w")
