@@ -59,3 +59,14 @@ def attested_casctl(opencas_cas: SelfProvisionedCas) -> Callable[[Path], Casctl]
         return run
 
     return make
+
+
+@pytest.fixture
+def program(tmp_path: Path) -> Path:
+    """A workload program that prints the SHA-256 of its ``SHARED`` environment variable."""
+    path = tmp_path / "app.py"
+    path.write_text(
+        "import hashlib, os\n"
+        'print("shared-sha256", hashlib.sha256(os.environ["SHARED"].encode()).hexdigest())\n'
+    )
+    return path

@@ -15,13 +15,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-PROGRAM = """\
-import hashlib, os
-print("shared-sha256", hashlib.sha256(os.environ["SHARED"].encode()).hexdigest())
-"""
-
 # Line 7 of the text is the export's item: the CAS's refusal points there.
 EXPORTER = """\
 name: {name}
@@ -65,13 +58,6 @@ secrets:
 """
 
 Casctl = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture
-def program(tmp_path: Path) -> Path:
-    path = tmp_path / "app.py"
-    path.write_text(PROGRAM)
-    return path
 
 
 def measurement_of(casctl: Casctl, program: Path) -> str:

@@ -19,7 +19,7 @@ from opencas.crypto.pem import load_private_key_pem
 from opencas.errors import ClientError
 from opencas.policy.access import sign_session_hash
 from opencas.policy.hashing import session_hash
-from opencas.policy.model import Session
+from opencas.policy.model import Session, check_hex64
 from opencas.policy.parse import parse_session
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -156,12 +156,19 @@ def hash_(file: Path, assignments: tuple[str, ...], use_env: bool) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="PEM private key (P-256, P-384 or Ed25519) to sign with.",
 )
+@click.option(
+    "--creator",
+    metavar="KEY_HASH",
+    help="Bind the one identity (its key hash, as `casctl self show-identity` prints it) "
+    "that may submit the signed version; it becomes the session's approved creator.",
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path))
 @_template_options
 @reports_errors
 def sign(
     file: Path,
     key_path: Path,
+    creator: str | None,
     output: Path | None,
     assignments: tuple[str, ...],
     use_env: bool,
@@ -170,12 +177,17 @@ def sign(
 
     For an update, write the predecessor into FILE first: the signature covers it.
     """
+    if creator is not None:
+        try:
+            check_hex64(creator)
+        except ValueError as exc:
+            raise ClientError(f"--creator takes a key hash: {exc}") from None
     session = _parse(session_text(file, assignments, use_env), file)
     try:
         key = load_private_key_pem(key_path.read_bytes())
     except (OSError, ValueError, TypeError) as exc:
         raise ClientError(f"cannot load the key {key_path}: {exc}") from exc
-    signature = json.dumps(sign_session_hash(key, session_hash(session)), indent=2)
+    signature = json.dumps(sign_session_hash(key, session_hash(session), creator), indent=2)
     if output is None:
         click.echo(signature)
     else:

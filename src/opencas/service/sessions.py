@@ -28,16 +28,20 @@ from opencas.errors import (
     RecordDamagedError,
 )
 from opencas.policy.access import (
-    Signatures,
+    Approval,
+    Governance,
+    acting_creator,
+    allows,
     can_create_in,
     can_read,
     can_update,
-    verify_signatures,
+    governs_creation,
+    verify_approval,
 )
 from opencas.policy.caller import Caller
 from opencas.policy.errors import SessionError
 from opencas.policy.hashing import session_hash
-from opencas.policy.model import Session
+from opencas.policy.model import NoneRule, Session
 from opencas.policy.parse import parse_session, session_from_normal_form
 from opencas.policy.secret_values import (
     SecretValue,
@@ -75,6 +79,8 @@ class SessionRecord(BaseModel):
     created_at: str
     updated_at: str
     revision: int
+    governed_by: str | None = None
+    creator_approved: bool = False
 
 
 class SecretsRecord(BaseModel):
@@ -140,12 +146,41 @@ class _Change:
     text: str
     hash: str
     caller: Caller
-    signers: Signatures
+    approval: Approval
 
 
 def _change(session: Session, text: str, caller: Caller, signatures: object) -> _Change:
     new_hash = session_hash(session)
-    return _Change(session, text, new_hash, caller, verify_signatures(signatures, new_hash))
+    approval = verify_approval(signatures, new_hash, caller.key_hash)
+    return _Change(session, text, new_hash, caller, approval)
+
+
+@dataclass(frozen=True)
+class _Creation:
+    """What admitting a new session found: its imports, and the rule that governed it."""
+
+    imported: dict[str, SecretValue]
+    governed_by: str | None
+    creator_approved: bool
+
+
+def governance_of(source: Reader, stored: StoredSession) -> Governance | None:
+    """The signer-governed rule ``stored`` was created under, as its namespace has it now.
+
+    ``None`` for a session created under any other rule (or before this was recorded).
+    """
+    namespace = stored.record.governed_by
+    if namespace is None:
+        return None
+    governing = load_session(source, namespace)
+    if governing is None:
+        # Namespaces are never removed; should one be missing, nothing satisfies its rule.
+        return Governance(NoneRule(), "", stored.record.creator_approved)
+    return Governance(
+        governing.session.access_policy.create_sessions,
+        acting_creator(governing.record.creator, governance_of(source, governing)),
+        stored.record.creator_approved,
+    )
 
 
 def create_session(cas: Cas, text: str, caller: Caller, signatures: object = ()) -> SessionRecord:
@@ -161,8 +196,8 @@ def create_session(cas: Cas, text: str, caller: Caller, signatures: object = ())
     # Secrets (an RSA key can take seconds) are made from a snapshot, outside the write lock;
     # the checks run again in the transaction, against whatever was committed meanwhile.
     with cas.store.snapshot() as view:
-        imported = _admit_create(view, change)
-    values = generate_values(change.session, None, None, imported)
+        creation = _admit_create(view, change)
+    values = generate_values(change.session, None, None, creation.imported)
     now = utc_now_text()
     record = SessionRecord(
         name=change.session.name,
@@ -173,31 +208,53 @@ def create_session(cas: Cas, text: str, caller: Caller, signatures: object = ())
         created_at=now,
         updated_at=now,
         revision=1,
+        governed_by=creation.governed_by,
+        creator_approved=creation.creator_approved,
     )
-    return _commit(cas, change, _admit_create, record, values)
+
+    def admit_again(source: Reader, again: _Change) -> None:
+        found = _admit_create(source, again)
+        if (found.governed_by, found.creator_approved) != (
+            record.governed_by,
+            record.creator_approved,
+        ):
+            raise ConflictError(
+                f"the namespace of {record.name} changed while it was being created; retry"
+            )
+
+    return _commit(cas, change, admit_again, record, values)
 
 
-def _admit_create(source: Reader, change: _Change) -> dict[str, SecretValue]:
-    """Refuse the creation unless it may happen now; returns the imported values."""
+def _admit_create(source: Reader, change: _Change) -> _Creation:
+    """Refuse the creation unless it may happen now; returns what admitting it found."""
     name = change.session.name
     if source.get(SESSIONS, name) is not None:
         raise ConflictError(f"session {name} exists; update it instead", code="session-exists")
     parent = parent_of(name)
+    governed_by, approved = None, False
     if parent is not None:
         governing = load_session(source, parent)
         if governing is None:
             raise NotFoundError(
                 f"cannot create {name}: its namespace session {parent} does not exist"
             )
+        parent_creator = acting_creator(governing.record.creator, governance_of(source, governing))
+        rule = governing.session.access_policy.create_sessions
         if not can_create_in(
-            governing.session, change.caller, governing.record.creator, change.signers
+            governing.session, change.caller, parent_creator, change.approval.signers
         ):
             raise ForbiddenError(
                 f"the create_sessions policy of {parent} does not allow you to create {name}",
                 code="access-denied",
             )
+        if governs_creation(rule):
+            # Approved as creator only if the signatures that bind the caller suffice alone.
+            governed_by = parent
+            approved = allows(
+                rule, caller=change.caller, creator=parent_creator, signers=change.approval.bound
+            )
     _check_exports(source, change)
-    return imported_values(source, change.session, change.hash)
+    return _Creation(imported_values(source, change.session, change.hash), governed_by, approved)
 
 
 def update_session(
@@ -239,7 +296,13 @@ def _admit_update(source: Reader, change: _Change) -> tuple[StoredSession, dict[
     current = load_session(source, name)
     if current is None:
         raise NotFoundError(f"there is no session {name}")
-    if not can_update(current.session, change.caller, current.record.creator, change.signers):
+    if not can_update(
+        current.session,
+        change.caller,
+        current.record.creator,
+        change.approval.signers,
+        governance_of(source, current),
+    ):
         raise ForbiddenError(
             f"the update policy of {name} does not allow this update", code="access-denied"
         )
@@ -280,7 +343,8 @@ def read_session(cas: Cas, name: str, caller: Caller) -> SessionRecord:
     stored = load_session(cas.store, name)
     if stored is None:
         raise NotFoundError(f"there is no session {name}")
-    if not can_read(stored.session, caller, stored.record.creator):
+    creator = acting_creator(stored.record.creator, governance_of(cas.store, stored))
+    if not can_read(stored.session, caller, creator):
         raise ForbiddenError(
             f"the read policy of {name} does not allow you to read it", code="access-denied"
         )
