@@ -339,15 +339,19 @@ def _commit(
 
 
 def read_session(cas: Cas, name: str, caller: Caller) -> SessionRecord:
-    """The stored session ``name`` if ``caller`` may read it (404 / 403 otherwise)."""
+    """The stored session ``name`` if ``caller`` may read it; :class:`NotFoundError` otherwise.
+
+    A session the caller may not read gets the very answer of one that does not exist (404
+    ``not-found``, the same message), whether the caller is anonymous or signed: a read must
+    not tell who may not read a session that the name exists.
+    """
     stored = load_session(cas.store, name)
-    if stored is None:
-        raise NotFoundError(f"there is no session {name}")
-    creator = acting_creator(stored.record.creator, governance_of(cas.store, stored))
-    if not can_read(stored.session, caller, creator):
-        raise ForbiddenError(
-            f"the read policy of {name} does not allow you to read it", code="access-denied"
-        )
+    if stored is None or not can_read(
+        stored.session,
+        caller,
+        acting_creator(stored.record.creator, governance_of(cas.store, stored)),
+    ):
+        raise NotFoundError(f"there is no session {name} that you may read")
     return stored.record
 
 
@@ -403,6 +407,9 @@ def _write(
     values: Mapping[str, SecretValue],
 ) -> None:
     own = {secret.name for secret in session.secrets if secret.import_ is None}
+    # Reads of this version then find it parsed, so a read costs about the same whether the
+    # name exists or not (nothing to parse before the read rule is known).
+    _parsed_sessions.get_or_make(record.hash, lambda: session)
     write_record(txn, SESSIONS, record.name, record)
     write_record(
         txn,

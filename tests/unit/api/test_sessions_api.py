@@ -123,7 +123,7 @@ def test_anonymous_writes_are_refused(api: InProcessCas) -> None:
 
 @pytest.mark.parametrize(
     ("who", "read_status"),
-    [("creator", None), ("other", 403), ("anonymous", 403), ("owner", 403)],
+    [("creator", None), ("other", 404), ("anonymous", 404), ("owner", 404)],
 )
 def test_default_policy_matrix(api: InProcessCas, who: str, read_status: int | None) -> None:
     identities = {"creator": CREATOR, "other": OTHER, "anonymous": None, "owner": OWNER}
