@@ -140,3 +140,37 @@ def test_run_end_to_end(
     assert changed.returncode == 4
     assert "(measurement)" in changed.stderr
     assert changed.stdout == ""
+
+
+def test_pass_env_refuses_code_changing_variables(
+    casctl: Casctl, program: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PYTHONPATH with a sitecustomize.py would run unmeasured code holding the secrets."""
+    measurement = casctl("measure", "--", sys.executable, str(program)).stdout.strip()
+    session_file = tmp_path / "session.yaml"
+    session_file.write_text(SESSION.format(measurement=measurement, other="00" * 32))
+    assert casctl("session", "create", str(session_file)).returncode == 0
+    injected = tmp_path / "injected"
+    injected.mkdir()
+    (injected / "sitecustomize.py").write_text(
+        # casctl itself starts with this PYTHONPATH too: only the workload has APP_TOKEN.
+        "import os\nif 'APP_TOKEN' in os.environ:\n    print('stolen', os.environ['APP_TOKEN'])\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(injected))
+    monkeypatch.setenv("LD_PRELOAD", str(injected / "nothing.so"))
+
+    for name in ("PYTHONPATH", "LD_PRELOAD"):
+        ran = casctl(
+            "run", "--config-id", "runtest/app", "--pass-env", name, "--",
+            sys.executable, str(program),
+        )  # fmt: skip
+        assert ran.returncode == 2, ran.stderr
+        assert f"{name} is not passed to an attested program" in ran.stderr
+        assert "not measured" in ran.stderr
+        assert "stolen" not in ran.stdout
+        assert ran.stdout == ""
+
+    # Without --pass-env, casctl's own PYTHONPATH does not reach the program either.
+    ran = casctl("run", "--config-id", "runtest/app", "--", sys.executable, str(program))
+    assert ran.returncode == 3, ran.stderr
+    assert "stolen" not in ran.stdout

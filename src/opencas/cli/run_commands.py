@@ -25,6 +25,7 @@ from opencas.policy.model import check_environment_name
 from opencas.runtime.exchange import fetch_configuration
 from opencas.runtime.launcher import launch
 from opencas.runtime.measure import Measurement, measure_program, resolve_program
+from opencas.runtime.passed_environment import check_passable
 
 PLATFORM_KEY_FILE = "simulated-platform.key"
 AVAILABLE_PLATFORMS = ("simulated",)
@@ -45,6 +46,7 @@ def _pass_env_option(
     for value in values:
         try:
             check_environment_name(value)
+            check_passable(value)
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from exc
     return values

@@ -20,6 +20,8 @@ The rules (shared spec, "Runtime"):
   measured (or, when none was measured, the arguments must not name a file to run).
 - Environment: the session's variables, plus ``PATH``, ``HOME``, ``LANG``, ``TERM`` and the
   names passed with ``--pass-env`` from casctl's own environment; the session wins a conflict.
+  A ``--pass-env`` name that changes what code runs is refused
+  (:mod:`opencas.runtime.passed_environment`).
 - ``pwd``: the working directory; a directory of injection files means its private copy.
 """
 
@@ -47,10 +49,10 @@ from opencas.crypto.pem import private_key_pem
 from opencas.errors import ClientError
 from opencas.policy.model import check_environment_name
 from opencas.runtime.measure import ResolvedProgram, find_executable, script_argument
+from opencas.runtime.passed_environment import ALWAYS_PASSED, check_passable
 
 logger = logging.getLogger(__name__)
 
-PASSED_ENVIRONMENT = ("PATH", "HOME", "LANG", "TERM")
 FORWARDED_SIGNALS = frozenset(
     {
         signal.SIGINT,
@@ -260,9 +262,11 @@ def _environment(
     with_certificates: bool,
 ) -> dict[str, str]:
     environment: dict[str, str] = {}
-    for name in (*PASSED_ENVIRONMENT, *pass_env):
+    for name in (*ALWAYS_PASSED, *pass_env):
         try:
             check_environment_name(name)
+            if name not in ALWAYS_PASSED:
+                check_passable(name)
         except ValueError as exc:
             raise ClientError(f"--pass-env: {exc}") from exc
         if name in parent_environment:

@@ -95,3 +95,27 @@ def test_run_unreachable_cas(
     result = CliRunner().invoke(cli, ["run", "--config-id", "s/svc", "--", "true"])
     assert result.exit_code == 3, result.output
     assert (tmp_path / "simulated-platform.key").exists()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "NODE_OPTIONS", "PERL5OPT", "RUBYOPT",
+     "BASH_ENV", "ENV", "GCONV_PATH", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "GLIBC_TUNABLES",
+     "MALLOC_CHECK_", "IFS", "PS4", "SHELLOPTS", "BASH_FUNC_ls"],
+)  # fmt: skip
+def test_run_refuses_code_changing_pass_env(name: str) -> None:
+    result = CliRunner().invoke(
+        cli, ["run", "--config-id", "s/svc", "--pass-env", name, "--", "true"]
+    )
+    assert result.exit_code == 2
+    assert f"{name} is not passed to an attested program" in result.output
+    assert "not measured" in result.output
+
+
+def test_run_accepts_ordinary_pass_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CASCTL_HOME", str(tmp_path))
+    result = CliRunner().invoke(
+        cli, ["run", "--config-id", "s/svc", "--pass-env", "APP_MODE", "--", "true"]
+    )
+    # Past the option checks: it fails later, for want of an attested CAS.
+    assert result.exit_code != 2, result.output

@@ -390,6 +390,19 @@ def test_bad_pass_env_name(tool: ResolvedProgram, root: Path) -> None:
         plan(config(), tool, ["tool"], root, pass_env=["A=B"])
 
 
+@pytest.mark.parametrize("name", ["LD_PRELOAD", "PYTHONSTARTUP", "BASH_ENV", "GLIBC_TUNABLES"])
+def test_code_changing_pass_env_is_refused(tool: ResolvedProgram, root: Path, name: str) -> None:
+    with pytest.raises(ClientError, match=f"--pass-env: {name} is not passed"):
+        plan(config(), tool, ["tool"], root, pass_env=[name])
+
+
+def test_the_session_may_set_code_changing_variables(tool: ResolvedProgram, root: Path) -> None:
+    workload = config(environment=MappingProxyType({"PYTHONNOUSERSITE": "1", "LD_BIND_NOW": "1"}))
+    result = plan(workload, tool, ["tool"], root)
+    assert result.environment["PYTHONNOUSERSITE"] == "1"
+    assert result.environment["LD_BIND_NOW"] == "1"
+
+
 # --- signals and exit status -----------------------------------------------------------------
 
 
