@@ -14,12 +14,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from opencas.policy.access import sign_session_hash, verify_signatures
 from opencas.policy.errors import SessionError
 from opencas.policy.hashing import session_hash
-from opencas.policy.parse import parse_session, session_from_normal_form
+from opencas.policy.parse import Purpose, parse_session, session_from_normal_form
 from opencas.sources.yaml import parse_yaml
 
 SAMPLES = sorted((Path(__file__).parents[2] / "data" / "sessions").glob("*.yaml"))
@@ -239,3 +241,40 @@ def mutated_sample_texts(draw: st.DrawFn) -> str:
 @given(text=mutated_sample_texts())
 def test_mutated_sample_texts(text: str) -> None:
     parses_or_refuses(text)
+
+
+@SETTINGS
+@given(text=mutated_sample_texts(), purpose=st.sampled_from(["create", "update"]))
+def test_upload_purposes(text: str, purpose: Purpose) -> None:
+    """What ``POST`` and ``PUT /v1/sessions`` parse: only SessionError, whatever the text."""
+    try:
+        parse_session(text, "fuzz", purpose=purpose)
+    except SessionError as error:
+        refused = error
+    else:
+        return
+    assert refused.problems
+
+
+SIGNATURE_SAMPLE = sign_session_hash(Ed25519PrivateKey.generate(), "ab" * 32)
+
+
+@SETTINGS
+@given(
+    items=st.none()
+    | STRUCTURES
+    | st.lists(
+        st.fixed_dictionaries({}, optional=dict.fromkeys(SIGNATURE_SAMPLE, STRUCTURES))
+        | st.just(dict(SIGNATURE_SAMPLE)),
+        max_size=4,
+    )
+)
+def test_detached_signatures(items: object) -> None:
+    """The ``signatures`` of a session upload: only SessionError, whatever the items."""
+    try:
+        verify_signatures(items, "ab" * 32)
+    except SessionError as error:
+        refused = error
+    else:
+        return
+    assert refused.problems
