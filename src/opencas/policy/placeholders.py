@@ -43,6 +43,8 @@ PREFIXES: Final = ("$$CAS::", "$$SCONE::")
 SELECTORS: Final = ("crt", "key", "chain")
 FORMATS: Final = ("hex", "base64", "base64url", "pem", "der", "crt", "chain", "privatekey")
 
+PREFIX_PATTERN: Final = re.compile(r"\$\$(?:CAS|SCONE)::")
+"""Where a placeholder begins: either prefix of :data:`PREFIXES`."""
 _PLACEHOLDER = re.compile(
     r"\$\$(?:CAS|SCONE)::(?P<secret>[A-Za-z0-9_-]+)(?:\.(?P<selector>[A-Za-z0-9_-]*))?"
     r"(?::(?P<format>[A-Za-z0-9_-]*))?\$\$"
@@ -93,8 +95,10 @@ class PlaceholderProblem:
 
 
 def _next_prefix(text: str, position: int) -> int:
-    found = [index for index in (text.find(p, position) for p in PREFIXES) if index >= 0]
-    return min(found, default=-1)
+    # One search for either prefix: searching for each separately would rescan the rest of the
+    # text for the absent one at every placeholder, quadratic in the text.
+    match = PREFIX_PATTERN.search(text, position)
+    return -1 if match is None else match.start()
 
 
 def find_placeholders(text: str) -> list[Placeholder]:
@@ -190,10 +194,10 @@ def validate(text: str, secrets: Mapping[str, SecretKind | None]) -> list[Placeh
     except PlaceholderSyntaxError as error:
         return [PlaceholderProblem(error.start, error.start + 2, error.message)]
     problems: list[PlaceholderProblem] = []
+    known = ", ".join(sorted(secrets)) or "none"
     for item in found:
         spelled = text[item.start : item.end]
         if item.secret not in secrets:
-            known = ", ".join(sorted(secrets)) or "none"
             what = f"{spelled!r} names no secret of this session (secrets: {known})"
             problems.append(PlaceholderProblem(item.start, item.end, what))
             continue

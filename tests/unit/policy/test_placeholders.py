@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opencas.policy.model import SECRET_KINDS, SecretKind
+from opencas.policy import placeholders
 from opencas.policy.placeholders import (
     FORMATS,
     SELECTORS,
@@ -232,3 +235,32 @@ def test_arbitrary_text_finds_or_raises_placeholder_syntax_error(text: str) -> N
         return
     for item in found:
         assert text[item.start : item.end].endswith("$$")
+
+
+class _CountingPattern:
+    """A prefix pattern that counts the characters each search has to look at."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+        self.scanned = 0
+
+    def search(self, text: str, position: int) -> re.Match[str] | None:
+        match = self.pattern.search(text, position)
+        self.scanned += (len(text) if match is None else match.end()) - position
+        return match
+
+
+@pytest.mark.parametrize("prefix", ["$$CAS::", "$$SCONE::"])
+def test_the_scan_looks_at_each_character_once(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 40,000 placeholders of one spelling: a scan that searches for the other prefix after each
+    # one reads the rest of the text 40,000 times (about 8e9 characters, many seconds).
+    text = f"{prefix}s$$ " * 40_000
+    counting = _CountingPattern(placeholders.PREFIX_PATTERN)
+    monkeypatch.setattr(placeholders, "PREFIX_PATTERN", counting)
+
+    found = find_placeholders(text)
+
+    assert len(found) == 40_000
+    assert counting.scanned <= len(text)
