@@ -192,11 +192,29 @@ class ConflictError(CasError, code="conflict", http_status=409):
     """The operation conflicts with the current state (already provisioned, stale version, ...)."""
 
 
+class LimitExceededError(CasError, code="limit-exceeded", http_status=413):
+    """More than a configured limit allows; ``limit`` names the ``[limits]`` setting."""
+
+    def __init__(self, message: str, *, limit: str, allowed: int, found: int) -> None:
+        super().__init__(
+            f"{message}; the availability config's [limits] {limit} raises the limit",
+            details={"limit": limit, "allowed": allowed, "found": found},
+        )
+        self.limit = limit
+
+
 class RateLimitedError(CasError, code="rate-limited", http_status=429):
     """Refused for now; ``retry_after`` says after how many seconds to try again."""
 
-    def __init__(self, message: str, *, retry_after: float, code: str | None = None) -> None:
-        super().__init__(message, code=code)
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        code: str | None = None,
+        details: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(message, code=code, details=details)
         self.retry_after = retry_after
 
     def headers(self) -> dict[str, str]:

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Callable
 
+import anyio.to_thread
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -82,13 +83,13 @@ class BodyLimitMiddleware:
             return
         try:
             body = await _read_body(receive, self.limit)
-            self.inspect(scope, body)
+            await self.inspect(scope, body)
         except CasError as error:
             await send_error(send, error)
             return
         await self.app(scope, _replaying(body, receive), send)
 
-    def inspect(self, scope: Scope, body: bytes) -> None:
+    async def inspect(self, scope: Scope, body: bytes) -> None:
         """Look at the request before the app does; raise a :class:`CasError` to refuse it."""
 
 
@@ -120,18 +121,20 @@ class ProofMiddleware(BodyLimitMiddleware):
         self.replay_cache = replay_cache
         self.clock = clock
 
-    def inspect(self, scope: Scope, body: bytes) -> None:
-        """Record the request's :class:`Caller`; refuse a proof that does not verify."""
-        scope.setdefault("state", {})["caller"] = self._authenticate(scope, body)
+    async def inspect(self, scope: Scope, body: bytes) -> None:
+        """Record the request's :class:`Caller`; refuse a proof that does not verify.
 
-    def _authenticate(self, scope: Scope, body: bytes) -> Caller:
-        authorization = None
-        for name, value in scope.get("headers", []):
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-                break
-        if authorization is None:
-            return ANONYMOUS
+        A request without a proof costs nothing here. A proof is verified in a worker thread:
+        hashing the body and checking a signature would otherwise hold up every other request
+        on the event loop.
+        """
+        authorization = _authorization(scope)
+        caller = ANONYMOUS
+        if authorization is not None:
+            caller = await anyio.to_thread.run_sync(self._authenticate, scope, authorization, body)
+        scope.setdefault("state", {})["caller"] = caller
+
+    def _authenticate(self, scope: Scope, authorization: str, body: bytes) -> Caller:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != PROOF_SCHEME or not token.strip():
             raise RequestProofError(
@@ -147,6 +150,13 @@ class ProofMiddleware(BodyLimitMiddleware):
             replay_cache=self.replay_cache,
         )
         return Caller(proof.key_hash, proof.certificate)
+
+
+def _authorization(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            return str(value.decode("latin-1"))
+    return None
 
 
 async def _read_body(receive: Receive, limit: int = MAX_BODY_BYTES) -> bytes:

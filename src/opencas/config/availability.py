@@ -75,6 +75,28 @@ class ReplayCacheLimits:
     identities: int = DEFAULT_IDENTITIES
 
 
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """What one session may hold and cost, and how often one signing key may upload sessions."""
+
+    max_session_bytes: int = 256 * 1024
+    """UTF-8 bytes of a session's text, as uploaded."""
+    max_placeholders_per_session: int = 1000
+    """Placeholders in all of a session's services and injection files together."""
+    max_secrets_per_session: int = 100
+    """Secrets a session declares, imported ones included."""
+    max_rsa_keys_per_session: int = 4
+    """Secrets of a session that make a new RSA key when the session is stored."""
+    max_rendered_config_bytes: int = 4 * 1024 * 1024
+    """UTF-8 bytes of one service's configuration with every placeholder replaced."""
+    session_uploads_per_minute: int = 30
+    """Session creations and updates per signing key, sustained."""
+    session_upload_burst: int = 30
+    """Session creations and updates one signing key may make at once, after being idle."""
+    session_upload_identities: int = 10_000
+    """Signing keys whose upload rate is tracked at once; the longest idle is forgotten first."""
+
+
 # --- addresses and names ------------------------------------------------------------------------
 
 
@@ -248,7 +270,10 @@ class _PlatformSection(BaseModel):
 
 _CONNECTIONS = ConnectionLimits()
 _REPLAY_CACHE = ReplayCacheLimits()
+_SESSIONS = SessionLimits()
 _Count = Annotated[int, Field(ge=1, le=10_000_000)]
+MAX_SESSION_BYTES = 1024 * 1024
+"""The most ``max_session_bytes`` may be: what a request body holds (it is at most 2 MiB)."""
 _Seconds = Annotated[float, Field(gt=0, le=3600)]
 
 
@@ -263,6 +288,18 @@ class _LimitsSection(BaseModel):
     replay_cache_entries: _Count = _REPLAY_CACHE.entries
     replay_cache_entries_per_identity: _Count = _REPLAY_CACHE.entries_per_identity
     replay_cache_identities: _Count = _REPLAY_CACHE.identities
+    max_session_bytes: Annotated[int, Field(ge=1, le=MAX_SESSION_BYTES)] = (
+        _SESSIONS.max_session_bytes
+    )
+    max_placeholders_per_session: _Count = _SESSIONS.max_placeholders_per_session
+    max_secrets_per_session: _Count = _SESSIONS.max_secrets_per_session
+    max_rsa_keys_per_session: Annotated[int, Field(ge=0, le=10_000_000)] = (
+        _SESSIONS.max_rsa_keys_per_session
+    )
+    max_rendered_config_bytes: _Count = _SESSIONS.max_rendered_config_bytes
+    session_uploads_per_minute: _Count = _SESSIONS.session_uploads_per_minute
+    session_upload_burst: _Count = _SESSIONS.session_upload_burst
+    session_upload_identities: _Count = _SESSIONS.session_upload_identities
 
     @field_validator("max_connections_per_source")
     @classmethod
@@ -287,6 +324,18 @@ class _LimitsSection(BaseModel):
             tls_handshake_timeout=self.tls_handshake_timeout,
             request_header_timeout=self.request_header_timeout,
             keep_alive_timeout=self.keep_alive_timeout,
+        )
+
+    def sessions(self) -> SessionLimits:
+        return SessionLimits(
+            max_session_bytes=self.max_session_bytes,
+            max_placeholders_per_session=self.max_placeholders_per_session,
+            max_secrets_per_session=self.max_secrets_per_session,
+            max_rsa_keys_per_session=self.max_rsa_keys_per_session,
+            max_rendered_config_bytes=self.max_rendered_config_bytes,
+            session_uploads_per_minute=self.session_uploads_per_minute,
+            session_upload_burst=self.session_upload_burst,
+            session_upload_identities=self.session_upload_identities,
         )
 
     def replay_cache(self) -> ReplayCacheLimits:
@@ -326,6 +375,7 @@ class AvailabilityConfig:
     connection_limits: ConnectionLimits = _CONNECTIONS
     """Applied to each listener separately."""
     replay_cache_limits: ReplayCacheLimits = _REPLAY_CACHE
+    session_limits: SessionLimits = _SESSIONS
 
 
 def load_availability_config(path: Path) -> AvailabilityConfig:
@@ -365,6 +415,7 @@ def load_availability_config(path: Path) -> AvailabilityConfig:
         platform_key_file=key_file,
         connection_limits=parsed.limits.connections(),
         replay_cache_limits=parsed.limits.replay_cache(),
+        session_limits=parsed.limits.sessions(),
     )
 
 
@@ -382,7 +433,7 @@ def default_availability_config(database_path: str = DEFAULT_DATABASE_PATH) -> s
     """
     key_file = str(Path(database_path).parent / SIMULATED_KEY_FILE_NAME)
     hostnames = ", ".join(toml_string(name) for name in DEFAULT_HOSTNAMES)
-    connections, replay = _CONNECTIONS, _REPLAY_CACHE
+    connections, replay, sessions = _CONNECTIONS, _REPLAY_CACHE, _SESSIONS
     return f"""\
 # OpenCAS availability config: how the `cas` server runs (`cas -c THIS-FILE`).
 # It holds no secrets. Relative paths are resolved against the directory of this file.
@@ -419,4 +470,17 @@ keep_alive_timeout = {connections.keep_alive_timeout}
 replay_cache_entries = {replay.entries}
 replay_cache_entries_per_identity = {replay.entries_per_identity}
 replay_cache_identities = {replay.identities}
+# What one session may hold and cost: its text in bytes (at most {MAX_SESSION_BYTES}), its
+# placeholders, its secrets, the RSA keys storing it makes, and one service's rendered
+# configuration in bytes.
+max_session_bytes = {sessions.max_session_bytes}
+max_placeholders_per_session = {sessions.max_placeholders_per_session}
+max_secrets_per_session = {sessions.max_secrets_per_session}
+max_rsa_keys_per_session = {sessions.max_rsa_keys_per_session}
+max_rendered_config_bytes = {sessions.max_rendered_config_bytes}
+# Session creations and updates per signing key: per minute, at once, and how many keys are
+# tracked.
+session_uploads_per_minute = {sessions.session_uploads_per_minute}
+session_upload_burst = {sessions.session_upload_burst}
+session_upload_identities = {sessions.session_upload_identities}
 """

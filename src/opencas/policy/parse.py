@@ -707,8 +707,12 @@ class _Reader:
     ) -> bool:
         """Check the placeholders in ``text``; ``False`` (with problems recorded) if any is bad."""
         problems = validate(text, kinds)
+        # Problems come in text order: count lines onwards from the previous one, not from the
+        # start each time, which would be quadratic in a text with many bad placeholders.
+        line, counted_to = 0, 0
         for problem in problems:
-            line = text.count("\n", 0, problem.start)
+            line += text.count("\n", counted_to, problem.start)
+            counted_to = problem.start
             where = f" (line {line + 1} of the text)" if "\n" in text else ""
             self.fail(path, f"{problem.message}{where}")
         return not problems

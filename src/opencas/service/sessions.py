@@ -42,7 +42,7 @@ from opencas.policy.caller import Caller
 from opencas.policy.errors import SessionError
 from opencas.policy.hashing import session_hash
 from opencas.policy.model import NoneRule, Session
-from opencas.policy.parse import parse_session, session_from_normal_form
+from opencas.policy.parse import Purpose, parse_session, session_from_normal_form
 from opencas.policy.secret_values import (
     SecretValue,
     check_exports_claimed,
@@ -55,6 +55,7 @@ from opencas.service.cache import ContentCache
 from opencas.service.cas import Cas
 from opencas.service.identity import utc_now_text
 from opencas.service.records import decode_record, read_record, write_record
+from opencas.service.session_limits import check_session, check_session_text
 from opencas.sources.problems import Problem
 from opencas.store.base import Reader, Transaction
 
@@ -183,16 +184,26 @@ def governance_of(source: Reader, stored: StoredSession) -> Governance | None:
     )
 
 
+def _parse_within_limits(cas: Cas, text: str, purpose: Purpose) -> Session:
+    """``text`` parsed, if it and the session it holds are within the CAS's session limits."""
+    limits = cas.config.session_limits
+    check_session_text(text, limits)
+    session = parse_session(text, "session", purpose=purpose)
+    check_session(session, limits)
+    return session
+
+
 def create_session(cas: Cas, text: str, caller: Caller, signatures: object = ()) -> SessionRecord:
     """Store a new session written by ``caller``; returns its record.
 
     Refuses: anonymous callers (401); an invalid policy (400, naming path and line); a name that
     exists (409); a namespace whose parent is missing (404) or whose ``create_sessions`` policy
     does not allow the caller (403); a broken import, or an unpinned export to a session or
-    namespace that does not exist yet (400).
+    namespace that does not exist yet (400); a session over the CAS's session limits (413,
+    naming the limit).
     """
     creator = caller.signer(_CHANGING_SESSIONS)
-    change = _change(parse_session(text, "session", purpose="create"), text, caller, signatures)
+    change = _change(_parse_within_limits(cas, text, "create"), text, caller, signatures)
     # Secrets (an RSA key can take seconds) are made from a snapshot, outside the write lock;
     # the checks run again in the transaction, against whatever was committed meanwhile.
     with cas.store.snapshot() as view:
@@ -265,10 +276,11 @@ def update_session(
     Refuses: anonymous callers (401); an invalid policy or a name that differs from ``name``
     (400); an unknown session (404); a stale predecessor (409, with ``current_hash``); an update
     the stored version's ``update`` policy does not allow (403); a broken import, or an unpinned
-    export to a session or namespace that does not exist yet (400).
+    export to a session or namespace that does not exist yet (400); a session over the CAS's
+    session limits (413, naming the limit).
     """
     caller.signer(_CHANGING_SESSIONS)
-    session = parse_session(text, "session", purpose="update")
+    session = _parse_within_limits(cas, text, "update")
     if session.name != name:
         raise SessionError(Problem.about("name", f"the policy names {session.name}, not {name}"))
     change = _change(session, text, caller, signatures)

@@ -30,6 +30,7 @@ from opencas.attestation.evidence import Evidence
 from opencas.attestation.verify import verify_evidence
 from opencas.attestation.workload_binding import ConfigId, workload_report_data
 from opencas.attestation.workload_policy import check_workload
+from opencas.config.availability import SessionLimits
 from opencas.crypto.canonical import canonical_json
 from opencas.crypto.hpke_seal import SealedConfig, load_recipient_public_key, seal_workload_config
 from opencas.crypto.pem import certificate_pem
@@ -38,9 +39,10 @@ from opencas.errors import AttestationRefused, InvalidRequest, NotFoundError, Ra
 from opencas.policy.certificates import issue_certificate, parse_valid_for
 from opencas.policy.errors import SessionError
 from opencas.policy.model import InjectionFile, Service, Session
-from opencas.policy.placeholders import find_placeholders, render
+from opencas.policy.placeholders import Placeholder, find_placeholders, render
 from opencas.policy.secret_values import SecretValue, render_value
 from opencas.service.cas import Cas
+from opencas.service.session_limits import RenderBudget
 from opencas.service.sessions import imported_values, load_secret_values, load_session
 from opencas.store.base import Reader
 
@@ -138,7 +140,14 @@ def attest_workload(cas: Cas, nonces: NonceStore, request: WorkloadRequest) -> S
             verified, service, stored.session.security.attestation, cas_debug=cas.platform.debug
         )
         values = _values(view, stored.session, config_id.session, stored.record.hash)
-        config = _render(stored.session, service, values, public_key_der, stored.record.hash)
+        config = _render(
+            stored.session,
+            service,
+            values,
+            public_key_der,
+            stored.record.hash,
+            cas.config.session_limits,
+        )
     plaintext = canonical_json({"config_id": str(config_id), **config})
     return seal_workload_config(public_key_der, plaintext, str(config_id), request.nonce)
 
@@ -168,21 +177,39 @@ def _values(view: Reader, session: Session, name: str, session_hash: str) -> dic
     return {**load_secret_values(view, name), **imported}
 
 
+def configuration_renderer(
+    values: Mapping[str, SecretValue], budget: RenderBudget
+) -> Callable[[str], str]:
+    """Renders the texts of one configuration: each placeholder replaced by its value.
+
+    Each value is rendered once however often it is used, and every text counts against
+    ``budget``, so that a configuration over the limit is refused while it is being built.
+    """
+    rendered: dict[tuple[str, str | None, str | None], str] = {}
+
+    def value_of(placeholder: Placeholder) -> str:
+        key = (placeholder.secret, placeholder.selector, placeholder.format)
+        text = rendered.get(key)
+        if text is None:
+            text = rendered[key] = render_value(values[key[0]], key[1], key[2])
+        return budget.spend(text)
+
+    def resolve(text: str) -> str:
+        # The text as written stands for the text around its placeholders (an upper bound).
+        return render(budget.spend(text), value_of)
+
+    return resolve
+
+
 def _render(
     session: Session,
     service: Service,
     values: Mapping[str, SecretValue],
     public_key_der: bytes,
     session_hash: str,
+    limits: SessionLimits,
 ) -> dict[str, Any]:
-    def resolve(text: str) -> str:
-        return render(
-            text,
-            lambda placeholder: render_value(
-                values[placeholder.secret], placeholder.selector, placeholder.format
-            ),
-        )
-
+    resolve = configuration_renderer(values, RenderBudget(limits))
     image = session.image(service.image_name) if service.image_name else None
     files = image.injection_files if image else ()
     return {

@@ -12,6 +12,7 @@ from opencas.config.availability import (
     ConnectionLimits,
     ListenAddress,
     ReplayCacheLimits,
+    SessionLimits,
     default_availability_config,
     load_availability_config,
     parse_listen_address,
@@ -363,6 +364,28 @@ def test_limits_are_read(tmp_path: Path) -> None:
     )
 
 
+def test_session_limits_are_read(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        MINIMAL
+        + "\n[limits]\nmax_session_bytes = 1000\nmax_placeholders_per_session = 2\n"
+        + "max_secrets_per_session = 3\nmax_rsa_keys_per_session = 0\n"
+        + "max_rendered_config_bytes = 5000\nsession_uploads_per_minute = 6\n"
+        + "session_upload_burst = 7\nsession_upload_identities = 8\n",
+    )
+
+    assert load_availability_config(path).session_limits == SessionLimits(
+        max_session_bytes=1000,
+        max_placeholders_per_session=2,
+        max_secrets_per_session=3,
+        max_rsa_keys_per_session=0,
+        max_rendered_config_bytes=5000,
+        session_uploads_per_minute=6,
+        session_upload_burst=7,
+        session_upload_identities=8,
+    )
+
+
 @pytest.mark.parametrize(
     ("lines", "reason"),
     [
@@ -375,6 +398,9 @@ def test_limits_are_read(tmp_path: Path) -> None:
             "more than replay_cache_entries",
         ),
         ("unknown_limit = 1", "unknown_limit"),
+        ("max_session_bytes = 1048577", "less than or equal to 1048576"),
+        ("max_rsa_keys_per_session = -1", "greater than or equal to 0"),
+        ("session_upload_burst = 0", "greater than or equal to 1"),
     ],
 )
 def test_bad_limits_are_named(tmp_path: Path, lines: str, reason: str) -> None:
@@ -412,10 +438,19 @@ def test_default_text_loads_and_sets_every_key(tmp_path: Path) -> None:
             "replay_cache_entries": 100_000,
             "replay_cache_entries_per_identity": 5_000,
             "replay_cache_identities": 10_000,
+            "max_session_bytes": 262_144,
+            "max_placeholders_per_session": 1000,
+            "max_secrets_per_session": 100,
+            "max_rsa_keys_per_session": 4,
+            "max_rendered_config_bytes": 4_194_304,
+            "session_uploads_per_minute": 30,
+            "session_upload_burst": 30,
+            "session_upload_identities": 10_000,
         },
     }
     assert config.connection_limits == ConnectionLimits()
     assert config.replay_cache_limits == ReplayCacheLimits()
+    assert config.session_limits == SessionLimits()
 
 
 def test_default_text_quotes_the_database_path(tmp_path: Path) -> None:

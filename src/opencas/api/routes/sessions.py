@@ -9,16 +9,17 @@ from pydantic import Field
 
 from opencas.api.auth import caller_of
 from opencas.api.routes.bodies import StrictBody
+from opencas.config.availability import MAX_SESSION_BYTES
 from opencas.errors import InvalidRequest
+from opencas.policy.caller import Caller
 from opencas.service.cas import Cas
+from opencas.service.session_limits import UploadRateLimiter
 from opencas.service.sessions import (
     create_session,
     exported_values,
     read_session,
     update_session,
 )
-
-MAX_SESSION_BYTES = 1024 * 1024
 
 
 class SessionRequest(StrictBody):
@@ -46,17 +47,27 @@ def parse_values_selector(selector: str) -> tuple[str, str | None]:
 def sessions_router(cas: Cas) -> APIRouter:
     """The session endpoints; every decision is the stored session's access policy."""
     router = APIRouter()
+    uploads = UploadRateLimiter(cas.config.session_limits)
 
+    def uploader(request: Request) -> Caller:
+        """The caller of an upload, counted against its key's upload rate."""
+        caller = caller_of(request)
+        if caller.key_hash is not None:
+            uploads.take(caller.key_hash)
+        return caller
+
+    # Plain functions: FastAPI runs them in its thread pool, so parsing, hashing, signature
+    # checks and generating secrets happen off the event loop, in one hop per request.
     @router.post("/v1/sessions", status_code=201)
     def create(body: SessionRequest, request: Request) -> dict[str, Any]:
         """Create a session; the signer becomes its creator."""
-        record = create_session(cas, body.session, caller_of(request), body.signatures)
+        record = create_session(cas, body.session, uploader(request), body.signatures)
         return {"name": record.name, "hash": record.hash}
 
     @router.put("/v1/sessions/{name:path}")
     def update(name: str, body: SessionRequest, request: Request) -> dict[str, Any]:
         """Replace a session; its ``predecessor`` must name the current version's hash."""
-        record = update_session(cas, name, body.session, caller_of(request), body.signatures)
+        record = update_session(cas, name, body.session, uploader(request), body.signatures)
         return {"name": record.name, "hash": record.hash}
 
     @router.get("/v1/sessions/{name:path}")
