@@ -11,6 +11,7 @@ import resource
 import signal
 import socket
 import ssl
+import sys
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -257,8 +258,19 @@ async def run_periodically(maintenance: Callable[[], object], interval: float) -
             log.exception("periodic maintenance failed; the CAS keeps serving")
 
 
+# How long a thread may hold the GIL while another waits for it. CPU-bound work (an upload, an
+# attestation) runs in worker threads; at Python's default of 5 ms, the event loop, which needs
+# the GIL again after every wait for I/O, would wait up to that long each time, and a request it
+# serves meanwhile would take tens of milliseconds.
+GIL_SWITCH_INTERVAL = 0.0005
+
+
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` to completion on uvloop (libuv), or on asyncio's own loop without it."""
+    """Run ``main`` to completion on uvloop (libuv), or on asyncio's own loop without it.
+
+    Sets the interpreter's GIL switch interval to :data:`GIL_SWITCH_INTERVAL` first.
+    """
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     try:
         import uvloop  # noqa: PLC0415 - optional: a faster loop where it is installed
     except ImportError:

@@ -86,7 +86,7 @@ class SessionLimits:
     max_secrets_per_session: int = 100
     """Secrets a session declares, imported ones included."""
     max_rsa_keys_per_session: int = 4
-    """Secrets of a session that make a new RSA key when the session is stored."""
+    """Secrets of a session that make or give an RSA key (checking a given one costs as much)."""
     max_rendered_config_bytes: int = 4 * 1024 * 1024
     """UTF-8 bytes of one service's configuration with every placeholder replaced."""
     session_uploads_per_minute: int = 30
@@ -471,7 +471,7 @@ replay_cache_entries = {replay.entries}
 replay_cache_entries_per_identity = {replay.entries_per_identity}
 replay_cache_identities = {replay.identities}
 # What one session may hold and cost: its text in bytes (at most {MAX_SESSION_BYTES}), its
-# placeholders, its secrets, the RSA keys storing it makes, and one service's rendered
+# placeholders, its secrets, the RSA keys it makes or gives, and one service's rendered
 # configuration in bytes.
 max_session_bytes = {sessions.max_session_bytes}
 max_placeholders_per_session = {sessions.max_placeholders_per_session}

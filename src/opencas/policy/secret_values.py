@@ -118,10 +118,11 @@ class SecretValue:
 
     @cached_property
     def _private_key(self) -> PrivateKey:
-        # Loading a PEM key costs more than using it; a value is immutable, so load it once.
+        # Loading a PEM key costs more than using it; a value is immutable, so load it once. A
+        # value's key was made by the CAS or checked when it was given (see from_record).
         if self.private_key_pem is None:
             raise ValueError(f"a {self.kind} value has no private key")
-        return load_private_key_pem(self.private_key_pem.encode("utf-8"))
+        return load_private_key_pem(self.private_key_pem.encode("utf-8"), checked=False)
 
     def certificate(self) -> x509.Certificate:
         """The certificate of an ``x509`` or ``x509-ca`` value; ``ValueError`` for other kinds."""
@@ -177,7 +178,9 @@ class SecretValue:
             return cls(kind=_kind(kind), data=_record_data(kind, fields["data"]))
         key_pem = fields["private_key_pem"]
         try:
-            key = load_private_key_pem(key_pem.encode("utf-8"))
+            # A record is the CAS's own, authenticated by the store: its key was made or checked
+            # when the session was stored, and is not checked again at every read.
+            key = load_private_key_pem(key_pem.encode("utf-8"), checked=False)
         except ValueError as exc:
             raise ValueError(f"the record's private_key_pem: {exc}") from None
         if kind == "private-key":
@@ -558,7 +561,8 @@ class _Generator:
             raise _Refused("key_type", "a private-key secret needs a key type")
         if spec.value is not None:
             try:
-                key = load_private_key_pem(spec.value.encode("utf-8"))
+                # Checked already, once, by the parser (a session is parsed before it is stored).
+                key = load_private_key_pem(spec.value.encode("utf-8"), checked=False)
             except ValueError as exc:
                 raise _Refused("value", str(exc)) from None
             actual = key_type_of(key)
@@ -588,8 +592,8 @@ class _Generator:
 
     def _certificate_value(self, spec: SecretSpec, kind: SecretKind) -> SecretValue:
         if spec.private_key is not None:
-            key_pem = _required(self._resolve(spec.private_key).private_key_pem)
-            key = load_private_key_pem(key_pem.encode("utf-8"))
+            named = self._resolve(spec.private_key)
+            key_pem, key = _required(named.private_key_pem), named.private_key()
         elif spec.key_type is not None:
             key = generate_private_key(spec.key_type)
             key_pem = private_key_pem(key).decode("ascii")

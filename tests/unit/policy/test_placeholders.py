@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opencas.policy.model import SECRET_KINDS, SecretKind
 from opencas.policy import placeholders
+from opencas.policy.model import SECRET_KINDS, SecretKind
 from opencas.policy.placeholders import (
     FORMATS,
     SELECTORS,

@@ -51,10 +51,14 @@ def ascii_secrets(count: int) -> str:
 TOO_LONG = session_text(secrets=ascii_secrets(1) + "# " + "é" * 1000 + "\n")
 
 
+def check_both(limits: SessionLimits, text: str) -> None:
+    check_session_text(text, limits)
+    check_session(parse_session(text, "session", purpose="create"), limits)
+
+
 def refused_limit(limits: SessionLimits, text: str) -> LimitExceededError:
     with pytest.raises(LimitExceededError) as refused:
-        check_session_text(text, limits)
-        check_session(parse_session(text, "session", purpose="create"), limits)
+        check_both(limits, text)
     return refused.value
 
 
@@ -98,7 +102,7 @@ def test_each_refusal_names_its_limit(text: str, limit: str, found: int) -> None
     assert f"[limits] {limit}" in error.message
 
 
-def test_rsa_keys_given_or_imported_are_not_counted() -> None:
+def test_a_certificate_for_a_named_rsa_key_makes_no_other() -> None:
     text = session_text(
         secrets="  - name: k\n    kind: private-key\n    key_type: RSA-2048\n"
         "  - name: c\n    kind: x509-ca\n    private_key: k\n"
@@ -108,9 +112,7 @@ def test_rsa_keys_given_or_imported_are_not_counted() -> None:
 
 
 def test_the_store_refuses_a_session_over_its_cas_limits(cas: Cas) -> None:
-    limited = dataclasses.replace(
-        cas, config=dataclasses.replace(cas.config, session_limits=SMALL)
-    )
+    limited = dataclasses.replace(cas, config=dataclasses.replace(cas.config, session_limits=SMALL))
 
     with pytest.raises(LimitExceededError, match="max_secrets_per_session"):
         create_session(limited, session_text(secrets=ascii_secrets(4)), AUTHOR)
