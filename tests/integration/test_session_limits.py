@@ -132,12 +132,7 @@ def attest_cas(cas: CasProcess) -> VerifiedCas:
 
 
 def signing_client(cas: CasProcess, verified: VerifiedCas) -> CasClient:
-    return CasClient(
-        cas.url,
-        ca_certificate_pem=verified.ca_certificate_pem,
-        cas_key_hash=verified.report.cas_key_hash,
-        identity=ClientIdentity.generate(),
-    )
+    return CasClient.pinned_to(cas.url, verified, ClientIdentity.generate())
 
 
 def attest_workload(enclave: httpx.Client, platform_key: Ed25519PrivateKey) -> dict[str, object]:
