@@ -144,6 +144,11 @@ def self_provision_args(owner_config: Path, owner_certificate: Path) -> tuple[st
     )
 
 
+def _test_expectations() -> CasExpectations:
+    """What a test accepts of its own CAS: debug mode, and no owner yet; a fresh nonce."""
+    return CasExpectations(nonce=new_nonce(), allow_debug=True, allow_unprovisioned=True)
+
+
 class CasStartError(RuntimeError):
     """The CAS process exited, or did not become healthy, during start-up."""
 
@@ -184,6 +189,14 @@ class CasProcess:
         for a test that edits the file as someone with the disk (and, in debug, the key) would.
         """
         return stored_record_id(load_availability_config(self.config_path), table, key)
+
+    def attest(self) -> VerifiedCas:
+        """Attest the running CAS as a test may: debug mode and no owner yet are accepted.
+
+        Raises what :meth:`CasClient.attest` raises.
+        """
+        with CasClient(self.url) as bootstrap:
+            return bootstrap.attest(_test_expectations())
 
     def command(self, *args: str) -> list[str]:
         """The argv of ``cas -c CONFIG ARGS...``."""
@@ -449,9 +462,7 @@ class InProcessCas:
         self._closing: list[CasClient | EnclaveClient] = []
         with CasClient(API_URL, transport=self._servers["api"].transport()) as unpinned:
             #: What attesting the CAS verified (debug mode, not provisioned yet is accepted).
-            self.verified: VerifiedCas = unpinned.attest(
-                CasExpectations(nonce=new_nonce(), allow_debug=True, allow_unprovisioned=True)
-            )
+            self.verified: VerifiedCas = unpinned.attest(_test_expectations())
 
     def client(self, identity: ClientIdentity | None = None) -> CasClient:
         """A client pinned to this CAS, signing as ``identity`` (anonymous without one)."""

@@ -14,8 +14,7 @@ import httpx
 import pytest
 from cryptography import x509
 
-from opencas.attestation.report import CasExpectations, VerifiedCas
-from opencas.client import ApiError, CasClient, ClientIdentity, new_nonce
+from opencas.client import ApiError, CasClient, ClientIdentity
 from opencas.client.channel import ProofAuth, pinned_ssl_context
 from opencas.config.owner import OwnerConfig
 from opencas.crypto.keys import generate_private_key
@@ -153,15 +152,8 @@ def test_wrong_token_is_refused(cas: CasProcess, owner_config: Path, owner_home:
     assert report_of(cas)["provisioned"] is False
 
 
-def attest_unprovisioned(cas: CasProcess) -> VerifiedCas:
-    with CasClient(cas.url) as bootstrap:
-        return bootstrap.attest(
-            CasExpectations(nonce=new_nonce(), allow_debug=True, allow_unprovisioned=True)
-        )
-
-
 def pinned_owner_client(cas: CasProcess, identity: ClientIdentity) -> CasClient:
-    verified = attest_unprovisioned(cas)
+    verified = cas.attest()
     return CasClient(
         cas.url,
         ca_certificate_pem=verified.ca_certificate_pem,
@@ -200,7 +192,7 @@ def test_anonymous_provisioning_is_refused(cas: CasProcess) -> None:
 
 def test_invalid_owner_config_in_request_is_refused(cas: CasProcess) -> None:
     # The SDK sends only valid owner configs: this request is written by hand.
-    verified = attest_unprovisioned(cas)
+    verified = cas.attest()
     signer = ProofAuth(ClientIdentity.generate(), verified.report.cas_key_hash)
     with httpx.Client(verify=pinned_ssl_context(verified.ca_certificate_pem)) as http:
         refused = http.post(

@@ -14,10 +14,8 @@ import pytest
 from opencas.client import (
     ApiError,
     CasClient,
-    CasExpectations,
     ClientIdentity,
     VerifiedCas,
-    new_nonce,
 )
 from opencas.testing import CasProcess
 
@@ -38,20 +36,8 @@ def small_cache_cas(tmp_path: Path) -> Iterator[CasProcess]:
         process.stop()
 
 
-def _attest(cas: CasProcess) -> VerifiedCas:
-    with CasClient(cas.url) as bootstrap:
-        return bootstrap.attest(
-            CasExpectations(nonce=new_nonce(), allow_debug=True, allow_unprovisioned=True)
-        )
-
-
 def _signing_client(cas: CasProcess, verified: VerifiedCas) -> CasClient:
-    return CasClient(
-        cas.url,
-        ca_certificate_pem=verified.ca_certificate_pem,
-        cas_key_hash=verified.report.cas_key_hash,
-        identity=ClientIdentity.generate(),
-    )
+    return CasClient.pinned_to(cas.url, verified, ClientIdentity.generate())
 
 
 def _outcome(client: CasClient) -> str:
@@ -64,7 +50,7 @@ def _outcome(client: CasClient) -> str:
 
 
 def test_a_flooding_key_is_refused_alone(small_cache_cas: CasProcess) -> None:
-    verified = _attest(small_cache_cas)
+    verified = small_cache_cas.attest()
     with (
         _signing_client(small_cache_cas, verified) as flooder,
         _signing_client(small_cache_cas, verified) as honest,
@@ -89,7 +75,7 @@ def test_a_flooding_key_is_refused_alone(small_cache_cas: CasProcess) -> None:
 def test_a_flood_of_new_keys_does_not_crowd_out_a_key_seen_before(
     small_cache_cas: CasProcess,
 ) -> None:
-    verified = _attest(small_cache_cas)
+    verified = small_cache_cas.attest()
     with _signing_client(small_cache_cas, verified) as honest:
         assert honest.identity is not None
         assert honest.whoami() == honest.identity.key_hash

@@ -26,10 +26,8 @@ from opencas.attestation.workload_binding import ConfigId, workload_report_data
 from opencas.client import (
     ApiError,
     CasClient,
-    CasExpectations,
     ClientIdentity,
     VerifiedCas,
-    new_nonce,
 )
 from opencas.config.availability import SessionLimits
 from opencas.crypto.hpke_seal import open_workload_config
@@ -124,13 +122,6 @@ def cas(tmp_path: Path) -> Iterator[CasProcess]:
         process.stop()
 
 
-def attest_cas(cas: CasProcess) -> VerifiedCas:
-    with CasClient(cas.url) as bootstrap:
-        return bootstrap.attest(
-            CasExpectations(nonce=new_nonce(), allow_debug=True, allow_unprovisioned=True)
-        )
-
-
 def signing_client(cas: CasProcess, verified: VerifiedCas) -> CasClient:
     return CasClient.pinned_to(cas.url, verified, ClientIdentity.generate())
 
@@ -173,7 +164,7 @@ def test_the_biggest_session_allowed_does_not_stall_other_requests(
 ) -> None:
     text = biggest_session()
     assert LIMITS.max_session_bytes - 100 < len(text.encode()) <= LIMITS.max_session_bytes
-    verified = attest_cas(cas)
+    verified = cas.attest()
     enclave_url = f"https://127.0.0.1:{cas.enclave_port}"
     stop = tmp_path / "stop-probe"
     probe = subprocess.Popen(
@@ -203,7 +194,7 @@ def test_the_biggest_session_allowed_does_not_stall_other_requests(
 def test_a_session_over_a_limit_is_refused_naming_it(cas: CasProcess) -> None:
     padding = f"          {'#' * 89}\n"
     too_many = biggest_session().replace(padding, "          $$CAS::big$$\n", 1)
-    with signing_client(cas, attest_cas(cas)) as author, pytest.raises(ApiError) as refused:
+    with signing_client(cas, cas.attest()) as author, pytest.raises(ApiError) as refused:
         author.create_session(too_many)
     assert refused.value.status == 413
     assert refused.value.code == "limit-exceeded"
