@@ -8,7 +8,10 @@ answer: the same fields whatever the platform, so that policy decisions never lo
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
 
 from opencas.crypto.canonical import member_mismatch
 from opencas.crypto.encoding import b64_decode, b64_encode
@@ -86,6 +89,19 @@ class VerifiedEvidence:
     ``mrsigner`` (lowercase hex), ``isv_prod_id`` and ``isv_svn``; for TDX ``rtmrs``, the
     runtime measurement registers RTMR0, RTMR1, ... in order (lowercase hex); for SNP
     ``host_data`` (lowercase hex).
+
+    ``measurements`` holds every measurement-like field the TEE reports, by its name in
+    ``docs/attestation.md`` (lowercase hex for byte strings, decimal for numbers): SGX
+    ``mrenclave``, ``mrsigner``, ``isvprodid``, ``isvsvn``, ``attributes``; TDX ``mrtd``,
+    ``rtmr0``..``rtmr3``, ``mrseam``, ``mrsignerseam``, ``mrconfigid``, ``mrowner``,
+    ``mrownerconfig``, ``td_attributes``, ``xfam``; SNP ``measurement``, ``host_data``,
+    ``id_key_digest``, ``author_key_digest``, ``policy``, ``vmpl``, ``guest_svn``.
+    ``platform_id`` identifies the machine: Intel ``fmspc`` and, where the PCK certificate
+    carries them, ``ppid``, ``pce_id`` and ``cpusvn``; AMD ``chip_id``, ``product`` and
+    ``reported_tcb``. ``collateral_not_before`` / ``collateral_not_after`` bound the window in
+    which the collateral used is valid (``None`` for evidence that needs none),
+    ``tcb_evaluation_number`` is Intel's TCB evaluation data number of that collateral, and
+    ``verifier`` names the verifier and its version, so a decision can be replayed.
     """
 
     platform: str
@@ -100,3 +116,9 @@ class VerifiedEvidence:
     isv_svn: int | None = None
     rtmrs: tuple[str, ...] = ()
     host_data: str | None = None
+    measurements: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    platform_id: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    collateral_not_before: datetime | None = None
+    collateral_not_after: datetime | None = None
+    tcb_evaluation_number: int | None = None
+    verifier: str = ""

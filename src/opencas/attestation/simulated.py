@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -36,6 +37,9 @@ from opencas.errors import EvidenceError
 EVIDENCE_TYPE = "simulated"
 FORMAT = "opencas-simulated-evidence/v1"
 TCB_STATUS = "Simulated"
+
+#: How simulated evidence names its verifier in what it proves (there is one version of it).
+VERIFIER_NAME = "opencas-simulated 1"
 REPORT_DATA_SIZE = 64
 
 _SIGNING_PREFIX = FORMAT.encode("ascii") + b"\x00"
@@ -176,6 +180,8 @@ def verify_simulated_evidence(evidence: Evidence) -> VerifiedEvidence:
         platform_key_hash=key_hash(platform_key),
         tcb_status=TCB_STATUS,
         advisories=(),
+        measurements=MappingProxyType({"measurement": measurement}),
+        verifier=VERIFIER_NAME,
     )
 
 

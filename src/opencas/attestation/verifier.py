@@ -15,7 +15,7 @@ decision, made afterwards (:mod:`opencas.attestation.workload_policy` for worklo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -23,13 +23,55 @@ from opencas.attestation.evidence import Evidence, VerifiedEvidence
 from opencas.errors import EvidenceError
 
 
+@dataclass(frozen=True)
+class CollateralKey:
+    """Names one collateral document a verifier needs, independent of where it comes from.
+
+    ``kind`` says what the document is and ``params`` (sorted name/value pairs) which one:
+
+    - ``dcap``: the DCAP collateral set of one platform, as one JSON object in the format of
+      ``docs/formats.md`` (dcap-qvl's ``QuoteCollateralV3``); params ``tee`` (``sgx`` or
+      ``tdx``), ``fmspc`` (12 lowercase hex digits) and ``ca`` (``processor`` or ``platform``,
+      the PCK CA that issued the quote's PCK certificate).
+    - ``amd-vcek``: the DER VCEK of one AMD chip at one reported TCB; params ``product``
+      (``milan``, ``genoa``, ``turin``), ``chip_id`` (lowercase hex) and ``tcb`` (16 lowercase
+      hex digits, the reported TCB as the report stores it).
+    - ``amd-vlek``: the DER VLEK that signed a report; params ``product`` and ``key_digest``
+      (the report's author or signing key digest, lowercase hex).
+    - ``amd-chain``: the PEM AMD certificate chain of one product (ASK or ASVK, then ARK);
+      params ``product`` and ``signer`` (``vcek`` or ``vlek``).
+
+    Keys are hashable, so sources and verifiers can cache by them.
+    """
+
+    kind: str
+    params: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, kind: str, **params: str) -> CollateralKey:
+        """The key of ``kind`` with ``params``, in a canonical (sorted) order."""
+        return cls(kind=kind, params=tuple(sorted(params.items())))
+
+    def param(self, name: str) -> str:
+        """The value of parameter ``name``; ``KeyError`` when the key has none."""
+        for key, value in self.params:
+            if key == name:
+                return value
+        raise KeyError(name)
+
+    def __str__(self) -> str:
+        return self.kind + "(" + ", ".join(f"{k}={v}" for k, v in self.params) + ")"
+
+
 class CollateralSource(Protocol):
     """Where a verifier gets the documents it checks evidence against (the I/O side)."""
 
-    def collateral(self, evidence: Evidence, at: datetime) -> Mapping[str, bytes]:
-        """The collateral that applies to ``evidence`` and is valid at ``at``, by document name.
+    def collateral(self, key: CollateralKey, at: datetime) -> bytes:
+        """The document ``key`` names, as one that can be valid at ``at``.
 
-        Raises :class:`EvidenceError` with ``check="collateral"`` when it cannot be obtained.
+        A source may return a document that turns out not to be valid at ``at``: validity is
+        the verifier's decision, never the source's. Raises :class:`EvidenceError` with
+        ``check="collateral"`` when it cannot be obtained, saying from where it tried.
         """
         ...
 
@@ -50,10 +92,10 @@ class Verifier(Protocol):
 class NoCollateral:
     """A collateral source that has none: enough for evidence that needs none (simulated)."""
 
-    def collateral(self, evidence: Evidence, at: datetime) -> Mapping[str, bytes]:
+    def collateral(self, key: CollateralKey, at: datetime) -> bytes:
         """Refuse: no collateral is available in this configuration."""
         raise EvidenceError(
-            f"no collateral source is configured to verify evidence of type '{evidence.type}'",
+            f"no collateral source is configured, so the collateral {key} cannot be obtained",
             check="collateral",
         )
 

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from opencas.attestation.evidence import Evidence, VerifiedEvidence
 from opencas.attestation.simulated import SimulatedVerifier, create_simulated_evidence
-from opencas.attestation.verifier import NO_COLLATERAL, CollateralSource, Verifier
+from opencas.attestation.verifier import NO_COLLATERAL, CollateralKey, CollateralSource, Verifier
 from opencas.attestation.verify import VERIFIERS, verify_evidence
 from opencas.errors import EvidenceError
 
@@ -24,11 +24,11 @@ class Documents:
 
     def __init__(self, documents: Mapping[str, bytes]) -> None:
         self.documents = documents
-        self.asked: list[tuple[Evidence, datetime]] = []
+        self.asked: list[tuple[CollateralKey, datetime]] = []
 
-    def collateral(self, evidence: Evidence, at: datetime) -> Mapping[str, bytes]:
-        self.asked.append((evidence, at))
-        return self.documents
+    def collateral(self, key: CollateralKey, at: datetime) -> bytes:
+        self.asked.append((key, at))
+        return self.documents[key.param("name")]
 
 
 class NeedsCollateral:
@@ -37,10 +37,10 @@ class NeedsCollateral:
     def verify(
         self, evidence: Evidence, *, at: datetime, collateral: CollateralSource
     ) -> VerifiedEvidence:
-        documents = collateral.collateral(evidence, at)
+        document = collateral.collateral(CollateralKey.of("made-up", name="measurement"), at)
         return VerifiedEvidence(
             platform=evidence.type,
-            measurement=documents["measurement"].hex(),
+            measurement=document.hex(),
             report_data=evidence.data,
             debug=False,
             platform_key_hash="00" * 32,
@@ -71,7 +71,7 @@ def test_the_dispatcher_passes_time_and_collateral_to_the_verifier() -> None:
     verified = verify_evidence(evidence, at=AT, collateral=source, verifiers={"made-up": verifier})
     assert verified.measurement == "0102"
     assert verified.tcb_status == AT.isoformat()
-    assert source.asked == [(evidence, AT)]
+    assert source.asked == [(CollateralKey.of("made-up", name="measurement"), AT)]
 
 
 def test_without_a_collateral_source_the_collateral_check_fails() -> None:
@@ -81,7 +81,7 @@ def test_without_a_collateral_source_the_collateral_check_fails() -> None:
         )
     assert failed.value.check == "collateral"
     with pytest.raises(EvidenceError) as direct:
-        NO_COLLATERAL.collateral(Evidence("sgx-dcap", b""), AT)
+        NO_COLLATERAL.collateral(CollateralKey.of("dcap", tee="sgx", fmspc="00" * 6), AT)
     assert direct.value.check == "collateral"
 
 
@@ -107,3 +107,14 @@ def test_simulated_failures_name_their_check() -> None:
     with pytest.raises(EvidenceError) as other_type:
         SimulatedVerifier().verify(Evidence("tdx", evidence.data), at=AT, collateral=NO_COLLATERAL)
     assert other_type.value.check == "type"
+
+
+def test_collateral_keys_are_canonical_and_hashable() -> None:
+    one = CollateralKey.of("dcap", tee="tdx", fmspc="b0c06f000000", ca="platform")
+    other = CollateralKey.of("dcap", ca="platform", fmspc="b0c06f000000", tee="tdx")
+    assert one == other
+    assert {one: 1}[other] == 1
+    assert one.param("fmspc") == "b0c06f000000"
+    assert str(one) == "dcap(ca=platform, fmspc=b0c06f000000, tee=tdx)"
+    with pytest.raises(KeyError):
+        one.param("chip_id")
