@@ -95,11 +95,15 @@ class VerifiedEvidence:
     ``mrenclave``, ``mrsigner``, ``isvprodid``, ``isvsvn``, ``attributes``; TDX ``mrtd``,
     ``rtmr0``..``rtmr3``, ``mrseam``, ``mrsignerseam``, ``mrconfigid``, ``mrowner``,
     ``mrownerconfig``, ``td_attributes``, ``xfam``; SNP ``measurement``, ``host_data``,
-    ``id_key_digest``, ``author_key_digest``, ``policy``, ``vmpl``, ``guest_svn``.
+    ``id_key_digest``, ``author_key_digest``, ``family_id``, ``image_id``, ``policy``,
+    ``vmpl``, ``guest_svn``.
     ``platform_id`` identifies the machine: Intel ``fmspc`` and, where the PCK certificate
-    carries them, ``ppid``, ``pce_id`` and ``cpusvn``; AMD ``chip_id``, ``product`` and
-    ``reported_tcb``. ``collateral_not_before`` / ``collateral_not_after`` bound the window in
-    which the collateral used is valid (``None`` for evidence that needs none),
+    carries them, ``ppid``, ``pce_id`` and ``cpusvn``; AMD ``chip_id`` (absent when the report
+    masks it), ``product``, ``reported_tcb`` and ``signing_key`` (``vcek`` or ``vlek``), with
+    ``current_tcb``, ``committed_tcb``, ``launch_tcb``, ``current_firmware``,
+    ``committed_firmware``, ``platform_info`` and, for a VLEK, the provider's ``csp_id``.
+    ``collateral_not_before`` / ``collateral_not_after`` bound the window in which the
+    collateral used is valid (``None`` for evidence that needs none),
     ``tcb_evaluation_number`` is Intel's TCB evaluation data number of that collateral, and
     ``verifier`` names the verifier and its version, so a decision can be replayed.
     """

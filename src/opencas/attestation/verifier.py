@@ -34,10 +34,13 @@ class CollateralKey:
       ``tdx``), ``fmspc`` (12 lowercase hex digits) and ``ca`` (``processor`` or ``platform``,
       the PCK CA that issued the quote's PCK certificate).
     - ``amd-vcek``: the DER VCEK of one AMD chip at one reported TCB; params ``product``
-      (``milan``, ``genoa``, ``turin``), ``chip_id`` (lowercase hex) and ``tcb`` (16 lowercase
-      hex digits, the reported TCB as the report stores it).
-    - ``amd-vlek``: the DER VLEK that signed a report; params ``product`` and ``key_digest``
-      (the report's author or signing key digest, lowercase hex).
+      (``milan``, ``genoa``, ``turin``), ``chip_id`` (lowercase hex: the report's 64-byte chip
+      id, or on Turin its first 8 bytes, the hardware id AMD's KDS names Turin chips by) and
+      ``tcb`` (16 lowercase hex digits, the reported TCB's 8 bytes as the report stores them;
+      which byte is which SPL depends on the product, and Turin's byte 0 is its FMC SPL).
+    - ``amd-vlek``: the DER VLEK of the cloud provider whose host signed a report; params
+      ``product`` and ``tcb`` (as for ``amd-vcek``). A report does not name its VLEK: the
+      source holds the VLEKs it is configured with, one per product and reported TCB.
     - ``amd-chain``: the PEM AMD certificate chain of one product (ASK or ASVK, then ARK);
       params ``product`` and ``signer`` (``vcek`` or ``vlek``).
 

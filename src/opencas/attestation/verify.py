@@ -14,14 +14,18 @@ from types import MappingProxyType
 from opencas.attestation.evidence import Evidence, VerifiedEvidence
 from opencas.attestation.simulated import EVIDENCE_TYPE as SIMULATED
 from opencas.attestation.simulated import SimulatedVerifier
+from opencas.attestation.snp import EVIDENCE_TYPE as SNP
+from opencas.attestation.snp import SnpVerifier
 from opencas.attestation.verifier import NO_COLLATERAL, CollateralSource, Verifier
 from opencas.errors import EvidenceError
 
 #: The verifier of each evidence type this build supports.
-VERIFIERS: Mapping[str, Verifier] = MappingProxyType({SIMULATED: SimulatedVerifier()})
+VERIFIERS: Mapping[str, Verifier] = MappingProxyType(
+    {SIMULATED: SimulatedVerifier(), SNP: SnpVerifier()}
+)
 
 #: Evidence types OpenCAS knows but this build cannot verify yet.
-KNOWN_UNSUPPORTED_TYPES = frozenset({"sgx-dcap", "tdx", "snp"})
+KNOWN_UNSUPPORTED_TYPES = frozenset({"sgx-dcap", "tdx"})
 
 
 def verify_evidence(
