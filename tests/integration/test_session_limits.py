@@ -200,3 +200,34 @@ def test_a_session_over_a_limit_is_refused_naming_it(cas: CasProcess) -> None:
     assert refused.value.code == "limit-exceeded"
     assert refused.value.details["limit"] == "max_placeholders_per_session"
     assert "[limits] max_placeholders_per_session" in str(refused.value)
+
+
+def small_session(name: str) -> str:
+    return f"""\
+name: {name}
+version: "0.3"
+services:
+  - name: app
+    command: ["true"]
+"""
+
+
+def test_a_key_that_uploads_too_fast_is_refused_and_only_that_key(tmp_path: Path) -> None:
+    process = CasProcess(
+        tmp_path / "cas", limits={"session_uploads_per_minute": 2, "session_upload_burst": 2}
+    )
+    process.start()
+    try:
+        verified = process.attest()
+        with signing_client(process, verified) as fast, signing_client(process, verified) as calm:
+            fast.create_session(small_session("fast-1"))
+            fast.create_session(small_session("fast-2"))
+            with pytest.raises(ApiError) as refused:
+                fast.create_session(small_session("fast-3"))
+            # The key that did not upload yet is not held back by the one that did.
+            calm.create_session(small_session("calm-1"))
+    finally:
+        process.stop()
+    assert refused.value.status == 429
+    assert refused.value.code == "rate-limited"
+    assert "[limits] session_uploads_per_minute" in str(refused.value)

@@ -16,6 +16,7 @@ from opencas import __version__
 from opencas.api.auth import BodyLimitMiddleware, ProofMiddleware
 from opencas.api.errors import install_error_handlers
 from opencas.api.metrics import ApiMetrics, MetricsMiddleware
+from opencas.api.offload import WorkerLane
 from opencas.api.routes.cas import cas_router, health_router
 from opencas.api.routes.owner import owner_router
 from opencas.api.routes.sessions import sessions_router
@@ -61,5 +62,5 @@ def create_enclave_api(cas: Cas, metrics: ApiMetrics | None = None) -> ASGIApp:
     metrics = metrics or ApiMetrics()
     app = _application("OpenCAS enclave API")
     app.include_router(health_router())
-    app.include_router(workloads_router(cas))
+    app.include_router(workloads_router(cas, WorkerLane("opencas-attest")))
     return MetricsMiddleware(BodyLimitMiddleware(app, MAX_ENCLAVE_BODY_BYTES), metrics, "enclave")

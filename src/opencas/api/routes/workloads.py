@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from pydantic import Field, GetPydanticSchema
 from pydantic_core import core_schema
 
+from opencas.api.offload import WorkerLane
 from opencas.api.routes.bodies import StrictBody
 from opencas.attestation.workload_binding import ConfigId
 from opencas.service.cas import Cas
@@ -38,8 +39,8 @@ class EnclaveAttestRequest(StrictBody):
     evidence: dict[str, Any]
 
 
-def workloads_router(cas: Cas) -> APIRouter:
-    """``POST /v1/enclave/nonce`` and ``POST /v1/enclave/attest``."""
+def workloads_router(cas: Cas, lane: WorkerLane) -> APIRouter:
+    """``POST /v1/enclave/nonce`` and ``POST /v1/enclave/attest``, attesting in ``lane``."""
     router = APIRouter()
     nonces = NonceStore()
 
@@ -48,13 +49,13 @@ def workloads_router(cas: Cas) -> APIRouter:
         """A fresh single-use nonce for the next attestation (valid 60 s)."""
         return {"nonce": nonces.issue(), "expires_in": int(NONCE_LIFETIME)}
 
-    # A plain function: FastAPI runs it in its thread pool, so verifying the evidence, rendering,
-    # issuing certificates and sealing (all of it, in one hop) never hold up the event loop.
+    # Verifying the evidence, rendering, issuing certificates and sealing run in one hop to the
+    # lane, so none of it holds up the event loop.
     @router.post("/v1/enclave/attest")
-    def attest(body: EnclaveAttestRequest) -> dict[str, str]:
+    async def attest(body: EnclaveAttestRequest) -> dict[str, str]:
         """Attest a workload; answer its configuration, HPKE-sealed to its public key."""
         request = WorkloadRequest(body.config_id, body.nonce, body.public_key, body.evidence)
-        sealed = attest_workload(cas, nonces, request)
+        sealed = await lane.run(attest_workload, cas, nonces, request)
         return {"kem": sealed.kem, "sealed": sealed.sealed}
 
     return router
