@@ -104,8 +104,10 @@ class VerifiedEvidence:
     ``committed_firmware``, ``platform_info`` and, for a VLEK, the provider's ``csp_id``.
     ``collateral_not_before`` / ``collateral_not_after`` bound the window in which the
     collateral used is valid (``None`` for evidence that needs none),
-    ``tcb_evaluation_number`` is Intel's TCB evaluation data number of that collateral, and
-    ``verifier`` names the verifier and its version, so a decision can be replayed.
+    ``tcb_evaluation_number`` is Intel's TCB evaluation data number of that collateral,
+    ``collateral_digest`` the digest of the collateral documents used (set by
+    :func:`opencas.attestation.verify.verify_evidence`), and ``verifier`` names the verifier
+    and its version, so a decision can be replayed.
     """
 
     platform: str
@@ -125,4 +127,5 @@ class VerifiedEvidence:
     collateral_not_before: datetime | None = None
     collateral_not_after: datetime | None = None
     tcb_evaluation_number: int | None = None
+    collateral_digest: str | None = None
     verifier: str = ""

@@ -7,7 +7,9 @@ is added there, next to the simulated one, without touching its callers.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from types import MappingProxyType
 
@@ -16,7 +18,7 @@ from opencas.attestation.simulated import EVIDENCE_TYPE as SIMULATED
 from opencas.attestation.simulated import SimulatedVerifier
 from opencas.attestation.snp import EVIDENCE_TYPE as SNP
 from opencas.attestation.snp import SnpVerifier
-from opencas.attestation.verifier import NO_COLLATERAL, CollateralSource, Verifier
+from opencas.attestation.verifier import NO_COLLATERAL, CollateralKey, CollateralSource, Verifier
 from opencas.errors import EvidenceError
 
 #: The verifier of each evidence type this build supports.
@@ -26,6 +28,32 @@ VERIFIERS: Mapping[str, Verifier] = MappingProxyType(
 
 #: Evidence types OpenCAS knows but this build cannot verify yet.
 KNOWN_UNSUPPORTED_TYPES = frozenset({"sgx-dcap", "tdx"})
+
+
+class RecordingSource:
+    """A collateral source that passes requests on and remembers what it handed out."""
+
+    def __init__(self, source: CollateralSource) -> None:
+        self._source = source
+        self.documents: dict[CollateralKey, bytes] = {}
+
+    def collateral(self, key: CollateralKey, at: datetime) -> bytes:
+        """The document ``key`` names, from the wrapped source, remembered."""
+        document = self._source.collateral(key, at)
+        self.documents[key] = document
+        return document
+
+    def digest(self) -> str:
+        """SHA-256 (lowercase hex) over every document handed out, with its key, in key order.
+
+        Each line is ``str(key)``, a space and the document's SHA-256, and the lines are sorted:
+        the same set of documents gives the same digest in any order of requests.
+        """
+        lines = sorted(
+            f"{key} {hashlib.sha256(document).hexdigest()}\n"
+            for key, document in self.documents.items()
+        )
+        return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def verify_evidence(
@@ -38,14 +66,20 @@ def verify_evidence(
     """Verify ``evidence`` as of ``at`` with the verifier for its type; return what it proves.
 
     ``collateral`` is where the verifier gets what it checks the evidence against (none is needed
-    for simulated evidence); ``verifiers`` the registry to use. Raises :class:`EvidenceError`
-    when the evidence does not verify, or (``check="type"``) when its type is known but not
-    supported by this build, or unknown. Whether what it proves is acceptable (measurement,
-    debug mode, TCB status) is for the caller's policy to decide.
+    for simulated evidence); ``verifiers`` the registry to use. What it proves names, in
+    ``collateral_digest``, the collateral documents the verifier used (see
+    :class:`RecordingSource`), so the decision can be replayed with the same set. Raises
+    :class:`EvidenceError` when the evidence does not verify, or (``check="type"``) when its
+    type is known but not supported by this build, or unknown. Whether what it proves is
+    acceptable (measurement, debug mode, TCB status) is for the caller's policy to decide.
     """
     verifier = verifiers.get(evidence.type)
     if verifier is not None:
-        return verifier.verify(evidence, at=at, collateral=collateral)
+        used = RecordingSource(collateral)
+        verified = verifier.verify(evidence, at=at, collateral=used)
+        if not used.documents:
+            return verified
+        return replace(verified, collateral_digest=used.digest())
     if evidence.type in KNOWN_UNSUPPORTED_TYPES:
         raise EvidenceError(
             f"evidence type '{evidence.type}' is not supported by this build", check="type"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from hashlib import sha256
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -62,6 +63,7 @@ def test_simulated_evidence_needs_no_collateral() -> None:
     source = Documents({})
     assert verify_evidence(evidence, at=AT, collateral=source) == verified
     assert source.asked == []
+    assert verified.collateral_digest is None
 
 
 def test_the_dispatcher_passes_time_and_collateral_to_the_verifier() -> None:
@@ -72,6 +74,9 @@ def test_the_dispatcher_passes_time_and_collateral_to_the_verifier() -> None:
     assert verified.measurement == "0102"
     assert verified.tcb_status == AT.isoformat()
     assert source.asked == [(CollateralKey.of("made-up", name="measurement"), AT)]
+    document_hash = sha256(bytes([1, 2])).hexdigest()
+    key_line = "made-up(name=measurement) " + document_hash + chr(10)
+    assert verified.collateral_digest == sha256(key_line.encode()).hexdigest()
 
 
 def test_without_a_collateral_source_the_collateral_check_fails() -> None:
