@@ -38,6 +38,13 @@ _RSASSA_PSS = "1.2.840.113549.1.1.10"
 _MGF1 = "1.2.840.113549.1.1.8"
 _SHA384 = "2.16.840.1.101.3.4.2.2"
 _COMMON_NAME = "2.5.4.3"
+_BASIC_CONSTRAINTS = "2.5.29.19"
+_KEY_USAGE = "2.5.29.15"
+#: The critical extensions this code understands; a certificate with another one is refused,
+#: as RFC 5280 requires of a verifier that does not know it.
+_KNOWN_CRITICAL = frozenset({_BASIC_CONSTRAINTS, _KEY_USAGE})
+#: keyCertSign is bit 5 of KeyUsage, counted from the most significant bit of the first byte.
+_KEY_CERT_SIGN = 0x80 >> 5
 #: The PSS salt AMD signs with: the length of a SHA-384 digest.
 PSS_SALT_LENGTH = 48
 _PEM_BLOCK = re.compile(
@@ -75,6 +82,28 @@ class AmdCertificate:
             raise self.refuse(
                 f"'{self.common_name}' is valid from {self.not_before.isoformat()} to "
                 f"{self.not_after.isoformat()}, not at {at.isoformat()}"
+            )
+
+    def check_is_authority(self) -> None:
+        """Return if this is a CA certificate allowed to sign certificates; else a chain error.
+
+        Basic constraints must say ``cA`` and key usage, when present, must allow keyCertSign.
+        """
+        try:
+            constraints = self.extensions.get(_BASIC_CONSTRAINTS)
+            fields = [] if constraints is None else der.children(der.read_single(constraints))
+            is_ca = bool(fields) and fields[0].tag == der.BOOLEAN and fields[0].content == b"\xff"
+            usage = self.extensions.get(_KEY_USAGE)
+            bits = (
+                b"\x00\xff" if usage is None else der.read_single(usage, tag=der.BIT_STRING).content
+            )
+            may_sign = len(bits) > 1 and bool(bits[1] & _KEY_CERT_SIGN)
+        except ValueError as exc:
+            raise self.refuse(f"'{self.common_name}' has malformed CA extensions ({exc})") from exc
+        if not (is_ca and may_sign):
+            raise self.refuse(
+                f"'{self.common_name}' is not a certificate authority (basic constraints cA and "
+                "key usage keyCertSign), so it cannot vouch for another certificate"
             )
 
     def check_signed_by(self, issuer: AmdCertificate) -> None:
@@ -177,7 +206,7 @@ def _parse(data: bytes, what: str) -> AmdCertificate:
     extensions: dict[str, bytes] = {}
     for optional in fields[7:]:
         if optional.context(3):
-            extensions = _extensions(optional)
+            extensions = _extensions(optional, what)
         elif optional.tag not in (0x81, 0x82):
             raise ValueError(f"the TBS field at offset {optional.offset} is unexpected")
     return AmdCertificate(
@@ -205,7 +234,7 @@ def _check_pss(algorithm: der.Element) -> None:
         number = item.tag ^ 0xA0
         if number not in range(4) or number in found:
             raise ValueError(f"the RSA-PSS parameter at offset {item.offset} is unexpected")
-        (found[number],) = der.children(item)
+        found[number] = der.only(item)
     hash_ok = 0 in found and _hash_is_sha384(found[0])
     mgf_ok = 1 in found and _mgf_is_sha384(found[1])
     salt_ok = 2 in found and der.integer(found[2]) == PSS_SALT_LENGTH
@@ -251,17 +280,20 @@ def _public_key(spki: der.Element, what: str) -> rsa.RSAPublicKey | ec.EllipticC
     return key
 
 
-def _extensions(wrapper: der.Element) -> dict[str, bytes]:
-    (sequence,) = der.children(wrapper)
+def _extensions(wrapper: der.Element, what: str) -> dict[str, bytes]:
     extensions: dict[str, bytes] = {}
-    for extension in der.children(sequence, tag=der.SEQUENCE):
+    for extension in der.children(der.only(wrapper), tag=der.SEQUENCE):
         parts = der.children(extension, tag=der.SEQUENCE)
+        critical = False
         if len(parts) == 3 and parts[1].tag == der.BOOLEAN:
+            critical = parts[1].content != b"\x00"
             parts = [parts[0], parts[2]]
         if len(parts) != 2:
             raise ValueError(f"the extension at offset {extension.offset} is malformed")
         oid = der.object_identifier(parts[0])
         if oid in extensions:
             raise ValueError(f"the extension {oid} appears twice")
+        if critical and oid not in _KNOWN_CRITICAL:
+            raise ValueError(f"the {what} has the critical extension {oid}, unknown here")
         extensions[oid] = der.expect(parts[1], der.OCTET_STRING, f"extension {oid}").content
     return extensions

@@ -118,6 +118,12 @@ class VerifiedChain:
     certificates: tuple[AmdCertificate, AmdCertificate, AmdCertificate]
     key: ec.EllipticCurvePublicKey
     key_hash: str
+    certified_tcb: bytes
+    """The TCB version the leaf's extensions state, as the report stores one (8 bytes)."""
+    hwid: bytes | None
+    """A VCEK's hardware id (64 bytes, or 8 on Turin); ``None`` for a VLEK."""
+    csp_id: str | None
+    """A VLEK's cloud provider id, when it names one."""
 
     @property
     def leaf(self) -> AmdCertificate:
@@ -141,22 +147,31 @@ class VerifiedChain:
 
 
 def verify_chain(
-    leaf_der: bytes, chain_pem: bytes, product: Product, signing_key: SigningKey
+    leaf_der: bytes,
+    chain_pem: bytes,
+    product: Product,
+    signing_key: SigningKey,
+    roots: Mapping[Product, str] = PINNED_ARK_KEY_HASHES,
 ) -> VerifiedChain:
     """Verify the VCEK or VLEK ``leaf_der`` and ``chain_pem`` (ASK or ASVK, then ARK).
 
     Checks every signature (RSA-PSS SHA-384, salt 48), that names chain, that the ARK is
-    self-signed with the key pinned for ``product``, that the intermediate and ARK are the ones
-    AMD names for ``product`` and ``signing_key``, and that the leaf holds a P-384 key. Validity
-    in time is not checked (it depends on the time; see :meth:`VerifiedChain.check_valid_at`).
-    Raises :class:`EvidenceError` with ``check="chain"``.
+    self-signed with the key ``roots`` pins for ``product``, that the intermediate is the one
+    AMD names for ``product`` and ``signing_key``, that the leaf holds a P-384 key and that its
+    AMD extensions (product name, TCB, hardware id or provider id) are well formed and of this
+    product. Validity in time is not checked (it depends on the time; see
+    :meth:`VerifiedChain.check_valid_at`). Raises :class:`EvidenceError` with
+    ``check="chain"``.
     """
     name = _PRODUCT_NAMES[product]
     leaf_what = signing_key.upper()
     intermediate_what = "ASK" if signing_key == "vcek" else "ASVK"
     leaf = parse_amd_certificate(leaf_der, leaf_what)
     intermediate, ark = parse_amd_chain(chain_pem, (intermediate_what, "ARK"))
-    if key_hash(ark.public_key) != PINNED_ARK_KEY_HASHES[product]:
+    pinned = roots.get(product)
+    if pinned is None:
+        raise ark.refuse(f"'{ark.common_name}' cannot be trusted: no {name} root is pinned")
+    if key_hash(ark.public_key) != pinned:
         raise ark.refuse(
             f"'{ark.common_name}' is not AMD's pinned {name} root (its key hash is "
             f"{key_hash(ark.public_key)})"
@@ -167,31 +182,51 @@ def verify_chain(
             f"is '{intermediate.common_name}', not '{expected_intermediate}' (the {name} "
             f"{intermediate_what})"
         )
+    ark.check_is_authority()
+    intermediate.check_is_authority()
     ark.check_signed_by(ark)
     intermediate.check_signed_by(ark)
     leaf.check_signed_by(intermediate)
     key = leaf.public_key
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
         raise leaf.refuse(f"'{leaf.common_name}' does not hold an ECDSA P-384 key")
+    _check_product_name(leaf, product)
+    hwid = leaf.extensions.get(_OID_HWID)
+    csp_id = leaf.extensions.get(_OID_CSP_ID)
+    if signing_key == "vlek" and hwid is not None:
+        raise leaf.refuse("carries a hardware id, which a VLEK never does")
     return VerifiedChain(
         product=product,
         signing_key=signing_key,
         certificates=(leaf, intermediate, ark),
         key=key,
         key_hash=key_hash(key),
+        certified_tcb=_certified_tcb(leaf, product),
+        hwid=None if signing_key == "vlek" else _hwid(leaf, hwid, _HWID_SIZES[product]),
+        csp_id=(
+            _ia5(leaf, _OID_CSP_ID, csp_id)
+            if signing_key == "vlek" and csp_id is not None
+            else None
+        ),
     )
 
 
 class ChainCache:
     """Verified chains by the SHA-256 of their bytes, product and signer; at most ``size``.
 
+    ``roots`` are the ARK key hashes by product the chains must end in (AMD's, unless a test
+    brings its own PKI).
+
     Pure and thread-safe: it remembers only chains that verified, and what it returns is what
     :func:`verify_chain` would return for the same bytes (validity in time is checked anew by
     the caller for every report).
     """
 
-    def __init__(self, size: int = CHAIN_CACHE_SIZE) -> None:
+    def __init__(
+        self, size: int = CHAIN_CACHE_SIZE, roots: Mapping[Product, str] = PINNED_ARK_KEY_HASHES
+    ) -> None:
         self._size = size
+        self._roots = roots
         self._chains: OrderedDict[bytes, VerifiedChain] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -211,7 +246,7 @@ class ChainCache:
             if chain is not None:
                 self._chains.move_to_end(key)
                 return chain
-        chain = verify_chain(leaf_der, chain_pem, product, signing_key)
+        chain = verify_chain(leaf_der, chain_pem, product, signing_key, self._roots)
         with self._lock:
             self._chains[key] = chain
             while len(self._chains) > self._size:
@@ -247,6 +282,7 @@ class SnpVerifier:
     """
 
     def __init__(self, cache: ChainCache | None = None) -> None:
+        """A verifier with its own chain memo, or ``cache`` (whose roots it then trusts)."""
         self._cache = ChainCache() if cache is None else cache
 
     def verify(
@@ -303,39 +339,37 @@ def _signing_certificate(
 
 
 def _check_leaf_matches(report: SnpReport, chain: VerifiedChain) -> None:
-    """The certificate is for this product, the reported TCB and (VCEK) this chip."""
-    leaf = chain.leaf
+    """The certificate vouches for the reported TCB and (a VCEK) for this chip."""
     product = chain.product
-    name = leaf.extensions.get(_OID_PRODUCT_NAME)
-    if name is not None:
-        text = _ia5(leaf, _OID_PRODUCT_NAME, name)
-        if text.split("-", 1)[0] != _PRODUCT_NAMES[product]:
-            raise leaf.refuse(f"names product '{text}', not {_PRODUCT_NAMES[product]}")
-    certified = _certified_tcb(leaf, product)
-    if certified != report.reported_tcb:
+    if chain.certified_tcb != report.reported_tcb:
         raise EvidenceError(
-            f"the TCB of the {leaf.what} ({decode_tcb(certified, product).describe()}) does not "
-            f"match the report's reported TCB "
-            f"({decode_tcb(report.reported_tcb, product).describe()})",
+            f"the TCB of the {chain.leaf.what} "
+            f"({decode_tcb(chain.certified_tcb, product).describe()}) does not match the "
+            f"report's reported TCB ({decode_tcb(report.reported_tcb, product).describe()})",
             check="tcb",
         )
-    hwid = leaf.extensions.get(_OID_HWID)
-    if chain.signing_key == "vlek":
-        if hwid is not None:
-            raise leaf.refuse("carries a hardware id, which a VLEK never does")
+    if chain.hwid is None:
         return
-    expected = report.chip_id[: _HWID_SIZES[product]]
     if not any(report.chip_id):
         raise EvidenceError(
             "the SEV-SNP report's chip id is masked (all zeros), so no VCEK can vouch for it",
             check="tcb",
         )
-    if any(report.chip_id[len(expected) :]) or _hwid(leaf, hwid, len(expected)) != expected:
+    size = len(chain.hwid)
+    if any(report.chip_id[size:]) or report.chip_id[:size] != chain.hwid:
         raise EvidenceError(
             f"the VCEK is for another chip: its hardware id is not the report's chip id "
             f"{report.chip_id.hex()[:16]}…",
             check="tcb",
         )
+
+
+def _check_product_name(leaf: AmdCertificate, product: Product) -> None:
+    name = leaf.extensions.get(_OID_PRODUCT_NAME)
+    if name is not None:
+        text = _ia5(leaf, _OID_PRODUCT_NAME, name)
+        if text.split("-", 1)[0] != _PRODUCT_NAMES[product]:
+            raise leaf.refuse(f"names product '{text}', not {_PRODUCT_NAMES[product]}")
 
 
 def _certified_tcb(leaf: AmdCertificate, product: Product) -> bytes:
@@ -428,9 +462,8 @@ def _verified(report: SnpReport, chain: VerifiedChain) -> VerifiedEvidence:
     }
     if any(report.chip_id):
         platform_id["chip_id"] = report.chip_id.hex()
-    csp_id = chain.leaf.extensions.get(_OID_CSP_ID)
-    if chain.signing_key == "vlek" and csp_id is not None:
-        platform_id["csp_id"] = _ia5(chain.leaf, _OID_CSP_ID, csp_id)
+    if chain.csp_id is not None:
+        platform_id["csp_id"] = chain.csp_id
     return VerifiedEvidence(
         platform=EVIDENCE_TYPE,
         measurement=report.measurement.hex(),

@@ -111,6 +111,16 @@ def children(element: Element, *, tag: int | None = None) -> list[Element]:
     return items
 
 
+def only(element: Element) -> Element:
+    """The one element inside constructed ``element`` (an EXPLICIT tag's content)."""
+    inner = children(element)
+    if len(inner) != 1:
+        raise ValueError(
+            f"DER element at offset {element.offset} holds {len(inner)} elements, expected one"
+        )
+    return inner[0]
+
+
 def expect(element: Element, tag: int, what: str) -> Element:
     """``element`` when it has ``tag``; else a ``ValueError`` naming ``what`` and its offset."""
     if element.tag != tag:
