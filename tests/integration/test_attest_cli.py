@@ -201,3 +201,18 @@ def test_attest_refuses_unprovisioned_cas_without_flag(cas: CasProcess, casctl: 
     assert result.returncode == 4
     assert "not provisioned" in result.stderr
     assert "--allow-unprovisioned" in result.stderr
+
+
+def test_attest_takes_scones_sgx_flags(cas: CasProcess, casctl: Casctl) -> None:
+    base = ("attest", cas.url, "--only-for-testing-debug", "--allow-unprovisioned")
+    # A simulated CAS has no enclave signer, so expecting one refuses it, naming the check.
+    signer = casctl(*base, "--mrsigner", "5a" * 32, "--isvprodid", "41", "--isvsvn", "2")
+    assert signer.returncode == 4
+    assert "MRSIGNER" in signer.stderr
+    assert "'simulated', which has none" in signer.stderr
+    # The TCB tolerations and a verification time are accepted where there is nothing to tolerate.
+    tolerant = casctl(*base, "-C", "-G", "-S", "--verification-time", "2026-11-30T12:00:00Z")
+    assert tolerant.returncode == 0, tolerant.stderr
+    usage = casctl(*base, "--isvsvn", "2")
+    assert usage.returncode == 2
+    assert "--isvprodid and --isvsvn need --mrsigner" in usage.stderr

@@ -23,6 +23,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from opencas.attestation.evidence import Evidence, VerifiedEvidence
 from opencas.attestation.verify import verify_evidence
+from opencas.attestation.workload_policy import TCB_TOLERATIONS
 from opencas.crypto.canonical import canonical_sha512, member_mismatch
 from opencas.crypto.pem import (
     CERTIFICATE_ERRORS,
@@ -39,6 +40,15 @@ REPORT_VERSION = 1
 AUDIT_GENESIS_HEAD = "0" * 64
 
 _HASH_SHAPE = r"^[0-9a-f]{64}$"
+#: The casctl flag that tolerates each TCB finding in a CAS's evidence (SCONE's flags).
+_TOLERATION_FLAGS = {
+    "insecure-configuration": "-C",
+    "outdated-tcb": "-G",
+    "software-hardening-needed": "-S",
+}
+#: The TCB findings a client may tolerate in a CAS's evidence.
+CAS_TOLERATIONS = frozenset(_TOLERATION_FLAGS)
+
 _HEX_SHAPE = r"^(?:[0-9a-f]{2})+$"
 _TIME_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z")
 _MAX_CERTIFICATE_PEM_CHARS = 16 * 1024
@@ -157,11 +167,24 @@ class CasExpectations:
     database key was injected from outside; both are for testing only. ``allow_unprovisioned``
     accepts a CAS without an owner; ``owner_identity_hash`` and ``owner_config_sha256``, when
     set, must equal what the report says was provisioned.
+
+    For a CAS in an SGX enclave, ``mrsigner`` accepts the enclaves of one signer (with
+    ``isv_prod_id`` equal and ``isv_svn`` at least the given values); with ``measurements`` as
+    well, both must hold. ``tolerate`` names the TCB findings accepted (``insecure-configuration``,
+    ``outdated-tcb``, ``software-hardening-needed``: casctl's ``-C``, ``-G`` and ``-S``); the
+    advisories of a tolerated status are accepted with it. ``verification_time`` is when the
+    evidence is verified as of (None: now), for evidence checked later against the collateral of
+    its day.
     """
 
     nonce: str
     allow_debug: bool = False
     measurements: frozenset[str] = frozenset()
+    mrsigner: str | None = None
+    isv_prod_id: int | None = None
+    isv_svn: int | None = None
+    tolerate: frozenset[str] = frozenset()
+    verification_time: datetime | None = None
     cas_key_hash: str | None = None
     allow_db_key_injected: bool = False
     allow_unprovisioned: bool = False
@@ -177,10 +200,21 @@ class CasExpectations:
                 raise ValueError(f"expected measurement {measurement!r} is not lowercase hex")
         if self.cas_key_hash is not None and not re.fullmatch(_HASH_SHAPE, self.cas_key_hash):
             raise ValueError("the expected CAS key hash must be 64 lowercase hex digits")
-        for name in ("owner_identity_hash", "owner_config_sha256"):
+        for name in ("owner_identity_hash", "owner_config_sha256", "mrsigner"):
             value = getattr(self, name)
             if value is not None and not re.fullmatch(_HASH_SHAPE, value):
                 raise ValueError(f"the expected {name} must be 64 lowercase hex digits")
+        if (self.isv_prod_id is not None or self.isv_svn is not None) and self.mrsigner is None:
+            raise ValueError("an expected ISVPRODID or ISVSVN needs the expected MRSIGNER")
+        for name in ("isv_prod_id", "isv_svn"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 0xFFFF:
+                raise ValueError(f"the expected {name} must be between 0 and 65535")
+        unknown = self.tolerate - CAS_TOLERATIONS
+        if unknown:
+            raise ValueError(
+                f"unknown tolerations {sorted(unknown)}; known: {sorted(CAS_TOLERATIONS)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -299,10 +333,14 @@ def _check_binding(
         )
 
 
-def _check_policy(
+def check_cas_policy(
     report: CasReport, verified: VerifiedEvidence, expectations: CasExpectations
 ) -> None:
-    """What the bound report says is what the caller accepts."""
+    """Return if what the bound ``report`` and its ``verified`` evidence say is acceptable.
+
+    Raises :class:`AttestationRefused` naming the first check that fails: ``debug-mode``,
+    ``measurement``, ``signer``, ``tcb``.
+    """
     if report.mode == "debug" and not expectations.allow_debug:
         why = "debug TEE" if verified.debug else "debug configuration"
         raise AttestationRefused(
@@ -316,6 +354,52 @@ def _check_policy(
             "measurement",
             f"the CAS runs software with measurement {report.software_measurement}, which is "
             f"not one of the expected measurements ({expected})",
+        )
+    _check_signer(verified, expectations)
+    _check_tcb(verified, expectations)
+
+
+def _check_signer(verified: VerifiedEvidence, expectations: CasExpectations) -> None:
+    """An expected enclave signer signed the CAS's enclave, at the expected product and SVN."""
+    if expectations.mrsigner is None:
+        return
+    if verified.mrsigner is None:
+        raise AttestationRefused(
+            "signer",
+            f"an enclave signer (MRSIGNER) was expected, but the CAS's evidence is "
+            f"'{verified.platform}', which has none",
+        )
+    problems = []
+    if verified.mrsigner != expectations.mrsigner:
+        problems.append(f"MRSIGNER {verified.mrsigner}, not {expectations.mrsigner}")
+    if expectations.isv_prod_id is not None and verified.isv_prod_id != expectations.isv_prod_id:
+        problems.append(f"ISVPRODID {verified.isv_prod_id}, not {expectations.isv_prod_id}")
+    if expectations.isv_svn is not None and (verified.isv_svn or 0) < expectations.isv_svn:
+        problems.append(f"ISVSVN {verified.isv_svn}, below the expected {expectations.isv_svn}")
+    if problems:
+        raise AttestationRefused(
+            "signer",
+            "the CAS's enclave has " + "; ".join(problems) + ": it is not the expected CAS",
+        )
+
+
+def _check_tcb(verified: VerifiedEvidence, expectations: CasExpectations) -> None:
+    """The platform's TCB status is up to date, or its findings are tolerated."""
+    needed = TCB_TOLERATIONS.get(verified.tcb_status)
+    if needed is None:
+        raise AttestationRefused(
+            "tcb",
+            f"the CAS's platform has TCB status '{verified.tcb_status[:40]}', which is never "
+            "accepted",
+        )
+    missing = [item for item in needed if item not in expectations.tolerate]
+    if missing:
+        flags = ", ".join(f"{_TOLERATION_FLAGS[item]} ({item})" for item in missing)
+        advisories = ", ".join(verified.advisories[:5]) or "none"
+        raise AttestationRefused(
+            "tcb",
+            f"the CAS's platform has TCB status '{verified.tcb_status}' (advisories: "
+            f"{advisories}); pass {flags} to accept it",
         )
 
 
@@ -428,16 +512,18 @@ def verify_cas_attestation(
     evidence verification (:class:`EvidenceError`, whose ``check`` names its step), ``binding``
     (evidence binds this report), ``nonce``, ``binding`` (evidence measurement and platform equal
     the report's; debug evidence implies debug mode), ``debug-mode``, ``measurement``,
-    ``cas-key`` (CA certificate carries the reported CAS key), ``cas-key-hash`` (the expected CAS
-    key), ``db-key-injected``, ``tls-certificate`` (the TLS certificate carries the reported TLS
-    key and is issued by the CA certificate; the TLS connection presented that certificate),
+    ``signer`` (SGX: MRSIGNER, ISVPRODID, ISVSVN), ``tcb`` (the TCB status, or its tolerated
+    findings), ``cas-key`` (CA certificate carries the reported CAS key), ``cas-key-hash`` (the
+    expected CAS key), ``db-key-injected``, ``tls-certificate`` (the TLS certificate carries the
+    reported TLS key and is issued by the CA certificate; the TLS connection presented that
+    certificate),
     then ``unprovisioned``, ``owner-identity`` and ``owner-config``. On success it returns the
     report, the verified evidence and the two certificates as PEM, for the caller to pin.
     """
     report, evidence, tls_certificate, ca_certificate = _parse_response(response)
     verified = verify_evidence(evidence, at=at)
     _check_binding(report, verified, expectations)
-    _check_policy(report, verified, expectations)
+    check_cas_policy(report, verified, expectations)
     _check_certificates(report, expectations, tls_certificate, ca_certificate, peer_certificate_der)
     _check_provisioning(report, expectations)
     return VerifiedCas(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,44 @@ def attest_options(command: F) -> F:
             help="Accepted software measurement (repeat: any of them).",
         ),
         click.option(
+            "--mrsigner",
+            callback=_key_hash_option,
+            help="Accept the SGX enclaves of this signer (64 hex digits).",
+        ),
+        click.option(
+            "--isvprodid",
+            type=click.IntRange(0, 0xFFFF),
+            help="With --mrsigner: the enclave's product id must be this.",
+        ),
+        click.option(
+            "--isvsvn",
+            type=click.IntRange(0, 0xFFFF),
+            help="With --mrsigner: the enclave's security version must be at least this.",
+        ),
+        click.option(
+            "-C",
+            "--accept-configuration-needed",
+            is_flag=True,
+            help="Accept a platform whose TCB needs configuration (insecure-configuration).",
+        ),
+        click.option(
+            "-G",
+            "--accept-group-out-of-date",
+            is_flag=True,
+            help="Accept a platform whose TCB is out of date (outdated-tcb).",
+        ),
+        click.option(
+            "-S",
+            "--accept-sw-hardening-needed",
+            is_flag=True,
+            help="Accept a platform that needs software hardening (software-hardening-needed).",
+        ),
+        click.option(
+            "--verification-time",
+            type=click.DateTime(["%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+            help="Verify the evidence as of this UTC time (default: now).",
+        ),
+        click.option(
             "-c", "--cas-key-hash", callback=_key_hash_option, help="Expected CAS key hash (pin)."
         ),
         click.option(
@@ -100,6 +139,13 @@ class AttestFlags:
     """What the attest options asked for."""
 
     measurements: frozenset[str]
+    mrsigner: str | None
+    isvprodid: int | None
+    isvsvn: int | None
+    accept_configuration_needed: bool
+    accept_group_out_of_date: bool
+    accept_sw_hardening_needed: bool
+    verification_time: datetime | None
     cas_key_hash: str | None
     only_for_testing_debug: bool
     allow_cas_owner_secret_access: bool
@@ -126,10 +172,27 @@ class AttestFlags:
             ).key_hash
         if config_sha is None and self.expect_owner_config is not None:
             config_sha = owner_config_sha256(load_owner_config(self.expect_owner_config).config)
+        if (self.isvprodid is not None or self.isvsvn is not None) and self.mrsigner is None:
+            raise click.UsageError("--isvprodid and --isvsvn need --mrsigner")
+        tolerate = {
+            name
+            for name, wanted in (
+                ("insecure-configuration", self.accept_configuration_needed),
+                ("outdated-tcb", self.accept_group_out_of_date),
+                ("software-hardening-needed", self.accept_sw_hardening_needed),
+            )
+            if wanted
+        }
+        at = self.verification_time
         return CasExpectations(
             nonce=new_nonce(),
             allow_debug=self.only_for_testing_debug,
             measurements=self.measurements,
+            mrsigner=self.mrsigner,
+            isv_prod_id=self.isvprodid,
+            isv_svn=self.isvsvn,
+            tolerate=frozenset(tolerate),
+            verification_time=at.replace(tzinfo=UTC) if at is not None else None,
             cas_key_hash=self.cas_key_hash,
             allow_db_key_injected=self.allow_cas_owner_secret_access,
             allow_unprovisioned=allow_unprovisioned,

@@ -137,7 +137,7 @@ class CasClient:
             _attestation_of(response),
             expectations,
             _peer_certificate(response),
-            at=datetime.now(UTC),
+            at=expectations.verification_time or datetime.now(UTC),
         )
 
     def health(self) -> str:

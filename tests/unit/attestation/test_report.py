@@ -17,11 +17,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
-from opencas.attestation.evidence import Evidence
+from opencas.attestation.evidence import Evidence, VerifiedEvidence
 from opencas.attestation.report import (
     AUDIT_GENESIS_HEAD,
     CasExpectations,
     CasReport,
+    check_cas_policy,
     report_data,
     report_time,
     verify_cas_attestation,
@@ -490,3 +491,102 @@ def test_evidence_type_round_trip_keeps_bytes(bundle: Bundle) -> None:
     response = bundle.response()
     evidence = Evidence.from_json(response["evidence"])
     assert evidence.to_json() == response["evidence"]
+
+
+def sgx_claims(**changes: Any) -> VerifiedEvidence:
+    """What a production SGX CAS's evidence could prove (as a DCAP verifier reports it)."""
+    claims: dict[str, Any] = {
+        "platform": "sgx-dcap",
+        "measurement": MEASUREMENT,
+        "report_data": bytes(64),
+        "debug": False,
+        "platform_key_hash": "e5" * 32,
+        "tcb_status": "UpToDate",
+        "advisories": (),
+        "mrsigner": "5a" * 32,
+        "isv_prod_id": 41,
+        "isv_svn": 3,
+    }
+    claims.update(changes)
+    return VerifiedEvidence(**claims)
+
+
+def production_report(bundle: Bundle) -> CasReport:
+    return CasReport.model_validate(bundle.report(platform="sgx-dcap", mode="production"))
+
+
+def policy_refusal(
+    bundle: Bundle, verified: VerifiedEvidence, **expected: Any
+) -> AttestationRefused:
+    with pytest.raises(AttestationRefused) as info:
+        check_cas_policy(production_report(bundle), verified, expect(**expected))
+    return info.value
+
+
+def test_an_expected_signer_accepts_its_enclaves_at_or_above_the_svn(bundle: Bundle) -> None:
+    report = production_report(bundle)
+    for svn in (None, 0, 3):
+        check_cas_policy(report, sgx_claims(), expect(mrsigner="5a" * 32, isv_svn=svn))
+    check_cas_policy(report, sgx_claims(), expect(mrsigner="5a" * 32, isv_prod_id=41))
+
+
+@pytest.mark.parametrize(
+    ("expected", "named"),
+    [
+        ({"mrsigner": "6b" * 32}, "MRSIGNER"),
+        ({"mrsigner": "5a" * 32, "isv_prod_id": 40}, "ISVPRODID 41, not 40"),
+        ({"mrsigner": "5a" * 32, "isv_svn": 4}, "ISVSVN 3, below the expected 4"),
+    ],
+)
+def test_another_signer_product_or_a_lower_svn_is_refused(
+    bundle: Bundle, expected: dict[str, Any], named: str
+) -> None:
+    error = policy_refusal(bundle, sgx_claims(), **expected)
+    assert error.check == "signer"
+    assert named in str(error)
+
+
+def test_a_signer_is_refused_for_evidence_without_one(bundle: Bundle) -> None:
+    error = refused(bundle.response(), expect(mrsigner="5a" * 32))
+    assert error.check == "signer"
+    assert "'simulated', which has none" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("status", "flags", "tolerate"),
+    [
+        ("SWHardeningNeeded", "-S", {"software-hardening-needed"}),
+        ("ConfigurationNeeded", "-C", {"insecure-configuration"}),
+        (
+            "ConfigurationAndSWHardeningNeeded",
+            "-C (insecure-configuration), -S",
+            {"insecure-configuration", "software-hardening-needed"},
+        ),
+        ("OutOfDate", "-G", {"outdated-tcb"}),
+    ],
+)
+def test_tcb_findings_need_their_flags(
+    bundle: Bundle, status: str, flags: str, tolerate: set[str]
+) -> None:
+    claims = sgx_claims(tcb_status=status, advisories=("INTEL-SA-00615",))
+    error = policy_refusal(bundle, claims)
+    assert error.check == "tcb"
+    assert flags in str(error)
+    assert "INTEL-SA-00615" in str(error)
+    check_cas_policy(production_report(bundle), claims, expect(tolerate=frozenset(tolerate)))
+
+
+def test_a_revoked_or_unknown_tcb_is_never_accepted(bundle: Bundle) -> None:
+    everything = frozenset({"insecure-configuration", "outdated-tcb", "software-hardening-needed"})
+    for status in ("Revoked", "SomethingNew"):
+        error = policy_refusal(bundle, sgx_claims(tcb_status=status), tolerate=everything)
+        assert error.check == "tcb"
+
+
+def test_expectations_refuse_what_could_never_match() -> None:
+    with pytest.raises(ValueError, match="needs the expected MRSIGNER"):
+        expect(isv_svn=1)
+    with pytest.raises(ValueError, match="unknown tolerations"):
+        expect(tolerate=frozenset({"debug-mode"}))
+    with pytest.raises(ValueError, match="between 0 and 65535"):
+        expect(mrsigner="5a" * 32, isv_prod_id=70000)
