@@ -106,18 +106,19 @@ def test_stalled_connections_are_limited_per_source_and_closed(
     guarded_cas: CasProcess, listener: str
 ) -> None:
     port = guarded_cas.api_port if listener == "api" else guarded_cas.enclave_port
+    # Each connection's clock starts before it is opened: the CAS's timers cannot start earlier.
+    started = time.monotonic()
     half_sent = _tls(port)
     half_sent.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nUser-Agent: slo")
-    idle_tls = _tls(port)
+    held = [("half-sent request", half_sent, HEADER_TIMEOUT, started)]
+    started = time.monotonic()
+    held.append(("idle TLS", _tls(port), HEADER_TIMEOUT, started))
+    started = time.monotonic()
     half_handshake = _connect(port)
     half_handshake.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello's start
-    idle_tcp = _connect(port)
-    held = [
-        ("half-sent request", half_sent, HEADER_TIMEOUT, time.monotonic()),
-        ("idle TLS", idle_tls, HEADER_TIMEOUT, time.monotonic()),
-        ("half handshake", half_handshake, HANDSHAKE_TIMEOUT, time.monotonic()),
-        ("idle TCP", idle_tcp, HANDSHAKE_TIMEOUT, time.monotonic()),
-    ]
+    held.append(("half handshake", half_handshake, HANDSHAKE_TIMEOUT, started))
+    started = time.monotonic()
+    held.append(("idle TCP", _connect(port), HANDSHAKE_TIMEOUT, started))
     for _ in range(3):  # over the limit: refused at once, not held until a timeout
         opened = time.monotonic()
         assert _refused_at(port) - opened < HEADER_TIMEOUT
