@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from opencas.content_cache import ContentCache
 from opencas.errors import (
     ConflictError,
     ForbiddenError,
@@ -51,7 +52,6 @@ from opencas.policy.secret_values import (
     public_values,
     unpinned_export_targets,
 )
-from opencas.service.cache import ContentCache
 from opencas.service.cas import Cas
 from opencas.service.identity import utc_now_text
 from opencas.service.records import decode_record, read_record, write_record
