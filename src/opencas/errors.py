@@ -136,9 +136,10 @@ class EvidenceError(CasError, code="invalid-evidence", http_status=400):
     ``check`` names the verification step that failed: ``format`` (the evidence is not of its
     type's shape), ``type`` (no verifier for its type), ``signature`` (it does not verify),
     ``debug`` (it contradicts what its type implies), ``collateral`` (what it must be checked
-    against is not available), ``chain`` (a certificate that vouches for it does not lead to a
-    pinned root, or is not valid at the verification time), ``tcb`` (the platform state it
-    reports is not the one its certificate vouches for).
+    against is not available, or not valid), ``chain`` (a certificate that vouches for it does
+    not lead to a pinned root, or is not valid at the verification time), ``tcb`` (the platform
+    state it reports is not the one its certificate vouches for, or Intel's TCB info has no
+    level for it or revokes it).
     """
 
     def __init__(self, message: str, *, check: str = "format") -> None:

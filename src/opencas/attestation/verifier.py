@@ -30,7 +30,7 @@ class CollateralKey:
     ``kind`` says what the document is and ``params`` (sorted name/value pairs) which one:
 
     - ``dcap``: the DCAP collateral set of one platform, as one JSON object in the format of
-      ``docs/formats.md`` (dcap-qvl's ``QuoteCollateralV3``); params ``tee`` (``sgx`` or
+      ``docs/attestation.md`` (dcap-qvl's ``QuoteCollateralV3``); params ``tee`` (``sgx`` or
       ``tdx``), ``fmspc`` (12 lowercase hex digits) and ``ca`` (``processor`` or ``platform``,
       the PCK CA that issued the quote's PCK certificate).
     - ``amd-vcek``: the DER VCEK of one AMD chip at one reported TCB; params ``product``

@@ -90,7 +90,7 @@ def test_without_a_collateral_source_the_collateral_check_fails() -> None:
     assert direct.value.check == "collateral"
 
 
-@pytest.mark.parametrize("evidence_type", ["sgx-dcap", "quantum"])
+@pytest.mark.parametrize("evidence_type", ["quantum", "opaque-tee"])
 def test_types_without_verifier_fail_the_type_check(evidence_type: str) -> None:
     with pytest.raises(EvidenceError) as failed:
         verify_evidence(Evidence(evidence_type, b"\x00"), at=AT)
