@@ -114,8 +114,9 @@ class DcapVerifier:
         ``at`` must be timezone-aware. Raises :class:`EvidenceError` whose ``check`` is
         ``type``, ``format`` (the quote is malformed: the message names field and offset),
         ``debug`` (a debug enclave or TD, which dcap-qvl refuses), ``collateral`` (missing, for
-        another platform, malformed, or not valid at ``at``), ``signature`` (a signature or
-        the PCK chain does not verify) or ``tcb`` (no TCB level of Intel's matches, or revoked).
+        another platform, malformed, or not valid at ``at``), ``chain`` (the PCK chain does not
+        lead to the pinned root, or is not valid at ``at``), ``signature`` (the QE report or the
+        quote signature does not verify) or ``tcb`` (no TCB level of Intel's matches, or revoked).
         """
         if at.tzinfo is None:
             raise ValueError("the verification time must be timezone-aware")
@@ -196,7 +197,7 @@ def _read_platform(quote: DcapQuote) -> DcapPlatform:
         except CERTIFICATE_ERRORS as exc:
             raise EvidenceError(
                 f"PCK certificate {index} of the quote is not a valid X.509 certificate: {exc}",
-                check="signature",
+                check="chain",
             ) from exc
     root = certificates[-1]
     if len(chain) > 1 and root.subject == root.issuer and chain[-1] != INTEL_SGX_ROOT_CA_DER:
@@ -205,7 +206,7 @@ def _read_platform(quote: DcapQuote) -> DcapPlatform:
             f"CA this verifier pins (DER SHA-256 {hashlib.sha256(chain[-1]).hexdigest()[:16]}…, "
             f"expected {INTEL_SGX_ROOT_CA_SHA256[:16]}…): the quote was altered or comes from a "
             "test PKI",
-            check="signature",
+            check="chain",
         )
     leaf = certificates[0]
     issuer = _common_name(leaf.issuer)
@@ -214,7 +215,7 @@ def _read_platform(quote: DcapQuote) -> DcapPlatform:
         raise EvidenceError(
             f"the quote's PCK certificate is issued by {issuer[:60]!r}, not by an Intel SGX PCK "
             "Processor or Platform CA",
-            check="signature",
+            check="chain",
         )
     try:
         extension = dcap_qvl.parse_pck_extension_from_pem(quote.pck_chain_pem)
@@ -222,7 +223,7 @@ def _read_platform(quote: DcapQuote) -> DcapPlatform:
     except ValueError as exc:
         raise EvidenceError(
             f"the quote's PCK certificate has no readable Intel SGX extension: {exc}",
-            check="signature",
+            check="chain",
         ) from exc
     return DcapPlatform(
         ca=ca,
@@ -291,7 +292,7 @@ _REFUSALS: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "certificate chain",
-        "signature",
+        "chain",
         "the quote's PCK certificate chain does not verify up to the Intel SGX Root CA",
     ),
     ("QE report", "signature", "the QE report does not match the quote's attestation key"),

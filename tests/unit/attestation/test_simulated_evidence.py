@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from opencas.attestation import verify
 from opencas.attestation.evidence import MAX_EVIDENCE_BYTES, Evidence
 from opencas.attestation.simulated import (
     FORMAT,
     create_simulated_evidence,
     verify_simulated_evidence,
 )
-from opencas.attestation import verify
 from opencas.attestation.verify import verify_evidence
 from opencas.crypto.canonical import canonical_json
 from opencas.crypto.keys import key_hash
