@@ -15,6 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from opencas.attestation.dcap import (
     INTEL_SGX_ROOT_CA_DER,
@@ -651,3 +653,50 @@ def test_the_workload_policy_decides_on_the_sgx_quote_by_its_tolerations(
     with pytest.raises(WorkloadRefused) as refused:
         check_workload(verified, service, security, cas_debug=False)
     assert refused.value.check == check
+
+
+# --- property tests: a peer's bytes raise only EvidenceError -------------------------------------
+
+FUZZ = settings(max_examples=150, deadline=None, database=None)
+QUOTES = {
+    "sgx-dcap": (SGX_QUOTE.read_bytes(), SGX_COLLATERAL, SGX_AT),
+    "tdx": (TDX_OUTDATED_QUOTE.read_bytes(), TDX_OUTDATED_COLLATERAL, TDX_OUTDATED_AT),
+}
+SHARED = DcapVerifier()
+
+
+@FUZZ
+@given(
+    evidence_type=st.sampled_from(sorted(QUOTES)),
+    edits=st.lists(st.tuples(st.integers(0, 5100), st.integers(0, 255)), max_size=4),
+    cut=st.integers(0, 5100) | st.none(),
+)
+def test_mutated_quotes_raise_only_evidence_errors(
+    evidence_type: str, edits: list[tuple[int, int]], cut: int | None
+) -> None:
+    raw, bundle, at = QUOTES[evidence_type]
+    data = bytearray(raw)
+    for offset, value in edits:
+        if offset < len(data):
+            data[offset] = value
+    if cut is not None:
+        del data[cut:]
+    try:
+        SHARED.verify(Evidence(evidence_type, bytes(data)), at=at, collateral=Bundles(bundle))
+        outcome = "verified"
+    except EvidenceError as exc:
+        outcome = exc.check
+    assert outcome in {"verified", "format", "debug", "collateral", "chain", "signature", "tcb"}
+
+
+@FUZZ
+@given(
+    member=st.sampled_from(sorted(json.loads(SGX_COLLATERAL.read_text()))),
+    value=st.text(max_size=80) | st.integers() | st.none() | st.lists(st.integers(), max_size=2),
+)
+def test_mutated_collateral_raises_only_evidence_errors(member: str, value: object) -> None:
+    bundle = json.loads(SGX_COLLATERAL.read_text())
+    bundle[member] = value
+    with pytest.raises(EvidenceError) as failed:
+        DcapVerifier().verify(evidence("sgx-dcap", SGX_QUOTE), at=SGX_AT, collateral=_serve(bundle))
+    assert failed.value.check == "collateral"
