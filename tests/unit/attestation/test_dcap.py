@@ -146,6 +146,9 @@ def test_the_tdx_v4_quote_is_up_to_date() -> None:
     verified = verify_evidence(
         evidence("tdx", TDX_QUOTE), at=TDX_AT, collateral=Bundles(TDX_COLLATERAL)
     )
+    line = "dcap(ca=platform, fmspc=b0c06f000000, tee=tdx) "
+    line += hashlib.sha256(TDX_COLLATERAL.read_bytes()).hexdigest() + "\n"
+    assert verified.collateral_digest == hashlib.sha256(line.encode()).hexdigest()
     assert verified.platform == "tdx"
     assert verified.tcb_status == "UpToDate"
     assert verified.advisories == ()
