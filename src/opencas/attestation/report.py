@@ -22,6 +22,7 @@ from cryptography import x509
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from opencas.attestation.evidence import Evidence, VerifiedEvidence
+from opencas.attestation.verifier import NO_COLLATERAL, CollateralSource
 from opencas.attestation.verify import verify_evidence
 from opencas.attestation.workload_policy import TCB_TOLERATIONS
 from opencas.crypto.canonical import canonical_sha512, member_mismatch
@@ -502,26 +503,28 @@ def verify_cas_attestation(
     peer_certificate_der: bytes | None,
     *,
     at: datetime,
+    collateral: CollateralSource = NO_COLLATERAL,
 ) -> VerifiedCas:
     """Decide whether the ``GET /v1/attest`` answer ``response`` proves an acceptable CAS.
 
     ``response`` is the parsed JSON body; ``peer_certificate_der`` the certificate the TLS
-    connection presented (None when the caller did not connect over TLS, e.g. in tests); ``at``
-    the time to verify the evidence as of. The checks run in this order, and the first failure
-    raises :class:`AttestationRefused` whose ``check`` names it: ``format`` (body shape), then
-    evidence verification (:class:`EvidenceError`, whose ``check`` names its step), ``binding``
-    (evidence binds this report), ``nonce``, ``binding`` (evidence measurement and platform equal
-    the report's; debug evidence implies debug mode), ``debug-mode``, ``measurement``,
-    ``signer`` (SGX: MRSIGNER, ISVPRODID, ISVSVN), ``tcb`` (the TCB status, or its tolerated
-    findings), ``cas-key`` (CA certificate carries the reported CAS key), ``cas-key-hash`` (the
-    expected CAS key), ``db-key-injected``, ``tls-certificate`` (the TLS certificate carries the
-    reported TLS key and is issued by the CA certificate; the TLS connection presented that
-    certificate),
-    then ``unprovisioned``, ``owner-identity`` and ``owner-config``. On success it returns the
-    report, the verified evidence and the two certificates as PEM, for the caller to pin.
+    connection presented (None when the caller did not connect over TLS, e.g. in tests); ``at`` the
+    time to verify the evidence as of; ``collateral`` where the evidence's verifier gets what it
+    checks the evidence against (none is needed for simulated evidence). The checks run in this
+    order, and the first failure raises :class:`AttestationRefused` whose ``check`` names it:
+    ``format`` (body shape), then evidence verification (:class:`EvidenceError`, whose ``check``
+    names its step), ``binding`` (evidence binds this report), ``nonce``, ``binding`` (evidence
+    measurement and platform equal the report's; debug evidence implies debug mode), ``debug-mode``,
+    ``measurement``, ``signer`` (SGX: MRSIGNER, ISVPRODID, ISVSVN), ``tcb`` (the TCB status, or its
+    tolerated findings), ``cas-key`` (CA certificate carries the reported CAS key), ``cas-key-hash``
+    (the expected CAS key), ``db-key-injected``, ``tls-certificate`` (the TLS certificate carries
+    the reported TLS key and is issued by the CA certificate; the TLS connection presented that
+    certificate), then ``unprovisioned``, ``owner-identity`` and ``owner-config``. On success it
+    returns the report, the verified evidence and the two certificates as PEM, for the caller to
+    pin.
     """
     report, evidence, tls_certificate, ca_certificate = _parse_response(response)
-    verified = verify_evidence(evidence, at=at)
+    verified = verify_evidence(evidence, at=at, collateral=collateral)
     _check_binding(report, verified, expectations)
     check_cas_policy(report, verified, expectations)
     _check_certificates(report, expectations, tls_certificate, ca_certificate, peer_certificate_der)

@@ -26,6 +26,7 @@ from opencas.client.cas_client import new_nonce
 from opencas.client.identity import ClientIdentity
 from opencas.client.pinning import Attested, attest_and_pin, cas_url, pin_name, pinned_client
 from opencas.client.state import casctl_home, load_state, save_state
+from opencas.collateral.given import command_line_source
 from opencas.config.owner import load_owner_config, owner_config_sha256
 from opencas.config.owner_identity import load_owner_certificate
 from opencas.crypto.keys import is_valid_key_hash
@@ -128,6 +129,12 @@ def attest_options(command: F) -> F:
             help="Accept a CAS that replaced the one attested before under this name.",
         ),
         click.option("--alias", help="Name to remember this CAS by (default: host:port)."),
+        click.option(
+            "--collateral",
+            type=click.Path(exists=True, path_type=Path),
+            help="Verify the evidence with this collateral: a bundle directory "
+            "(`casctl collateral fetch`) or a DCAP collateral JSON file.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -153,6 +160,7 @@ class AttestFlags:
     expect_owner_config: Path | None
     accept_new_instance: bool
     alias: str | None
+    collateral: Path | None
 
     def expectations(
         self,
@@ -222,7 +230,11 @@ def pin(
         allow_unprovisioned=allow_unprovisioned, owner_hash=owner_hash, config_sha=config_sha
     )
     return attest_and_pin(
-        url, expectations, alias=flags.alias, accept_new_instance=flags.accept_new_instance
+        url,
+        expectations,
+        alias=flags.alias,
+        accept_new_instance=flags.accept_new_instance,
+        collateral=command_line_source(flags.collateral),
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from opencas.attestation.report import CasExpectations, VerifiedCas, verify_cas_attestation
+from opencas.attestation.verifier import NO_COLLATERAL, CollateralSource
 from opencas.client.answers import (
     HEALTH_PATH,
     Health,
@@ -126,10 +127,14 @@ class CasClient:
         """Close the connections."""
         self._channel.close()
 
-    def attest(self, expectations: CasExpectations) -> VerifiedCas:
+    def attest(
+        self, expectations: CasExpectations, collateral: CollateralSource = NO_COLLATERAL
+    ) -> VerifiedCas:
         """Fetch the report for ``expectations.nonce`` and verify it and the TLS peer.
 
-        Raises :class:`AttestationRefused` / :class:`EvidenceError` when the CAS is not what the
+        ``collateral`` is where the evidence's verifier gets its collateral (for a CAS on real
+        hardware; :mod:`opencas.collateral` has the sources). Raises
+        :class:`AttestationRefused` / :class:`EvidenceError` when the CAS is not what the
         expectations accept.
         """
         response = self._channel.send("GET", ATTEST_PATH, params={"nonce": expectations.nonce})
@@ -138,6 +143,7 @@ class CasClient:
             expectations,
             _peer_certificate(response),
             at=expectations.verification_time or datetime.now(UTC),
+            collateral=collateral,
         )
 
     def health(self) -> str:

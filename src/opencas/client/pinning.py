@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from opencas.attestation.report import CasExpectations, VerifiedCas
+from opencas.attestation.verifier import NO_COLLATERAL, CollateralSource
 from opencas.client.cas_client import CasClient
 from opencas.client.channel import ApiError, MalformedAnswer
 from opencas.client.freshness import check_freshness
@@ -72,12 +73,14 @@ def attest_and_pin(
     alias: str | None = None,
     accept_new_instance: bool = False,
     home: Path | None = None,
+    collateral: CollateralSource = NO_COLLATERAL,
 ) -> Attested:
     """Attest the CAS at ``url`` against ``expectations``, check freshness, and pin it.
 
     The CAS is kept in the state of ``home`` (default: :func:`casctl_home`) under ``alias``
     (default: its ``HOST:PORT``), with its CA certificate, its enclave API port and the freshness
-    facts. Raises :class:`AttestationRefused` / :class:`EvidenceError` when the CAS is not what
+    facts; ``collateral`` is where the evidence's verifier gets its collateral. Raises
+    :class:`AttestationRefused` / :class:`EvidenceError` when the CAS is not what
     ``expectations`` accept, :class:`FreshnessError` when it replaced or rolled back the CAS
     pinned under that name (unless ``accept_new_instance``), :class:`ClientError` for a URL or
     alias that cannot be pinned.
@@ -90,7 +93,7 @@ def attest_and_pin(
     home = home or casctl_home()
     state = load_state(home)
     with CasClient(url) as client:
-        verified = client.attest(expectations)
+        verified = client.attest(expectations, collateral)
     check_freshness(state.cas.get(name), verified.report, accept_new_instance=accept_new_instance)
     _remember(home, state, name, url, verified, _enclave_port(url, verified))
     return Attested(name, url, verified, expectations, state.default == name)

@@ -40,6 +40,7 @@ DEFAULT_ENCLAVE_LISTEN = "127.0.0.1:18765"
 DEFAULT_HOSTNAMES = ("localhost", "127.0.0.1", "::1")
 MAX_HOSTNAMES = 100
 SIMULATED_KEY_FILE_NAME = "simulated-platform.key"
+COLLATERAL_CACHE_NAME = "collateral-cache"
 
 AVAILABLE_PLATFORM_KINDS = ("simulated",)
 """Platform kinds this build can run on."""
@@ -95,6 +96,23 @@ class SessionLimits:
     """Session creations and updates one signing key may make at once, after being idle."""
     session_upload_identities: int = 10_000
     """Signing keys whose upload rate is tracked at once; the longest idle is forgotten first."""
+
+
+@dataclass(frozen=True, slots=True)
+class CollateralSettings:
+    """Where the CAS gets the collateral it checks hardware evidence against (``[collateral]``)."""
+
+    bundle: Path | None = None
+    """An offline collateral bundle directory, asked first (``casctl collateral fetch``)."""
+    cache_directory: Path | None = None
+    """Where fetched collateral is kept (a bundle directory); None: in memory only."""
+    fetch: bool = True
+    """Whether to fetch from the PCCS (owner config ``[dcap]``) and AMD's KDS."""
+    amd_kds_url: str = "https://kdsintf.amd.com"
+    ca_certificates: Path | None = None
+    """PEM CA certificates that authenticate the PCCS and KDS; None: the system's."""
+    fetch_timeout: float = 10.0
+    """Seconds to connect to a server, and between two reads of its answer."""
 
 
 # --- addresses and names ------------------------------------------------------------------------
@@ -268,6 +286,28 @@ class _PlatformSection(BaseModel):
     key_file: _LocalPath | None = None
 
 
+def _https_url(text: str) -> str:
+    if not text.startswith("https://") or len(text) <= len("https://"):
+        raise ValueError(f"{text[:80]!r} is not an https:// URL")
+    if any(c.isspace() for c in text) or len(text) > 2048:
+        raise ValueError("a URL must have no white space and at most 2048 characters")
+    return text.rstrip("/")
+
+
+_COLLATERAL = CollateralSettings()
+
+
+class _CollateralSection(BaseModel):
+    model_config = _STRICT
+
+    bundle: _LocalPath | None = None
+    cache_directory: _LocalPath | None = None
+    fetch: bool = _COLLATERAL.fetch
+    amd_kds_url: Annotated[str, AfterValidator(_https_url)] = _COLLATERAL.amd_kds_url
+    ca_certificates: _LocalPath | None = None
+    fetch_timeout: Annotated[float, Field(gt=0, le=300)] = _COLLATERAL.fetch_timeout
+
+
 _CONNECTIONS = ConnectionLimits()
 _REPLAY_CACHE = ReplayCacheLimits()
 _SESSIONS = SessionLimits()
@@ -353,6 +393,7 @@ class _AvailabilityFile(BaseModel):
     api: _ApiSection = Field(default_factory=_ApiSection)
     platform: _PlatformSection
     limits: _LimitsSection = Field(default_factory=_LimitsSection)
+    collateral: _CollateralSection = Field(default_factory=_CollateralSection)
 
 
 # --- the resolved config ------------------------------------------------------------------------
@@ -376,6 +417,8 @@ class AvailabilityConfig:
     """Applied to each listener separately."""
     replay_cache_limits: ReplayCacheLimits = _REPLAY_CACHE
     session_limits: SessionLimits = _SESSIONS
+    collateral: CollateralSettings = _COLLATERAL
+    """Paths absolute; the cache beside the database unless the file says otherwise."""
 
 
 def load_availability_config(path: Path) -> AvailabilityConfig:
@@ -416,6 +459,24 @@ def load_availability_config(path: Path) -> AvailabilityConfig:
         connection_limits=parsed.limits.connections(),
         replay_cache_limits=parsed.limits.replay_cache(),
         session_limits=parsed.limits.sessions(),
+        collateral=_collateral_settings(parsed.collateral, source.parent, database_path),
+    )
+
+
+def _collateral_settings(
+    section: _CollateralSection, base: Path, database_path: Path
+) -> CollateralSettings:
+    def resolved(text: str | None) -> Path | None:
+        return None if text is None else _resolve(base, text)
+
+    cache = resolved(section.cache_directory) or database_path.parent / COLLATERAL_CACHE_NAME
+    return CollateralSettings(
+        bundle=resolved(section.bundle),
+        cache_directory=cache,
+        fetch=section.fetch,
+        amd_kds_url=section.amd_kds_url,
+        ca_certificates=resolved(section.ca_certificates),
+        fetch_timeout=section.fetch_timeout,
     )
 
 
@@ -483,4 +544,19 @@ max_rendered_config_bytes = {sessions.max_rendered_config_bytes}
 session_uploads_per_minute = {sessions.session_uploads_per_minute}
 session_upload_burst = {sessions.session_upload_burst}
 session_upload_identities = {sessions.session_upload_identities}
+
+[collateral]
+# What the CAS checks hardware evidence against (Intel DCAP collateral, AMD certificates;
+# docs/deployment.md). An offline bundle directory (`casctl collateral fetch`), asked first:
+# bundle = "collateral-bundle"
+# Where fetched collateral is kept between starts (default: beside the database):
+# cache_directory = {toml_string(str(Path(database_path).parent / COLLATERAL_CACHE_NAME))}
+# Fetch from the PCCS of the owner config's [dcap] pccs_url (Intel's PCS if unset) and from
+# AMD's KDS. Set to false on a site without network access.
+fetch = true
+amd_kds_url = {toml_string(_COLLATERAL.amd_kds_url)}
+# PEM CA certificates that authenticate the PCCS and the KDS (default: the system's):
+# ca_certificates = "pccs-ca.pem"
+# Seconds to connect to a server, and between two reads of its answer.
+fetch_timeout = {_COLLATERAL.fetch_timeout}
 """

@@ -24,12 +24,20 @@ from opencas.attestation.report import (
     StoreStateClaim,
     report_data,
 )
+from opencas.attestation.verifier import NO_COLLATERAL, CollateralSource
+from opencas.collateral.configured import CasCollateral
 from opencas.config.availability import AvailabilityConfig
+from opencas.config.owner import DcapConfig
 from opencas.errors import KeyStoreError, StoreError
 from opencas.platform.base import Platform
 from opencas.platform.measurement import package_measurement
 from opencas.platform.simulated import SimulatedPlatform
-from opencas.service.cas_records import StateRecord, read_provisioning_token, read_state
+from opencas.service.cas_records import (
+    StateRecord,
+    read_owner_config,
+    read_provisioning_token,
+    read_state,
+)
 from opencas.service.identity import (
     CasIdentity,
     load_identity,
@@ -65,6 +73,8 @@ class Cas:
     lock: DatabaseLock
     created: bool = field(default=False)
     identity_listeners: list[Callable[[CasIdentity], None]] = field(default_factory=list)
+    collateral: CollateralSource = NO_COLLATERAL
+    """Where evidence verification gets its collateral; :func:`open_cas` sets it from the config."""
 
     def reload_identity(self) -> None:
         """Re-read the identity (after its TLS certificate was reissued) and tell the listeners.
@@ -88,9 +98,16 @@ class Cas:
         return changed
 
     def close(self) -> None:
-        """Close the store and release the database lock."""
+        """Close the store, release the database lock and close the collateral connections."""
         self.store.close()
         self.lock.release()
+        if isinstance(self.collateral, CasCollateral):
+            self.collateral.close()
+
+    def owner_dcap(self) -> DcapConfig | None:
+        """The owner config's ``[dcap]`` as stored now (None before provisioning or without it)."""
+        config = read_owner_config(self.store)
+        return config.dcap if config is not None else None
 
     @property
     def mode(self) -> str:
@@ -167,7 +184,8 @@ def open_cas(config: AvailabilityConfig, injected_dmk: bytes | None = None) -> C
 
     ``injected_dmk`` is the operator's database master key (debug only); once used, the CAS
     reports ``db_key_injected: true`` for good. Raises :class:`StoreError`,
-    :class:`KeyStoreError`, :class:`PlatformError` or :class:`RecordDamagedError` with a message
+    :class:`KeyStoreError`, :class:`PlatformError`, :class:`RecordDamagedError` or (for
+    ``[collateral] ca_certificates`` that cannot be loaded) :class:`ConfigError` with a message
     that names what is wrong; on error nothing is left locked.
     """
     if injected_dmk is not None and len(injected_dmk) != DMK_SIZE:
@@ -186,13 +204,15 @@ def open_cas(config: AvailabilityConfig, injected_dmk: bytes | None = None) -> C
         _log_damaged_records(store)
         try:
             identity = load_identity(store, config.hostnames)
+            cas = Cas(config, store, platform, identity, lock, created)
+            cas.collateral = CasCollateral(config.collateral, cas.owner_dcap)
         except BaseException:
             store.close()
             raise
     except BaseException:
         lock.release()
         raise
-    return Cas(config, store, platform, identity, lock, created)
+    return cas
 
 
 def _log_damaged_records(store: Store) -> None:

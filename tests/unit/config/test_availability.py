@@ -9,6 +9,7 @@ import pytest
 
 from opencas.config.availability import (
     AvailabilityConfig,
+    CollateralSettings,
     ConnectionLimits,
     ListenAddress,
     ReplayCacheLimits,
@@ -62,6 +63,7 @@ def test_minimal_file_loads_with_every_default(tmp_path: Path) -> None:
         hostnames=("localhost", "127.0.0.1", "::1"),
         platform_kind="simulated",
         platform_key_file=tmp_path / "simulated-platform.key",
+        collateral=CollateralSettings(cache_directory=tmp_path / "collateral-cache"),
     )
 
 
@@ -163,7 +165,8 @@ def test_unknown_section(tmp_path: Path) -> None:
     path = write_config(tmp_path, MINIMAL + "\n[databse]\npath = 'x'\n")
 
     assert config_error(path) == (
-        f"{path}:7: [databse]: unknown section; expected one of: api, database, limits, platform"
+        f"{path}:7: [databse]: unknown section; expected one of: "
+        "api, collateral, database, limits, platform"
     )
 
 
@@ -409,6 +412,42 @@ def test_bad_limits_are_named(tmp_path: Path, lines: str, reason: str) -> None:
     assert reason in message
 
 
+# --- collateral -----------------------------------------------------------------------------------
+
+
+def test_collateral_paths_are_resolved_against_the_file(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        '\n[collateral]\nbundle = "bundle"\ncache_directory = "/var/cache/cas"\n'
+        'fetch = false\nca_certificates = "pccs.pem"\namd_kds_url = "https://kds.example/"\n'
+        "fetch_timeout = 2.5\n"
+    )
+    settings = load_availability_config(write_config(tmp_path, text)).collateral
+    assert settings == CollateralSettings(
+        bundle=tmp_path / "bundle",
+        cache_directory=Path("/var/cache/cas"),
+        fetch=False,
+        amd_kds_url="https://kds.example",
+        ca_certificates=tmp_path / "pccs.pem",
+        fetch_timeout=2.5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("lines", "reason"),
+    [
+        ('amd_kds_url = "http://kdsintf.amd.com"', "is not an https:// URL"),
+        ("fetch_timeout = 0", "greater than 0"),
+        ('bundle = "~/bundle"', "'~' is not expanded"),
+        ('fetch = "no"', "expected true or false"),
+        ("pccs_url = 1", "unknown key"),
+    ],
+)
+def test_bad_collateral_settings_are_named(tmp_path: Path, lines: str, reason: str) -> None:
+    message = config_error(write_config(tmp_path, MINIMAL + "\n[collateral]\n" + lines + "\n"))
+    assert "[collateral]" in message
+    assert reason in message
+
+
 # --- the default text and the example ------------------------------------------------------------
 
 
@@ -447,7 +486,15 @@ def test_default_text_loads_and_sets_every_key(tmp_path: Path) -> None:
             "session_upload_burst": 30,
             "session_upload_identities": 10_000,
         },
+        "collateral": {
+            "fetch": True,
+            "amd_kds_url": "https://kdsintf.amd.com",
+            "fetch_timeout": 10.0,
+        },
     }
+    assert config.collateral == CollateralSettings(
+        cache_directory=tmp_path / ".cas" / "collateral-cache"
+    )
     assert config.connection_limits == ConnectionLimits()
     assert config.replay_cache_limits == ReplayCacheLimits()
     assert config.session_limits == SessionLimits()
