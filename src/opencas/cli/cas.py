@@ -217,6 +217,7 @@ def _announce(cas: Cas, injected: bool) -> None:
         cas.platform.kind,
         cas.mode,
     )
+    log.info("database key protection: %s", cas.platform.key_protection)
     if injected or cas.state().db_key_injected:
         log.warning(
             "the database key was injected by an operator: the report says "

@@ -19,8 +19,9 @@ from opencas.cli.casctl_common import reports_errors
 from opencas.client.enclave import EnclaveClient
 from opencas.client.pinning import enclave_target
 from opencas.client.state import casctl_home, load_state
-from opencas.errors import ClientError
-from opencas.platform.simulated import SimulatedPlatform
+from opencas.platform.choice import PLATFORM_KINDS, PlatformSettings, open_platform
+from opencas.platform.gramine import DEFAULT_ATTESTATION_DIR
+from opencas.platform.tsm import DEFAULT_REPORT_DIR, MAX_PRIVLEVEL
 from opencas.policy.model import check_environment_name
 from opencas.runtime.exchange import fetch_configuration
 from opencas.runtime.launcher import launch
@@ -28,7 +29,8 @@ from opencas.runtime.measure import Measurement, measure_program, resolve_progra
 from opencas.runtime.passed_environment import check_passable
 
 PLATFORM_KEY_FILE = "simulated-platform.key"
-AVAILABLE_PLATFORMS = ("simulated",)
+# casctl seals nothing, but the settings name a tsm key file; it is never created.
+TSM_KEY_FILE = "tsm-platform.key"
 
 
 def _config_id_option(_: click.Context, __: click.Parameter, value: str | None) -> ConfigId | None:
@@ -85,9 +87,29 @@ def _measure(argv: Sequence[str], measure_paths: Sequence[Path]) -> Measurement:
 )
 @click.option(
     "--platform",
+    type=click.Choice(PLATFORM_KINDS),
     default="simulated",
     show_default=True,
-    help="The TEE to produce evidence with.",
+    help="The TEE to produce evidence with; auto finds Gramine-SGX or configfs-tsm.",
+)
+@click.option(
+    "--gramine-attestation-dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_ATTESTATION_DIR,
+    show_default=True,
+    help="Gramine's attestation pseudo file system (gramine-sgx).",
+)
+@click.option(
+    "--tsm-report-dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_REPORT_DIR,
+    show_default=True,
+    help="configfs-tsm's report directory (tsm).",
+)
+@click.option(
+    "--tsm-privlevel",
+    type=click.IntRange(0, MAX_PRIVLEVEL),
+    help="The SEV-SNP VMPL to ask reports for (tsm; default: the kernel's).",
 )
 @_measure_option
 @click.option(
@@ -104,6 +126,9 @@ def run_command(
     config_id: ConfigId,
     cas: str | None,
     platform: str,
+    gramine_attestation_dir: Path,
+    tsm_report_dir: Path,
+    tsm_privlevel: int | None,
     measure_paths: tuple[Path, ...],
     pass_env: tuple[str, ...],
     argv: tuple[str, ...],
@@ -114,18 +139,25 @@ def run_command(
     service's command, that command replaces ARGS. The program's exit code is casctl's; before
     it starts, 3 means the CAS cannot be reached and 4 that it refused.
     """
-    if platform not in AVAILABLE_PLATFORMS:
-        raise ClientError(
-            f"platform {platform!r} is not available in this build "
-            f"(available: {', '.join(AVAILABLE_PLATFORMS)})"
-        )
     home = casctl_home()
     url, ca_pem = enclave_target(cas, load_state(home))
     program = resolve_program(argv)
-    measurement = measure_program(program, measure_paths)
-    simulated = SimulatedPlatform.load_or_create(home / PLATFORM_KEY_FILE, measurement.value)
+    settings = PlatformSettings(
+        kind=platform,
+        simulated_key_file=home / PLATFORM_KEY_FILE,
+        tsm_key_file=home / TSM_KEY_FILE,
+        gramine_attestation_dir=gramine_attestation_dir,
+        tsm_report_dir=tsm_report_dir,
+        tsm_privlevel=tsm_privlevel,
+    )
+    provider = open_platform(
+        settings,
+        # On a TEE the hardware measures what runs; the files are measured only when simulated.
+        lambda: measure_program(program, measure_paths).value,
+        lambda message: click.echo(f"casctl: warning: {message}", err=True),
+    )
     with EnclaveClient(url, ca_pem) as client:
-        attested = fetch_configuration(client, config_id, simulated)
+        attested = fetch_configuration(client, config_id, provider)
     ctx.exit(launch(attested.config, program, argv, pass_env=pass_env, workload_key=attested.key))
 
 

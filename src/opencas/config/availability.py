@@ -31,6 +31,9 @@ from opencas.config.checks import listed_once
 from opencas.crypto.replay_cache import DEFAULT_CAPACITY, DEFAULT_IDENTITIES, DEFAULT_SHARE
 from opencas.dns_names import canonical_hostname, host_name_problem
 from opencas.errors import ConfigError
+from opencas.platform.choice import DEFAULT_PLATFORM_KIND, PLATFORM_KINDS, PlatformSettings
+from opencas.platform.gramine import DEFAULT_ATTESTATION_DIR
+from opencas.platform.tsm import DEFAULT_REPORT_DIR, MAX_PRIVLEVEL
 from opencas.sources.problems import in_text_order
 from opencas.sources.toml import load_toml, model_problems, toml_string
 
@@ -41,11 +44,7 @@ DEFAULT_HOSTNAMES = ("localhost", "127.0.0.1", "::1")
 MAX_HOSTNAMES = 100
 SIMULATED_KEY_FILE_NAME = "simulated-platform.key"
 COLLATERAL_CACHE_NAME = "collateral-cache"
-
-AVAILABLE_PLATFORM_KINDS = ("simulated",)
-"""Platform kinds this build can run on."""
-KNOWN_PLATFORM_KINDS = ("gramine-sgx", "simulated", "tsm")
-"""Every platform kind OpenCAS knows, including those this build cannot run on."""
+TSM_KEY_FILE_NAME = "tsm-platform.key"
 
 
 # --- limits -------------------------------------------------------------------------------------
@@ -220,17 +219,9 @@ def _local_path(text: str) -> str:
 
 
 def _platform_kind(kind: str) -> str:
-    if kind in AVAILABLE_PLATFORM_KINDS:
+    if kind in PLATFORM_KINDS:
         return kind
-    available = ", ".join(AVAILABLE_PLATFORM_KINDS)
-    if kind in KNOWN_PLATFORM_KINDS:
-        raise ValueError(
-            f"platform kind {kind!r} is not available in this build; available: {available}"
-        )
-    raise ValueError(
-        f"unknown platform kind {kind!r}; known kinds: {', '.join(KNOWN_PLATFORM_KINDS)} "
-        f"(available in this build: {available})"
-    )
+    raise ValueError(f"unknown platform kind {kind!r}; known kinds: {', '.join(PLATFORM_KINDS)}")
 
 
 # --- the file's schema (internal) ---------------------------------------------------------------
@@ -281,9 +272,13 @@ class _ApiSection(BaseModel):
 class _PlatformSection(BaseModel):
     model_config = _STRICT
 
-    # Required: which TEE to trust is the operator's decision, never a silent default.
-    kind: Annotated[str, AfterValidator(_platform_kind)]
+    # "auto" finds the TEE; where it finds none it runs simulated, which clients see as debug.
+    kind: Annotated[str, AfterValidator(_platform_kind)] = DEFAULT_PLATFORM_KIND
     key_file: _LocalPath | None = None
+    tsm_key_file: _LocalPath | None = None
+    gramine_attestation_dir: _LocalPath = str(DEFAULT_ATTESTATION_DIR)
+    tsm_report_dir: _LocalPath = str(DEFAULT_REPORT_DIR)
+    tsm_privlevel: Annotated[int, Field(ge=0, le=MAX_PRIVLEVEL)] | None = None
 
 
 def _https_url(text: str) -> str:
@@ -391,7 +386,7 @@ class _AvailabilityFile(BaseModel):
 
     database: _DatabaseSection
     api: _ApiSection = Field(default_factory=_ApiSection)
-    platform: _PlatformSection
+    platform: _PlatformSection = Field(default_factory=_PlatformSection)
     limits: _LimitsSection = Field(default_factory=_LimitsSection)
     collateral: _CollateralSection = Field(default_factory=_CollateralSection)
 
@@ -410,15 +405,25 @@ class AvailabilityConfig:
     enclave_listen: ListenAddress
     hostnames: tuple[str, ...]
     """DNS names and IP addresses (canonical form) for the CAS's TLS certificate."""
-    platform_kind: str
-    platform_key_file: Path
-    """The simulated platform's key file; beside the database unless the file says otherwise."""
+    platform: PlatformSettings
+    """Which platform the CAS runs on and where its files are (key files beside the database
+    unless the file says otherwise)."""
     connection_limits: ConnectionLimits = _CONNECTIONS
     """Applied to each listener separately."""
     replay_cache_limits: ReplayCacheLimits = _REPLAY_CACHE
     session_limits: SessionLimits = _SESSIONS
     collateral: CollateralSettings = _COLLATERAL
     """Paths absolute; the cache beside the database unless the file says otherwise."""
+
+    @property
+    def platform_kind(self) -> str:
+        """``[platform] kind``: ``auto``, ``gramine-sgx``, ``simulated`` or ``tsm``."""
+        return self.platform.kind
+
+    @property
+    def platform_key_file(self) -> Path:
+        """The simulated platform's key file."""
+        return self.platform.simulated_key_file
 
 
 def load_availability_config(path: Path) -> AvailabilityConfig:
@@ -427,8 +432,8 @@ def load_availability_config(path: Path) -> AvailabilityConfig:
     Relative paths in the file are resolved against the file's directory. Raises
     :class:`ConfigError` if the file is missing or unreadable, is not valid TOML, has an unknown
     section or key, a value of the wrong type, a bad listen address or certificate name, the
-    same address for both listeners, or a platform kind that is unknown or not available in
-    this build. The message lists every problem, each naming the file, the key and the line.
+    same address for both listeners, an unknown platform kind or a privilege level out of range.
+    The message lists every problem, each naming the file, the key and the line.
     """
     document = load_toml(path)
     try:
@@ -444,18 +449,13 @@ def load_availability_config(path: Path) -> AvailabilityConfig:
         raise ConfigError(in_text_order(problems)) from error
     source = path.absolute()
     database_path = _resolve(source.parent, parsed.database.path)
-    if parsed.platform.key_file is None:
-        key_file = database_path.parent / SIMULATED_KEY_FILE_NAME
-    else:
-        key_file = _resolve(source.parent, parsed.platform.key_file)
     return AvailabilityConfig(
         source=source,
         database_path=database_path,
         api_listen=parse_listen_address(parsed.api.api_listen),
         enclave_listen=parse_listen_address(parsed.api.enclave_listen),
         hostnames=tuple(parsed.api.hostnames),
-        platform_kind=parsed.platform.kind,
-        platform_key_file=key_file,
+        platform=_platform_settings(parsed.platform, source.parent, database_path.parent),
         connection_limits=parsed.limits.connections(),
         replay_cache_limits=parsed.limits.replay_cache(),
         session_limits=parsed.limits.sessions(),
@@ -480,6 +480,22 @@ def _collateral_settings(
     )
 
 
+def _platform_settings(
+    section: _PlatformSection, base: Path, database_directory: Path
+) -> PlatformSettings:
+    def key_file(text: str | None, default_name: str) -> Path:
+        return database_directory / default_name if text is None else _resolve(base, text)
+
+    return PlatformSettings(
+        kind=section.kind,
+        simulated_key_file=key_file(section.key_file, SIMULATED_KEY_FILE_NAME),
+        tsm_key_file=key_file(section.tsm_key_file, TSM_KEY_FILE_NAME),
+        gramine_attestation_dir=_resolve(base, section.gramine_attestation_dir),
+        tsm_report_dir=_resolve(base, section.tsm_report_dir),
+        tsm_privlevel=section.tsm_privlevel,
+    )
+
+
 def _resolve(base: Path, text: str) -> Path:
     path = Path(text)
     return path if path.is_absolute() else base / path
@@ -488,11 +504,14 @@ def _resolve(base: Path, text: str) -> Path:
 def default_availability_config(database_path: str = DEFAULT_DATABASE_PATH) -> str:
     """The TOML text ``cas init-config`` writes: commented, every key set to its default.
 
-    ``database_path`` is written as given (relative paths are read relative to the config
-    file); the simulated platform's key file is placed beside it. The text loads with
-    :func:`load_availability_config`.
+    The one exception is the platform kind: the file is for development, so it says
+    ``simulated`` rather than ``auto``, and a development CAS started on a confidential VM does
+    not quietly become a production one. ``database_path`` is written as given (relative paths
+    are read relative to the config file); the key files are placed beside it. The text loads
+    with :func:`load_availability_config`.
     """
     key_file = str(Path(database_path).parent / SIMULATED_KEY_FILE_NAME)
+    tsm_key_file = str(Path(database_path).parent / TSM_KEY_FILE_NAME)
     hostnames = ", ".join(toml_string(name) for name in DEFAULT_HOSTNAMES)
     connections, replay, sessions = _CONNECTIONS, _REPLAY_CACHE, _SESSIONS
     return f"""\
@@ -512,11 +531,20 @@ enclave_listen = {toml_string(DEFAULT_ENCLAVE_LISTEN)}
 hostnames = [{hostnames}]
 
 [platform]
-# The trusted execution environment the CAS runs in. "simulated" is for development and tests
-# only: it protects nothing, and the CAS reports itself in debug mode.
+# The trusted execution environment the CAS runs in (docs/deployment.md): "gramine-sgx", "tsm"
+# (a TDX or SEV-SNP confidential VM), "auto" (the default: whichever of the two it finds, else
+# simulated) or "simulated", for development and tests only: it protects nothing, and the CAS
+# reports itself in debug mode.
 kind = "simulated"
 # The simulated platform's key file, which stands in for the hardware's sealing key.
 key_file = {toml_string(key_file)}
+# On "tsm", the key file that seals the database key; it must be on the VM's encrypted disk.
+tsm_key_file = {toml_string(tsm_key_file)}
+# Gramine's attestation pseudo file system, and configfs-tsm's report directory.
+gramine_attestation_dir = {toml_string(str(DEFAULT_ATTESTATION_DIR))}
+tsm_report_dir = {toml_string(str(DEFAULT_REPORT_DIR))}
+# On SEV-SNP, the VMPL (0 to {MAX_PRIVLEVEL}) to ask reports for; left out, the kernel's default.
+# tsm_privlevel = 0
 
 [limits]
 # What one client can hold of the CAS (docs/operations.md). Connection limits apply to each

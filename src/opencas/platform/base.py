@@ -30,7 +30,10 @@ class Platform(EvidenceProvider, Protocol):
 
     @property
     def kind(self) -> str:
-        """The platform's name, equal to the evidence type it produces (``"simulated"``, ...)."""
+        """The evidence type it produces: ``"simulated"``, ``"sgx-dcap"``, ``"tdx"`` or ``"snp"``.
+
+        The CAS report's ``platform`` says this, and a verifier names its claims' platform so.
+        """
         ...
 
     @property
@@ -41,6 +44,15 @@ class Platform(EvidenceProvider, Protocol):
     @property
     def measurement(self) -> str:
         """The software measurement of this program, lowercase hex."""
+        ...
+
+    @property
+    def key_protection(self) -> str:
+        """What keeps sealed data (the database key) from anyone outside, in a few words.
+
+        ``cas show-identification`` and the start-up log show it; docs/deployment.md says the
+        same per platform.
+        """
         ...
 
     def seal(self, plaintext: bytes) -> bytes:

@@ -7,13 +7,7 @@ platform's evidence and unseal what it sealed. That is why it always reports deb
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
-import stat
 from pathlib import Path
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from opencas.attestation.evidence import Evidence
 from opencas.attestation.simulated import (
@@ -22,100 +16,15 @@ from opencas.attestation.simulated import (
     is_simulated_measurement,
 )
 from opencas.crypto.envelope import EnvelopeError, derive_key, open_envelope, seal
-from opencas.crypto.keys import KeyType, key_hash
-from opencas.crypto.pem import load_private_key_pem, private_key_pem
+from opencas.crypto.keys import key_hash
 from opencas.errors import PlatformError
+from opencas.platform.key_file import create_key_file, read_key_file
+
+#: What protects what the simulated platform seals: nothing but the key file's permissions.
+KEY_PROTECTION = "a key file that the operator can read (simulated platform)"
 
 _SEAL_PURPOSE = "simulated-seal"
 _SEAL_AAD = b"opencas-simulated-seal/v1"
-# A PKCS#8 PEM Ed25519 key is about 120 bytes; anything much larger is not a key file.
-_MAX_KEY_FILE_BYTES = 16 * 1024
-_PLATFORM_KEY_TYPES: tuple[KeyType, ...] = ("Ed25519",)
-
-
-def _read_key_file(path: Path) -> Ed25519PrivateKey:
-    """Load the platform key, refusing a file that other users can access or that is corrupt.
-
-    Raises ``FileNotFoundError`` when there is no file, :class:`PlatformError` otherwise.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise PlatformError(f"cannot open platform key file {path}: {exc.strerror}") from exc
-    try:
-        # fstat on the open descriptor checks the very file that is read, not whatever the name
-        # points to a moment later.
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise PlatformError(f"platform key file {path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise PlatformError(
-                f"platform key file {path} is accessible by other users "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}); run 'chmod 600 {path}' and start again"
-            )
-        data = os.read(fd, _MAX_KEY_FILE_BYTES + 1)
-    except OSError as exc:
-        raise PlatformError(f"cannot read platform key file {path}: {exc.strerror}") from exc
-    finally:
-        os.close(fd)
-    if len(data) > _MAX_KEY_FILE_BYTES:
-        raise PlatformError(f"platform key file {path} is corrupt: it is too large for a key")
-    try:
-        key = load_private_key_pem(data, _PLATFORM_KEY_TYPES)
-    except ValueError as exc:
-        raise PlatformError(f"platform key file {path} is corrupt: {exc}") from exc
-    # Only Ed25519 was accepted; the check narrows the type for what follows.
-    if not isinstance(key, Ed25519PrivateKey):
-        raise PlatformError(f"platform key file {path} is corrupt: it holds no Ed25519 key")
-    return key
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _create_key_file(path: Path) -> None:
-    """Create ``path`` holding a new key, mode 0600, unless another process creates it first.
-
-    The key is written and fsynced under a temporary name (O_CREAT|O_EXCL) and then hard-linked
-    to ``path``, which fails if ``path`` exists: no reader ever sees a partly written key file,
-    and an existing key is never replaced.
-    """
-    parent = path.parent
-    key = Ed25519PrivateKey.generate()
-    temporary = parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    try:
-        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(
-            temporary,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-            0o600,
-        )
-        try:
-            os.fchmod(fd, 0o600)
-            data = private_key_pem(key)
-            written = 0
-            while written < len(data):
-                written += os.write(fd, data[written:])
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            return
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-        _fsync_directory(parent)
-    except OSError as exc:
-        raise PlatformError(f"cannot create platform key file {path}: {exc}") from exc
 
 
 class SimulatedPlatform:
@@ -136,7 +45,7 @@ class SimulatedPlatform:
         if not is_simulated_measurement(measurement):
             raise ValueError("measurement must be lowercase hex of 1 to 64 bytes")
         try:
-            key = _read_key_file(key_file)
+            key = read_key_file(key_file)
         except FileNotFoundError as exc:
             raise PlatformError(f"platform key file {key_file} does not exist") from exc
         self._key_file = key_file
@@ -158,7 +67,7 @@ class SimulatedPlatform:
             raise ValueError("measurement must be lowercase hex of 1 to 64 bytes")
         if not key_file.exists():
             # Losing the creation race to another process is fine: its key is then loaded below.
-            _create_key_file(key_file)
+            create_key_file(key_file)
         return cls(key_file, measurement)
 
     @property
@@ -175,6 +84,11 @@ class SimulatedPlatform:
     def measurement(self) -> str:
         """The software measurement this platform reports, lowercase hex."""
         return self._measurement
+
+    @property
+    def key_protection(self) -> str:
+        """What protects sealed data here: only the key file's permissions."""
+        return KEY_PROTECTION
 
     @property
     def key_file(self) -> Path:

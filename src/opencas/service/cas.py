@@ -30,8 +30,8 @@ from opencas.config.availability import AvailabilityConfig
 from opencas.config.owner import DcapConfig
 from opencas.errors import KeyStoreError, StoreError
 from opencas.platform.base import Platform
+from opencas.platform.choice import open_platform
 from opencas.platform.measurement import package_measurement
-from opencas.platform.simulated import SimulatedPlatform
 from opencas.service.cas_records import (
     StateRecord,
     read_owner_config,
@@ -169,14 +169,19 @@ class Cas:
             "instance_id": self.identity.instance_id,
             "platform": self.platform.kind,
             "mode": self.mode,
+            "key_protection": self.platform.key_protection,
             "provisioned": state.provisioned,
             "db_key_injected": state.db_key_injected,
         }
 
 
 def load_platform(config: AvailabilityConfig) -> Platform:
-    """The platform named by the config (the simulated one is the only one in this build)."""
-    return SimulatedPlatform.load_or_create(config.platform_key_file, package_measurement())
+    """The platform ``[platform]`` chooses (``auto``: the TEE this CAS finds itself in).
+
+    The simulated platform measures the installed package. Raises :class:`PlatformError` when
+    the chosen platform cannot be opened.
+    """
+    return open_platform(config.platform, package_measurement, log.warning)
 
 
 def open_cas(config: AvailabilityConfig, injected_dmk: bytes | None = None) -> Cas:

@@ -19,6 +19,7 @@ from opencas.config.availability import (
     parse_listen_address,
 )
 from opencas.errors import ConfigError
+from opencas.platform.choice import PlatformSettings
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "cas.toml"
 
@@ -61,8 +62,13 @@ def test_minimal_file_loads_with_every_default(tmp_path: Path) -> None:
         api_listen=ListenAddress("127.0.0.1", 8081),
         enclave_listen=ListenAddress("127.0.0.1", 18765),
         hostnames=("localhost", "127.0.0.1", "::1"),
-        platform_kind="simulated",
-        platform_key_file=tmp_path / "simulated-platform.key",
+        platform=PlatformSettings(
+            kind="simulated",
+            simulated_key_file=tmp_path / "simulated-platform.key",
+            tsm_key_file=tmp_path / "tsm-platform.key",
+            gramine_attestation_dir=Path("/dev/attestation"),
+            tsm_report_dir=Path("/sys/kernel/config/tsm/report"),
+        ),
         collateral=CollateralSettings(cache_directory=tmp_path / "collateral-cache"),
     )
 
@@ -238,21 +244,36 @@ def test_duplicate_hostname(tmp_path: Path) -> None:
     assert config_error(path) == f"{path}:8: [api] hostnames: 'localhost' is listed twice"
 
 
-def test_gramine_sgx_is_not_available_in_this_build(tmp_path: Path) -> None:
-    path = write_config(tmp_path, MINIMAL.replace('"simulated"', '"gramine-sgx"'))
-
-    assert config_error(path) == (
-        f"{path}:5: [platform] kind: platform kind 'gramine-sgx' is not available in this "
-        "build; available: simulated"
+def test_tee_platform_settings_are_read_relative_to_the_file(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        MINIMAL.replace('"simulated"', '"tsm"')
+        + 'tsm_key_file = "vm-disk/tsm.key"\ngramine_attestation_dir = "fake/attestation"\n'
+        + 'tsm_report_dir = "/run/tsm"\ntsm_privlevel = 2\n',
     )
+
+    settings = load_availability_config(path).platform
+
+    assert settings.kind == "tsm"
+    assert settings.tsm_key_file == tmp_path / "vm-disk/tsm.key"
+    assert settings.gramine_attestation_dir == tmp_path / "fake/attestation"
+    assert settings.tsm_report_dir == Path("/run/tsm")
+    assert settings.tsm_privlevel == 2
+
+
+@pytest.mark.parametrize("value", ["-1", "4", '"0"'])
+def test_tsm_privlevel_is_a_vmpl(tmp_path: Path, value: str) -> None:
+    path = write_config(tmp_path, MINIMAL + f"tsm_privlevel = {value}\n")
+
+    assert config_error(path).startswith(f"{path}:6: [platform] tsm_privlevel: ")
 
 
 def test_unknown_platform_kind_lists_known_kinds(tmp_path: Path) -> None:
     path = write_config(tmp_path, MINIMAL.replace('"simulated"', '"sgx"'))
 
     assert config_error(path) == (
-        f"{path}:5: [platform] kind: unknown platform kind 'sgx'; known kinds: gramine-sgx, "
-        "simulated, tsm (available in this build: simulated)"
+        f"{path}:5: [platform] kind: unknown platform kind 'sgx'; known kinds: auto, "
+        "gramine-sgx, simulated, tsm"
     )
 
 
@@ -294,10 +315,13 @@ def test_missing_key_points_at_its_section(tmp_path: Path) -> None:
     assert config_error(path) == f"{path}:1: [database] path: required key is missing"
 
 
-def test_platform_kind_is_required(tmp_path: Path) -> None:
+def test_without_a_platform_section_the_platform_is_found(tmp_path: Path) -> None:
     path = write_config(tmp_path, '[database]\npath = "cas.db"\n')
 
-    assert config_error(path) == f"{path}: [platform]: required section is missing"
+    config = load_availability_config(path)
+
+    assert config.platform_kind == "auto"
+    assert config.platform_key_file == tmp_path / "simulated-platform.key"
 
 
 @pytest.mark.parametrize(
@@ -319,7 +343,7 @@ def test_every_problem_is_reported_once_in_line_order(tmp_path: Path) -> None:
         tmp_path,
         """\
 [platform]
-kind = "tsm"
+kind = "sev"
 
 [database]
 path = 3
@@ -467,7 +491,13 @@ def test_default_text_loads_and_sets_every_key(tmp_path: Path) -> None:
             "enclave_listen": "127.0.0.1:18765",
             "hostnames": ["localhost", "127.0.0.1", "::1"],
         },
-        "platform": {"kind": "simulated", "key_file": ".cas/simulated-platform.key"},
+        "platform": {
+            "kind": "simulated",
+            "key_file": ".cas/simulated-platform.key",
+            "tsm_key_file": ".cas/tsm-platform.key",
+            "gramine_attestation_dir": "/dev/attestation",
+            "tsm_report_dir": "/sys/kernel/config/tsm/report",
+        },
         "limits": {
             "max_connections": 1000,
             "max_connections_per_source": 250,
