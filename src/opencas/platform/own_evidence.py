@@ -13,16 +13,16 @@ formats, read here in one place; nothing here verifies a signature, which is the
   report body starts at 48 (v4) or 54 (v5: a 2-byte type and 4-byte size come first); in it
   TD_ATTRIBUTES at 120 (bit 0 of the first byte is DEBUG), MRTD at 136 (48 bytes), REPORTDATA at
   520 (64 bytes).
-- SEV-SNP attestation report (versions 2 to 5, 1184 bytes): POLICY at 0x08 (8 bytes,
-  little-endian; bit 19 is DEBUG), REPORT_DATA at 0x50 (64 bytes), MEASUREMENT at 0x90 (48
-  bytes).
+- SEV-SNP attestation report: read with the SNP verifier's parser
+  (:mod:`opencas.attestation.snp_report`): POLICY bit 19 is DEBUG, MEASUREMENT at 0x90.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from opencas.errors import PlatformError
+from opencas.attestation.snp_report import parse_snp_report
+from opencas.errors import EvidenceError, PlatformError
 
 REPORT_DATA_SIZE = 64
 
@@ -31,8 +31,6 @@ _SGX_BODY = 384
 _SGX_TEE_TYPE = 0x00000000
 _TDX_TEE_TYPE = 0x00000081
 _TD_REPORT_BODY = 584
-_SNP_REPORT_SIZE = 1184
-_SNP_DEBUG_POLICY_BIT = 1 << 19
 
 
 @dataclass(frozen=True)
@@ -109,18 +107,14 @@ def read_tdx_quote(quote: bytes) -> OwnEvidence:
 def read_snp_report(report: bytes) -> OwnEvidence:
     """MEASUREMENT, the DEBUG policy bit and the report data of a SEV-SNP attestation report.
 
-    Raises :class:`PlatformError` when ``report`` is not 1184 bytes or of an unknown version.
+    The report is parsed by the verifier's own strict parser
+    (:func:`~opencas.attestation.snp_report.parse_snp_report`), so the platform produces only
+    reports its verifier can read. Raises :class:`PlatformError` with the parser's reason.
     """
-    if len(report) != _SNP_REPORT_SIZE:
-        raise PlatformError(
-            f"the SNP report is {len(report)} bytes; an attestation report is {_SNP_REPORT_SIZE}"
-        )
-    version = _u32(report, 0)
-    if not 2 <= version <= 5:
-        raise PlatformError(f"the SNP report has version {version}; expected 2 to 5")
-    policy = int.from_bytes(report[0x08:0x10], "little")
+    try:
+        parsed = parse_snp_report(report)
+    except EvidenceError as exc:
+        raise PlatformError(exc.message) from exc
     return OwnEvidence(
-        measurement=report[0x90:0xC0].hex(),
-        debug=bool(policy & _SNP_DEBUG_POLICY_BIT),
-        report_data=report[0x50:0x90],
+        measurement=parsed.measurement.hex(), debug=parsed.debug, report_data=parsed.report_data
     )

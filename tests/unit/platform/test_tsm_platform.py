@@ -123,7 +123,7 @@ def test_an_unknown_provider_is_refused(tmp_path: Path) -> None:
 
 
 def test_an_outblob_of_the_other_provider_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(PlatformError, match="the SNP report is 5006 bytes"):
+    with pytest.raises(PlatformError, match="SEV-SNP report must be exactly 1184 bytes, not 5006"):
         platform_for(tmp_path, FakeConfigfsTsm("sev_guest", TDX_QUOTE))
     with pytest.raises(PlatformError, match="TEE type 0x"):
         platform_for(tmp_path, FakeConfigfsTsm("tdx_guest", SNP_REPORT + bytes(4000)))
