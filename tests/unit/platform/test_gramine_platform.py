@@ -101,8 +101,8 @@ def test_missing_quote(attestation_dir: Path) -> None:
     ("quote", "reason"),
     [
         (b"", "is empty"),
-        (SGX_QUOTE[:300], "300 bytes, shorter than the 432"),
-        ((DATA / "phala-dcap-qvl" / "tdx_quote").read_bytes(), "TEE type 0x81"),
+        (SGX_QUOTE[:300], "SGX enclave report' at offset 0x30 needs 384 bytes"),
+        ((DATA / "phala-dcap-qvl" / "tdx_quote").read_bytes(), "the quote is for TDX, not for SGX"),
     ],
 )
 def test_a_quote_that_is_not_an_sgx_quote(tmp_path: Path, quote: bytes, reason: str) -> None:

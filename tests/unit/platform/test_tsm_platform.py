@@ -125,13 +125,13 @@ def test_an_unknown_provider_is_refused(tmp_path: Path) -> None:
 def test_an_outblob_of_the_other_provider_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PlatformError, match="SEV-SNP report must be exactly 1184 bytes, not 5006"):
         platform_for(tmp_path, FakeConfigfsTsm("sev_guest", TDX_QUOTE))
-    with pytest.raises(PlatformError, match="TEE type 0x"):
+    with pytest.raises(PlatformError, match="'TEE type' at offset 0x4 is 0x4"):
         platform_for(tmp_path, FakeConfigfsTsm("tdx_guest", SNP_REPORT + bytes(4000)))
 
 
 @pytest.mark.parametrize(
     ("outblob", "reason"),
-    [(b"", "outblob .* is empty"), (TDX_QUOTE[:600], "600 bytes, shorter than the 632")],
+    [(b"", "outblob .* is empty"), (TDX_QUOTE[:600], "TD report 1.0' at offset 0x30 needs 584 bytes")],
 )
 def test_a_short_outblob_is_refused(tmp_path: Path, outblob: bytes, reason: str) -> None:
     with pytest.raises(PlatformError, match=reason):
