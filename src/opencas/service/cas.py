@@ -12,6 +12,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,8 @@ class Cas:
     identity_listeners: list[Callable[[CasIdentity], None]] = field(default_factory=list)
     collateral: CollateralSource = NO_COLLATERAL
     """Where evidence verification gets its collateral; :func:`open_cas` sets it from the config."""
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    """The time workloads' evidence is verified as of (tests pin it to their vectors' window)."""
 
     def reload_identity(self) -> None:
         """Re-read the identity (after its TLS certificate was reissued) and tell the listeners.

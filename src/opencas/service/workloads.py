@@ -124,7 +124,7 @@ def attest_workload(cas: Cas, nonces: NonceStore, request: WorkloadRequest) -> S
     public_key_der = _public_key_der(request.public_key)
     evidence = Evidence.from_json(dict(request.evidence))
     nonces.consume(request.nonce)
-    verified = verify_evidence(evidence, at=datetime.now(UTC), collateral=cas.collateral)
+    verified = verify_evidence(evidence, at=cas.clock(), collateral=cas.collateral)
     expected = workload_report_data(config_id, request.nonce, request.public_key)
     if not hmac.compare_digest(verified.report_data, expected):
         raise AttestationRefused(

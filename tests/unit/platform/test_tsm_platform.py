@@ -131,7 +131,10 @@ def test_an_outblob_of_the_other_provider_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("outblob", "reason"),
-    [(b"", "outblob .* is empty"), (TDX_QUOTE[:600], "TD report 1.0' at offset 0x30 needs 584 bytes")],
+    [
+        (b"", "outblob .* is empty"),
+        (TDX_QUOTE[:600], "TD report 1.0' at offset 0x30 needs 584 bytes"),
+    ],
 )
 def test_a_short_outblob_is_refused(tmp_path: Path, outblob: bytes, reason: str) -> None:
     with pytest.raises(PlatformError, match=reason):
