@@ -88,6 +88,9 @@ class FixedAnswersServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in separate writes; without this, Nagle's algorithm and
+            # the client's delayed ACK add 40 ms to every answer.
+            disable_nagle_algorithm = True
 
             def do_GET(self) -> None:
                 server.requests.append((self.path, dict(self.headers.items())))

@@ -20,6 +20,8 @@ import click
 from opencas import __version__
 from opencas.attestation.report import CasExpectations
 from opencas.cli.casctl_common import F, identity_from, identity_option, reports_errors
+from opencas.cli.collateral_commands import collateral_group
+from opencas.cli.evidence_commands import evidence_group
 from opencas.cli.run_commands import register_run_commands
 from opencas.cli.session_commands import session_group
 from opencas.client.cas_client import new_nonce
@@ -504,6 +506,8 @@ def show_config(cas_name: str | None, identity_path: Path | None, as_json: bool)
 
 
 cli.add_command(session_group)
+cli.add_command(evidence_group)
+cli.add_command(collateral_group)
 register_run_commands(cli)
 
 

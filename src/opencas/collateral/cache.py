@@ -62,13 +62,13 @@ class CachedSource:
         is not of its kind (no window can be read from it) is refused with
         :class:`EvidenceError` (``check="collateral"``) naming where it came from.
         """
-        path = bundle_path(key)
         with self._lock:
             entry = self._memory.get(key)
             if entry is not None and at < entry.window.not_after:
                 self._memory.move_to_end(key)
                 self.hits += 1
                 return entry.data
+        path = bundle_path(key)  # checks the key: only checked keys are ever remembered
         entry = self._from_disk(key, path, at)
         if entry is None:
             data = self.upstream.collateral(key, at)
