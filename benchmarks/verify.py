@@ -102,9 +102,11 @@ def snp_case() -> tuple[Callable[[], object], Callable[[], object]]:
     folder = DATA / "trustee" / "snp"
     raw = (folder / "test-report.bin").read_bytes()
     vcek = (folder / "test-vcek.der").read_bytes()
-    source = MemorySource(
-        {"amd-vcek": vcek, "amd-chain": (folder / "milan_ask_ark_asvk.pem").read_bytes()}
-    )
+    # The file holds ASK, ARK and ASVK; the VCEK's chain is the first two.
+    pem = (folder / "milan_ask_ark_asvk.pem").read_bytes()
+    end = b"-----END CERTIFICATE-----\n"
+    ask_and_ark = end.join(pem.split(end)[:2]) + end
+    source = MemorySource({"amd-vcek": vcek, "amd-chain": ask_and_ark})
     evidence = Evidence("snp", raw)
     report = parse_snp_report(raw)
     public_key = parse_amd_certificate(vcek, "VCEK").public_key

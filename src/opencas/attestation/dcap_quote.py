@@ -32,6 +32,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal, TypeAlias
 
 from opencas.crypto.encoding import b64_decode
@@ -57,7 +58,7 @@ MAX_PCK_CHAIN_CERTIFICATES = 4
 _V5_BODY_TD10 = 2
 _V5_BODY_TD15 = 3
 _PEM_CERTIFICATE = re.compile(
-    rb"-----BEGIN CERTIFICATE-----\r?\n([A-Za-z0-9+/=\r\n]+?)-----END CERTIFICATE-----"
+    rb"-----BEGIN CERTIFICATE-----\r?\n([A-Za-z0-9+/=\r\n]+)-----END CERTIFICATE-----"
 )
 
 
@@ -120,14 +121,27 @@ class TdReport:
 
 @dataclass(frozen=True)
 class DcapQuote:
-    """A parsed quote: header, report, the PCK chain (DER, leaf first) and the signed size."""
+    """A parsed quote: header, report and the PCK chain as it travels (PEM, leaf first).
+
+    ``pck_chain_offset`` is where the chain starts in the quote, for error messages.
+    """
 
     header: QuoteHeader
     tee: Tee
     body: Literal["sgx-enclave-report", "td-report-1.0", "td-report-1.5"]
     report: SgxReport | TdReport
-    pck_chain: tuple[bytes, ...]
     pck_chain_pem: bytes
+    pck_chain_offset: int
+
+    @cached_property
+    def pck_chain(self) -> tuple[bytes, ...]:
+        """The PCK chain as DER certificates, leaf first, decoded on first use.
+
+        Decoding is deferred because a verifier that has seen this chain before (the same
+        bytes) needs none of it. Raises :class:`EvidenceError` when the chain is not 1 to
+        :data:`MAX_PCK_CHAIN_CERTIFICATES` PEM certificates.
+        """
+        return _decode_pck_chain(self.pck_chain_pem, self.pck_chain_offset)
 
 
 class _Reader:
@@ -187,14 +201,17 @@ def parse_quote(data: bytes) -> DcapQuote:
                 f"a v{header.version} quote carries type {CERT_DATA_QE_REPORT} (QE report)"
             )
         certification = _parse_qe_report_and_certification(outer)
-    chain_pem, chain = _parse_pck_chain(certification)
+    chain_offset = certification.offset
+    chain_pem = certification.take(
+        certification.end - certification.offset, "PCK certificate chain"
+    ).rstrip(b"\x00")
     return DcapQuote(
         header=header,
         tee=tee,
         body=body,
         report=report,
-        pck_chain=chain,
         pck_chain_pem=chain_pem,
+        pck_chain_offset=chain_offset,
     )
 
 
@@ -331,9 +348,7 @@ def _parse_qe_report_and_certification(reader: _Reader) -> _Reader:
     return data
 
 
-def _parse_pck_chain(reader: _Reader) -> tuple[bytes, tuple[bytes, ...]]:
-    start = reader.offset
-    text = reader.take(reader.end - reader.offset, "PCK certificate chain").rstrip(b"\x00")
+def _decode_pck_chain(text: bytes, start: int) -> tuple[bytes, ...]:
     blocks = list(_PEM_CERTIFICATE.finditer(text))
     if not blocks or text.count(b"-----BEGIN") != len(blocks):
         raise EvidenceError(
@@ -354,4 +369,4 @@ def _parse_pck_chain(reader: _Reader) -> tuple[bytes, tuple[bytes, ...]]:
                 f"DCAP quote PCK certificate {index} at offset {start + block.start():#x} is not "
                 "valid base64"
             ) from exc
-    return text, tuple(chain)
+    return tuple(chain)
