@@ -27,10 +27,10 @@ from common import machine_line, main, number_option
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from opencas.attestation.dcap import INTEL_SGX_ROOT_CA_DER
-from opencas.attestation.dcap_collateral import parse_collateral
 
 from opencas.attestation.amd_certificate import parse_amd_certificate
+from opencas.attestation.dcap import INTEL_SGX_ROOT_CA_DER
+from opencas.attestation.dcap_collateral import parse_collateral
 from opencas.attestation.evidence import Evidence
 from opencas.attestation.snp_report import parse_snp_report
 from opencas.attestation.verifier import CollateralKey
