@@ -74,6 +74,32 @@ def _parse_time(_: click.Context, __: click.Parameter, value: str | None) -> dat
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
+_CLAIMS_FIELDS = (
+    "valid",
+    "tee",
+    "platform",
+    "verified_at",
+    "tcb_status",
+    "advisory_ids",
+    "debug",
+    "measurement",
+    "report_data",
+    "measurements",
+    "platform_id",
+    "platform_key_hash",
+    "collateral_not_before",
+    "collateral_not_after",
+    "tcb_evaluation_number",
+    "collateral_digest",
+    "verifier",
+)
+
+
+def claims_fields() -> tuple[str, ...]:
+    """The members of the ``--json`` object of valid evidence, in order."""
+    return _CLAIMS_FIELDS
+
+
 def claims(tee: str, verified: VerifiedEvidence, at: datetime) -> dict[str, Any]:
     """What verified evidence proves, as the JSON object ``--json`` prints."""
 
@@ -178,7 +204,9 @@ def evidence_verify(
         if not as_json:
             fail("casctl", f"evidence refused ({exc.check}): {exc.message}", EXIT_REFUSED)
         error = {"code": exc.check, "message": exc.message}
-        click.echo(json.dumps({"valid": False, "tee": tee, "error": error}, indent=2))
+        # Every field a valid answer has is there, null: a script reads one shape either way.
+        refused = dict.fromkeys(claims_fields(), None) | {"valid": False, "tee": tee}
+        click.echo(json.dumps(refused | {"error": error}, indent=2))
         sys.exit(EXIT_REFUSED)
     facts = claims(tee, verified, moment)
     if as_json:

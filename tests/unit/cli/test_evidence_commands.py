@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from opencas.cli.casctl import cli
-from opencas.cli.evidence_commands import read_evidence_file
+from opencas.cli.evidence_commands import claims_fields, read_evidence_file
 from opencas.errors import ClientError
 
 DATA = Path(__file__).resolve().parents[2] / "data"
@@ -46,6 +46,7 @@ def test_a_real_snp_report_verifies_and_prints_its_claims() -> None:
         (SNP / "test-report.bin").read_bytes()[0x90:0xC0].hex()
     )
     assert facts["collateral_not_after"] == "2030-01-24T17:58:26Z"
+    assert tuple(facts) == claims_fields()
 
 
 @pytest.mark.parametrize("form", ["hex", "base64", "base64url"])
@@ -78,6 +79,9 @@ def test_a_tampered_report_exits_4_and_names_the_check(tmp_path: Path) -> None:
     assert answer["valid"] is False
     assert answer["tee"] == "snp"
     assert answer["error"]["code"] == "signature"
+    # The same members as a valid answer, so a script reads one shape.
+    assert set(answer) == {*claims_fields(), "error"}
+    assert (answer["tcb_status"], answer["measurements"], answer["debug"]) == (None, None, None)
     assert answer["error"]["message"]
 
 
