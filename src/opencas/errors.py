@@ -223,3 +223,7 @@ class RateLimitedError(CasError, code="rate-limited", http_status=429):
     def headers(self) -> dict[str, str]:
         """``Retry-After``: whole seconds, at least 1 (the header takes no fractions)."""
         return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+class AuditLogError(CasError, code="audit-log-unavailable", http_status=503):
+    """The audit log cannot take an entry, so the operation it would record did not happen."""

@@ -33,6 +33,7 @@ from opencas.config.availability import (
 from opencas.config.owner import load_owner_config, owner_config_sha256
 from opencas.config.owner_identity import load_owner_certificate
 from opencas.errors import CasError, ConfigError
+from opencas.service.audit import log_start, log_stop
 from opencas.service.cas import Cas, inspect_cas, open_cas
 from opencas.service.cas_records import StateRecord
 from opencas.service.provisioning import provision as provision_cas
@@ -200,9 +201,11 @@ def _serve(cas: Cas) -> None:
     ]
     context = tls_context(cas.identity)
     cas.identity_listeners.append(lambda identity: present_identity(context, identity))
+    log_start(cas.audit_log)
     run_event_loop(
         serve_forever(listeners, context, config.connection_limits, maintenance=cas.refresh_tls)
     )
+    log_stop(cas.audit_log)
     log.info("stopped")
 
 

@@ -45,6 +45,7 @@ MAX_HOSTNAMES = 100
 SIMULATED_KEY_FILE_NAME = "simulated-platform.key"
 COLLATERAL_CACHE_NAME = "collateral-cache"
 TSM_KEY_FILE_NAME = "tsm-platform.key"
+AUDIT_LOG_FILE_NAME = "audit.log"
 
 
 # --- limits -------------------------------------------------------------------------------------
@@ -381,10 +382,17 @@ class _LimitsSection(BaseModel):
         )
 
 
+class _AuditLogSection(BaseModel):
+    model_config = _STRICT
+
+    path: _LocalPath | None = None
+
+
 class _AvailabilityFile(BaseModel):
     model_config = _STRICT
 
     database: _DatabaseSection
+    audit_log: _AuditLogSection = Field(default_factory=_AuditLogSection)
     api: _ApiSection = Field(default_factory=_ApiSection)
     platform: _PlatformSection = Field(default_factory=_PlatformSection)
     limits: _LimitsSection = Field(default_factory=_LimitsSection)
@@ -408,6 +416,8 @@ class AvailabilityConfig:
     platform: PlatformSettings
     """Which platform the CAS runs on and where its files are (key files beside the database
     unless the file says otherwise)."""
+    audit_log_path: Path
+    """The audit log's file (file sink); ``audit.log`` beside the database unless set."""
     connection_limits: ConnectionLimits = _CONNECTIONS
     """Applied to each listener separately."""
     replay_cache_limits: ReplayCacheLimits = _REPLAY_CACHE
@@ -449,9 +459,14 @@ def load_availability_config(path: Path) -> AvailabilityConfig:
         raise ConfigError(in_text_order(problems)) from error
     source = path.absolute()
     database_path = _resolve(source.parent, parsed.database.path)
+    if parsed.audit_log.path is None:
+        audit_log_path = database_path.parent / AUDIT_LOG_FILE_NAME
+    else:
+        audit_log_path = _resolve(source.parent, parsed.audit_log.path)
     return AvailabilityConfig(
         source=source,
         database_path=database_path,
+        audit_log_path=audit_log_path,
         api_listen=parse_listen_address(parsed.api.api_listen),
         enclave_listen=parse_listen_address(parsed.api.enclave_listen),
         hostnames=tuple(parsed.api.hostnames),
@@ -512,6 +527,7 @@ def default_availability_config(database_path: str = DEFAULT_DATABASE_PATH) -> s
     """
     key_file = str(Path(database_path).parent / SIMULATED_KEY_FILE_NAME)
     tsm_key_file = str(Path(database_path).parent / TSM_KEY_FILE_NAME)
+    audit_log = str(Path(database_path).parent / AUDIT_LOG_FILE_NAME)
     hostnames = ", ".join(toml_string(name) for name in DEFAULT_HOSTNAMES)
     connections, replay, sessions = _CONNECTIONS, _REPLAY_CACHE, _SESSIONS
     return f"""\
@@ -521,6 +537,10 @@ def default_availability_config(database_path: str = DEFAULT_DATABASE_PATH) -> s
 [database]
 # The encrypted state store (SQLite). Its sealed key is kept beside it, in <path>.key-store.
 path = {toml_string(database_path)}
+
+[audit_log]
+# The audit log's file, when the owner config's [audit_log] sink is "file" (the default).
+path = {toml_string(audit_log)}
 
 [api]
 # The client API (casctl and the SDK), as HOST:PORT or [IPv6]:PORT.

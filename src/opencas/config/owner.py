@@ -300,7 +300,7 @@ class AuditLogConfig(BaseModel):
 
     model_config = _STRICT
 
-    mode: AuditLogMode = "disabled"
+    mode: AuditLogMode = "signed"
     sink: AuditLogSink = "file"
     # Validated even when left out, so that a network sink without a URL is caught.
     url: _AuditUrl | None = Field(default=None, validate_default=True)

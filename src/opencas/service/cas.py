@@ -26,6 +26,8 @@ from opencas.attestation.report import (
     report_data,
 )
 from opencas.attestation.verifier import NO_COLLATERAL, CollateralSource
+from opencas.audit.chain import Head
+from opencas.audit.log import AuditLog
 from opencas.collateral.configured import CasCollateral
 from opencas.config.availability import AvailabilityConfig
 from opencas.config.owner import DcapConfig
@@ -33,8 +35,10 @@ from opencas.errors import KeyStoreError, StoreError
 from opencas.platform.base import Platform
 from opencas.platform.choice import open_platform
 from opencas.platform.measurement import package_measurement
+from opencas.service.audit import open_audit_log
 from opencas.service.cas_records import (
     StateRecord,
+    read_audit_head,
     read_owner_config,
     read_provisioning_token,
     read_state,
@@ -78,6 +82,22 @@ class Cas:
     """Where evidence verification gets its collateral; :func:`open_cas` sets it from the config."""
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     """The time workloads' evidence is verified as of (tests pin it to their vectors' window)."""
+    audit: AuditLog | None = field(default=None)
+    """The audit log writer; ``None`` only for a CAS opened to be inspected."""
+
+    @property
+    def audit_log(self) -> AuditLog:
+        """The audit log writer (a CAS opened to be inspected has none and writes nothing)."""
+        if self.audit is None:
+            raise RuntimeError("this CAS was opened to be inspected: it writes no audit entries")
+        return self.audit
+
+    def audit_head(self) -> Head:
+        """The head of the audit log: its last entry written (or the stored one, inspected)."""
+        if self.audit is not None:
+            return self.audit.head
+        stored = read_audit_head(self.store)
+        return Head(0, AUDIT_GENESIS_HEAD) if stored is None else Head(stored.seq, stored.hash)
 
     def reload_identity(self) -> None:
         """Re-read the identity (after its TLS certificate was reissued) and tell the listeners.
@@ -101,7 +121,9 @@ class Cas:
         return changed
 
     def close(self) -> None:
-        """Close the store, release the database lock and close the collateral connections."""
+        """Close the audit log, the store, the database lock and the collateral connections."""
+        if self.audit is not None:
+            self.audit.close()
         self.store.close()
         self.lock.release()
         if isinstance(self.collateral, CasCollateral):
@@ -129,6 +151,7 @@ class Cas:
         """The attestation report for ``nonce``, from the current state."""
         state = self.state()
         committed = self.store.state()
+        audit = self.audit_head()
         return CasReport(
             version=REPORT_VERSION,
             cas_version=__version__,
@@ -147,7 +170,7 @@ class Cas:
             owner_config_sha256=state.owner_config_sha256,
             db_key_injected=state.db_key_injected,
             state=StoreStateClaim(counter=committed.counter, digest=committed.digest),
-            audit=AuditHead(seq=0, head=AUDIT_GENESIS_HEAD),
+            audit=AuditHead(seq=audit.seq, head=audit.hash),
         )
 
     def attest(self, nonce: str) -> dict[str, Any]:
@@ -214,6 +237,7 @@ def open_cas(config: AvailabilityConfig, injected_dmk: bytes | None = None) -> C
             identity = load_identity(store, config.hostnames)
             cas = Cas(config, store, platform, identity, lock, created)
             cas.collateral = CasCollateral(config.collateral, cas.owner_dcap)
+            cas.audit = open_audit_log(store, identity, config.audit_log_path, cas.attest)
         except BaseException:
             store.close()
             raise

@@ -12,6 +12,13 @@ Records (table ``cas``; each value is the JSON of its model below):
   owner's key hash (and certificate) and the owner config, written at provisioning.
 - ``provisioning-token`` (:class:`TokenRecord`): the one-time token that attested provisioning
   requires; deleted once the CAS is provisioned.
+- ``audit-key`` (:class:`AuditKeyRecord`): the Ed25519 audit key and its certificate, issued by
+  the CAS key; written once.
+- ``audit-head`` (:class:`AuditHeadRecord`): the ``seq`` and hash of the last audit entry whose
+  operation committed, written in that operation's transaction.
+- ``audit-checkpoint/<seq, 16 digits>`` (:class:`AuditHeadRecord`): committed heads kept for
+  good, one at least every :data:`AUDIT_CHECKPOINT_INTERVAL` sequence numbers, so a verifier can
+  tell a rewritten older part of the log.
 
 The table name, the keys and the JSON shapes are the on-disk format: existing databases must keep
 opening, so they change only with a migration. A record that must exist and does not, or that
@@ -24,6 +31,7 @@ from typing import Any, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict
 
 from opencas.config.owner import OwnerConfig, owner_config_from_normal_form, owner_config_sha256
@@ -39,6 +47,11 @@ _STATE: Final = "state"
 _OWNER: Final = "owner"
 _OWNER_CONFIG: Final = "owner-config"
 _TOKEN: Final = "provisioning-token"  # noqa: S105 - a record name, not a secret
+_AUDIT_KEY: Final = "audit-key"
+_AUDIT_HEAD: Final = "audit-head"
+_AUDIT_CHECKPOINT: Final = "audit-checkpoint/"
+#: A committed audit head becomes a checkpoint when it is this many seq past the last one.
+AUDIT_CHECKPOINT_INTERVAL: Final = 1024
 
 
 class _Record(BaseModel):
@@ -108,6 +121,63 @@ class TokenRecord(_Record):
     """The one-time provisioning token (deleted once the CAS is provisioned)."""
 
     token: str
+
+
+class AuditKeyRecord(_Record):
+    """The audit signing key (Ed25519) and its certificate, issued by the CAS key."""
+
+    key_pem: str
+    certificate_pem: str
+
+    def load_key(self) -> Ed25519PrivateKey:
+        """The audit key; :class:`RecordDamagedError` when it does not load."""
+        try:
+            key = load_private_key_pem(self.key_pem.encode("ascii"))
+        except (ValueError, TypeError) as exc:
+            raise RecordDamagedError(_TABLE, _AUDIT_KEY, "its private key does not load") from exc
+        if not isinstance(key, Ed25519PrivateKey):
+            raise RecordDamagedError(_TABLE, _AUDIT_KEY, "its key is not an Ed25519 key")
+        return key
+
+
+class AuditHeadRecord(_Record):
+    """An audit head: the ``seq`` and hash of an entry whose operation committed."""
+
+    seq: int
+    hash: str
+
+
+def read_audit_key(source: Reader) -> AuditKeyRecord | None:
+    """The audit key record, or ``None`` before the CAS first opened its log."""
+    return read_record(source, AuditKeyRecord, _TABLE, _AUDIT_KEY)
+
+
+def write_audit_key(txn: Transaction, record: AuditKeyRecord) -> None:
+    """Write the audit key record (once)."""
+    write_record(txn, _TABLE, _AUDIT_KEY, record)
+
+
+def read_audit_head(source: Reader) -> AuditHeadRecord | None:
+    """The last committed audit head, or ``None`` when no operation was logged yet."""
+    return read_record(source, AuditHeadRecord, _TABLE, _AUDIT_HEAD)
+
+
+def write_audit_head(txn: Transaction, head: AuditHeadRecord) -> None:
+    """Store ``head`` as the committed audit head, and as a checkpoint when one is due."""
+    previous = read_audit_head(txn)
+    write_record(txn, _TABLE, _AUDIT_HEAD, head)
+    checkpoints = txn.list_keys(_TABLE, _AUDIT_CHECKPOINT)
+    last = int(checkpoints[-1].removeprefix(_AUDIT_CHECKPOINT)) if checkpoints else 0
+    if previous is None or head.seq - last >= AUDIT_CHECKPOINT_INTERVAL:
+        write_record(txn, _TABLE, f"{_AUDIT_CHECKPOINT}{head.seq:016d}", head)
+
+
+def read_audit_checkpoints(source: Reader) -> list[AuditHeadRecord]:
+    """Every audit checkpoint, oldest first."""
+    return [
+        require_record(source, AuditHeadRecord, _TABLE, key)
+        for key in source.list_keys(_TABLE, _AUDIT_CHECKPOINT)
+    ]
 
 
 def read_identity(source: Reader) -> IdentityRecord:

@@ -16,6 +16,7 @@ from opencas.config.owner import OwnerConfig, owner_config_sha256
 from opencas.config.owner_identity import OwnerIdentity, owner_identity_of
 from opencas.errors import ConflictError, ForbiddenError
 from opencas.policy.caller import Caller
+from opencas.service.audit import actor_of, check_supported, mode_of, state_change
 from opencas.service.cas import Cas
 from opencas.service.cas_records import (
     OwnerRecord,
@@ -51,7 +52,9 @@ def provision(
     Returns the new state. The TLS certificate is reissued in the same transaction when the
     owner config shapes it.
     """
-    with cas.store.transaction() as txn:
+    check_supported(config)
+    audit = cas.audit_log
+    with state_change(audit) as entry, cas.store.transaction() as txn:
         state = read_state(txn)
         if state.provisioned:
             raise ConflictError("this CAS is already provisioned", code="already-provisioned")
@@ -71,6 +74,18 @@ def provision(
         write_state(txn, new_state)
         delete_provisioning_token(txn)
         tls_changed = reshape_tls(txn, cas.config.hostnames)
+        entry.record(
+            txn,
+            "provisioned",
+            actor="cas" if self_provisioned else owner.key_hash,
+            subject=owner.key_hash,
+            details={
+                "how": "self" if self_provisioned else "attested",
+                "owner_config_sha256": new_state.owner_config_sha256,
+                "audit_log_mode": mode_of(config),
+            },
+        )
+    audit.change_mode(mode_of(config))
     if tls_changed:
         cas.reload_identity()
     how = "self-provisioned from files" if self_provisioned else "provisioned"
@@ -137,11 +152,26 @@ def require_owner(cas: Cas, caller: Caller) -> None:
 def update_owner_config(cas: Cas, caller: Caller, config: OwnerConfig) -> str:
     """Replace the owner config (owner only); returns its new hash."""
     require_owner(cas, caller)
-    with cas.store.transaction() as txn:
+    check_supported(config)
+    audit = cas.audit_log
+    with state_change(audit) as entry, cas.store.transaction() as txn:
         state = read_state(txn)
+        previous = mode_of(read_owner_config(txn))
         sha = write_owner_config(txn, config)
         write_state(txn, state.model_copy(update={"owner_config_sha256": sha}))
         tls_changed = reshape_tls(txn, cas.config.hostnames)
+        mode = mode_of(config)
+        # One entry per operation; turning the log off (or on) is always written, signed.
+        changed = mode != previous
+        entry.record(
+            txn,
+            "audit_log_mode_changed" if changed else "owner_config_updated",
+            actor=actor_of(caller),
+            subject="owner-config",
+            details={"owner_config_sha256": sha, "previous_sha256": state.owner_config_sha256}
+            | ({"from": previous, "to": mode} if changed else {}),
+        )
+    audit.change_mode(mode)
     if tls_changed:
         cas.reload_identity()
     log.info("owner config updated: %s", sha)

@@ -52,6 +52,7 @@ from opencas.policy.secret_values import (
     public_values,
     unpinned_export_targets,
 )
+from opencas.service.audit import actor_of, record_read, state_change
 from opencas.service.cas import Cas
 from opencas.service.identity import utc_now_text
 from opencas.service.records import decode_record, read_record, write_record
@@ -343,10 +344,25 @@ def _commit(
     record: SessionRecord,
     values: Mapping[str, SecretValue],
 ) -> SessionRecord:
-    """Write ``record`` and its own values if ``admit`` still admits ``change``; returns it."""
-    with cas.store.transaction() as txn:
+    """Write ``record`` and its own values if ``admit`` still admits ``change``; returns it.
+
+    The audit entry (``session_created`` or ``session_updated``) is durable before the commit.
+    """
+    with state_change(cas.audit_log) as entry, cas.store.transaction() as txn:
         admit(txn, change)
         _write(txn, record, change.session, values)
+        entry.record(
+            txn,
+            "session_created" if record.revision == 1 else "session_updated",
+            actor=actor_of(change.caller),
+            subject=record.name,
+            details={
+                "hash": record.hash,
+                "predecessor": change.session.predecessor,
+                "revision": record.revision,
+                "signers": sorted(change.approval.signers),
+            },
+        )
     return record
 
 
@@ -364,6 +380,13 @@ def read_session(cas: Cas, name: str, caller: Caller) -> SessionRecord:
         acting_creator(stored.record.creator, governance_of(cas.store, stored)),
     ):
         raise NotFoundError(f"there is no session {name} that you may read")
+    record_read(
+        cas.audit_log,
+        "session_read",
+        actor=actor_of(caller),
+        subject=name,
+        details={"hash": stored.record.hash},
+    )
     return stored.record
 
 
@@ -378,6 +401,14 @@ def exported_values(cas: Cas, name: str, secret: str | None) -> dict[str, str]:
     if not values:
         what = f"a public value {secret}" if secret else "public values"
         raise NotFoundError(f"no {what} for session {name}")
+    # Anyone may read public values; the entry names which were read, never their values.
+    record_read(
+        cas.audit_log,
+        "values_read",
+        actor="anonymous",
+        subject=name,
+        details={"hash": stored.record.hash if stored else None, "secrets": sorted(values)},
+    )
     return values
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import secrets
 import threading
@@ -26,16 +27,25 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from opencas.attestation.evidence import Evidence
+from opencas.attestation.evidence import Evidence, VerifiedEvidence
+from opencas.attestation.report import report_time
 from opencas.attestation.verify import verify_evidence
 from opencas.attestation.workload_binding import ConfigId, workload_report_data
 from opencas.attestation.workload_policy import check_workload
+from opencas.audit.log import Durable
 from opencas.config.availability import SessionLimits
 from opencas.crypto.canonical import canonical_json
 from opencas.crypto.hpke_seal import SealedConfig, load_recipient_public_key, seal_workload_config
 from opencas.crypto.pem import certificate_pem
 from opencas.crypto.x509 import MAX_COMMON_NAME
-from opencas.errors import AttestationRefused, InvalidRequest, NotFoundError, RateLimitedError
+from opencas.errors import (
+    AttestationRefused,
+    CasError,
+    EvidenceError,
+    InvalidRequest,
+    NotFoundError,
+    RateLimitedError,
+)
 from opencas.policy.certificates import issue_certificate, parse_valid_for
 from opencas.policy.errors import SessionError
 from opencas.policy.model import InjectionFile, Service, Session
@@ -117,14 +127,100 @@ def attest_workload(cas: Cas, nonces: NonceStore, request: WorkloadRequest) -> S
     """Attest a workload and return its sealed configuration.
 
     Refuses with :class:`AttestationRefused` (a check name and a reason that reveals no secrets
-    and no other service), :class:`NotFoundError` for an unknown session or service,
-    :class:`InvalidRequest` for a malformed key or evidence.
+    and no other service), :class:`EvidenceError` for evidence that does not verify,
+    :class:`NotFoundError` for an unknown session or service, :class:`InvalidRequest` for a
+    malformed key or evidence. The decision, either way, is in the audit log before it is
+    answered (``workload_attested`` or ``workload_refused``).
     """
+    return decide_workload(cas, nonces, request).answer()
+
+
+@dataclass(frozen=True)
+class WorkloadDecision:
+    """A workload's attestation decided and written to the audit log, not yet durable there.
+
+    :meth:`answer` waits until the entry is durable, then returns the sealed configuration or
+    raises the refusal; an event loop can instead await ``durable.future`` first.
+    """
+
+    sealed: SealedConfig | None
+    refusal: CasError | None
+    durable: Durable
+
+    def answer(self) -> SealedConfig:
+        """The sealed configuration once the decision is durable; raises the refusal."""
+        self.durable.wait()
+        if self.refusal is not None:
+            raise self.refusal
+        assert self.sealed is not None
+        return self.sealed
+
+
+def decide_workload(cas: Cas, nonces: NonceStore, request: WorkloadRequest) -> WorkloadDecision:
+    """Decide a workload's attestation and write the decision to the audit log (see
+    :func:`attest_workload`); a malformed request raises :class:`InvalidRequest` unlogged."""
     config_id = request.config_id
     public_key_der = _public_key_der(request.public_key)
     evidence = Evidence.from_json(dict(request.evidence))
+    grounds = _Grounds(evidence, cas.clock())
+    try:
+        sealed = _attest(cas, nonces, request, public_key_der, evidence, grounds)
+    except (AttestationRefused, EvidenceError, NotFoundError) as exc:
+        check = getattr(exc, "check", "service")
+        details = grounds.details() | {"check": check, "reason": exc.message}
+        durable = cas.audit_log.append(
+            "workload_refused", actor=grounds.actor(), subject=str(config_id), details=details
+        )
+        return WorkloadDecision(None, exc, durable)
+    durable = cas.audit_log.append(
+        "workload_attested",
+        actor=grounds.actor(),
+        subject=str(config_id),
+        details=grounds.details(),
+    )
+    return WorkloadDecision(sealed, None, durable)
+
+
+@dataclass
+class _Grounds:
+    """What a workload decision rested on, as far as the attestation got."""
+
+    evidence: Evidence
+    at: datetime
+    verified: VerifiedEvidence | None = None
+    session_hash: str | None = None
+
+    def actor(self) -> str:
+        return self.verified.platform_key_hash if self.verified else "anonymous"
+
+    def details(self) -> dict[str, Any]:
+        verified = self.verified
+        return {
+            "evidence_type": self.evidence.type,
+            "evidence_sha256": hashlib.sha256(self.evidence.data).hexdigest(),
+            "verified_at": report_time(self.at),
+            "session_hash": self.session_hash,
+            "verifier": verified.verifier if verified else None,
+            "collateral_digest": getattr(verified, "collateral_digest", None),
+            "tcb_evaluation_number": verified.tcb_evaluation_number if verified else None,
+            "tcb_status": verified.tcb_status if verified else None,
+            "measurement": verified.measurement if verified else None,
+        }
+
+
+def _attest(
+    cas: Cas,
+    nonces: NonceStore,
+    request: WorkloadRequest,
+    public_key_der: bytes,
+    evidence: Evidence,
+    grounds: _Grounds,
+) -> SealedConfig:
+    config_id = request.config_id
     nonces.consume(request.nonce)
-    verified = verify_evidence(evidence, at=cas.clock(), collateral=cas.collateral)
+    verified = grounds.verified = verify_evidence(
+        evidence, at=grounds.at, collateral=cas.collateral
+    )
     expected = workload_report_data(config_id, request.nonce, request.public_key)
     if not hmac.compare_digest(verified.report_data, expected):
         raise AttestationRefused(
@@ -136,6 +232,7 @@ def attest_workload(cas: Cas, nonces: NonceStore, request: WorkloadRequest) -> S
         service = stored.session.service(config_id.service) if stored else None
         if stored is None or service is None:
             raise NotFoundError(f"there is no service {config_id}")
+        grounds.session_hash = stored.record.hash
         check_workload(
             verified, service, stored.session.security.attestation, cas_debug=cas.platform.debug
         )

@@ -70,6 +70,7 @@ def test_minimal_file_loads_with_every_default(tmp_path: Path) -> None:
             tsm_report_dir=Path("/sys/kernel/config/tsm/report"),
         ),
         collateral=CollateralSettings(cache_directory=tmp_path / "collateral-cache"),
+        audit_log_path=tmp_path / "audit.log",
     )
 
 
@@ -172,7 +173,7 @@ def test_unknown_section(tmp_path: Path) -> None:
 
     assert config_error(path) == (
         f"{path}:7: [databse]: unknown section; expected one of: "
-        "api, collateral, database, limits, platform"
+        "api, audit_log, collateral, database, limits, platform"
     )
 
 
@@ -486,6 +487,7 @@ def test_default_text_loads_and_sets_every_key(tmp_path: Path) -> None:
     assert config.platform_kind == "simulated"
     assert tomllib.loads(text) == {
         "database": {"path": ".cas/cas.db"},
+        "audit_log": {"path": ".cas/audit.log"},
         "api": {
             "api_listen": "127.0.0.1:8081",
             "enclave_listen": "127.0.0.1:18765",

@@ -161,7 +161,7 @@ def test_empty_file_is_a_valid_owner_config(tmp_path: Path, name: str, text: str
     loaded = load_owner_config(write(tmp_path, name, text))
 
     assert loaded == LoadedOwnerConfig(OwnerConfig(), ())
-    assert loaded.config.normal_form() == {"audit_log": {"mode": "disabled", "sink": "file"}}
+    assert loaded.config.normal_form() == {"audit_log": {"mode": "signed", "sink": "file"}}
     assert loaded.config.api_identity is None
     assert loaded.config.dcap is None
     assert loaded.config.ias is None
@@ -195,7 +195,7 @@ def test_synonym_key_order_and_spelled_out_defaults_hash_the_same() -> None:
         """\
 [audit_log]
 sink = "file"
-mode = "disabled"
+mode = "signed"
 
 [api.identity]
 country_name = "ch"
@@ -217,7 +217,7 @@ def test_normal_form_resolves_the_synonym_and_fills_in_defaults() -> None:
 
     assert config.normal_form() == {
         "api_identity": {"alt_names": [], "country_name": "FR"},
-        "audit_log": {"mode": "disabled", "sink": "file"},
+        "audit_log": {"mode": "signed", "sink": "file"},
     }
 
 
@@ -876,7 +876,7 @@ def test_normal_form_round_trips_with_the_same_hash() -> None:
 
 
 def test_hash_is_sha256_of_the_canonical_json() -> None:
-    canonical = b'{"audit_log":{"mode":"disabled","sink":"file"}}'
+    canonical = b'{"audit_log":{"mode":"signed","sink":"file"}}'
 
     assert owner_config_sha256(OwnerConfig()) == hashlib.sha256(canonical).hexdigest()
 

@@ -1,0 +1,172 @@
+"""Verifying an audit log file: every signature, the chain, its CAS, on every core.
+
+:func:`verify_log` reads the file in chunks cut at line ends. It first finds the ``cas_started``
+entries (each names the audit key of the lines after it, certified by the CAS key), then checks
+every line's form, signature and hash in worker processes, and feeds what each line says, in
+file order, to the pure :class:`~opencas.audit.chain.ChainJudge`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import mmap
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from opencas.audit.chain import (
+    START_EVENT,
+    ChainJudge,
+    Expectations,
+    LineFacts,
+    StartClaims,
+    Verdict,
+    check_line,
+    check_start,
+    parse_entry,
+)
+
+#: A chunk holds about this many bytes of lines.
+CHUNK_BYTES = 2 * 1024 * 1024
+_START_MARK = b'"event":"cas_started"'
+
+# A checked line: (line number, facts) or (line number, why it is not intact).
+_Checked = tuple[int, LineFacts | str]
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    path: str
+    start: int
+    end: int
+    first_line: int
+    keys: tuple[tuple[int, bytes], ...]  # (line number of a start entry, raw Ed25519 key)
+
+
+@dataclass(frozen=True)
+class _Start:
+    line: int
+    claims: StartClaims | None
+    problem: str | None
+
+
+def verify_log(
+    path: Path,
+    expectations: Expectations,
+    *,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Verdict:
+    """The verdict on the log file at ``path`` against ``expectations``.
+
+    ``workers`` processes check the lines (default: one per core); ``progress(done, total)``
+    is told how many bytes were checked. Raises ``OSError`` when the file cannot be read.
+    """
+    size = path.stat().st_size
+    judge = ChainJudge(expectations)
+    if size == 0:
+        return judge.verdict()
+    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        starts = _find_starts(data)
+        for start in starts:
+            if start.claims is not None:
+                judge.start(start.line, start.claims)
+            else:
+                judge.foreign(start.line, f"the cas_started entry does not hold: {start.problem}")
+        keys = tuple(
+            (start.line, start.claims.audit_key.public_bytes(Encoding.Raw, PublicFormat.Raw))
+            for start in starts
+            if start.claims is not None
+        )
+        chunks = list(_chunks(data, str(path), keys))
+    count = workers or os.cpu_count() or 1
+    if count == 1 or len(chunks) == 1:
+        results: Iterator[tuple[int, list[_Checked]]] = map(_check_chunk, chunks)
+        return _judge(judge, results, size, progress)
+    with multiprocessing.get_context("fork").Pool(count) as pool:
+        return _judge(judge, pool.imap(_check_chunk, chunks), size, progress)
+
+
+def _judge(
+    judge: ChainJudge,
+    results: Iterator[tuple[int, list[_Checked]]],
+    size: int,
+    progress: Callable[[int, int], None] | None,
+) -> Verdict:
+    done = 0
+    for length, checked in results:
+        for line, found in checked:
+            if isinstance(found, str):
+                judge.fault(line, found)
+            else:
+                judge.entry(line, found)
+        done += length
+        if progress is not None:
+            progress(done, size)
+    return judge.verdict()
+
+
+def _find_starts(data: mmap.mmap) -> list[_Start]:
+    """Every ``cas_started`` entry, checked: its line number, and what it proves or why not."""
+    starts: list[_Start] = []
+    position = counted = 0
+    line = 1  # the number of the line that begins at ``counted``
+    while True:
+        found = data.find(_START_MARK, position)
+        if found < 0:
+            return starts
+        begin = data.rfind(b"\n", 0, found) + 1
+        end = data.find(b"\n", found)
+        end = len(data) if end < 0 else end
+        line += data[counted:begin].count(b"\n")
+        counted = begin
+        position = end + 1
+        try:
+            entry = parse_entry(bytes(data[begin:end]))
+        except ValueError:
+            continue  # the line itself is reported when it is checked
+        if entry.event != START_EVENT:
+            continue
+        try:
+            starts.append(_Start(line, check_start(entry), None))
+        except ValueError as exc:
+            starts.append(_Start(line, None, str(exc)))
+
+
+def _chunks(data: mmap.mmap, path: str, keys: tuple[tuple[int, bytes], ...]) -> Iterator[_Chunk]:
+    start, line, size = 0, 1, len(data)
+    while start < size:
+        end = data.find(b"\n", min(size, start + CHUNK_BYTES))
+        end = size if end < 0 else end + 1
+        yield _Chunk(path, start, end, line, keys)
+        line += data[start:end].count(b"\n")
+        start = end
+
+
+def _check_chunk(chunk: _Chunk) -> tuple[int, list[_Checked]]:
+    """Check every line of ``chunk``: (bytes checked, what each line says)."""
+    with open(chunk.path, "rb") as file:
+        file.seek(chunk.start)
+        text = file.read(chunk.end - chunk.start)
+    lines = [line for line, _ in chunk.keys]
+    keys = [Ed25519PublicKey.from_public_bytes(raw) for _, raw in chunk.keys]
+    checked: list[_Checked] = []
+    parts = text.split(b"\n")
+    if parts and parts[-1] == b"":
+        parts.pop()
+    for offset, raw in enumerate(parts):
+        number = chunk.first_line + offset
+        index = bisect.bisect_right(lines, number) - 1
+        key = keys[max(index, 0)] if keys else None
+        try:
+            _, facts = check_line(raw, key)
+        except ValueError as exc:
+            checked.append((number, str(exc)))
+            continue
+        checked.append((number, facts))
+    return len(text), checked

@@ -1,0 +1,293 @@
+"""The CAS's audit log: its key, opening its file against the head the store committed, the
+entries operations write, and reading it back for the owner.
+
+The head the store keeps is that of the last entry whose operation committed (it is written in
+that operation's transaction). Opening the log checks that the file still holds that entry; a
+state-changing entry after it is one whose operation never committed (the CAS stopped between
+the two), and the next entry says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from opencas.audit.chain import GENESIS, STATE_EVENTS, Head, line_hash, parse_entry, start_details
+from opencas.audit.log import AuditLog, AuditLogMode, Operation, StartInfo
+from opencas.audit.sinks import FileSink, cut_partial_line, lines_backwards
+from opencas.config.owner import OwnerConfig
+from opencas.crypto.pem import certificate_pem, private_key_pem
+from opencas.crypto.x509 import (
+    CA_VALIDITY,
+    CertificateUse,
+    Issuer,
+    build_certificate,
+    common_name_subject,
+    key_usage,
+)
+from opencas.errors import AuditLogError, ConfigError
+from opencas.policy.caller import Caller
+from opencas.service.cas_records import (
+    AuditHeadRecord,
+    AuditKeyRecord,
+    read_audit_checkpoints,
+    read_audit_head,
+    read_audit_key,
+    read_owner_config,
+    write_audit_head,
+    write_audit_key,
+)
+from opencas.service.identity import CasIdentity, utc_now_text
+from opencas.sources.problems import Problem
+from opencas.store.base import Store, Transaction
+
+log = logging.getLogger("opencas")
+
+#: At most this many entries, and about this many bytes, in one page of ``GET /v1/audit``.
+MAX_PAGE_ENTRIES = 1000
+MAX_PAGE_BYTES = 4 * 1024 * 1024
+
+
+def actor_of(caller: Caller) -> str:
+    """How an entry names ``caller``: its key hash, or ``anonymous``."""
+    return caller.key_hash or "anonymous"
+
+
+def mode_of(config: OwnerConfig | None) -> AuditLogMode:
+    """The audit log mode an owner config sets (``signed`` before provisioning)."""
+    return "signed" if config is None else config.audit_log.mode
+
+
+def check_supported(config: OwnerConfig) -> None:
+    """Refuse an owner config whose audit log this build cannot write."""
+    if config.audit_log.mode != "disabled" and config.audit_log.sink != "file":
+        raise ConfigError(
+            [
+                Problem.about(
+                    "audit_log.sink",
+                    'this build writes the audit log to a file only (sink = "file")',
+                )
+            ]
+        )
+
+
+def audit_key(store: Store, identity: CasIdentity) -> AuditKeyRecord:
+    """The audit key record, made (and certified by the CAS key) the first time it is needed."""
+    with store.transaction() as txn:
+        record = read_audit_key(txn)
+        if record is not None:
+            return record
+        key = Ed25519PrivateKey.generate()
+        certificate = build_certificate(
+            key.public_key(),
+            common_name_subject(f"OpenCAS audit key {identity.cas_key_hash[:16]}"),
+            CertificateUse(ca=False, key_usage=key_usage(digital_signature=True)),
+            signer=Issuer(identity.cas_key, identity.ca_certificate),
+            valid_for=CA_VALIDITY - timedelta(days=1),
+        )
+        record = AuditKeyRecord(
+            key_pem=private_key_pem(key).decode("ascii"),
+            certificate_pem=certificate_pem(certificate).decode("ascii"),
+        )
+        write_audit_key(txn, record)
+        return record
+
+
+@dataclass(frozen=True)
+class OpenedFile:
+    """Where the file ends, and whether its last entry's operation never committed."""
+
+    head: Head
+    prev_failed: bool
+
+
+def reconcile(path: Path, committed: Head) -> OpenedFile:
+    """Check the log file at ``path`` against the head the store ``committed``.
+
+    A last line cut by a crash (no newline) is removed: it was never acknowledged. Raises
+    :class:`AuditLogError` when the file does not hold the committed entry (it was truncated,
+    replaced or edited) or its last entries are not entries.
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        if committed.seq == 0:
+            return OpenedFile(GENESIS, False)
+        raise AuditLogError(
+            f"the audit log {path} is missing or empty, but the database committed its entry "
+            f"seq {committed.seq}; restore the log file"
+        )
+    removed = cut_partial_line(path)
+    if removed:
+        log.warning("audit: removed an unfinished last line (%d bytes) from %s", removed, path)
+    last: tuple[Head, str] | None = None
+    for number, line in enumerate(lines_backwards(path), 1):
+        try:
+            entry = parse_entry(line)
+        except ValueError as exc:
+            raise AuditLogError(
+                f"the audit log {path} is damaged: line {number} from the end: {exc}"
+            ) from exc
+        head = Head(entry.seq, line_hash(line))
+        if last is None:
+            last = (head, entry.event)
+        if committed.seq == 0 or head == committed:
+            break
+        if entry.seq < committed.seq:
+            raise AuditLogError(
+                f"the audit log {path} does not hold the entry seq {committed.seq} that the "
+                "database committed: the log was truncated or replaced; restore it"
+            )
+    if last is None:  # pragma: no cover - a non-empty file has a line
+        return OpenedFile(GENESIS, False)
+    if committed.seq > 0 and last[0].seq < committed.seq:
+        raise AuditLogError(
+            f"the audit log {path} ends at seq {last[0].seq}, before the entry seq "
+            f"{committed.seq} that the database committed; restore it"
+        )
+    uncommitted = last[0] != committed and last[1] in STATE_EVENTS
+    if uncommitted:
+        log.warning("audit: the operation of seq %d did not commit", last[0].seq)
+    return OpenedFile(last[0], uncommitted)
+
+
+def open_audit_log(
+    store: Store,
+    identity: CasIdentity,
+    path: Path,
+    attest: Callable[[str], Mapping[str, Any]],
+) -> AuditLog:
+    """Open the audit log at ``path`` for the CAS whose store and identity are given.
+
+    ``attest(nonce)`` answers what ``GET /v1/attest`` would: the ``cas_started`` entry carries
+    it, with the previous entry's hash as nonce.
+    """
+    record = audit_key(store, identity)
+    stored = read_audit_head(store)
+    committed = GENESIS if stored is None else Head(stored.seq, stored.hash)
+    opened = reconcile(path, committed)
+    try:
+        sink = FileSink(path)
+    except OSError as exc:
+        raise AuditLogError(f"cannot open the audit log {path}: {exc.strerror or exc}") from exc
+    config = read_owner_config(store)
+
+    def details(prev: str) -> Mapping[str, Any]:
+        answer = attest(prev)
+        return start_details(
+            cas_key_hash=identity.cas_key_hash,
+            ca_certificate_pem=identity.ca_certificate_pem.decode("ascii"),
+            audit_certificate_pem=record.certificate_pem,
+            report=answer["report"],
+            evidence=answer["evidence"],
+        )
+
+    return AuditLog(
+        sink,
+        record.load_key(),
+        mode=mode_of(config),
+        head=opened.head,
+        prev_failed=opened.prev_failed,
+        start=StartInfo(details),
+        clock=utc_now_text,
+    )
+
+
+class StateEntry:
+    """Records a state-changing operation's entry in its transaction (see :func:`state_change`)."""
+
+    def __init__(self, operation: Operation) -> None:
+        self._operation = operation
+
+    def record(
+        self,
+        txn: Transaction,
+        event: str,
+        *,
+        actor: str,
+        subject: str,
+        details: Mapping[str, Any],
+    ) -> None:
+        """Write the entry (durable before this returns) and its head into ``txn``."""
+        head = self._operation.record(event, actor=actor, subject=subject, details=details)
+        if head is not None:
+            write_audit_head(txn, AuditHeadRecord(seq=head.seq, hash=head.hash))
+
+
+@contextlib.contextmanager
+def state_change(audit: AuditLog) -> Iterator[StateEntry]:
+    """Wrap a store transaction that changes state: ``with state_change(log) as entry,
+    store.transaction() as txn: ...; entry.record(txn, ...)``. If the transaction fails after the
+    entry was written, the next entry says so."""
+    with audit.operation() as operation:
+        yield StateEntry(operation)
+
+
+def log_start(audit: AuditLog) -> None:
+    """Write this run's ``cas_started`` entry (unless the log is off), before serving."""
+    written = audit.write_start()
+    if written is not None:
+        written.wait()
+
+
+def log_stop(audit: AuditLog) -> None:
+    """Write ``cas_stopped`` (unless the log is off) once serving ended."""
+    audit.append("cas_stopped", actor="cas", subject="", details={}).wait()
+
+
+def record_read(
+    audit: AuditLog, event: str, *, actor: str, subject: str, details: Mapping[str, Any]
+) -> None:
+    """Write the entry of an operation that changes nothing stored, and wait until durable."""
+    audit.append(event, actor=actor, subject=subject, details=details).wait()
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    """One page of the log for its owner: entry lines, where to go on, the head, checkpoints."""
+
+    entries: list[str]
+    next: int | None
+    head: Head
+    checkpoints: list[Head]
+
+
+def read_page(audit: AuditLog, store: Store, path: Path, start: int) -> AuditPage:
+    """The entries from ``seq`` ``start`` on, at most one page of them."""
+    head = audit.head
+    checkpoints = [Head(point.seq, point.hash) for point in read_audit_checkpoints(store)]
+    lines: list[str] = []
+    size = 0
+    following: int | None = None
+    if not path.exists():
+        return AuditPage(lines, following, head, checkpoints)
+    with path.open("rb") as file:
+        offset = _page_offsets.get((path, start), 0)
+        file.seek(offset)
+        for raw in file:
+            if not raw.endswith(b"\n"):
+                break  # a line still being written
+            line = raw[:-1]
+            try:
+                seq = parse_entry(line).seq
+            except ValueError as exc:
+                message = f"the audit log {path} is damaged at byte {offset}: {exc}"
+                raise AuditLogError(message) from exc
+            if seq >= start:
+                if len(lines) >= MAX_PAGE_ENTRIES or (lines and size + len(line) > MAX_PAGE_BYTES):
+                    following = seq
+                    _page_offsets[path, seq] = offset
+                    break
+                lines.append(line.decode("utf-8"))
+                size += len(line)
+            offset += len(raw)
+    return AuditPage(lines, following, head, checkpoints)
+
+
+# Where each page handed out ends, so that reading the log page by page is linear, not quadratic.
+_page_offsets: dict[tuple[Path, int], int] = {}
