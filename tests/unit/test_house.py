@@ -14,7 +14,9 @@ API_PATH = re.compile(r"""["']/v1/""")
 
 
 def _python_files(*roots: Path) -> list[Path]:
-    return sorted(path for root in roots for path in root.rglob("*.py"))
+    return sorted(
+        path for root in roots for path in ([root] if root.is_file() else root.rglob("*.py"))
+    )
 
 
 def test_no_api_path_outside_the_sdk_and_the_http_layer() -> None:
@@ -45,6 +47,8 @@ def test_no_module_imports_another_modules_private_names() -> None:
 def test_the_pure_core_does_not_import_the_outer_layers() -> None:
     outer = ("opencas.api", "opencas.cli", "opencas.store", "opencas.service", "opencas.client")
     core = [PACKAGE / name for name in ("crypto", "policy", "sources", "attestation")]
+    # The audit log's chain logic is pure; its writer, sinks and verifier do the I/O.
+    core.append(PACKAGE / "audit" / "chain.py")
     offenders = []
     for path in _python_files(*core):
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))

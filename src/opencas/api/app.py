@@ -17,6 +17,7 @@ from opencas.api.auth import BodyLimitMiddleware, ProofMiddleware
 from opencas.api.errors import install_error_handlers
 from opencas.api.metrics import ApiMetrics, MetricsMiddleware
 from opencas.api.offload import WorkerLane
+from opencas.api.routes.audit import audit_router
 from opencas.api.routes.cas import cas_router, health_router
 from opencas.api.routes.owner import owner_router
 from opencas.api.routes.sessions import sessions_router
@@ -46,6 +47,7 @@ def create_client_api(
         health_router(),
         cas_router(cas, metrics),
         owner_router(cas),
+        audit_router(cas),
         sessions_router(cas),
     ):
         app.include_router(router)

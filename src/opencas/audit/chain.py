@@ -240,25 +240,23 @@ def parse_entry(line: bytes) -> Entry:
 def check_line(line: bytes, key: Ed25519PublicKey | None) -> tuple[Entry, LineFacts]:
     """Parse ``line`` and check its signature with the audit ``key`` in force there.
 
-    Raises ``ValueError`` when the line is not an entry, its signature does not verify, an entry
-    that must be signed is not, or it is signed and no audit key is known yet.
+    With ``key`` ``None`` (no ``cas_started`` entry names one) signatures are not checked: the
+    caller must say that the log cannot be tied to a CAS. Raises ``ValueError`` when the line is
+    not an entry, its signature does not verify, or an entry that must be signed is not.
     """
     entry = parse_entry(line)
     if entry.sig is None:
         if entry.event in ALWAYS_SIGNED:
             raise ValueError(f"a {entry.event} entry must be signed")
-    else:
-        if key is None:
-            raise ValueError("the entry is signed, but no cas_started entry before it names a key")
+    elif key is not None:
         signature = b64url_decode_strict(entry.sig, "signature")
         try:
             key.verify(signature, signing_input(entry.body()))
         except InvalidSignature:
             raise ValueError("its signature does not verify under the audit key") from None
     signed = entry.sig is not None
-    facts = LineFacts(
-        entry.seq, entry.prev, line_hash(line), entry.prev_failed, entry.event, signed
-    )
+    digest = line_hash(line)
+    facts = LineFacts(entry.seq, entry.prev, digest, entry.prev_failed, entry.event, signed)
     return entry, facts
 
 
@@ -458,8 +456,8 @@ class ChainJudge:
         self._previous = None  # the chain cannot be followed across it
         self._last_line = line
 
-    def foreign(self, line: int, message: str) -> None:
-        """The ``cas_started`` entry on ``line`` does not tie the log to the expected CAS."""
+    def foreign(self, line: int | None, message: str) -> None:
+        """The log (the ``cas_started`` entry on ``line``) is not tied to the expected CAS."""
         self._find(Outcome.FOREIGN, message, line)
 
     def start(self, line: int, claims: StartClaims) -> None:

@@ -83,6 +83,12 @@ def verify_log(
             for start in starts
             if start.claims is not None
         )
+        if not keys:
+            judge.foreign(
+                None,
+                "no cas_started entry in the log names the audit key: its signatures cannot be "
+                "checked, nor tied to a CAS (fetch it from a cas_started entry on)",
+            )
         chunks = list(_chunks(data, str(path), keys))
     count = workers or os.cpu_count() or 1
     if count == 1 or len(chunks) == 1:

@@ -19,6 +19,7 @@ import click
 
 from opencas import __version__
 from opencas.attestation.report import CasExpectations
+from opencas.cli.audit_commands import audit_group
 from opencas.cli.casctl_common import F, identity_from, identity_option, reports_errors
 from opencas.cli.collateral_commands import collateral_group
 from opencas.cli.evidence_commands import evidence_group
@@ -508,6 +509,7 @@ def show_config(cas_name: str | None, identity_path: Path | None, as_json: bool)
 cli.add_command(session_group)
 cli.add_command(evidence_group)
 cli.add_command(collateral_group)
+cli.add_command(audit_group)
 register_run_commands(cli)
 
 

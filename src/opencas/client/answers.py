@@ -53,6 +53,25 @@ class OwnerConfigUpdated:
 
 
 @dataclass(frozen=True)
+class AuditHeadAnswer:
+    """An audit head: the ``seq`` and hash of an entry."""
+
+    seq: Annotated[int, Field(ge=0)]
+    hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+@dataclass(frozen=True)
+class AuditPageAnswer:
+    """``GET /v1/audit?from=SEQ``: entry lines from ``seq`` on, where the next page starts
+    (``None``: this was the last), the log's current head and the committed checkpoints."""
+
+    entries: list[str]
+    next: Annotated[int, Field(ge=1)] | None
+    head: AuditHeadAnswer
+    checkpoints: list[AuditHeadAnswer]
+
+
+@dataclass(frozen=True)
 class SessionWritten:
     """``POST /v1/sessions`` and ``PUT /v1/sessions/{name}``: the session version now stored."""
 

@@ -20,6 +20,7 @@ from opencas.attestation.report import CasExpectations, VerifiedCas, verify_cas_
 from opencas.attestation.verifier import NO_COLLATERAL, CollateralSource
 from opencas.client.answers import (
     HEALTH_PATH,
+    AuditPageAnswer,
     Health,
     OwnerConfigUpdated,
     OwnerConfigView,
@@ -178,6 +179,12 @@ class CasClient:
             OwnerConfigUpdated, "PUT", "/v1/owner/config", json_body=body, signed=True
         )
         return updated.owner_config_sha256
+
+    def audit_page(self, start: int = 1) -> AuditPageAnswer:
+        """One page of the audit log from ``seq`` ``start`` on (owner only)."""
+        return self._channel.call(
+            AuditPageAnswer, "GET", "/v1/audit", params={"from": str(start)}, signed=True
+        )
 
     def create_session(self, text: str, signatures: Sequence[Signature] = ()) -> SessionWritten:
         """Create the session ``text`` (YAML); this client's identity becomes its creator.
