@@ -139,7 +139,7 @@ def test_an_edited_entry_is_an_integrity_violation_naming_its_line(log: Path) ->
     raw = lines(log)
     edited = raw[3].replace(b'"subject":"two"', b'"subject":"TWO"')
     assert edited != raw[3]
-    changed = write(log, raw[:3] + [edited] + raw[4:])
+    changed = write(log, [*raw[:3], edited, *raw[4:]])
     found = verify_log(changed, Expectations(last=line_hash(raw[-1])), workers=1)
     assert found.outcome == Outcome.INTEGRITY
     assert found.findings[0].line == 4
@@ -148,7 +148,7 @@ def test_an_edited_entry_is_an_integrity_violation_naming_its_line(log: Path) ->
 
 def test_reordered_entries_are_an_integrity_violation(log: Path) -> None:
     raw = lines(log)
-    swapped = write(log, raw[:2] + [raw[3], raw[2]] + raw[4:])
+    swapped = write(log, [*raw[:2], raw[3], raw[2], *raw[4:]])
     assert verdict(swapped, last=line_hash(raw[-1])) in (
         Outcome.INTEGRITY,
         Outcome.ROLLBACK,
@@ -202,12 +202,17 @@ def test_a_fork_two_entries_with_one_seq_is_a_rollback(log: Path, tmp_path: Path
     )
 
 
+def fail_after_its_entry(cas: Cas, subject: str) -> None:
+    """A state change whose entry is written and whose transaction then fails."""
+    with state_change(cas.audit_log) as entry, cas.store.transaction() as txn:
+        entry.record(txn, "session_created", actor="cas", subject=subject, details={})
+        raise RuntimeError("the commit fails")
+
+
 def test_a_failed_operation_is_said_by_the_next_entry_with_its_seq(cas: Cas) -> None:
     provision(cas, OWNER, config("signed"), self_provisioned=True)  # type: ignore[arg-type]
-    with pytest.raises(RuntimeError), state_change(cas.audit_log) as entry:
-        with cas.store.transaction() as txn:
-            entry.record(txn, "session_created", actor="cas", subject="never", details={})
-            raise RuntimeError("the commit fails")
+    with pytest.raises(RuntimeError):
+        fail_after_its_entry(cas, "never")
     create_session(cas, session("after"), AUTHOR)
     cas.close()
     path = cas.config.audit_log_path
@@ -222,10 +227,8 @@ def test_an_operation_that_never_committed_is_said_at_the_next_start(cas: Cas) -
     cas.close()
     # As if the CAS died between the entry and the commit: the entry is there, the state is not.
     reopened = reopen(directory)
-    with pytest.raises(RuntimeError), state_change(reopened.audit_log) as entry:
-        with reopened.store.transaction() as txn:
-            entry.record(txn, "session_created", actor="cas", subject="lost", details={})
-            raise RuntimeError
+    with pytest.raises(RuntimeError):
+        fail_after_its_entry(reopened, "lost")
     reopened.audit.close()  # type: ignore[union-attr]
     reopened.audit = None
     reopened.close()
@@ -316,7 +319,7 @@ def test_a_sink_that_fails_fails_the_operation_and_changes_nothing(cas: Cas) -> 
 
 def test_verifying_on_several_processes_finds_the_same(log: Path) -> None:
     raw = lines(log)
-    many = write(log, raw[:3] + [raw[3].replace(b'"two"', b'"owt"')] + raw[4:])
+    many = write(log, [*raw[:3], raw[3].replace(b'"two"', b'"owt"'), *raw[4:]])
     one = verify_log(many, Expectations(last=line_hash(raw[-1])), workers=1)
     two = verify_log(many, Expectations(last=line_hash(raw[-1])), workers=2)
     assert (one.outcome, one.findings) == (two.outcome, two.findings)
