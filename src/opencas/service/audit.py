@@ -134,15 +134,23 @@ def reconcile(path: Path, committed: Head) -> OpenedFile:
                 f"the audit log {path} is damaged: line {number} from the end: {exc}"
             ) from exc
         head = Head(entry.seq, line_hash(line))
-        if last is None:
-            last = (head, entry.event)
         if committed.seq == 0 or head == committed:
+            last = last or (head, entry.event)
             break
         if entry.seq < committed.seq:
             raise AuditLogError(
                 f"the audit log {path} does not hold the entry seq {committed.seq} that the "
                 "database committed: the log was truncated or replaced; restore it"
             )
+        if last is not None and entry.event in STATE_EVENTS:
+            # Only the last entry can be a change that never committed: one before it did
+            # commit, so the database lost it.
+            raise AuditLogError(
+                f"the database {_database_hint(committed)} is older than its audit log {path}: "
+                f"the entry seq {entry.seq} ({entry.event}) records a change the database does "
+                "not hold (an older database restored?); restore the log taken with it"
+            )
+        last = last or (head, entry.event)
     if last is None:  # pragma: no cover - a non-empty file has a line
         return OpenedFile(GENESIS, False)
     if committed.seq > 0 and last[0].seq < committed.seq:
@@ -154,6 +162,10 @@ def reconcile(path: Path, committed: Head) -> OpenedFile:
     if uncommitted:
         log.warning("audit: the operation of seq %d did not commit", last[0].seq)
     return OpenedFile(last[0], uncommitted)
+
+
+def _database_hint(committed: Head) -> str:
+    return f"(its audit head is seq {committed.seq})"
 
 
 def open_audit_log(

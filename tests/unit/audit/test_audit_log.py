@@ -258,6 +258,22 @@ def test_a_log_that_lost_committed_entries_stops_the_start(log: Path) -> None:
         reopen(log.parent)
 
 
+def test_an_older_database_under_a_newer_log_stops_the_start(log: Path) -> None:
+    directory = log.parent
+    saved = directory.parent / f"{directory.name}-old"
+    shutil.copytree(directory, saved)
+    cas = reopen(directory)
+    create_session(cas, session("three"), AUTHOR)
+    create_session(cas, session("four"), AUTHOR)
+    cas.close()
+    newer = log.read_bytes()
+    shutil.rmtree(directory)
+    shutil.copytree(saved, directory)
+    log.write_bytes(newer)
+    with pytest.raises(AuditLogError, match="older than its audit log"):
+        reopen(directory)
+
+
 def test_turning_the_log_off_is_a_signed_entry_and_then_nothing(cas: Cas) -> None:
     provision(cas, OWNER, config("signed"), self_provisioned=True)  # type: ignore[arg-type]
     update_owner_config(cas, OWNER_CALLER, config("disabled"))  # type: ignore[arg-type]
