@@ -201,7 +201,7 @@ class _Grounds:
             "verified_at": report_time(self.at),
             "session_hash": self.session_hash,
             "verifier": verified.verifier if verified else None,
-            "collateral_digest": getattr(verified, "collateral_digest", None),
+            "collateral_digest": verified.collateral_digest if verified else None,
             "tcb_evaluation_number": verified.tcb_evaluation_number if verified else None,
             "tcb_status": verified.tcb_status if verified else None,
             "measurement": verified.measurement if verified else None,

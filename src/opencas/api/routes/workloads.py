@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter
@@ -16,7 +17,7 @@ from opencas.service.workloads import (
     NONCE_LIFETIME,
     NonceStore,
     WorkloadRequest,
-    attest_workload,
+    decide_workload,
 )
 
 #: A config id in a request body: a string of 3 to 1024 characters read as a :class:`ConfigId`.
@@ -50,12 +51,17 @@ def workloads_router(cas: Cas, lane: WorkerLane) -> APIRouter:
         return {"nonce": nonces.issue(), "expires_in": int(NONCE_LIFETIME)}
 
     # Verifying the evidence, rendering, issuing certificates and sealing run in one hop to the
-    # lane, so none of it holds up the event loop.
+    # lane, so none of it holds up the event loop. The lane does not wait for the decision's
+    # audit entry to be synced: it goes on with the next attestation while this one's answer
+    # waits here, so attestations in flight share one fsync.
     @router.post("/v1/enclave/attest")
     async def attest(body: EnclaveAttestRequest) -> dict[str, str]:
         """Attest a workload; answer its configuration, HPKE-sealed to its public key."""
         request = WorkloadRequest(body.config_id, body.nonce, body.public_key, body.evidence)
-        sealed = await lane.run(attest_workload, cas, nonces, request)
+        decision = await lane.run(decide_workload, cas, nonces, request)
+        if decision.durable.future is not None:
+            await asyncio.wrap_future(decision.durable.future)
+        sealed = decision.answer()
         return {"kem": sealed.kem, "sealed": sealed.sealed}
 
     return router
