@@ -99,9 +99,13 @@ def run_async(work: Coroutine[Any, Any, T]) -> T:
 
 
 @contextlib.contextmanager
-def running_cas(directory: Path) -> Iterator[SelfProvisionedCas]:
-    """A self-provisioned, attested ``cas`` serving from ``directory``; stopped on leaving."""
-    cas = start_self_provisioned_cas(directory)
+def running_cas(
+    directory: Path, owner_config_text: str | None = None
+) -> Iterator[SelfProvisionedCas]:
+    """A self-provisioned, attested ``cas`` serving from ``directory``; stopped on leaving.
+
+    ``owner_config_text`` replaces the development owner config."""
+    cas = start_self_provisioned_cas(directory, owner_config_text)
     try:
         yield cas
     finally:

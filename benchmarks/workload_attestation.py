@@ -594,6 +594,11 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     number_option(parser, "--burst", int, 2000, 200, "workloads that attest once, all at once")
     parser.add_argument(
+        "--compare-audit-log",
+        action="store_true",
+        help="also run the attest phase on a CAS whose audit log is disabled, and compare",
+    )
+    parser.add_argument(
         "--profile",
         type=positive(int, 1000),
         default=None,
@@ -610,6 +615,31 @@ def check_runtime_exchange(cas: SelfProvisionedCas, platform: SimulatedPlatform)
     problem = config_problem(attested.config, attested.key)
     if problem is not None:
         raise BenchmarkError(f"the runtime's exchange got a wrong configuration: {problem}")
+
+
+#: With the audit log on (signed, file sink), attestation keeps at least this share of the
+#: throughput it has with the log disabled.
+AUDIT_LOG_RATIO_GOAL = 0.80
+
+
+def compare_audit_log(
+    workdir: Path, platform: SimulatedPlatform, args: argparse.Namespace, signed: AttestPhase
+) -> None:
+    """The attest phase again on a CAS whose audit log is disabled; both rates and their ratio."""
+    disabled_config = '[audit_log]\nmode = "disabled"\n'
+    with running_cas(workdir / "server-without-log", disabled_config) as cas:
+        cas.client.create_session(SESSION)
+        check_runtime_exchange(cas, platform)
+        disabled = run_async(run_attest_phase(cas, platform, args))
+    on, off = signed.result.rate, disabled.result.rate
+    ratio = on / off if off else 0.0
+    print("\nAudit log on (signed, file, fsynced) and off, the same attest phase:")
+    print(f"  log signed:   {on:8.1f} attestations/s  ({signed.result.ok} ok)")
+    print(f"  log disabled: {off:8.1f} attestations/s  ({disabled.result.ok} ok)")
+    print(
+        f"  ratio {ratio:.0%} (goal >= {AUDIT_LOG_RATIO_GOAL:.0%}): "
+        f"{met(ratio >= AUDIT_LOG_RATIO_GOAL)}"
+    )
 
 
 def benchmark(args: argparse.Namespace, workdir: Path) -> None:
@@ -643,6 +673,8 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> None:
     print_server_latency(before, after)
     print(f"\nBurst: {args.burst} new workloads (own connection each) attest once, all at once:")
     print_burst(burst)
+    if args.compare_audit_log:
+        compare_audit_log(workdir, platform, args, attest)
     print("\nIn-process, one call at a time (server stopped):")
     micro = measure_in_process(
         workdir / "in-process", platform, args.micro_seconds, args.profile or 0
