@@ -199,8 +199,15 @@ def _read_platform(quote: DcapQuote) -> DcapPlatform:
                 f"PCK certificate {index} of the quote is not a valid X.509 certificate: {exc}",
                 check="chain",
             ) from exc
-    root = certificates[-1]
-    if len(chain) > 1 and root.subject == root.issuer and chain[-1] != INTEL_SGX_ROOT_CA_DER:
+    try:
+        # cryptography decodes names lazily: a malformed one raises ValueError only here.
+        self_signed_root = certificates[-1].subject == certificates[-1].issuer
+        issuer = _common_name(certificates[0].issuer)
+    except ValueError as exc:
+        raise EvidenceError(
+            f"a PCK certificate of the quote has a malformed name: {exc}", check="chain"
+        ) from exc
+    if len(chain) > 1 and self_signed_root and chain[-1] != INTEL_SGX_ROOT_CA_DER:
         raise EvidenceError(
             "the quote's PCK chain ends in a root certificate that is not the Intel SGX Root "
             f"CA this verifier pins (DER SHA-256 {hashlib.sha256(chain[-1]).hexdigest()[:16]}…, "
@@ -209,7 +216,6 @@ def _read_platform(quote: DcapQuote) -> DcapPlatform:
             check="chain",
         )
     leaf = certificates[0]
-    issuer = _common_name(leaf.issuer)
     ca = PCK_CA_BY_NAME.get(issuer)
     if ca is None:
         raise EvidenceError(
