@@ -9,6 +9,7 @@ program with it. Exit codes: the program's own once it started; before that 1 (e
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from opencas.cli.casctl_common import reports_errors
 from opencas.client.enclave import EnclaveClient
 from opencas.client.pinning import enclave_target
 from opencas.client.state import casctl_home, load_state
+from opencas.errors import AttestationRefused
 from opencas.platform.choice import PLATFORM_KINDS, PlatformSettings, open_platform
 from opencas.platform.gramine import DEFAULT_ATTESTATION_DIR
 from opencas.platform.tsm import DEFAULT_REPORT_DIR, MAX_PRIVLEVEL
@@ -118,6 +120,12 @@ def _measure(argv: Sequence[str], measure_paths: Sequence[Path]) -> Measurement:
     callback=_pass_env_option,
     help="Also pass this variable of casctl's environment to the program (repeatable).",
 )
+@click.option(
+    "--otp",
+    metavar="CODE",
+    help="The one-time password, for a service whose session asks for one (default: asked for "
+    "at a prompt when stdin is a terminal and the CAS wants one).",
+)
 @_program_argument
 @click.pass_context
 @reports_errors
@@ -131,6 +139,7 @@ def run_command(
     tsm_privlevel: int | None,
     measure_paths: tuple[Path, ...],
     pass_env: tuple[str, ...],
+    otp: str | None,
     argv: tuple[str, ...],
 ) -> None:
     """Attest PROGRAM to the CAS as SESSION/SERVICE and run it with the configuration it sends.
@@ -157,7 +166,14 @@ def run_command(
         lambda message: click.echo(f"casctl: warning: {message}", err=True),
     )
     with EnclaveClient(url, ca_pem) as client:
-        attested = fetch_configuration(client, config_id, provider)
+        try:
+            attested = fetch_configuration(client, config_id, provider, otp)
+        except AttestationRefused as refused:
+            if refused.check != "otp" or otp is not None or not sys.stdin.isatty():
+                raise
+            # Asked only now: most services need no code, and the CAS says which do.
+            code = click.prompt(f"one-time password for {config_id}", hide_input=True, err=True)
+            attested = fetch_configuration(client, config_id, provider, code.strip())
     ctx.exit(launch(attested.config, program, argv, pass_env=pass_env, workload_key=attested.key))
 
 

@@ -14,13 +14,14 @@ import click
 
 from opencas.cli.casctl_common import identity_from, identity_option, reports_errors
 from opencas.client.pinning import pinned_client
-from opencas.client.templates import fill_template, parse_assignments
+from opencas.client.templates import fill_template, parse_assignments, used_variables
 from opencas.crypto.pem import load_private_key_pem
 from opencas.errors import ClientError
 from opencas.policy.access import sign_session_hash
 from opencas.policy.hashing import session_hash
 from opencas.policy.model import Session, check_hex64
-from opencas.policy.parse import parse_session
+from opencas.policy.parse import read_session
+from opencas.sources.problems import render
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,18 +40,30 @@ def _template_options(command: F) -> F:
 
 
 def session_text(path: Path, assignments: tuple[str, ...], use_env: bool) -> str:
-    """The session file with its template variables filled in."""
+    """The session file with its template variables filled in.
+
+    Warns (on stderr) about each ``-e`` variable the file never uses: a misspelt name would
+    otherwise leave the value out unnoticed.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ClientError(f"cannot read {path}: {exc}") from exc
     variables = dict(os.environ) if use_env else {}
-    variables.update(parse_assignments(assignments))
-    return fill_template(text, variables, str(path))
+    given = parse_assignments(assignments)
+    variables.update(given)
+    filled = fill_template(text, variables, str(path))
+    for name in sorted(set(given) - used_variables(text)):
+        click.echo(f"casctl: warning: -e {name}: {path} does not use ${{{name}}}", err=True)
+    return filled
 
 
 def _parse(text: str, path: Path) -> Session:
-    return parse_session(text, str(path))
+    """The session in ``text``; each note on what it writes but this CAS ignores is printed."""
+    read = read_session(text, str(path))
+    for note in read.notes:
+        click.echo(f"casctl: note: {render(note)}", err=True)
+    return read.session
 
 
 def _signatures(paths: tuple[Path, ...]) -> list[dict[str, Any]]:
@@ -99,7 +112,7 @@ def replacing(text: str, session: Session, predecessor: str, path: Path) -> str:
     replaced, count = re.subn(
         r"^predecessor:[^\n]*$", f'predecessor: "{predecessor}"', text, flags=re.MULTILINE
     )
-    if count != 1 or _parse(replaced, path).predecessor != predecessor:
+    if count != 1 or read_session(replaced, str(path)).session.predecessor != predecessor:
         raise ClientError(
             f"{path}: cannot set its predecessor to {predecessor}: write it into the file's "
             "`predecessor` line yourself"

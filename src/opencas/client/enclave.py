@@ -276,16 +276,22 @@ class EnclaveClient:
         return _nonce_of(self._client.send("POST", ENCLAVE_NONCE_PATH))
 
     def attest(
-        self, config_id: ConfigId, nonce: str, public_key_der_b64: str, evidence: Evidence
+        self,
+        config_id: ConfigId,
+        nonce: str,
+        public_key_der_b64: str,
+        evidence: Evidence,
+        otp: str | None = None,
     ) -> SealedConfig:
-        """Post the attestation; return the CAS's sealed answer.
+        """Post the attestation (with the one-time password ``otp``, if given); return the
+        CAS's sealed answer.
 
         Raises :class:`AttestationRefused` with the CAS's check and message when it refuses
         (403 ``attestation-refused``), :class:`CasUnreachable` when it cannot be reached,
         :class:`ApiError` for other error answers, and :class:`ClientError` when the answer
         does not have exactly the string members ``kem`` and ``sealed``.
         """
-        body = _attest_body(config_id, nonce, public_key_der_b64, evidence)
+        body = _attest_body(config_id, nonce, public_key_der_b64, evidence, otp)
         try:
             response = self._client.send("POST", ENCLAVE_ATTEST_PATH, json_body=body)
         except ApiError as exc:
@@ -359,14 +365,21 @@ def _nonce_of(response: httpx.Response) -> str:
 
 
 def _attest_body(
-    config_id: ConfigId, nonce: str, public_key_der_b64: str, evidence: Evidence
+    config_id: ConfigId,
+    nonce: str,
+    public_key_der_b64: str,
+    evidence: Evidence,
+    otp: str | None = None,
 ) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "config_id": str(config_id),
         "nonce": nonce,
         "public_key": public_key_der_b64,
         "evidence": evidence.to_json(),
     }
+    if otp is not None:
+        body["otp"] = otp
+    return body
 
 
 def _refusal(error: ApiError) -> CasError:

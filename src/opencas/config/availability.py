@@ -96,6 +96,10 @@ class SessionLimits:
     """Session creations and updates one signing key may make at once, after being idle."""
     session_upload_identities: int = 10_000
     """Signing keys whose upload rate is tracked at once; the longest idle is forgotten first."""
+    otp_refusals_per_service: int = 5
+    """Refused one-time passwords one service may have within ``otp_refusal_window``."""
+    otp_refusal_window: float = 300.0
+    """Seconds over which a service's refused one-time passwords are counted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +340,8 @@ class _LimitsSection(BaseModel):
     session_uploads_per_minute: _Count = _SESSIONS.session_uploads_per_minute
     session_upload_burst: _Count = _SESSIONS.session_upload_burst
     session_upload_identities: _Count = _SESSIONS.session_upload_identities
+    otp_refusals_per_service: _Count = _SESSIONS.otp_refusals_per_service
+    otp_refusal_window: _Seconds = _SESSIONS.otp_refusal_window
 
     @field_validator("max_connections_per_source")
     @classmethod
@@ -372,6 +378,8 @@ class _LimitsSection(BaseModel):
             session_uploads_per_minute=self.session_uploads_per_minute,
             session_upload_burst=self.session_upload_burst,
             session_upload_identities=self.session_upload_identities,
+            otp_refusals_per_service=self.otp_refusals_per_service,
+            otp_refusal_window=self.otp_refusal_window,
         )
 
     def replay_cache(self) -> ReplayCacheLimits:
@@ -592,6 +600,10 @@ max_rendered_config_bytes = {sessions.max_rendered_config_bytes}
 session_uploads_per_minute = {sessions.session_uploads_per_minute}
 session_upload_burst = {sessions.session_upload_burst}
 session_upload_identities = {sessions.session_upload_identities}
+# Wrong or reused one-time passwords one service may give within a window of seconds, before
+# its attestations with a code are refused until the window has passed.
+otp_refusals_per_service = {sessions.otp_refusals_per_service}
+otp_refusal_window = {sessions.otp_refusal_window}
 
 [collateral]
 # What the CAS checks hardware evidence against (Intel DCAP collateral, AMD certificates;

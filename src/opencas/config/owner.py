@@ -228,6 +228,9 @@ _PemCertificate = Annotated[
 ]
 _Spid = Annotated[str, AfterValidator(_spid)]
 _Secret = Annotated[SecretStr, AfterValidator(_secret)]
+_IasIdentity = Annotated[
+    str, StringConstraints(min_length=1, max_length=4096, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
 
 # hide_input_in_errors keeps secrets out of a ValidationError's text, should one ever escape.
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True, hide_input_in_errors=True)
@@ -333,6 +336,9 @@ class IasConfig(BaseModel):
     linkable_quotes: bool = False
     sp_key: _Secret | None = None
     base_uri: _HttpsUrl | None = None
+    # SCONE's own spellings of the service address and of the client identity it presents.
+    base_url: _HttpsUrl | None = None
+    identity: _IasIdentity | None = None
 
 
 class OwnerConfig(BaseModel):

@@ -23,7 +23,15 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Literal, TypeAlias
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from opencas.crypto.keys import KeyType
 from opencas.crypto.x509 import canonical_san_entry
@@ -165,6 +173,70 @@ def check_valid_for(value: str) -> str:
     return value
 
 
+_SCONE_PERIOD = re.compile(
+    r"([0-9]{1,9})[ \t]*(h|hr|hrs|hours?|d|days?|w|weeks?|y|years?)", re.IGNORECASE
+)
+# SCONE reads periods as humantime does: a week is 7 days, a year 365.25 days (8766 hours).
+_PERIOD_UNITS = {"h": (1, "h"), "d": (1, "d"), "w": (7, "d"), "y": (8766, "h")}
+
+
+def canonical_valid_for(value: str) -> str:
+    """A validity period as SCONE writes it (``90 days``, ``2 weeks``, ``1 year``, ``48h``) in
+    the one spelling of the normal form, ``<N>d`` or ``<N>h``; checked as :func:`check_valid_for`.
+    """
+    match = _SCONE_PERIOD.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(
+            "expected a period such as '365d', '90 days', '2 weeks', '1 year' or '48h' (a whole "
+            f"number of hours, days, weeks or years), got {_quote(value)}"
+        )
+    factor, unit = _PERIOD_UNITS[match.group(2)[0].lower()]
+    return check_valid_for(f"{int(match.group(1)) * factor}{unit}")
+
+
+MAX_IMAGE_NAME_LENGTH = 512
+
+
+def check_image_name(value: str) -> str:
+    """An image name: 1 to 512 characters, no control characters, not blank.
+
+    Any such text is a name (SCONE's images are often named by registry references such as
+    ``registry.example/team/app:1.2``); what matters is that it is unique in the session.
+    """
+    if not value.strip() or len(value) > MAX_IMAGE_NAME_LENGTH or _has_control(value):
+        raise ValueError(
+            f"{_quote(value)} is not a valid image name: use 1 to {MAX_IMAGE_NAME_LENGTH} "
+            "characters without control characters"
+        )
+    return value
+
+
+OTP_MIN_SECRET_BYTES = 16
+OTP_MAX_SECRET_BYTES = 64
+_BASE32 = re.compile(r"[A-Z2-7]+")
+
+
+def check_otp_secret(value: str) -> str:
+    """A TOTP shared secret in its normal spelling: RFC 4648 base32 in uppercase, without
+    padding, of 16 to 64 bytes. The message never quotes the value: it is a secret."""
+    if not _BASE32.fullmatch(value) or len(value) * 5 // 8 < OTP_MIN_SECRET_BYTES:
+        raise ValueError(
+            "expected a base32 shared secret (letters A-Z and digits 2-7) of at least "
+            f"{OTP_MIN_SECRET_BYTES} bytes ({-(-OTP_MIN_SECRET_BYTES * 8 // 5)} characters)"
+        )
+    if len(value) * 5 // 8 > OTP_MAX_SECRET_BYTES or len(value) % 8 in (1, 3, 6):
+        raise ValueError(
+            f"expected a base32 shared secret of at most {OTP_MAX_SECRET_BYTES} bytes, in whole "
+            "bytes"
+        )
+    return value
+
+
+def canonical_otp_secret(value: str) -> str:
+    """A base32 secret as written (any case, spaces, ``=`` padding) in its normal spelling."""
+    return check_otp_secret("".join(value.split()).rstrip("=").upper())
+
+
 def check_permission(value: str) -> str:
     """A file permission in canonical spelling: ``0`` and three octal digits, as ``0600``."""
     if not _PERMISSION.fullmatch(value):
@@ -249,6 +321,8 @@ def _sorted_unique(values: tuple[str, ...]) -> tuple[str, ...]:
 
 SessionName = Annotated[str, AfterValidator(check_session_name)]
 ServiceName = Annotated[str, AfterValidator(check_service_name)]
+ImageName = Annotated[str, AfterValidator(check_image_name)]
+OtpSecret = Annotated[str, AfterValidator(check_otp_secret)]
 SecretName = Annotated[str, AfterValidator(check_secret_name)]
 Hex64 = Annotated[str, AfterValidator(check_hex64)]
 Hex96 = Annotated[str, AfterValidator(check_hex96)]
@@ -352,9 +426,14 @@ class Service(_Frozen):
     command: tuple[ProcessText, ...] = ()
     environment: dict[EnvironmentName, ProcessText] = Field(default_factory=dict)
     pwd: AbsolutePath | None = None
-    image_name: ServiceName | None = None
+    image_name: ImageName | None = None
     platforms: SortedHex64s = ()
     attestation: tuple[AttestationVariant, ...] = ()
+    one_time_password_shared_secret: OtpSecret | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_otp(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_unset_otp(handler(self))
 
 
 # --- secrets --------------------------------------------------------------------------------------
@@ -595,7 +674,7 @@ def _by_path(files: tuple[InjectionFile, ...]) -> tuple[InjectionFile, ...]:
 class Image(_Frozen):
     """A named set of injection files that services refer to with ``image_name``."""
 
-    name: ServiceName
+    name: ImageName
     injection_files: Annotated[tuple[InjectionFile, ...], AfterValidator(_by_path)] = ()
 
     @model_validator(mode="after")
@@ -730,6 +809,14 @@ class AccessPolicy(_Frozen):
 # --- security -------------------------------------------------------------------------------------
 
 
+def _drop_unset_otp(form: dict[str, Any]) -> dict[str, Any]:
+    # The key came after sessions were first hashed: it is left out when unset, so that every
+    # session without a one-time password keeps the normal form and hash it always had.
+    if form.get("one_time_password_shared_secret") is None:
+        form.pop("one_time_password_shared_secret", None)
+    return form
+
+
 class AttestationSecurity(_Frozen):
     """How strict attestation of this session's services is, and which findings it tolerates."""
 
@@ -742,6 +829,11 @@ class AttestationSecurity(_Frozen):
         tuple[Annotated[str, AfterValidator(check_advisory)], ...],
         AfterValidator(_sorted_unique),
     ] = ()
+    one_time_password_shared_secret: OtpSecret | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_otp(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_unset_otp(handler(self))
 
 
 class Security(_Frozen):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -72,10 +73,13 @@ from opencas.policy.model import (
     Session,
     Signer,
     SignerRule,
+    canonical_otp_secret,
+    canonical_valid_for,
     check_absolute_path,
     check_advisory,
     check_environment_name,
     check_hex,
+    check_image_name,
     check_no_nul,
     check_permission,
     check_secret_name,
@@ -83,7 +87,6 @@ from opencas.policy.model import (
     check_session_name,
     check_tolerated,
     check_u16,
-    check_valid_for,
     cross_reference_problems,
     secret_spec_problems,
 )
@@ -123,6 +126,15 @@ _SESSION_KEYS = (
     "access_policy",
     "security",
 )
+# What `scone session read` adds to a session's text: facts about the stored session, not part
+# of the policy. A text read back from SCONE is accepted with a note that they are ignored.
+_READ_BACK_KEYS = {
+    "creator": "the creator of a session here is whoever creates it",
+    "persistency": "this CAS always keeps its sessions in its encrypted store",
+    "created": "this CAS records a session's creation time itself",
+    "updated": "this CAS records a session's update time itself",
+    "hash": "this CAS computes the session hash from the text",
+}
 _SERVICE_KEYS = (
     "name",
     "command",
@@ -132,6 +144,7 @@ _SERVICE_KEYS = (
     "platforms",
     "attestation",
     "mrenclaves",
+    "one_time_password_shared_secret",
 )
 _VARIANT_KEYS = (
     "mrenclave",
@@ -170,7 +183,13 @@ _IMAGE_KEYS = ("name", "injection_files")
 _INJECTION_KEYS = ("path", "content", "permission")
 _ACCESS_KEYS = ("read", "update", "create_sessions")
 _SECURITY_KEYS = ("attestation",)
-_ATTESTATION_SECURITY_KEYS = ("mode", "tolerate", "ignore_advisories")
+_ATTESTATION_SECURITY_KEYS = (
+    "mode",
+    "tolerate",
+    "ignore_advisories",
+    "one_time_password_shared_secret",
+    "trusted_scone_qe_pubkeys",
+)
 
 _NOT_SUPPORTED = "is a SCONE feature that OpenCAS does not support; remove it"
 _UNSUPPORTED_VOLUMES = {
@@ -184,18 +203,20 @@ _UNSUPPORTED_SERVICE = {
 }
 _UNSUPPORTED_SECRET = {
     "otp": f"'otp' (one-time passwords) {_NOT_SUPPORTED}",
-    "import_akv": f"'import_akv' (import from Azure Key Vault) {_NOT_SUPPORTED}",
+    "import_akv": (
+        f"'import_akv' (import from Azure Key Vault) {_NOT_SUPPORTED}: this CAS does not reach "
+        "out to cloud key stores; give the value with 'value' or import it from another session"
+    ),
 }
 _UNSUPPORTED_KINDS = {
     "aad-token": f"kind 'aad-token' (Azure AD tokens) {_NOT_SUPPORTED}",
     "otp": f"kind 'otp' (one-time passwords) {_NOT_SUPPORTED}",
     "one-time-password": f"kind 'one-time-password' {_NOT_SUPPORTED}",
 }
-_UNSUPPORTED_ATTESTATION_SECURITY = {
-    "trusted_scone_qe_pubkeys": (
-        f"'trusted_scone_qe_pubkeys' (SCONE quoting enclaves) {_NOT_SUPPORTED}"
-    ),
-}
+_SCONE_QE_NOTE = (
+    "'trusted_scone_qe_pubkeys' is ignored: this CAS verifies DCAP quotes only (never quotes of "
+    "SCONE's own quoting enclave), so the session's services must attest with DCAP evidence"
+)
 _VERSION = re.compile(r"0\.3(?:\.(?:0|[1-9][0-9]{0,8}))?")
 _AT_LEAST = re.compile(r"require-at-least-([1-9][0-9]{0,3})")
 _PEM_BEGIN = "-----BEGIN "
@@ -210,6 +231,15 @@ _PLACEHOLDER_PLACES = (
 )
 
 
+@dataclass(frozen=True)
+class ReadSession:
+    """A session read from its text, and the notes about what the text wrote that this CAS
+    accepts but does not use (each ``Problem`` with its path, line and column)."""
+
+    session: Session
+    notes: tuple[Problem, ...] = ()
+
+
 def parse_session(text: str, source: str = "session", *, purpose: Purpose = "check") -> Session:
     """Read the session written in ``text`` (YAML) and return it validated and normalised.
 
@@ -218,6 +248,12 @@ def parse_session(text: str, source: str = "session", *, purpose: Purpose = "che
     Raises :class:`SessionError` — and never anything else — listing every problem found, each
     naming its key path and, where known, its line and column.
     """
+    return read_session(text, source, purpose=purpose).session
+
+
+def read_session(text: str, source: str = "session", *, purpose: Purpose = "check") -> ReadSession:
+    """:func:`parse_session`, also returning the notes on what the text wrote but this CAS
+    ignores (SCONE's ``session read`` fields, ``trusted_scone_qe_pubkeys``)."""
     try:
         document = parse_yaml(text.removeprefix("\ufeff"), source=source)
     except YamlSourceError as error:
@@ -233,7 +269,11 @@ def parse_session(text: str, source: str = "session", *, purpose: Purpose = "che
     session = reader.session(document.data, purpose)
     if reader.problems or session is None:
         raise SessionError(in_text_order(reader.problems), source=source)
-    return session
+    notes = [
+        Problem(source, note.line, note.column, note.message, note.key)
+        for note in in_text_order(reader.notes)
+    ]
+    return ReadSession(session, tuple(notes))
 
 
 def session_from_normal_form(obj: object, *, source: str = NORMAL_FORM_SOURCE) -> Session:
@@ -340,7 +380,10 @@ def _pydantic_words(item: ErrorDetails, _path: KeyPath) -> str:
 
 
 def is_secret_value(path: KeyPath) -> bool:
-    """Whether ``path`` holds a secret's value in a session (``secrets[i].value``)."""
+    """Whether ``path`` holds a secret value in a session: a secret's ``value``, or a
+    ``one_time_password_shared_secret``."""
+    if path and path[-1] == "one_time_password_shared_secret":
+        return True
     return len(path) == 3 and path[0] == "secrets" and path[2] == "value"
 
 
@@ -350,6 +393,7 @@ class _Reader:
     def __init__(self, document: YamlDocument) -> None:
         self.document = document
         self.problems: list[Problem] = []
+        self.notes: list[Problem] = []
 
     # --- reporting --------------------------------------------------------------------------
 
@@ -357,6 +401,11 @@ class _Reader:
         """Record a problem at ``path``: where its value is written, or else its key."""
         line, column = self.place(path, at_value=at_value)
         self.problems.append(Problem("", line, column, message, format_path(path)))
+
+    def note(self, path: KeyPath, message: str) -> None:
+        """Record that the text writes ``path``, which is accepted and ignored."""
+        line, column = self.place(path, at_value=False)
+        self.notes.append(Problem("", line, column, message, format_path(path)))
 
     def place(self, path: KeyPath, *, at_value: bool = True) -> tuple[int, int]:
         """The line and column of ``path``'s value (or its key), or of its nearest ancestor."""
@@ -469,7 +518,8 @@ class _Reader:
         text = self.string(path, value)
         if text is None:
             return None
-        return self.checked(path, text.lower(), lambda item: check_hex(item, digits))
+        # Checked in lowercase, but a complaint shows the value as it is written.
+        return self.checked(path, text, lambda item: _hex_as_written(item, digits))
 
     def digests(self, path: KeyPath, value: object, digits: int) -> tuple[str, ...]:
         """One hex digest or a list of them, lowercased."""
@@ -486,7 +536,15 @@ class _Reader:
                 f"a session is a mapping with the keys {', '.join(_SESSION_KEYS)}; got {got}",
             )
             return None
-        top = self.mapping((), data, _SESSION_KEYS, "the session", _UNSUPPORTED_VOLUMES)
+        policy = {key: item for key, item in data.items() if key not in _READ_BACK_KEYS}
+        for key in data:
+            if key in _READ_BACK_KEYS:
+                self.note(
+                    (key,),
+                    f"'{key}' is what SCONE's `session read` reports about a stored session; it "
+                    f"is not part of the policy and is ignored ({_READ_BACK_KEYS[key]})",
+                )
+        top = self.mapping((), policy, _SESSION_KEYS, "the session", _UNSUPPORTED_VOLUMES)
         if top is None:
             return None
         name_value = self.require((), top, "name")
@@ -506,10 +564,14 @@ class _Reader:
         self.stray_placeholders(data, ())
         self.certificate_values(secrets, secret_paths)
         paths = {"services": service_paths, "secrets": secret_paths, "images": image_paths}
+        written = _written_names(data)
         for (collection, index, field), message in cross_reference_problems(
             services, secrets, images
         ):
-            self.fail((*paths[str(collection)][int(index)], str(field)), message)
+            path = (*paths[str(collection)][int(index)], str(field))
+            if _refers_to_broken_part(data, path, field, written, services, secrets, images):
+                continue  # the part it names has its own error, reported there
+            self.fail(path, message)
         if self.problems or name is None or version is None or access is None or security is None:
             return None
         return self.build(
@@ -535,6 +597,13 @@ class _Reader:
         if isinstance(value, str) and _VERSION.fullmatch(value):
             return SESSION_LANGUAGE_VERSION
         shown = repr(value[:20]) if isinstance(value, str) else describe(value)
+        if value in ("0.2", 0.2) or (isinstance(value, str) and value.startswith("0.2.")):
+            self.fail(
+                path,
+                f"session language version {shown} is SCONE's older language, which OpenCAS "
+                'does not read; rewrite the session in version "0.3"',
+            )
+            return None
         self.fail(
             path,
             f'unsupported session language version {shown}; OpenCAS reads version "0.3" '
@@ -594,10 +663,19 @@ class _Reader:
             environment = self.environment((*path, "environment"), data["environment"], kinds)
         pwd = None
         if "pwd" in data:
-            pwd = self.placeholder_text((*path, "pwd"), data["pwd"], kinds, check_absolute_path)
+            pwd = self.placeholder_text(
+                (*path, "pwd"), _without_final_slash(data["pwd"]), kinds, check_absolute_path
+            )
         image_name = None
         if "image_name" in data:
-            image_name = self.name_reference((*path, "image_name"), data["image_name"])
+            text = self.string((*path, "image_name"), data["image_name"])
+            if text is not None:
+                image_name = self.checked((*path, "image_name"), text, check_image_name)
+        otp_secret = None
+        if "one_time_password_shared_secret" in data:
+            otp_secret = self.otp_secret(
+                (*path, "one_time_password_shared_secret"), data["one_time_password_shared_secret"]
+            )
         platforms: tuple[str, ...] = ()
         if "platforms" in data:
             found = [
@@ -620,6 +698,7 @@ class _Reader:
             image_name=image_name,
             platforms=platforms,
             attestation=attestation,
+            one_time_password_shared_secret=otp_secret,
         )
 
     def name(
@@ -631,9 +710,10 @@ class _Reader:
         text = self.string((*path, "name"), value)
         return None if text is None else self.checked((*path, "name"), text, check)
 
-    def name_reference(self, path: KeyPath, value: object) -> str | None:
+    def otp_secret(self, path: KeyPath, value: object) -> str | None:
+        """A TOTP shared secret (base32), in its normal spelling."""
         text = self.string(path, value)
-        return None if text is None else self.checked(path, text, check_service_name)
+        return None if text is None else self.checked(path, text, canonical_otp_secret)
 
     def command(
         self, path: KeyPath, value: object, kinds: Mapping[str, SecretKind | None]
@@ -673,9 +753,13 @@ class _Reader:
         result: dict[str, str] = {}
         for key, item in value.items():
             item_path = (*path, key)
-            if self.checked(item_path, key, check_environment_name) is None:
+            if self.checked(item_path, key, check_environment_name) is None or item is None:
                 continue
-            text = self.placeholder_text(item_path, item, kinds, check_no_nul)
+            written = item
+            if isinstance(item, bool | int | float):
+                # SCONE passes an unquoted number or boolean as the text it is written as.
+                written = self.document.scalar_texts.get(item_path, str(item))
+            text = self.placeholder_text(item_path, written, kinds, check_no_nul)
             if text is not None:
                 result[key] = text
         return result
@@ -729,9 +813,11 @@ class _Reader:
         if "mrenclaves" not in data:
             return tuple(variants)
         legacy_path = (*path, "mrenclaves")
+        before = len(self.problems)
         legacy = self.digests(legacy_path, data["mrenclaves"], 64)
         if not legacy:
-            self.fail(legacy_path, "expected at least one MRENCLAVE")
+            if len(self.problems) == before:  # else each bad value is reported already
+                self.fail(legacy_path, "expected at least one MRENCLAVE")
             return tuple(variants)
         if not variants and "attestation" not in data:
             return (AttestationVariant(mrenclave=legacy),)
@@ -755,8 +841,9 @@ class _Reader:
         fields: dict[str, Any] = {}
         for key in ("mrenclave", "simulated_measurement"):
             if key in data:
+                before_key = len(self.problems)
                 fields[key] = self.digests((*path, key), data[key], 64)
-                if not fields[key]:
+                if not fields[key] and len(self.problems) == before_key:
                     self.fail((*path, key), "expected at least one measurement")
         for key, digits in (
             ("mrtd", 96),
@@ -863,9 +950,9 @@ class _Reader:
         return None if text is None else self.checked(path, text, check_secret_name)
 
     def valid_for(self, path: KeyPath, value: object) -> str | None:
-        """A validity period such as ``365d``."""
+        """A validity period such as ``365d`` or SCONE's ``90 days``, as ``<N>d`` or ``<N>h``."""
         text = self.string(path, value)
-        return None if text is None else self.checked(path, text, check_valid_for)
+        return None if text is None else self.checked(path, text, canonical_valid_for)
 
     def kind(self, path: KeyPath, data: Mapping[str, object]) -> SecretKind | None:
         kind_path = (*path, "kind")
@@ -1042,7 +1129,7 @@ class _Reader:
         data = self.mapping(path, value, _IMAGE_KEYS, "an image", _UNSUPPORTED_VOLUMES)
         if data is None:
             return None
-        name = self.name(path, data, check_service_name)
+        name = self.name(path, data, check_image_name)
         files: list[InjectionFile] = []
         seen: dict[str, KeyPath] = {}
         if "injection_files" in data:
@@ -1272,16 +1359,17 @@ class _Reader:
             value,
             _ATTESTATION_SECURITY_KEYS,
             "attestation settings",
-            _UNSUPPORTED_ATTESTATION_SECURITY,
         )
         if data is None:
             return None
-        fields: dict[str, Any] = {}
+        fields = self.scone_attestation_fields(path, data)
         if "mode" in data:
             text = self.string((*path, "mode"), data["mode"])
             if text == "maa":
                 self.fail(
-                    (*path, "mode"), f"mode 'maa' (Microsoft Azure Attestation) {_NOT_SUPPORTED}"
+                    (*path, "mode"),
+                    f"mode 'maa' (Microsoft Azure Attestation) {_NOT_SUPPORTED}: this CAS "
+                    "verifies the evidence itself and trusts no remote attestation service",
                 )
             elif text is not None:
                 fields["mode"] = self.choice((*path, "mode"), text, ("hardware", "none"))
@@ -1306,6 +1394,17 @@ class _Reader:
         if len(self.problems) > before:
             return None
         return self.build(path, AttestationSecurity, **fields)
+
+    def scone_attestation_fields(self, path: KeyPath, data: Mapping[str, object]) -> dict[str, Any]:
+        """The one-time password secret, and a note for SCONE's quoting-enclave keys."""
+        fields: dict[str, Any] = {}
+        if "trusted_scone_qe_pubkeys" in data:
+            self.note((*path, "trusted_scone_qe_pubkeys"), _SCONE_QE_NOTE)
+        if "one_time_password_shared_secret" in data:
+            fields["one_time_password_shared_secret"] = self.otp_secret(
+                (*path, "one_time_password_shared_secret"), data["one_time_password_shared_secret"]
+            )
+        return fields
 
     # --- placeholders outside their places ------------------------------------------------
 
@@ -1386,6 +1485,67 @@ def _with_defaults(kind: SecretKind | None, fields: dict[str, Any]) -> dict[str,
     ):
         filled["key_type"] = DEFAULT_KEY_TYPE
     return filled
+
+
+def _hex_as_written(text: str, digits: int) -> str:
+    """``text`` in lowercase if it is ``digits`` hex digits; else the complaint quotes ``text``."""
+    try:
+        return check_hex(text.lower(), digits)
+    except ValueError:
+        check_hex(text, digits)  # raises, quoting the text as written
+        raise
+
+
+def _without_final_slash(value: object) -> object:
+    """A ``pwd`` as SCONE accepts it, with a final ``/``: the directory without it."""
+    if isinstance(value, str) and len(value) > 1 and value.endswith("/"):
+        return value.rstrip("/") or "/"
+    return value
+
+
+def _written_names(data: Mapping[Any, object]) -> dict[str, set[str]]:
+    """The names the text writes for its services, secrets and images, valid or not."""
+    names: dict[str, set[str]] = {}
+    for collection in ("services", "secrets", "images"):
+        items = data.get(collection)
+        names[collection] = {
+            item["name"]
+            for item in (items if isinstance(items, list) else ())
+            if isinstance(item, dict) and isinstance(item.get("name"), str)
+        }
+    return names
+
+
+def _refers_to_broken_part(
+    data: Mapping[Any, object],
+    path: KeyPath,
+    field: object,
+    written: Mapping[str, set[str]],
+    services: Sequence[Service],
+    secrets: Sequence[SecretSpec],
+    images: Sequence[Image],
+) -> bool:
+    """Whether a broken reference at ``path`` names a part the text writes but that did not
+    build (it has its own error): then "no image called X" would only mislead."""
+    target_collection = {"image_name": "images", "private_key": "secrets", "issuer": "secrets"}
+    collection = target_collection.get(str(field))
+    if collection is None:
+        return False
+    named = _value_at(data, path)
+    built = {item.name for item in (images if collection == "images" else secrets)}
+    del services
+    return isinstance(named, str) and named in written[collection] and named not in built
+
+
+def _value_at(data: object, path: KeyPath) -> object:
+    for part in path:
+        if isinstance(data, dict) and isinstance(part, str):
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
 
 
 def _canonical_permission(text: str) -> str:

@@ -92,9 +92,13 @@ class SealedAnswer:
 
 
 def attest(
-    client: EnclaveClient, exchange: WorkloadExchange, provider: EvidenceProvider
+    client: EnclaveClient,
+    exchange: WorkloadExchange,
+    provider: EvidenceProvider,
+    otp: str | None = None,
 ) -> SealedAnswer:
-    """Ask for a nonce, get evidence from ``provider`` and attest; the answer is not opened.
+    """Ask for a nonce, get evidence from ``provider`` and attest (with the one-time password
+    ``otp``, if given); the answer is not opened.
 
     Raises :class:`~opencas.client.channel.CasUnreachable`,
     :class:`~opencas.errors.AttestationRefused` when the CAS refuses, and
@@ -103,7 +107,7 @@ def attest(
     nonce = client.nonce()
     evidence = exchange.evidence(nonce, provider)
     return SealedAnswer(
-        nonce, client.attest(exchange.config_id, nonce, exchange.public_key, evidence)
+        nonce, client.attest(exchange.config_id, nonce, exchange.public_key, evidence, otp)
     )
 
 
@@ -118,12 +122,16 @@ async def attest_async(
 
 
 def fetch_configuration(
-    client: EnclaveClient, config_id: ConfigId, provider: EvidenceProvider
+    client: EnclaveClient,
+    config_id: ConfigId,
+    provider: EvidenceProvider,
+    otp: str | None = None,
 ) -> AttestedWorkload:
-    """Attest to the CAS behind ``client`` as ``config_id`` with evidence from ``provider``.
+    """Attest to the CAS behind ``client`` as ``config_id`` with evidence from ``provider``
+    (and the one-time password ``otp``, for a service that needs one).
 
     Makes a fresh key, attests (:func:`attest`) and returns the opened configuration with the
     key. Raises what :func:`attest` and :meth:`WorkloadExchange.open` raise.
     """
     exchange = WorkloadExchange.new(config_id)
-    return AttestedWorkload(exchange.open(attest(client, exchange, provider)), exchange.key)
+    return AttestedWorkload(exchange.open(attest(client, exchange, provider, otp)), exchange.key)

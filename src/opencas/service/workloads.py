@@ -20,7 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,6 +52,7 @@ from opencas.policy.model import InjectionFile, Service, Session
 from opencas.policy.placeholders import Placeholder, find_placeholders, render
 from opencas.policy.secret_values import SecretValue, render_value
 from opencas.service.cas import Cas
+from opencas.service.otp_guard import OtpGuard
 from opencas.service.session_limits import RenderBudget
 from opencas.service.sessions import imported_values, load_secret_values, load_session
 from opencas.store.base import Reader
@@ -121,18 +122,22 @@ class WorkloadRequest:
     nonce: str
     public_key: str
     evidence: Mapping[str, Any]
+    otp: str | None = field(default=None, repr=False)
 
 
-def attest_workload(cas: Cas, nonces: NonceStore, request: WorkloadRequest) -> SealedConfig:
+def attest_workload(
+    cas: Cas, nonces: NonceStore, request: WorkloadRequest, otp_guard: OtpGuard | None = None
+) -> SealedConfig:
     """Attest a workload and return its sealed configuration.
 
     Refuses with :class:`AttestationRefused` (a check name and a reason that reveals no secrets
     and no other service), :class:`EvidenceError` for evidence that does not verify,
     :class:`NotFoundError` for an unknown session or service, :class:`InvalidRequest` for a
     malformed key or evidence. The decision, either way, is in the audit log before it is
-    answered (``workload_attested`` or ``workload_refused``).
+    answered (``workload_attested`` or ``workload_refused``). A service with a one-time password
+    needs ``request.otp`` to pass ``otp_guard`` (check ``otp``); without a guard it is refused.
     """
-    return decide_workload(cas, nonces, request).answer()
+    return decide_workload(cas, nonces, request, otp_guard).answer()
 
 
 @dataclass(frozen=True)
@@ -156,7 +161,9 @@ class WorkloadDecision:
         return self.sealed
 
 
-def decide_workload(cas: Cas, nonces: NonceStore, request: WorkloadRequest) -> WorkloadDecision:
+def decide_workload(
+    cas: Cas, nonces: NonceStore, request: WorkloadRequest, otp_guard: OtpGuard | None = None
+) -> WorkloadDecision:
     """Decide a workload's attestation and write the decision to the audit log (see
     :func:`attest_workload`); a malformed request raises :class:`InvalidRequest` unlogged."""
     config_id = request.config_id
@@ -164,7 +171,7 @@ def decide_workload(cas: Cas, nonces: NonceStore, request: WorkloadRequest) -> W
     evidence = Evidence.from_json(dict(request.evidence))
     grounds = _Grounds(evidence, cas.clock())
     try:
-        sealed = _attest(cas, nonces, request, public_key_der, evidence, grounds)
+        sealed = _attest(cas, nonces, request, public_key_der, evidence, grounds, otp_guard)
     except (AttestationRefused, EvidenceError, NotFoundError) as exc:
         check = getattr(exc, "check", "service")
         details = grounds.details() | {"check": check, "reason": exc.message}
@@ -215,6 +222,7 @@ def _attest(
     public_key_der: bytes,
     evidence: Evidence,
     grounds: _Grounds,
+    otp_guard: OtpGuard | None,
 ) -> SealedConfig:
     config_id = request.config_id
     nonces.consume(request.nonce)
@@ -236,6 +244,7 @@ def _attest(
         check_workload(
             verified, service, stored.session.security.attestation, cas_debug=cas.platform.debug
         )
+        _check_otp(otp_guard, str(config_id), stored.session, service, request.otp)
         values = _values(view, stored.session, config_id.session, stored.record.hash)
         config = _render(
             stored.session,
@@ -247,6 +256,25 @@ def _attest(
         )
     plaintext = canonical_json({"config_id": str(config_id), **config})
     return seal_workload_config(public_key_der, plaintext, str(config_id), request.nonce)
+
+
+def _check_otp(
+    guard: OtpGuard | None, service_ref: str, session: Session, service: Service, code: str | None
+) -> None:
+    """The one-time password check, for a service whose session asks for one."""
+    shared_secret = (
+        service.one_time_password_shared_secret
+        or session.security.attestation.one_time_password_shared_secret
+    )
+    if shared_secret is None:
+        return
+    if guard is None:
+        raise AttestationRefused(
+            "otp",
+            f"the service {service_ref} requires a one-time password, which this "
+            "endpoint cannot check",
+        )
+    guard.check(service_ref, shared_secret, code)
 
 
 def _public_key_der(encoded: str) -> bytes:

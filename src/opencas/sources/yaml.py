@@ -115,11 +115,14 @@ class YamlDocument:
     ``positions`` maps each mapping entry's key path to where its key is written, each sequence
     item's path to where the item starts, and ``()`` to where the root value starts (if any).
     ``value_positions`` maps each mapping entry's key path to where its value starts.
+    ``scalar_texts`` maps the path of each unquoted scalar that became a number, a boolean or
+    null to its text as written (``1.50``, ``True``), for readers that take it as text.
     """
 
     data: object
     positions: Mapping[KeyPath, Position] = field(default_factory=dict)
     value_positions: Mapping[KeyPath, Position] = field(default_factory=dict)
+    scalar_texts: Mapping[KeyPath, str] = field(default_factory=dict)
 
     def position(self, path: KeyPath) -> Position | None:
         """Where ``path`` is written, or else its nearest written ancestor; ``None`` if neither.
@@ -175,7 +178,9 @@ def parse_yaml(
         raise YamlSourceError([too_deep], too_deep) from None
     if builder.problems:
         raise YamlSourceError(builder.problems)
-    return YamlDocument(builder.root, builder.positions, builder.value_positions)
+    return YamlDocument(
+        builder.root, builder.positions, builder.value_positions, builder.scalar_texts
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +256,7 @@ class _Builder:
         self.documents = 0
         self.positions: dict[KeyPath, Position] = {}
         self.value_positions: dict[KeyPath, Position] = {}
+        self.scalar_texts: dict[KeyPath, str] = {}
         self.problems: list[Problem] = []
 
     def feed(self, event: Event, yaml: YAML) -> None:
@@ -279,6 +285,8 @@ class _Builder:
             self._complete(None, role, path, record, start)
         elif isinstance(event, ScalarEvent):
             value = self._scalar(event, yaml, path, start, is_key=role == "key")
+            if role != "key" and not isinstance(value, str):
+                self.scalar_texts[path] = str(event.value)
             self._complete(value, role, path, record, start)
         else:
             self._open(event, role, path, record, start)

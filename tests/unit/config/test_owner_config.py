@@ -363,7 +363,7 @@ def test_unknown_key_in_ias_is_refused() -> None:
 
     assert message == (
         "owner.toml:6: [ias] quote_type: unknown key; "
-        "expected one of: base_uri, linkable_quotes, sp_key, spid"
+        "expected one of: base_uri, base_url, identity, linkable_quotes, sp_key, spid"
     )
 
 

@@ -13,6 +13,7 @@ from opencas.api.offload import WorkerLane
 from opencas.api.routes.bodies import StrictBody
 from opencas.attestation.workload_binding import ConfigId
 from opencas.service.cas import Cas
+from opencas.service.otp_guard import OtpGuard
 from opencas.service.workloads import (
     NONCE_LIFETIME,
     NonceStore,
@@ -38,12 +39,14 @@ class EnclaveAttestRequest(StrictBody):
     nonce: str = Field(pattern=r"^[0-9a-f]{64}$")
     public_key: str = Field(min_length=1, max_length=1024)
     evidence: dict[str, Any]
+    otp: str | None = Field(default=None, pattern=r"^[0-9]{1,10}$")
 
 
 def workloads_router(cas: Cas, lane: WorkerLane) -> APIRouter:
     """``POST /v1/enclave/nonce`` and ``POST /v1/enclave/attest``, attesting in ``lane``."""
     router = APIRouter()
     nonces = NonceStore()
+    otp_guard = OtpGuard(cas.config.session_limits)
 
     @router.post("/v1/enclave/nonce")
     async def nonce() -> dict[str, Any]:
@@ -57,8 +60,10 @@ def workloads_router(cas: Cas, lane: WorkerLane) -> APIRouter:
     @router.post("/v1/enclave/attest")
     async def attest(body: EnclaveAttestRequest) -> dict[str, str]:
         """Attest a workload; answer its configuration, HPKE-sealed to its public key."""
-        request = WorkloadRequest(body.config_id, body.nonce, body.public_key, body.evidence)
-        decision = await lane.run(decide_workload, cas, nonces, request)
+        request = WorkloadRequest(
+            body.config_id, body.nonce, body.public_key, body.evidence, body.otp
+        )
+        decision = await lane.run(decide_workload, cas, nonces, request, otp_guard)
         if decision.durable.future is not None:
             await asyncio.wrap_future(decision.durable.future)
         sealed = decision.answer()
