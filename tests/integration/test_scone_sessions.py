@@ -1,0 +1,162 @@
+"""SCONE-written sessions (tests/data/sessions/scone/) against a real CAS: each is checked,
+created and read back unchanged; a one-time-password service runs only with a fresh code."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from opencas.crypto.otp import OTP_STEP, otp_code
+from opencas.policy.model import canonical_otp_secret
+from opencas.policy.parse import parse_session
+
+CORPUS = Path(__file__).parent.parent / "data" / "sessions" / "scone"
+VARIABLES = {
+    "SESSION_NAME": "templated",
+    "SERVICE_NAME": "db-client",
+    "DATABASE": "orders",
+    "MEASUREMENT": "cd" * 32,
+}
+
+Casctl = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def casctl(attested_casctl: Callable[[Path], Casctl], tmp_path: Path) -> Casctl:
+    return attested_casctl(tmp_path / "home")
+
+
+def created_hash(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"hash ([0-9a-f]{64})", result.stdout)
+    assert match, result.stdout
+    return match.group(1)
+
+
+def test_each_corpus_session_checks_creates_and_reads_back(casctl: Casctl, tmp_path: Path) -> None:
+    variables = [f"-e{name}={value}" for name, value in VARIABLES.items()]
+    files = sorted(CORPUS.glob("*.yaml"))
+    assert len(files) >= 7
+    for path in files:
+        used = [item for item in variables if item.split("=")[0][2:] in path.read_text()]
+        checked = casctl("session", "check", str(path), *used)
+        assert checked.returncode == 0, (path.name, checked.stderr)
+        assert "warning" not in checked.stderr, checked.stderr
+        offline = casctl("session", "hash", str(path), *used).stdout.strip()
+        server_hash = created_hash(casctl("session", "create", str(path), *used))
+        assert server_hash == offline, path.name
+        name = re.search(r"session (\S+) is valid", checked.stdout)
+        assert name, checked.stdout
+        read_back = tmp_path / f"read-{path.name}"
+        read = casctl("session", "read", name.group(1), "-o", str(read_back))
+        assert read.returncode == 0, read.stderr
+        hash_line, _, text = read_back.read_text().partition("\n")
+        assert hash_line == f"# hash: {server_hash}"
+        assert parse_session(text) == parse_session(
+            path.read_text()
+            .replace("$SESSION_NAME", VARIABLES["SESSION_NAME"])
+            .replace("${SERVICE_NAME}", VARIABLES["SERVICE_NAME"])
+            .replace("$DATABASE", VARIABLES["DATABASE"])
+            .replace("$MEASUREMENT", VARIABLES["MEASUREMENT"])
+        )
+        verified = casctl("session", "verify", str(read_back))
+        assert verified.returncode == 0, (path.name, verified.stderr)
+
+
+def test_an_unused_template_variable_is_a_warning(casctl: Casctl) -> None:
+    checked = casctl("session", "check", str(CORPUS / "otp-session.yaml"), "-e", "UNUSED=1")
+
+    assert checked.returncode == 0, checked.stderr
+    assert "warning: -e UNUSED" in checked.stderr
+
+
+def test_read_back_fields_are_noted(casctl: Casctl) -> None:
+    checked = casctl("session", "check", str(CORPUS / "read-back.yaml"))
+
+    assert checked.returncode == 0, checked.stderr
+    notes = [line for line in checked.stderr.splitlines() if line.startswith("casctl: note: ")]
+    assert [note.split(": ")[3] for note in notes] == [
+        "creator",
+        "persistency",
+        "security.attestation.trusted_scone_qe_pubkeys",
+    ]
+
+
+PROGRAM = """\
+import hashlib, os
+print("token-sha256", hashlib.sha256(os.environ["CONSOLE_TOKEN"].encode()).hexdigest())
+"""
+
+
+def fresh_code(secret: str) -> str:
+    """The current code, taken where it stays current for the next few seconds."""
+    if time.time() % OTP_STEP > OTP_STEP - 5:
+        time.sleep(OTP_STEP - time.time() % OTP_STEP + 0.1)  # clock arithmetic, not a server
+    return otp_code(secret, time.time())
+
+
+def test_a_one_time_password_service_runs_once_per_code(casctl: Casctl, tmp_path: Path) -> None:
+    path = CORPUS / "otp-session.yaml"
+    assert casctl("session", "create", str(path)).returncode == 0
+    secret = canonical_otp_secret(
+        re.search(r"one_time_password_shared_secret: (.*)", path.read_text()).group(1)  # type: ignore[union-attr]
+    )
+    program = tmp_path / "console.py"
+    program.write_text(PROGRAM)
+    run = ("run", "--config-id", "otp-console/console", "--otp")
+
+    code = fresh_code(secret)
+    ran = casctl(*run, code, "--", sys.executable, str(program))
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith("token-sha256 ")
+
+    reused = casctl(*run, code, "--", sys.executable, str(program))
+    assert reused.returncode == 4
+    assert reused.stderr.startswith("casctl: error: attestation refused (otp): ")
+    assert "used already" in reused.stderr
+    assert reused.stdout == ""
+
+    missing = casctl(
+        "run", "--config-id", "otp-console/console", "--", sys.executable, str(program)
+    )
+    assert missing.returncode == 4
+    assert "requires a one-time password" in missing.stderr
+
+    wrong = f"{(int(code) + 500_000) % 1_000_000:06d}"
+    refusals = 1  # the reused code
+    while refusals < 5:
+        refused = casctl(*run, wrong, "--", sys.executable, str(program))
+        assert refused.returncode == 4
+        assert "(otp)" in refused.stderr and "wrong or expired" in refused.stderr
+        assert secret not in refused.stderr
+        refusals += 1
+    limited = casctl(*run, fresh_code(secret), "--", sys.executable, str(program))
+    assert limited.returncode != 0
+    assert "too many wrong one-time passwords" in limited.stderr
+    assert limited.stdout == ""
+
+    # The limit is per service: another session's service still runs with its own code.
+    per_service = CORPUS / "otp-service.yaml"
+    assert casctl("session", "create", str(per_service)).returncode == 0
+    operator_secret = "MGNVWS2SFOKEWZBASXYQNMBWOWDQTQR3"
+    program.write_text(PROGRAM.replace("CONSOLE_TOKEN", "OPERATOR_KEY"))
+    operator = casctl(
+        "run",
+        "--config-id",
+        "otp-operator/operator-tool",
+        "--otp",
+        fresh_code(operator_secret),
+        "--",
+        sys.executable,
+        str(program),
+    )
+    assert operator.returncode == 0, operator.stderr
+    key_hex = operator.stdout.split()[1]
+    assert len(key_hex) == 64 and key_hex != hashlib.sha256(b"").hexdigest()
