@@ -134,7 +134,8 @@ def test_a_one_time_password_service_runs_once_per_code(casctl: Casctl, tmp_path
     while refusals < 5:
         refused = casctl(*run, wrong, "--", sys.executable, str(program))
         assert refused.returncode == 4
-        assert "(otp)" in refused.stderr and "wrong or expired" in refused.stderr
+        assert "(otp)" in refused.stderr
+        assert "wrong or expired" in refused.stderr
         assert secret not in refused.stderr
         refusals += 1
     limited = casctl(*run, fresh_code(secret), "--", sys.executable, str(program))
@@ -159,4 +160,5 @@ def test_a_one_time_password_service_runs_once_per_code(casctl: Casctl, tmp_path
     )
     assert operator.returncode == 0, operator.stderr
     key_hex = operator.stdout.split()[1]
-    assert len(key_hex) == 64 and key_hex != hashlib.sha256(b"").hexdigest()
+    assert len(key_hex) == 64
+    assert key_hex != hashlib.sha256(b"").hexdigest()

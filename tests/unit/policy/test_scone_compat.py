@@ -79,7 +79,8 @@ def test_an_image_with_its_own_error_is_not_also_missing() -> None:
         "    image_name: web\n"
     )
 
-    assert len(found) == 1 and found[0].startswith("images[0].colour: unknown key")
+    assert len(found) == 1
+    assert found[0].startswith("images[0].colour: unknown key")
 
 
 def test_an_image_that_is_not_written_is_missing() -> None:
