@@ -23,6 +23,10 @@ The rules (shared spec, "Runtime"):
   A ``--pass-env`` name that changes what code runs is refused
   (:mod:`opencas.runtime.passed_environment`).
 - ``pwd``: the working directory; a directory of injection files means its private copy.
+- Host values (SCONE's ``@@N`` and ``@@NAME``, :mod:`opencas.runtime.host_values`): in the
+  session's command, environment values and ``pwd``, ``@@N`` is the user's N-th argument after
+  the program and ``@@NAME`` casctl's variable NAME; a session variable that takes a host value
+  must be one ``--pass-env`` could pass.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from types import FrameType, MappingProxyType
 
@@ -48,6 +52,7 @@ from opencas.client.enclave import WorkloadConfig
 from opencas.crypto.pem import private_key_pem
 from opencas.errors import ClientError
 from opencas.policy.model import check_environment_name
+from opencas.runtime.host_values import HOST_VALUE, fill_host_values
 from opencas.runtime.measure import ResolvedProgram, find_executable, script_argument
 from opencas.runtime.passed_environment import ALWAYS_PASSED, check_passable
 
@@ -278,6 +283,32 @@ def _environment(
     return environment
 
 
+def _with_host_values(
+    config: WorkloadConfig, arguments: Sequence[str], environment: Mapping[str, str]
+) -> WorkloadConfig:
+    """``config`` with its ``@@N`` and ``@@NAME`` filled in from the user's command line and
+    casctl's environment (before anything else is decided, so every check sees the result)."""
+    for name, value in config.environment.items():
+        if HOST_VALUE.search(value):
+            try:
+                check_passable(name)
+            except ValueError as exc:
+                raise ClientError(f"environment {name} takes a host value (@@): {exc}") from exc
+    return replace(
+        config,
+        command=tuple(
+            fill_host_values(item, arguments, environment, "command") for item in config.command
+        ),
+        environment={
+            name: fill_host_values(value, arguments, environment, f"environment {name}")
+            for name, value in config.environment.items()
+        },
+        pwd=None
+        if config.pwd is None
+        else fill_host_values(config.pwd, arguments, environment, "pwd"),
+    )
+
+
 def plan_launch(
     config: WorkloadConfig,
     program: ResolvedProgram,
@@ -303,6 +334,7 @@ def plan_launch(
     if not user_argv:
         raise ClientError("no program given")
     files = _planned_files(config, workload_key)
+    config = _with_host_values(config, user_argv[1:], parent_environment)
     mapped = path_mapper(private_root, [item.path for item in config.injection_files])
     if config.command:
         _check_executable(config.command[0], program, user_argv[0])

@@ -1007,3 +1007,18 @@ def test_arbitrary_structures_validate_or_raise_config_error(data: dict[str, Any
     again = owner_config_from_normal_form(config.normal_form())
     assert again == config
     assert owner_config_sha256(again) == owner_config_sha256(config)
+
+
+def test_scone_ias_base_url_and_identity_are_accepted_with_the_warning() -> None:
+    loaded = parse_owner_config(
+        '[ias]\nbase_url = "https://ias.example/attestation/v4"\nidentity = "my-ias-client"\n',
+        "owner.toml",
+        "toml",
+    )
+
+    assert loaded.warnings == (f"owner.toml:1: {IAS_END_OF_LIFE}",)
+    assert loaded.config.ias is not None
+    assert loaded.config.ias.base_url == "https://ias.example/attestation/v4"
+    assert loaded.config.ias.identity == "my-ias-client"
+    rewritten = owner_config_from_normal_form(json.loads(json.dumps(loaded.config.normal_form())))
+    assert rewritten == loaded.config

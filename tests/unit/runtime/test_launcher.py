@@ -538,3 +538,32 @@ def test_program_that_cannot_start(tmp_path: Path, root: Path) -> None:
 def test_remove_missing_directory_is_fine(tmp_path: Path) -> None:
     remove_private_directory(tmp_path / "absent")
     assert os.path.exists(tmp_path)
+
+
+# --- host values (@@N, @@NAME) -------------------------------------------------------------------
+
+
+def test_host_arguments_and_variables_fill_the_session_command(
+    tool: ResolvedProgram, root: Path
+) -> None:
+    workload = config(
+        command=("tool", "--in", "@@1", "--lang=@@LANG"),
+        environment={"TARGET": "@@2", "FIXED": "x"},
+    )
+    result = plan(workload, tool, ["tool", "a.txt", "b.txt"], root)
+
+    assert result.argv == (str(tool.executable), "--in", "a.txt", f"--lang={PARENT_ENV['LANG']}")
+    assert result.environment["TARGET"] == "b.txt"
+    assert result.environment["FIXED"] == "x"
+
+
+def test_a_missing_host_argument_refuses_to_start(tool: ResolvedProgram, root: Path) -> None:
+    with pytest.raises(ClientError, match="uses @@2"):
+        plan(config(command=("tool", "@@2")), tool, ["tool", "only-one"], root)
+
+
+def test_a_code_changing_variable_may_not_take_a_host_value(
+    tool: ResolvedProgram, root: Path
+) -> None:
+    with pytest.raises(ClientError, match="LD_PRELOAD takes a host value"):
+        plan(config(environment={"LD_PRELOAD": "@@EXTRA"}), tool, ["tool"], root)
