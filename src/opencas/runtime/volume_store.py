@@ -1,0 +1,265 @@
+"""Encrypted volumes in a directory: open one into plaintext, seal the plaintext back.
+
+A volume's *store* is a directory with ``manifests/<tag>`` (sealed manifests, named by their
+tag) and ``objects/<object id>`` (one file's chunks each); the bytes are those of
+:mod:`opencas.crypto.volume_format`. A store may hold manifests other than the current one (a
+write that was never reported, a writer that lost a race): only the tag the CAS holds counts, so
+a store restored from an older copy has no manifest for the current tag, or objects that fail to
+open, and is refused.
+
+Nothing is ever overwritten: every write makes new objects and a new manifest, each written to a
+temporary name, flushed to disk and renamed into place, then the directory flushed. A program
+that dies mid-write leaves the volume at its last reported tag. Only after the CAS accepted the
+new tag does :func:`discard_replaced` remove what the old manifest alone used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opencas.crypto.volume_format import (
+    CHUNK_SIZE,
+    MAX_MANIFEST_BYTES,
+    TAG_SIZE,
+    Manifest,
+    ManifestFile,
+    ObjectCipher,
+    VolumeFormatError,
+    check_tag,
+    chunk_count,
+    new_object_id,
+    object_size,
+    open_manifest,
+    seal_manifest,
+    volume_id,
+)
+from opencas.errors import ClientError
+
+MANIFESTS = "manifests"
+OBJECTS = "objects"
+_TEMPORARY_PREFIX = ".tmp-"
+
+
+class VolumeRefused(ClientError, code="volume-refused"):
+    """A volume cannot be opened as the CAS describes it (rollback, damage) or sealed back."""
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What a file looked like after it was decrypted, to tell whether the program changed it."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+    mode: int
+
+
+@dataclass
+class OpenedVolume:
+    """A volume decrypted into ``plain``: the manifest it came from and each file's state."""
+
+    name: str
+    store: Path
+    plain: Path
+    key: bytes = field(repr=False)
+    tag: str | None
+    manifest: Manifest
+    states: dict[str, FileState] = field(default_factory=dict)
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+@contextlib.contextmanager
+def _atomic_file(target: Path) -> Iterator[int]:
+    """A descriptor for ``target``'s new content; flushed and renamed into place on success."""
+    temporary = target.with_name(f"{_TEMPORARY_PREFIX}{new_object_id()}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        yield descriptor
+        os.fsync(descriptor)
+    except BaseException:
+        os.close(descriptor)
+        temporary.unlink(missing_ok=True)
+        raise
+    os.close(descriptor)
+    os.rename(temporary, target)
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view) :]
+
+
+def _prepare_store(store: Path) -> None:
+    for part in (store, store / MANIFESTS, store / OBJECTS):
+        part.mkdir(mode=0o700, exist_ok=True)
+
+
+def open_volume(name: str, store: Path, key: bytes, tag: str | None, plain: Path) -> OpenedVolume:
+    """Decrypt the volume ``name`` at ``tag`` from ``store`` into the new directory ``plain``.
+
+    ``tag`` None is a volume nothing was written to yet: ``plain`` starts empty. Refuses with
+    :class:`VolumeRefused` when the store holds no manifest for ``tag`` or a manifest or file
+    that is not the one the tag names (naming the file), leaving nothing readable in ``plain``
+    beyond what was checked.
+    """
+    try:
+        _prepare_store(store)
+        plain.mkdir(mode=0o700, parents=False)
+        if tag is None:
+            return OpenedVolume(name, store, plain, key, None, Manifest(volume_id(key)))
+        manifest = _read_manifest(name, store, key, check_tag(tag))
+        opened = OpenedVolume(name, store, plain, key, tag, manifest)
+        for directory in manifest.directories:
+            (plain / directory).mkdir(mode=0o700, parents=True, exist_ok=True)
+        for item in manifest.files:
+            opened.states[item.path] = _decrypt_file(name, store, key, item, plain)
+        return opened
+    except VolumeFormatError as exc:
+        raise VolumeRefused(f"volume {name}: {exc}") from None
+    except OSError as exc:
+        raise VolumeRefused(f"volume {name}: cannot open {store}: {exc.strerror}") from None
+
+
+def _read_manifest(name: str, store: Path, key: bytes, tag: str) -> Manifest:
+    path = store / MANIFESTS / tag
+    try:
+        with path.open("rb") as handle:
+            sealed = handle.read(MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError:
+        raise VolumeRefused(
+            f"volume {name}: {store} holds no manifest for the CAS's current tag {tag}: the "
+            "volume was restored from an older copy, or changed outside"
+        ) from None
+    return open_manifest(key, sealed, tag)
+
+
+def _decrypt_file(name: str, store: Path, key: bytes, item: ManifestFile, plain: Path) -> FileState:
+    cipher = ObjectCipher(key, item.path, item.object_id)
+    source = store / OBJECTS / item.object_id
+    try:
+        handle = source.open("rb")
+    except FileNotFoundError:
+        raise VolumeFormatError(f"file {item.path!r} is missing from the store") from None
+    with handle:
+        if os.fstat(handle.fileno()).st_size != object_size(item.size):
+            raise VolumeFormatError(f"file {item.path!r} is damaged or was swapped: wrong size")
+        target = plain / item.path
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        descriptor = os.open(target, flags, 0o600)
+        try:
+            count = chunk_count(item.size)
+            for index in range(count):
+                sealed = handle.read(CHUNK_SIZE + TAG_SIZE)
+                _write_all(descriptor, cipher.open_chunk(index, index == count - 1, sealed))
+            os.fchmod(descriptor, item.mode)
+            status = os.fstat(descriptor)
+        finally:
+            os.close(descriptor)
+    return FileState(status.st_ino, status.st_size, status.st_mtime_ns, item.mode)
+
+
+def _walk(plain: Path) -> tuple[list[tuple[str, os.stat_result]], list[str]]:
+    """The regular files and directories below ``plain``, as relative paths; refuses others."""
+    files: list[tuple[str, os.stat_result]] = []
+    directories: list[str] = []
+    pending = [plain]
+    while pending:
+        current = pending.pop()
+        with os.scandir(current) as entries:
+            for entry in entries:
+                relative = os.path.relpath(entry.path, plain).replace(os.sep, "/")
+                status = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(status.st_mode):
+                    directories.append(relative)
+                    pending.append(Path(entry.path))
+                elif stat.S_ISREG(status.st_mode):
+                    files.append((relative, status))
+                else:
+                    raise VolumeRefused(
+                        f"{relative} is not a regular file or directory: a volume holds only those"
+                    )
+    return files, directories
+
+
+def seal_volume(opened: OpenedVolume) -> tuple[Manifest, str] | None:
+    """Encrypt what the program left in ``opened.plain`` back into the store.
+
+    Unchanged files keep their objects; a new or changed file becomes a new object. Returns the
+    new manifest and tag once both are durably in the store, or None when nothing changed. The
+    new tag is not current until the CAS accepts it.
+    """
+    try:
+        files, directories = _walk(opened.plain)
+        old = {item.path: item for item in opened.manifest.files}
+        entries = []
+        for path, status in files:
+            before, state = old.get(path), opened.states.get(path)
+            mode = stat.S_IMODE(status.st_mode) & 0o777
+            if before is not None and state == FileState(
+                status.st_ino, status.st_size, status.st_mtime_ns, mode
+            ):
+                entries.append(before)
+            else:
+                entries.append(_encrypt_file(opened, path, mode))
+        manifest = Manifest.build(opened.manifest.volume_id, entries, directories)
+    except ValueError as exc:
+        raise VolumeRefused(f"volume {opened.name}: cannot seal it: {exc}") from None
+    except OSError as exc:
+        raise VolumeRefused(f"volume {opened.name}: cannot seal it: {exc}") from None
+    if manifest == opened.manifest:
+        return None
+    sealed, tag = seal_manifest(opened.key, manifest)
+    with _atomic_file(opened.store / MANIFESTS / tag) as descriptor:
+        _write_all(descriptor, sealed)
+    _fsync_directory(opened.store / MANIFESTS)
+    return manifest, tag
+
+
+def _encrypt_file(opened: OpenedVolume, path: str, mode: int) -> ManifestFile:
+    object_id = new_object_id()
+    cipher = ObjectCipher(opened.key, path, object_id)
+    size = 0
+    with (
+        (opened.plain / path).open("rb") as source,
+        _atomic_file(opened.store / OBJECTS / object_id) as descriptor,
+    ):
+        chunk = source.read(CHUNK_SIZE)
+        index = 0
+        while True:
+            following = source.read(CHUNK_SIZE) if len(chunk) == CHUNK_SIZE else b""
+            _write_all(descriptor, cipher.seal_chunk(index, not following, chunk))
+            size += len(chunk)
+            if not following:
+                break
+            chunk, index = following, index + 1
+    # The object directory is flushed once per file: the manifest that names it comes later.
+    _fsync_directory(opened.store / OBJECTS)
+    return ManifestFile(path, object_id, size, mode)
+
+
+def discard_replaced(store: Path, old_tag: str | None, old: Manifest, new: Manifest) -> None:
+    """Remove the old manifest and the objects only it used, once the new tag is current.
+
+    Only objects of ``old`` that ``new`` does not use go: every later manifest descends from
+    ``new`` or makes objects of its own, so nothing any writer may still need is removed.
+    """
+    kept = {item.object_id for item in new.files}
+    for item in old.files:
+        if item.object_id not in kept:
+            (store / OBJECTS / item.object_id).unlink(missing_ok=True)
+    if old_tag is not None:
+        (store / MANIFESTS / old_tag).unlink(missing_ok=True)

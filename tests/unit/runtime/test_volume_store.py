@@ -1,0 +1,137 @@
+"""Volumes in a directory: rollback refused, damage named, writes atomic, old objects removed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from opencas.crypto.volume_format import CHUNK_SIZE, new_volume_key
+from opencas.runtime.volume_store import (
+    MANIFESTS,
+    OBJECTS,
+    OpenedVolume,
+    VolumeRefused,
+    discard_replaced,
+    open_volume,
+    seal_volume,
+)
+
+
+def _open(store: Path, key: bytes, tag: str | None, tmp_path: Path, label: str) -> OpenedVolume:
+    return open_volume("data", store, key, tag, tmp_path / f"plain-{label}")
+
+
+def _first_write(tmp_path: Path) -> tuple[Path, bytes, str]:
+    store, key = tmp_path / "store", new_volume_key()
+    opened = _open(store, key, None, tmp_path, "0")
+    (opened.plain / "dir").mkdir()
+    (opened.plain / "dir" / "big.bin").write_bytes(os.urandom(2 * CHUNK_SIZE + 5))
+    (opened.plain / "small.txt").write_text("one")
+    (opened.plain / "empty").mkdir()
+    (opened.plain / "zero").write_bytes(b"")
+    sealed = seal_volume(opened)
+    assert sealed is not None
+    return store, key, sealed[1]
+
+
+def test_a_volume_round_trips(tmp_path: Path) -> None:
+    store, key, tag = _first_write(tmp_path)
+    opened = _open(store, key, tag, tmp_path, "1")
+    assert (opened.plain / "small.txt").read_text() == "one"
+    assert len((opened.plain / "dir" / "big.bin").read_bytes()) == 2 * CHUNK_SIZE + 5
+    assert (opened.plain / "empty").is_dir()
+    assert (opened.plain / "zero").read_bytes() == b""
+    assert opened.plain.stat().st_mode & 0o777 == 0o700
+    assert seal_volume(opened) is None  # nothing changed, no new tag
+
+
+def test_nothing_in_the_store_is_readable_without_the_key(tmp_path: Path) -> None:
+    store, _, _ = _first_write(tmp_path)
+    for path in store.rglob("*"):
+        if path.is_file():
+            assert b"one" not in path.read_bytes()
+            assert b"small.txt" not in path.read_bytes()
+
+
+def test_a_volume_rolled_back_to_an_older_copy_is_refused(tmp_path: Path) -> None:
+    store, key, tag = _first_write(tmp_path)
+    shutil.copytree(store, tmp_path / "copy")
+    opened = _open(store, key, tag, tmp_path, "1")
+    (opened.plain / "small.txt").write_text("two")
+    manifest, new_tag = seal_volume(opened) or pytest.fail("changed")
+    discard_replaced(store, tag, opened.manifest, manifest)
+    shutil.rmtree(store)
+    shutil.copytree(tmp_path / "copy", store)
+    with pytest.raises(VolumeRefused, match="older copy"):
+        _open(store, key, new_tag, tmp_path, "2")
+
+
+def test_a_damaged_file_is_named(tmp_path: Path) -> None:
+    store, key, tag = _first_write(tmp_path)
+    opened = _open(store, key, tag, tmp_path, "1")
+    target = next(item for item in opened.manifest.files if item.path == "dir/big.bin")
+    path = store / OBJECTS / target.object_id
+    data = bytearray(path.read_bytes())
+    data[CHUNK_SIZE + 100] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(VolumeRefused, match=r"'dir/big.bin' is damaged or was swapped: chunk 1"):
+        _open(store, key, tag, tmp_path, "2")
+
+
+def test_a_swapped_file_is_named(tmp_path: Path) -> None:
+    store, key, tag = _first_write(tmp_path)
+    opened = _open(store, key, tag, tmp_path, "1")
+    by_path = {item.path: item.object_id for item in opened.manifest.files}
+    shutil.copy(store / OBJECTS / by_path["small.txt"], store / OBJECTS / by_path["zero"])
+    with pytest.raises(VolumeRefused, match="'zero' is damaged or was swapped"):
+        _open(store, key, tag, tmp_path, "2")
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    store, key, tag = _first_write(tmp_path)
+    opened = _open(store, key, tag, tmp_path, "1")
+    by_path = {item.path: item.object_id for item in opened.manifest.files}
+    (store / OBJECTS / by_path["small.txt"]).unlink()
+    with pytest.raises(VolumeRefused, match=r"'small\.txt' is missing"):
+        _open(store, key, tag, tmp_path, "2")
+
+
+def test_an_unreported_write_leaves_the_current_tag_intact(tmp_path: Path) -> None:
+    store, key, tag = _first_write(tmp_path)
+    opened = _open(store, key, tag, tmp_path, "1")
+    (opened.plain / "small.txt").write_text("never reported")
+    assert seal_volume(opened) is not None
+    again = _open(store, key, tag, tmp_path, "2")
+    assert (again.plain / "small.txt").read_text() == "one"
+
+
+def test_replaced_objects_are_removed_and_shared_ones_kept(tmp_path: Path) -> None:
+    store, key, tag = _first_write(tmp_path)
+    opened = _open(store, key, tag, tmp_path, "1")
+    (opened.plain / "small.txt").write_text("two")
+    (opened.plain / "zero").unlink()
+    manifest, new_tag = seal_volume(opened) or pytest.fail("changed")
+    discard_replaced(store, tag, opened.manifest, manifest)
+    assert sorted(os.listdir(store / MANIFESTS)) == [new_tag]
+    assert sorted(os.listdir(store / OBJECTS)) == sorted(item.object_id for item in manifest.files)
+    reopened = _open(store, key, new_tag, tmp_path, "2")
+    assert (reopened.plain / "small.txt").read_text() == "two"
+    assert not (reopened.plain / "zero").exists()
+    assert (reopened.plain / "dir" / "big.bin").stat().st_size == 2 * CHUNK_SIZE + 5
+
+
+def test_a_symlink_cannot_be_sealed(tmp_path: Path) -> None:
+    store, key = tmp_path / "store", new_volume_key()
+    opened = _open(store, key, None, tmp_path, "0")
+    (opened.plain / "link").symlink_to("/etc/passwd")
+    with pytest.raises(VolumeRefused, match="link is not a regular file"):
+        seal_volume(opened)
+
+
+def test_the_wrong_key_is_refused(tmp_path: Path) -> None:
+    store, _, tag = _first_write(tmp_path)
+    with pytest.raises(VolumeRefused, match="does not open"):
+        _open(store, new_volume_key(), tag, tmp_path, "1")
