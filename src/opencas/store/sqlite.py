@@ -35,35 +35,27 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from opencas.crypto.envelope import derive_key, open_envelope, record_aad, seal
-from opencas.errors import KeyStoreError, RecordDamagedError, StoreError
+from opencas.errors import RecordDamagedError, StoreError
 from opencas.store.base import StoreState, Transaction
-from opencas.store.state import (
-    EMPTY_DIGEST,
-    INITIAL_STATE,
-    MAX_VERSION,
-    STATE_KEY,
-    STATE_TABLE,
-    CommitState,
-    IndexEntry,
-    StateKeys,
-    check_record,
-    envelope_sha256,
-    is_valid_version,
-    xor,
+from opencas.store.records import (
+    RecordCipher,
+    RecordReader,
+    RecordTransaction,
+    check_key,
+    check_records,
+    check_table,
+    read_keys,
+    read_record,
+    read_state,
 )
 
 APPLICATION_ID = int.from_bytes(b"OCAS", "big")
 SCHEMA_VERSION = 2
 STORE_FORMAT = "opencas-store/2"
 BUSY_TIMEOUT_SECONDS = 10.0
-DMK_SIZE = 32
 # The database and the files SQLite keeps next to it are readable by their owner only.
 DATABASE_FILE_MODE = 0o600
 
-_META_TABLE = "_meta"
-_CHECK_KEY = "dmk-check"
-_CHECK_PLAINTEXT = b"opencas database key check v1"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _HEADER_SIZE = 100
 _APPLICATION_ID_OFFSET = 68
@@ -83,57 +75,12 @@ def _do_nothing() -> None:
     return None
 
 
-class _RecordCipher:
-    """Seals and opens record values with per-table keys derived from the DMK."""
-
-    def __init__(self, dmk: bytes) -> None:
-        if len(dmk) != DMK_SIZE:
-            raise ValueError(f"database master key must be {DMK_SIZE} bytes, got {len(dmk)}")
-        self._dmk = dmk
-        self._table_keys: dict[str, bytes] = {}
-        self.state_keys = StateKeys(dmk)
-
-    def __repr__(self) -> str:
-        return "<_RecordCipher>"
-
-    def _table_key(self, table: str) -> bytes:
-        key = self._table_keys.get(table)
-        if key is None:
-            # Two threads may derive the same key at once; both get the same bytes, so the race
-            # is harmless and a lock would only cost time.
-            key = derive_key(self._dmk, "store/table/" + table)
-            self._table_keys[table] = key
-        return key
-
-    def seal(self, table: str, key: str, version: int, value: bytes) -> bytes:
-        return seal(self._table_key(table), value, record_aad(table, key, version))
-
-    def open(self, table: str, key: str, version: object, envelope: object) -> bytes:
-        # The row comes from a file anyone with disk access may have edited, so even its types
-        # are checked before they are trusted.
-        if not is_valid_version(version):
-            raise RecordDamagedError(
-                table, key, f"its version is not an integer in 1..{MAX_VERSION}"
-            )
-        if not isinstance(envelope, bytes):
-            raise RecordDamagedError(table, key, "its value is not a blob")
-        try:
-            return open_envelope(self._table_key(table), envelope, record_aad(table, key, version))
-        except ValueError:
-            raise RecordDamagedError(table, key) from None
-
-
 @contextlib.contextmanager
 def _sqlite_errors(path: Path, action: str) -> Iterator[None]:
     try:
         yield
     except sqlite3.Error as exc:
         raise StoreError(f"database {path}: {action} failed: {exc}") from exc
-
-
-def _check_table(table: str) -> None:
-    if not table or table.startswith("_"):
-        raise ValueError(f"table name {table!r} is empty or reserved (names starting with '_')")
 
 
 def _fetch_one(conn: sqlite3.Connection, sql: str, parameters: tuple[object, ...]) -> Any:
@@ -143,186 +90,90 @@ def _fetch_one(conn: sqlite3.Connection, sql: str, parameters: tuple[object, ...
         return cursor.fetchone()
 
 
-def _index_entry(
-    conn: sqlite3.Connection, cipher: _RecordCipher, table: str, record_id: bytes
-) -> IndexEntry | None:
-    row = _fetch_one(
-        conn, "SELECT value FROM record_index WHERE tbl = ? AND key = ?", (table, record_id)
-    )
-    return None if row is None else cipher.state_keys.open_entry(table, record_id, row[0])
+def _fetch_all(conn: sqlite3.Connection, sql: str, parameters: tuple[object, ...]) -> Iterator[Any]:
+    with contextlib.closing(conn.execute(sql, parameters)) as cursor:
+        yield from cursor
 
 
-def _read_record(
-    conn: sqlite3.Connection, cipher: _RecordCipher, path: Path, table: str, key: str
-) -> tuple[bytes, int] | None:
-    record_id = cipher.state_keys.record_id(table, key)
-    with _sqlite_errors(path, f"reading {table}/{key}"):
+class _SqliteRows:
+    """The raw rows of :mod:`opencas.store.records` on one SQLite connection."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self._path = path
+
+    @property
+    def name(self) -> str:
+        return str(self._path)
+
+    def failing(self, action: str) -> contextlib.AbstractContextManager[None]:
+        return _sqlite_errors(self._path, action)
+
+    def record(self, table: str, record_id: bytes) -> tuple[object, object] | None:
         row = _fetch_one(
-            conn,
+            self._conn,
             "SELECT version, value FROM records WHERE tbl = ? AND key = ?",
             (table, record_id),
         )
-        entry = _index_entry(conn, cipher, table, record_id)
-    if row is None and entry is None:
-        return None
-    version, envelope = (None, None) if row is None else row
-    committed = check_record(table, key, entry, version, envelope)
-    return cipher.open(table, key, version, envelope), committed.version
+        return None if row is None else (row[0], row[1])
 
+    def index_entry(self, table: str, record_id: bytes) -> object | None:
+        row = _fetch_one(
+            self._conn,
+            "SELECT value FROM record_index WHERE tbl = ? AND key = ?",
+            (table, record_id),
+        )
+        return None if row is None else row[0]
 
-def _read_keys(
-    conn: sqlite3.Connection, cipher: _RecordCipher, path: Path, table: str, prefix: str
-) -> list[str]:
-    keys: list[str] = []
-    with (
-        _sqlite_errors(path, f"listing {table}"),
-        contextlib.closing(
-            conn.execute("SELECT key, value FROM record_index WHERE tbl = ?", (table,))
-        ) as cursor,
-    ):
-        for record_id, sealed in cursor:
-            if not isinstance(record_id, bytes):
-                raise RecordDamagedError(table, str(record_id), "its id is not a blob")
-            key = cipher.state_keys.open_entry(table, record_id, sealed).key
-            if key.startswith(prefix):
-                keys.append(key)
-    # Python orders strings by code point, the order the contract promises.
-    return sorted(keys)
+    def index_entries(self, table: str | None) -> Iterator[tuple[object, object, object]]:
+        if table is None:
+            return _fetch_all(self._conn, "SELECT tbl, key, value FROM record_index", ())
+        return _fetch_all(
+            self._conn, "SELECT tbl, key, value FROM record_index WHERE tbl = ?", (table,)
+        )
 
+    def records(self) -> Iterator[tuple[object, object, object, object]]:
+        return _fetch_all(self._conn, "SELECT tbl, key, version, value FROM records", ())
 
-def _read_state(conn: sqlite3.Connection, cipher: _RecordCipher, path: Path) -> CommitState:
-    with _sqlite_errors(path, "reading the commit state"):
-        row = _fetch_one(conn, "SELECT value FROM commit_state WHERE name = 'state'", ())
-    if row is None:
-        raise RecordDamagedError(STATE_TABLE, STATE_KEY, "the commit state is missing")
-    return cipher.state_keys.open_state(row[0])
+    def state(self) -> object | None:
+        row = _fetch_one(self._conn, "SELECT value FROM commit_state WHERE name = 'state'", ())
+        return None if row is None else row[0]
 
+    def write_record(
+        self, table: str, record_id: bytes, version: int, envelope: bytes, entry: bytes
+    ) -> None:
+        self._conn.execute(
+            "INSERT INTO records (tbl, key, version, value) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (tbl, key) DO UPDATE SET version = excluded.version, "
+            "value = excluded.value",
+            (table, record_id, version, envelope),
+        )
+        self._conn.execute(
+            "INSERT INTO record_index (tbl, key, value) VALUES (?, ?, ?) "
+            "ON CONFLICT (tbl, key) DO UPDATE SET value = excluded.value",
+            (table, record_id, entry),
+        )
 
-def _write_state(conn: sqlite3.Connection, cipher: _RecordCipher, state: CommitState) -> None:
-    conn.execute(
-        "INSERT INTO commit_state (name, value) VALUES ('state', ?) "
-        "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        (cipher.state_keys.seal_state(state),),
-    )
-
-
-class SqliteTransaction:
-    """A write transaction on the writer connection (see :class:`opencas.store.base.Transaction`).
-
-    Valid only inside the ``with`` block that produced it.
-    """
-
-    def __init__(self, conn: sqlite3.Connection, cipher: _RecordCipher, path: Path) -> None:
-        self._conn = conn
-        self._cipher = cipher
-        self._path = path
-        self._active = True
-        self._changed = False
-        self._delta = EMPTY_DIGEST
-
-    def _connection(self) -> sqlite3.Connection:
-        if not self._active:
-            raise StoreError(f"a transaction on {self._path} was used after it ended")
-        return self._conn
-
-    def _finish(self) -> None:
-        self._active = False
-
-    def _change(self, table: str, old: IndexEntry | None, new: IndexEntry | None) -> None:
-        keys = self._cipher.state_keys
-        for entry in (old, new):
-            if entry is not None:
-                self._delta = xor(self._delta, keys.tag(table, entry))
-        self._changed = True
-
-    def _advance_state(self) -> None:
-        """Write the commit state advanced by this transaction's changes, if it made any."""
-        if not self._changed:
-            return
-        state = _read_state(self._conn, self._cipher, self._path)
-        with _sqlite_errors(self._path, "writing the commit state"):
-            _write_state(self._conn, self._cipher, state.advanced(self._delta))
-
-    def get(self, table: str, key: str) -> bytes | None:
-        """The value of ``table``/``key`` as this transaction sees it, or ``None``."""
-        found = self.get_versioned(table, key)
-        return None if found is None else found[0]
-
-    def get_versioned(self, table: str, key: str) -> tuple[bytes, int] | None:
-        """Value and version of ``table``/``key`` as this transaction sees it, or ``None``.
-
-        Raises :class:`RecordDamagedError` when the stored value does not authenticate.
-        """
-        _check_table(table)
-        return _read_record(self._connection(), self._cipher, self._path, table, key)
-
-    def put(self, table: str, key: str, value: bytes) -> int:
-        """Insert or replace ``table``/``key``; return its new version (1 on insert, else +1).
-
-        The old value is not read, so a damaged record can be overwritten; a stored version that
-        is not a valid integer, or an index entry that does not open, raises
-        :class:`RecordDamagedError` (delete the record first).
-        """
-        _check_table(table)
-        return self._put(table, key, value)
-
-    def _put(self, table: str, key: str, value: bytes) -> int:
-        conn = self._connection()
-        record_id = self._cipher.state_keys.record_id(table, key)
-        with _sqlite_errors(self._path, f"writing {table}/{key}"):
-            row = _fetch_one(
-                conn, "SELECT version FROM records WHERE tbl = ? AND key = ?", (table, record_id)
-            )
-            if row is None:
-                version = 1
-            elif is_valid_version(row[0]) and row[0] < MAX_VERSION:
-                version = row[0] + 1
-            else:
-                raise RecordDamagedError(
-                    table, key, f"its version is not an integer in 1..{MAX_VERSION - 1}"
-                )
-            old = _index_entry(conn, self._cipher, table, record_id)
-            envelope = self._cipher.seal(table, key, version, value)
-            new = IndexEntry(key, version, envelope_sha256(envelope))
-            conn.execute(
-                "INSERT INTO records (tbl, key, version, value) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (tbl, key) DO UPDATE SET version = excluded.version, "
-                "value = excluded.value",
-                (table, record_id, version, envelope),
-            )
-            conn.execute(
-                "INSERT INTO record_index (tbl, key, value) VALUES (?, ?, ?) "
-                "ON CONFLICT (tbl, key) DO UPDATE SET value = excluded.value",
-                (table, record_id, self._cipher.state_keys.seal_entry(table, record_id, new)),
-            )
-        self._change(table, old, new)
-        return version
-
-    def delete(self, table: str, key: str) -> bool:
-        """Remove ``table``/``key``; return whether a record was there.
-
-        Raises :class:`RecordDamagedError` when its index entry does not open.
-        """
-        _check_table(table)
-        conn = self._connection()
-        record_id = self._cipher.state_keys.record_id(table, key)
-        with _sqlite_errors(self._path, f"deleting {table}/{key}"):
-            old = _index_entry(conn, self._cipher, table, record_id)
-            cursor = conn.execute(
-                "DELETE FROM records WHERE tbl = ? AND key = ?", (table, record_id)
-            )
+    def delete_record(self, table: str, record_id: bytes) -> bool:
+        with contextlib.closing(
+            self._conn.execute("DELETE FROM records WHERE tbl = ? AND key = ?", (table, record_id))
+        ) as cursor:
             deleted = cursor.rowcount > 0
-            cursor.close()
-            conn.execute("DELETE FROM record_index WHERE tbl = ? AND key = ?", (table, record_id))
-            deleted = deleted or old is not None
-        if old is not None:
-            self._change(table, old, None)
+        self._conn.execute("DELETE FROM record_index WHERE tbl = ? AND key = ?", (table, record_id))
         return deleted
 
-    def list_keys(self, table: str, prefix: str = "") -> list[str]:
-        """The keys of ``table`` starting with ``prefix``, sorted, as this transaction sees them."""
-        _check_table(table)
-        return _read_keys(self._connection(), self._cipher, self._path, table, prefix)
+    def write_state(self, sealed: bytes) -> None:
+        self._conn.execute(
+            "INSERT INTO commit_state (name, value) VALUES ('state', ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (sealed,),
+        )
+
+
+#: A write transaction on the writer connection (see :class:`opencas.store.base.Transaction`).
+SqliteTransaction = RecordTransaction
+#: Reads from one snapshot of the database (see :meth:`SqliteStore.snapshot`).
+SqliteSnapshot = RecordReader
 
 
 def _rollback_quietly(conn: sqlite3.Connection) -> None:
@@ -334,19 +185,18 @@ def _rollback_quietly(conn: sqlite3.Connection) -> None:
 
 @contextlib.contextmanager
 def _transaction_on(
-    conn: sqlite3.Connection, cipher: _RecordCipher, path: Path
-) -> Iterator[SqliteTransaction]:
+    conn: sqlite3.Connection, cipher: RecordCipher, path: Path
+) -> Iterator[RecordTransaction]:
     with _sqlite_errors(path, "starting a transaction"):
         conn.execute("BEGIN IMMEDIATE")
-    tx = SqliteTransaction(conn, cipher, path)
+    tx = RecordTransaction(_SqliteRows(conn, path), cipher)
     try:
         yield tx
-        tx._advance_state()
+        tx.finish()
     except BaseException:
-        tx._finish()
+        tx.abandon()
         _rollback_quietly(conn)
         raise
-    tx._finish()
     try:
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
@@ -434,85 +284,6 @@ def _enable_wal(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute("PRAGMA synchronous = FULL")
 
 
-def _check_key(conn: sqlite3.Connection, cipher: _RecordCipher, path: Path) -> None:
-    wrong_key = KeyStoreError(
-        f"the database key does not open {path} "
-        "(it is another database's key, or the key-check record was damaged)"
-    )
-    # Read without the index: its entries open only under the right key, which is the question.
-    with _sqlite_errors(path, "reading the key-check record"):
-        row = _fetch_one(
-            conn,
-            "SELECT version, value FROM records WHERE tbl = ? AND key = ?",
-            (_META_TABLE, cipher.state_keys.record_id(_META_TABLE, _CHECK_KEY)),
-        )
-    if row is None:
-        raise StoreError(f"{path} is not a complete OpenCAS database (no key-check record)")
-    try:
-        plaintext = cipher.open(_META_TABLE, _CHECK_KEY, row[0], row[1])
-    except RecordDamagedError:
-        raise wrong_key from None
-    if plaintext != _CHECK_PLAINTEXT:
-        raise wrong_key
-
-
-def _committed_index(
-    conn: sqlite3.Connection, cipher: _RecordCipher, path: Path
-) -> dict[tuple[str, bytes], IndexEntry]:
-    """Every index entry, once their tags are shown to add up to the commit state."""
-    state = _read_state(conn, cipher, path)
-    entries: dict[tuple[str, bytes], IndexEntry] = {}
-    digest = EMPTY_DIGEST
-    with (
-        _sqlite_errors(path, "checking the record index"),
-        contextlib.closing(conn.execute("SELECT tbl, key, value FROM record_index")) as cursor,
-    ):
-        for table, record_id, sealed in cursor:
-            if not isinstance(table, str) or not isinstance(record_id, bytes):
-                raise RecordDamagedError(
-                    STATE_TABLE, STATE_KEY, "the record index holds a row of the wrong shape"
-                )
-            entry = cipher.state_keys.open_entry(table, record_id, sealed)
-            digest = xor(digest, cipher.state_keys.tag(table, entry))
-            entries[table, record_id] = entry
-    if digest != state.digest:
-        raise RecordDamagedError(
-            STATE_TABLE,
-            STATE_KEY,
-            f"the record index does not add up to commit {state.counter}: records were removed "
-            "or rolled back together with their index entries",
-        )
-    return entries
-
-
-def _check_records(
-    conn: sqlite3.Connection, cipher: _RecordCipher, path: Path
-) -> tuple[RecordDamagedError, ...]:
-    """Check every record against the committed index; the records that fail, named."""
-    entries = _committed_index(conn, cipher, path)
-    damaged: list[RecordDamagedError] = []
-    with (
-        _sqlite_errors(path, "checking the records"),
-        contextlib.closing(conn.execute("SELECT tbl, key, version, value FROM records")) as cursor,
-    ):
-        for table, record_id, version, envelope in cursor:
-            entry = entries.pop((table, record_id), None)
-            shown = entry.key if entry is not None else _shown_id(record_id)
-            try:
-                check_record(str(table), shown, entry, version, envelope)
-            except RecordDamagedError as exc:
-                damaged.append(exc)
-    for (table, _), entry in sorted(entries.items()):
-        damaged.append(
-            RecordDamagedError(table, entry.key, "the record was deleted behind the store's back")
-        )
-    return tuple(damaged)
-
-
-def _shown_id(record_id: object) -> str:
-    return record_id.hex() if isinstance(record_id, bytes) else str(record_id)
-
-
 def _fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:
     fd = os.open(path, flags | os.O_CLOEXEC)
     try:
@@ -550,7 +321,7 @@ def _create_private_file(path: Path) -> None:
 
 
 def _build(
-    building: Path, path: Path, cipher: _RecordCipher, populate: Callable[[Transaction], None]
+    building: Path, path: Path, cipher: RecordCipher, populate: Callable[[Transaction], None]
 ) -> None:
     _create_private_file(building)
     with _sqlite_errors(path, "creating the new database file"):
@@ -574,35 +345,10 @@ def _build(
                         ("created_at", datetime.now(UTC).isoformat(timespec="seconds")),
                     ],
                 )
-                _write_state(conn, cipher, INITIAL_STATE)
-            tx._put(_META_TABLE, _CHECK_KEY, _CHECK_PLAINTEXT)
+            tx.initialise()
             populate(tx)
     finally:
         conn.close()
-
-
-class SqliteSnapshot:
-    """Reads from one snapshot of the database (see :meth:`SqliteStore.snapshot`)."""
-
-    def __init__(self, conn: sqlite3.Connection, cipher: _RecordCipher, path: Path) -> None:
-        self._conn = conn
-        self._cipher = cipher
-        self._path = path
-
-    def get(self, table: str, key: str) -> bytes | None:
-        """The value of ``table``/``key`` in this snapshot, or ``None``."""
-        found = self.get_versioned(table, key)
-        return None if found is None else found[0]
-
-    def get_versioned(self, table: str, key: str) -> tuple[bytes, int] | None:
-        """The value and version of ``table``/``key`` in this snapshot, or ``None``."""
-        _check_table(table)
-        return _read_record(self._conn, self._cipher, self._path, table, key)
-
-    def list_keys(self, table: str, prefix: str = "") -> list[str]:
-        """The keys of ``table`` starting with ``prefix`` in this snapshot, sorted."""
-        _check_table(table)
-        return _read_keys(self._conn, self._cipher, self._path, table, prefix)
 
 
 class SqliteStore:
@@ -615,7 +361,7 @@ class SqliteStore:
     def __init__(
         self,
         path: Path,
-        cipher: _RecordCipher,
+        cipher: RecordCipher,
         writer: sqlite3.Connection,
         damaged: tuple[RecordDamagedError, ...] = (),
     ) -> None:
@@ -665,18 +411,18 @@ class SqliteStore:
         add up to the commit state, nothing can be trusted and :class:`RecordDamagedError`
         naming ``_state/commit`` is raised.
         """
-        cipher = _RecordCipher(dmk)
+        cipher = RecordCipher(dmk)
         _check_header(path)
         with _sqlite_errors(path, "opening"):
             writer = _connect(path)
         try:
             _check_schema(writer, path)
             _enable_wal(writer, path)
-            _check_key(writer, cipher, path)
+            check_key(_SqliteRows(writer, path), cipher)
             with _sqlite_errors(path, "starting the check of every record"):
                 writer.execute("BEGIN")
             try:
-                damaged = _check_records(writer, cipher, path)
+                damaged = check_records(_SqliteRows(writer, path), cipher)
             finally:
                 _rollback_quietly(writer)
         except BaseException:
@@ -705,7 +451,7 @@ class SqliteStore:
         When ``populate`` or ``before_publish`` raises, nothing is left behind and the exception
         propagates unchanged.
         """
-        cipher = _RecordCipher(dmk)
+        cipher = RecordCipher(dmk)
         if path.exists() or path.is_symlink():
             raise StoreError(f"database {path} already exists; refusing to create it again")
         directory = path.parent
@@ -763,24 +509,24 @@ class SqliteStore:
 
         Raises :class:`RecordDamagedError` when the stored value does not authenticate.
         """
-        _check_table(table)
+        check_table(table)
         with self._reader() as conn:
-            return _read_record(conn, self._cipher, self._path, table, key)
+            return read_record(_SqliteRows(conn, self._path), self._cipher, table, key)
 
     def list_keys(self, table: str, prefix: str = "") -> list[str]:
         """The committed keys of ``table`` that start with ``prefix``, sorted by code point."""
-        _check_table(table)
+        check_table(table)
         with self._reader() as conn:
-            return _read_keys(conn, self._cipher, self._path, table, prefix)
+            return read_keys(_SqliteRows(conn, self._path), self._cipher, table, prefix)
 
     def state(self) -> StoreState:
         """The committed state: its commit counter and a commitment to its digest."""
         with self._reader() as conn:
-            committed = _read_state(conn, self._cipher, self._path)
+            committed = read_state(_SqliteRows(conn, self._path), self._cipher)
         return StoreState(committed.counter, self._cipher.state_keys.commitment(committed))
 
     @contextlib.contextmanager
-    def snapshot(self) -> Iterator[SqliteSnapshot]:
+    def snapshot(self) -> Iterator[RecordReader]:
         """A consistent read-only view: every read inside sees the same committed state.
 
         Writers are not blocked (WAL); use it when several records must agree, such as a
@@ -790,12 +536,12 @@ class SqliteStore:
             with _sqlite_errors(self._path, "starting a snapshot"):
                 conn.execute("BEGIN")
             try:
-                yield SqliteSnapshot(conn, self._cipher, self._path)
+                yield RecordReader(_SqliteRows(conn, self._path), self._cipher)
             finally:
                 _rollback_quietly(conn)
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[SqliteTransaction]:
+    def transaction(self) -> Iterator[RecordTransaction]:
         """A write transaction: committed durably on normal exit, rolled back on exception.
 
         Transactions run one at a time (others wait); they do not nest, and opening one inside

@@ -1,0 +1,384 @@
+"""The encrypted record layer every backend shares, over a small interface of raw rows.
+
+A backend (SQLite, PostgreSQL) stores four kinds of row and nothing else it understands:
+
+- a *record row*: ``(table, record id) -> (version, envelope)``;
+- an *index row*: ``(table, record id) -> sealed index entry``;
+- the *state row*: the sealed commit state;
+- plaintext metadata (format, creation time), which is the backend's own business.
+
+Everything that makes those rows trustworthy is here, written once: the encryption of values
+(per-table keys from the database master key, bound to table, key and version), record ids,
+index entries and the commit state of :mod:`opencas.store.state`, the key check, and the check of
+every record when a store is opened. A backend only moves bytes (:class:`Rows`,
+:class:`WritableRows`) and says how its errors read (:meth:`Rows.failing`); its rows come from
+storage anyone with access to it may have edited, so every value read from them is type-checked
+here before it is trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Protocol
+
+from opencas.crypto.envelope import derive_key, open_envelope, record_aad, seal
+from opencas.errors import KeyStoreError, RecordDamagedError, StoreError
+from opencas.store.state import (
+    EMPTY_DIGEST,
+    INITIAL_STATE,
+    MAX_VERSION,
+    STATE_KEY,
+    STATE_TABLE,
+    CommitState,
+    IndexEntry,
+    StateKeys,
+    check_record,
+    envelope_sha256,
+    is_valid_version,
+    xor,
+)
+
+DMK_SIZE = 32
+META_TABLE = "_meta"
+CHECK_KEY = "dmk-check"
+CHECK_PLAINTEXT = b"opencas database key check v1"
+
+
+class Rows(Protocol):
+    """Raw rows as one backend connection sees them (in a transaction, a snapshot or not)."""
+
+    @property
+    def name(self) -> str:
+        """The database as messages name it (a path, or a URL without its password)."""
+        ...
+
+    def failing(self, action: str) -> contextlib.AbstractContextManager[None]:
+        """A block whose backend errors become :class:`StoreError` naming the database and
+        ``action``."""
+        ...
+
+    def record(self, table: str, record_id: bytes) -> tuple[object, object] | None:
+        """The ``(version, envelope)`` stored for ``record_id``, or ``None``."""
+        ...
+
+    def index_entry(self, table: str, record_id: bytes) -> object | None:
+        """The sealed index entry of ``record_id``, or ``None``."""
+        ...
+
+    def index_entries(self, table: str | None) -> Iterator[tuple[object, object, object]]:
+        """Every ``(table, record id, sealed entry)`` of ``table`` (of every table: ``None``)."""
+        ...
+
+    def records(self) -> Iterator[tuple[object, object, object, object]]:
+        """Every ``(table, record id, version, envelope)``."""
+        ...
+
+    def state(self) -> object | None:
+        """The sealed commit state, or ``None`` when there is no state row."""
+        ...
+
+
+class WritableRows(Rows, Protocol):
+    """Raw rows inside a write transaction, which the backend runs one at a time."""
+
+    def write_record(
+        self, table: str, record_id: bytes, version: int, envelope: bytes, entry: bytes
+    ) -> None:
+        """Insert or replace the record row and the index row of ``record_id``."""
+        ...
+
+    def delete_record(self, table: str, record_id: bytes) -> bool:
+        """Remove the record row and the index row of ``record_id``; whether a record row was
+        there."""
+        ...
+
+    def write_state(self, sealed: bytes) -> None:
+        """Insert or replace the state row."""
+        ...
+
+
+class RecordCipher:
+    """Seals and opens record values with per-table keys derived from the DMK."""
+
+    def __init__(self, dmk: bytes) -> None:
+        if len(dmk) != DMK_SIZE:
+            raise ValueError(f"database master key must be {DMK_SIZE} bytes, got {len(dmk)}")
+        self._dmk = dmk
+        self._table_keys: dict[str, bytes] = {}
+        self.state_keys = StateKeys(dmk)
+
+    def __repr__(self) -> str:
+        return "<RecordCipher>"
+
+    def _table_key(self, table: str) -> bytes:
+        key = self._table_keys.get(table)
+        if key is None:
+            # Two threads may derive the same key at once; both get the same bytes, so the race
+            # is harmless and a lock would only cost time.
+            key = derive_key(self._dmk, "store/table/" + table)
+            self._table_keys[table] = key
+        return key
+
+    def seal(self, table: str, key: str, version: int, value: bytes) -> bytes:
+        """The stored envelope of ``value`` at ``table``/``key``, version ``version``."""
+        return seal(self._table_key(table), value, record_aad(table, key, version))
+
+    def open(self, table: str, key: str, version: object, envelope: object) -> bytes:
+        """The plaintext of a stored row; :class:`RecordDamagedError` unless it authenticates."""
+        if not is_valid_version(version):
+            raise RecordDamagedError(
+                table, key, f"its version is not an integer in 1..{MAX_VERSION}"
+            )
+        if not isinstance(envelope, bytes):
+            raise RecordDamagedError(table, key, "its value is not a blob")
+        try:
+            return open_envelope(self._table_key(table), envelope, record_aad(table, key, version))
+        except ValueError:
+            raise RecordDamagedError(table, key) from None
+
+
+def check_table(table: str) -> None:
+    """``ValueError`` unless ``table`` is a name callers may use (not empty, no leading ``_``)."""
+    if not table or table.startswith("_"):
+        raise ValueError(f"table name {table!r} is empty or reserved (names starting with '_')")
+
+
+def _index_entry(
+    rows: Rows, cipher: RecordCipher, table: str, record_id: bytes
+) -> IndexEntry | None:
+    sealed = rows.index_entry(table, record_id)
+    return None if sealed is None else cipher.state_keys.open_entry(table, record_id, sealed)
+
+
+def read_record(rows: Rows, cipher: RecordCipher, table: str, key: str) -> tuple[bytes, int] | None:
+    """The value and version of ``table``/``key``, checked against its index entry; ``None``
+    when neither row is there; :class:`RecordDamagedError` when they disagree."""
+    record_id = cipher.state_keys.record_id(table, key)
+    with rows.failing(f"reading {table}/{key}"):
+        row = rows.record(table, record_id)
+        entry = _index_entry(rows, cipher, table, record_id)
+    if row is None and entry is None:
+        return None
+    version, envelope = (None, None) if row is None else row
+    committed = check_record(table, key, entry, version, envelope)
+    return cipher.open(table, key, version, envelope), committed.version
+
+
+def read_keys(rows: Rows, cipher: RecordCipher, table: str, prefix: str) -> list[str]:
+    """The keys of ``table`` that start with ``prefix``, sorted by code point."""
+    keys: list[str] = []
+    with rows.failing(f"listing {table}"):
+        for _, record_id, sealed in rows.index_entries(table):
+            if not isinstance(record_id, bytes):
+                raise RecordDamagedError(table, str(record_id), "its id is not a blob")
+            key = cipher.state_keys.open_entry(table, record_id, sealed).key
+            if key.startswith(prefix):
+                keys.append(key)
+    # Python orders strings by code point, the order the contract promises.
+    return sorted(keys)
+
+
+def read_state(rows: Rows, cipher: RecordCipher) -> CommitState:
+    """The committed state; :class:`RecordDamagedError` naming ``_state/commit`` when it is
+    missing or does not open."""
+    with rows.failing("reading the commit state"):
+        sealed = rows.state()
+    if sealed is None:
+        raise RecordDamagedError(STATE_TABLE, STATE_KEY, "the commit state is missing")
+    return cipher.state_keys.open_state(sealed)
+
+
+class RecordReader:
+    """Reads through one connection's rows: a snapshot, or a transaction's view."""
+
+    def __init__(self, rows: Rows, cipher: RecordCipher) -> None:
+        self._rows = rows
+        self._cipher = cipher
+
+    def _view(self) -> Rows:
+        return self._rows
+
+    def get(self, table: str, key: str) -> bytes | None:
+        """The value of ``table``/``key``, or ``None``."""
+        found = self.get_versioned(table, key)
+        return None if found is None else found[0]
+
+    def get_versioned(self, table: str, key: str) -> tuple[bytes, int] | None:
+        """The value and version of ``table``/``key``, or ``None``.
+
+        Raises :class:`RecordDamagedError` when the stored value does not authenticate.
+        """
+        check_table(table)
+        return read_record(self._view(), self._cipher, table, key)
+
+    def list_keys(self, table: str, prefix: str = "") -> list[str]:
+        """The keys of ``table`` starting with ``prefix``, sorted by code point."""
+        check_table(table)
+        return read_keys(self._view(), self._cipher, table, prefix)
+
+
+class RecordTransaction(RecordReader):
+    """A write transaction over a backend's writable rows (see
+    :class:`opencas.store.base.Transaction`).
+
+    Valid only inside the ``with`` block that produced it; the backend calls :meth:`finish`
+    before it commits and :meth:`abandon` when the block raises.
+    """
+
+    def __init__(self, rows: WritableRows, cipher: RecordCipher) -> None:
+        super().__init__(rows, cipher)
+        self._writable = rows
+        self._active = True
+        self._changed = False
+        self._delta = EMPTY_DIGEST
+
+    def _view(self) -> WritableRows:
+        if not self._active:
+            raise StoreError(f"a transaction on {self._writable.name} was used after it ended")
+        return self._writable
+
+    def _change(self, table: str, old: IndexEntry | None, new: IndexEntry | None) -> None:
+        keys = self._cipher.state_keys
+        for entry in (old, new):
+            if entry is not None:
+                self._delta = xor(self._delta, keys.tag(table, entry))
+        self._changed = True
+
+    def finish(self) -> None:
+        """Write the commit state advanced by this transaction's changes, if it made any, and
+        end the transaction object; the backend commits next."""
+        rows = self._view()
+        if self._changed:
+            state = read_state(rows, self._cipher)
+            with rows.failing("writing the commit state"):
+                rows.write_state(self._cipher.state_keys.seal_state(state.advanced(self._delta)))
+        self._active = False
+
+    def abandon(self) -> None:
+        """End the transaction object without writing anything more; the backend rolls back."""
+        self._active = False
+
+    def initialise(self) -> None:
+        """Write the state of an empty store and its key-check record into a new database, whose
+        schema the backend has just created in this transaction."""
+        rows = self._view()
+        with rows.failing("writing the initial commit state"):
+            rows.write_state(self._cipher.state_keys.seal_state(INITIAL_STATE))
+        self.put_reserved(META_TABLE, CHECK_KEY, CHECK_PLAINTEXT)
+
+    def put(self, table: str, key: str, value: bytes) -> int:
+        """Insert or replace ``table``/``key``; return its new version (1 on insert, else +1).
+
+        The old value is not read, so a damaged record can be overwritten; a stored version that
+        is not a valid integer, or an index entry that does not open, raises
+        :class:`RecordDamagedError` (delete the record first).
+        """
+        check_table(table)
+        return self.put_reserved(table, key, value)
+
+    def put_reserved(self, table: str, key: str, value: bytes) -> int:
+        """:meth:`put` without the check of the table name: for the store's own records."""
+        rows = self._view()
+        record_id = self._cipher.state_keys.record_id(table, key)
+        with rows.failing(f"writing {table}/{key}"):
+            row = rows.record(table, record_id)
+            if row is None:
+                version = 1
+            elif is_valid_version(row[0]) and row[0] < MAX_VERSION:
+                version = row[0] + 1
+            else:
+                raise RecordDamagedError(
+                    table, key, f"its version is not an integer in 1..{MAX_VERSION - 1}"
+                )
+            old = _index_entry(rows, self._cipher, table, record_id)
+            envelope = self._cipher.seal(table, key, version, value)
+            new = IndexEntry(key, version, envelope_sha256(envelope))
+            sealed = self._cipher.state_keys.seal_entry(table, record_id, new)
+            rows.write_record(table, record_id, version, envelope, sealed)
+        self._change(table, old, new)
+        return version
+
+    def delete(self, table: str, key: str) -> bool:
+        """Remove ``table``/``key``; return whether a record was there.
+
+        Raises :class:`RecordDamagedError` when its index entry does not open.
+        """
+        check_table(table)
+        rows = self._view()
+        record_id = self._cipher.state_keys.record_id(table, key)
+        with rows.failing(f"deleting {table}/{key}"):
+            old = _index_entry(rows, self._cipher, table, record_id)
+            deleted = rows.delete_record(table, record_id) or old is not None
+        if old is not None:
+            self._change(table, old, None)
+        return deleted
+
+
+def check_key(rows: Rows, cipher: RecordCipher) -> None:
+    """:class:`KeyStoreError` unless the database key opens the key-check record;
+    :class:`StoreError` when there is none."""
+    wrong_key = KeyStoreError(
+        f"the database key does not open {rows.name} "
+        "(it is another database's key, or the key-check record was damaged)"
+    )
+    # Read without the index: its entries open only under the right key, which is the question.
+    with rows.failing("reading the key-check record"):
+        row = rows.record(META_TABLE, cipher.state_keys.record_id(META_TABLE, CHECK_KEY))
+    if row is None:
+        raise StoreError(f"{rows.name} is not a complete OpenCAS database (no key-check record)")
+    try:
+        plaintext = cipher.open(META_TABLE, CHECK_KEY, row[0], row[1])
+    except RecordDamagedError:
+        raise wrong_key from None
+    if plaintext != CHECK_PLAINTEXT:
+        raise wrong_key
+
+
+def _committed_index(rows: Rows, cipher: RecordCipher) -> dict[tuple[str, bytes], IndexEntry]:
+    """Every index entry, once their tags are shown to add up to the commit state."""
+    state = read_state(rows, cipher)
+    entries: dict[tuple[str, bytes], IndexEntry] = {}
+    digest = EMPTY_DIGEST
+    with rows.failing("checking the record index"):
+        for table, record_id, sealed in rows.index_entries(None):
+            if not isinstance(table, str) or not isinstance(record_id, bytes):
+                raise RecordDamagedError(
+                    STATE_TABLE, STATE_KEY, "the record index holds a row of the wrong shape"
+                )
+            entry = cipher.state_keys.open_entry(table, record_id, sealed)
+            digest = xor(digest, cipher.state_keys.tag(table, entry))
+            entries[table, record_id] = entry
+    if digest != state.digest:
+        raise RecordDamagedError(
+            STATE_TABLE,
+            STATE_KEY,
+            f"the record index does not add up to commit {state.counter}: records were removed "
+            "or rolled back together with their index entries",
+        )
+    return entries
+
+
+def check_records(rows: Rows, cipher: RecordCipher) -> tuple[RecordDamagedError, ...]:
+    """Check every record against the committed index (run inside one snapshot); the records
+    that fail, named. :class:`RecordDamagedError` naming ``_state/commit`` when the index itself
+    does not add up to the commit state."""
+    entries = _committed_index(rows, cipher)
+    damaged: list[RecordDamagedError] = []
+    with rows.failing("checking the records"):
+        for table, record_id, version, envelope in rows.records():
+            entry = entries.pop((table, record_id), None)  # type: ignore[arg-type]
+            shown = entry.key if entry is not None else _shown_id(record_id)
+            try:
+                check_record(str(table), shown, entry, version, envelope)
+            except RecordDamagedError as exc:
+                damaged.append(exc)
+    for (table, _), entry in sorted(entries.items()):
+        damaged.append(
+            RecordDamagedError(table, entry.key, "the record was deleted behind the store's back")
+        )
+    return tuple(damaged)
+
+
+def _shown_id(record_id: object) -> str:
+    return record_id.hex() if isinstance(record_id, bytes) else str(record_id)
