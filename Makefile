@@ -20,11 +20,12 @@ install: $(STAMP)
 run: $(STAMP)
 	@BIN=$(BIN) CONFIG=$(CONFIG) bash scripts/dev-cas
 
-## Lint, format check, strict typing and the whole test suite.
+## Lint, format check, strict typing and the whole test suite (PostgreSQL started if need be).
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy --strict src
+	@bash scripts/ensure-postgres
 	$(BIN)/pytest -n auto tests
 
 clean:

@@ -1,4 +1,5 @@
-"""The encrypted state store: one interface (``base``), SQLite now, PostgreSQL later."""
+"""The encrypted state store: one interface (``base``), one encrypted record layer
+(``records``), and two backends of raw rows: SQLite (embedded) and PostgreSQL (shared)."""
 
 from opencas.store.base import Store, Transaction
 from opencas.store.keystore import (
@@ -8,12 +9,14 @@ from opencas.store.keystore import (
     save_key_store,
 )
 from opencas.store.lock import DatabaseInUse, DatabaseLock, lock_path
+from opencas.store.postgres import PostgresStore
 from opencas.store.sqlite import SqliteStore, SqliteTransaction
 
 __all__ = [
     "DatabaseInUse",
     "DatabaseLock",
     "KeyStoreContents",
+    "PostgresStore",
     "SqliteStore",
     "SqliteTransaction",
     "Store",
