@@ -41,6 +41,7 @@ from opencas.config.owner import OwnerConfig, load_owner_config, owner_config_sh
 from opencas.errors import ClientError, ConflictError
 from opencas.service.cas import Cas, load_platform
 from opencas.service.cas_records import read_provisioning_token
+from opencas.sources.toml import toml_string
 from opencas.store.keystore import key_store_path, load_key_store
 from opencas.store.state import StateKeys
 
@@ -83,15 +84,19 @@ def write_config(
     enclave_port: int,
     database: str = "cas.db",
     limits: Mapping[str, float] | None = None,
+    database_url: str | None = None,
 ) -> Path:
     """Write an availability config for a simulated CAS in ``directory``; returns its path.
 
-    ``limits``, when given, is written as the ``[limits]`` section (key to number).
+    ``limits``, when given, is written as the ``[limits]`` section (key to number);
+    ``database_url``, when given, puts the store in that PostgreSQL database (``database`` then
+    names only the local key store and lock).
     """
     path = directory / "cas.toml"
     limit_lines = "".join(f"{key} = {value!r}\n" for key, value in (limits or {}).items())
+    url_line = "" if database_url is None else f"url = {toml_string(database_url)}\n"
     path.write_text(
-        f'[database]\npath = "{database}"\n\n'
+        f'[database]\npath = "{database}"\n{url_line}\n'
         f'[api]\napi_listen = "127.0.0.1:{api_port}"\n'
         f'enclave_listen = "127.0.0.1:{enclave_port}"\n'
         'hostnames = ["localhost", "127.0.0.1"]\n\n'
@@ -158,7 +163,8 @@ class CasProcess:
     """One ``cas`` server process with its own directory and ports.
 
     ``limits`` goes into the ``[limits]`` section of its availability config (for example a small
-    ``max_connections_per_source`` for a test of that limit).
+    ``max_connections_per_source`` for a test of that limit); ``database_url`` puts its store in
+    that PostgreSQL database instead of the SQLite file :attr:`database`.
     """
 
     directory: Path
@@ -166,11 +172,16 @@ class CasProcess:
     enclave_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     limits: Mapping[str, float] = field(default_factory=dict)
+    database_url: str | None = None
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.config_path = write_config(
-            self.directory, self.api_port, self.enclave_port, limits=self.limits
+            self.directory,
+            self.api_port,
+            self.enclave_port,
+            limits=self.limits,
+            database_url=self.database_url,
         )
         self.log_path = self.directory / "cas.log"
 
@@ -345,13 +356,14 @@ def attest_as_owner(
 
 
 def start_self_provisioned_cas(
-    directory: Path, owner_config_text: str | None = None
+    directory: Path, owner_config_text: str | None = None, database_url: str | None = None
 ) -> SelfProvisionedCas:
     """Start a CAS in ``directory``, self-provisioned, and attest it as its owner.
 
     ``directory`` receives ``owner/`` (the owner identity), ``owner-config.toml`` (the
     development owner config unless ``owner_config_text`` is given) and ``cas/`` (the CAS's
-    config, database and log). Stop it with :meth:`SelfProvisionedCas.stop`.
+    config, database and log; with ``database_url``, the store is in that PostgreSQL database).
+    Stop it with :meth:`SelfProvisionedCas.stop`.
     """
     owner_directory = directory / "owner"
     owner = create_owner_identity(owner_directory)
@@ -360,7 +372,7 @@ def start_self_provisioned_cas(
         write_owner_config(config_path)
     else:
         write_owner_config(config_path, owner_config_text)
-    process = CasProcess(directory / "cas")
+    process = CasProcess(directory / "cas", database_url=database_url)
     try:
         process.self_provision(config_path, owner_directory / CERTIFICATE_FILE)
         client, verified = attest_as_owner(process.url, owner, config_path)

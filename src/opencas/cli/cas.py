@@ -211,7 +211,7 @@ def _serve(cas: Cas) -> None:
 
 def _announce(cas: Cas, injected: bool) -> None:
     if cas.created:
-        log.info("created a new CAS database at %s", cas.config.database_path)
+        log.info("created a new CAS database at %s", cas.config.database_shown)
     log.info("CAS key hash: %s", cas.identity.cas_key_hash)
     log.info("software measurement: %s", cas.platform.measurement)
     log.info(

@@ -25,10 +25,12 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from opencas.config.checks import listed_once
 from opencas.crypto.replay_cache import DEFAULT_CAPACITY, DEFAULT_IDENTITIES, DEFAULT_SHARE
+from opencas.database_url import check_database_url, redact_url
 from opencas.dns_names import canonical_hostname, host_name_problem
 from opencas.errors import ConfigError
 from opencas.platform.choice import DEFAULT_PLATFORM_KIND, PLATFORM_KINDS, PlatformSettings
@@ -240,7 +242,17 @@ _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 class _DatabaseSection(BaseModel):
     model_config = _STRICT
 
+    # Required for SQLite; with a url it names only the local files (<path>.key-store and
+    # <path>.lock) and has a default.
     path: _LocalPath
+    url: Annotated[str, AfterValidator(check_database_url)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_path_beside_a_url(cls, data: object) -> object:
+        if isinstance(data, dict) and "url" in data and "path" not in data:
+            return {**data, "path": DEFAULT_DATABASE_PATH}
+        return data
 
 
 class _ApiSection(BaseModel):
@@ -417,6 +429,8 @@ class AvailabilityConfig:
     source: Path
     """The config file (absolute)."""
     database_path: Path
+    """The SQLite file; with :attr:`database_url`, the name the local files are kept under
+    (``<path>.key-store``, ``<path>.lock``)."""
     api_listen: ListenAddress
     enclave_listen: ListenAddress
     hostnames: tuple[str, ...]
@@ -432,6 +446,16 @@ class AvailabilityConfig:
     session_limits: SessionLimits = _SESSIONS
     collateral: CollateralSettings = _COLLATERAL
     """Paths absolute; the cache beside the database unless the file says otherwise."""
+    database_url: str | None = None
+    """The PostgreSQL database of the store; ``None``: the SQLite file at :attr:`database_path`.
+    It may hold a password: show :attr:`database_shown`, never this."""
+
+    @property
+    def database_shown(self) -> str:
+        """The database as logs and messages name it: the path, or the URL without password."""
+        if self.database_url is not None:
+            return redact_url(self.database_url)
+        return str(self.database_path)
 
     @property
     def platform_kind(self) -> str:
@@ -463,6 +487,7 @@ def load_availability_config(path: Path) -> AvailabilityConfig:
             model=_AvailabilityFile,
             data=document.data,
             lines=document.lines(),
+            is_secret=lambda loc: tuple(loc) == ("database", "url"),
         )
         raise ConfigError(in_text_order(problems)) from error
     source = path.absolute()
@@ -483,6 +508,7 @@ def load_availability_config(path: Path) -> AvailabilityConfig:
         replay_cache_limits=parsed.limits.replay_cache(),
         session_limits=parsed.limits.sessions(),
         collateral=_collateral_settings(parsed.collateral, source.parent, database_path),
+        database_url=parsed.database.url,
     )
 
 
@@ -545,6 +571,9 @@ def default_availability_config(database_path: str = DEFAULT_DATABASE_PATH) -> s
 [database]
 # The encrypted state store (SQLite). Its sealed key is kept beside it, in <path>.key-store.
 path = {toml_string(database_path)}
+# Or a PostgreSQL database, shared by several CAS instances (docs/operations.md). The store is
+# then there, still encrypted; the sealed key stays in <path>.key-store on this machine.
+# url = "postgresql://cas@db.example:5432/cas"
 
 [audit_log]
 # The audit log's file, when the owner config's [audit_log] sink is "file" (the default).

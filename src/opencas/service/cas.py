@@ -55,12 +55,13 @@ from opencas.store import (
     DatabaseInUse,
     DatabaseLock,
     KeyStoreContents,
+    PostgresStore,
     SqliteStore,
     key_store_path,
     load_key_store,
     save_key_store,
 )
-from opencas.store.base import Store
+from opencas.store.base import Store, Transaction
 
 log = logging.getLogger("opencas")
 
@@ -265,9 +266,9 @@ def inspect_cas(config: AvailabilityConfig) -> Cas:
         pass
     database = config.database_path
     platform = load_platform(config)
-    SqliteStore.check_file(database)
+    _check_store(config)
     contents = load_key_store(key_store_path(database), platform.unseal)
-    store = SqliteStore.open(database, contents.dmk)
+    store = _open_store(config, contents.dmk)
     try:
         identity = load_identity(store, config.hostnames, reissue=False)
     except BaseException:
@@ -276,17 +277,51 @@ def inspect_cas(config: AvailabilityConfig) -> Cas:
     return Cas(config, store, platform, identity, DatabaseLock(database))
 
 
-def _refuse_orphaned_key_store(database: Path, key_store: Path) -> None:
+def _store_exists(config: AvailabilityConfig) -> bool:
+    """Whether the configured store exists: the SQLite file, or the schema in PostgreSQL."""
+    if config.database_url is not None:
+        return PostgresStore.exists(config.database_url)
+    return config.database_path.exists()
+
+
+def _check_store(config: AvailabilityConfig) -> None:
+    """Refuse a file that is not an OpenCAS database before its key store is unsealed."""
+    if config.database_url is None:
+        SqliteStore.check_file(config.database_path)
+
+
+def _open_store(config: AvailabilityConfig, dmk: bytes) -> Store:
+    if config.database_url is not None:
+        return PostgresStore.open(config.database_url, dmk)
+    return SqliteStore.open(config.database_path, dmk)
+
+
+def _create_store(
+    config: AvailabilityConfig,
+    dmk: bytes,
+    populate: Callable[[Transaction], None],
+    before_publish: Callable[[], None],
+) -> Store:
+    if config.database_url is not None:
+        return PostgresStore.create(config.database_url, dmk, populate, before_publish)
+    return SqliteStore.create_atomically(config.database_path, dmk, populate, before_publish)
+
+
+def _refuse_orphaned_key_store(config: AvailabilityConfig, key_store: Path) -> None:
     """A key store without its database is a lost or moved database, not a new CAS.
 
     The one exception is a first start that was interrupted after the key store was written:
-    its database build file is still there, and the creation starts over.
+    its SQLite build file is still there, and the creation starts over. PostgreSQL has no such
+    file, so an emptied PostgreSQL database with a key store always stops the start.
     """
-    interrupted = any(database.parent.glob(f"{database.name}.init-*"))
+    database = config.database_path
+    interrupted = config.database_url is None and any(
+        database.parent.glob(f"{database.name}.init-*")
+    )
     if key_store.exists() and not interrupted:
         raise StoreError(
-            f"database {database} is missing but its key store {key_store} exists; restore the "
-            "database, or move the key store away to create a new CAS"
+            f"database {config.database_shown} is missing but its key store {key_store} exists; "
+            "restore the database, or move the key store away to create a new CAS"
         )
 
 
@@ -297,12 +332,12 @@ def _open_or_create_store(
     injected_dmk: bytes | None,
 ) -> tuple[Store, bool]:
     key_store = key_store_path(database)
-    if not database.exists():
-        _refuse_orphaned_key_store(database, key_store)
+    if not _store_exists(config):
+        _refuse_orphaned_key_store(config, key_store)
         dmk = injected_dmk if injected_dmk is not None else secrets.token_bytes(DMK_SIZE)
         injected = injected_dmk is not None
-        store = SqliteStore.create_atomically(
-            database,
+        store = _create_store(
+            config,
             dmk,
             populate=lambda txn: populate_new_identity(
                 txn, config.hostnames, db_key_injected=injected
@@ -312,9 +347,9 @@ def _open_or_create_store(
             ),
         )
         return store, True
-    SqliteStore.check_file(database)
+    _check_store(config)
     if injected_dmk is not None:
-        store = SqliteStore.open(database, injected_dmk)
+        store = _open_store(config, injected_dmk)
         try:
             mark_db_key_injected(store)
             save_key_store(key_store, KeyStoreContents(injected_dmk, True), platform.seal)
@@ -323,7 +358,7 @@ def _open_or_create_store(
             raise
         return store, False
     contents = load_key_store(key_store, platform.unseal)
-    store = SqliteStore.open(database, contents.dmk)
+    store = _open_store(config, contents.dmk)
     if contents.db_key_injected:
         try:
             mark_db_key_injected(store)

@@ -28,11 +28,11 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from opencas.database_url import redact_url
 from opencas.errors import RecordDamagedError, StoreError
 from opencas.store.base import StoreState, Transaction
 from opencas.store.records import (
@@ -73,22 +73,6 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 def _do_nothing() -> None:
     return None
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***``: what logs and messages show."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        port = f":{parts.port}" if parts.port is not None else ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
-    except ValueError:
-        return "<a postgresql:// URL that does not parse>"
 
 
 class _PostgresRows:

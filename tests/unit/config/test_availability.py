@@ -610,3 +610,42 @@ def test_pathological_toml_is_a_config_error(tmp_path: Path) -> None:
     for path in (deep, huge):
         with pytest.raises(ConfigError, match="invalid TOML"):
             load_availability_config(path)
+
+
+# --- [database] url ---------------------------------------------------------------------------
+
+
+def test_database_url_puts_the_store_in_postgresql(tmp_path: Path) -> None:
+    text = '[database]\nurl = "postgresql://cas:s3cret@db.example:5432/cas"\n'
+    config = load_availability_config(write_config(tmp_path, text))
+    assert config.database_url == "postgresql://cas:s3cret@db.example:5432/cas"
+    assert config.database_shown == "postgresql://cas:***@db.example:5432/cas"
+    # The local files (key store, lock) keep the default name beside the config.
+    assert config.database_path == tmp_path / ".cas" / "cas.db"
+    sqlite = load_availability_config(write_config(tmp_path, MINIMAL, "sqlite.toml"))
+    assert sqlite.database_url is None
+    assert sqlite.database_shown == str(tmp_path / "cas.db")
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("mysql://cas:s3cret@db/cas", "is not a postgresql:// or postgres:// URL"),
+        ("postgresql://cas:s3cret@db", "names no database"),
+        ("postgresql://cas:s3cret@db:99999/cas", "is not a URL"),
+        ("postgresql://cas:s3cret@db/ cas", "no white space"),
+    ],
+)
+def test_a_bad_database_url_is_named_without_its_password(
+    tmp_path: Path, url: str, problem: str
+) -> None:
+    message = config_error(write_config(tmp_path, f'[database]\nurl = "{url}"\n'))
+    assert "cas.toml:2: [database] url:" in message
+    assert problem in message
+    assert "s3cret" not in message
+
+
+def test_a_database_url_of_the_wrong_type_is_not_shown(tmp_path: Path) -> None:
+    message = config_error(write_config(tmp_path, "[database]\nurl = ['s3cret']\n"))
+    assert "[database] url" in message
+    assert "s3cret" not in message

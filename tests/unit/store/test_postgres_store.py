@@ -7,9 +7,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from opencas.database_url import redact_url
 from opencas.errors import StoreError
 from opencas.store import PostgresStore, Transaction
-from opencas.store.postgres import SCHEMA_VERSION, redact_url
+from opencas.store.postgres import SCHEMA_VERSION
 
 DMK = bytes(range(32))
 
