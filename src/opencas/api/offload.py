@@ -4,8 +4,7 @@ Every request that verifies evidence, renders a configuration, issues certificat
 answer does a millisecond or more of work in Python or in code that holds the GIL. On the event
 loop that work would hold up every other request; spread over a pool of threads it costs more
 than it saves, because the threads only take turns at the GIL and each turn is a context switch
-against the event loop (measured in ``benchmarks/workload_attestation.py``: a 40-thread pool
-cost about 50% more server CPU per attestation than one thread). One thread runs the work in the
+against the event loop. One thread runs the work in the
 order it was submitted; the event loop keeps serving TLS, nonces and ``/healthz`` meanwhile.
 """
 
