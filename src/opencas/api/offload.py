@@ -4,26 +4,55 @@ Every request that verifies evidence, renders a configuration, issues certificat
 answer does a millisecond or more of work in Python or in code that holds the GIL. On the event
 loop that work would hold up every other request; spread over a pool of threads it costs more
 than it saves, because the threads only take turns at the GIL and each turn is a context switch
-against the event loop. One thread runs the work in the
-order it was submitted; the event loop keeps serving TLS, nonces and ``/healthz`` meanwhile.
+against the event loop. One thread runs the work in the order it was submitted; the event loop
+keeps serving TLS, nonces and ``/healthz`` meanwhile.
+
+The hand-over is kept to the minimum a thread hop needs: a job goes into a lock-free queue, and
+results that finish while the event loop is busy are delivered together, with one wake-up of the
+loop for all of them rather than one per result.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
+
+
+class LaneClosedError(RuntimeError):
+    """Work was submitted to, or was waiting in, a lane that has been closed."""
+
+
+class _Job:
+    """One call waiting in, or run by, the lane; ``abandoned`` is set from the event loop."""
+
+    __slots__ = ("abandoned", "call", "future", "outcome")
+
+    def __init__(self, future: asyncio.Future[Any], call: Callable[[], Any]) -> None:
+        self.future = future
+        self.call = call
+        self.abandoned = False
+        self.outcome: tuple[bool, Any] = (False, None)
 
 
 class WorkerLane:
     """Runs functions one at a time in one worker thread, awaited from the event loop."""
 
     def __init__(self, name: str) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._finished: list[_Job] = []
+        self._finished_lock = threading.Lock()
+        self._wake_pending = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._start_lock = threading.Lock()
 
     async def run(self, function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """``function(*args, **kwargs)``, run in the lane's thread; its result or its exception.
@@ -31,9 +60,80 @@ class WorkerLane:
         When the awaiting task is cancelled (the client went away) before the function starts,
         the function never runs, so abandoned work does not pile up in the lane.
         """
+        if self._closed:
+            raise LaneClosedError("the lane is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: function(*args, **kwargs))
+        self._loop = loop
+        self._start()
+        future: asyncio.Future[_T] = loop.create_future()
+        job = _Job(future, lambda: function(*args, **kwargs))
+        self._jobs.put(job)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            job.abandoned = True
+            raise
+
+    def _start(self) -> None:
+        # The thread starts with the first job, so an API that never attests costs no thread.
+        if self._thread.ident is None:
+            with self._start_lock:
+                if self._thread.ident is None:
+                    self._thread.start()
 
     def close(self) -> None:
         """Stop the lane: work not yet started is dropped; work running finishes in its thread."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._closed = True
+        self._jobs.put(None)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if job.abandoned:
+                continue
+            if self._closed:
+                job.outcome = (False, LaneClosedError("the lane was closed before this work ran"))
+                self._finish(job)
+                continue
+            try:
+                job.outcome = (True, job.call())
+            except BaseException as exc:  # handed to the awaiting task, which re-raises it
+                job.outcome = (False, exc)
+            self._finish(job)
+        self._drop_waiting()
+
+    def _finish(self, job: _Job) -> None:
+        with self._finished_lock:
+            self._finished.append(job)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        loop = self._loop
+        assert loop is not None  # set by run() before any job is queued
+        # A closed loop raises RuntimeError: nobody awaits these results any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._finished_lock:
+            finished, self._finished = self._finished, []
+            self._wake_pending = False
+        for job in finished:
+            if job.future.done():
+                continue
+            ok, value = job.outcome
+            if ok:
+                job.future.set_result(value)
+            else:
+                job.future.set_exception(value)
+
+    def _drop_waiting(self) -> None:
+        # After close(): jobs still queued never run; their callers get a clear error.
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is None or job.abandoned:
+                continue
+            job.outcome = (False, LaneClosedError("the lane was closed before this work ran"))
+            self._finish(job)
