@@ -9,16 +9,20 @@ keeps serving TLS, nonces and ``/healthz`` meanwhile.
 
 The hand-over is kept to the minimum a thread hop needs: a job goes into a lock-free queue, and
 results that finish while the event loop is busy are delivered together, with one wake-up of the
-loop for all of them rather than one per result.
+loop for all of them rather than one per result. A result can also be held back until something
+it depends on is done in another thread (an audit entry made durable by a group commit), so the
+entries of one commit wake the loop once, not once for the lane and once more for the commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
 
 _P = ParamSpec("_P")
@@ -32,11 +36,17 @@ class LaneClosedError(RuntimeError):
 class _Job:
     """One call waiting in, or run by, the lane; ``abandoned`` is set from the event loop."""
 
-    __slots__ = ("abandoned", "call", "future", "outcome")
+    __slots__ = ("abandoned", "call", "future", "outcome", "wait_for")
 
-    def __init__(self, future: asyncio.Future[Any], call: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        future: asyncio.Future[Any],
+        call: Callable[[], Any],
+        wait_for: Callable[[Any], Future[Any] | None] | None,
+    ) -> None:
         self.future = future
         self.call = call
+        self.wait_for = wait_for
         self.abandoned = False
         self.outcome: tuple[bool, Any] = (False, None)
 
@@ -60,13 +70,33 @@ class WorkerLane:
         When the awaiting task is cancelled (the client went away) before the function starts,
         the function never runs, so abandoned work does not pile up in the lane.
         """
+        return await self._submit(None, lambda: function(*args, **kwargs))
+
+    async def run_then_wait(
+        self,
+        wait_for: Callable[[_T], Future[Any] | None],
+        function: Callable[_P, _T],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> _T:
+        """As :meth:`run`, but the result is handed back only once ``wait_for(result)`` is done.
+
+        ``wait_for`` runs in the lane's thread and names a future the result depends on (or
+        None). The lane does not block on it: it goes on with the next job meanwhile. Whether
+        that future succeeded is for the caller to ask; the lane only waits for it.
+        """
+        return await self._submit(wait_for, lambda: function(*args, **kwargs))
+
+    async def _submit(
+        self, wait_for: Callable[[Any], Future[Any] | None] | None, call: Callable[[], _T]
+    ) -> _T:
         if self._closed:
             raise LaneClosedError("the lane is closed")
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._start()
         future: asyncio.Future[_T] = loop.create_future()
-        job = _Job(future, lambda: function(*args, **kwargs))
+        job = _Job(future, call, wait_for)
         self._jobs.put(job)
         try:
             return await future
@@ -95,10 +125,17 @@ class WorkerLane:
                 self._finish(job)
                 continue
             try:
-                job.outcome = (True, job.call())
+                result = job.call()
+                job.outcome = (True, result)
+                pending = job.wait_for(result) if job.wait_for is not None else None
             except BaseException as exc:  # handed to the awaiting task, which re-raises it
                 job.outcome = (False, exc)
-            self._finish(job)
+                pending = None
+            if pending is None:
+                self._finish(job)
+            else:
+                # Runs at once if already done, else in the thread that completes it.
+                pending.add_done_callback(functools.partial(self._finish_waited, job))
         self._drop_waiting()
 
     def _finish(self, job: _Job) -> None:
@@ -112,6 +149,9 @@ class WorkerLane:
         # A closed loop raises RuntimeError: nobody awaits these results any more.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._deliver)
+
+    def _finish_waited(self, job: _Job, _done: Future[Any]) -> None:
+        self._finish(job)
 
     def _deliver(self) -> None:
         with self._finished_lock:

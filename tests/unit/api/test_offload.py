@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import Future
 
 import pytest
 
@@ -96,3 +97,21 @@ def test_a_closed_lane_refuses_new_work_and_drops_waiting_work() -> None:
 
     asyncio.run(main())
     assert ran == []
+
+
+def test_a_result_waits_for_its_dependency_while_the_lane_goes_on() -> None:
+    lane = WorkerLane("test-lane")
+    dependency: Future[None] = Future()
+
+    async def main() -> None:
+        held = asyncio.ensure_future(lane.run_then_wait(lambda _result: dependency, str, 1))
+        # The lane is not blocked by the held result: the next job is answered first.
+        assert await lane.run(str, 2) == "2"
+        assert not held.done()
+        dependency.set_result(None)
+        assert await held == "1"
+        # A dependency already done, or none at all, hands the result back at once.
+        assert await lane.run_then_wait(lambda _result: dependency, str, 3) == "3"
+        assert await lane.run_then_wait(lambda _result: None, str, 4) == "4"
+
+    asyncio.run(main())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+from concurrent.futures import Future
 from typing import Annotated, Any
 
 from fastapi import APIRouter
@@ -17,6 +17,7 @@ from opencas.service.otp_guard import OtpGuard
 from opencas.service.workloads import (
     NONCE_LIFETIME,
     NonceStore,
+    WorkloadDecision,
     WorkloadRequest,
     decide_workload,
 )
@@ -56,17 +57,22 @@ def workloads_router(cas: Cas, lane: WorkerLane) -> APIRouter:
     # Verifying the evidence, rendering, issuing certificates and sealing run in one hop to the
     # lane, so none of it holds up the event loop. The lane does not wait for the decision's
     # audit entry to be synced: it goes on with the next attestation while this one's answer
-    # waits here, so attestations in flight share one fsync.
+    # is held back until its entry is durable, so attestations in flight share one fsync.
     @router.post("/v1/enclave/attest")
     async def attest(body: EnclaveAttestRequest) -> dict[str, str]:
         """Attest a workload; answer its configuration, HPKE-sealed to its public key."""
         request = WorkloadRequest(
             body.config_id, body.nonce, body.public_key, body.evidence, body.otp
         )
-        decision = await lane.run(decide_workload, cas, nonces, request, otp_guard)
-        if decision.durable.future is not None:
-            await asyncio.wrap_future(decision.durable.future)
-        sealed = decision.answer()
+        decision = await lane.run_then_wait(
+            _durability, decide_workload, cas, nonces, request, otp_guard
+        )
+        sealed = decision.answer()  # durable by now: raises the refusal or the log's error
         return {"kem": sealed.kem, "sealed": sealed.sealed}
 
     return router
+
+
+def _durability(decision: WorkloadDecision) -> Future[None] | None:
+    """What a decision's answer waits for: its audit entry becoming durable."""
+    return decision.durable.future
