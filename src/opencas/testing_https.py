@@ -1,14 +1,18 @@
-"""A local HTTPS server with fixed answers, for tests of network clients (collateral sources).
+"""A local HTTPS server with fixed answers, for tests of network clients (collateral sources,
+the audit log's network sink).
 
 :class:`FixedAnswersServer` listens on a free port of 127.0.0.1 with a certificate of its own CA
 (:attr:`~FixedAnswersServer.ca_pem`, for the client to trust), answers each configured path and
-query with its status, headers and body, 404 otherwise, and records what it was asked. The socket
+query with its status, headers and body, 404 otherwise, and records what it was asked (and the
+body of each POST it answered with 2xx, :attr:`~FixedAnswersServer.accepted`). The socket
 listens before :meth:`~FixedAnswersServer.start` returns, so no test waits for it. This module
 needs only OpenCAS itself (no pytest).
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
 import tempfile
 import threading
@@ -38,6 +42,8 @@ class FixedAnswersServer:
     def __init__(self, answers: Mapping[str, Answer] | None = None) -> None:
         self.answers: dict[str, Answer] = dict(answers or {})
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.accepted: list[bytes] = []
+        self._connections: set[socket.socket] = set()
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca = create_ca_certificate(ca_key, "collateral test CA")
         key = ec.generate_private_key(ec.SECP256R1())
@@ -72,9 +78,13 @@ class FixedAnswersServer:
         return self
 
     def close(self) -> None:
-        """Stop serving and remove the key."""
+        """Stop serving, close the connections clients keep open, and remove the key: from
+        now on the server is down for every client."""
         self._server.shutdown()
         self._server.server_close()
+        for connection in list(self._connections):
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
         self._directory.cleanup()
 
     def __enter__(self) -> FixedAnswersServer:
@@ -92,9 +102,30 @@ class FixedAnswersServer:
             # the client's delayed ACK add 40 ms to every answer.
             disable_nagle_algorithm = True
 
+            def setup(self) -> None:
+                super().setup()
+                server._connections.add(self.connection)
+
+            def finish(self) -> None:
+                server._connections.discard(self.connection)
+                super().finish()
+
             def do_GET(self) -> None:
                 server.requests.append((self.path, dict(self.headers.items())))
-                answer = server.answers.get(self.path, Answer(b"not found", status=404))
+                self._answer(self._chosen())
+
+            def do_POST(self) -> None:
+                server.requests.append((self.path, dict(self.headers.items())))
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                answer = self._chosen()
+                if 200 <= answer.status < 300:
+                    server.accepted.append(body)  # before answering: the client goes on then
+                self._answer(answer)
+
+            def _chosen(self) -> Answer:
+                return server.answers.get(self.path, Answer(b"not found", status=404))
+
+            def _answer(self, answer: Answer) -> None:
                 self.send_response(answer.status)
                 for name, value in answer.headers.items():
                     self.send_header(name, value)

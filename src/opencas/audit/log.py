@@ -11,7 +11,9 @@ transaction writes the new head. While such an operation runs no other entry is 
 when it fails the very next entry says so (``prev_failed``) and takes its ``seq``.
 
 If the sink fails, the entry's operation fails with :class:`AuditLogError`, and so does every
-later one until the CAS restarts: after a failed write, what the sink holds is not known.
+later one until the CAS restarts: after a failed write, what the sink holds is not known. An
+operation that changes where the log goes hands its entry the new sink
+(:meth:`Operation.record`); the old one is closed by the sync thread once it is done with it.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class AuditLog:
         self._written = 0
         self._synced = 0
         self._waiting: deque[tuple[int, Future[None]]] = deque()
+        self._retired: list[Sink] = []
         self._closing = False
         self._syncer = threading.Thread(target=self._sync_forever, name="audit-sync", daemon=True)
         self._syncer.start()
@@ -125,10 +128,28 @@ class AuditLog:
             if operation.recorded:
                 self._prev_failed = True
                 log.warning("audit: the operation of seq %d failed", self._head.seq)
+            if operation.replaced is not None:
+                with self._lock:
+                    self._retire(self._use_sink(operation.replaced))
             raise
+        else:
+            if operation.replaced is not None:
+                self._retire(operation.replaced)
         finally:
             if operation.recorded:
                 self._lock.release()
+
+    def _use_sink(self, sink: Sink) -> Sink:
+        """Write to ``sink`` from now on (the lock is held); the sink it replaces."""
+        with self._sync:
+            replaced, self._sink = self._sink, sink
+        return replaced
+
+    def _retire(self, sink: Sink) -> None:
+        """Close ``sink`` once the sync thread is done with it."""
+        with self._sync:
+            self._retired.append(sink)
+            self._sync.notify_all()
 
     def change_mode(self, mode: AuditLogMode) -> None:
         """Use ``mode`` from now on (the owner config changed it; its entry is written)."""
@@ -191,14 +212,18 @@ class AuditLog:
     def _sync_forever(self) -> None:
         while True:
             with self._sync:
-                while self._written == self._synced and not self._closing:
+                while self._written == self._synced and not self._closing and not self._retired:
                     self._sync.wait()
+                retired, self._retired = self._retired, []
                 if self._written == self._synced:
-                    return
-                target = self._written
+                    _close_all(retired)
+                    if self._closing:
+                        return
+                    continue
+                target, sink = self._written, self._sink
             failure: AuditLogError | None = None
             try:
-                self._sink.sync()
+                sink.sync()
             except OSError as exc:
                 # Not under the writer's lock: a writer may hold it while it waits for this sync.
                 failure = self._break(exc)
@@ -210,6 +235,7 @@ class AuditLog:
                         future.set_result(None)
                     else:
                         future.set_exception(failure)
+            _close_all(retired)
 
     def close(self) -> None:
         """Sync what was written, stop the sync thread and close the sink."""
@@ -217,7 +243,12 @@ class AuditLog:
             self._closing = True
             self._sync.notify_all()
         self._syncer.join()
-        self._sink.close()
+        _close_all([*self._retired, self._sink])
+
+
+def _close_all(sinks: list[Sink]) -> None:
+    for sink in sinks:
+        sink.close()
 
 
 class Operation:
@@ -226,19 +257,30 @@ class Operation:
     def __init__(self, audit: AuditLog) -> None:
         self._audit = audit
         self.recorded = False
+        self.replaced: Sink | None = None
 
     def record(
-        self, event: str, *, actor: str, subject: str, details: Mapping[str, Any]
+        self,
+        event: str,
+        *,
+        actor: str,
+        subject: str,
+        details: Mapping[str, Any],
+        sink: Sink | None = None,
     ) -> Head | None:
         """Write the operation's entry and wait until it is durable; the head to store.
 
         Call it once, inside the store transaction, after every check passed. Returns ``None``
         while the log is disabled (the stored head stays). No other entry is written until the
-        operation ends. Raises :class:`AuditLogError` when the log cannot take the entry.
+        operation ends. With ``sink`` (an operation that changes where the log goes), this
+        entry and every later one go to ``sink``; if the operation fails, the sink before it
+        comes back. Raises :class:`AuditLogError` when the log cannot take the entry.
         """
         audit = self._audit
         audit._lock.acquire()
         try:
+            if sink is not None:
+                self.replaced = audit._use_sink(sink)
             force = event in ALWAYS_SIGNED
             if audit.mode == "disabled" and not force:
                 audit._lock.release()
@@ -246,6 +288,7 @@ class Operation:
             ticket = audit._write(event, actor, subject, details)
             self.recorded = True
         except BaseException:
-            audit._lock.release()
+            if not self.recorded:
+                audit._lock.release()
             raise
         return ticket.wait()

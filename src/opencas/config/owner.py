@@ -129,7 +129,8 @@ def _url(value: str, schemes: tuple[str, ...]) -> str:
         raise ValueError("a URL may not contain spaces or control characters")
     try:
         parts = urlsplit(value)
-        port = parts.port
+        if parts.port == 0:
+            raise ValueError
     except ValueError:
         raise ValueError("not a valid URL") from None
     expected = " or ".join(f"{scheme}://" for scheme in schemes)
@@ -150,20 +151,11 @@ def _url(value: str, schemes: tuple[str, ...]) -> str:
         raise ValueError("the URL's host is neither an IP address nor a valid DNS name") from None
     if parts.fragment or value.endswith("#"):
         raise ValueError("a URL may not carry a fragment ('#...')")
-    # A raw TLS stream has no default port and no notion of a path.
-    if parts.scheme == "tcp+tls" and port is None:
-        raise ValueError("the URL names no port; expected tcp+tls://HOST:PORT")
-    if parts.scheme == "tcp+tls" and (parts.path or parts.query):
-        raise ValueError("a tcp+tls:// URL has no path or query; expected tcp+tls://HOST:PORT")
     return value
 
 
 def _https_url(value: str) -> str:
     return _url(value, ("https",))
-
-
-def _audit_url(value: str) -> str:
-    return _url(value, ("https", "tcp+tls"))
 
 
 def _one_certificate(value: str) -> str:
@@ -219,9 +211,6 @@ _AltNames = Annotated[
 ]
 _HttpsUrl = Annotated[
     str, StringConstraints(min_length=1, max_length=_MAX_URL_LENGTH), AfterValidator(_https_url)
-]
-_AuditUrl = Annotated[
-    str, StringConstraints(min_length=1, max_length=_MAX_URL_LENGTH), AfterValidator(_audit_url)
 ]
 _PemCertificate = Annotated[
     str, StringConstraints(max_length=_MAX_PEM_LENGTH), AfterValidator(_one_certificate)
@@ -296,9 +285,10 @@ AuditLogSink = Literal["file", "network"]
 class AuditLogConfig(BaseModel):
     """``[audit_log]``: whether the CAS writes an audit log, signed or not, and where.
 
-    With ``sink = "network"``, ``url`` (https or tcp+tls) is required and
-    ``server_ca_certificate`` (canonical PEM) may pin the server; with ``sink = "file"`` both
-    are refused, so that a config never carries settings that have no effect.
+    With ``sink = "network"``, ``url`` (https) is required and ``server_ca_certificate``
+    (canonical PEM) is the CA the server's certificate must chain to (without it, the
+    platform's default trust store); with ``sink = "file"`` both are refused, so that a config
+    never carries settings that have no effect.
     """
 
     model_config = _STRICT
@@ -306,7 +296,7 @@ class AuditLogConfig(BaseModel):
     mode: AuditLogMode = "signed"
     sink: AuditLogSink = "file"
     # Validated even when left out, so that a network sink without a URL is caught.
-    url: _AuditUrl | None = Field(default=None, validate_default=True)
+    url: _HttpsUrl | None = Field(default=None, validate_default=True)
     server_ca_certificate: _PemCertificate | None = Field(default=None, validate_default=True)
 
     @field_validator("url")

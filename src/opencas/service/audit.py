@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from opencas.audit.chain import GENESIS, STATE_EVENTS, Head, line_hash, parse_entry, start_details
 from opencas.audit.log import AuditLog, AuditLogMode, Operation, StartInfo
-from opencas.audit.sinks import FileSink, cut_partial_line, lines_backwards
+from opencas.audit.sinks import FileSink, NetworkSink, Sink, cut_partial_line, lines_backwards
 from opencas.config.owner import OwnerConfig
 from opencas.crypto.pem import certificate_pem, private_key_pem
 from opencas.crypto.x509 import (
@@ -32,7 +32,7 @@ from opencas.crypto.x509 import (
     common_name_subject,
     key_usage,
 )
-from opencas.errors import AuditLogError, ConfigError
+from opencas.errors import AuditLogError
 from opencas.policy.caller import Caller
 from opencas.service.cas_records import (
     AuditHeadRecord,
@@ -45,7 +45,6 @@ from opencas.service.cas_records import (
     write_audit_key,
 )
 from opencas.service.identity import CasIdentity, utc_now_text
-from opencas.sources.problems import Problem
 from opencas.store.base import Store, Transaction
 
 log = logging.getLogger("opencas")
@@ -65,17 +64,49 @@ def mode_of(config: OwnerConfig | None) -> AuditLogMode:
     return "signed" if config is None else config.audit_log.mode
 
 
-def check_supported(config: OwnerConfig) -> None:
-    """Refuse an owner config whose audit log this build cannot write."""
-    if config.audit_log.mode != "disabled" and config.audit_log.sink != "file":
-        raise ConfigError(
-            [
-                Problem.about(
-                    "audit_log.sink",
-                    'this build writes the audit log to a file only (sink = "file")',
-                )
-            ]
-        )
+def _sink_settings(config: OwnerConfig | None) -> tuple[str, str | None, str | None]:
+    if config is None:
+        return ("file", None, None)
+    section = config.audit_log
+    return (section.sink, section.url, section.server_ca_certificate)
+
+
+def open_sink(path: Path, config: OwnerConfig | None) -> Sink:
+    """The sink the owner ``config`` names, on the log file at ``path``.
+
+    Raises :class:`AuditLogError` when the file cannot be opened.
+    """
+    sink, url, ca_certificate_pem = _sink_settings(config)
+    try:
+        if sink == "network" and url is not None:
+            return NetworkSink(path, url, ca_certificate_pem)
+        return FileSink(path)
+    except OSError as exc:
+        raise AuditLogError(f"cannot open the audit log {path}: {exc.strerror or exc}") from exc
+
+
+def next_sink(path: Path, current: OwnerConfig | None, new: OwnerConfig) -> Sink | None:
+    """The sink for ``new``, when it changes where the log goes, already holding every entry
+    written so far; None when ``new`` keeps the sink of ``current``.
+
+    A network sink is tried here, before the operation: a server that cannot take the log
+    refuses the owner config (:class:`AuditLogError`) and nothing changes.
+    """
+    if _sink_settings(current) == _sink_settings(new):
+        return None
+    sink = open_sink(path, new)
+    try:
+        if isinstance(sink, NetworkSink):
+            sink.probe()
+        else:
+            sink.sync()
+    except OSError as exc:
+        sink.close()
+        raise AuditLogError(
+            f"the owner config's audit log sink cannot take the log ({exc.strerror or exc}); "
+            "the owner config was not changed"
+        ) from exc
+    return sink
 
 
 def audit_key(store: Store, identity: CasIdentity) -> AuditKeyRecord:
@@ -183,11 +214,8 @@ def open_audit_log(
     stored = read_audit_head(store)
     committed = GENESIS if stored is None else Head(stored.seq, stored.hash)
     opened = reconcile(path, committed)
-    try:
-        sink = FileSink(path)
-    except OSError as exc:
-        raise AuditLogError(f"cannot open the audit log {path}: {exc.strerror or exc}") from exc
     config = read_owner_config(store)
+    sink = open_sink(path, config)
 
     def details(prev: str) -> Mapping[str, Any]:
         answer = attest(prev)
@@ -213,8 +241,9 @@ def open_audit_log(
 class StateEntry:
     """Records a state-changing operation's entry in its transaction (see :func:`state_change`)."""
 
-    def __init__(self, operation: Operation) -> None:
+    def __init__(self, operation: Operation, sink: Sink | None) -> None:
         self._operation = operation
+        self.sink = sink
 
     def record(
         self,
@@ -225,19 +254,29 @@ class StateEntry:
         subject: str,
         details: Mapping[str, Any],
     ) -> None:
-        """Write the entry (durable before this returns) and its head into ``txn``."""
-        head = self._operation.record(event, actor=actor, subject=subject, details=details)
+        """Write the entry (durable before this returns) and its head into ``txn``; with a
+        new sink, to that sink, and every later entry too (see :meth:`Operation.record`)."""
+        sink, self.sink = self.sink, None
+        head = self._operation.record(
+            event, actor=actor, subject=subject, details=details, sink=sink
+        )
         if head is not None:
             write_audit_head(txn, AuditHeadRecord(seq=head.seq, hash=head.hash))
 
 
 @contextlib.contextmanager
-def state_change(audit: AuditLog) -> Iterator[StateEntry]:
+def state_change(audit: AuditLog, sink: Sink | None = None) -> Iterator[StateEntry]:
     """Wrap a store transaction that changes state: ``with state_change(log) as entry,
     store.transaction() as txn: ...; entry.record(txn, ...)``. If the transaction fails after the
-    entry was written, the next entry says so."""
+    entry was written, the next entry says so. ``sink`` (from :func:`next_sink`) is where the
+    entry and the ones after it go; an operation that fails before its entry closes it."""
     with audit.operation() as operation:
-        yield StateEntry(operation)
+        entry = StateEntry(operation, sink)
+        try:
+            yield entry
+        finally:
+            if entry.sink is not None:
+                entry.sink.close()
 
 
 def log_start(audit: AuditLog) -> None:

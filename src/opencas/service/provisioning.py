@@ -16,7 +16,7 @@ from opencas.config.owner import OwnerConfig, owner_config_sha256
 from opencas.config.owner_identity import OwnerIdentity, owner_identity_of
 from opencas.errors import ConflictError, ForbiddenError
 from opencas.policy.caller import Caller
-from opencas.service.audit import actor_of, check_supported, mode_of, state_change
+from opencas.service.audit import actor_of, mode_of, next_sink, state_change
 from opencas.service.cas import Cas
 from opencas.service.cas_records import (
     OwnerRecord,
@@ -52,9 +52,12 @@ def provision(
     Returns the new state. The TLS certificate is reissued in the same transaction when the
     owner config shapes it.
     """
-    check_supported(config)
     audit = cas.audit_log
-    with state_change(audit) as entry, cas.store.transaction() as txn:
+    if read_state(cas.store).provisioned:
+        # Before the sink is tried: a network sink would be sent the log.
+        raise ConflictError("this CAS is already provisioned", code="already-provisioned")
+    sink = next_sink(cas.config.audit_log_path, None, config)
+    with state_change(audit, sink) as entry, cas.store.transaction() as txn:
         state = read_state(txn)
         if state.provisioned:
             raise ConflictError("this CAS is already provisioned", code="already-provisioned")
@@ -152,9 +155,9 @@ def require_owner(cas: Cas, caller: Caller) -> None:
 def update_owner_config(cas: Cas, caller: Caller, config: OwnerConfig) -> str:
     """Replace the owner config (owner only); returns its new hash."""
     require_owner(cas, caller)
-    check_supported(config)
     audit = cas.audit_log
-    with state_change(audit) as entry, cas.store.transaction() as txn:
+    sink = next_sink(cas.config.audit_log_path, read_owner_config(cas.store), config)
+    with state_change(audit, sink) as entry, cas.store.transaction() as txn:
         state = read_state(txn)
         previous = mode_of(read_owner_config(txn))
         sha = write_owner_config(txn, config)

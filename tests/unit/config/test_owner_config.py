@@ -98,7 +98,7 @@ subscription_key = "{SUBSCRIPTION_KEY}"
 [audit_log]
 mode = "signed"
 sink = "network"
-url = "tcp+tls://audit.example.com:6514"
+url = "https://audit.example.com:6514/log"
 server_ca_certificate = '''
 {CA_PEM}'''
 """
@@ -120,7 +120,7 @@ FULL_DATA: dict[str, Any] = {
     "audit_log": {
         "mode": "signed",
         "sink": "network",
-        "url": "tcp+tls://audit.example.com:6514",
+        "url": "https://audit.example.com:6514/log",
         "server_ca_certificate": CA_PEM,
     },
 }
@@ -134,7 +134,7 @@ audit_log:
   sink: network
   mode: signed
   server_ca_certificate: |
-{INDENTED_PEM}  url: "tcp+tls://audit.example.com:6514"
+{INDENTED_PEM}  url: "https://audit.example.com:6514/log"
 dcap:
   subscription_key: {SUBSCRIPTION_KEY}
   pccs_url: https://pccs.example.com:8081/sgx/certification/v4/
@@ -577,8 +577,8 @@ def test_too_many_alt_names() -> None:
     "body",
     [
         'sink = "network"\nurl = "https://audit.example/log"',
-        'sink = "network"\nurl = "tcp+tls://audit.example:6514"',
-        'sink = "network"\nurl = "tcp+tls://[2001:db8::1]:6514"',
+        'sink = "network"\nurl = "https://audit.example:6514/log?stream=cas"',
+        'sink = "network"\nurl = "https://[2001:db8::1]:6514/log"',
         'mode = "unsigned"',
         'mode = "signed"\nsink = "file"',
     ],
@@ -600,21 +600,13 @@ def test_valid_audit_log_settings(body: str) -> None:
             'owner.toml:3: [audit_log] url: only allowed with sink = "network" (sink is "file")',
         ),
         (
-            'sink = "network"\nurl = "tcp+tls://audit.example"',
-            "owner.toml:3: [audit_log] url: the URL names no port; expected tcp+tls://HOST:PORT",
+            'sink = "network"\nurl = "tcp+tls://audit.example:6514"',
+            "owner.toml:3: [audit_log] url: expected a URL starting with https://",
         ),
         (
-            'sink = "network"\nurl = "TCP+TLS://audit.example"',
-            "owner.toml:3: [audit_log] url: the URL names no port; expected tcp+tls://HOST:PORT",
-        ),
-        (
-            'sink = "network"\nurl = "tcp+tls://audit.example:6514/log"',
-            "owner.toml:3: [audit_log] url: a tcp+tls:// URL has no path or query; "
-            "expected tcp+tls://HOST:PORT",
-        ),
-        (
-            'sink = "network"\nurl = "tcp://audit.example:6514"',
-            "owner.toml:3: [audit_log] url: expected a URL starting with https:// or tcp+tls://",
+            'sink = "network"\nurl = "http://audit.example/log"',
+            "owner.toml:3: [audit_log] url: plain http:// is refused: the connection must be "
+            "encrypted and authenticated; use https://",
         ),
         (
             'sink = "network"\nurl = "https://audit.example/#frag"',
