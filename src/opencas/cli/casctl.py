@@ -23,6 +23,7 @@ from opencas.cli.audit_commands import audit_group
 from opencas.cli.casctl_common import F, identity_from, identity_option, reports_errors
 from opencas.cli.collateral_commands import collateral_group
 from opencas.cli.evidence_commands import evidence_group
+from opencas.cli.fspf_commands import fspf_group
 from opencas.cli.run_commands import register_run_commands
 from opencas.cli.session_commands import session_group
 from opencas.client.cas_client import new_nonce
@@ -510,6 +511,7 @@ cli.add_command(session_group)
 cli.add_command(evidence_group)
 cli.add_command(collateral_group)
 cli.add_command(audit_group)
+cli.add_command(fspf_group)
 register_run_commands(cli)
 
 

@@ -36,6 +36,8 @@ from opencas.errors import AttestationRefused, CasError, ClientError
 from opencas.policy.model import (
     check_absolute_path,
     check_environment_name,
+    check_fspf_key,
+    check_fspf_tag,
     check_hex64,
     check_no_nul,
     check_permission,
@@ -55,6 +57,8 @@ _CONFIG_KEYS = frozenset(
     }
 )
 _FILE_KEYS = frozenset({"path", "content", "permission"})
+_FSPF_KEYS = frozenset({"path", "key", "tag"})
+_FSPF_KEYS_MEMBER = frozenset({"fspf"})
 _CERTIFICATE_KEYS = frozenset({"certificate", "chain"})
 _UNREADABLE = "the CAS's answer could not be opened/parsed"
 
@@ -69,6 +73,15 @@ class InjectionFile:
     path: str
     content: bytes = field(repr=False)
     permission: str | None
+
+
+@dataclass(frozen=True)
+class ProtectionFile:
+    """The service's protection file (``fspf_path``) and the key and tag that open it."""
+
+    path: str
+    key: str = field(repr=False)
+    tag: str
 
 
 @dataclass(frozen=True)
@@ -96,6 +109,7 @@ class WorkloadConfig:
     pwd: str | None = field(repr=False)
     injection_files: tuple[InjectionFile, ...] = field(repr=False)
     certificates: Mapping[str, IssuedCertificate] = field(repr=False)
+    fspf: ProtectionFile | None = None
 
 
 def open_config(
@@ -131,7 +145,8 @@ def parse_workload_config(plaintext: bytes, config_id: ConfigId) -> WorkloadConf
         raise ValueError("the configuration is not a JSON object") from None
     if not canonical:
         raise ValueError("the configuration is not in canonical JSON form (RFC 8785)")
-    _exact_keys(document, _CONFIG_KEYS, "the configuration")
+    # ``fspf`` is there only for a service with a protection file.
+    _exact_keys(document, _CONFIG_KEYS | (_FSPF_KEYS_MEMBER & document.keys()), "the configuration")
     if document["config_id"] != str(config_id):
         raise ValueError("the configuration is for another config id")
     session_hash = _checked(document["session_hash"], check_hex64, "session_hash")
@@ -151,6 +166,16 @@ def parse_workload_config(plaintext: bytes, config_id: ConfigId) -> WorkloadConf
         pwd=pwd,
         injection_files=_injection_files(document["injection_files"]),
         certificates=MappingProxyType(_certificates(document["certificates"])),
+        fspf=_protection_file(document["fspf"]) if "fspf" in document else None,
+    )
+
+
+def _protection_file(value: object) -> ProtectionFile:
+    entry = _exact_keys(value, _FSPF_KEYS, "fspf")
+    return ProtectionFile(
+        path=_checked(entry["path"], check_absolute_path, "fspf.path"),
+        key=_checked(entry["key"], check_fspf_key, "fspf.key"),
+        tag=_checked(entry["tag"], check_fspf_tag, "fspf.tag"),
     )
 
 
@@ -332,10 +357,16 @@ class AsyncEnclaveClient(AsyncListenerClient):
         return _nonce_of(await self._channel.send("POST", ENCLAVE_NONCE_PATH))
 
     async def attest(
-        self, config_id: ConfigId, nonce: str, public_key_der_b64: str, evidence: Evidence
+        self,
+        config_id: ConfigId,
+        nonce: str,
+        public_key_der_b64: str,
+        evidence: Evidence,
+        otp: str | None = None,
     ) -> SealedConfig:
-        """Post the attestation, as :meth:`EnclaveClient.attest`."""
-        body = _attest_body(config_id, nonce, public_key_der_b64, evidence)
+        """Post the attestation (with the one-time password ``otp``, if given), as
+        :meth:`EnclaveClient.attest`."""
+        body = _attest_body(config_id, nonce, public_key_der_b64, evidence, otp)
         try:
             response = await self._channel.send("POST", ENCLAVE_ATTEST_PATH, json_body=body)
         except ApiError as exc:

@@ -415,6 +415,28 @@ class AttestationVariant(_Frozen):
         return self
 
 
+def check_fspf_key(value: str) -> str:
+    """A protection file's key: 64 lowercase hex digits. The message never quotes it."""
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise ValueError(
+            "an fspf_key is 64 hexadecimal digits (as `casctl fspf encrypt` prints it)"
+        )
+    return value
+
+
+def check_fspf_tag(value: str) -> str:
+    """A protection file's tag: 32 lowercase hex digits."""
+    if not re.fullmatch(r"[0-9a-f]{32}", value):
+        raise ValueError(
+            "an fspf_tag is 32 hexadecimal digits (as `casctl fspf encrypt` prints it)"
+        )
+    return value
+
+
+FspfKey = Annotated[str, AfterValidator(check_fspf_key)]
+FspfTag = Annotated[str, AfterValidator(check_fspf_tag)]
+
+
 class Service(_Frozen):
     """A program that attests to the CAS and receives this configuration.
 
@@ -430,10 +452,27 @@ class Service(_Frozen):
     platforms: SortedHex64s = ()
     attestation: tuple[AttestationVariant, ...] = ()
     one_time_password_shared_secret: OtpSecret | None = None
+    fspf_path: AbsolutePath | None = None
+    fspf_key: FspfKey | None = Field(default=None, repr=False)
+    fspf_tag: FspfTag | None = None
+
+    @model_validator(mode="after")
+    def _whole_fspf(self) -> Service:
+        if len({self.fspf_path is None, self.fspf_key is None, self.fspf_tag is None}) != 1:
+            raise ValueError("'fspf_path', 'fspf_key' and 'fspf_tag' go together")
+        return self
 
     @model_serializer(mode="wrap")
     def _without_unset_otp(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _drop_unset_otp(handler(self))
+        return _drop_unset_fspf(_drop_unset_otp(handler(self)))
+
+
+def _drop_unset_fspf(form: dict[str, Any]) -> dict[str, Any]:
+    # As for one-time passwords: a service without a protection file keeps its normal form.
+    if form.get("fspf_path") is None:
+        for key in ("fspf_path", "fspf_key", "fspf_tag"):
+            form.pop(key, None)
+    return form
 
 
 # --- secrets --------------------------------------------------------------------------------------

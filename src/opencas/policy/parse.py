@@ -78,6 +78,8 @@ from opencas.policy.model import (
     check_absolute_path,
     check_advisory,
     check_environment_name,
+    check_fspf_key,
+    check_fspf_tag,
     check_hex,
     check_image_name,
     check_no_nul,
@@ -145,6 +147,9 @@ _SERVICE_KEYS = (
     "attestation",
     "mrenclaves",
     "one_time_password_shared_secret",
+    "fspf_path",
+    "fspf_key",
+    "fspf_tag",
 )
 _VARIANT_KEYS = (
     "mrenclave",
@@ -197,9 +202,6 @@ _UNSUPPORTED_VOLUMES = {
 }
 _UNSUPPORTED_SERVICE = {
     **_UNSUPPORTED_VOLUMES,
-    "fspf_path": f"'fspf_path' (file-system protection file) {_NOT_SUPPORTED}",
-    "fspf_key": f"'fspf_key' (file-system protection file) {_NOT_SUPPORTED}",
-    "fspf_tag": f"'fspf_tag' (file-system protection file) {_NOT_SUPPORTED}",
 }
 _UNSUPPORTED_SECRET = {
     "otp": f"'otp' (one-time passwords) {_NOT_SUPPORTED}",
@@ -686,11 +688,13 @@ class _Reader:
             ]
             platforms = tuple(item for item in found if item is not None)
         attestation = self.attestation(path, data)
+        fspf = self.fspf(path, data)
         if len(self.problems) > before or name is None:
             return None
         return self.build(
             path,
             Service,
+            **fspf,
             name=name,
             command=command,
             environment=environment,
@@ -709,6 +713,30 @@ class _Reader:
             return None
         text = self.string((*path, "name"), value)
         return None if text is None else self.checked((*path, "name"), text, check)
+
+    def fspf(self, path: KeyPath, data: Mapping[str, object]) -> dict[str, str]:
+        """A service's protection file: ``fspf_path``, ``fspf_key`` and ``fspf_tag``, all three
+        or none (docs/sessions.md). Hex in either case; the key is never quoted."""
+        names = ("fspf_path", "fspf_key", "fspf_tag")
+        given = [name for name in names if name in data]
+        if not given:
+            return {}
+        if len(given) != len(names):
+            missing = ", ".join(f"'{name}'" for name in names if name not in given)
+            self.fail((*path, given[0]), f"a protection file needs {missing} too")
+            return {}
+        checks: dict[str, Callable[[str], str]] = {
+            "fspf_path": check_absolute_path,
+            "fspf_key": lambda text: check_fspf_key(text.lower()),
+            "fspf_tag": lambda text: check_fspf_tag(text.lower()),
+        }
+        found: dict[str, str] = {}
+        for name in names:
+            text = self.string((*path, name), data[name])
+            checked = None if text is None else self.checked((*path, name), text, checks[name])
+            if checked is not None:
+                found[name] = checked
+        return found
 
     def otp_secret(self, path: KeyPath, value: object) -> str | None:
         """A TOTP shared secret (base32), in its normal spelling."""

@@ -27,6 +27,10 @@ The rules (shared spec, "Runtime"):
   session's command, environment values and ``pwd``, ``@@N`` is the user's N-th argument after
   the program and ``@@NAME`` casctl's variable NAME; a session variable that takes a host value
   must be one ``--pass-env`` could pass.
+- Protected files (the service's ``fspf_path``, :mod:`opencas.runtime.fspf`): checked before
+  anything else is written; each encrypted file is decrypted to ``<private>/abs/path`` and, like
+  an injection file, its path (and its encrypted region's) in the arguments, environment values
+  and ``pwd`` means its private copy.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from opencas.client.enclave import WorkloadConfig
 from opencas.crypto.pem import private_key_pem
 from opencas.errors import ClientError
 from opencas.policy.model import check_environment_name
+from opencas.runtime.fspf import open_protected_tree
 from opencas.runtime.host_values import HOST_VALUE, fill_host_values
 from opencas.runtime.measure import ResolvedProgram, find_executable, script_argument
 from opencas.runtime.passed_environment import ALWAYS_PASSED, check_passable
@@ -246,14 +251,20 @@ def _check_script(
 
 
 def _working_directory(
-    directory: str | None, private_root: Path, files: Sequence[PlannedFile]
+    directory: str | None,
+    private_root: Path,
+    files: Sequence[PlannedFile],
+    protected_paths: Sequence[str] = (),
 ) -> Path | None:
     if directory is None:
         return None
     # "/" holds every injection file, but it means the real root, not the private one.
     if directory != "/":
         relative = private_relative(directory)
-        if any(relative in item.relative.parents for item in files):
+        decrypted = [private_relative(path) for path in protected_paths]
+        if relative in decrypted or any(
+            relative in item.parents for item in [*decrypted, *(f.relative for f in files)]
+        ):
             return private_root / relative
     return Path(directory)
 
@@ -319,6 +330,7 @@ def plan_launch(
     pass_env: Sequence[str] = (),
     workload_key: ec.EllipticCurvePrivateKey | None = None,
     current_directory: Path | None = None,
+    protected_paths: Sequence[str] = (),
 ) -> LaunchPlan:
     """Decide how to start the workload, as the module docstring's rules say; write nothing.
 
@@ -329,19 +341,23 @@ def plan_launch(
     session sets no ``pwd`` (default: the current directory). Raises :class:`ClientError`,
     before anything starts, when the session runs another program or an unmeasured script,
     an injection path is not absolute or has ``..``, files collide, or a ``--pass-env`` name
-    is invalid.
+    is invalid. ``protected_paths`` are the encrypted files and regions already decrypted below
+    ``private_root``; an injection file may not collide with them.
     """
     if not user_argv:
         raise ClientError("no program given")
     files = _planned_files(config, workload_key)
+    _refuse_collisions(files, protected_paths)
     config = _with_host_values(config, user_argv[1:], parent_environment)
-    mapped = path_mapper(private_root, [item.path for item in config.injection_files])
+    mapped = path_mapper(
+        private_root, [*(item.path for item in config.injection_files), *protected_paths]
+    )
     if config.command:
         _check_executable(config.command[0], program, user_argv[0])
         arguments = [mapped(argument) for argument in config.command[1:]]
     else:
         arguments = [mapped(argument) for argument in user_argv[1:]]
-    cwd = _working_directory(config.pwd, private_root, files)
+    cwd = _working_directory(config.pwd, private_root, files, protected_paths)
     if program.interpreter:
         base = cwd or current_directory or Path.cwd()
         injected = frozenset((private_root / item.relative).resolve() for item in files)
@@ -357,6 +373,15 @@ def plan_launch(
         private_root=private_root,
         files=files,
     )
+
+
+def _refuse_collisions(files: Sequence[PlannedFile], protected_paths: Sequence[str]) -> None:
+    decrypted = {private_relative(path) for path in protected_paths}
+    for item in files:
+        if item.relative in decrypted or any(p in decrypted for p in item.relative.parents):
+            raise ClientError(
+                f"injection file /{item.relative} collides with an encrypted protected file"
+            )
 
 
 def create_private_directory() -> Path:
@@ -502,6 +527,10 @@ def launch(
     environment = os.environ if parent_environment is None else parent_environment
     root = create_private_directory()
     try:
+        protected: tuple[str, ...] = ()
+        if config.fspf is not None:
+            tree = open_protected_tree(config.fspf.path, config.fspf.key, config.fspf.tag, root)
+            protected = (*tree.decrypted_files, *tree.encrypted_regions)
         plan = plan_launch(
             config,
             program,
@@ -510,6 +539,7 @@ def launch(
             parent_environment=environment,
             pass_env=pass_env,
             workload_key=workload_key,
+            protected_paths=protected,
         )
         write_private_files(plan)
         return run_plan(plan)

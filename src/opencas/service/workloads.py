@@ -337,7 +337,7 @@ def _render(
     resolve = configuration_renderer(values, RenderBudget(limits))
     image = session.image(service.image_name) if service.image_name else None
     files = image.injection_files if image else ()
-    return {
+    document: dict[str, Any] = {
         "session_hash": session_hash,
         "command": [resolve(argument) for argument in service.command],
         "environment": {key: resolve(value) for key, value in service.environment.items()},
@@ -352,6 +352,13 @@ def _render(
         ],
         "certificates": _workload_certificates(session, service, files, values, public_key_der),
     }
+    if service.fspf_path is not None:
+        document["fspf"] = {
+            "path": service.fspf_path,
+            "key": service.fspf_key,
+            "tag": service.fspf_tag,
+        }
+    return document
 
 
 def _referenced_secrets(service: Service, texts: list[str]) -> set[str]:

@@ -732,15 +732,6 @@ def test_security_errors(body: str, path: str, fragment: str) -> None:
     [
         ("volumes:\n  - name: v\n", "volumes", 3, 1, "'volumes' (encrypted volumes)"),
         ("services:\n  - name: a\n    volumes: []\n", "services[0].volumes", 5, 5, "'volumes'"),
-        (
-            "services:\n  - name: a\n    fspf_path: /f\n",
-            "services[0].fspf_path",
-            5,
-            5,
-            "'fspf_path'",
-        ),
-        ("services:\n  - name: a\n    fspf_key: k\n", "services[0].fspf_key", 5, 5, "'fspf_key'"),
-        ("services:\n  - name: a\n    fspf_tag: t\n", "services[0].fspf_tag", 5, 5, "'fspf_tag'"),
         ("images:\n  - name: i\n    volumes: []\n", "images[0].volumes", 5, 5, "'volumes'"),
         (
             "secrets:\n  - name: t\n    kind: aad-token\n",
