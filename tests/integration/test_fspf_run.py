@@ -44,11 +44,11 @@ def build_tree(casctl: Casctl, shop: Path) -> tuple[str, str]:
     clear.mkdir()
     (clear / "weights.bin").write_bytes(WEIGHTS)
     fspf = str(shop / "fspf")
+    model = ("--encrypted", str(shop / "model"), "--from", str(clear), "--to", str(shop / "model"))
     steps = [
         ("fspf", "create", fspf),
         ("fspf", "add", fspf, "--authenticated", str(shop / "app"), "--from", str(shop / "app")),
-        ("fspf", "add", fspf, "--encrypted", str(shop / "model"))
-        + ("--from", str(clear), "--to", str(shop / "model")),
+        ("fspf", "add", fspf, *model),
         ("fspf", "encrypt", fspf),
     ]
     for step in steps:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from opencas.crypto.otp import OTP_STEP, otp_code
+from opencas.crypto.otp import OTP_STEP, otp_code, otp_step
 from opencas.policy.model import canonical_otp_secret
 from opencas.policy.parse import parse_session
 
@@ -95,11 +95,11 @@ print("token-sha256", hashlib.sha256(os.environ["CONSOLE_TOKEN"].encode()).hexdi
 """
 
 
-def fresh_code(secret: str) -> str:
-    """The current code, taken where it stays current for the next few seconds."""
-    if time.time() % OTP_STEP > OTP_STEP - 5:
-        time.sleep(OTP_STEP - time.time() % OTP_STEP + 0.1)  # clock arithmetic, not a server
-    return otp_code(secret, time.time())
+def code_at_step(secret: str, step: int) -> str:
+    """The code of the time step ``step``. The CAS accepts the codes of one step before and one
+    after its own, so a code of the current step stays good for at least 30 more seconds and a
+    code of the next step is good already: nothing waits for a step boundary."""
+    return otp_code(secret, step * OTP_STEP)
 
 
 def test_a_one_time_password_service_runs_once_per_code(casctl: Casctl, tmp_path: Path) -> None:
@@ -112,7 +112,8 @@ def test_a_one_time_password_service_runs_once_per_code(casctl: Casctl, tmp_path
     program.write_text(PROGRAM)
     run = ("run", "--config-id", "otp-console/console", "--otp")
 
-    code = fresh_code(secret)
+    step = otp_step(time.time())
+    code = code_at_step(secret, step)
     ran = casctl(*run, code, "--", sys.executable, str(program))
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.startswith("token-sha256 ")
@@ -138,7 +139,8 @@ def test_a_one_time_password_service_runs_once_per_code(casctl: Casctl, tmp_path
         assert "wrong or expired" in refused.stderr
         assert secret not in refused.stderr
         refusals += 1
-    limited = casctl(*run, fresh_code(secret), "--", sys.executable, str(program))
+    # The code of the next step has not been used, and the window accepts it: refused anyway.
+    limited = casctl(*run, code_at_step(secret, step + 1), "--", sys.executable, str(program))
     assert limited.returncode != 0
     assert "too many wrong one-time passwords" in limited.stderr
     assert limited.stdout == ""
@@ -153,7 +155,7 @@ def test_a_one_time_password_service_runs_once_per_code(casctl: Casctl, tmp_path
         "--config-id",
         "otp-operator/operator-tool",
         "--otp",
-        fresh_code(operator_secret),
+        code_at_step(operator_secret, otp_step(time.time())),
         "--",
         sys.executable,
         str(program),

@@ -475,3 +475,44 @@ def test_async_client_errors_are_the_same() -> None:
 def test_async_client_is_never_unpinned() -> None:
     with pytest.raises(ClientError, match="attested CAS"):
         AsyncEnclaveClient("https://cas.test:18765", b"")
+
+
+def test_async_attest_sends_the_one_time_password() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        return httpx.Response(200, json={"kem": "P-256", "sealed": "c2VhbGVk"})
+
+    async def attest() -> SealedConfig:
+        async with async_client_for(handler) as client:
+            return await client.attest(WORKLOAD, NONCE, "cHVi", EVIDENCE, otp="123456")
+
+    assert asyncio.run(attest()) == SealedConfig("P-256", "c2VhbGVk")
+    assert seen[0]["otp"] == "123456"
+    assert set(seen[0]) == {"config_id", "nonce", "public_key", "evidence", "otp"}
+
+
+def test_a_protection_file_travels_with_the_configuration() -> None:
+    fspf = {"path": "/srv/app.fspf", "key": "ab" * 32, "tag": "cd" * 16}
+    config = parse_workload_config(canonical_json(document(fspf=fspf)), WORKLOAD)
+
+    assert config.fspf is not None
+    assert (config.fspf.path, config.fspf.key, config.fspf.tag) == tuple(fspf.values())
+    assert "ab" * 32 not in repr(config.fspf)
+    assert parse_workload_config(canonical_json(document()), WORKLOAD).fspf is None
+
+
+@pytest.mark.parametrize(
+    "fspf",
+    [
+        {"path": "relative", "key": "ab" * 32, "tag": "cd" * 16},
+        {"path": "/f", "key": "ab" * 31, "tag": "cd" * 16},
+        {"path": "/f", "key": "ab" * 32, "tag": "CD" * 16},
+        {"path": "/f", "key": "ab" * 32},
+        None,
+    ],
+)
+def test_a_malformed_protection_file_member_is_refused(fspf: Any) -> None:
+    with pytest.raises(ValueError, match="fspf"):
+        parse_workload_config(canonical_json(document(fspf=fspf)), WORKLOAD)

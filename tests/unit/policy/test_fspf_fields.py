@@ -33,7 +33,11 @@ def test_the_three_fields_are_read_and_the_key_kept_in_lowercase() -> None:
     )
     service = parsed.services[0]
 
-    assert (service.fspf_path, service.fspf_key, service.fspf_tag) == ("/app/fspf", KEY.lower(), TAG)
+    assert (service.fspf_path, service.fspf_key, service.fspf_tag) == (
+        "/app/fspf",
+        KEY.lower(),
+        TAG,
+    )
     assert KEY.lower() not in repr(service)
     assert session_from_normal_form(parsed.normal_form()) == parsed
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from opencas.crypto.fspf_format import open_sealed
 from opencas.crypto.volume_format import CHUNK_SIZE
 from opencas.errors import ClientError
 from opencas.runtime.fspf import (
@@ -69,7 +70,9 @@ def test_a_tree_as_recorded_passes_and_encrypted_files_are_decrypted(tree: Tree)
 
     decrypted = tree.check()
 
-    assert decrypted == [str(tree.data / name) for name in ("big.bin", "empty", "small.txt", "twin.txt")]
+    assert decrypted == [
+        str(tree.data / name) for name in ("big.bin", "empty", "small.txt", "twin.txt")
+    ]
     private = tree.private / str(tree.data).lstrip("/")
     assert (private / "big.bin").read_bytes() == BIG
     assert (private / "small.txt").read_text() == "secret words\n"
@@ -128,12 +131,12 @@ def test_a_cut_or_missing_file_is_refused_by_name(tree: Tree) -> None:
 
 def test_an_added_file_or_link_in_a_protected_region_is_refused(tree: Tree) -> None:
     (tree.app / "lib" / "evil.py").write_text("import os\n")
-    with pytest.raises(ProtectedFileRefused, match="evil.py is in a protected region but not"):
+    with pytest.raises(ProtectedFileRefused, match=r"evil\.py is in a protected region but not"):
         tree.check()
 
     (tree.app / "lib" / "evil.py").unlink()
     (tree.app / "lib" / "link.py").symlink_to(tree.app / "main.py")
-    with pytest.raises(ProtectedFileRefused, match="link.py in a protected region is a symbolic"):
+    with pytest.raises(ProtectedFileRefused, match=r"link\.py in a protected region is a symbolic"):
         tree.check()
 
 
@@ -190,8 +193,6 @@ def test_a_file_of_a_nested_region_is_not_added_to_the_outer_one(tmp_path: Path)
 
 
 def test_the_recorded_hash_is_the_content_sha256(tree: Tree) -> None:
-    from opencas.crypto.fspf_format import open_sealed
-
     document = open_sealed(tree.fspf.read_bytes(), tree.key, tree.tag)
     recorded = {item.path: item.sha256 for item in document.files}
 

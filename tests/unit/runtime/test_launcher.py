@@ -567,3 +567,41 @@ def test_a_code_changing_variable_may_not_take_a_host_value(
 ) -> None:
     with pytest.raises(ClientError, match="LD_PRELOAD takes a host value"):
         plan(config(environment={"LD_PRELOAD": "@@EXTRA"}), tool, ["tool"], root)
+
+
+# --- protected files ------------------------------------------------------------------------------
+
+
+def test_decrypted_protected_paths_mean_their_private_copies(
+    tool: ResolvedProgram, root: Path
+) -> None:
+    workload = config(
+        command=("tool", "--model", "/srv/app/model/w.bin", "--all", "/srv/app/model"),
+        environment={"MODEL": "/srv/app/model/w.bin", "OTHER": "/srv/app/model-old"},
+        pwd="/srv/app/model",
+    )
+    protected = ("/srv/app/model/w.bin", "/srv/app/model")
+
+    result = plan(workload, tool, ["tool"], root, protected_paths=protected)
+
+    private = root / "srv" / "app" / "model"
+    assert result.argv[1:] == ("--model", str(private / "w.bin"), "--all", str(private))
+    assert result.environment["MODEL"] == str(private / "w.bin")
+    assert result.environment["OTHER"] == "/srv/app/model-old"
+    assert result.cwd == private
+
+
+@pytest.mark.parametrize("path", ["/srv/app/model/w.bin", "/srv/app/model/extra.conf"])
+def test_an_injection_file_may_not_collide_with_a_decrypted_path(
+    tool: ResolvedProgram, root: Path, path: str
+) -> None:
+    workload = config(injection_files=(InjectionFile(path, b"x", None),))
+
+    with pytest.raises(ClientError, match="collides with an encrypted protected file"):
+        plan(
+            workload,
+            tool,
+            ["tool"],
+            root,
+            protected_paths=("/srv/app/model/w.bin", "/srv/app/model"),
+        )

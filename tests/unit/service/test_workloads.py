@@ -127,6 +127,30 @@ def test_right_program_gets_its_config(api: InProcessCas) -> None:
     assert token not in answer.kem + answer.sealed  # sealed: nothing readable travels
 
 
+def test_a_protection_file_is_sent_only_to_its_service(api: InProcessCas) -> None:
+    key, tag = "AB" + "ab" * 31, "cd" * 16
+    fspf = f'    fspf_path: /app.fspf\n    fspf_key: "{key}"\n    fspf_tag: "{tag}"\n'
+    text = session_text().replace(
+        "    image_name: app-image\n", "    image_name: app-image\n" + fspf
+    )
+    create_session(api.cas, text, AUTHOR)
+    workload = Workload(api)
+    answer, nonce = workload.attest()
+
+    config = workload.config(answer, nonce)
+
+    assert config["fspf"] == {"path": "/app.fspf", "key": "ab" * 32, "tag": "cd" * 16}
+    assert "ab" * 32 not in answer.kem + answer.sealed
+
+
+def test_a_service_without_a_protection_file_gets_no_fspf_member(api: InProcessCas) -> None:
+    create_session(api.cas, session_text(), AUTHOR)
+    workload = Workload(api)
+    answer, nonce = workload.attest()
+
+    assert "fspf" not in workload.config(answer, nonce)
+
+
 def test_per_workload_certificate_chains_to_the_session_ca(api: InProcessCas) -> None:
     create_session(api.cas, session_text(), AUTHOR)
     workload = Workload(api)
