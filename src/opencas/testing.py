@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -66,16 +68,70 @@ __all__ = [
 
 STARTUP_TIMEOUT = 60.0
 POLL_INTERVAL = 0.05
+PORT_RACE_ATTEMPTS = 3
 DEVELOPMENT_OWNER_CONFIG = '[api_identity]\ncommon_name = "localhost"\n'
 """A small owner config for development and tests: it names the TLS certificate ``localhost``."""
 
 
+#: Ports a test server may listen on: below Linux's default ephemeral range (32768 to 60999), so
+#: no outgoing connection of any process on the machine takes one while a test server starts.
+TEST_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that was free a moment ago, picked at random from TEST_PORTS.
+
+    Random, not the kernel's next ephemeral port, so that test runs side by side on one machine
+    seldom pick the same port; a server that loses a race anyway is restarted on other ports
+    (:meth:`CasProcess.start_command`).
+    """
+    while True:
+        port = TEST_PORTS[secrets.randbelow(len(TEST_PORTS))]
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
+def listening_pids(port: int) -> set[int]:
+    """The processes holding a listening TCP socket on ``port`` (any address), read from /proc."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text(encoding="ascii").splitlines()[1:]:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port == port and fields[3] == "0A":  # 0A: LISTEN
+                    inodes.add(f"socket:[{fields[9]}]")
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (entry / "fd").iterdir():
+                if os.readlink(fd) in inodes:
+                    pids.add(int(entry.name))
+                    break
+    return pids
+
+
+def _process_tree(pid: int) -> set[int]:
+    """``pid`` and all its descendants (a server may run under a wrapper)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text(encoding="ascii")
+                parent = int(stat.rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        tree.add(current)
+        todo.extend(children.get(current, []))
+    return tree
 
 
 def write_config(
@@ -229,17 +285,36 @@ class CasProcess:
         ``argv`` must serve on this CAS's ports (its config is :attr:`config_path`); use
         :func:`cas_command` to build it. Waits until healthy if ``wait``.
         """
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            list(argv),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
-        if wait:
-            self.wait_healthy()
-        return self
+        for attempt in range(PORT_RACE_ATTEMPTS):
+            log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+            log = self.log_path.open("ab")
+            self.process = subprocess.Popen(
+                list(argv),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+            log.close()
+            if not wait:
+                return self
+            try:
+                self.wait_healthy()
+                return self
+            except CasStartError:
+                lost_race = "address already in use" in self.log()[log_start:]
+                if not lost_race or attempt == PORT_RACE_ATTEMPTS - 1:
+                    raise
+            # Another process took a port between free_port() and the bind: move both.
+            self._move_to_new_ports()
+        raise AssertionError("unreachable")
+
+    def _move_to_new_ports(self) -> None:
+        text = self.config_path.read_text(encoding="utf-8")
+        old_ports = (self.api_port, self.enclave_port)
+        self.api_port, self.enclave_port = free_port(), free_port()
+        for old, new in zip(old_ports, (self.api_port, self.enclave_port), strict=True):
+            text = re.sub(rf"127\.0\.0\.1:{old}\b", f"127.0.0.1:{new}", text)
+        self.config_path.write_text(text, encoding="utf-8")
 
     def self_provision(
         self, owner_config: Path, owner_certificate: Path, wait: bool = True
@@ -262,10 +337,17 @@ class CasProcess:
                         f"cas exited with {self.process.returncode} during start:\n{self.log()}"
                     )
                 with contextlib.suppress(ClientError):
-                    if client.health() == "ok":
+                    if client.health() == "ok" and self._owns_its_port():
                         return
                 time.sleep(POLL_INTERVAL)
         raise CasStartError(f"cas did not become healthy in {timeout} s:\n{self.log()}")
+
+    def _owns_its_port(self) -> bool:
+        # A healthy answer on our port may come from another test's server that took the port
+        # first; ours is up only when it holds the listening socket itself.
+        if self.process is None:
+            return True
+        return bool(listening_pids(self.api_port) & _process_tree(self.process.pid))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Send ``sig`` and wait for the process to end; returns its exit code."""

@@ -7,11 +7,12 @@ import signal
 import socket
 import sqlite3
 import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
 
-from opencas.testing import CasProcess
+from opencas.testing import CasProcess, listening_pids
 
 
 def show(cas: CasProcess) -> dict[str, object]:
@@ -79,6 +80,23 @@ def test_port_taken_refuses(cas_process: CasProcess) -> None:
     assert result.returncode == 1
     assert "address already in use" in result.stderr
     assert "api_listen" in result.stderr
+
+
+def test_start_moves_to_other_ports_when_a_port_was_taken(tmp_path: Path) -> None:
+    process = CasProcess(tmp_path / "cas")
+    taken = process.api_port
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", taken))
+        holder.listen()
+        process.start()
+    try:
+        assert process.api_port != taken
+        assert process.process is not None
+        assert process.process.pid in listening_pids(process.api_port)
+        assert f"127.0.0.1:{process.api_port}" in process.config_path.read_text()
+        assert "address already in use" in process.log()
+    finally:
+        process.stop()
 
 
 def test_invalid_config_refuses(cas_process: CasProcess) -> None:

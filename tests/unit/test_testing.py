@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -10,7 +12,7 @@ import httpx
 import pytest
 
 from opencas.client import ClientIdentity
-from opencas.testing import InProcessCas
+from opencas.testing import TEST_PORTS, InProcessCas, free_port, listening_pids
 
 
 def test_importing_it_does_not_import_pytest() -> None:
@@ -41,3 +43,21 @@ def test_requests_from_many_threads_are_served(api: InProcessCas) -> None:
         answers = list(pool.map(lambda _: client.health(), range(32)))
     assert answers == ["ok"] * 32
     assert api.send("GET", "/healthz").status_code == httpx.codes.OK
+
+
+def test_free_ports_are_outside_the_ephemeral_range_and_free() -> None:
+    ports = {free_port() for _ in range(20)}
+    assert all(port in TEST_PORTS for port in ports)
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+
+
+def test_listening_pids_names_the_process_holding_a_port() -> None:
+    port = free_port()
+    assert os.getpid() not in listening_pids(port)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        assert os.getpid() in listening_pids(port)
+    assert os.getpid() not in listening_pids(port)
