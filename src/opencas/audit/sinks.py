@@ -23,6 +23,8 @@ _TAIL_BLOCK = 64 * 1024
 #: One POST of the network sink carries at most this many bytes of whole lines (an entry is
 #: less than 512 KiB, so one always fits).
 MAX_POST_BYTES = 4 * 1024 * 1024
+#: The most of a server's answer the network sink reads: it needs only the status.
+MAX_ANSWER_BYTES = 64 * 1024
 #: Seconds the network sink waits to connect to the server, and for each read and write.
 NETWORK_TIMEOUT = 10.0
 #: The media type of a POST: entry lines, each ending with a newline.
@@ -146,16 +148,15 @@ class NetworkSink:
 
     def _post(self, lines: bytes) -> None:
         try:
-            answer = self._client.post(
-                self._url, content=lines, headers={"content-type": LINES_MEDIA_TYPE}
-            )
+            with self._client.stream(
+                "POST", self._url, content=lines, headers={"content-type": LINES_MEDIA_TYPE}
+            ) as answer:
+                status, reason = answer.status_code, answer.reason_phrase
+                _drain(answer)
         except httpx.HTTPError as exc:
             raise OSError(f"the audit log server {self._url} cannot be reached: {exc}") from exc
-        if not 200 <= answer.status_code < 300:
-            raise OSError(
-                f"the audit log server {self._url} answered {answer.status_code} "
-                f"{answer.reason_phrase}, not 2xx"
-            )
+        if not 200 <= status < 300:
+            raise OSError(f"the audit log server {self._url} answered {status} {reason}, not 2xx")
 
     def _read_sent(self) -> int:
         try:
@@ -176,6 +177,16 @@ class NetworkSink:
         self._file.close()
         with contextlib.suppress(OSError):
             os.close(self._reader)
+
+
+def _drain(answer: httpx.Response) -> None:
+    """Read the body of ``answer`` so that its connection can be reused, but at most
+    :data:`MAX_ANSWER_BYTES`: past that the connection is dropped instead."""
+    read = 0
+    for chunk in answer.iter_raw():
+        read += len(chunk)
+        if read > MAX_ANSWER_BYTES:
+            return
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from opencas.audit.chain import Expectations, Outcome, line_hash
-from opencas.audit.sinks import LINES_MEDIA_TYPE, SENT_SUFFIX
+from opencas.audit.sinks import LINES_MEDIA_TYPE, MAX_ANSWER_BYTES, SENT_SUFFIX
 from opencas.audit.verify import verify_log
 from opencas.config.availability import load_availability_config
 from opencas.config.owner import OwnerConfig, parse_owner_config
@@ -149,3 +149,11 @@ def test_switching_from_the_file_sends_the_whole_log_and_notes_how_far(
     assert received(server) == path.read_bytes()
     sent = path.with_name(path.name + SENT_SUFFIX).read_text("ascii")
     assert sent == f"{path.stat().st_size} {server.url}{PATH}\n"
+
+
+def test_a_long_answer_does_not_stop_the_sink(cas: Cas, server: FixedAnswersServer) -> None:
+    server.answers[PATH] = Answer(b"x" * (4 * MAX_ANSWER_BYTES), status=200)
+    provision(cas, OWNER, network(server), self_provisioned=True)
+    create_session(cas, session("one"), AUTHOR)
+    create_session(cas, session("two"), AUTHOR)
+    assert received(server) == cas.config.audit_log_path.read_bytes()
