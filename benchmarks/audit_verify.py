@@ -6,7 +6,8 @@ with the CAS's own audit key, chained as the CAS chains them (``next_entry`` of
 :mod:`opencas.audit.chain`). It then verifies the file with ``verify_log`` (one process per CPU,
 and one process), expecting the last entry's hash, and prints the rates beside raw Ed25519
 verifications per second on this machine (through ``cryptography``, OpenSSL, and through PyNaCl,
-libsodium, which the verifier uses), with the goal: a million entries in under 60 s.
+libsodium, which the verifier uses), the CPU time per entry of all its processes (which hardly
+depends on what else runs, unlike the rate), with the goal: a million entries in under 60 s.
 
 Run it with the package installed::
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -71,14 +73,22 @@ def write_log(directory: Path, entries: int) -> tuple[Path, Head]:
     return path, head
 
 
-def timed_verify(path: Path, head: Head, workers: int) -> float:
-    """Seconds to verify ``path`` with ``workers`` processes; raises unless it is intact."""
-    started = time.perf_counter()
+def cpu_seconds() -> float:
+    """User and system CPU seconds of this process and of its children that ended."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed_verify(path: Path, head: Head, workers: int) -> tuple[float, float]:
+    """Wall-clock and CPU seconds (all processes) to verify ``path`` with ``workers``
+    processes; raises unless it is intact."""
+    started, cpu = time.perf_counter(), cpu_seconds()
     verdict = verify_log(path, Expectations(last=head.hash), workers=workers)
-    elapsed = time.perf_counter() - started
+    elapsed, used = time.perf_counter() - started, cpu_seconds() - cpu
     if verdict.outcome != Outcome.INTACT:
         raise SystemExit(f"the log does not verify as intact: {verdict.message}")
-    return elapsed
+    return elapsed, used
 
 
 def benchmark(args: argparse.Namespace, workdir: Path) -> None:
@@ -92,13 +102,19 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> None:
     print(f"log: {args.entries + 1} entries, {size / 2**20:.0f} MiB, written in {written:.1f} s")
     _, raw_openssl = raw_ed25519(2.0)
     raw_sodium = raw_ed25519_libsodium(2.0)
-    every = timed_verify(path, head, cpus)
-    one = timed_verify(path, head, 1) if args.single else None
+    every, cpu = timed_verify(path, head, cpus)
+    one = timed_verify(path, head, 1)[0] if args.single else None
     rate_all = (args.entries + 1) / every
+    cpu_per_entry = cpu / (args.entries + 1)
     needed = GOAL_ENTRIES / GOAL_SECONDS
     print(f"raw Ed25519 verifications, cryptography (OpenSSL): {raw_openssl:8.0f} /s (one core)")
     print(f"raw Ed25519 verifications, PyNaCl (libsodium):     {raw_sodium:8.0f} /s (one core)")
     print(f"verify_log, {cpus} processes: {rate_all:8.0f} entries/s ({every:.1f} s)")
+    # CPU time per entry hardly depends on what else runs; the rate on idle cores follows.
+    print(
+        f"verify_log CPU, all processes: {cpu_per_entry * 1e6:.1f} us per entry; on {cpus} idle "
+        f"cores at most {cpus / cpu_per_entry:,.0f} entries/s"
+    )
     if one is not None:
         print(f"verify_log, 1 process:   {(args.entries + 1) / one:8.0f} entries/s ({one:.1f} s)")
     projected = GOAL_ENTRIES / rate_all
