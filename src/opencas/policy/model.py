@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
@@ -590,9 +590,9 @@ def secret_spec_problems(spec: SecretSpec) -> list[tuple[str, str]]:
     Covers: an import carries no generation fields, exports or ``export_public`` (the exporter
     controls those); each kind carries only its own fields; defaults are filled in (``size``
     without ``value``, ``key_type`` without ``private_key``); ``size`` and ``value`` exclude each
-    other, as do ``private_key`` and ``key_type``; a certificate given as ``value`` names its
-    ``private_key`` and no generation fields; a given ``value`` has the form of its kind;
-    ``common_name`` is short plain text.
+    other, as do ``private_key`` and ``key_type``; a certificate given as ``value`` sets no
+    generation fields (it may name its ``private_key`` and its ``issuer``); a given ``value``
+    has the form of its kind; ``common_name`` is short plain text.
     """
     if spec.import_ is not None:
         what = "an imported secret is made by its exporter; it cannot set this"
@@ -645,12 +645,11 @@ def _certificate_problems(spec: SecretSpec) -> list[tuple[str, str]]:
         what = "the key type is the named private_key's; it cannot be set here"
         problems.append(("key_type", what))
     if spec.value is not None:
-        for field in ("key_type", "issuer", "common_name", "endpoint", "san", "valid_for"):
+        # As SCONE: a given certificate may name its key (private_key) and the CA that signed
+        # it (issuer); without private_key it is a certificate only, such as a trust anchor.
+        for field in ("key_type", "common_name", "endpoint", "san", "valid_for"):
             if _is_set(spec, field):
                 problems.append((field, "a certificate given as 'value' is not generated"))
-        if spec.private_key is None:
-            what = "a certificate given as 'value' needs the private_key it certifies"
-            problems.append(("private_key", what))
     if spec.common_name is not None and (
         not 1 <= len(spec.common_name) <= 64 or _has_control(spec.common_name)
     ):
@@ -989,19 +988,40 @@ def cross_reference_problems(
                     )
                 )
         if secret.issuer is not None:
-            issuer = by_name.get(secret.issuer)
-            if issuer is None or issuer.kind != "x509-ca" or issuer.import_ is not None:
-                problems.append(
-                    (
-                        ("secrets", index, "issuer"),
-                        f"no x509-ca secret called {secret.issuer!r} in this session",
-                    )
-                )
-            elif _issuer_cycle(secret.name, by_name):
-                problems.append(
-                    (("secrets", index, "issuer"), "the issuers form a cycle back to this secret")
-                )
+            problems.extend(_issuer_problems(index, secret, by_name))
     return problems
+
+
+def _issuer_problems(
+    index: int, secret: SecretSpec, by_name: Mapping[str, SecretSpec]
+) -> list[tuple[tuple[str | int, ...], str]]:
+    path: tuple[str | int, ...] = ("secrets", index, "issuer")
+    issuer = by_name.get(secret.issuer or "")
+    if issuer is None or issuer.kind != "x509-ca" or issuer.import_ is not None:
+        return [(path, f"no x509-ca secret called {secret.issuer!r} in this session")]
+    if _issuer_cycle(secret.name, dict(by_name)):
+        return [(path, "the issuers form a cycle back to this secret")]
+    return _given_issuer_problems(index, secret, issuer)
+
+
+def is_certificate_only(spec: SecretSpec) -> bool:
+    """Whether ``spec`` is a certificate given as ``value`` without its private key."""
+    return spec.kind in _X509_KINDS and spec.value is not None and spec.private_key is None
+
+
+def _given_issuer_problems(
+    index: int, secret: SecretSpec, issuer: SecretSpec
+) -> list[tuple[tuple[str | int, ...], str]]:
+    """A generated certificate needs an issuer with a key; a given one, an issuer given too
+    (a CA this CAS makes cannot have signed it)."""
+    path: tuple[str | int, ...] = ("secrets", index, "issuer")
+    if secret.value is None and is_certificate_only(issuer):
+        what = f"the issuer {issuer.name!r} is a certificate given without its private_key"
+        return [(path, f"{what}: it cannot sign")]
+    if secret.value is not None and issuer.value is None:
+        what = "a certificate given as 'value' names an issuer given as 'value' too"
+        return [(path, f"{what}; {issuer.name!r} is generated here and cannot have signed it")]
+    return []
 
 
 def _issuer_cycle(start: str, by_name: dict[str, SecretSpec]) -> bool:

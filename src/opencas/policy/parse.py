@@ -35,6 +35,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
@@ -90,6 +92,7 @@ from opencas.policy.model import (
     check_tolerated,
     check_u16,
     cross_reference_problems,
+    is_certificate_only,
     secret_spec_problems,
 )
 from opencas.policy.placeholders import (
@@ -396,6 +399,11 @@ class _Reader:
         self.document = document
         self.problems: list[Problem] = []
         self.notes: list[Problem] = []
+        # Every text that held placeholders, for checks that need the whole session first.
+        self.placeholder_texts: list[tuple[KeyPath, str]] = []
+        # What a certificate secret named in an access policy stands for (its key hash), or
+        # why it cannot stand for an identity.
+        self.secret_identities: dict[str, tuple[str | None, str]] = {}
 
     # --- reporting --------------------------------------------------------------------------
 
@@ -561,6 +569,7 @@ class _Reader:
         kinds.update({spec.name: spec.kind for spec in secrets})
         services, service_paths = self.services(top.get("services"), kinds)
         images, image_paths = self.images(top.get("images"), kinds)
+        self.secret_identities = _secret_identities(secrets)
         access = self.access_policy(top.get("access_policy"))
         security = self.security(top.get("security"))
         self.stray_placeholders(data, ())
@@ -827,6 +836,8 @@ class _Reader:
             counted_to = problem.start
             where = f" (line {line + 1} of the text)" if "\n" in text else ""
             self.fail(path, f"{problem.message}{where}")
+        if not problems and "$$" in text:
+            self.placeholder_texts.append((path, text))
         return not problems
 
     def attestation(
@@ -1111,6 +1122,7 @@ class _Reader:
                     keys[spec.name] = key_hash(load_private_key_pem(spec.value.encode("utf-8")))
                 except ValueError as error:
                     self.fail((*path, "value"), f"not a usable private key: {error}")
+        given: dict[str, x509.Certificate] = {}
         for spec, path in zip(secrets, paths, strict=True):
             if spec.kind not in ("x509", "x509-ca") or spec.value is None:
                 continue
@@ -1120,6 +1132,7 @@ class _Reader:
             except ValueError as error:
                 self.fail((*path, "value"), f"not a usable certificate: {error}")
                 continue
+            given[spec.name] = chain[0]
             if spec.private_key is None:
                 continue
             if spec.private_key not in keys:
@@ -1133,6 +1146,45 @@ class _Reader:
                     (*path, "value"),
                     f"the certificate does not certify the key {spec.private_key!r}",
                 )
+        self.given_issuers(secrets, paths, given)
+        self.keyless_references(secrets)
+
+    def given_issuers(
+        self,
+        secrets: Sequence[SecretSpec],
+        paths: Sequence[KeyPath],
+        given: Mapping[str, x509.Certificate],
+    ) -> None:
+        """A certificate given as ``value`` with an ``issuer`` given as ``value`` too must be
+        signed by that issuer's certificate."""
+        for spec, path in zip(secrets, paths, strict=True):
+            if spec.value is None or spec.issuer is None:
+                continue
+            certificate, issuer = given.get(spec.name), given.get(spec.issuer)
+            if certificate is None or issuer is None:
+                continue  # a bad value or a generated issuer is reported where it is
+            try:
+                certificate.verify_directly_issued_by(issuer)
+            except (ValueError, TypeError, InvalidSignature):
+                self.fail(
+                    (*path, "value"), f"the certificate is not signed by the issuer {spec.issuer!r}"
+                )
+
+    def keyless_references(self, secrets: Sequence[SecretSpec]) -> None:
+        """A placeholder may not ask for the private key of a certificate given without one."""
+        keyless = {spec.name for spec in secrets if is_certificate_only(spec)}
+        if not keyless:
+            return
+        for path, text in self.placeholder_texts:
+            for found in find_placeholders(text):
+                if found.secret in keyless and (
+                    found.selector == "key" or found.format == "privatekey"
+                ):
+                    self.fail(
+                        path,
+                        f"'{found.secret}' is a certificate given without its private_key: it "
+                        "has no key to give",
+                    )
 
     # --- images ----------------------------------------------------------------------------
 
@@ -1349,7 +1401,10 @@ class _Reader:
         return None if hashed is None else KeyRule(key_hash=hashed)
 
     def identity(self, path: KeyPath, text: str) -> str | None:
-        """The key hash a certificate PEM, public key PEM or key hash (either case) names."""
+        """The key hash a certificate PEM, public key PEM, key hash (either case) or a
+        certificate secret of this session (``$$CAS::NAME$$``, as SCONE writes it) names."""
+        if contains_placeholder(text):
+            return self.secret_identity(path, text.strip())
         if _PEM_BEGIN in text:
             try:
                 return _pem_key_hash(text)
@@ -1365,6 +1420,27 @@ class _Reader:
             "(64 hexadecimal digits)",
         )
         return None
+
+    def secret_identity(self, path: KeyPath, text: str) -> str | None:
+        """The key hash of the certificate secret ``$$CAS::NAME$$`` (or ``.crt``, ``:crt``,
+        ``:pem``) names; a problem when it names none, another kind, or a generated one."""
+        try:
+            found = find_placeholders(text)
+        except PlaceholderSyntaxError as error:
+            self.fail(path, str(error))
+            return None
+        if (
+            len(found) != 1
+            or (found[0].start, found[0].end) != (0, len(text))
+            or found[0].selector not in (None, "crt")
+            or found[0].format not in (None, "crt", "pem")
+        ):
+            self.fail(path, "an identity names a certificate secret as $$CAS::NAME$$, alone")
+            return None
+        hashed, why = self.secret_identities.get(found[0].secret, (None, "names no secret"))
+        if hashed is None:
+            self.fail(path, f"'{found[0].secret}' {why}")
+        return hashed
 
     # --- security --------------------------------------------------------------------------
 
@@ -1445,7 +1521,11 @@ class _Reader:
             for index, item in enumerate(value):
                 self.stray_placeholders(item, (*path, index))
         elif (
-            isinstance(value, str) and contains_placeholder(value) and not _placeholder_place(path)
+            isinstance(value, str)
+            and contains_placeholder(value)
+            and not _placeholder_place(path)
+            # An access policy may name a certificate secret as an identity (identity()).
+            and path[:1] != ("access_policy",)
         ):
             self.fail(
                 path,
@@ -1466,6 +1546,29 @@ def _split_placeholders(text: str) -> list[str]:
         position = item.end
     parts.append(text[position:])
     return parts
+
+
+def _secret_identities(secrets: Sequence[SecretSpec]) -> dict[str, tuple[str | None, str]]:
+    """For each secret, the key hash it stands for as an identity, or why it cannot."""
+    identities: dict[str, tuple[str | None, str]] = {}
+    for spec in secrets:
+        if spec.kind not in ("x509", "x509-ca"):
+            identities[spec.name] = (None, "is not a certificate secret; an identity is a key")
+        elif spec.value is None:
+            identities[spec.name] = (
+                None,
+                "is a certificate this CAS generates: its key exists only once the session is "
+                "stored, so it cannot name an identity here; give the certificate as 'value', "
+                "or write its key hash",
+            )
+        else:
+            try:
+                chain = load_certificate_chain_pem(spec.value.encode("utf-8"))
+                identities[spec.name] = (certificate_key_hash(chain[0]), "")
+            except ValueError:
+                # The value's own problem is reported at the secret.
+                identities[spec.name] = (None, "has a certificate value that does not load")
+    return identities
 
 
 def _placeholder_place(path: KeyPath) -> bool:

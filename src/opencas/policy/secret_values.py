@@ -72,6 +72,8 @@ _FIELDS: Final[Mapping[str, frozenset[str]]] = {
     "x509": frozenset({"private_key_pem", "certificate_pem", "chain_pem"}),
 }
 _VALUE_FIELDS: Final = ("data", "private_key_pem", "certificate_pem", "chain_pem")
+#: Kinds whose value may be a certificate given without its private key.
+_CERTIFICATE_ONLY_KINDS: Final = frozenset({"x509", "x509-ca"})
 
 
 @dataclass(frozen=True, repr=False)
@@ -80,7 +82,8 @@ class SecretValue:
 
     ``ascii``/``binary``: ``data`` (for ``ascii``, UTF-8 text). ``private-key``:
     ``private_key_pem`` (PKCS#8). ``x509``/``x509-ca``: ``private_key_pem``, ``certificate_pem``
-    and ``chain_pem`` (the certificate followed by its issuers up to the session's root CA).
+    and ``chain_pem`` (the certificate followed by its issuers up to the session's root CA);
+    a certificate given without its key has no ``private_key_pem``.
     Exactly the fields of its kind are set; anything else raises ``ValueError``. The ``repr``
     shows the kind only.
     """
@@ -96,6 +99,8 @@ class SecretValue:
             raise ValueError(f"unknown secret kind {self.kind!r}")
         present = {name for name in _VALUE_FIELDS if getattr(self, name) is not None}
         expected = _FIELDS[self.kind]
+        if self.kind in _CERTIFICATE_ONLY_KINDS and "private_key_pem" not in present:
+            expected = expected - {"private_key_pem"}
         if present != expected:
             raise ValueError(
                 f"a {self.kind} value has exactly the fields {', '.join(sorted(expected))}"
@@ -166,6 +171,8 @@ class SecretValue:
         if not isinstance(kind, str) or kind not in SECRET_KINDS:
             raise ValueError("a secret value record needs a known 'kind'")
         expected = _FIELDS[kind] | {"kind"}
+        if kind in _CERTIFICATE_ONLY_KINDS and "private_key_pem" not in record:
+            expected = expected - {"private_key_pem"}
         if set(record) != expected:
             raise ValueError(
                 f"a {kind} value record has exactly the fields {', '.join(sorted(expected))}"
@@ -176,6 +183,13 @@ class SecretValue:
         fields: dict[str, str] = {name: record[name] for name in expected - {"kind"}}
         if "data" in fields:
             return cls(kind=_kind(kind), data=_record_data(kind, fields["data"]))
+        if "private_key_pem" not in fields:
+            _check_record_certificates(None, fields["certificate_pem"], fields["chain_pem"])
+            return cls(
+                kind=_kind(kind),
+                certificate_pem=fields["certificate_pem"],
+                chain_pem=fields["chain_pem"],
+            )
         key_pem = fields["private_key_pem"]
         try:
             # A record is the CAS's own, authenticated by the store: its key was made or checked
@@ -469,6 +483,10 @@ class _Generator:
             if spec.name in self._values
         }
 
+    def _issuer_chain(self, spec: SecretSpec) -> str | None:
+        """The chain of the issuer a given certificate names, or None without one."""
+        return None if spec.issuer is None else self._resolve(spec.issuer).chain_pem
+
     def _resolve(self, name: str) -> SecretValue:
         """The value of the secret ``name``, made first if need be (issuers before what they
         sign; the model refuses issuer cycles)."""
@@ -591,6 +609,8 @@ class _Generator:
         )
 
     def _certificate_value(self, spec: SecretSpec, kind: SecretKind) -> SecretValue:
+        if spec.value is not None and spec.private_key is None:
+            return _given_certificate(kind, spec.value, None, None, self._issuer_chain(spec))
         if spec.private_key is not None:
             named = self._resolve(spec.private_key)
             key_pem, key = _required(named.private_key_pem), named.private_key()
@@ -600,7 +620,7 @@ class _Generator:
         else:
             raise _Refused("key_type", "needs a key type when it names no private_key")
         if spec.value is not None:
-            return _given_certificate(kind, spec.value, key, key_pem)
+            return _given_certificate(kind, spec.value, key, key_pem, self._issuer_chain(spec))
         issuer: SecretValue | None = None
         if spec.issuer is not None:
             issuer = self._resolve(spec.issuer)
@@ -632,7 +652,15 @@ class _Generator:
         )
 
 
-def _given_certificate(kind: SecretKind, value: str, key: PrivateKey, key_pem: str) -> SecretValue:
+def _given_certificate(
+    kind: SecretKind,
+    value: str,
+    key: PrivateKey | None,
+    key_pem: str | None,
+    issuer_chain: str | None,
+) -> SecretValue:
+    """The value of a certificate given in the text, with its key if it names one; a value of
+    one certificate with an ``issuer`` gets the issuer's chain after it."""
     try:
         certificates = load_certificate_chain_pem(value.encode("utf-8"))
     except ValueError as exc:
@@ -642,15 +670,20 @@ def _given_certificate(kind: SecretKind, value: str, key: PrivateKey, key_pem: s
         certified = certificate_key_hash(cert)
     except ValueError:
         certified = ""
-    if not hmac.compare_digest(certified.encode("ascii"), key_hash(key).encode("ascii")):
+    if key is not None and not hmac.compare_digest(
+        certified.encode("ascii"), key_hash(key).encode("ascii")
+    ):
         raise _Refused("value", "the certificate does not carry the key named by private_key")
     if kind == "x509-ca" and not is_ca_certificate(cert):
         raise _Refused("value", "an x509-ca value must be a CA certificate (BasicConstraints ca)")
+    chain = "".join(certificate_pem(item).decode("ascii") for item in certificates)
+    if issuer_chain is not None and len(certificates) == 1:
+        chain += issuer_chain
     return SecretValue(
         kind=kind,
         private_key_pem=key_pem,
         certificate_pem=certificate_pem(cert).decode("ascii"),
-        chain_pem="".join(certificate_pem(item).decode("ascii") for item in certificates),
+        chain_pem=chain,
     )
 
 
@@ -695,7 +728,9 @@ def _record_data(kind: str, encoded: str) -> bytes:
     return data
 
 
-def _check_record_certificates(key: PrivateKey, certificate_pem: str, chain_pem: str) -> None:
+def _check_record_certificates(
+    key: PrivateKey | None, certificate_pem: str, chain_pem: str
+) -> None:
     try:
         cert = load_certificate_pem(certificate_pem.encode("utf-8"))
         chain = load_certificate_chain_pem(chain_pem.encode("utf-8"))
@@ -703,6 +738,8 @@ def _check_record_certificates(key: PrivateKey, certificate_pem: str, chain_pem:
         raise ValueError(f"the record's certificates: {exc}") from None
     if chain[0] != cert:
         raise ValueError("the record's chain_pem does not start with its certificate")
+    if key is None:
+        return
     try:
         certified = certificate_key_hash(cert)
     except ValueError:

@@ -316,7 +316,14 @@ def configuration_renderer(
         key = (placeholder.secret, placeholder.selector, placeholder.format)
         text = rendered.get(key)
         if text is None:
-            text = rendered[key] = render_value(values[key[0]], key[1], key[2])
+            try:
+                text = rendered[key] = render_value(values[key[0]], key[1], key[2])
+            except ValueError as exc:
+                # Only an import can get here (the session's own references were checked at
+                # upload): its exporter gives a certificate without the key asked for.
+                raise AttestationRefused(
+                    "import", f"the secret {placeholder.secret!r} cannot be given: {exc}"
+                ) from None
         return budget.spend(text)
 
     def resolve(text: str) -> str:
@@ -382,7 +389,13 @@ def _workload_certificates(
     referenced = _referenced_secrets(service, [file.content or "" for file in files])
     issued: dict[str, dict[str, str]] = {}
     for secret in session.secrets:
-        if secret.kind != "x509" or secret.issuer is None or secret.name not in referenced:
+        # A certificate given as value was not made here: nor are certificates in its name.
+        if (
+            secret.kind != "x509"
+            or secret.issuer is None
+            or secret.value is not None
+            or secret.name not in referenced
+        ):
             continue
         issuer = values[secret.issuer]
         issuer_key = issuer.private_key()
