@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
 
 from opencas.attestation.simulated import create_simulated_evidence
 from opencas.attestation.workload_binding import ConfigId, workload_report_data
@@ -328,3 +330,44 @@ def test_oversized_enclave_request_is_413(api: InProcessCas) -> None:
     )
     assert response.status_code == 413
     assert response.json()["error"] == "body-too-large"
+
+
+def _ca_pem() -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Anchor")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_an_imported_certificate_without_its_key_cannot_give_one(api: InProcessCas) -> None:
+    anchor = "\n".join("      " + line for line in _ca_pem().splitlines())
+    importer = (
+        'name: importer\nversion: "0.3"\nservices:\n  - name: app\n'
+        '    environment:\n      CA: "$$CAS::anchor$$"\n      KEY: "$$CAS::anchor.key$$"\n'
+        f'    attestation:\n      simulated_measurement: "{GOOD}"\n'
+        "secrets:\n  - name: anchor\n    import: {session: exporter, secret: anchor}\n" + TOLERATE
+    )
+    exporter = (
+        'name: exporter\nversion: "0.3"\nsecrets:\n  - name: anchor\n    kind: x509-ca\n'
+        f"    export: [{{session: importer}}]\n    value: |\n{anchor}\n"
+    )
+    # The importer exists first (an unpinned export needs it), then imports.
+    first = create_session(api.cas, 'name: importer\nversion: "0.3"\n', AUTHOR)
+    create_session(api.cas, exporter, AUTHOR)
+    update_session(api.cas, "importer", importer + f'predecessor: "{first.hash}"\n', AUTHOR)
+
+    refusal = Workload(api).refused(config_id="importer/app")
+
+    assert refusal.check == "import"
+    assert "'anchor' cannot be given" in refusal.message
