@@ -358,6 +358,20 @@ def test_ias_section_is_accepted_with_a_warning() -> None:
     assert loaded.config.ias.sp_key.get_secret_value() == SP_KEY
 
 
+def test_scones_ias_base_url_and_identity_are_accepted_as_unused() -> None:
+    url = "https://api.trustedservices.intel.com/sgx/dev"
+    text = f'[ias]\nbase_url = "{url}"\nidentity = "ias-client"\n'
+
+    loaded = parse_owner_config(text, "owner.toml", "toml")
+
+    assert loaded.warnings == (
+        "owner.toml:1: the [ias] section is not used: "
+        "Intel's EPID attestation service has reached end of life",
+    )
+    assert loaded.config.ias is not None
+    assert loaded.config.ias.identity == "ias-client"
+
+
 def test_unknown_key_in_ias_is_refused() -> None:
     message = parse_error(IAS_SECTION.format(sp_key=SP_KEY) + 'quote_type = "linkable"\n')
 
