@@ -694,6 +694,92 @@ def _binary_value_problem(value: str) -> str | None:
     return None
 
 
+# --- volumes --------------------------------------------------------------------------------------
+
+MAX_VOLUMES_PER_SESSION = 64
+"""Volumes one session may declare, and volumes one image may map."""
+
+
+def check_volume_name(value: str) -> str:
+    """A volume name: 1 to 128 of letters, digits, ``_`` and ``-`` (as a secret name)."""
+    if not 1 <= len(value) <= 128 or not _SECRET_NAME.fullmatch(value):
+        raise ValueError(
+            f"a volume name is 1 to 128 letters, digits, '_' or '-', got {_quote(value)}"
+        )
+    return value
+
+
+VolumeName = Annotated[str, AfterValidator(check_volume_name)]
+
+
+class VolumeImport(_Frozen):
+    """Where an imported volume comes from: another session's volume, optionally hash-pinned."""
+
+    session: SessionName
+    volume: VolumeName
+    session_hash: Hex64 | None = None
+
+
+class Volume(_Frozen):
+    """An encrypted volume of the session (``docs/sessions.md#volumes``).
+
+    Without ``fspf_key`` the CAS makes the key and keeps the current tag; with it, the volume
+    was encrypted beforehand under that key, and ``fspf_tag`` (which needs ``fspf_key``) names
+    its content then (no tag: it starts empty). An imported volume has only ``import``.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, validate_by_name=True, validate_by_alias=True
+    )
+
+    name: VolumeName
+    fspf_key: Hex64 | None = None
+    fspf_tag: Hex64 | None = None
+    export: tuple[ExportRule, ...] = ()
+    import_: VolumeImport | None = Field(default=None, alias="import")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Volume:
+        problems = volume_problems(self)
+        if problems:
+            raise ValueError("; ".join(f"{field}: {message}" for field, message in problems))
+        return self
+
+
+def volume_problems(volume: Volume) -> list[tuple[str, str]]:
+    """The rules between one volume's fields that are broken, as ``(field, message)``: an
+    imported volume sets nothing else; ``fspf_tag`` needs ``fspf_key``."""
+    problems: list[tuple[str, str]] = []
+    if volume.import_ is not None:
+        for field in ("fspf_key", "fspf_tag", "export"):
+            if getattr(volume, field) not in (None, ()):
+                problems.append(
+                    (field, "an imported volume is kept by its exporter; it cannot set this")
+                )
+    elif volume.fspf_tag is not None and volume.fspf_key is None:
+        problems.append(("fspf_tag", "a tag names content under a key: it needs 'fspf_key'"))
+    return problems
+
+
+class ImageVolume(_Frozen):
+    """A volume of the session mapped into an image's services at ``path``."""
+
+    name: VolumeName
+    path: AbsolutePath
+
+
+def _by_volume_path(items: tuple[ImageVolume, ...]) -> tuple[ImageVolume, ...]:
+    return tuple(sorted(items, key=lambda item: item.path))
+
+
+def _drop_empty_volumes(form: dict[str, Any]) -> dict[str, Any]:
+    # Volumes came after sessions were first hashed: the key is left out when there are none, so
+    # that every session without volumes keeps the normal form and hash it always had.
+    if not form.get("volumes"):
+        form.pop("volumes", None)
+    return form
+
+
 # --- images ---------------------------------------------------------------------------------------
 
 
@@ -710,15 +796,27 @@ def _by_path(files: tuple[InjectionFile, ...]) -> tuple[InjectionFile, ...]:
 
 
 class Image(_Frozen):
-    """A named set of injection files that services refer to with ``image_name``."""
+    """A named set of injection files and volume paths that services refer to with
+    ``image_name``."""
 
     name: ImageName
     injection_files: Annotated[tuple[InjectionFile, ...], AfterValidator(_by_path)] = ()
+    volumes: Annotated[tuple[ImageVolume, ...], AfterValidator(_by_volume_path)] = ()
 
     @model_validator(mode="after")
     def _unique_paths(self) -> Image:
         _refuse_repeats((item.path for item in self.injection_files), "injection file path")
+        _refuse_repeats((item.name for item in self.volumes), "volume")
+        paths = [item.path for item in self.volumes]
+        for index, path in enumerate(paths):
+            for other in (*paths[:index], *(item.path for item in self.injection_files)):
+                if other == path or other.startswith(f"{path}/") or path.startswith(f"{other}/"):
+                    raise ValueError(f"the volume path {path!r} overlaps {other!r}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_no_volumes(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_empty_volumes(handler(self))
 
 
 # --- access policy --------------------------------------------------------------------------------
@@ -900,15 +998,21 @@ class Session(_Frozen):
     services: Annotated[tuple[Service, ...], AfterValidator(_by_name)] = ()
     secrets: Annotated[tuple[SecretSpec, ...], AfterValidator(_by_name)] = ()
     images: Annotated[tuple[Image, ...], AfterValidator(_by_name)] = ()
+    volumes: Annotated[tuple[Volume, ...], AfterValidator(_by_name)] = ()
     access_policy: AccessPolicy = Field(default_factory=AccessPolicy)
     security: Security = Field(default_factory=Security)
 
     @model_validator(mode="after")
     def _references(self) -> Session:
         problems = cross_reference_problems(self.services, self.secrets, self.images)
+        problems += volume_reference_problems(self.volumes, self.images)
         if problems:
             raise ValueError("; ".join(f"{_dotted(path)}: {message}" for path, message in problems))
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_no_volumes(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_empty_volumes(handler(self))
 
     def normal_form(self) -> dict[str, Any]:
         """The session as its canonical JSON value: every field present (``null`` when unset),
@@ -930,6 +1034,10 @@ class Session(_Frozen):
     def image(self, name: str) -> Image | None:
         """The image called ``name``, or ``None``."""
         return next((item for item in self.images if item.name == name), None)
+
+    def volume(self, name: str) -> Volume | None:
+        """The volume called ``name``, or ``None``."""
+        return next((item for item in self.volumes if item.name == name), None)
 
 
 def _dotted(path: Sequence[str | int]) -> str:
@@ -1022,6 +1130,32 @@ def _given_issuer_problems(
         what = "a certificate given as 'value' names an issuer given as 'value' too"
         return [(path, f"{what}; {issuer.name!r} is generated here and cannot have signed it")]
     return []
+
+
+def volume_reference_problems(
+    volumes: Sequence[Volume], images: Sequence[Image]
+) -> list[tuple[tuple[str | int, ...], str]]:
+    """The volume rules between a session's parts that are broken, as ``(path, message)``:
+    volume names are unique, at most :data:`MAX_VOLUMES_PER_SESSION` volumes, and every volume
+    an image maps is a volume of the session."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    if len(volumes) > MAX_VOLUMES_PER_SESSION:
+        problems.append(
+            (("volumes",), f"a session declares at most {MAX_VOLUMES_PER_SESSION} volumes")
+        )
+    first: dict[str, int] = {}
+    for index, volume in enumerate(volumes):
+        if volume.name in first:
+            what = f"the name {volume.name!r} is already used by volumes[{first[volume.name]}]"
+            problems.append((("volumes", index, "name"), what))
+        first.setdefault(volume.name, index)
+    for index, image in enumerate(images):
+        for at, mapped in enumerate(image.volumes):
+            if mapped.name not in first:
+                problems.append(
+                    (("images", index, "volumes", at, "name"), f"no volume called {mapped.name!r}")
+                )
+    return problems
 
 
 def _issuer_cycle(start: str, by_name: dict[str, SecretSpec]) -> bool:

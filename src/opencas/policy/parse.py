@@ -52,6 +52,7 @@ from opencas.crypto.x509 import canonical_san_entry, certificate_key_hash
 from opencas.policy.errors import SessionError
 from opencas.policy.model import (
     DEFAULT_SECRET_SIZE,
+    MAX_VOLUMES_PER_SESSION,
     SECRET_KINDS,
     SESSION_LANGUAGE_VERSION,
     AccessPolicy,
@@ -64,6 +65,7 @@ from opencas.policy.model import (
     CreatorRule,
     ExportRule,
     Image,
+    ImageVolume,
     ImportSpec,
     InjectionFile,
     KeyRule,
@@ -75,6 +77,8 @@ from opencas.policy.model import (
     Session,
     Signer,
     SignerRule,
+    Volume,
+    VolumeImport,
     canonical_otp_secret,
     canonical_valid_for,
     check_absolute_path,
@@ -91,9 +95,11 @@ from opencas.policy.model import (
     check_session_name,
     check_tolerated,
     check_u16,
+    check_volume_name,
     cross_reference_problems,
     is_certificate_only,
     secret_spec_problems,
+    volume_problems,
 )
 from opencas.policy.placeholders import (
     PlaceholderSyntaxError,
@@ -128,6 +134,7 @@ _SESSION_KEYS = (
     "services",
     "secrets",
     "images",
+    "volumes",
     "access_policy",
     "security",
 )
@@ -187,7 +194,10 @@ _SECRET_KEYS = (
 )
 _EXPORT_KEYS = ("session", "namespace", "session_hash")
 _IMPORT_KEYS = ("session", "secret", "session_hash")
-_IMAGE_KEYS = ("name", "injection_files")
+_IMAGE_KEYS = ("name", "injection_files", "volumes")
+_VOLUME_KEYS = ("name", "fspf_key", "fspf_tag", "export", "import")
+_VOLUME_IMPORT_KEYS = ("session", "volume", "session_hash")
+_IMAGE_VOLUME_KEYS = ("name", "path")
 _INJECTION_KEYS = ("path", "content", "permission")
 _ACCESS_KEYS = ("read", "update", "create_sessions")
 _SECURITY_KEYS = ("attestation",)
@@ -201,7 +211,10 @@ _ATTESTATION_SECURITY_KEYS = (
 
 _NOT_SUPPORTED = "is a SCONE feature that OpenCAS does not support; remove it"
 _UNSUPPORTED_VOLUMES = {
-    "volumes": f"'volumes' (encrypted volumes) {_NOT_SUPPORTED}",
+    "volumes": (
+        "a service receives volumes through its image: list them in the image's 'volumes' "
+        "(name and path) and name the image in 'image_name'"
+    ),
 }
 _UNSUPPORTED_SERVICE = {
     **_UNSUPPORTED_VOLUMES,
@@ -385,9 +398,11 @@ def _pydantic_words(item: ErrorDetails, _path: KeyPath) -> str:
 
 
 def is_secret_value(path: KeyPath) -> bool:
-    """Whether ``path`` holds a secret value in a session: a secret's ``value``, or a
-    ``one_time_password_shared_secret``."""
+    """Whether ``path`` holds a secret value in a session: a secret's ``value``, a
+    ``one_time_password_shared_secret``, or a volume's ``fspf_key``."""
     if path and path[-1] == "one_time_password_shared_secret":
+        return True
+    if len(path) == 3 and path[0] == "volumes" and path[2] == "fspf_key":
         return True
     return len(path) == 3 and path[0] == "secrets" and path[2] == "value"
 
@@ -554,7 +569,7 @@ class _Reader:
                     f"'{key}' is what SCONE's `session read` reports about a stored session; it "
                     f"is not part of the policy and is ignored ({_READ_BACK_KEYS[key]})",
                 )
-        top = self.mapping((), policy, _SESSION_KEYS, "the session", _UNSUPPORTED_VOLUMES)
+        top = self.mapping((), policy, _SESSION_KEYS, "the session")
         if top is None:
             return None
         name_value = self.require((), top, "name")
@@ -570,6 +585,7 @@ class _Reader:
         services, service_paths = self.services(top.get("services"), kinds)
         images, image_paths = self.images(top.get("images"), kinds)
         self.secret_identities = _secret_identities(secrets)
+        volumes = self.volumes(top.get("volumes"))
         access = self.access_policy(top.get("access_policy"))
         security = self.security(top.get("security"))
         self.stray_placeholders(data, ())
@@ -583,6 +599,7 @@ class _Reader:
             if _refers_to_broken_part(data, path, field, written, services, secrets, images):
                 continue  # the part it names has its own error, reported there
             self.fail(path, message)
+        self.volume_references(volumes, images, image_paths)
         if self.problems or name is None or version is None or access is None or security is None:
             return None
         return self.build(
@@ -594,6 +611,7 @@ class _Reader:
             services=tuple(services),
             secrets=tuple(secrets),
             images=tuple(images),
+            volumes=tuple(volume for volume, _ in volumes),
             access_policy=access,
             security=security,
         )
@@ -1186,6 +1204,131 @@ class _Reader:
                         "has no key to give",
                     )
 
+    # --- volumes ---------------------------------------------------------------------------
+
+    def volumes(self, value: object) -> list[tuple[Volume, KeyPath]]:
+        """The session's volumes that are valid, each with its path in the text."""
+        if value is None:
+            return []
+        built: list[tuple[Volume, KeyPath]] = []
+        for path, item in self.sequence(("volumes",), value, "volumes"):
+            volume = self.volume(path, item)
+            if volume is not None:
+                built.append((volume, path))
+        return built
+
+    def volume(self, path: KeyPath, value: object) -> Volume | None:
+        before = len(self.problems)
+        data = self.mapping(path, value, _VOLUME_KEYS, "a volume")
+        if data is None:
+            return None
+        name = self.name(path, data, check_volume_name)
+        fields: dict[str, Any] = {}
+        if "fspf_key" in data:
+            fields["fspf_key"] = self.volume_key((*path, "fspf_key"), data["fspf_key"])
+        if "fspf_tag" in data:
+            fields["fspf_tag"] = self.hex_digest((*path, "fspf_tag"), data["fspf_tag"], 64)
+        if "export" in data:
+            fields["export"] = self.exports((*path, "export"), data["export"])
+        if "import" in data:
+            fields["import_"] = self.volume_import((*path, "import"), data["import"])
+        if len(self.problems) > before or name is None:
+            return None
+        for field, message in volume_problems(Volume.model_construct(name=name, **fields)):
+            self.fail((*path, "import" if field == "import_" else field), message, at_value=False)
+        if len(self.problems) > before:
+            return None
+        return self.build(path, Volume, name=name, **fields)
+
+    def volume_key(self, path: KeyPath, value: object) -> str | None:
+        """A volume key: 64 hex digits, in either case; a complaint never shows it."""
+        if isinstance(value, str) and re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            return value.lower()
+        self.fail(path, "a volume key is 64 hex digits (32 bytes), written in quotes")
+        return None
+
+    def volume_import(self, path: KeyPath, value: object) -> VolumeImport | None:
+        data = self.mapping(path, value, _VOLUME_IMPORT_KEYS, "a volume import")
+        if data is None:
+            return None
+        session = self.require(path, data, "session")
+        volume = self.require(path, data, "volume")
+        fields = self.session_reference(path, data, ("session",))
+        volume_name = None
+        if volume is not None:
+            text = self.string((*path, "volume"), volume)
+            volume_name = (
+                None if text is None else self.checked((*path, "volume"), text, check_volume_name)
+            )
+        if fields is None or session is None or volume_name is None:
+            return None
+        return self.build(path, VolumeImport, volume=volume_name, **fields)
+
+    def image_volumes(
+        self, path: KeyPath, value: object, files: Mapping[str, KeyPath]
+    ) -> list[ImageVolume]:
+        """An image's ``volumes``: unique names, paths that overlap no other volume's path and
+        no injection file's."""
+        if value is None:
+            return []
+        mapped: list[ImageVolume] = []
+        taken: dict[str, KeyPath] = dict(files)
+        for item_path, item in self.sequence((*path, "volumes"), value, "volume mappings"):
+            data = self.mapping(item_path, item, _IMAGE_VOLUME_KEYS, "a volume mapping")
+            if data is None:
+                continue
+            name = self.name(item_path, data, check_volume_name)
+            target = self.require(item_path, data, "path")
+            text = None if target is None else self.string((*item_path, "path"), target)
+            where = None
+            if text is not None:
+                where = self.checked((*item_path, "path"), text, check_absolute_path)
+            if name is None or where is None:
+                continue
+            if any(other.name == name for other in mapped):
+                self.fail((*item_path, "name"), f"the volume {name!r} is mapped twice")
+                continue
+            clash = next(
+                (
+                    at
+                    for other, at in taken.items()
+                    if other == where
+                    or other.startswith(f"{where}/")
+                    or where.startswith(f"{other}/")
+                ),
+                None,
+            )
+            if clash is not None:
+                self.fail((*item_path, "path"), f"the path overlaps {format_path(clash)}")
+                continue
+            taken[where] = (*item_path, "path")
+            mapped.append(ImageVolume(name=name, path=where))
+        return mapped
+
+    def volume_references(
+        self,
+        volumes: Sequence[tuple[Volume, KeyPath]],
+        images: Sequence[Image],
+        image_paths: Sequence[KeyPath],
+    ) -> None:
+        """Volume names unique, within the limit, and every mapped volume declared."""
+        first: dict[str, KeyPath] = {}
+        for volume, path in volumes:
+            if volume.name in first:
+                self.fail(
+                    (*path, "name"),
+                    f"the name {volume.name!r} is already used by "
+                    f"{format_path(first[volume.name])}",
+                )
+            first.setdefault(volume.name, path)
+        if len(volumes) > MAX_VOLUMES_PER_SESSION:
+            self.fail(("volumes",), f"a session declares at most {MAX_VOLUMES_PER_SESSION} volumes")
+        written = _written_volume_names(self.document.data)
+        for image, path in zip(images, image_paths, strict=True):
+            for at, mapped in enumerate(image.volumes):
+                if mapped.name not in first and mapped.name not in written:
+                    self.fail((*path, "volumes", at, "name"), f"no volume called {mapped.name!r}")
+
     # --- images ----------------------------------------------------------------------------
 
     def images(
@@ -1206,7 +1349,7 @@ class _Reader:
         self, path: KeyPath, value: object, kinds: Mapping[str, SecretKind | None]
     ) -> Image | None:
         before = len(self.problems)
-        data = self.mapping(path, value, _IMAGE_KEYS, "an image", _UNSUPPORTED_VOLUMES)
+        data = self.mapping(path, value, _IMAGE_KEYS, "an image")
         if data is None:
             return None
         name = self.name(path, data, check_image_name)
@@ -1227,9 +1370,12 @@ class _Reader:
                     continue
                 seen[injected.path] = item_path
                 files.append(injected)
+        mapped = self.image_volumes(path, data.get("volumes"), seen)
         if len(self.problems) > before or name is None:
             return None
-        return self.build(path, Image, name=name, injection_files=tuple(files))
+        return self.build(
+            path, Image, name=name, injection_files=tuple(files), volumes=tuple(mapped)
+        )
 
     def injection_file(
         self, path: KeyPath, value: object, kinds: Mapping[str, SecretKind | None]
@@ -1645,6 +1791,16 @@ def _written_names(data: Mapping[Any, object]) -> dict[str, set[str]]:
             if isinstance(item, dict) and isinstance(item.get("name"), str)
         }
     return names
+
+
+def _written_volume_names(data: object) -> set[str]:
+    """The volume names the text writes, valid or not (a broken one has its own error)."""
+    items = data.get("volumes") if isinstance(data, dict) else None
+    return {
+        item["name"]
+        for item in (items if isinstance(items, list) else ())
+        if isinstance(item, dict) and isinstance(item.get("name"), str)
+    }
 
 
 def _refers_to_broken_part(
