@@ -65,12 +65,20 @@ EVENTS = frozenset(
         "values_read",
         "workload_attested",
         "workload_refused",
+        "volume_tag_updated",
     }
 )
 #: Events of operations that change the CAS's state: their entry is written before the change
 #: commits, and the database's audit head names the last one that committed.
 STATE_EVENTS = frozenset(
-    {"provisioned", "owner_config_updated", MODE_EVENT, "session_created", "session_updated"}
+    {
+        "provisioned",
+        "owner_config_updated",
+        MODE_EVENT,
+        "session_created",
+        "session_updated",
+        "volume_tag_updated",
+    }
 )
 #: Entries signed in every mode: what ties a log to its CAS, and turning the log off or on.
 ALWAYS_SIGNED = frozenset({START_EVENT, MODE_EVENT})

@@ -32,6 +32,7 @@ from opencas.crypto.hpke_seal import (
     SealedConfigError,
     open_workload_config,
 )
+from opencas.crypto.volume_format import report_proof
 from opencas.errors import AttestationRefused, CasError, ClientError
 from opencas.policy.model import (
     check_absolute_path,
@@ -42,6 +43,7 @@ from opencas.policy.model import (
     check_no_nul,
     check_permission,
     check_secret_name,
+    check_volume_name,
 )
 
 _NONCE_SHAPE = re.compile(r"[0-9a-f]{64}")
@@ -54,8 +56,12 @@ _CONFIG_KEYS = frozenset(
         "pwd",
         "injection_files",
         "certificates",
+        "volumes",
     }
 )
+_VOLUME_KEYS = frozenset({"name", "path", "key", "tag", "ticket", "report_secret"})
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_TICKET = re.compile(r"[A-Za-z0-9_-]{1,4096}")
 _FILE_KEYS = frozenset({"path", "content", "permission"})
 _FSPF_KEYS = frozenset({"path", "key", "tag"})
 _FSPF_KEYS_MEMBER = frozenset({"fspf"})
@@ -93,6 +99,20 @@ class IssuedCertificate:
 
 
 @dataclass(frozen=True)
+class VolumeGrant:
+    """A volume the CAS hands the workload: its ``name``, the session ``path`` it is mapped at,
+    its ``key`` and current ``tag`` (None: empty), and the ``ticket`` and ``report_secret``
+    that prove the workload's report of a new tag."""
+
+    name: str
+    path: str
+    key: bytes = field(repr=False)
+    tag: str | None
+    ticket: str = field(repr=False)
+    report_secret: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class WorkloadConfig:
     """What the CAS sends an attested workload, checked field by field.
 
@@ -110,6 +130,7 @@ class WorkloadConfig:
     injection_files: tuple[InjectionFile, ...] = field(repr=False)
     certificates: Mapping[str, IssuedCertificate] = field(repr=False)
     fspf: ProtectionFile | None = None
+    volumes: tuple[VolumeGrant, ...] = field(default=(), repr=False)
 
 
 def open_config(
@@ -167,6 +188,7 @@ def parse_workload_config(plaintext: bytes, config_id: ConfigId) -> WorkloadConf
         injection_files=_injection_files(document["injection_files"]),
         certificates=MappingProxyType(_certificates(document["certificates"])),
         fspf=_protection_file(document["fspf"]) if "fspf" in document else None,
+        volumes=_volumes(document["volumes"]),
     )
 
 
@@ -177,6 +199,31 @@ def _protection_file(value: object) -> ProtectionFile:
         key=_checked(entry["key"], check_fspf_key, "fspf.key"),
         tag=_checked(entry["tag"], check_fspf_tag, "fspf.tag"),
     )
+
+
+def _volumes(value: object) -> tuple[VolumeGrant, ...]:
+    grants: list[VolumeGrant] = []
+    for index, item in enumerate(_list(value, "volumes")):
+        where = f"volumes[{index}]"
+        entry = _exact_keys(item, _VOLUME_KEYS, where)
+        name = _checked(entry["name"], check_volume_name, f"{where}.name")
+        path = _checked(entry["path"], check_absolute_path, f"{where}.path")
+        tag = entry["tag"]
+        if tag is not None:
+            tag = _checked(tag, check_hex64, f"{where}.tag")
+        key, secret = (
+            _checked(entry[member], check_hex64, f"{where}.{member}")
+            for member in ("key", "report_secret")
+        )
+        ticket = entry["ticket"]
+        if not isinstance(ticket, str) or not _TICKET.fullmatch(ticket):
+            raise ValueError(f"{where}.ticket is not valid")
+        if any(grant.name == name or grant.path == path for grant in grants):
+            raise ValueError(f"{where} repeats an earlier volume's name or path")
+        grants.append(
+            VolumeGrant(name, path, bytes.fromhex(key), tag, ticket, bytes.fromhex(secret))
+        )
+    return tuple(grants)
 
 
 def _exact_keys(value: object, expected: frozenset[str], where: str) -> dict[str, Any]:
@@ -323,6 +370,17 @@ class EnclaveClient:
             raise _refusal(exc) from exc
         return _sealed_of(response)
 
+    def report_volume_tag(self, grant: VolumeGrant, previous_tag: str | None, tag: str) -> None:
+        """Report the new ``tag`` of the volume ``grant`` names, written from ``previous_tag``.
+
+        Proven with the grant's report secret (``POST /v1/enclave/volume-tag``). Raises
+        :class:`ApiError` when the CAS refuses (409 ``stale-volume-tag``: another writer's tag
+        is current) and :class:`CasUnreachable` when it cannot be reached.
+        """
+        proof = report_proof(grant.report_secret, grant.ticket, previous_tag, tag)
+        body = {"ticket": grant.ticket, "previous_tag": previous_tag, "tag": tag, "proof": proof}
+        self._client.send("POST", ENCLAVE_VOLUME_TAG_PATH, json_body=body)
+
     open_config = staticmethod(open_config)
 
 
@@ -377,6 +435,7 @@ class AsyncEnclaveClient(AsyncListenerClient):
 #: The enclave API's routes (their templates, as the CAS's metrics name them).
 ENCLAVE_NONCE_PATH = "/v1/enclave/nonce"
 ENCLAVE_ATTEST_PATH = "/v1/enclave/attest"
+ENCLAVE_VOLUME_TAG_PATH = "/v1/enclave/volume-tag"
 
 
 def _require_pin(ca_certificate_pem: bytes) -> None:

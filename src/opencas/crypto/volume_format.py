@@ -293,3 +293,14 @@ def _manifest_from_json(document: dict[str, object], volume: str) -> Manifest:
     ) != directories:
         raise VolumeFormatError("the manifest is not in its normal order")
     return manifest
+
+
+#: What a tag report's proof covers first, so the proof means nothing else.
+REPORT_CONTEXT = "opencas-volume-tag/v1"
+
+
+def report_proof(secret: bytes, ticket: str, previous_tag: str | None, tag: str) -> str:
+    """The proof of one tag report: hex HMAC-SHA256, under the report secret the CAS gave with
+    the volume, of the canonical JSON ``[REPORT_CONTEXT, ticket, previous_tag, tag]``."""
+    message = canonical_json([REPORT_CONTEXT, ticket, previous_tag, tag])
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()

@@ -334,8 +334,11 @@ def session_from_normal_form(obj: object, *, source: str = NORMAL_FORM_SOURCE) -
     return session
 
 
-def export_place(text: str, secret: str, rule: ExportRule) -> tuple[str, int, int] | None:
-    """Where ``text`` (a session's YAML) writes ``rule`` among the exports of ``secret``.
+def export_place(
+    text: str, secret: str, rule: ExportRule, collection: str = "secrets"
+) -> tuple[str, int, int] | None:
+    """Where ``text`` (a session's YAML) writes ``rule`` among the exports of ``secret`` (a
+    secret, or with ``collection`` ``"volumes"`` a volume).
 
     Returns the key path as the text's language writes it (``secrets[2].export[0]``), and the
     line and column there; ``None`` when the text does not parse or holds no such export.
@@ -345,7 +348,7 @@ def export_place(text: str, secret: str, rule: ExportRule) -> tuple[str, int, in
     except YamlSourceError:
         return None
     top = document.data
-    secrets = top.get("secrets") if isinstance(top, dict) else None
+    secrets = top.get(collection) if isinstance(top, dict) else None
     if not isinstance(secrets, list):
         return None
     target_key, target = (
@@ -356,9 +359,9 @@ def export_place(text: str, secret: str, rule: ExportRule) -> tuple[str, int, in
             continue
         exports = item.get("export")
         paths: list[tuple[KeyPath, object]] = (
-            [(("secrets", index, "export", at), one) for at, one in enumerate(exports)]
+            [((collection, index, "export", at), one) for at, one in enumerate(exports)]
             if isinstance(exports, list)
-            else [(("secrets", index, "export"), exports)]
+            else [((collection, index, "export"), exports)]
         )
         for path, written in paths:
             if (

@@ -52,11 +52,17 @@ from opencas.policy.secret_values import (
     public_values,
     unpinned_export_targets,
 )
+from opencas.policy.volumes import (
+    check_volume_exports_claimed,
+    check_volume_import,
+    unpinned_volume_export_targets,
+)
 from opencas.service.audit import actor_of, record_read, state_change
 from opencas.service.cas import Cas
 from opencas.service.identity import utc_now_text
 from opencas.service.records import decode_record, read_record, write_record
 from opencas.service.session_limits import check_session, check_session_text
+from opencas.service.volume_states import write_session_volumes
 from opencas.sources.problems import Problem
 from opencas.store.base import Reader, Transaction
 
@@ -331,10 +337,33 @@ def _admit_update(source: Reader, change: _Change) -> tuple[StoredSession, dict[
 
 
 def _check_exports(source: Reader, change: _Change) -> None:
-    """Refuse an unpinned export to a session or namespace that nobody has created yet."""
+    """Refuse an unpinned export to a session or namespace that nobody has created yet, and a
+    volume import its exporter does not allow."""
     targets = unpinned_export_targets(change.session)
     existing = {name for name in targets if source.get(SESSIONS, name) is not None}
     check_exports_claimed(change.session, existing, change.text)
+    volume_targets = unpinned_volume_export_targets(change.session)
+    existing = {name for name in volume_targets if source.get(SESSIONS, name) is not None}
+    check_volume_exports_claimed(change.session, existing, change.text)
+    check_volume_imports(source, change.session, change.hash)
+
+
+def check_volume_imports(source: Reader, session: Session, session_hash: str) -> None:
+    """Refuse ``session`` (at ``session_hash``) if one of its volume imports is not allowed by
+    its exporter's current version (:func:`~opencas.policy.volumes.check_volume_import`)."""
+    for volume in session.volumes:
+        spec = volume.import_
+        if spec is None:
+            continue
+        exporter = load_session(source, spec.session) if spec.session != session.name else None
+        check_volume_import(
+            session,
+            volume.name,
+            spec,
+            exporter.session if exporter else None,
+            exporter.record.hash if exporter else None,
+            session_hash,
+        )
 
 
 def _commit(
@@ -453,6 +482,7 @@ def _write(
     # Reads of this version then find it parsed, so a read costs about the same whether the
     # name exists or not (nothing to parse before the read rule is known).
     _parsed_sessions.get_or_make(record.hash, lambda: session)
+    write_session_volumes(txn, session)
     write_record(txn, SESSIONS, record.name, record)
     write_record(
         txn,

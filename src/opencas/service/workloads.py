@@ -55,6 +55,7 @@ from opencas.service.cas import Cas
 from opencas.service.otp_guard import OtpGuard
 from opencas.service.session_limits import RenderBudget
 from opencas.service.sessions import imported_values, load_secret_values, load_session
+from opencas.service.volumes import Attestation, volume_grants
 from opencas.store.base import Reader
 
 NONCE_BYTES = 32
@@ -253,6 +254,18 @@ def _attest(
             public_key_der,
             stored.record.hash,
             cas.config.session_limits,
+        )
+        config["volumes"] = volume_grants(
+            view,
+            stored,
+            service,
+            Attestation(
+                str(config_id),
+                stored.record.hash,
+                request.nonce,
+                hashlib.sha256(evidence.data).hexdigest(),
+                verified.platform_key_hash,
+            ),
         )
     plaintext = canonical_json({"config_id": str(config_id), **config})
     return seal_workload_config(public_key_der, plaintext, str(config_id), request.nonce)

@@ -14,6 +14,12 @@ from opencas.api.routes.bodies import StrictBody
 from opencas.attestation.workload_binding import ConfigId
 from opencas.service.cas import Cas
 from opencas.service.otp_guard import OtpGuard
+from opencas.service.volumes import (
+    MAX_TICKET_CHARS,
+    ReportLimiter,
+    TagReport,
+    report_volume_tag,
+)
 from opencas.service.workloads import (
     NONCE_LIFETIME,
     NonceStore,
@@ -43,8 +49,18 @@ class EnclaveAttestRequest(StrictBody):
     otp: str | None = Field(default=None, pattern=r"^[0-9]{1,10}$")
 
 
+class VolumeTagRequest(StrictBody):
+    """Body of ``POST /v1/enclave/volume-tag``."""
+
+    ticket: str = Field(min_length=1, max_length=MAX_TICKET_CHARS, pattern=r"^[A-Za-z0-9_-]+$")
+    previous_tag: str | None = Field(pattern=r"^[0-9a-f]{64}$")
+    tag: str = Field(pattern=r"^[0-9a-f]{64}$")
+    proof: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 def workloads_router(cas: Cas, lane: WorkerLane) -> APIRouter:
-    """``POST /v1/enclave/nonce`` and ``POST /v1/enclave/attest``, attesting in ``lane``."""
+    """``POST /v1/enclave/nonce``, ``POST /v1/enclave/attest`` and
+    ``POST /v1/enclave/volume-tag``, attesting and storing in ``lane``."""
     router = APIRouter()
     nonces = NonceStore()
     otp_guard = OtpGuard(cas.config.session_limits)
@@ -69,6 +85,16 @@ def workloads_router(cas: Cas, lane: WorkerLane) -> APIRouter:
         )
         sealed = decision.answer()  # durable by now: raises the refusal or the log's error
         return {"kem": sealed.kem, "sealed": sealed.sealed}
+
+    reports = ReportLimiter()
+
+    # The tag is stored in a transaction and its audit entry fsynced: both block, so the lane
+    # runs them, never the event loop.
+    @router.post("/v1/enclave/volume-tag")
+    async def volume_tag(body: VolumeTagRequest) -> dict[str, Any]:
+        """Accept a volume's new tag from the workload its ticket names (compare-and-swap)."""
+        report = TagReport(body.ticket, body.previous_tag, body.tag, body.proof)
+        return await lane.run(report_volume_tag, cas, reports, report)
 
     return router
 
