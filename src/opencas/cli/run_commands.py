@@ -29,6 +29,7 @@ from opencas.runtime.exchange import fetch_configuration
 from opencas.runtime.launcher import launch
 from opencas.runtime.measure import Measurement, measure_program, resolve_program
 from opencas.runtime.passed_environment import check_passable
+from opencas.runtime.volumes import parse_volume_stores
 
 PLATFORM_KEY_FILE = "simulated-platform.key"
 # casctl seals nothing, but the settings name a tsm key file; it is never created.
@@ -121,6 +122,13 @@ def _measure(argv: Sequence[str], measure_paths: Sequence[Path]) -> Measurement:
     help="Also pass this variable of casctl's environment to the program (repeatable).",
 )
 @click.option(
+    "--volume-store",
+    "volume_stores",
+    multiple=True,
+    metavar="NAME=DIR",
+    help="Keep volume NAME's encrypted store in DIR instead of at its session path (repeatable).",
+)
+@click.option(
     "--otp",
     metavar="CODE",
     help="The one-time password, for a service whose session asks for one (default: asked for "
@@ -140,14 +148,17 @@ def run_command(
     measure_paths: tuple[Path, ...],
     pass_env: tuple[str, ...],
     otp: str | None,
+    volume_stores: tuple[str, ...],
     argv: tuple[str, ...],
 ) -> None:
     """Attest PROGRAM to the CAS as SESSION/SERVICE and run it with the configuration it sends.
 
     Use as `casctl run --config-id S/SVC -- PROGRAM [ARGS]...`. When the session sets the
     service's command, that command replaces ARGS. The program's exit code is casctl's; before
-    it starts, 3 means the CAS cannot be reached and 4 that it refused.
+    it starts, 3 means the CAS cannot be reached and 4 that it refused; 5 that the program
+    succeeded but a volume's writes were not kept (another writer was first).
     """
+    stores = parse_volume_stores(volume_stores)
     home = casctl_home()
     url, ca_pem = enclave_target(cas, load_state(home))
     program = resolve_program(argv)
@@ -174,7 +185,16 @@ def run_command(
             # Asked only now: most services need no code, and the CAS says which do.
             code = click.prompt(f"one-time password for {config_id}", hide_input=True, err=True)
             attested = fetch_configuration(client, config_id, provider, code.strip())
-    ctx.exit(launch(attested.config, program, argv, pass_env=pass_env, workload_key=attested.key))
+        status = launch(
+            attested.config,
+            program,
+            argv,
+            pass_env=pass_env,
+            workload_key=attested.key,
+            volume_stores=stores,
+            report_tag=client.report_volume_tag,
+        )
+    ctx.exit(status)
 
 
 @click.command("measure", context_settings=_COMMAND_SETTINGS)

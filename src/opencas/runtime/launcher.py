@@ -60,6 +60,13 @@ from opencas.runtime.fspf import open_protected_tree
 from opencas.runtime.host_values import HOST_VALUE, fill_host_values
 from opencas.runtime.measure import ResolvedProgram, find_executable, script_argument
 from opencas.runtime.passed_environment import ALWAYS_PASSED, check_passable
+from opencas.runtime.volumes import (
+    Reporter,
+    check_volume_paths,
+    close_volumes,
+    open_volumes,
+    volume_directory,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -348,16 +355,28 @@ def plan_launch(
         raise ClientError("no program given")
     files = _planned_files(config, workload_key)
     _refuse_collisions(files, protected_paths)
+    check_volume_paths(
+        config.volumes,
+        [*(item.relative for item in files), *(private_relative(p) for p in protected_paths)],
+        private_relative,
+    )
     config = _with_host_values(config, user_argv[1:], parent_environment)
     mapped = path_mapper(
-        private_root, [*(item.path for item in config.injection_files), *protected_paths]
+        private_root,
+        [
+            *(item.path for item in config.injection_files),
+            *protected_paths,
+            *(volume.path for volume in config.volumes),
+        ],
     )
     if config.command:
         _check_executable(config.command[0], program, user_argv[0])
         arguments = [mapped(argument) for argument in config.command[1:]]
     else:
         arguments = [mapped(argument) for argument in user_argv[1:]]
-    cwd = _working_directory(config.pwd, private_root, files, protected_paths)
+    cwd = volume_directory(
+        config.pwd, private_root, config.volumes, private_relative
+    ) or _working_directory(config.pwd, private_root, files, protected_paths)
     if program.interpreter:
         base = cwd or current_directory or Path.cwd()
         injected = frozenset((private_root / item.relative).resolve() for item in files)
@@ -515,6 +534,8 @@ def launch(
     pass_env: Sequence[str] = (),
     workload_key: ec.EllipticCurvePrivateKey | None = None,
     parent_environment: Mapping[str, str] | None = None,
+    volume_stores: Mapping[str, Path] | None = None,
+    report_tag: Reporter | None = None,
 ) -> int:
     """Run the workload as ``config`` says and return its exit status (128+N if signal N).
 
@@ -522,7 +543,9 @@ def launch(
     child (:func:`run_plan`) and removes the directory in every case. Raises
     :class:`ClientError` (or ``OSError``) when it refuses or fails before the program starts;
     a directory that cannot be removed afterwards is only reported (the program's status
-    stands).
+    stands). The service's volumes are opened before the program starts and sealed after it
+    succeeded (:mod:`opencas.runtime.volumes`), their new tags reported with ``report_tag``;
+    ``volume_stores`` moves a volume's store away from its session path.
     """
     environment = os.environ if parent_environment is None else parent_environment
     root = create_private_directory()
@@ -542,7 +565,13 @@ def launch(
             protected_paths=protected,
         )
         write_private_files(plan)
-        return run_plan(plan)
+        mounted = open_volumes(config.volumes, root, private_relative, volume_stores or {})
+        status = run_plan(plan)
+        if not mounted:
+            return status
+        if report_tag is None:
+            raise ClientError("the service has volumes, but nothing reports their new tags")
+        return close_volumes(mounted, status, report_tag)
     finally:
         try:
             remove_private_directory(root)
