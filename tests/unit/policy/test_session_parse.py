@@ -730,9 +730,6 @@ def test_security_errors(body: str, path: str, fragment: str) -> None:
 @pytest.mark.parametrize(
     ("body", "path", "line", "column", "feature"),
     [
-        ("volumes:\n  - name: v\n", "volumes", 3, 1, "'volumes' (encrypted volumes)"),
-        ("services:\n  - name: a\n    volumes: []\n", "services[0].volumes", 5, 5, "'volumes'"),
-        ("images:\n  - name: i\n    volumes: []\n", "images[0].volumes", 5, 5, "'volumes'"),
         (
             "secrets:\n  - name: t\n    kind: aad-token\n",
             "secrets[0].kind",
@@ -1105,7 +1102,7 @@ def test_session_error_text_names_source_line_column_and_path() -> None:
     assert error.http_status == 400
     assert str(error) == (
         "my-session.yaml:3:1: colour: unknown key; expected one of: name, version, predecessor, "
-        "services, secrets, images, access_policy, security"
+        "services, secrets, images, volumes, access_policy, security"
     )
     assert error.to_json()["problems"] == [
         {
