@@ -334,7 +334,7 @@ def check_import(
         raise refuse("a session cannot import from itself; use the secret by its own name")
     if exporter is None:
         raise refuse("that session does not exist")
-    if spec.session_hash is not None and not _same_hash(exporter_hash, spec.session_hash):
+    if spec.session_hash is not None and not same_hash(exporter_hash, spec.session_hash):
         raise refuse(
             f"the import is pinned to session hash {spec.session_hash} and the session's current "
             f"hash is {exporter_hash}; check the new version, then pin its hash"
@@ -353,10 +353,10 @@ def check_import(
     pinned_elsewhere = False
     for rule in exported.export:
         if rule.session == importer.name:
-            if rule.session_hash is None or _same_hash(importer_hash, rule.session_hash):
+            if rule.session_hash is None or same_hash(importer_hash, rule.session_hash):
                 return
             pinned_elsewhere = True
-        elif rule.namespace is not None and _in_namespace(importer.name, rule.namespace):
+        elif rule.namespace is not None and in_namespace(importer.name, rule.namespace):
             return
     if pinned_elsewhere:
         raise refuse(
@@ -758,13 +758,15 @@ def _importing_secret(importer: Session, spec: ImportSpec) -> tuple[int | None, 
     return None, spec.secret
 
 
-def _same_hash(actual: str | None, expected: str) -> bool:
+def same_hash(actual: str | None, expected: str) -> bool:
+    """Whether the hash ``actual`` (None: there is none) is ``expected``, in constant time."""
     if actual is None:
         return False
     return hmac.compare_digest(actual.encode("utf-8"), expected.encode("utf-8"))
 
 
-def _in_namespace(name: str, namespace: str) -> bool:
+def in_namespace(name: str, namespace: str) -> bool:
+    """Whether the session ``name`` is in ``namespace``: ``a/b`` holds ``a/b`` and ``a/b/c``."""
     return name == namespace or name.startswith(namespace + "/")
 
 

@@ -14,7 +14,7 @@ from collections.abc import Set as AbstractSet
 from opencas.policy.errors import SessionError
 from opencas.policy.model import ExportRule, Session, VolumeImport
 from opencas.policy.parse import export_place
-from opencas.policy.secret_values import _in_namespace, _same_hash
+from opencas.policy.secret_values import in_namespace, same_hash
 from opencas.sources.problems import Problem, in_text_order
 
 
@@ -46,7 +46,7 @@ def check_volume_import(
         raise refuse("a session cannot import from itself; use the volume by its own name")
     if exporter is None:
         raise refuse("that session does not exist")
-    if spec.session_hash is not None and not _same_hash(exporter_hash, spec.session_hash):
+    if spec.session_hash is not None and not same_hash(exporter_hash, spec.session_hash):
         raise refuse(
             f"the import is pinned to session hash {spec.session_hash} and the session's current "
             f"hash is {exporter_hash}; check the new version, then pin its hash"
@@ -62,10 +62,10 @@ def check_volume_import(
     pinned_elsewhere = False
     for rule in exported.export:
         if rule.session == importer.name:
-            if rule.session_hash is None or _same_hash(importer_hash, rule.session_hash):
+            if rule.session_hash is None or same_hash(importer_hash, rule.session_hash):
                 return
             pinned_elsewhere = True
-        elif rule.namespace is not None and _in_namespace(importer.name, rule.namespace):
+        elif rule.namespace is not None and in_namespace(importer.name, rule.namespace):
             return
     if pinned_elsewhere:
         raise refuse(

@@ -160,6 +160,16 @@ def document(**overrides: Any) -> dict[str, Any]:
             {"path": "/etc/app/other", "content": "", "permission": None},
         ],
         "certificates": {"tls-cert": {"certificate": PEM, "chain": PEM + PEM}},
+        "volumes": [
+            {
+                "name": "ledger",
+                "path": "/srv/ledger",
+                "key": "1a" * 32,
+                "tag": None,
+                "ticket": "eyJhIjoiYiJ9",
+                "report_secret": "2b" * 32,
+            }
+        ],
     }
     base.update(overrides)
     return base
@@ -177,9 +187,34 @@ def test_parses_the_documented_plaintext() -> None:
         InjectionFile("/etc/app/other", b"", None),
     )
     assert dict(config.certificates) == {"tls-cert": IssuedCertificate(PEM, PEM + PEM)}
+    (volume,) = config.volumes
+    assert (volume.name, volume.path, volume.tag) == ("ledger", "/srv/ledger", None)
+    assert volume.key == bytes.fromhex("1a" * 32)
+    assert volume.report_secret == bytes.fromhex("2b" * 32)
+    assert "1a1a" not in repr(volume)
     assert SECRET not in repr(config)
     with pytest.raises(TypeError):
         config.environment["X"] = "y"  # type: ignore[index]
+
+
+GRANT = document()["volumes"][0]
+
+
+@pytest.mark.parametrize(
+    "volumes",
+    [
+        [{**GRANT, "key": "1a"}],
+        [{**GRANT, "tag": "AB" * 32}],
+        [{**GRANT, "path": "srv"}],
+        [{**GRANT, "name": "a.b"}],
+        [{**GRANT, "ticket": "not base64url!"}],
+        [{k: v for k, v in GRANT.items() if k != "report_secret"}],
+        [GRANT, {**GRANT, "name": "other"}],
+    ],
+)
+def test_a_malformed_volume_grant_is_refused(volumes: list[dict[str, Any]]) -> None:
+    with pytest.raises(ValueError, match="volumes"):
+        parse_workload_config(canonical_json(document(volumes=volumes)), WORKLOAD)
 
 
 def test_empty_configuration() -> None:

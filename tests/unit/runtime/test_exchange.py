@@ -47,6 +47,7 @@ def configuration(config_id: ConfigId = CONFIG_ID) -> bytes:
             "pwd": None,
             "injection_files": [],
             "certificates": {},
+            "volumes": [],
         }
     )
 
