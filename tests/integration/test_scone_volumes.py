@@ -202,7 +202,7 @@ def test_of_two_writers_from_the_same_tag_the_second_loses(
     (tmp_path / "go-second").touch()
     _, second_err = writers["second"].communicate(timeout=60)
 
-    assert writers["second"].returncode == 5
+    assert writers["second"].returncode == 6
     assert "volume ledger" in second_err
     assert "changed since this workload opened it" in second_err
     assert "writes are not kept" in second_err

@@ -155,7 +155,7 @@ def run_command(
 
     Use as `casctl run --config-id S/SVC -- PROGRAM [ARGS]...`. When the session sets the
     service's command, that command replaces ARGS. The program's exit code is casctl's; before
-    it starts, 3 means the CAS cannot be reached and 4 that it refused; 5 that the program
+    it starts, 3 means the CAS cannot be reached and 4 that it refused; 6 that the program
     succeeded but a volume's writes were not kept (another writer was first).
     """
     stores = parse_volume_stores(volume_stores)

@@ -18,8 +18,11 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from opencas.crypto.volume_format import (
@@ -43,6 +46,11 @@ from opencas.errors import ClientError
 MANIFESTS = "manifests"
 OBJECTS = "objects"
 _TEMPORARY_PREFIX = ".tmp-"
+#: Threads that seal and open chunks while the calling thread reads and writes files: AES-GCM
+#: runs outside the GIL, so the cipher and the file I/O overlap.
+CIPHER_THREADS = 2
+#: Chunks in flight per file at most (each up to 256 KiB, in and out).
+_IN_FLIGHT = 2 * CIPHER_THREADS + 2
 
 
 class VolumeRefused(ClientError, code="volume-refused"):
@@ -102,6 +110,27 @@ def _write_all(descriptor: int, data: bytes) -> None:
         view = view[os.write(descriptor, view) :]
 
 
+def _in_order(
+    pool: ThreadPoolExecutor, jobs: Iterator[Callable[[], bytes]], sink: Callable[[bytes], None]
+) -> None:
+    """Run ``jobs`` in ``pool``, a few at a time, and give their results to ``sink`` in order.
+
+    The first job that raises stops the rest (those not started never run) and its error is
+    raised here.
+    """
+    pending: deque[Future[bytes]] = deque()
+    try:
+        for job in jobs:
+            pending.append(pool.submit(job))
+            if len(pending) >= _IN_FLIGHT:
+                sink(pending.popleft().result())
+        while pending:
+            sink(pending.popleft().result())
+    finally:
+        for future in pending:
+            future.cancel()
+
+
 def _prepare_store(store: Path) -> None:
     for part in (store, store / MANIFESTS, store / OBJECTS):
         part.mkdir(mode=0o700, exist_ok=True)
@@ -124,8 +153,9 @@ def open_volume(name: str, store: Path, key: bytes, tag: str | None, plain: Path
         opened = OpenedVolume(name, store, plain, key, tag, manifest)
         for directory in manifest.directories:
             (plain / directory).mkdir(mode=0o700, parents=True, exist_ok=True)
-        for item in manifest.files:
-            opened.states[item.path] = _decrypt_file(name, store, key, item, plain)
+        with ThreadPoolExecutor(CIPHER_THREADS, thread_name_prefix="volume") as pool:
+            for item in manifest.files:
+                opened.states[item.path] = _decrypt_file(store, key, item, plain, pool)
         return opened
     except VolumeFormatError as exc:
         raise VolumeRefused(f"volume {name}: {exc}") from None
@@ -146,7 +176,9 @@ def _read_manifest(name: str, store: Path, key: bytes, tag: str) -> Manifest:
     return open_manifest(key, sealed, tag)
 
 
-def _decrypt_file(name: str, store: Path, key: bytes, item: ManifestFile, plain: Path) -> FileState:
+def _decrypt_file(
+    store: Path, key: bytes, item: ManifestFile, plain: Path, pool: ThreadPoolExecutor
+) -> FileState:
     cipher = ObjectCipher(key, item.path, item.object_id)
     source = store / OBJECTS / item.object_id
     try:
@@ -162,9 +194,13 @@ def _decrypt_file(name: str, store: Path, key: bytes, item: ManifestFile, plain:
         descriptor = os.open(target, flags, 0o600)
         try:
             count = chunk_count(item.size)
-            for index in range(count):
-                sealed = handle.read(CHUNK_SIZE + TAG_SIZE)
-                _write_all(descriptor, cipher.open_chunk(index, index == count - 1, sealed))
+
+            def jobs() -> Iterator[Callable[[], bytes]]:
+                for index in range(count):
+                    sealed = handle.read(CHUNK_SIZE + TAG_SIZE)
+                    yield partial(cipher.open_chunk, index, index == count - 1, sealed)
+
+            _in_order(pool, jobs(), lambda plaintext: _write_all(descriptor, plaintext))
             os.fchmod(descriptor, item.mode)
             status = os.fstat(descriptor)
         finally:
@@ -206,15 +242,18 @@ def seal_volume(opened: OpenedVolume) -> tuple[Manifest, str] | None:
         files, directories = _walk(opened.plain)
         old = {item.path: item for item in opened.manifest.files}
         entries = []
-        for path, status in files:
-            before, state = old.get(path), opened.states.get(path)
-            mode = stat.S_IMODE(status.st_mode) & 0o777
-            if before is not None and state == FileState(
-                status.st_ino, status.st_size, status.st_mtime_ns, mode
-            ):
-                entries.append(before)
-            else:
-                entries.append(_encrypt_file(opened, path, mode))
+        with ThreadPoolExecutor(CIPHER_THREADS, thread_name_prefix="volume") as pool:
+            for path, status in files:
+                before, state = old.get(path), opened.states.get(path)
+                mode = stat.S_IMODE(status.st_mode) & 0o777
+                if before is not None and state == FileState(
+                    status.st_ino, status.st_size, status.st_mtime_ns, mode
+                ):
+                    entries.append(before)
+                else:
+                    entries.append(_encrypt_file(opened, path, mode, pool))
+        # One flush of the object directory for all new objects, before the manifest names them.
+        _fsync_directory(opened.store / OBJECTS)
         manifest = Manifest.build(opened.manifest.volume_id, entries, directories)
     except ValueError as exc:
         raise VolumeRefused(f"volume {opened.name}: cannot seal it: {exc}") from None
@@ -229,7 +268,9 @@ def seal_volume(opened: OpenedVolume) -> tuple[Manifest, str] | None:
     return manifest, tag
 
 
-def _encrypt_file(opened: OpenedVolume, path: str, mode: int) -> ManifestFile:
+def _encrypt_file(
+    opened: OpenedVolume, path: str, mode: int, pool: ThreadPoolExecutor
+) -> ManifestFile:
     object_id = new_object_id()
     cipher = ObjectCipher(opened.key, path, object_id)
     size = 0
@@ -237,17 +278,21 @@ def _encrypt_file(opened: OpenedVolume, path: str, mode: int) -> ManifestFile:
         (opened.plain / path).open("rb") as source,
         _atomic_file(opened.store / OBJECTS / object_id) as descriptor,
     ):
-        chunk = source.read(CHUNK_SIZE)
-        index = 0
-        while True:
-            following = source.read(CHUNK_SIZE) if len(chunk) == CHUNK_SIZE else b""
-            _write_all(descriptor, cipher.seal_chunk(index, not following, chunk))
-            size += len(chunk)
-            if not following:
-                break
-            chunk, index = following, index + 1
-    # The object directory is flushed once per file: the manifest that names it comes later.
-    _fsync_directory(opened.store / OBJECTS)
+
+        def jobs() -> Iterator[Callable[[], bytes]]:
+            nonlocal size
+            chunk = source.read(CHUNK_SIZE)
+            index = 0
+            while True:
+                following = source.read(CHUNK_SIZE) if len(chunk) == CHUNK_SIZE else b""
+                final = not following
+                yield partial(cipher.seal_chunk, index, final, chunk)
+                size += len(chunk)
+                if final:
+                    return
+                chunk, index = following, index + 1
+
+        _in_order(pool, jobs(), lambda sealed: _write_all(descriptor, sealed))
     return ManifestFile(path, object_id, size, mode)
 
 

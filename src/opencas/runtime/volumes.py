@@ -33,7 +33,7 @@ from opencas.runtime.volume_store import (
 logger = logging.getLogger(__name__)
 
 #: casctl's exit code when the program succeeded but a volume's writes were not kept.
-VOLUME_NOT_KEPT = 5
+VOLUME_NOT_KEPT = 6
 
 Reporter = Callable[[VolumeGrant, str | None, str], None]
 """Reports a volume's new tag (grant, previous tag, new tag) to the CAS; raises if refused."""
