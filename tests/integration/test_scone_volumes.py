@@ -230,3 +230,20 @@ def test_volume_tag_updates_are_in_the_audit_log(
     assert '"subject":"volume-ledger/writer"' in entries[0]
     assert '"volume":"ledger"' in entries[0]
     assert '"previous_tag":null' in entries[0]
+
+
+def test_an_accepted_tag_survives_kill_9(
+    opencas_cas: SelfProvisionedCas, casctl: Casctl, volume_sessions: Path, tmp_path: Path
+) -> None:
+    stores = tmp_path / "stores"
+    stores.mkdir()
+    assert run(casctl, stores, volume_sessions, "append", "one").returncode == 0
+    assert run(casctl, stores, volume_sessions, "append", "two").returncode == 0
+
+    # No clean shutdown: the CAS dies right after it acknowledged the second tag.
+    opencas_cas.process.kill()
+    opencas_cas.process.start()
+
+    after = run(casctl, stores, volume_sessions, "read", "-")
+    assert after.returncode == 0, after.stderr
+    assert before(after) == "one,two,"

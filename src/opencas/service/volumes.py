@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from opencas.attestation.workload_binding import ConfigId
 from opencas.crypto.canonical import canonical_json, member_mismatch, strict_json_object
 from opencas.crypto.volume_format import report_proof
 from opencas.errors import (
@@ -46,9 +47,10 @@ from opencas.store.base import Reader
 TICKET_CONTEXT = "opencas-volume-ticket/v1"
 #: A ticket's bytes (base64url) at most: its members are bounded (config id ≤ 1024 characters).
 MAX_TICKET_CHARS = 4096
-#: Tag reports per config id within :data:`REPORT_WINDOW` seconds, accepted or not.
-REPORTS_PER_SERVICE = 60
-REPORT_WINDOW = 60.0
+#: Refused tag reports per config id within :data:`REFUSAL_WINDOW` seconds before its reports
+#: are refused unchecked (429) for the rest of the window.
+REFUSALS_PER_SERVICE = 30
+REFUSAL_WINDOW = 60.0
 MAX_TRACKED_SERVICES = 100_000
 _TICKET_MEMBERS = frozenset(
     {"config_id", "session_hash", "nonce", "evidence_sha256", "actor", "volume"}
@@ -151,32 +153,38 @@ def volume_grants(
 
 
 class ReportLimiter:
-    """At most :data:`REPORTS_PER_SERVICE` tag reports per config id within
-    :data:`REPORT_WINDOW` seconds; thread-safe, bounded."""
+    """Refused tag reports per config id: after :data:`REFUSALS_PER_SERVICE` within
+    :data:`REFUSAL_WINDOW` seconds, every report of that config id is refused before any check
+    until the oldest refusal leaves the window. Thread-safe, bounded."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._seen: OrderedDict[str, deque[float]] = OrderedDict()
+        self._refusals: OrderedDict[str, deque[float]] = OrderedDict()
 
     def check(self, config_id: str) -> None:
-        """Count a report of ``config_id``; :class:`RateLimitedError` beyond the limit."""
+        """:class:`RateLimitedError` while ``config_id`` has had too many refused reports."""
         with self._lock:
             now = self._clock()
-            times = self._seen.pop(config_id, None) or deque()
-            self._seen[config_id] = times
-            while len(self._seen) > MAX_TRACKED_SERVICES:
-                self._seen.popitem(last=False)
-            while times and times[0] <= now - REPORT_WINDOW:
+            times = self._refusals.get(config_id)
+            while times and times[0] <= now - REFUSAL_WINDOW:
                 times.popleft()
-            if len(times) >= REPORTS_PER_SERVICE:
-                retry = max(times[0] + REPORT_WINDOW - now, 1.0)
+            if times is not None and len(times) >= REFUSALS_PER_SERVICE:
+                retry = max(times[0] + REFUSAL_WINDOW - now, 1.0)
                 raise RateLimitedError(
-                    f"too many volume tag reports for {config_id}; retry in {retry:.0f} s",
+                    f"too many refused volume tag reports for {config_id}; retry in {retry:.0f} s",
                     retry_after=retry,
                     code="volume-report-rate-limited",
                 )
-            times.append(now)
+
+    def refused(self, config_id: str) -> None:
+        """Count a refused report of ``config_id``."""
+        with self._lock:
+            times = self._refusals.pop(config_id, None) or deque()
+            times.append(self._clock())
+            self._refusals[config_id] = times
+            while len(self._refusals) > MAX_TRACKED_SERVICES:
+                self._refusals.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -190,6 +198,8 @@ class TagReport:
 
 
 def _read_ticket(ticket: str) -> dict[str, str]:
+    if len(ticket) > MAX_TICKET_CHARS:
+        raise InvalidRequest("the ticket is not one the CAS issued")
     try:
         raw = base64.urlsafe_b64decode(ticket + "=" * (-len(ticket) % 4))
         document = strict_json_object(raw, "ticket")
@@ -201,6 +211,10 @@ def _read_ticket(ticket: str) -> dict[str, str]:
         or canonical_json(document) != raw
     ):
         raise InvalidRequest("the ticket is not one the CAS issued")
+    try:
+        ConfigId.parse(str(document["config_id"]))
+    except ValueError:
+        raise InvalidRequest("the ticket is not one the CAS issued") from None
     return {key: str(value) for key, value in document.items()}
 
 
@@ -208,71 +222,90 @@ def report_volume_tag(cas: Cas, limiter: ReportLimiter, report: TagReport) -> di
     """Accept the new tag of a volume a workload wrote, if ``report`` proves it and its previous
     tag is the current one; returns the volume's session, name and new tag.
 
-    Refuses: a ticket the CAS did not issue (400); an unknown session, service or volume (404);
-    a proof that does not hold (403 ``volume-report-refused``); a session updated since the
-    attestation, or an import the exporter no longer allows (409 ``session-changed``, 403); a
-    previous tag that is not the current one (409 ``stale-volume-tag``, with ``current_tag``);
-    too many reports (429). The ``volume_tag_updated`` audit entry is durable before the new tag
-    commits.
+    Refuses: a ticket the CAS did not issue (400); too many refused reports of its config id
+    (429); an unknown session, service or volume (404); a proof that does not hold, or an import
+    the exporter no longer allows (403 ``volume-report-refused``); a session updated since the
+    attestation (409 ``session-changed``); a previous tag that is not the current one (409
+    ``stale-volume-tag``, with ``current_tag``). The ``volume_tag_updated`` audit entry is
+    durable before the new tag commits.
     """
     fields = _read_ticket(report.ticket)
-    limiter.check(fields["config_id"])
-    session_name, _, service_name = fields["config_id"].rpartition("/")
-    with state_change(cas.audit_log) as entry, cas.store.transaction() as txn:
-        stored = load_session(txn, session_name)
-        service = stored.session.service(service_name) if stored else None
-        if stored is None or service is None:
-            raise NotFoundError(f"there is no service {fields['config_id']}")
-        volume = fields["volume"]
-        if volume not in _mapped(stored.session, service):
-            raise NotFoundError(f"the service {fields['config_id']} maps no volume {volume}")
-        try:
-            owner, owner_volume, state = _owner(txn, stored, volume)
-        except SessionError as exc:
-            raise ForbiddenError(exc.message, code="volume-report-refused") from exc
-        expected = (
-            report_proof(
-                report_secret(state.report_key, report.ticket),
-                report.ticket,
-                report.previous_tag,
-                report.tag,
+    config_id = fields["config_id"]
+    limiter.check(config_id)
+    try:
+        # Checked in a snapshot first, so that reports that do not hold never take the write lock.
+        with cas.store.snapshot() as view:
+            _admit_report(view, fields, report)
+        with state_change(cas.audit_log) as entry, cas.store.transaction() as txn:
+            owner, owner_volume, state = _admit_report(txn, fields, report)
+            write_volume_state(
+                txn, owner, owner_volume, state.model_copy(update={"tag": report.tag})
             )
-            if state is not None
-            else ""
-        )
-        if state is None or not hmac.compare_digest(expected, report.proof):
-            raise ForbiddenError(
-                f"the report for volume {volume} of {fields['config_id']} is not proven by the "
-                "attestation its ticket names",
-                code="volume-report-refused",
+            entry.record(
+                txn,
+                "volume_tag_updated",
+                actor=fields["actor"],
+                subject=config_id,
+                details={
+                    "session": owner,
+                    "volume": owner_volume,
+                    "previous_tag": report.previous_tag,
+                    "tag": report.tag,
+                    "session_hash": fields["session_hash"],
+                    "evidence_sha256": fields["evidence_sha256"],
+                },
             )
-        if not hmac.compare_digest(stored.record.hash, fields["session_hash"]):
-            raise ConflictError(
-                f"session {session_name} was updated since this workload attested: its tag "
-                f"report for volume {volume} is refused; the new version decides who may write it",
-                code="session-changed",
-            )
-        if state.tag != report.previous_tag:
-            raise ConflictError(
-                f"volume {volume} of {fields['config_id']} changed since this workload opened it: "
-                f"its current tag is {state.tag}, not {report.previous_tag}; this workload's "
-                "writes are not kept",
-                code="stale-volume-tag",
-                details={"current_tag": state.tag},
-            )
-        write_volume_state(txn, owner, owner_volume, state.model_copy(update={"tag": report.tag}))
-        entry.record(
-            txn,
-            "volume_tag_updated",
-            actor=fields["actor"],
-            subject=fields["config_id"],
-            details={
-                "session": owner,
-                "volume": owner_volume,
-                "previous_tag": report.previous_tag,
-                "tag": report.tag,
-                "session_hash": fields["session_hash"],
-                "evidence_sha256": fields["evidence_sha256"],
-            },
-        )
+    except (NotFoundError, ForbiddenError, ConflictError):
+        limiter.refused(config_id)
+        raise
     return {"session": owner, "volume": owner_volume, "tag": report.tag}
+
+
+def _admit_report(
+    view: Reader, fields: dict[str, str], report: TagReport
+) -> tuple[str, str, VolumeState]:
+    """The session and volume ``report`` moves and its current state, if the report may be
+    accepted now; raises the refusal otherwise (see :func:`report_volume_tag`)."""
+    config_id = ConfigId.parse(fields["config_id"])
+    stored = load_session(view, config_id.session)
+    service = stored.session.service(config_id.service) if stored else None
+    if stored is None or service is None:
+        raise NotFoundError(f"there is no service {config_id}")
+    volume = fields["volume"]
+    if volume not in _mapped(stored.session, service):
+        raise NotFoundError(f"the service {config_id} maps no volume {volume}")
+    try:
+        owner, owner_volume, state = _owner(view, stored, volume)
+    except SessionError as exc:
+        raise ForbiddenError(exc.message, code="volume-report-refused") from exc
+    expected = (
+        report_proof(
+            report_secret(state.report_key, report.ticket),
+            report.ticket,
+            report.previous_tag,
+            report.tag,
+        )
+        if state is not None
+        else ""
+    )
+    if state is None or not hmac.compare_digest(expected, report.proof):
+        raise ForbiddenError(
+            f"the report for volume {volume} of {config_id} is not proven by the attestation "
+            "its ticket names",
+            code="volume-report-refused",
+        )
+    if not hmac.compare_digest(stored.record.hash, fields["session_hash"]):
+        raise ConflictError(
+            f"session {config_id.session} was updated since this workload attested: its tag "
+            f"report for volume {volume} is refused; the new version decides who may write it",
+            code="session-changed",
+        )
+    if state.tag != report.previous_tag:
+        raise ConflictError(
+            f"volume {volume} of {config_id} changed since this workload opened it: its "
+            f"current tag is {state.tag}, not {report.previous_tag}; this workload's writes are "
+            "not kept",
+            code="stale-volume-tag",
+            details={"current_tag": state.tag},
+        )
+    return owner, owner_volume, state
