@@ -130,6 +130,35 @@ class ObjectCipher:
         """Chunk ``index`` (the last one when ``final``) sealed: ciphertext then 16-byte tag."""
         return self._aead.encrypt(index.to_bytes(12, "big"), plaintext, self._aad(index, final))
 
+    def seal_chunk_into(
+        self, index: int, final: bool, plaintext: memoryview, sealed: memoryview
+    ) -> memoryview:
+        """:meth:`seal_chunk` into the buffer ``sealed`` (at least ``len(plaintext) + 16``
+        bytes); returns the part of it that holds the sealed chunk."""
+        size = len(plaintext) + TAG_SIZE
+        self._aead.encrypt_into(
+            index.to_bytes(12, "big"), plaintext, self._aad(index, final), sealed[:size]
+        )
+        return sealed[:size]
+
+    def open_chunk_into(
+        self, index: int, final: bool, sealed: memoryview, plaintext: memoryview
+    ) -> memoryview:
+        """:meth:`open_chunk` into the buffer ``plaintext`` (at least ``len(sealed) - 16``
+        bytes); returns the part of it that holds the chunk's plaintext."""
+        if len(sealed) < TAG_SIZE:
+            raise VolumeFormatError(f"file {self.path!r} is damaged: chunk {index} is cut short")
+        size = len(sealed) - TAG_SIZE
+        try:
+            self._aead.decrypt_into(
+                index.to_bytes(12, "big"), sealed, self._aad(index, final), plaintext[:size]
+            )
+        except InvalidTag:
+            raise VolumeFormatError(
+                f"file {self.path!r} is damaged or was swapped: chunk {index} fails authentication"
+            ) from None
+        return plaintext[:size]
+
     def open_chunk(self, index: int, final: bool, sealed: bytes) -> bytes:
         """The plaintext of chunk ``index``; :class:`VolumeFormatError` naming the file if the
         chunk is not the one sealed there (changed, moved, swapped, or the file was cut)."""

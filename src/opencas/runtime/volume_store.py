@@ -16,6 +16,7 @@ new tag does :func:`discard_replaced` remove what the old manifest alone used.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
 from collections import deque
@@ -24,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from opencas.crypto.volume_format import (
     CHUNK_SIZE,
@@ -51,6 +53,7 @@ _TEMPORARY_PREFIX = ".tmp-"
 CIPHER_THREADS = 2
 #: Chunks in flight per file at most (each up to 256 KiB, in and out).
 _IN_FLIGHT = 2 * CIPHER_THREADS + 2
+_Chunk = TypeVar("_Chunk", bytes, memoryview)
 
 
 class VolumeRefused(ClientError, code="volume-refused"):
@@ -104,21 +107,23 @@ def _atomic_file(target: Path) -> Iterator[int]:
     os.rename(temporary, target)
 
 
-def _write_all(descriptor: int, data: bytes) -> None:
+def _write_all(descriptor: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(descriptor, view) :]
 
 
 def _in_order(
-    pool: ThreadPoolExecutor, jobs: Iterator[Callable[[], bytes]], sink: Callable[[bytes], None]
+    pool: ThreadPoolExecutor,
+    jobs: Iterator[Callable[[], _Chunk]],
+    sink: Callable[[_Chunk], None],
 ) -> None:
     """Run ``jobs`` in ``pool``, a few at a time, and give their results to ``sink`` in order.
 
     The first job that raises stops the rest (those not started never run) and its error is
     raised here.
     """
-    pending: deque[Future[bytes]] = deque()
+    pending: deque[Future[_Chunk]] = deque()
     try:
         for job in jobs:
             pending.append(pool.submit(job))
@@ -129,6 +134,17 @@ def _in_order(
     finally:
         for future in pending:
             future.cancel()
+
+
+def _read_exactly(source: io.RawIOBase, buffer: memoryview) -> int:
+    """Fill ``buffer`` from ``source``; the bytes read (fewer only at the end of the file)."""
+    done = 0
+    while done < len(buffer):
+        count = source.readinto(buffer[done:])
+        if not count:
+            break
+        done += count
+    return done
 
 
 def _prepare_store(store: Path) -> None:
@@ -194,11 +210,23 @@ def _decrypt_file(
         descriptor = os.open(target, flags, 0o600)
         try:
             count = chunk_count(item.size)
+            # One pair of buffers per chunk in flight, reused: no allocation per chunk.
+            sealed_buffers = [
+                memoryview(bytearray(CHUNK_SIZE + TAG_SIZE)) for _ in range(_IN_FLIGHT)
+            ]
+            plain_buffers = [memoryview(bytearray(CHUNK_SIZE)) for _ in range(_IN_FLIGHT)]
 
-            def jobs() -> Iterator[Callable[[], bytes]]:
+            def jobs() -> Iterator[Callable[[], memoryview]]:
                 for index in range(count):
-                    sealed = handle.read(CHUNK_SIZE + TAG_SIZE)
-                    yield partial(cipher.open_chunk, index, index == count - 1, sealed)
+                    slot = index % _IN_FLIGHT
+                    length = handle.readinto(sealed_buffers[slot])
+                    yield partial(
+                        cipher.open_chunk_into,
+                        index,
+                        index == count - 1,
+                        sealed_buffers[slot][:length],
+                        plain_buffers[slot],
+                    )
 
             _in_order(pool, jobs(), lambda plaintext: _write_all(descriptor, plaintext))
             os.fchmod(descriptor, item.mode)
@@ -273,24 +301,29 @@ def _encrypt_file(
 ) -> ManifestFile:
     object_id = new_object_id()
     cipher = ObjectCipher(opened.key, path, object_id)
-    size = 0
     with (
-        (opened.plain / path).open("rb") as source,
+        (opened.plain / path).open("rb", buffering=0) as source,
         _atomic_file(opened.store / OBJECTS / object_id) as descriptor,
     ):
+        # The program has exited: the file's size is final, and a file that changes now is an
+        # error rather than a torn object.
+        size = os.fstat(source.fileno()).st_size
+        count = chunk_count(size)
+        plain_buffers = [memoryview(bytearray(CHUNK_SIZE)) for _ in range(_IN_FLIGHT)]
+        sealed_buffers = [memoryview(bytearray(CHUNK_SIZE + TAG_SIZE)) for _ in range(_IN_FLIGHT)]
 
-        def jobs() -> Iterator[Callable[[], bytes]]:
-            nonlocal size
-            chunk = source.read(CHUNK_SIZE)
-            index = 0
-            while True:
-                following = source.read(CHUNK_SIZE) if len(chunk) == CHUNK_SIZE else b""
-                final = not following
-                yield partial(cipher.seal_chunk, index, final, chunk)
-                size += len(chunk)
-                if final:
-                    return
-                chunk, index = following, index + 1
+        def jobs() -> Iterator[Callable[[], memoryview]]:
+            for index in range(count):
+                slot = index % _IN_FLIGHT
+                expected = min(CHUNK_SIZE, size - index * CHUNK_SIZE)
+                chunk = plain_buffers[slot][:expected]
+                if _read_exactly(source, chunk) != expected:
+                    raise VolumeRefused(f"file {path!r} changed while it was being sealed")
+                yield partial(
+                    cipher.seal_chunk_into, index, index == count - 1, chunk, sealed_buffers[slot]
+                )
+            if source.read(1):
+                raise VolumeRefused(f"file {path!r} changed while it was being sealed")
 
         _in_order(pool, jobs(), lambda sealed: _write_all(descriptor, sealed))
     return ManifestFile(path, object_id, size, mode)
