@@ -101,7 +101,8 @@ class VerifiedEvidence:
     carries them, ``ppid``, ``pce_id`` and ``cpusvn``; AMD ``chip_id`` (absent when the report
     masks it), ``product``, ``reported_tcb`` and ``signing_key`` (``vcek`` or ``vlek``), with
     ``current_tcb``, ``committed_tcb``, ``launch_tcb``, ``current_firmware``,
-    ``committed_firmware``, ``platform_info`` and, for a VLEK, the provider's ``csp_id``.
+    ``committed_firmware``, ``platform_info`` and, for a VLEK, the provider's ``csp_id``; simulated
+    evidence its ``machine_id`` (the platform key hash).
     ``collateral_not_before`` / ``collateral_not_after`` bound the window in which the
     collateral used is valid (``None`` for evidence that needs none),
     ``tcb_evaluation_number`` is Intel's TCB evaluation data number of that collateral,

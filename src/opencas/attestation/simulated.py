@@ -128,7 +128,8 @@ def verify_simulated_evidence(evidence: Evidence) -> VerifiedEvidence:
     Parsing is strict: canonical JSON, exactly the documented keys, exact types and lengths,
     ``debug`` true and a valid Ed25519 signature by the embedded platform key. Any deviation
     raises :class:`EvidenceError` with the reason. The result names the platform key by its key
-    hash; trusting that key is the caller's decision.
+    hash, which is also the simulated machine's ``platform_id["machine_id"]``; trusting that key
+    is the caller's decision.
     """
     if evidence.type != EVIDENCE_TYPE:
         raise EvidenceError(
@@ -181,6 +182,8 @@ def verify_simulated_evidence(evidence: Evidence) -> VerifiedEvidence:
         tcb_status=TCB_STATUS,
         advisories=(),
         measurements=MappingProxyType({"measurement": measurement}),
+        # The platform key is the simulated machine's whole identity, as a chip id is AMD's.
+        platform_id=MappingProxyType({"machine_id": key_hash(platform_key)}),
         verifier=VERIFIER_NAME,
     )
 

@@ -45,6 +45,8 @@ DEFAULT_ENCLAVE_LISTEN = "127.0.0.1:18765"
 DEFAULT_HOSTNAMES = ("localhost", "127.0.0.1", "::1")
 MAX_HOSTNAMES = 100
 SIMULATED_KEY_FILE_NAME = "simulated-platform.key"
+#: The simulated platform's key file inside a ``[platform] machine_dir``.
+MACHINE_KEY_FILE_NAME = "platform.key"
 COLLATERAL_CACHE_NAME = "collateral-cache"
 TSM_KEY_FILE_NAME = "tsm-platform.key"
 AUDIT_LOG_FILE_NAME = "audit.log"
@@ -292,10 +294,23 @@ class _PlatformSection(BaseModel):
     # "auto" finds the TEE; where it finds none it runs simulated, which clients see as debug.
     kind: Annotated[str, AfterValidator(_platform_kind)] = DEFAULT_PLATFORM_KIND
     key_file: _LocalPath | None = None
+    # A simulated machine: the directory that holds its platform key, so that one host can run
+    # several machines (a primary, a backup, an unrelated one), each sealing under its own key.
+    machine_dir: _LocalPath | None = None
     tsm_key_file: _LocalPath | None = None
     gramine_attestation_dir: _LocalPath = str(DEFAULT_ATTESTATION_DIR)
     tsm_report_dir: _LocalPath = str(DEFAULT_REPORT_DIR)
     tsm_privlevel: Annotated[int, Field(ge=0, le=MAX_PRIVLEVEL)] | None = None
+
+    @field_validator("machine_dir")
+    @classmethod
+    def _not_with_key_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("key_file") is not None:
+            raise ValueError(
+                "key_file and machine_dir both name the simulated platform's key; "
+                f"write only one (machine_dir keeps it in {MACHINE_KEY_FILE_NAME} there)"
+            )
+        return value
 
 
 def _https_url(text: str) -> str:
@@ -535,9 +550,12 @@ def _platform_settings(
     def key_file(text: str | None, default_name: str) -> Path:
         return database_directory / default_name if text is None else _resolve(base, text)
 
+    simulated_key_file = key_file(section.key_file, SIMULATED_KEY_FILE_NAME)
+    if section.machine_dir is not None:
+        simulated_key_file = _resolve(base, section.machine_dir) / MACHINE_KEY_FILE_NAME
     return PlatformSettings(
         kind=section.kind,
-        simulated_key_file=key_file(section.key_file, SIMULATED_KEY_FILE_NAME),
+        simulated_key_file=simulated_key_file,
         tsm_key_file=key_file(section.tsm_key_file, TSM_KEY_FILE_NAME),
         gramine_attestation_dir=_resolve(base, section.gramine_attestation_dir),
         tsm_report_dir=_resolve(base, section.tsm_report_dir),
@@ -595,6 +613,9 @@ hostnames = [{hostnames}]
 kind = "simulated"
 # The simulated platform's key file, which stands in for the hardware's sealing key.
 key_file = {toml_string(key_file)}
+# Or a simulated machine's directory (its key is platform.key there), instead of key_file, to
+# run several machines on one host (docs/operations.md, "Machines in simulation").
+# machine_dir = "machines/primary"
 # On "tsm", the key file that seals the database key; it must be on the VM's encrypted disk.
 tsm_key_file = {toml_string(tsm_key_file)}
 # Gramine's attestation pseudo file system, and configfs-tsm's report directory.

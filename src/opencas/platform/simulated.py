@@ -3,6 +3,11 @@
 For development and tests only. It protects nothing that the file system does not protect: the
 platform key file is the platform's whole identity, so whoever can read it can produce this
 platform's evidence and unseal what it sealed. That is why it always reports debug mode.
+
+One key file is one *simulated machine*: its machine id is the key hash of the platform key, the
+evidence carries that key (its verifier reports the id as ``platform_id["machine_id"]``), and
+what it seals names the machine that sealed it, so that data brought to another machine is
+refused with both machines named.
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ KEY_PROTECTION = "a key file that the operator can read (simulated platform)"
 
 _SEAL_PURPOSE = "simulated-seal"
 _SEAL_AAD = b"opencas-simulated-seal/v1"
+# Sealed data of format 2 starts with this byte and the sealing machine's 32-byte id; format 1
+# (a bare envelope, whose first byte is the envelope version 0x01) names no machine.
+_SEAL_FORMAT_MACHINE = 0x02
+_MACHINE_ID_SIZE = 32
 
 
 class SimulatedPlatform:
@@ -100,21 +109,47 @@ class SimulatedPlatform:
         """The key hash of the platform key, as verified evidence reports it."""
         return key_hash(self._key)
 
+    @property
+    def machine_id(self) -> str:
+        """The simulated machine's id: the platform key hash, as its evidence's platform id."""
+        return self.platform_key_hash
+
     def evidence(self, report_data: bytes) -> Evidence:
         """Simulated evidence binding the 64-byte ``report_data``; ``ValueError`` otherwise."""
         return create_simulated_evidence(self._key, self._measurement, report_data)
 
     def seal(self, plaintext: bytes) -> bytes:
-        """Encrypt ``plaintext`` so that only a platform with the same key can unseal it."""
-        return seal(self._seal_key, plaintext, _SEAL_AAD)
+        """Encrypt ``plaintext`` so that only a platform with the same key can unseal it.
+
+        The result names this machine (``0x02 || machine id || envelope``, the id bound as AAD),
+        so that :meth:`unseal` elsewhere can say where it was sealed.
+        """
+        machine = bytes.fromhex(self.machine_id)
+        envelope = seal(self._seal_key, plaintext, _SEAL_AAD + machine)
+        return bytes([_SEAL_FORMAT_MACHINE]) + machine + envelope
 
     def unseal(self, sealed: bytes) -> bytes:
         """Return what :meth:`seal` sealed under this platform key.
 
-        Raises :class:`PlatformError` when ``sealed`` was sealed under another platform key or
-        any byte of it changed.
+        Raises :class:`PlatformError` when ``sealed`` was sealed on another simulated machine
+        (the message names both machines) or any byte of it changed. Data sealed before seals
+        named their machine (a bare envelope) still opens on the machine that sealed it.
         """
+        if sealed[:1] != bytes([_SEAL_FORMAT_MACHINE]):
+            return self._open(sealed, _SEAL_AAD, "sealed by another platform key or damaged")
+        sealer = sealed[1 : 1 + _MACHINE_ID_SIZE]
+        if len(sealer) != _MACHINE_ID_SIZE:
+            raise PlatformError("cannot unseal: the sealed data is truncated")
+        if sealer.hex() != self.machine_id:
+            raise PlatformError(
+                f"cannot unseal: sealed on simulated machine {sealer.hex()}, but this is machine "
+                f"{self.machine_id} (platform key {self._key_file}); sealed data does not move "
+                "between machines"
+            )
+        return self._open(sealed[1 + _MACHINE_ID_SIZE :], _SEAL_AAD + sealer, "damaged")
+
+    def _open(self, envelope: bytes, aad: bytes, why: str) -> bytes:
         try:
-            return open_envelope(self._seal_key, sealed, _SEAL_AAD)
+            return open_envelope(self._seal_key, envelope, aad)
         except EnvelopeError as exc:
-            raise PlatformError("cannot unseal: sealed by another platform key or damaged") from exc
+            raise PlatformError(f"cannot unseal: {why}") from exc

@@ -134,6 +134,23 @@ def test_default_key_file_sits_beside_the_database(tmp_path: Path) -> None:
     assert config.platform_key_file == tmp_path / "state" / "simulated-platform.key"
 
 
+def test_machine_dir_holds_the_simulated_platform_key(tmp_path: Path) -> None:
+    path = write_config(tmp_path, MINIMAL + 'machine_dir = "machines/backup"\n')
+
+    config = load_availability_config(path)
+
+    assert config.platform_key_file == tmp_path / "machines" / "backup" / "platform.key"
+
+
+def test_machine_dir_and_key_file_together_are_refused_with_the_line(tmp_path: Path) -> None:
+    path = write_config(tmp_path, MINIMAL + 'key_file = "a.key"\nmachine_dir = "machines/a"\n')
+
+    message = config_error(path)
+
+    assert f"{path}:7: [platform] machine_dir:" in message
+    assert "write only one" in message
+
+
 def test_inline_tables_and_dotted_keys_are_plain_toml(tmp_path: Path) -> None:
     path = write_config(
         tmp_path,

@@ -13,9 +13,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from opencas.attestation.verify import verify_evidence
+from opencas.crypto.envelope import derive_key, seal
 from opencas.crypto.pem import private_key_pem
 from opencas.errors import PlatformError
 from opencas.platform.base import Platform
+from opencas.platform.key_file import read_key_file
 from opencas.platform.measurement import measure_directory, package_measurement
 from opencas.platform.simulated import SimulatedPlatform
 
@@ -135,8 +137,41 @@ def test_seal_round_trip(tmp_path: Path) -> None:
 def test_unseal_with_another_platform_key_fails(tmp_path: Path) -> None:
     one = SimulatedPlatform.load_or_create(tmp_path / "one.pem", MEASUREMENT)
     other = SimulatedPlatform.load_or_create(tmp_path / "other.pem", MEASUREMENT)
-    with pytest.raises(PlatformError, match="sealed by another platform key or damaged"):
+    with pytest.raises(PlatformError) as caught:
         other.unseal(one.seal(b"secret"))
+    assert f"sealed on simulated machine {one.machine_id}" in str(caught.value)
+    assert f"this is machine {other.machine_id}" in str(caught.value)
+
+
+def test_a_forged_machine_id_does_not_open_another_machines_seal(tmp_path: Path) -> None:
+    # The id is bound as AAD: relabelling data as this machine's does not make it open here.
+    one = SimulatedPlatform.load_or_create(tmp_path / "one.pem", MEASUREMENT)
+    other = SimulatedPlatform.load_or_create(tmp_path / "other.pem", MEASUREMENT)
+    sealed = one.seal(b"secret")
+    relabelled = sealed[:1] + bytes.fromhex(other.machine_id) + sealed[33:]
+    with pytest.raises(PlatformError, match="cannot unseal: damaged"):
+        other.unseal(relabelled)
+
+
+def test_data_sealed_before_seals_named_the_machine_still_opens(tmp_path: Path) -> None:
+    platform = SimulatedPlatform.load_or_create(tmp_path / "key.pem", MEASUREMENT)
+    key = read_key_file(tmp_path / "key.pem")
+    legacy = seal(
+        derive_key(key.private_bytes_raw(), "simulated-seal"), b"dmk", b"opencas-simulated-seal/v1"
+    )
+    assert platform.unseal(legacy) == b"dmk"
+
+
+def test_each_machine_has_its_own_id_in_its_evidence(tmp_path: Path) -> None:
+    one = SimulatedPlatform.load_or_create(tmp_path / "one" / "platform.key", MEASUREMENT)
+    other = SimulatedPlatform.load_or_create(tmp_path / "other" / "platform.key", MEASUREMENT)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    seen = [
+        verify_evidence(platform.evidence(b"\x00" * 64), at=at).platform_id["machine_id"]
+        for platform in (one, other)
+    ]
+    assert seen == [one.machine_id, other.machine_id]
+    assert one.machine_id != other.machine_id
 
 
 @pytest.mark.parametrize("damage", ["flip-first", "flip-last", "truncate", "empty"])

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from opencas.config.availability import AvailabilityConfig, load_availability_config
+from opencas.crypto.keys import key_hash
 from opencas.errors import KeyStoreError
+from opencas.platform.key_file import read_key_file
 from opencas.service.cas import open_cas
 from opencas.testing_tee import FakeConfigfsTsm, fake_gramine
 
@@ -83,3 +85,26 @@ def test_a_database_key_cannot_be_injected_on_a_tee(tmp_path: Path) -> None:
 
     with pytest.raises(KeyStoreError, match="only be injected on a debug platform, not on sgx"):
         open_cas(config, injected_dmk=bytes(32))
+
+
+def test_a_database_sealed_on_one_simulated_machine_does_not_open_on_another(
+    tmp_path: Path,
+) -> None:
+    primary = config_for(tmp_path, 'kind = "simulated"\nmachine_dir = "machines/primary"')
+    backup = config_for(tmp_path, 'kind = "simulated"\nmachine_dir = "machines/backup"')
+    open_cas(primary).close()
+    open_cas(primary).close()
+
+    with pytest.raises(KeyStoreError) as caught:
+        open_cas(backup)
+
+    message = str(caught.value)
+    assert "cannot be unsealed on this platform" in message
+    primary_machine = key_hash_of(tmp_path / "machines" / "primary" / "platform.key")
+    backup_machine = key_hash_of(tmp_path / "machines" / "backup" / "platform.key")
+    assert f"sealed on simulated machine {primary_machine}" in message
+    assert f"this is machine {backup_machine}" in message
+
+
+def key_hash_of(key_file: Path) -> str:
+    return key_hash(read_key_file(key_file).public_key())
