@@ -126,6 +126,10 @@ class KeyStoreError(CasError, code="key-store-error"):
     """The sealed database-key store is missing, corrupt or cannot be unsealed on this platform."""
 
 
+class RecoveryError(CasError, code="recovery-error"):
+    """A CAS cannot be recovered from the shares given: too few, mixed, or not this database's."""
+
+
 class PlatformError(CasError, code="platform-error"):
     """The trusted execution environment cannot produce evidence or seal data."""
 

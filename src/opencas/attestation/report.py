@@ -96,6 +96,26 @@ class StoreStateClaim(BaseModel):
     digest: _Hash
 
 
+class RecoveryClaim(BaseModel):
+    """Whether the owner config names recovery keys: their key hashes and the threshold."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    configured: bool
+    threshold: Annotated[int, Field(ge=1, le=16)] | None
+    key_hashes: Annotated[list[_Hash], Field(max_length=16)]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RecoveryClaim:
+        """A threshold and keys exactly when configured, and no more shares than keys."""
+        if not self.configured:
+            if self.threshold is not None or self.key_hashes:
+                raise ValueError("recovery that is not configured has no threshold or keys")
+        elif self.threshold is None or not 1 <= self.threshold <= len(self.key_hashes):
+            raise ValueError("configured recovery needs a threshold of 1 to the number of keys")
+        return self
+
+
 class CasReport(BaseModel):
     """The claims a CAS makes about itself, bound to its platform evidence (DESIGN.md §5).
 
@@ -124,6 +144,8 @@ class CasReport(BaseModel):
     db_key_injected: bool
     state: StoreStateClaim
     audit: AuditHead
+    recovery: RecoveryClaim
+    recovered: bool
 
     @model_validator(mode="after")
     def _provisioning_is_consistent(self) -> CasReport:
@@ -165,7 +187,9 @@ class CasExpectations:
     ``nonce`` is the lowercase hex nonce the caller sent; ``measurements`` the accepted
     software measurements (empty: any); ``cas_key_hash`` the pinned CAS key hash, if any.
     ``allow_debug`` and ``allow_db_key_injected`` accept a debug-mode CAS and a CAS whose
-    database key was injected from outside; both are for testing only. ``allow_unprovisioned``
+    database key was injected from outside; both are for testing only. ``allow_recovered``
+    accepts a CAS that was recovered from recovery shares (its key was rebuilt outside a TEE's
+    sealing). ``allow_unprovisioned``
     accepts a CAS without an owner; ``owner_identity_hash`` and ``owner_config_sha256``, when
     set, must equal what the report says was provisioned.
 
@@ -191,6 +215,7 @@ class CasExpectations:
     allow_unprovisioned: bool = False
     owner_identity_hash: str | None = None
     owner_config_sha256: str | None = None
+    allow_recovered: bool = False
 
     def __post_init__(self) -> None:
         """Refuse expectations that could never match a valid report (``ValueError``)."""
@@ -431,6 +456,7 @@ def _check_certificates(
             "the CAS's database key was injected from outside, so someone outside the CAS may "
             "read its sessions and secrets; pass --allow-cas-owner-secret-access to accept it",
         )
+    _check_recovered(report, expectations)
     tls_key_hash = certificate_key_hash(tls_certificate)
     if tls_key_hash != report.tls_key_hash:
         raise AttestationRefused(
@@ -445,6 +471,16 @@ def _check_certificates(
         )
     if peer_certificate_der is not None:
         _check_peer(report, ca_certificate, peer_certificate_der)
+
+
+def _check_recovered(report: CasReport, expectations: CasExpectations) -> None:
+    if report.recovered and not expectations.allow_recovered:
+        raise AttestationRefused(
+            "recovered",
+            "the CAS was recovered from recovery shares: its database key left the TEE and was "
+            "rebuilt from the shares of its recovery-key holders, who together could read its "
+            "sessions and secrets; pass --allow-recovered to accept it",
+        )
 
 
 def _check_peer(report: CasReport, ca_certificate: x509.Certificate, peer_der: bytes) -> None:
@@ -517,11 +553,11 @@ def verify_cas_attestation(
     measurement and platform equal the report's; debug evidence implies debug mode), ``debug-mode``,
     ``measurement``, ``signer`` (SGX: MRSIGNER, ISVPRODID, ISVSVN), ``tcb`` (the TCB status, or its
     tolerated findings), ``cas-key`` (CA certificate carries the reported CAS key), ``cas-key-hash``
-    (the expected CAS key), ``db-key-injected``, ``tls-certificate`` (the TLS certificate carries
-    the reported TLS key and is issued by the CA certificate; the TLS connection presented that
-    certificate), then ``unprovisioned``, ``owner-identity`` and ``owner-config``. On success it
-    returns the report, the verified evidence and the two certificates as PEM, for the caller to
-    pin.
+    (the expected CAS key), ``db-key-injected``, ``recovered`` (recovered from shares),
+    ``tls-certificate`` (the TLS certificate carries the reported TLS key and is issued by the CA
+    certificate; the TLS connection presented that certificate), then ``unprovisioned``,
+    ``owner-identity`` and ``owner-config``. On success it returns the report, the verified
+    evidence and the two certificates as PEM, for the caller to pin.
     """
     report, evidence, tls_certificate, ca_certificate = _parse_response(response)
     verified = verify_evidence(evidence, at=at, collateral=collateral)

@@ -32,11 +32,19 @@ from opencas.config.availability import (
 )
 from opencas.config.owner import load_owner_config, owner_config_sha256
 from opencas.config.owner_identity import load_owner_certificate
-from opencas.errors import CasError, ConfigError
+from opencas.crypto.recovery_documents import (
+    MAX_DOCUMENT_BYTES,
+    TransferDocument,
+    document_json,
+    parse_document,
+)
+from opencas.errors import CasError, ConfigError, RecoveryError
 from opencas.service.audit import log_start, log_stop
 from opencas.service.cas import Cas, inspect_cas, open_cas
 from opencas.service.cas_records import StateRecord
 from opencas.service.provisioning import provision as provision_cas
+from opencas.service.recovery import make_request, record_recovered
+from opencas.service.recovery import recover as recover_cas
 
 log = logging.getLogger("opencas")
 
@@ -221,6 +229,11 @@ def _announce(cas: Cas, injected: bool) -> None:
         cas.mode,
     )
     log.info("database key protection: %s", cas.platform.key_protection)
+    if cas.state().recovered:
+        log.warning(
+            "this CAS was recovered from recovery shares at %s: the report says recovered: true",
+            cas.state().recovered_at,
+        )
     if injected or cas.state().db_key_injected:
         log.warning(
             "the database key was injected by an operator: the report says "
@@ -234,6 +247,63 @@ def _announce(cas: Cas, injected: bool) -> None:
     token = cas.provisioning_token()
     if token is not None:
         log.info("this CAS is not provisioned; one-time provisioning token: %s", token)
+
+
+@cli.command("recovery-request")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the request for the recovery-key holders.",
+)
+@click.pass_obj
+def recovery_request(config_path: Path, output: Path) -> None:
+    """Ask for recovery shares: a key sealed to this machine, and evidence that binds it.
+
+    Run it on the new machine, with the old CAS's database (and audit log) in place.
+    """
+    request = make_request(_load_config(config_path))
+    output.write_text(json.dumps(document_json(request), indent=2) + "\n", encoding="utf-8")
+    click.echo(f"wrote {output}: give it to the recovery-key holders with their shares")
+
+
+@cli.command()
+@click.option(
+    "--share",
+    "share_paths",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A share sealed to this machine's request (`casctl recovery open-share`); repeat.",
+)
+@click.option("--no-serve", is_flag=True, help="Recover, then exit instead of serving.")
+@click.pass_obj
+def recover(config_path: Path, share_paths: tuple[Path, ...], no_serve: bool) -> None:
+    """Recover the CAS on this machine from its recovery shares, then serve.
+
+    The report says recovered: true from then on, and clients refuse the CAS unless told
+    --allow-recovered.
+    """
+    config = _load_config(config_path)
+    recovered = recover_cas(config, [_read_transfer(path) for path in share_paths])
+    cas = open_cas(config)
+    try:
+        record_recovered(cas, recovered)
+        _announce(cas, False)
+        if not no_serve:
+            _serve(cas)
+    finally:
+        cas.close()
+
+
+def _read_transfer(path: Path) -> TransferDocument:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_DOCUMENT_BYTES + 1)
+        return parse_document(data, TransferDocument, str(path))
+    except ValueError as exc:
+        raise RecoveryError(str(exc)) from None
 
 
 @cli.command("show-identification")

@@ -24,6 +24,7 @@ from opencas.cli.casctl_common import F, identity_from, identity_option, reports
 from opencas.cli.collateral_commands import collateral_group
 from opencas.cli.evidence_commands import evidence_group
 from opencas.cli.fspf_commands import fspf_group
+from opencas.cli.recovery_commands import recovery_group
 from opencas.cli.run_commands import register_run_commands
 from opencas.cli.session_commands import session_group
 from opencas.client.cas_client import new_nonce
@@ -118,6 +119,11 @@ def attest_options(command: F) -> F:
             help="Accept a CAS whose database key was injected by its operator.",
         ),
         click.option(
+            "--allow-recovered",
+            is_flag=True,
+            help="Accept a CAS recovered from recovery shares (its key left the TEE).",
+        ),
+        click.option(
             "--expect-owner-identity",
             type=click.Path(dir_okay=False, path_type=Path),
             help="Refuse unless this certificate's key is the CAS owner.",
@@ -160,6 +166,7 @@ class AttestFlags:
     cas_key_hash: str | None
     only_for_testing_debug: bool
     allow_cas_owner_secret_access: bool
+    allow_recovered: bool
     expect_owner_identity: Path | None
     expect_owner_config: Path | None
     accept_new_instance: bool
@@ -210,6 +217,7 @@ class AttestFlags:
             allow_unprovisioned=allow_unprovisioned,
             owner_identity_hash=owner_hash,
             owner_config_sha256=config_sha,
+            allow_recovered=self.allow_recovered,
         )
 
 
@@ -298,6 +306,8 @@ def _verified_facts(attested: Attested) -> dict[str, Any]:
         "owner_config_checked": expected.owner_config_sha256 is not None,
         "audit_seq": report.audit.seq,
         "state_counter": report.state.counter,
+        "recovery": report.recovery.model_dump(mode="json"),
+        "recovered": report.recovered,
     }
 
 
@@ -312,6 +322,18 @@ def _owner_line(facts: dict[str, Any]) -> str:
         f"    owner identity   {facts['owner_identity_hash']} ({owner_note})\n"
         f"    owner config     {facts['owner_config_sha256']} ({config_note})"
     )
+
+
+def _recovery_line(facts: dict[str, Any]) -> str:
+    recovery = facts["recovery"]
+    if recovery["configured"]:
+        keys = ", ".join(key[:16] + "…" for key in recovery["key_hashes"])
+        line = f"any {recovery['threshold']} of {len(recovery['key_hashes'])} keys ({keys})"
+    else:
+        line = "not configured"
+    if facts["recovered"]:
+        line += "; this CAS WAS RECOVERED from shares (accepted with --allow-recovered)"
+    return line
 
 
 def _print_facts(facts: dict[str, Any]) -> None:
@@ -334,6 +356,7 @@ def _print_facts(facts: dict[str, Any]) -> None:
         "  TLS certificate:   issued by the CAS key; the connection presented it",
         f"  database key:      {injected}",
         f"  owner:             {owner}",
+        f"  recovery:          {_recovery_line(facts)}",
         f"  instance:          {facts['instance_id']} (CAS {facts['cas_version']})",
     ]
     click.echo("\n".join(lines))
@@ -512,6 +535,7 @@ cli.add_command(evidence_group)
 cli.add_command(collateral_group)
 cli.add_command(audit_group)
 cli.add_command(fspf_group)
+cli.add_command(recovery_group)
 register_run_commands(cli)
 
 

@@ -46,6 +46,13 @@ class OwnerConfigView:
 
 
 @dataclass(frozen=True)
+class RecoverySharesAnswer:
+    """``GET /v1/owner/recovery/shares``: one share file per recovery key, as the CAS made it."""
+
+    shares: Annotated[list[dict[str, Any]], Field(max_length=16)]
+
+
+@dataclass(frozen=True)
 class OwnerConfigUpdated:
     """``PUT /v1/owner/config``: the hash every later report carries."""
 

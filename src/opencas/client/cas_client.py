@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from opencas.attestation.report import CasExpectations, VerifiedCas, verify_cas_attestation
 from opencas.attestation.verifier import NO_COLLATERAL, CollateralSource
@@ -25,6 +26,7 @@ from opencas.client.answers import (
     OwnerConfigUpdated,
     OwnerConfigView,
     Provisioned,
+    RecoverySharesAnswer,
     SessionValues,
     SessionWritten,
     StoredSession,
@@ -39,6 +41,7 @@ from opencas.client.channel import (
 )
 from opencas.client.identity import ClientIdentity
 from opencas.config.owner import OwnerConfig
+from opencas.crypto.recovery_documents import ShareDocument
 from opencas.errors import ClientError
 
 NONCE_BYTES = 32
@@ -179,6 +182,17 @@ class CasClient:
             OwnerConfigUpdated, "PUT", "/v1/owner/config", json_body=body, signed=True
         )
         return updated.owner_config_sha256
+
+    def recovery_shares(self) -> list[ShareDocument]:
+        """The recovery shares, each sealed to its recovery key (owner only:
+        ``not-owner``; ``recovery-not-configured`` without ``[recovery]``)."""
+        answer = self._channel.call(
+            RecoverySharesAnswer, "GET", "/v1/owner/recovery/shares", signed=True
+        )
+        try:
+            return [ShareDocument.model_validate(share) for share in answer.shares]
+        except ValidationError as exc:
+            raise ClientError(f"the CAS answered a malformed recovery share: {exc}") from None
 
     def audit_page(self, start: int = 1) -> AuditPageAnswer:
         """One page of the audit log from ``seq`` ``start`` on (owner only)."""

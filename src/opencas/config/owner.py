@@ -2,7 +2,8 @@
 
 The owner hands it over once, with ``casctl provision --config-file F`` or ``cas provision
 --owner-config F``. It shapes the CAS's TLS certificate (``[api_identity]``), says how the CAS
-reaches Intel's DCAP collateral (``[dcap]``) and where the audit log goes (``[audit_log]``).
+reaches Intel's DCAP collateral (``[dcap]``), where the audit log goes (``[audit_log]``) and
+which recovery keys may together bring the CAS back on a new machine (``[recovery]``).
 An empty file is a valid owner config: every section is optional.
 
 The file is TOML, JSON (``.json``) or YAML (``.yaml``, ``.yml``), chosen by its extension. It is
@@ -45,7 +46,9 @@ from pydantic import (
 
 from opencas.config.checks import listed_once
 from opencas.crypto.canonical import canonical_sha256
+from opencas.crypto.encoding import b64_decode
 from opencas.crypto.pem import certificate_pem, load_certificate_pem, pem_blocks
+from opencas.crypto.recovery import MAX_RECOVERY_KEYS, load_recovery_key, recovery_key_hash
 from opencas.dns_names import canonical_hostname, host_name_problem
 from opencas.errors import ConfigError
 from opencas.sources.files import read_text
@@ -317,6 +320,60 @@ class AuditLogConfig(BaseModel):
         return value
 
 
+def _recovery_key(value: str) -> str:
+    try:
+        der = b64_decode(value)
+    except ValueError:
+        raise ValueError(
+            "not standard base64; a recovery key is the base64 of an X25519 public key's DER "
+            "SubjectPublicKeyInfo, as `casctl recovery keygen` prints it"
+        ) from None
+    try:
+        load_recovery_key(der)
+    except ValueError as exc:
+        raise ValueError(f"not a recovery key: {exc}") from None
+    return value
+
+
+_RecoveryKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=256), AfterValidator(_recovery_key)
+]
+
+
+class RecoveryConfig(BaseModel):
+    """``[recovery]``: the recovery keys (X25519) and how many of them recover the CAS.
+
+    ``keys`` holds 1 to :data:`MAX_RECOVERY_KEYS` distinct keys, each the standard base64 of a
+    DER SubjectPublicKeyInfo; ``threshold`` is 1 to ``len(keys)``. The CAS splits its database
+    key so that any ``threshold`` key holders together, and no fewer, can recover it.
+    """
+
+    model_config = _STRICT
+
+    keys: Annotated[
+        tuple[_RecoveryKey, ...],
+        BeforeValidator(_array_as_tuple),
+        Field(min_length=1, max_length=MAX_RECOVERY_KEYS),
+        AfterValidator(listed_once),
+    ]
+    threshold: Annotated[int, Field(ge=1, le=MAX_RECOVERY_KEYS)]
+
+    @field_validator("threshold")
+    @classmethod
+    def _at_most_the_keys(cls, value: int, info: ValidationInfo) -> int:
+        keys = info.data.get("keys")
+        if keys is not None and value > len(keys):
+            raise ValueError(
+                f"{value} shares cannot be had from {len(keys)} recovery key(s); "
+                f"the threshold must be 1 to {len(keys)}"
+            )
+        return value
+
+    def key_hashes(self) -> tuple[str, ...]:
+        """The key hashes of :attr:`keys`, in their order."""
+        return tuple(recovery_key_hash(b64_decode(key)) for key in self.keys)
+
+
 class IasConfig(BaseModel):
     """``[ias]``: settings for Intel's EPID attestation service, accepted but not used."""
 
@@ -344,6 +401,7 @@ class OwnerConfig(BaseModel):
     dcap: DcapConfig | None = None
     audit_log: AuditLogConfig = Field(default_factory=AuditLogConfig)
     ias: IasConfig | None = None
+    recovery: RecoveryConfig | None = None
 
     @field_validator("api_identity", "dcap", "ias")
     @classmethod
@@ -406,6 +464,7 @@ class _OwnerFile(BaseModel):
     dcap: DcapConfig | None = None
     audit_log: AuditLogConfig = Field(default_factory=AuditLogConfig)
     ias: IasConfig | None = None
+    recovery: RecoveryConfig | None = None
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -500,7 +559,11 @@ def _validate(document: _Document) -> LoadedOwnerConfig:
     if identity is None and parsed.api is not None:
         identity = parsed.api.identity
     config = OwnerConfig(
-        api_identity=identity, dcap=parsed.dcap, audit_log=parsed.audit_log, ias=parsed.ias
+        api_identity=identity,
+        dcap=parsed.dcap,
+        audit_log=parsed.audit_log,
+        ias=parsed.ias,
+        recovery=parsed.recovery,
     )
     warnings: tuple[str, ...] = ()
     if "ias" in data:

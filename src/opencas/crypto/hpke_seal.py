@@ -114,6 +114,40 @@ def load_recipient_public_key(public_key_der: bytes) -> RecipientPublicKey:
     return key
 
 
+class HpkeSealed(NamedTuple):
+    """What :func:`hpke_seal` made: the KEM name and ``enc || ciphertext``."""
+
+    kem: KemName
+    sealed_bytes: bytes
+
+
+def hpke_seal(public_key_der: bytes, plaintext: bytes, info: bytes) -> HpkeSealed:
+    """Seal ``plaintext`` to the X25519 or P-256 key ``public_key_der`` with HPKE ``info``.
+
+    The suite is the module's (the KEM from the key type, HKDF-SHA256, AES-256-GCM, base mode).
+    Raises :class:`UnsupportedRecipientKey` for any other key or encoding.
+    """
+    key = load_recipient_public_key(public_key_der)
+    kem = kem_for_public_key(key)
+    return HpkeSealed(kem, _suite(kem).encrypt(plaintext, key, info=info))
+
+
+def hpke_open(private_key: RecipientPrivateKey, sealed: bytes, info: bytes) -> bytes:
+    """Open what :func:`hpke_seal` sealed to ``private_key``'s public half with ``info``.
+
+    Raises :class:`SealedConfigError` when ``sealed`` is too short, was sealed to another key or
+    with another ``info``, or any byte of it changed; :class:`UnsupportedRecipientKey` when the
+    private key is not X25519 or P-256.
+    """
+    kem = kem_for_private_key(private_key)
+    if len(sealed) < _KEMS[kem].enc_length() + _TAG_SIZE:
+        raise SealedConfigError("the sealed data is too short")
+    try:
+        return _suite(kem).decrypt(sealed, private_key, info=info)
+    except (InvalidTag, ValueError) as exc:
+        raise SealedConfigError("the sealed data does not open with this key and info") from exc
+
+
 def seal_workload_config(
     public_key_der: bytes, plaintext: bytes, config_id: str, nonce: str
 ) -> SealedConfig:
@@ -125,9 +159,7 @@ def seal_workload_config(
     (:func:`open_workload_config`). Raises :class:`UnsupportedRecipientKey` (a ``ValueError``)
     when the key is not an X25519 or P-256 public key in DER SubjectPublicKeyInfo form.
     """
-    key = load_recipient_public_key(public_key_der)
-    kem = kem_for_public_key(key)
-    sealed = _suite(kem).encrypt(plaintext, key, info=hpke_info(config_id, nonce))
+    kem, sealed = hpke_seal(public_key_der, plaintext, hpke_info(config_id, nonce))
     return SealedConfig(kem, b64_encode(sealed))
 
 

@@ -22,6 +22,7 @@ from opencas.attestation.report import (
     REPORT_VERSION,
     AuditHead,
     CasReport,
+    RecoveryClaim,
     StoreStateClaim,
     report_data,
 )
@@ -85,6 +86,8 @@ class Cas:
     """The time workloads' evidence is verified as of (tests pin it to their vectors' window)."""
     audit: AuditLog | None = field(default=None)
     """The audit log writer; ``None`` only for a CAS opened to be inspected."""
+    database_key: bytes = field(default=b"", repr=False)
+    """The database master key, for splitting it among recovery keys (empty when inspected)."""
 
     @property
     def audit_log(self) -> AuditLog:
@@ -172,6 +175,7 @@ class Cas:
             db_key_injected=state.db_key_injected,
             state=StoreStateClaim(counter=committed.counter, digest=committed.digest),
             audit=AuditHead(seq=audit.seq, head=audit.hash),
+            **_recovery_claims(state),
         )
 
     def attest(self, nonce: str) -> dict[str, Any]:
@@ -200,6 +204,18 @@ class Cas:
             "provisioned": state.provisioned,
             "db_key_injected": state.db_key_injected,
         }
+
+
+def _recovery_claims(state: StateRecord) -> dict[str, Any]:
+    """The report's ``recovery`` and ``recovered`` from the state."""
+    return {
+        "recovery": RecoveryClaim(
+            configured=state.recovery_threshold is not None,
+            threshold=state.recovery_threshold,
+            key_hashes=list(state.recovery_key_hashes),
+        ),
+        "recovered": state.recovered,
+    }
 
 
 def load_platform(config: AvailabilityConfig) -> Platform:
@@ -232,11 +248,11 @@ def open_cas(config: AvailabilityConfig, injected_dmk: bytes | None = None) -> C
             raise KeyStoreError(
                 f"a database key may only be injected on a debug platform, not on {platform.kind}"
             )
-        store, created = _open_or_create_store(database, platform, config, injected_dmk)
+        store, created, dmk = _open_or_create_store(database, platform, config, injected_dmk)
         _log_damaged_records(store)
         try:
             identity = load_identity(store, config.hostnames)
-            cas = Cas(config, store, platform, identity, lock, created)
+            cas = Cas(config, store, platform, identity, lock, created, database_key=dmk)
             cas.collateral = CasCollateral(config.collateral, cas.owner_dcap)
             cas.audit = open_audit_log(store, identity, config.audit_log_path, cas.attest)
         except BaseException:
@@ -277,7 +293,7 @@ def inspect_cas(config: AvailabilityConfig) -> Cas:
     return Cas(config, store, platform, identity, DatabaseLock(database))
 
 
-def _store_exists(config: AvailabilityConfig) -> bool:
+def store_exists(config: AvailabilityConfig) -> bool:
     """Whether the configured store exists: the SQLite file, or the schema in PostgreSQL."""
     if config.database_url is not None:
         return PostgresStore.exists(config.database_url)
@@ -288,6 +304,16 @@ def _check_store(config: AvailabilityConfig) -> None:
     """Refuse a file that is not an OpenCAS database before its key store is unsealed."""
     if config.database_url is None:
         SqliteStore.check_file(config.database_path)
+
+
+def open_store_with_key(config: AvailabilityConfig, dmk: bytes) -> Store:
+    """Open the configured store with the database key ``dmk``, without the lock or audit log.
+
+    Raises :class:`KeyStoreError` when ``dmk`` is not the database's key, and what opening the
+    store raises otherwise.
+    """
+    _check_store(config)
+    return _open_store(config, dmk)
 
 
 def _open_store(config: AvailabilityConfig, dmk: bytes) -> Store:
@@ -330,9 +356,9 @@ def _open_or_create_store(
     platform: Platform,
     config: AvailabilityConfig,
     injected_dmk: bytes | None,
-) -> tuple[Store, bool]:
+) -> tuple[Store, bool, bytes]:
     key_store = key_store_path(database)
-    if not _store_exists(config):
+    if not store_exists(config):
         _refuse_orphaned_key_store(config, key_store)
         dmk = injected_dmk if injected_dmk is not None else secrets.token_bytes(DMK_SIZE)
         injected = injected_dmk is not None
@@ -346,7 +372,7 @@ def _open_or_create_store(
                 key_store, KeyStoreContents(dmk, injected), platform.seal
             ),
         )
-        return store, True
+        return store, True, dmk
     _check_store(config)
     if injected_dmk is not None:
         store = _open_store(config, injected_dmk)
@@ -356,7 +382,7 @@ def _open_or_create_store(
         except BaseException:
             store.close()
             raise
-        return store, False
+        return store, False, injected_dmk
     contents = load_key_store(key_store, platform.unseal)
     store = _open_store(config, contents.dmk)
     if contents.db_key_injected:
@@ -365,4 +391,4 @@ def _open_or_create_store(
         except BaseException:
             store.close()
             raise
-    return store, False
+    return store, False, contents.dmk

@@ -101,6 +101,10 @@ class StateRecord(_Record):
     owner_identity_hash: str | None = None
     owner_config_sha256: str | None = None
     db_key_injected: bool = False
+    recovery_threshold: int | None = None
+    recovery_key_hashes: tuple[str, ...] = ()
+    recovered: bool = False
+    recovered_at: str | None = None
 
 
 class OwnerRecord(_Record):

@@ -14,6 +14,7 @@ from typing import Any
 
 from opencas.config.owner import OwnerConfig, owner_config_sha256
 from opencas.config.owner_identity import OwnerIdentity, owner_identity_of
+from opencas.crypto.recovery_documents import ShareDocument
 from opencas.errors import ConflictError, ForbiddenError
 from opencas.policy.caller import Caller
 from opencas.service.audit import actor_of, mode_of, next_sink, state_change
@@ -31,6 +32,12 @@ from opencas.service.cas_records import (
     write_state,
 )
 from opencas.service.identity import reshape_tls, utc_now_text
+from opencas.service.recovery import (
+    configure_recovery,
+    recovery_changed,
+    recovery_details,
+    share_documents,
+)
 from opencas.service.token_guard import TokenGuard
 
 log = logging.getLogger("opencas")
@@ -74,6 +81,7 @@ def provision(
             txn, OwnerRecord(key_hash=owner.key_hash, certificate_pem=owner.certificate_pem)
         )
         write_owner_config(txn, config)
+        new_state = configure_recovery(txn, cas, config, new_state)
         write_state(txn, new_state)
         delete_provisioning_token(txn)
         tls_changed = reshape_tls(txn, cas.config.hostnames)
@@ -86,6 +94,7 @@ def provision(
                 "how": "self" if self_provisioned else "attested",
                 "owner_config_sha256": new_state.owner_config_sha256,
                 "audit_log_mode": mode_of(config),
+                "recovery": recovery_details(new_state),
             },
         )
     audit.change_mode(mode_of(config))
@@ -161,24 +170,42 @@ def update_owner_config(cas: Cas, caller: Caller, config: OwnerConfig) -> str:
         state = read_state(txn)
         previous = mode_of(read_owner_config(txn))
         sha = write_owner_config(txn, config)
-        write_state(txn, state.model_copy(update={"owner_config_sha256": sha}))
+        new_state = configure_recovery(
+            txn, cas, config, state.model_copy(update={"owner_config_sha256": sha})
+        )
+        write_state(txn, new_state)
         tls_changed = reshape_tls(txn, cas.config.hostnames)
         mode = mode_of(config)
-        # One entry per operation; turning the log off (or on) is always written, signed.
         changed = mode != previous
+        recovery = recovery_changed(state, new_state)
         entry.record(
             txn,
-            "audit_log_mode_changed" if changed else "owner_config_updated",
+            _update_event(mode_changed=changed, recovery_changed=recovery),
             actor=actor_of(caller),
             subject="owner-config",
             details={"owner_config_sha256": sha, "previous_sha256": state.owner_config_sha256}
-            | ({"from": previous, "to": mode} if changed else {}),
+            | ({"from": previous, "to": mode} if changed else {})
+            | ({"recovery": recovery_details(new_state)} if recovery else {}),
         )
     audit.change_mode(mode)
     if tls_changed:
         cas.reload_identity()
     log.info("owner config updated: %s", sha)
     return sha
+
+
+def _update_event(*, mode_changed: bool, recovery_changed: bool) -> str:
+    """The one entry of an owner config update: turning the log off (or on) is always written,
+    signed, so it names the update even when the recovery keys change with it."""
+    if mode_changed:
+        return "audit_log_mode_changed"
+    return "recovery_configured" if recovery_changed else "owner_config_updated"
+
+
+def show_recovery_shares(cas: Cas, caller: Caller) -> list[ShareDocument]:
+    """The recovery shares, each sealed to its recovery key (owner only)."""
+    require_owner(cas, caller)
+    return share_documents(cas)
 
 
 def show_owner_config(cas: Cas, caller: Caller) -> ProvisionedConfig:

@@ -114,6 +114,8 @@ class Bundle:
             "db_key_injected": False,
             "state": {"counter": 12, "digest": "d4" * 32},
             "audit": {"seq": 7, "head": "c3" * 32},
+            "recovery": {"configured": False, "threshold": None, "key_hashes": []},
+            "recovered": False,
         }
         report.update(changes)
         return report
@@ -239,6 +241,8 @@ CHANGED_VALUES: dict[str, Any] = {
     "db_key_injected": True,
     "state": {"counter": 13, "digest": "d5" * 32},
     "audit": {"seq": 8, "head": "c3" * 32},
+    "recovery": {"configured": True, "threshold": 1, "key_hashes": ["e5" * 32]},
+    "recovered": True,
 }
 
 
@@ -333,6 +337,34 @@ def test_db_key_injected(bundle: Bundle) -> None:
     assert error.check == "db-key-injected"
     assert "--allow-cas-owner-secret-access" in error.message
     verify_cas_attestation(response, expect(allow_db_key_injected=True), bundle.tls_der, at=AT)
+
+
+def test_recovered_cas_is_refused_unless_allowed(bundle: Bundle) -> None:
+    recovery = {"configured": True, "threshold": 2, "key_hashes": ["e5" * 32, "f6" * 32]}
+    response = bundle.response(bundle.report(recovery=recovery, recovered=True))
+    error = refused(response, expect(), bundle.tls_der)
+    assert error.check == "recovered"
+    assert "--allow-recovered" in error.message
+    verified = verify_cas_attestation(response, expect(allow_recovered=True), bundle.tls_der, at=AT)
+    assert verified.report.recovery.key_hashes == ["e5" * 32, "f6" * 32]
+
+
+@pytest.mark.parametrize(
+    ("recovery", "problem"),
+    [
+        ({"configured": False, "threshold": 1, "key_hashes": []}, "not configured"),
+        ({"configured": True, "threshold": 3, "key_hashes": ["e5" * 32]}, "threshold of 1"),
+        ({"configured": True, "threshold": None, "key_hashes": ["e5" * 32]}, "threshold of 1"),
+    ],
+)
+def test_contradictory_recovery_claims_are_malformed(
+    bundle: Bundle, recovery: dict[str, Any], problem: str
+) -> None:
+    response = bundle.response()
+    response["report"]["recovery"] = recovery
+    error = refused(response, expect(), bundle.tls_der)
+    assert error.check == "format"
+    assert problem in error.message
 
 
 def test_tls_certificate_not_issued_by_ca(bundle: Bundle) -> None:

@@ -40,6 +40,8 @@ def report(**changes: Any) -> CasReport:
         "db_key_injected": False,
         "state": {"counter": 9, "digest": "dd" * 32},
         "audit": {"seq": 5, "head": AUDIT_GENESIS_HEAD},
+        "recovery": {"configured": False, "threshold": None, "key_hashes": []},
+        "recovered": False,
     }
     fields.update(changes)
     return CasReport.model_validate(fields)

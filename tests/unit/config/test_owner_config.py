@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import hashlib
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -410,7 +411,7 @@ def test_other_keys_under_api_are_unknown() -> None:
 def test_unknown_section_lists_the_sections() -> None:
     assert parse_error("[audit]\nmode = 'signed'\n") == (
         "owner.toml:1: [audit]: unknown section; "
-        "expected one of: api, api_identity, audit_log, dcap, ias"
+        "expected one of: api, api_identity, audit_log, dcap, ias, recovery"
     )
 
 
@@ -917,7 +918,7 @@ def test_any_change_of_a_value_changes_the_hash(section: str, key: str, value: o
         (
             {"api": {"identity": {}}},
             "request body: [api]: unknown section; expected one of: "
-            "api_identity, audit_log, dcap, ias",
+            "api_identity, audit_log, dcap, ias, recovery",
         ),
         (
             {"dcap": {"pccs_url": None}},
@@ -1028,3 +1029,68 @@ def test_scone_ias_base_url_and_identity_are_accepted_with_the_warning() -> None
     assert loaded.config.ias.identity == "my-ias-client"
     rewritten = owner_config_from_normal_form(json.loads(json.dumps(loaded.config.normal_form())))
     assert rewritten == loaded.config
+
+
+# --- [recovery] ---------------------------------------------------------------------------------
+
+
+def _recovery_key() -> str:
+    key = x25519.X25519PrivateKey.generate().public_key()
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(der).decode("ascii")
+
+
+def _recovery(keys: list[str], threshold: int) -> str:
+    listed = ", ".join(f'"{key}"' for key in keys)
+    return f"[recovery]\nkeys = [{listed}]\nthreshold = {threshold}\n"
+
+
+def test_recovery_keys_and_threshold_load_and_are_hashed() -> None:
+    keys = [_recovery_key(), _recovery_key(), _recovery_key()]
+    config = parse_owner_config(_recovery(keys, 2), "owner.toml", "toml").config
+    assert config.recovery is not None
+    assert config.recovery.threshold == 2
+    assert len(set(config.recovery.key_hashes())) == 3
+    assert config.normal_form()["recovery"] == {"keys": keys, "threshold": 2}
+    other = parse_owner_config(_recovery(keys, 3), "owner.toml", "toml").config
+    assert owner_config_sha256(other) != owner_config_sha256(config)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("keys = [{a}, {a}]\nthreshold = 1", "owner.toml:2: [recovery] keys: '"),
+        ("keys = [{a}, {b}]\nthreshold = 3", "owner.toml:3: [recovery] threshold: 3 shares"),
+        ("keys = [{a}]\nthreshold = 0", "owner.toml:3: [recovery] threshold:"),
+        ("keys = []\nthreshold = 1", "owner.toml:2: [recovery] keys: at least 1"),
+        ('keys = [{a}, "AAAA"]\nthreshold = 1', "owner.toml:2: [recovery] keys[1]: not a recovery"),
+        (
+            'keys = [{a}, "not base64!"]\nthreshold = 1',
+            "owner.toml:2: [recovery] keys[1]: not standard",
+        ),
+        ("keys = [{a}]", "owner.toml:1: [recovery] threshold:"),
+    ],
+)
+def test_bad_recovery_configs_name_the_line_and_key(body: str, expected: str) -> None:
+    a, b = f'"{_recovery_key()}"', f'"{_recovery_key()}"'
+    message = parse_error("[recovery]\n" + body.format(a=a, b=b) + "\n")
+    assert expected in message
+
+
+def test_a_p256_key_is_not_a_recovery_key() -> None:
+    der = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    key = base64.b64encode(der).decode("ascii")
+    assert "keys[0]: not a recovery key: a recovery key must be an X25519" in parse_error(
+        _recovery([key], 1)
+    )
+
+
+def test_more_recovery_keys_than_the_limit_are_refused() -> None:
+    keys = [_recovery_key() for _ in range(17)]
+    assert "[recovery] keys: at most 16" in parse_error(_recovery(keys, 2))

@@ -72,8 +72,24 @@ def test_state_is_stored_as_its_json_object(store: SqliteStore) -> None:
         "owner_identity_hash": None,
         "owner_config_sha256": None,
         "db_key_injected": False,
+        "recovery_threshold": None,
+        "recovery_key_hashes": [],
+        "recovered": False,
+        "recovered_at": None,
     }
     assert read_state(store) == state
+
+
+def test_a_state_written_before_recovery_existed_reads_as_not_recovered(
+    store: SqliteStore,
+) -> None:
+    old = b'{"provisioned": false, "self_provisioned": false, "provisioned_at": null, '
+    old += b'"owner_identity_hash": null, "owner_config_sha256": null, "db_key_injected": false}'
+    with store.transaction() as txn:
+        txn.put("cas", "state", old)
+    state = read_state(store)
+    assert state.recovered is False
+    assert state.recovery_threshold is None
 
 
 def test_owner_and_owner_config_round_trip(store: SqliteStore) -> None:

@@ -1,4 +1,4 @@
-"""Routes of the CAS owner: attested provisioning and the owner config."""
+"""Routes of the CAS owner: attested provisioning, the owner config and the recovery shares."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from pydantic import Field
 from opencas.api.auth import caller_of
 from opencas.api.routes.bodies import StrictBody
 from opencas.config.owner import owner_config_from_normal_form
+from opencas.crypto.recovery_documents import document_json
 from opencas.service.cas import Cas
 from opencas.service.provisioning import (
     provision_with_token,
     show_owner_config,
+    show_recovery_shares,
     update_owner_config,
 )
 from opencas.service.token_guard import TokenGuard
@@ -35,7 +37,8 @@ class OwnerConfigRequest(StrictBody):
 
 
 def owner_router(cas: Cas) -> APIRouter:
-    """``POST /v1/provision``, ``GET`` and ``PUT /v1/owner/config``."""
+    """``POST /v1/provision``, ``GET`` and ``PUT /v1/owner/config``,
+    ``GET /v1/owner/recovery/shares``."""
     router = APIRouter()
     guard = TokenGuard()
 
@@ -66,5 +69,11 @@ def owner_router(cas: Cas) -> APIRouter:
         caller.signer("an owner operation")  # before the body is parsed, as for provisioning
         config = owner_config_from_normal_form(body.owner_config)
         return {"owner_config_sha256": update_owner_config(cas, caller, config)}
+
+    @router.get("/v1/owner/recovery/shares")
+    def recovery_shares(request: Request) -> dict[str, Any]:
+        """The recovery shares, each HPKE-sealed to its recovery key (owner only)."""
+        shares = show_recovery_shares(cas, caller_of(request))
+        return {"shares": [document_json(share) for share in shares]}
 
     return router
