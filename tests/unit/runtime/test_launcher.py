@@ -488,11 +488,18 @@ def test_signals_are_forwarded(private_tmp: Path, signum: signal.Signals) -> Non
         "sys.exit(40 + int(received) % 20)\n"
     )
     program, workload = python_child(code)
-    handler_before = signal.getsignal(signum)
-    status = launch(workload, program, [sys.executable], parent_environment=PARENT_ENV)
-    assert status == 40 + int(signum) % 20
-    assert signal.getsignal(signum) is handler_before
-    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set()
+    # A runner started in the background (nohup, `&` without job control) inherits SIGHUP or
+    # SIGINT ignored, and the launcher rightly leaves ignored signals ignored: start from the
+    # default disposition so this test sees forwarding, whatever started the suite.
+    inherited = signal.signal(signum, signal.SIG_DFL)
+    try:
+        handler_before = signal.getsignal(signum)
+        status = launch(workload, program, [sys.executable], parent_environment=PARENT_ENV)
+        assert status == 40 + int(signum) % 20
+        assert signal.getsignal(signum) is handler_before
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set()
+    finally:
+        signal.signal(signum, inherited)
 
 
 def test_ignored_signals_stay_ignored(private_tmp: Path) -> None:
