@@ -107,6 +107,10 @@ class StoreError(CasError, code="store-error", http_status=500):
     """The state store cannot be opened, is in use, or is not an OpenCAS database."""
 
 
+class DatabaseUnavailable(StoreError, code="database-unavailable", http_status=503):
+    """The database cannot be reached now (down, restarting, the network cut); retry later."""
+
+
 class RecordDamagedError(StoreError, code="record-damaged"):
     """A stored record failed authentication: its bytes changed or it was moved to another key."""
 

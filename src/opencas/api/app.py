@@ -22,7 +22,7 @@ from opencas.api.routes.cas import cas_router, health_router
 from opencas.api.routes.owner import owner_router
 from opencas.api.routes.sessions import sessions_router
 from opencas.api.routes.workloads import workloads_router
-from opencas.crypto.replay_cache import ReplayCache
+from opencas.crypto.replay_cache import ReplayCache, SharedReplayCache
 from opencas.service.cas import Cas
 
 # An attest request is a config id, a nonce, a key and evidence of at most 64 KiB (base64).
@@ -52,8 +52,14 @@ def create_client_api(
     ):
         app.include_router(router)
     limits = cas.config.replay_cache_limits
-    replay_cache = ReplayCache(
-        capacity=limits.entries, share=limits.entries_per_identity, identities=limits.identities
+    bounds = {
+        "capacity": limits.entries,
+        "share": limits.entries_per_identity,
+        "identities": limits.identities,
+    }
+    guards = cas.guards
+    replay_cache = (
+        ReplayCache(**bounds) if guards is None else SharedReplayCache(guards.add_proof, **bounds)
     )
     authenticated = ProofMiddleware(app, cas.identity.cas_key_hash, replay_cache, clock)
     return MetricsMiddleware(authenticated, metrics, "api")

@@ -21,7 +21,9 @@ Memory is bounded three ways, so that one caller cannot lock the others out:
 Seniority is the order in which identities were first tracked: a flood of new keys evicts its own
 keys first and never an identity tracked before it. The residual risk is for newcomers: while the
 tables are full of other identities, a key never seen before is refused (docs/security.md).
-Everything here is pure: no I/O, and the caller passes the clock.
+Everything here is pure: no I/O, and the caller passes the clock. Several instances of one CAS
+share what they remember through :class:`SharedReplayCache`, whose caller passes the shared
+memory in as a function.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import heapq
 import itertools
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, NoReturn
 
@@ -282,6 +285,31 @@ class ReplayCache:
                 if record.expiries
             ]
             heapq.heapify(self._youngest)
+
+
+class SharedReplayCache(ReplayCache):
+    """A :class:`ReplayCache` whose accepted ``jti`` values are also remembered by others.
+
+    ``also_remember(identity, jti, expires_at)`` records the proof where every instance of the
+    CAS sees it and says whether it was new there. A proof passes only when it is new both here
+    (with every bound of :class:`ReplayCache`, which also bounds what this instance adds to the
+    shared memory) and there: a proof replayed at another instance is refused.
+    """
+
+    def __init__(self, also_remember: Callable[[str, str, float], bool], **limits: int) -> None:
+        super().__init__(**limits)
+        self._also_remember = also_remember
+
+    def remember(self, identity: str, jti: str, *, iat: int, now: float) -> None:
+        """As :meth:`ReplayCache.remember`, and ``proof-replayed`` when another instance (or
+        the shared memory after a restart) remembers the ``jti``."""
+        super().remember(identity, jti, iat=iat, now=now)
+        if not self._also_remember(identity, jti, float(iat + self.max_age)):
+            _refuse(
+                "proof-replayed",
+                "this request proof was already used (at another instance of this CAS); sign "
+                "every request with a fresh jti",
+            )
 
 
 def _full(reason: str, *, retry_after: int) -> NoReturn:

@@ -63,6 +63,7 @@ from opencas.store import (
     save_key_store,
 )
 from opencas.store.base import Store, Transaction
+from opencas.store.guards import PostgresGuards
 
 log = logging.getLogger("opencas")
 
@@ -95,6 +96,12 @@ class Cas:
         if self.audit is None:
             raise RuntimeError("this CAS was opened to be inspected: it writes no audit entries")
         return self.audit
+
+    @property
+    def guards(self) -> PostgresGuards | None:
+        """The guards' state shared by every instance on the database (PostgreSQL), or
+        ``None`` when this instance is the only one (SQLite) and keeps it in memory."""
+        return self.store.guards if isinstance(self.store, PostgresStore) else None
 
     def audit_head(self) -> Head:
         """The head of the audit log: its last entry written (or the stored one, inspected)."""

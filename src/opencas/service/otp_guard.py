@@ -6,9 +6,11 @@ the last code it accepted, and refuses that code and every earlier one: a code i
 and an older code that is still within the clock window cannot be used after a newer one.
 Refused codes are counted per service; after ``otp_refusals_per_service`` within
 ``otp_refusal_window`` seconds, the service's attestations with a code are refused
-(``429 otp-rate-limited``) until the oldest refusal leaves the window. This state is kept in
-memory: a restarted CAS starts with none (a code accepted just before the restart could then be
-used once more within its window, at most 90 seconds).
+(``429 otp-rate-limited``) until the oldest refusal leaves the window. Refusals are kept
+in this instance's memory. The step of the last accepted code is kept in memory too on SQLite (a
+restarted CAS starts with none: a code accepted just before the restart could then be used once
+more within its window, at most 90 seconds); on PostgreSQL it is also kept in the database, so a
+code is used once in the whole cluster and across restarts.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from opencas.config.availability import SessionLimits
 from opencas.crypto.otp import OTP_DIGITS, OTP_STEP, OTP_WINDOW, matching_step
 from opencas.errors import AttestationRefused, RateLimitedError
+from opencas.store.guards import PostgresGuards
 
 MAX_TRACKED_SERVICES = 100_000
 """Services whose used codes and refusals are remembered at once; the least recent goes first."""
@@ -41,7 +45,9 @@ class OtpGuard:
         limits: SessionLimits,
         clock: Callable[[], float] = time.time,
         capacity: int = MAX_TRACKED_SERVICES,
+        shared: PostgresGuards | None = None,
     ) -> None:
+        self._shared = shared
         self._refusals = limits.otp_refusals_per_service
         self._window = limits.otp_refusal_window
         self._clock = clock
@@ -89,12 +95,13 @@ class OtpGuard:
                 )
             if state.last_step is not None and step <= state.last_step:
                 state.refusals.append(now)
-                raise AttestationRefused(
-                    "otp",
-                    f"this one-time password for {service} was used already (or a newer one "
-                    "was); wait for the next code",
-                )
+                _refuse_used(service)
             state.last_step = step
+        # Outside the lock: a round trip to the database must not hold up other services.
+        if self._shared is not None and not self._shared.advance_otp_step(service, step):
+            with self._lock:
+                self._state(service).refusals.append(now)
+            _refuse_used(service)
 
     def _state(self, service: str) -> _ServiceState:
         state = self._services.pop(service, None) or _ServiceState()
@@ -106,3 +113,11 @@ class OtpGuard:
     def _forget_old_refusals(self, state: _ServiceState, now: float) -> None:
         while state.refusals and state.refusals[0] <= now - self._window:
             state.refusals.popleft()
+
+
+def _refuse_used(service: str) -> NoReturn:
+    raise AttestationRefused(
+        "otp",
+        f"this one-time password for {service} was used already (or a newer one was); wait "
+        "for the next code",
+    )

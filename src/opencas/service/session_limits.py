@@ -17,11 +17,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 from opencas.config.availability import SessionLimits
 from opencas.errors import LimitExceededError, RateLimitedError
 from opencas.policy.model import Session
 from opencas.policy.placeholders import find_placeholders
+from opencas.store.guards import PostgresGuards
 
 _RSA_KEY_TYPES = frozenset({"RSA-2048", "RSA-3072"})
 _CERTIFICATE_KINDS = frozenset({"x509", "x509-ca"})
@@ -130,10 +132,18 @@ class UploadRateLimiter:
     ``session_uploads_per_minute``; thread-safe.
 
     At most ``session_upload_identities`` keys are tracked; the one idle longest is forgotten
-    to make room (it starts again with a full bucket, as a new key would).
+    to make room (it starts again with a full bucket, as a new key would). With ``shared``
+    (PostgreSQL) the buckets live in the database, one per key for the whole cluster; a bucket
+    that has refilled is deleted, which is the same as forgetting it.
     """
 
-    def __init__(self, limits: SessionLimits, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limits: SessionLimits,
+        clock: Callable[[], float] = time.monotonic,
+        shared: PostgresGuards | None = None,
+    ) -> None:
+        self._shared = shared
         self._per_minute = limits.session_uploads_per_minute
         self._rate = limits.session_uploads_per_minute / 60.0
         self._burst = float(limits.session_upload_burst)
@@ -149,6 +159,11 @@ class UploadRateLimiter:
 
     def take(self, identity: str) -> None:
         """Count one upload by ``identity``; :class:`RateLimitedError` when its bucket is empty."""
+        if self._shared is not None:
+            wait = self._shared.take_upload(identity, self._burst, self._rate)
+            if wait > 0:
+                self._refuse(1.0 - wait * self._rate)
+            return
         with self._lock:
             now = self._clock()
             bucket = self._buckets.pop(identity, None)
@@ -164,7 +179,11 @@ class UploadRateLimiter:
             if bucket.tokens >= 1.0:
                 bucket.tokens -= 1.0
                 return
-            wait = max(1, math.ceil((1.0 - bucket.tokens) / self._rate))
+            tokens = bucket.tokens
+        self._refuse(tokens)
+
+    def _refuse(self, tokens: float) -> NoReturn:
+        wait = max(1, math.ceil((1.0 - tokens) / self._rate))
         raise RateLimitedError(
             f"this key uploads sessions faster than the {self._per_minute} a minute this CAS "
             f"accepts; retry in {wait} s (the availability config's [limits] "

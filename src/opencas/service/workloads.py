@@ -57,6 +57,7 @@ from opencas.service.session_limits import RenderBudget
 from opencas.service.sessions import imported_values, load_secret_values, load_session
 from opencas.service.volumes import Attestation, volume_grants
 from opencas.store.base import Reader
+from opencas.store.guards import PostgresGuards
 
 NONCE_BYTES = 32
 NONCE_LIFETIME = 60.0
@@ -65,22 +66,35 @@ PER_WORKLOAD_VALIDITY = "1d"
 
 
 class NonceStore:
-    """Single-use nonces that expire after ``lifetime`` seconds; bounded, thread-safe."""
+    """Single-use nonces that expire after ``lifetime`` seconds; bounded, thread-safe.
+
+    With ``shared`` (the guards of a PostgreSQL store) a nonce is single-use across every
+    instance on the database: any of them may use it up, once. This instance still bounds how
+    many nonces it has outstanding, so the shared table holds at most ``capacity`` per instance.
+    """
 
     def __init__(
         self,
         lifetime: float = NONCE_LIFETIME,
         capacity: int = MAX_OUTSTANDING_NONCES,
         clock: Callable[[], float] = time.monotonic,
+        shared: PostgresGuards | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._lifetime = lifetime
         self._capacity = capacity
         self._clock = clock
+        self._shared = shared
+        self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self._expiry: OrderedDict[str, float] = OrderedDict()
 
     def issue(self) -> str:
-        """A fresh nonce; :class:`RateLimitedError` when too many are outstanding."""
+        """A fresh nonce; :class:`RateLimitedError` when too many are outstanding.
+
+        With shared guards this is a database round trip (run it off the event loop); it
+        raises :class:`opencas.errors.StoreError` when the database refuses.
+        """
         nonce = secrets.token_hex(NONCE_BYTES)
         with self._lock:
             now = self._clock()
@@ -92,6 +106,14 @@ class NonceStore:
                     code="nonce-store-full",
                 )
             self._expiry[nonce] = now + self._lifetime
+        if self._shared is not None:
+            try:
+                # Its expiry is wall-clock time, which every instance reads alike.
+                self._shared.add_nonce(nonce, self._wall_clock() + self._lifetime)
+            except BaseException:
+                with self._lock:
+                    self._expiry.pop(nonce, None)
+                raise
         return nonce
 
     def consume(self, nonce: str) -> None:
@@ -100,7 +122,11 @@ class NonceStore:
             now = self._clock()
             expiry = self._expiry.pop(nonce, None)
             self._purge(now)
-        if expiry is None or expiry < now:
+        if self._shared is not None:
+            usable = self._shared.take_nonce(nonce)
+        else:
+            usable = expiry is not None and expiry >= now
+        if not usable:
             raise AttestationRefused(
                 "nonce",
                 "the nonce is unknown, used already, or expired; ask for a new one",

@@ -3,7 +3,8 @@
 PostgreSQL only holds the raw rows of :mod:`opencas.store.records`; every value is encrypted and
 authenticated by the CAS exactly as in the SQLite file, and every row read back is checked, so
 someone with full access to the database can destroy records but not read, change, move or roll
-them back unnoticed. Schema (migration 1)::
+them back unnoticed. Schema (migration 1; migration 2 adds the guards' tables of
+:mod:`opencas.store.guards`)::
 
     schema_version(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ)   one row per migration
     meta(name TEXT PRIMARY KEY, value TEXT)                  plaintext: format, created_at
@@ -33,8 +34,9 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from opencas.database_url import redact_url
-from opencas.errors import RecordDamagedError, StoreError
+from opencas.errors import DatabaseUnavailable, RecordDamagedError, StoreError
 from opencas.store.base import StoreState, Transaction
+from opencas.store.guards import GUARD_TABLES, PostgresGuards
 from opencas.store.records import (
     RecordCipher,
     RecordReader,
@@ -67,6 +69,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "PRIMARY KEY (tbl, key))",
         "CREATE TABLE commit_state (name TEXT NOT NULL PRIMARY KEY, value BYTEA NOT NULL)",
     ),
+    GUARD_TABLES,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -161,10 +164,12 @@ class _PostgresRows:
 def _postgres_errors(shown: str, action: str) -> Iterator[None]:
     try:
         yield
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"database {shown}: {action} failed: {_first_line(exc)}") from exc
     except psycopg.Error as exc:
         raise StoreError(f"database {shown}: {action} failed: {_first_line(exc)}") from exc
     except PoolTimeout as exc:
-        raise StoreError(
+        raise DatabaseUnavailable(
             f"database {shown}: {action} failed: no connection within "
             f"{CONNECT_TIMEOUT_SECONDS:g} seconds ({_first_line(exc)})"
         ) from exc
@@ -230,10 +235,13 @@ class PostgresStore:
         url: str,
         cipher: RecordCipher,
         pool: ConnectionPool[psycopg.Connection[Any]],
+        dmk: bytes,
         damaged: tuple[RecordDamagedError, ...] = (),
     ) -> None:
         self._shown = redact_url(url)
         self._cipher = cipher
+        self.guards = PostgresGuards(pool, dmk, self._failing)
+        """The guards' state every instance on this database shares (nonces, proofs, ...)."""
         self._pool = pool
         self._damaged = damaged
         self._closed = False
@@ -310,7 +318,7 @@ class PostgresStore:
         except BaseException:
             pool.close()
             raise
-        return cls(url, cipher, pool, damaged)
+        return cls(url, cipher, pool, dmk, damaged)
 
     @classmethod
     def create(
@@ -360,6 +368,10 @@ class PostgresStore:
                     raise
                 before_publish()
         return cls.open(url, dmk, pool_size)
+
+    def _failing(self, action: str) -> contextlib.AbstractContextManager[None]:
+        self._check_open()
+        return _postgres_errors(self._shown, action)
 
     def _check_open(self) -> None:
         if self._closed:

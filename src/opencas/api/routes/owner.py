@@ -40,7 +40,7 @@ def owner_router(cas: Cas) -> APIRouter:
     """``POST /v1/provision``, ``GET`` and ``PUT /v1/owner/config``,
     ``GET /v1/owner/recovery/shares``."""
     router = APIRouter()
-    guard = TokenGuard()
+    guard = TokenGuard(shared=cas.guards)
 
     @router.post("/v1/provision")
     def provision(body: ProvisionRequest, request: Request) -> dict[str, Any]:

@@ -47,7 +47,7 @@ def parse_values_selector(selector: str) -> tuple[str, str | None]:
 def sessions_router(cas: Cas) -> APIRouter:
     """The session endpoints; every decision is the stored session's access policy."""
     router = APIRouter()
-    uploads = UploadRateLimiter(cas.config.session_limits)
+    uploads = UploadRateLimiter(cas.config.session_limits, shared=cas.guards)
 
     def uploader(request: Request) -> Caller:
         """The caller of an upload, counted against its key's upload rate."""

@@ -62,11 +62,13 @@ def workloads_router(cas: Cas, lane: WorkerLane) -> APIRouter:
     """``POST /v1/enclave/nonce``, ``POST /v1/enclave/attest`` (attesting in ``lane``) and
     ``POST /v1/enclave/volume-tag``."""
     router = APIRouter()
-    nonces = NonceStore()
-    otp_guard = OtpGuard(cas.config.session_limits)
+    nonces = NonceStore(shared=cas.guards)
+    otp_guard = OtpGuard(cas.config.session_limits, shared=cas.guards)
 
+    # A plain function: FastAPI runs it in its thread pool, where a nonce shared by the cluster
+    # is stored in the database without holding up the event loop.
     @router.post("/v1/enclave/nonce")
-    async def nonce() -> dict[str, Any]:
+    def nonce() -> dict[str, Any]:
         """A fresh single-use nonce for the next attestation (valid 60 s)."""
         return {"nonce": nonces.issue(), "expires_in": int(NONCE_LIFETIME)}
 

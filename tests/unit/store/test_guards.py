@@ -1,0 +1,145 @@
+"""The guards' rows in PostgreSQL: two stores on one database stand for two CAS instances."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from opencas.store import PostgresStore, Transaction
+from opencas.store.guards import PostgresGuards
+
+DMK = bytes(range(32))
+
+
+def _nothing(tx: Transaction) -> None:
+    return None
+
+
+@pytest.fixture
+def two(postgres_url: str) -> Iterator[tuple[PostgresGuards, PostgresGuards]]:
+    """The guards of two instances on one fresh database."""
+    first = PostgresStore.create(postgres_url, DMK, _nothing)
+    second = PostgresStore.open(postgres_url, DMK)
+    try:
+        yield first.guards, second.guards
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_nonce_issued_at_one_instance_is_used_once_at_another(
+    two: tuple[PostgresGuards, PostgresGuards],
+) -> None:
+    one, other = two
+    one.add_nonce("ab" * 32, time.time() + 60)
+    assert other.take_nonce("ab" * 32)
+    assert not one.take_nonce("ab" * 32)
+    assert not other.take_nonce("ab" * 32)
+
+
+def test_a_nonce_never_issued_or_expired_is_refused(
+    two: tuple[PostgresGuards, PostgresGuards],
+) -> None:
+    one, other = two
+    assert not other.take_nonce("cd" * 32)
+    one.add_nonce("ef" * 32, time.time() - 1)
+    assert not other.take_nonce("ef" * 32)
+
+
+def test_a_nonce_row_written_or_extended_in_the_database_is_refused(
+    two: tuple[PostgresGuards, PostgresGuards], postgres_url: str
+) -> None:
+    one, other = two
+    one.add_nonce("01" * 32, time.time() - 1)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        # Someone with the database pushes an expired nonce's expiry into the future.
+        conn.execute("UPDATE guard_nonces SET expires_at = %s", (time.time() + 600,))
+        conn.execute(
+            "INSERT INTO guard_nonces (id, expires_at, tag) VALUES (%s, %s, %s)",
+            (b"\x00" * 32, time.time() + 600, b"\x00" * 32),
+        )
+    assert not other.take_nonce("01" * 32)
+
+
+def test_a_proof_is_new_at_one_instance_only(two: tuple[PostgresGuards, PostgresGuards]) -> None:
+    one, other = two
+    expires = time.time() + 125
+    assert one.add_proof("key-a", "jti-1", expires)
+    assert not other.add_proof("key-a", "jti-1", expires)
+    assert other.add_proof("key-b", "jti-1", expires)
+    assert other.add_proof("key-a", "jti-2", expires)
+
+
+def test_concurrent_proofs_with_one_jti_pass_at_most_once(
+    two: tuple[PostgresGuards, PostgresGuards],
+) -> None:
+    passed: list[bool] = []
+    start = threading.Barrier(8)
+
+    def race(guards: PostgresGuards) -> None:
+        start.wait()
+        passed.append(guards.add_proof("key", "same-jti", time.time() + 125))
+
+    threads = [threading.Thread(target=race, args=(two[n % 2],)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(passed) == [False] * 7 + [True]
+
+
+def test_expired_rows_are_deleted(
+    two: tuple[PostgresGuards, PostgresGuards], postgres_url: str
+) -> None:
+    one, _ = two
+    one.add_proof("key", "old", time.time() - 1)
+    one.add_proof("key", "young", time.time() + 100)
+    one.add_nonce("aa" * 32, time.time() - 1)
+    one.purge()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM guard_proofs").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM guard_nonces").fetchone() == (0,)
+
+
+def test_back_off_counts_failures_of_every_instance(
+    two: tuple[PostgresGuards, PostgresGuards],
+) -> None:
+    one, other = two
+
+    def delay_after_two(failures: int) -> float:
+        return 0.0 if failures <= 2 else 30.0
+
+    assert one.count_failure("token", delay_after_two) == (1, 0.0)
+    assert other.count_failure("token", delay_after_two) == (2, 0.0)
+    assert one.closed_until("token") == 0.0
+    assert other.count_failure("token", delay_after_two) == (3, 30.0)
+    assert one.closed_until("token") > time.time() + 25
+    assert one.failures("token") == 3
+
+
+def test_an_upload_bucket_is_one_for_the_cluster(
+    two: tuple[PostgresGuards, PostgresGuards],
+) -> None:
+    one, other = two
+    rate = 1 / 60  # one upload a minute after a burst of 3
+    assert one.take_upload("key", 3, rate) == 0.0
+    assert other.take_upload("key", 3, rate) == 0.0
+    assert one.take_upload("key", 3, rate) == 0.0
+    wait = other.take_upload("key", 3, rate)
+    assert 55 < wait <= 60
+    assert one.take_upload("another-key", 3, rate) == 0.0
+
+
+def test_a_one_time_password_step_is_used_once_in_the_cluster(
+    two: tuple[PostgresGuards, PostgresGuards],
+) -> None:
+    one, other = two
+    assert one.advance_otp_step("s/svc", 100)
+    assert not other.advance_otp_step("s/svc", 100)
+    assert not other.advance_otp_step("s/svc", 99)
+    assert other.advance_otp_step("s/svc", 101)
+    assert one.advance_otp_step("t/svc", 100)
