@@ -1,10 +1,15 @@
-"""Fixtures every test directory shares: a fresh PostgreSQL database per test."""
+"""Fixtures every test directory shares: a fresh PostgreSQL database per test, and a proxy to
+it that a test can cut."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import socket
+import threading
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -36,3 +41,87 @@ def postgres_url() -> Iterator[str]:
             yield f"{POSTGRES_SERVER}/{name}"
         finally:
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+class TcpProxy:
+    """A TCP proxy to PostgreSQL that a test can cut and restore, like a network that fails.
+
+    Cutting closes every connection through it and refuses new ones until :meth:`restore`;
+    the server itself (which other tests share) never stops.
+    """
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self._target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._cut = False
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                cut = self._cut
+            if cut:
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(self._target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self._lock:
+                self._open.update((client, server))
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+        with self._lock:
+            self._open.difference_update((source, sink))
+
+    def cut(self) -> None:
+        """Close every connection through the proxy and refuse new ones."""
+        with self._lock:
+            self._cut = True
+            ends = list(self._open)
+        for end in ends:
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def restore(self) -> None:
+        """Accept connections again."""
+        with self._lock:
+            self._cut = False
+
+    def close(self) -> None:
+        """Stop the proxy and close every connection through it."""
+        self.cut()
+        self._listener.close()
+
+
+@pytest.fixture
+def postgres_proxy(postgres_url: str) -> Iterator[tuple[TcpProxy, str]]:
+    """A proxy in front of the PostgreSQL server, and the URL of this test's database through
+    it: cutting the proxy is the database going away for this test only."""
+    parts = urlsplit(postgres_url)
+    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    try:
+        yield proxy, urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+    finally:
+        proxy.close()

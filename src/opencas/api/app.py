@@ -44,7 +44,7 @@ def create_client_api(
     metrics = metrics or ApiMetrics()
     app = _application("OpenCAS client API")
     for router in (
-        health_router(),
+        health_router(cas),
         cas_router(cas, metrics),
         owner_router(cas),
         audit_router(cas),
@@ -69,6 +69,6 @@ def create_enclave_api(cas: Cas, metrics: ApiMetrics | None = None) -> ASGIApp:
     """The enclave API (``enclave_listen``) that workloads attest to."""
     metrics = metrics or ApiMetrics()
     app = _application("OpenCAS enclave API")
-    app.include_router(health_router())
+    app.include_router(health_router(cas))
     app.include_router(workloads_router(cas, WorkerLane("opencas-attest")))
     return MetricsMiddleware(BodyLimitMiddleware(app, MAX_ENCLAVE_BODY_BYTES), metrics, "enclave")

@@ -154,6 +154,19 @@ class Cas:
         """The current state record, read from the store (another instance may have changed it)."""
         return read_state(self.store)
 
+    def readiness_problem(self) -> str | None:
+        """Why this instance cannot answer from its store now, or ``None`` when it can.
+
+        It reads the commit state: the database answers and this instance's key opens what it
+        holds. An instance serves only once it has its database key, so it is never ready
+        without one.
+        """
+        try:
+            self.store.state()
+        except StoreError as exc:
+            return exc.message
+        return None
+
     def provisioning_token(self) -> str | None:
         """The one-time provisioning token while unprovisioned, else ``None``."""
         return read_provisioning_token(self.store)

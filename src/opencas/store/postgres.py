@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -56,6 +56,18 @@ POOL_MAX_SIZE = 10
 CONNECT_TIMEOUT_SECONDS = 10.0
 #: Seconds any one statement may run, the wait for the state row's lock included.
 STATEMENT_TIMEOUT_SECONDS = 30
+#: How long a connection may go without an answer from the server before it counts as lost. A
+#: statement timeout is enforced by the server, so it cannot end the wait for a server that is
+#: gone or a network that was cut; TCP keepalives and ``tcp_user_timeout`` do.
+LOST_CONNECTION_SECONDS = 10
+TCP_SETTINGS: dict[str, object] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": LOST_CONNECTION_SECONDS * 1000,
+}
+_T = TypeVar("_T")
 # Taken by a migration, so that two processes opening a new database never migrate it at once.
 _MIGRATION_LOCK = int.from_bytes(b"OCASmigr", "big") & (2**63 - 1)
 
@@ -262,7 +274,8 @@ class PostgresStore:
             url,
             min_size=POOL_MIN_SIZE,
             max_size=max_size,
-            kwargs={"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT_SECONDS)},
+            kwargs={"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT_SECONDS)}
+            | TCP_SETTINGS,
             configure=_configure,
             timeout=CONNECT_TIMEOUT_SECONDS,
             name="opencas-store",
@@ -369,9 +382,36 @@ class PostgresStore:
                 before_publish()
         return cls.open(url, dmk, pool_size)
 
-    def _failing(self, action: str) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def _failing(self, action: str) -> Iterator[None]:
+        """A block whose database errors become :class:`StoreError` (or
+        :class:`DatabaseUnavailable`); after a lost connection, the idle connections are checked.
+
+        A server restart or a cut network kills every pooled connection, and the pool finds out
+        only when each is next used: checking them at the first failure means the requests after
+        it get fresh connections instead of failing one by one.
+        """
         self._check_open()
-        return _postgres_errors(self._shown, action)
+        try:
+            with _postgres_errors(self._shown, action):
+                yield
+        except DatabaseUnavailable:
+            with contextlib.suppress(Exception):
+                self._pool.check()
+            raise
+
+    def _read(self, action: str, read: Callable[[_PostgresRows], _T]) -> _T:
+        """``read`` in one read-only transaction, tried once more on a fresh connection when the
+        first attempt lost its connection (a read changes nothing, so a second try is safe)."""
+        try:
+            with self._read_only(action) as rows:
+                return read(rows)
+        except DatabaseUnavailable as exc:
+            # No connection within the timeout: trying again would only wait as long again.
+            if not isinstance(exc.__cause__, psycopg.OperationalError):
+                raise
+        with self._read_only(action) as rows:
+            return read(rows)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -380,9 +420,8 @@ class PostgresStore:
     @contextlib.contextmanager
     def _read_only(self, action: str) -> Iterator[_PostgresRows]:
         """One REPEATABLE READ, read-only transaction on a pooled connection."""
-        self._check_open()
         with (
-            _postgres_errors(self._shown, action),
+            self._failing(action),
             self._pool.connection() as conn,
             conn.transaction(),
         ):
@@ -400,19 +439,22 @@ class PostgresStore:
     def get_versioned(self, table: str, key: str) -> tuple[bytes, int] | None:
         """The committed value and version of ``table``/``key``, or ``None``."""
         check_table(table)
-        with self._read_only(f"reading {table}/{key}") as rows:
-            return read_record(rows, self._cipher, table, key)
+        return self._read(
+            f"reading {table}/{key}", lambda rows: read_record(rows, self._cipher, table, key)
+        )
 
     def list_keys(self, table: str, prefix: str = "") -> list[str]:
         """The committed keys of ``table`` that start with ``prefix``, sorted by code point."""
         check_table(table)
-        with self._read_only(f"listing {table}") as rows:
-            return read_keys(rows, self._cipher, table, prefix)
+        return self._read(
+            f"listing {table}", lambda rows: read_keys(rows, self._cipher, table, prefix)
+        )
 
     def state(self) -> StoreState:
         """The committed state: its commit counter and a commitment to its digest."""
-        with self._read_only("reading the commit state") as rows:
-            committed = read_state(rows, self._cipher)
+        committed = self._read(
+            "reading the commit state", lambda rows: read_state(rows, self._cipher)
+        )
         return StoreState(committed.counter, self._cipher.state_keys.commitment(committed))
 
     @contextlib.contextmanager
@@ -435,7 +477,7 @@ class PostgresStore:
         self._local.in_transaction = True
         try:
             with (
-                _postgres_errors(self._shown, "a transaction"),
+                self._failing("a transaction"),
                 self._pool.connection() as conn,
                 conn.transaction(),
             ):

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from opencas import __version__
 from opencas.api.auth import caller_of
+from opencas.api.errors import error_response
 from opencas.api.metrics import ApiMetrics
 from opencas.service.cas import Cas
 
@@ -17,8 +18,8 @@ API_VERSION = 1
 NONCE_PATTERN = r"^(?:[0-9a-f]{2}){8,64}$"
 
 
-def health_router() -> APIRouter:
-    """``GET /healthz``, on every listener."""
+def health_router(cas: Cas) -> APIRouter:
+    """``GET /healthz`` and ``GET /readyz``, on every listener."""
     router = APIRouter()
 
     @router.get("/healthz")
@@ -26,11 +27,21 @@ def health_router() -> APIRouter:
         """Liveness: the process serves requests."""
         return {"status": "ok"}
 
+    # A plain function: the check reads the database, off the event loop.
+    @router.get("/readyz")
+    def readyz() -> Response:
+        """Readiness: this instance can answer from its store now; 503 ``not-ready`` if not."""
+        problem = cas.readiness_problem()
+        if problem is not None:
+            return error_response(503, "not-ready", problem)
+        return JSONResponse({"status": "ready"})
+
     return router
 
 
 def cas_router(cas: Cas, metrics: ApiMetrics) -> APIRouter:
-    """Version, attestation report, whoami and metrics (cheap: they run on the event loop)."""
+    """Version, attestation report, whoami and metrics (all but the report are cheap: they run
+    on the event loop)."""
     router = APIRouter()
 
     @router.get("/v1/version")
@@ -44,8 +55,9 @@ def cas_router(cas: Cas, metrics: ApiMetrics) -> APIRouter:
             "enclave_port": cas.config.enclave_listen.port,
         }
 
+    # A plain function: the report reads the store, which on PostgreSQL is a round trip.
     @router.get("/v1/attest")
-    async def attest(
+    def attest(
         nonce: Annotated[
             str,
             Query(
