@@ -8,6 +8,7 @@ import pytest
 
 from opencas.attestation.report import CasExpectations
 from opencas.client import ApiError, ClientIdentity, new_nonce
+from opencas.errors import DatabaseUnavailable
 from opencas.testing import InProcessCas, stored_record_id
 
 
@@ -105,3 +106,26 @@ def test_metrics_count_requests_by_route_and_status(api: InProcessCas) -> None:
     assert 'route="/v1/attest",status="400"' in text
     assert 'route="<unmatched>",status="404"' in text
     assert "opencas_http_request_duration_seconds_bucket" in text
+
+
+def test_readyz_on_both_listeners(api: InProcessCas) -> None:
+    for listener in ("api", "enclave"):
+        ready = api.send("GET", "/readyz", listener=listener)
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ready"}
+
+
+def test_readyz_fails_while_the_store_cannot_answer(
+    api: InProcessCas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreachable() -> None:
+        raise DatabaseUnavailable("database cas@db:5432/cas: reading the commit state failed")
+
+    monkeypatch.setattr(api.cas.store, "state", unreachable)
+    for listener in ("api", "enclave"):
+        answer = api.send("GET", "/readyz", listener=listener)
+        assert answer.status_code == 503
+        assert answer.json()["error"] == "not-ready"
+        assert "reading the commit state failed" in answer.json()["message"]
+        # Liveness is another question: the process still serves.
+        assert api.send("GET", "/healthz", listener=listener).status_code == 200
