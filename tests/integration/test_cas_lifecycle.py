@@ -41,6 +41,7 @@ def test_restart_keeps_instance_and_key(cas_process: CasProcess) -> None:
         f"{cas_process.url}/v1/attest", params={"nonce": "00" * 16}, verify=False
     ).json()["report"]
     assert after["instance_id"] == before["instance_id"]
+    assert after["cluster_id"] == before["cluster_id"]
     assert after["cas_key_hash"] == before["cas_key_hash"]
     assert after["tls_key_hash"] == before["tls_key_hash"]
 

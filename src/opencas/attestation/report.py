@@ -129,6 +129,9 @@ class CasReport(BaseModel):
     version: Annotated[int, AfterValidator(_version_one)]
     cas_version: Annotated[str, Field(min_length=1, max_length=64)]
     instance_id: Annotated[str, Field(min_length=1, max_length=128)]
+    cluster_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    """The CAS's own id, which every instance of it reports; absent from the reports of CAS
+    versions before it, whose ``instance_id`` is that id (:func:`cluster_of`)."""
     time: _Time
     nonce: Annotated[_Hex, Field(max_length=128)]
     cas_key_hash: _Hash
@@ -175,9 +178,24 @@ def report_time(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def report_json(report: CasReport) -> dict[str, object]:
+    """The report as JSON, as the CAS sends it: without ``cluster_id`` when it has none (a
+    report of a CAS version before it), so that such a report hashes as its CAS hashed it."""
+    shown = report.model_dump(mode="json")
+    if shown["cluster_id"] is None:
+        del shown["cluster_id"]
+    return shown
+
+
 def report_data(report: CasReport) -> bytes:
     """The 64 bytes the evidence must bind: SHA-512 over the report's canonical JSON."""
-    return canonical_sha512(report.model_dump(mode="json"))
+    return canonical_sha512(report_json(report))
+
+
+def cluster_of(report: CasReport) -> str:
+    """The id of the CAS (every instance of it) that made ``report``: its ``cluster_id``, or
+    for a CAS version before cluster ids its ``instance_id``, which was that id."""
+    return report.cluster_id if report.cluster_id is not None else report.instance_id
 
 
 @dataclass(frozen=True)

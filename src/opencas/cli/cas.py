@@ -223,7 +223,8 @@ def _announce(cas: Cas, injected: bool) -> None:
     log.info("CAS key hash: %s", cas.identity.cas_key_hash)
     log.info("software measurement: %s", cas.platform.measurement)
     log.info(
-        "instance id: %s, platform: %s, mode: %s",
+        "CAS id: %s, instance id: %s, platform: %s, mode: %s",
+        cas.identity.cluster_id,
         cas.identity.instance_id,
         cas.platform.kind,
         cas.mode,

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from opencas import __version__
-from opencas.attestation.report import CasExpectations
+from opencas.attestation.report import CasExpectations, cluster_of
 from opencas.cli.audit_commands import audit_group
 from opencas.cli.casctl_common import F, identity_from, identity_option, reports_errors
 from opencas.cli.collateral_commands import collateral_group
@@ -278,6 +278,7 @@ def _verified_facts(attested: Attested) -> dict[str, Any]:
         "url": attested.url,
         "alias": attested.name,
         "default": attested.is_default,
+        "cluster_id": cluster_of(report),
         "instance_id": report.instance_id,
         "cas_version": report.cas_version,
         "platform": report.platform,
@@ -357,6 +358,7 @@ def _print_facts(facts: dict[str, Any]) -> None:
         f"  database key:      {injected}",
         f"  owner:             {owner}",
         f"  recovery:          {_recovery_line(facts)}",
+        f"  CAS id:            {facts['cluster_id']}",
         f"  instance:          {facts['instance_id']} (CAS {facts['cas_version']})",
     ]
     click.echo("\n".join(lines))
@@ -378,7 +380,8 @@ def cas_list() -> None:
     for name in sorted(state.cas):
         pinned = state.cas[name]
         marker = "*" if name == state.default else " "
-        click.echo(f"{marker} {name}\t{pinned.url}\t{pinned.cas_key_hash}\t{pinned.mode}")
+        seen = f"{len(pinned.instances)} instance{'s' if len(pinned.instances) != 1 else ''} seen"
+        click.echo(f"{marker} {name}\t{pinned.url}\t{pinned.cas_key_hash}\t{pinned.mode}\t{seen}")
 
 
 @cas_group.command("show")
@@ -396,7 +399,15 @@ def cas_show(name: str | None, as_json: bool) -> None:
     for key, value in facts.items():
         if key == "ca_certificate_pem":
             continue
-        click.echo(f"{key}: {str(value).lower() if isinstance(value, bool) else value}")
+        click.echo(f"{key}: {_shown(value)}")
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value)
+    return str(value)
 
 
 @cas_group.command("set-default")

@@ -5,33 +5,37 @@ Pure decision over what casctl remembered and what the CAS reports now.
 
 from __future__ import annotations
 
-from opencas.attestation.report import CasReport
+from opencas.attestation.report import CasReport, cluster_of
 from opencas.client.state import PinnedCas
 from opencas.errors import AttestationRefused
 
 
 class FreshnessError(AttestationRefused, code="freshness"):
-    """The CAS is another instance than the one pinned, or its audit sequence or store commit
+    """The CAS is another CAS than the one pinned, or its audit sequence or store commit
     counter went back."""
 
 
 def check_freshness(
     pinned: PinnedCas | None, report: CasReport, *, accept_new_instance: bool
 ) -> None:
-    """Refuse a CAS that replaced, or rolled back, the one remembered as ``pinned``."""
+    """Refuse a CAS that replaced, or rolled back, the one remembered as ``pinned``.
+
+    Every instance of one CAS is that CAS: the pin is its cluster id and CAS key hash, and the
+    audit sequence and commit counter are the cluster's, so another instance of it passes and
+    one whose state is behind what any instance showed does not.
+    """
     if pinned is None:
         return
-    replaced = (
-        pinned.instance_id != report.instance_id or pinned.cas_key_hash != report.cas_key_hash
-    )
+    cluster = cluster_of(report)
+    replaced = pinned.cluster != cluster or pinned.cas_key_hash != report.cas_key_hash
     if replaced and accept_new_instance:
         return
     if replaced:
         raise FreshnessError(
             "freshness",
-            "this CAS is not the one you attested before: it was instance "
-            f"{pinned.instance_id} with CAS key hash {pinned.cas_key_hash}, now it is instance "
-            f"{report.instance_id} with CAS key hash {report.cas_key_hash}. If the CAS was "
+            "this CAS is not the one you attested before: it was CAS "
+            f"{pinned.cluster} with CAS key hash {pinned.cas_key_hash}, now it is CAS "
+            f"{cluster} with CAS key hash {report.cas_key_hash}. If the CAS was "
             "replaced on purpose, attest again with --accept-new-instance",
         )
     if report.audit.seq < pinned.audit_seq:

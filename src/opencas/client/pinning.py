@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from opencas.attestation.report import CasExpectations, VerifiedCas
+from opencas.attestation.report import CasExpectations, VerifiedCas, cluster_of
 from opencas.attestation.verifier import NO_COLLATERAL, CollateralSource
 from opencas.client.cas_client import CasClient
 from opencas.client.channel import ApiError, MalformedAnswer
@@ -22,6 +22,7 @@ from opencas.client.freshness import check_freshness
 from opencas.client.identity import ClientIdentity
 from opencas.client.state import (
     ALIAS_PATTERN,
+    MAX_INSTANCES_REMEMBERED,
     CasctlState,
     PinnedCas,
     casctl_home,
@@ -178,8 +179,11 @@ def _remember(
 ) -> None:
     report = verified.report
     previous = state.cas.get(name)
-    same_instance = previous is not None and previous.instance_id == report.instance_id
-    known = previous if previous is not None and same_instance else None
+    cluster = cluster_of(report)
+    same_cas = previous is not None and previous.cluster == cluster
+    known = previous if previous is not None and same_cas else None
+    instances = [seen for seen in (known.instances if known else []) if seen != report.instance_id]
+    instances = [*instances, report.instance_id][-MAX_INSTANCES_REMEMBERED:]
     seen = max(report.audit.seq, known.audit_seq if known else 0)
     counter = max(report.state.counter, known.state_counter if known else 0)
     state.cas[name] = PinnedCas(
@@ -187,6 +191,8 @@ def _remember(
         cas_key_hash=report.cas_key_hash,
         ca_certificate_pem=verified.ca_certificate_pem.decode("ascii"),
         instance_id=report.instance_id,
+        cluster_id=cluster,
+        instances=instances,
         audit_seq=seen,
         state_counter=counter,
         software_measurement=report.software_measurement,

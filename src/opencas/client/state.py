@@ -35,6 +35,13 @@ class PinnedCas(BaseModel):
     cas_key_hash: str
     ca_certificate_pem: str
     instance_id: str
+    """The instance last attested (in state files written before clusters: the CAS's id)."""
+    #: The CAS's id, shared by its instances; None in state files written before clusters,
+    #: where ``instance_id`` holds it (:meth:`cluster`).
+    cluster_id: str | None = None
+    #: The instances of this CAS attested so far, the latest last (at most
+    #: :data:`MAX_INSTANCES_REMEMBERED`).
+    instances: list[str] = Field(default_factory=list, max_length=64)
     audit_seq: int = Field(ge=0)
     #: The highest store commit counter seen; optional so that older state files still load.
     state_counter: int = Field(default=0, ge=0)
@@ -45,6 +52,15 @@ class PinnedCas(BaseModel):
     #: The port of its enclave API (``GET /v1/version``), None if the CAS did not say; optional
     #: so that state files written before it existed still load.
     enclave_port: int | None = Field(default=None, ge=1, le=65535)
+
+    @property
+    def cluster(self) -> str:
+        """The id of the CAS pinned, whichever of its instances was attested."""
+        return self.cluster_id if self.cluster_id is not None else self.instance_id
+
+
+#: How many instances of one CAS casctl remembers having attested.
+MAX_INSTANCES_REMEMBERED = 64
 
 
 class CasctlState(BaseModel):

@@ -25,6 +25,7 @@ from opencas.attestation.report import (
     RecoveryClaim,
     StoreStateClaim,
     report_data,
+    report_json,
 )
 from opencas.attestation.verifier import NO_COLLATERAL, CollateralSource
 from opencas.audit.chain import Head
@@ -47,6 +48,7 @@ from opencas.service.cas_records import (
 from opencas.service.identity import (
     CasIdentity,
     load_identity,
+    local_instance_id,
     mark_db_key_injected,
     populate_new_identity,
     reshape_tls,
@@ -115,7 +117,9 @@ class Cas:
 
         The TLS server registers a listener so that new connections present the new certificate.
         """
-        self.identity = load_identity(self.store, self.config.hostnames, reissue=False)
+        self.identity = load_identity(
+            self.store, self.config.hostnames, self.identity.instance_id, reissue=False
+        )
         for listener in self.identity_listeners:
             listener(self.identity)
 
@@ -180,6 +184,7 @@ class Cas:
             version=REPORT_VERSION,
             cas_version=__version__,
             instance_id=self.identity.instance_id,
+            cluster_id=self.identity.cluster_id,
             time=utc_now_text(),
             nonce=nonce,
             cas_key_hash=self.identity.cas_key_hash,
@@ -203,7 +208,7 @@ class Cas:
         report = self.report(nonce)
         evidence = self.platform.evidence(report_data(report))
         return {
-            "report": report.model_dump(mode="json"),
+            "report": report_json(report),
             "evidence": evidence.to_json(),
             "certificate_chain": [
                 self.identity.tls_certificate_pem.decode("ascii"),
@@ -217,6 +222,7 @@ class Cas:
         return {
             "cas_key_hash": self.identity.cas_key_hash,
             "software_measurement": self.platform.measurement,
+            "cluster_id": self.identity.cluster_id,
             "instance_id": self.identity.instance_id,
             "platform": self.platform.kind,
             "mode": self.mode,
@@ -271,7 +277,7 @@ def open_cas(config: AvailabilityConfig, injected_dmk: bytes | None = None) -> C
         store, created, dmk = _open_or_create_store(database, platform, config, injected_dmk)
         _log_damaged_records(store)
         try:
-            identity = load_identity(store, config.hostnames)
+            identity = load_identity(store, config.hostnames, local_instance_id(database))
             cas = Cas(config, store, platform, identity, lock, created, database_key=dmk)
             cas.collateral = CasCollateral(config.collateral, cas.owner_dcap)
             cas.audit = open_audit_log(store, identity, config.audit_log_path, cas.attest)
@@ -306,7 +312,9 @@ def inspect_cas(config: AvailabilityConfig) -> Cas:
     contents = load_key_store(key_store_path(database), platform.unseal)
     store = _open_store(config, contents.dmk)
     try:
-        identity = load_identity(store, config.hostnames, reissue=False)
+        identity = load_identity(
+            store, config.hostnames, local_instance_id(database), reissue=False
+        )
     except BaseException:
         store.close()
         raise

@@ -8,11 +8,13 @@ through :mod:`opencas.service.cas_records`.
 
 from __future__ import annotations
 
+import os
 import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -23,6 +25,7 @@ from opencas.crypto.canonical import canonical_sha256
 from opencas.crypto.keys import generate_ecdsa_key, key_hash
 from opencas.crypto.pem import certificate_pem, private_key_pem
 from opencas.crypto.x509 import create_ca_certificate, issue_tls_certificate
+from opencas.errors import KeyStoreError
 from opencas.service.cas_records import (
     IdentityRecord,
     StateRecord,
@@ -43,8 +46,13 @@ TLS_RENEW_BEFORE = timedelta(days=30)
 
 @dataclass(frozen=True)
 class CasIdentity:
-    """The loaded identity: keys as objects, certificates parsed once."""
+    """The loaded identity: keys as objects, certificates parsed once.
 
+    ``cluster_id`` names the CAS, whichever instance serves it (made at its first start, kept
+    in the store); ``instance_id`` names this instance (kept beside its key store).
+    """
+
+    cluster_id: str
     instance_id: str
     cas_key: ec.EllipticCurvePrivateKey
     ca_certificate: x509.Certificate
@@ -88,10 +96,10 @@ def populate_new_identity(
 ) -> None:
     """Write every record a brand-new CAS needs, inside the creating transaction."""
     cas_key = generate_ecdsa_key("P-384")
-    instance_id = str(uuid.uuid4())
+    cluster_id = str(uuid.uuid4())
     ca_certificate = create_ca_certificate(cas_key, f"OpenCAS {key_hash(cas_key)[:16]}")
     identity = IdentityRecord(
-        instance_id=instance_id,
+        instance_id=cluster_id,
         created_at=utc_now_text(),
         cas_key_pem=private_key_pem(cas_key).decode("ascii"),
         ca_certificate_pem=certificate_pem(ca_certificate).decode("ascii"),
@@ -167,8 +175,11 @@ def reshape_tls(txn: Transaction, hostnames: tuple[str, ...]) -> bool:
     return True
 
 
-def load_identity(store: Store, hostnames: tuple[str, ...], *, reissue: bool = True) -> CasIdentity:
-    """Load the CAS identity; first reissue the TLS certificate if its shape changed.
+def load_identity(
+    store: Store, hostnames: tuple[str, ...], instance_id: str, *, reissue: bool = True
+) -> CasIdentity:
+    """Load the CAS identity of the instance ``instance_id``; first reissue the TLS certificate
+    if its shape changed.
 
     With ``reissue`` false nothing is written: the identity is loaded as stored.
     Raises :class:`RecordDamagedError` naming the record when a record is missing or damaged.
@@ -179,7 +190,9 @@ def load_identity(store: Store, hostnames: tuple[str, ...], *, reissue: bool = T
     identity = read_identity(store)
     tls = read_tls(store)
     return CasIdentity(
-        instance_id=identity.instance_id,
+        # The stored id predates clusters: it was made at the CAS's first start and names the CAS.
+        cluster_id=identity.instance_id,
+        instance_id=instance_id,
         cas_key=identity.load_cas_key(),
         ca_certificate=identity.load_ca_certificate(),
         tls_key=tls.load_tls_key(),
@@ -194,3 +207,35 @@ def mark_db_key_injected(store: Store) -> None:
         state = read_state(txn)
         if not state.db_key_injected:
             write_state(txn, state.model_copy(update={"db_key_injected": True}))
+
+
+def instance_id_path(database: Path) -> Path:
+    """Where an instance keeps its own id: ``<database>.instance-id``, beside its key store."""
+    return database.with_name(database.name + ".instance-id")
+
+
+def local_instance_id(database: Path) -> str:
+    """This instance's id: read from :func:`instance_id_path`, made (a UUID) on its first start.
+
+    The file is written whole or not at all (a new name, then a rename). Raises
+    :class:`KeyStoreError` when it cannot be read or written, or does not hold a UUID.
+    """
+    path = instance_id_path(database)
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        text = str(uuid.uuid4())
+        temporary = path.with_name(f"{path.name}.tmp-{secrets.token_hex(8)}")
+        try:
+            temporary.write_text(text + "\n", encoding="ascii")
+            os.replace(temporary, path)
+        except OSError as exc:
+            raise KeyStoreError(
+                f"cannot write the instance id {path}: {exc.strerror or exc}"
+            ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyStoreError(f"cannot read the instance id {path}: {exc}") from exc
+    try:
+        return str(uuid.UUID(text))
+    except ValueError as exc:
+        raise KeyStoreError(f"{path} does not hold an instance id (a UUID); remove it") from exc

@@ -26,6 +26,11 @@ def test_attest_verifies_in_process(api: InProcessCas) -> None:
     )
     assert verified.report.cas_key_hash == api.cas.identity.cas_key_hash
     assert verified.report.instance_id == api.cas.identity.instance_id
+    assert verified.report.cluster_id == api.cas.identity.cluster_id
+    # The CAS's id is in its store; this instance's id is beside its key store.
+    assert verified.report.cluster_id != verified.report.instance_id
+    instance_file = api.cas.config.database_path.with_name("cas.db.instance-id")
+    assert instance_file.read_text().strip() == verified.report.instance_id
 
 
 @pytest.mark.parametrize("nonce", ["", "xyz", "0f", "0F" * 16, "0" * 17, "00" * 65])

@@ -23,7 +23,9 @@ from opencas.attestation.report import (
     CasExpectations,
     CasReport,
     check_cas_policy,
+    cluster_of,
     report_data,
+    report_json,
     report_time,
     verify_cas_attestation,
 )
@@ -99,6 +101,7 @@ class Bundle:
             "version": 1,
             "cas_version": "0.1.0",
             "instance_id": "3f0c9a8e-5d3b-4c1e-9d7a-0b1c2d3e4f50",
+            "cluster_id": "9a0b1c2d-0000-4000-8000-000000000001",
             "time": "2026-11-29T14:00:00Z",
             "nonce": NONCE,
             "cas_key_hash": key_hash(self.ca_key),
@@ -220,12 +223,24 @@ def test_report_data_is_sha512_of_canonical_json(bundle: Bundle) -> None:
     assert report_data(CasReport.model_validate(report)) == expected
 
 
+def test_a_report_of_a_cas_before_cluster_ids_still_binds(bundle: Bundle) -> None:
+    # Reports of CAS versions before cluster ids have no such member; they hash without it,
+    # and name the CAS by their instance id.
+    old = {name: value for name, value in bundle.report().items() if name != "cluster_id"}
+    parsed = CasReport.model_validate(old)
+    assert report_data(parsed) == hashlib.sha512(canonical_json(old)).digest()
+    assert report_json(parsed) == old
+    assert cluster_of(parsed) == old["instance_id"]
+    assert cluster_of(CasReport.model_validate(bundle.report())) == bundle.report()["cluster_id"]
+
+
 # One different but well-formed value per field. A changed value that the model refuses
 # (version, provisioned) fails as "format", which is as good as "binding": both refuse.
 CHANGED_VALUES: dict[str, Any] = {
     "version": 2,
     "cas_version": "0.1.1",
     "instance_id": "another-instance",
+    "cluster_id": "another-cluster",
     "time": "2026-11-29T14:00:01Z",
     "nonce": "ff" * 16,
     "cas_key_hash": "d4" * 32,

@@ -80,3 +80,46 @@ def test_store_counter_that_went_back_is_refused_like_the_audit_sequence(
     check_freshness(
         pinned, report(state={"counter": 10, "digest": "ee" * 32}), accept_new_instance=False
     )
+
+
+def test_another_instance_of_the_pinned_cas_is_the_same_cas(pinned_cas: Pin) -> None:
+    pinned = pinned_cas(instance_id="instance-1", cluster_id="cas-1", audit_seq=5, state_counter=9)
+    check_freshness(
+        pinned, report(instance_id="instance-2", cluster_id="cas-1"), accept_new_instance=False
+    )
+    # Its state is the cluster's: behind what another instance showed is going back.
+    with pytest.raises(FreshnessError, match="commit counter is 8"):
+        check_freshness(
+            pinned,
+            report(
+                instance_id="instance-2",
+                cluster_id="cas-1",
+                state={"counter": 8, "digest": "dd" * 32},
+            ),
+            accept_new_instance=False,
+        )
+
+
+def test_another_cas_is_refused_though_its_instance_id_is_the_pinned_one(
+    pinned_cas: Pin,
+) -> None:
+    pinned = pinned_cas(instance_id="instance-1", cluster_id="cas-1")
+    with pytest.raises(FreshnessError, match=r"it was CAS cas-1 .* now it is CAS cas-2"):
+        check_freshness(
+            pinned, report(instance_id="instance-1", cluster_id="cas-2"), accept_new_instance=False
+        )
+
+
+def test_a_pin_from_before_cluster_ids_names_the_cas_by_its_instance_id(pinned: PinnedCas) -> None:
+    # State files written before cluster ids kept the CAS's id as instance_id; the CAS now
+    # reports that id as cluster_id and an instance id of its own.
+    assert pinned.cluster_id is None
+    check_freshness(
+        pinned,
+        report(instance_id="new-instance", cluster_id="instance-1"),
+        accept_new_instance=False,
+    )
+    with pytest.raises(FreshnessError):
+        check_freshness(
+            pinned, report(instance_id="instance-1", cluster_id="other"), accept_new_instance=False
+        )
