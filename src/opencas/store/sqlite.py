@@ -44,8 +44,6 @@ from opencas.store.records import (
     check_key,
     check_records,
     check_table,
-    read_keys,
-    read_record,
     read_state,
 )
 
@@ -510,14 +508,16 @@ class SqliteStore:
         Raises :class:`RecordDamagedError` when the stored value does not authenticate.
         """
         check_table(table)
-        with self._reader() as conn:
-            return read_record(_SqliteRows(conn, self._path), self._cipher, table, key)
+        # The row and its index entry are two SELECTs: one snapshot for both, or a commit
+        # between them would look like a rolled-back record.
+        with self.snapshot() as reader:
+            return reader.get_versioned(table, key)
 
     def list_keys(self, table: str, prefix: str = "") -> list[str]:
         """The committed keys of ``table`` that start with ``prefix``, sorted by code point."""
         check_table(table)
-        with self._reader() as conn:
-            return read_keys(_SqliteRows(conn, self._path), self._cipher, table, prefix)
+        with self.snapshot() as reader:
+            return reader.list_keys(table, prefix)
 
     def state(self) -> StoreState:
         """The committed state: its commit counter and a commitment to its digest."""
