@@ -23,12 +23,12 @@ import binascii
 import hmac
 import secrets
 import string
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import Final
+from typing import Final, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -350,15 +350,10 @@ def check_import(
     declared = importer.secrets[index].kind if index is not None else None
     if declared is not None and declared != exported.kind:
         raise refuse(f"it is declared as {declared} and the exported secret is {exported.kind}")
-    pinned_elsewhere = False
-    for rule in exported.export:
-        if rule.session == importer.name:
-            if rule.session_hash is None or same_hash(importer_hash, rule.session_hash):
-                return
-            pinned_elsewhere = True
-        elif rule.namespace is not None and in_namespace(importer.name, rule.namespace):
-            return
-    if pinned_elsewhere:
+    match = match_export(exported.export, importer.name, importer_hash)
+    if match == "allowed":
+        return
+    if match == "other-hash":
         raise refuse(
             f"the secret is exported to session {importer.name!r} only at session hash "
             f"{_pins(exported, importer.name)}, and this version's hash is {importer_hash}"
@@ -376,10 +371,37 @@ def unpinned_export_targets(exporter: Session) -> frozenset[str]:
         target
         for secret in exporter.secrets
         for rule in secret.export
-        if rule.session_hash is None
-        for target in (rule.session or rule.namespace,)
-        if target is not None and target != exporter.name
+        if (target := unpinned_target(exporter.name, rule)) is not None
     )
+
+
+def unpinned_target(exporter_name: str, rule: ExportRule) -> str | None:
+    """The session or namespace ``rule`` names without a hash pin; None when it is pinned or
+    names the exporter itself."""
+    target = rule.session or rule.namespace
+    if rule.session_hash is not None or target is None or target == exporter_name:
+        return None
+    return target
+
+
+ExportMatch = Literal["allowed", "other-hash", "not-exported"]
+
+
+def match_export(
+    rules: Iterable[ExportRule], importer_name: str, importer_hash: str | None
+) -> ExportMatch:
+    """Whether ``rules`` give ``importer_name`` at ``importer_hash`` (None: none yet) the item:
+    ``allowed``; ``other-hash`` when a rule names the session but pins another hash; else
+    ``not-exported``."""
+    pinned_elsewhere = False
+    for rule in rules:
+        if rule.session == importer_name:
+            if rule.session_hash is None or same_hash(importer_hash, rule.session_hash):
+                return "allowed"
+            pinned_elsewhere = True
+        elif rule.namespace is not None and in_namespace(importer_name, rule.namespace):
+            return "allowed"
+    return "other-hash" if pinned_elsewhere else "not-exported"
 
 
 def check_exports_claimed(
@@ -397,10 +419,8 @@ def check_exports_claimed(
     problems: list[Problem] = []
     for secret in exporter.secrets:
         for rule in secret.export:
-            target = rule.session or rule.namespace
-            if rule.session_hash is not None or target is None or target == exporter.name:
-                continue
-            if target in existing:
+            target = unpinned_target(exporter.name, rule)
+            if target is None or target in existing:
                 continue
             problems.append(_unclaimed_export(exporter, secret.name, rule, target, text))
     if problems:

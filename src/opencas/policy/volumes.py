@@ -14,7 +14,7 @@ from collections.abc import Set as AbstractSet
 from opencas.policy.errors import SessionError
 from opencas.policy.model import ExportRule, Session, VolumeImport
 from opencas.policy.parse import export_place
-from opencas.policy.secret_values import in_namespace, same_hash
+from opencas.policy.secret_values import match_export, same_hash, unpinned_target
 from opencas.sources.problems import Problem, in_text_order
 
 
@@ -59,15 +59,10 @@ def check_volume_import(
             f"that volume is itself imported from session {exported.import_.session!r}; "
             "import it from there"
         )
-    pinned_elsewhere = False
-    for rule in exported.export:
-        if rule.session == importer.name:
-            if rule.session_hash is None or same_hash(importer_hash, rule.session_hash):
-                return
-            pinned_elsewhere = True
-        elif rule.namespace is not None and in_namespace(importer.name, rule.namespace):
-            return
-    if pinned_elsewhere:
+    match = match_export(exported.export, importer.name, importer_hash)
+    if match == "allowed":
+        return
+    if match == "other-hash":
         raise refuse(
             f"the volume is exported to session {importer.name!r} only at another session hash "
             f"than this version's {importer_hash}"
@@ -82,9 +77,7 @@ def unpinned_volume_export_targets(exporter: Session) -> frozenset[str]:
         target
         for volume in exporter.volumes
         for rule in volume.export
-        if rule.session_hash is None
-        for target in (rule.session or rule.namespace,)
-        if target is not None and target != exporter.name
+        if (target := unpinned_target(exporter.name, rule)) is not None
     )
 
 
@@ -97,10 +90,8 @@ def check_volume_exports_claimed(
     problems: list[Problem] = []
     for index, volume in enumerate(exporter.volumes):
         for rule in volume.export:
-            target = rule.session or rule.namespace
-            if rule.session_hash is not None or target is None or target == exporter.name:
-                continue
-            if target not in existing:
+            target = unpinned_target(exporter.name, rule)
+            if target is not None and target not in existing:
                 problems.append(_unclaimed(index, volume.name, rule, target, text))
     if problems:
         raise SessionError(in_text_order(problems))
