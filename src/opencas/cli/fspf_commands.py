@@ -77,7 +77,12 @@ def add_command(
     if destination is not None and source is None:
         raise click.UsageError("--to goes with --from")
     added = add_region(file, region, protection, source, destination)
-    click.echo(f"region {region} is {protection}; {added} files added")
+    if source is None:
+        # Declaring a region alone is allowed (its files may come later), but a user who
+        # expected files to be recorded should hear why none were.
+        click.echo(f"region {region} is {protection}; no files added (--from SRC_DIR adds them)")
+    else:
+        click.echo(f"region {region} is {protection}; {added} files added from {source}")
 
 
 @fspf_group.command("encrypt")
