@@ -1,0 +1,229 @@
+"""Whether another CAS (a *peer*) may receive this CAS's database key, and whether a key offered
+by a peer may be trusted.
+
+A peer CAS is any CAS that asks for the key: a new instance joining the cluster, a backup CAS, or
+an upgraded build taking over. All of them must pass one rule, :func:`admit_peer`, over the
+peer's *verified* evidence (the verifier already checked signatures and collateral), this CAS's
+own :class:`SoftwareIdentity` and the upgrades the owner registered:
+
+1. ``platform``: the same TEE type as this CAS (a simulated CAS hands its key only to simulated
+   peers, an SGX one only to SGX enclaves);
+2. ``debug``: a debug TEE (readable by its host) only when this CAS is in debug mode itself;
+3. ``tcb``: the peer's TCB status is known and not worse than this CAS's: every finding it has
+   (outdated TCB, configuration or hardening needed) this CAS has too, and so every advisory;
+4. ``software``: the same measurement as this CAS, or a registered upgrade;
+5. ``security-version``: on SGX, an upgrade is signed by the same signer for the same product
+   with an equal or higher ISV SVN (an upgrade never goes down).
+
+:func:`check_key_source` is the other direction: a CAS that receives a key checks the peer that
+sealed it, so that a key (and a database) made by anyone else is never served under this build's
+measurement. It is the same rule without the upgrades: same platform, no debug giver to a
+production CAS, and the same measurement, or on SGX the same signer and product (the giver may be
+an older build of the family this one upgrades).
+
+Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from opencas.attestation.evidence import VerifiedEvidence
+from opencas.attestation.workload_policy import SGX_PLATFORMS, TCB_TOLERATIONS
+
+PeerCheck = Literal["platform", "debug", "tcb", "software", "security-version"]
+AdmissionBasis = Literal["same-software", "registered-upgrade", "same-family"]
+
+
+@dataclass(frozen=True)
+class SoftwareIdentity:
+    """What one CAS build on one platform is, as its own verified evidence shows it."""
+
+    platform: str
+    measurement: str
+    debug: bool
+    tcb_status: str
+    advisories: tuple[str, ...] = ()
+    mrsigner: str | None = None
+    isv_prod_id: int | None = None
+    isv_svn: int | None = None
+
+    @classmethod
+    def of(cls, verified: VerifiedEvidence) -> SoftwareIdentity:
+        """The identity that ``verified`` (a CAS's own evidence, verified) shows."""
+        return cls(
+            platform=verified.platform,
+            measurement=verified.measurement,
+            debug=verified.debug,
+            tcb_status=verified.tcb_status,
+            advisories=tuple(verified.advisories),
+            mrsigner=verified.mrsigner,
+            isv_prod_id=verified.isv_prod_id,
+            isv_svn=verified.isv_svn,
+        )
+
+
+@dataclass(frozen=True)
+class RegisteredUpgrade:
+    """A build the owner registered as an upgrade of this CAS.
+
+    Either one ``measurement`` (any platform), or on SGX a signer form: ``mrsigner`` and
+    ``isv_prod_id`` with the lowest ``isv_svn`` accepted.
+    """
+
+    measurement: str | None = None
+    mrsigner: str | None = None
+    isv_prod_id: int | None = None
+    min_isv_svn: int | None = None
+
+    def __post_init__(self) -> None:
+        signer_form = (self.mrsigner, self.isv_prod_id, self.min_isv_svn)
+        has_signer = any(part is not None for part in signer_form)
+        if (self.measurement is None) == (not has_signer):
+            raise ValueError("an upgrade names either a measurement or a signer form, not both")
+        if has_signer and any(part is None for part in signer_form):
+            raise ValueError("an upgrade's signer form needs mrsigner, isv_prod_id and min_isv_svn")
+
+    def matches(self, peer: VerifiedEvidence) -> bool:
+        """Whether the build ``peer`` runs is this upgrade."""
+        if self.measurement is not None:
+            return peer.measurement == self.measurement
+        return (
+            peer.platform in SGX_PLATFORMS
+            and peer.mrsigner == self.mrsigner
+            and peer.isv_prod_id == self.isv_prod_id
+            and peer.isv_svn is not None
+            and self.min_isv_svn is not None
+            and peer.isv_svn >= self.min_isv_svn
+        )
+
+
+@dataclass(frozen=True)
+class PeerDecision:
+    """The outcome: admitted (with the ``basis``) or refused (with the failed ``check``); the
+    ``reason`` is one sentence for the log of both sides, naming what the peer showed."""
+
+    admitted: bool
+    reason: str
+    check: PeerCheck | None = None
+    basis: AdmissionBasis | None = None
+
+
+def _refuse(check: PeerCheck, reason: str) -> PeerDecision:
+    return PeerDecision(False, reason, check=check)
+
+
+def _platform_checks(peer: VerifiedEvidence, own: SoftwareIdentity) -> PeerDecision | None:
+    """Checks 1 and 2 of the module docstring; the refusal, or ``None`` when they pass."""
+    if peer.platform != own.platform:
+        return _refuse(
+            "platform",
+            f"the peer runs on platform '{peer.platform}', this CAS on '{own.platform}'",
+        )
+    if peer.debug and not own.debug:
+        return _refuse(
+            "debug",
+            "the peer runs in debug mode (its memory is readable from outside) and this CAS "
+            "runs in production mode",
+        )
+    return None
+
+
+def _common_checks(peer: VerifiedEvidence, own: SoftwareIdentity) -> PeerDecision | None:
+    """Checks 1 to 3 of the module docstring; the refusal, or ``None`` when they pass."""
+    refused = _platform_checks(peer, own)
+    if refused is not None:
+        return refused
+    findings = TCB_TOLERATIONS.get(peer.tcb_status)
+    if findings is None:
+        return _refuse("tcb", f"the peer's TCB status is '{peer.tcb_status}', never accepted")
+    own_findings = set(TCB_TOLERATIONS.get(own.tcb_status, ()))
+    worse = sorted(set(findings) - own_findings)
+    if worse:
+        return _refuse(
+            "tcb",
+            f"the peer's TCB status '{peer.tcb_status}' is worse than this CAS's "
+            f"'{own.tcb_status}' ({', '.join(worse)})",
+        )
+    extra = sorted(set(peer.advisories) - set(own.advisories))
+    if extra:
+        return _refuse(
+            "tcb",
+            f"the peer's platform has advisories this CAS's has not: {', '.join(extra[:5])}",
+        )
+    return None
+
+
+def _same_family(peer: VerifiedEvidence, own: SoftwareIdentity) -> bool:
+    return (
+        own.platform in SGX_PLATFORMS
+        and own.mrsigner is not None
+        and peer.mrsigner == own.mrsigner
+        and peer.isv_prod_id == own.isv_prod_id
+    )
+
+
+def admit_peer(
+    peer: VerifiedEvidence,
+    own: SoftwareIdentity,
+    upgrades: Sequence[RegisteredUpgrade] = (),
+) -> PeerDecision:
+    """Whether the peer whose verified evidence is ``peer`` may receive this CAS's key.
+
+    ``own`` is this CAS's identity, ``upgrades`` what the owner registered. The checks are the
+    module docstring's, in its order; the first that fails decides.
+    """
+    refused = _common_checks(peer, own)
+    if refused is not None:
+        return refused
+    if peer.measurement == own.measurement:
+        return PeerDecision(True, "the peer runs the same software", basis="same-software")
+    upgrade = next((each for each in upgrades if each.matches(peer)), None)
+    if upgrade is None:
+        return _refuse(
+            "software",
+            f"the peer runs software with measurement {peer.measurement}, this CAS "
+            f"{own.measurement}, and no registered upgrade names it",
+        )
+    if own.platform in SGX_PLATFORMS and own.mrsigner is not None:
+        if not _same_family(peer, own):
+            return _refuse(
+                "software",
+                f"the registered upgrade {peer.measurement} is signed by {peer.mrsigner} for "
+                f"product {peer.isv_prod_id}, this CAS by {own.mrsigner} for product "
+                f"{own.isv_prod_id}",
+            )
+        if (peer.isv_svn or 0) < (own.isv_svn or 0):
+            return _refuse(
+                "security-version",
+                f"the peer's security version {peer.isv_svn} is below this CAS's {own.isv_svn}",
+            )
+    return PeerDecision(
+        True, f"the peer runs the registered upgrade {peer.measurement}", basis="registered-upgrade"
+    )
+
+
+def check_key_source(giver: VerifiedEvidence, own: SoftwareIdentity) -> PeerDecision:
+    """Whether a key sealed by the peer whose verified evidence is ``giver`` may be used here.
+
+    Admitted when the giver passes checks 1 and 2 and runs this build, or (on SGX) a build of
+    the same signer and product, at any security version.
+    """
+    refused = _platform_checks(giver, own)
+    if refused is not None:
+        return refused
+    if giver.measurement == own.measurement:
+        return PeerDecision(True, "the key was sealed by the same software", basis="same-software")
+    if _same_family(giver, own):
+        return PeerDecision(
+            True,
+            f"the key was sealed by {giver.measurement} of this CAS's signer and product",
+            basis="same-family",
+        )
+    return _refuse(
+        "software",
+        f"the key was sealed by software with measurement {giver.measurement}, not by this "
+        f"CAS's {own.measurement}",
+    )
