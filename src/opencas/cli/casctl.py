@@ -35,6 +35,7 @@ from opencas.collateral.given import command_line_source
 from opencas.config.owner import load_owner_config, owner_config_sha256
 from opencas.config.owner_identity import load_owner_certificate
 from opencas.crypto.keys import is_valid_key_hash
+from opencas.crypto.scone_keys import to_scone_key_hash
 from opencas.errors import ConflictError
 
 
@@ -432,13 +433,17 @@ def self_group() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @reports_errors
 def self_showidentity_from(as_json: bool) -> None:
-    """Print this client's key hash and certificate (created on first use)."""
+    """Print this client's key hash (also as SCONE writes it) and certificate (created on
+    first use)."""
     identity = ClientIdentity.load_or_create(casctl_home())
     pem = identity.certificate_pem.decode("ascii")
+    scone = to_scone_key_hash(identity.key_hash)
     if as_json:
-        click.echo(json.dumps({"key_hash": identity.key_hash, "certificate": pem}, indent=2))
+        shown = {"key_hash": identity.key_hash, "scone_key_hash": scone, "certificate": pem}
+        click.echo(json.dumps(shown, indent=2))
         return
     click.echo(f"key hash: {identity.key_hash}")
+    click.echo(f"key hash as SCONE writes it: {scone}")
     click.echo(pem, nl=False)
 
 

@@ -48,6 +48,7 @@ from opencas.crypto.pem import (
     load_private_key_pem,
     load_public_key_pem,
 )
+from opencas.crypto.scone_keys import looks_like_base58check, scone_key_hash, scone_signer_key_hash
 from opencas.crypto.x509 import canonical_san_entry, certificate_key_hash
 from opencas.policy.errors import SessionError
 from opencas.policy.model import (
@@ -1560,15 +1561,29 @@ class _Reader:
             except ValueError as error:
                 self.fail(path, f"not a usable certificate or public key: {error}")
                 return None
-        candidate = text.strip().lower()
+        return self.key_hash_text(path, text.strip())
+
+    def key_hash_text(self, path: KeyPath, text: str) -> str | None:
+        """A key hash written as 64 hex digits (either case) or as SCONE writes one, or a SCONE
+        signer key, as our key hash (64 lowercase hex)."""
+        candidate = text.lower()
         if len(candidate) == 64 and all(char in "0123456789abcdef" for char in candidate):
             return candidate
-        self.fail(
-            path,
-            "expected CREATOR, ANY, NONE, a PEM certificate or public key, or a key hash "
-            "(64 hexadecimal digits)",
-        )
-        return None
+        scone = scone_key_hash(text) or scone_signer_key_hash(text)
+        if scone is None and looks_like_base58check(text):
+            self.fail(
+                path,
+                "not a SCONE key hash (Base58Check of version 1 and 32 bytes) or SCONE signer "
+                "key (version 10, an Ed25519 key): its checksum or version does not match; "
+                "copy it again from 'scone self show-key-hash' or 'casctl self show-identity'",
+            )
+        elif scone is None:
+            self.fail(
+                path,
+                "expected CREATOR, ANY, NONE, a PEM certificate or public key, or a key hash "
+                "(64 hexadecimal digits, or SCONE's 50-character form)",
+            )
+        return scone
 
     def secret_identity(self, path: KeyPath, text: str) -> str | None:
         """The key hash of the certificate secret ``$$CAS::NAME$$`` (or ``.crt``, ``:crt``,

@@ -6,8 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from opencas.client.templates import fill_template
+from opencas.crypto.keys import key_hash
+from opencas.crypto.scone_keys import to_scone_key_hash
+from opencas.policy.access import can_read
+from opencas.policy.caller import Caller
 from opencas.policy.errors import SessionError
 from opencas.policy.hashing import session_hash
 from opencas.policy.parse import parse_session, read_session, session_from_normal_form
@@ -220,3 +225,62 @@ def test_every_corpus_file_parses() -> None:
         text = fill_template(path.read_text(), variables, str(path))
         session = parse_session(text, str(path), purpose="create")
         assert session_from_normal_form(session.normal_form()) == session
+
+
+# --- SCONE's key hashes in access policies ----------------------------------------------------
+
+SCONE_KEY_HASH = "3s1pm8W6Be6cxvAQRbRP5YXd9YuERAr7KswN97uGtoPkRW87x1"
+SCONE_KEY_HASH_HEX = "78f49e94c4e6c13d6519d4002e5f7329442370145e4bde47dbdc8adfd378a35a"
+SCONE_SIGNER = "LtLcbPVddnCkH36ZcRdgYsw4H8xDbYaFZfuefkDc25uq2qdjmM"
+SCONE_SIGNER_PEM = (
+    "-----BEGIN PUBLIC KEY-----\n"
+    "MCowBQYDK2VwAyEAOsufQ7RCOXueVLQBpk7Y44GAaj+LzPbmHfdr/TPdlrE=\n"
+    "-----END PUBLIC KEY-----\n"
+)
+
+
+def _policy(read: str, update: str) -> str:
+    return HEAD + f"access_policy:\n  read:\n{read}  update:\n{update}"
+
+
+def test_a_scone_key_hash_is_the_same_identity_as_its_hex_spelling() -> None:
+    scone = parse_session(
+        _policy(f"    - CREATOR\n    - {SCONE_KEY_HASH}\n", f"    - signer: {SCONE_SIGNER}\n")
+    )
+    pem = "\n".join("        " + line for line in SCONE_SIGNER_PEM.splitlines())
+    ours = parse_session(
+        _policy(
+            f"    - CREATOR\n    - {SCONE_KEY_HASH_HEX.upper()}\n",
+            f"    - signer: |\n{pem}\n",
+        )
+    )
+
+    # Same rules, same normal form, same hash: the spelling is not part of the session.
+    assert scone == ours
+    assert session_hash(scone) == session_hash(ours)
+    (_, key_rule) = scone.access_policy.read.rules  # type: ignore[union-attr]
+    assert key_rule.key_hash == SCONE_KEY_HASH_HEX  # type: ignore[union-attr]
+
+
+def test_a_scone_key_hash_decides_for_the_caller_with_that_key() -> None:
+    reader = key_hash(ec.generate_private_key(ec.SECP256R1()))
+    session = parse_session(HEAD + f"access_policy:\n  read: ['{to_scone_key_hash(reader)}']\n")
+
+    assert can_read(session, Caller(reader), creator="cd" * 32)
+    assert not can_read(session, Caller("ef" * 32), creator="cd" * 32)
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        (SCONE_KEY_HASH[:-1] + "2", "its checksum or version does not match"),
+        # A well-formed Base58Check text of another version (SCONE's CAS software key prefix is
+        # not a key hash): refused by version, not taken as something else.
+        ("1" + SCONE_KEY_HASH[1:-1], "checksum or version"),
+        ("not-a-hash", "or a key hash"),
+    ],
+)
+def test_a_malformed_scone_key_hash_is_refused_with_its_reason(written: str, expected: str) -> None:
+    found = problems(HEAD + f"access_policy:\n  read: ['{written}']\n")
+
+    assert any(expected in item for item in found), found
