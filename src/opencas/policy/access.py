@@ -18,7 +18,7 @@ import base64
 import binascii
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, TypeAlias
 
 from cryptography.exceptions import InvalidSignature
@@ -43,6 +43,7 @@ from opencas.policy.model import (
     CreatorRule,
     KeyRule,
     NoneRule,
+    SecretKeyRule,
     Session,
     SignerRule,
     check_hex64,
@@ -51,6 +52,12 @@ from opencas.sources.problems import Problem
 
 Signatures: TypeAlias = frozenset[str]
 """Key hashes whose detached signatures over the session hash verified."""
+
+SecretKeys: TypeAlias = Mapping[str, str]
+"""The key hash of each certificate secret of the session whose rule is decided, by secret
+name, as the CAS holds its values when it decides (for :class:`SecretKeyRule`)."""
+
+_NO_SECRET_KEYS: Final[SecretKeys] = {}
 
 SIGNATURE_DOMAIN: Final = b"opencas-session-signature/v1\0"
 """Prefix of every signed message, so that a session signature can never be replayed as a
@@ -75,39 +82,68 @@ def allows(
     caller: Caller,
     creator: str,
     signers: Signatures,
+    secret_keys: SecretKeys = _NO_SECRET_KEYS,
 ) -> bool:
     """Whether ``rule`` is satisfied for ``caller``.
 
     ``creator`` holds when the caller's key hash equals ``creator`` (the key hash of the
     session's creator); ``any`` always holds, anonymous callers included; ``none`` never holds;
     ``key`` holds when the caller's key hash equals the rule's; ``signer`` holds when the rule's
-    key hash is in ``signers``; ``all`` when every sub-rule holds; ``at-least N`` when at least
-    ``N`` distinct sub-rules hold (a rule listed twice counts once). Key hashes are compared in
-    constant time. An empty rule list or a count below 1 is never satisfied.
+    key hash is in ``signers``; ``secret-key`` when the caller's key hash is that of the
+    certificate secret in ``secret_keys`` (never, when it is not there); ``all`` when every
+    sub-rule holds; ``at-least N`` when at least ``N`` distinct sub-rules hold (a rule listed
+    twice counts once). Key hashes are compared in constant time. An empty rule list or a count
+    below 1 is never satisfied.
     """
-    if isinstance(rule, AllRule):
-        return bool(rule.rules) and all(
-            allows(item, caller=caller, creator=creator, signers=signers) for item in rule.rules
+
+    def holds(item: AccessRuleModel) -> bool:
+        return allows(
+            item, caller=caller, creator=creator, signers=signers, secret_keys=secret_keys
         )
+
+    if isinstance(rule, AllRule):
+        return bool(rule.rules) and all(holds(item) for item in rule.rules)
     if isinstance(rule, AtLeastRule):
         distinct: list[AccessRuleModel] = []
         for item in rule.rules:
             if item not in distinct:
                 distinct.append(item)
-        held = sum(
-            allows(item, caller=caller, creator=creator, signers=signers) for item in distinct
-        )
+        held = sum(holds(item) for item in distinct)
         return rule.count >= 1 and held >= rule.count
+    if isinstance(rule, SecretKeyRule):
+        return _same_key(caller.key_hash, secret_keys.get(rule.secret, ""))
     return _leaf_allows(rule, caller.key_hash, creator, signers)
 
 
-def can_read(session: Session, caller: Caller, creator: str) -> bool:
+def can_read(
+    session: Session,
+    caller: Caller,
+    creator: str,
+    secret_keys: SecretKeys = _NO_SECRET_KEYS,
+) -> bool:
     """Whether ``caller`` may read ``session`` (its text, hash and metadata).
 
     ``read`` is a flat any-of list (the model refuses signer rules and governance trees there),
-    so detached signatures play no part: it is decided with no signers.
+    so detached signatures play no part: it is decided with no signers. ``secret_keys`` are
+    those of ``session``'s certificate secrets.
     """
-    return allows(session.access_policy.read, caller=caller, creator=creator, signers=frozenset())
+    return allows(
+        session.access_policy.read,
+        caller=caller,
+        creator=creator,
+        signers=frozenset(),
+        secret_keys=secret_keys,
+    )
+
+
+def names_secret_keys(rule: AccessRuleModel) -> bool:
+    """Whether ``rule`` holds a ``secret-key`` rule anywhere: deciding it needs the session's
+    secret values (:data:`SecretKeys`)."""
+    if isinstance(rule, SecretKeyRule):
+        return True
+    if isinstance(rule, AllRule | AtLeastRule):
+        return any(names_secret_keys(item) for item in rule.rules)
+    return False
 
 
 @dataclass(frozen=True)
@@ -117,11 +153,13 @@ class Governance:
     ``rule`` is the namespace's ``create_sessions`` rule as it is now, ``namespace_creator`` the
     namespace session's creator (whom ``creator`` rules in ``rule`` mean), and
     ``creator_approved`` whether the signatures that admitted the creation bound its creator.
+    ``secret_keys`` are those of the namespace session's certificate secrets.
     """
 
     rule: AccessRuleModel
     namespace_creator: str
     creator_approved: bool
+    secret_keys: SecretKeys = field(default_factory=dict)
 
 
 def governs_creation(rule: AccessRuleModel) -> bool:
@@ -151,6 +189,7 @@ def can_update(
     creator: str,
     signers: Signatures,
     governance: Governance | None = None,
+    secret_keys: SecretKeys = _NO_SECRET_KEYS,
 ) -> bool:
     """Whether ``caller``, with the detached ``signers``, may replace ``session_before``.
 
@@ -160,7 +199,8 @@ def can_update(
     ``CREATOR`` (written so, or left out) is replaced by the same approval as its creation: the
     namespace's ``create_sessions`` rule, over the new hash. Any other ``update`` rule decides as
     written, its ``creator`` rules holding only for a creator the signatures bound
-    (:func:`acting_creator`).
+    (:func:`acting_creator`). ``secret_keys`` are those of ``session_before``'s certificate
+    secrets, as they are before the update.
     """
     rule = session_before.access_policy.update
     if governance is not None and rule == CreatorRule():
@@ -169,8 +209,15 @@ def can_update(
             caller=caller,
             creator=governance.namespace_creator,
             signers=signers,
+            secret_keys=governance.secret_keys,
         )
-    return allows(rule, caller=caller, creator=acting_creator(creator, governance), signers=signers)
+    return allows(
+        rule,
+        caller=caller,
+        creator=acting_creator(creator, governance),
+        signers=signers,
+        secret_keys=secret_keys,
+    )
 
 
 def can_create_in(
@@ -178,17 +225,20 @@ def can_create_in(
     caller: Caller,
     creator_of_parent: str,
     signers: Signatures,
+    secret_keys: SecretKeys = _NO_SECRET_KEYS,
 ) -> bool:
     """Whether ``caller``, with the detached ``signers``, may create a session under ``parent``.
 
     ``parent_session``'s ``create_sessions`` rule decides; ``creator`` rules in it mean the
-    creator of the parent session, not the caller who creates the child.
+    creator of the parent session, not the caller who creates the child, and ``secret_keys``
+    are the parent's.
     """
     return allows(
         parent_session.access_policy.create_sessions,
         caller=caller,
         creator=creator_of_parent,
         signers=signers,
+        secret_keys=secret_keys,
     )
 
 

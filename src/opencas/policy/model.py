@@ -854,6 +854,16 @@ class SignerRule(_Frozen):
     key_hash: Hex64
 
 
+class SecretKeyRule(_Frozen):
+    """Satisfied by a caller whose identity key is the key of the certificate that the CAS made
+    for the ``x509`` or ``x509-ca`` secret ``secret`` of this session, as it is when the rule
+    is decided (SCONE's ``$$SCONE::NAME$$`` in an access policy). A certificate given as
+    ``value`` is known from the text and becomes a :class:`KeyRule` instead."""
+
+    type: Literal["secret-key"] = "secret-key"
+    secret: SecretName
+
+
 class AllRule(_Frozen):
     """Satisfied when every one of ``rules`` is (``require-all``)."""
 
@@ -885,13 +895,13 @@ class AtLeastRule(_Frozen):
 
 
 AccessRule = Annotated[
-    CreatorRule | AnyRule | NoneRule | KeyRule | SignerRule | AllRule | AtLeastRule,
+    CreatorRule | AnyRule | NoneRule | KeyRule | SecretKeyRule | SignerRule | AllRule | AtLeastRule,
     Field(discriminator="type"),
 ]
 """One access rule; the ``type`` member says which."""
 
 AccessRuleModel: TypeAlias = (
-    CreatorRule | AnyRule | NoneRule | KeyRule | SignerRule | AllRule | AtLeastRule
+    CreatorRule | AnyRule | NoneRule | KeyRule | SecretKeyRule | SignerRule | AllRule | AtLeastRule
 )
 """The classes an :data:`AccessRule` may be (for ``isinstance`` and annotations)."""
 

@@ -71,6 +71,7 @@ from opencas.policy.model import (
     InjectionFile,
     KeyRule,
     NoneRule,
+    SecretKeyRule,
     SecretKind,
     SecretSpec,
     Security,
@@ -423,6 +424,8 @@ class _Reader:
         # What a certificate secret named in an access policy stands for (its key hash), or
         # why it cannot stand for an identity.
         self.secret_identities: dict[str, tuple[str | None, str]] = {}
+        # Certificate secrets of this session that the CAS generates: an identity once made.
+        self.generated_certificates: frozenset[str] = frozenset()
 
     # --- reporting --------------------------------------------------------------------------
 
@@ -589,6 +592,11 @@ class _Reader:
         services, service_paths = self.services(top.get("services"), kinds)
         images, image_paths = self.images(top.get("images"), kinds)
         self.secret_identities = _secret_identities(secrets)
+        self.generated_certificates = frozenset(
+            spec.name
+            for spec in secrets
+            if spec.kind in ("x509", "x509-ca") and spec.value is None and spec.import_ is None
+        )
         volumes = self.volumes(top.get("volumes"))
         access = self.access_policy(top.get("access_policy"))
         security = self.security(top.get("security"))
@@ -1547,8 +1555,24 @@ class _Reader:
             return AnyRule()
         if keyword == "NONE":
             return NoneRule()
+        if contains_placeholder(text):
+            return self.secret_rule(path, text.strip())
         hashed = self.identity(path, text)
         return None if hashed is None else KeyRule(key_hash=hashed)
+
+    def secret_rule(self, path: KeyPath, text: str) -> KeyRule | SecretKeyRule | None:
+        """The rule ``$$CAS::NAME$$`` stands for: the key of a certificate given as ``value``
+        (known now), or of one the CAS generates (known once it is made, so decided then)."""
+        name = self.secret_reference(path, text)
+        if name is None:
+            return None
+        if name in self.generated_certificates:
+            return SecretKeyRule(secret=name)
+        hashed, why = self.secret_identities.get(name, (None, "names no secret"))
+        if hashed is None:
+            self.fail(path, f"'{name}' {why}")
+            return None
+        return KeyRule(key_hash=hashed)
 
     def identity(self, path: KeyPath, text: str) -> str | None:
         """The key hash a certificate PEM, public key PEM, key hash (either case) or a
@@ -1587,7 +1611,27 @@ class _Reader:
 
     def secret_identity(self, path: KeyPath, text: str) -> str | None:
         """The key hash of the certificate secret ``$$CAS::NAME$$`` (or ``.crt``, ``:crt``,
-        ``:pem``) names; a problem when it names none, another kind, or a generated one."""
+        ``:pem``) names, given as ``value``: a ``signer`` names a key fixed in the text. A
+        problem when it names none, another kind, or a generated one."""
+        name = self.secret_reference(path, text)
+        if name is None:
+            return None
+        if name in self.generated_certificates:
+            self.fail(
+                path,
+                f"'{name}' is a certificate this CAS generates: a signer names a key fixed in the "
+                "text, so give the certificate as 'value' or write its key hash; outside "
+                "'signer', $$CAS::NAME$$ names a generated certificate as an identity",
+            )
+            return None
+        hashed, why = self.secret_identities.get(name, (None, "names no secret"))
+        if hashed is None:
+            self.fail(path, f"'{name}' {why}")
+        return hashed
+
+    def secret_reference(self, path: KeyPath, text: str) -> str | None:
+        """The secret ``text`` names, when it is one placeholder alone with no selector or
+        format but the certificate's (``.crt``, ``:crt``, ``:pem``)."""
         try:
             found = find_placeholders(text)
         except PlaceholderSyntaxError as error:
@@ -1601,10 +1645,7 @@ class _Reader:
         ):
             self.fail(path, "an identity names a certificate secret as $$CAS::NAME$$, alone")
             return None
-        hashed, why = self.secret_identities.get(found[0].secret, (None, "names no secret"))
-        if hashed is None:
-            self.fail(path, f"'{found[0].secret}' {why}")
-        return hashed
+        return found[0].secret
 
     # --- security --------------------------------------------------------------------------
 
@@ -1716,15 +1757,17 @@ def _secret_identities(secrets: Sequence[SecretSpec]) -> dict[str, tuple[str | N
     """For each secret, the key hash it stands for as an identity, or why it cannot."""
     identities: dict[str, tuple[str | None, str]] = {}
     for spec in secrets:
-        if spec.kind not in ("x509", "x509-ca"):
-            identities[spec.name] = (None, "is not a certificate secret; an identity is a key")
-        elif spec.value is None:
+        if spec.import_ is not None:
             identities[spec.name] = (
                 None,
-                "is a certificate this CAS generates: its key exists only once the session is "
-                "stored, so it cannot name an identity here; give the certificate as 'value', "
-                "or write its key hash",
+                "is imported: an access policy names only this session's own certificates "
+                "(given as 'value' or generated); write the exporter's key hash instead",
             )
+        elif spec.kind not in ("x509", "x509-ca"):
+            identities[spec.name] = (None, "is not a certificate secret; an identity is a key")
+        elif spec.value is None:
+            # Generated: decided by SecretKeyRule once the CAS made it (see generated_certificates).
+            identities[spec.name] = (None, "is a certificate this CAS generates")
         else:
             try:
                 chain = load_certificate_chain_pem(spec.value.encode("utf-8"))

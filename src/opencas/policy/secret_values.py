@@ -281,6 +281,16 @@ def render_value(value: SecretValue, selector: str | None, fmt: str | None) -> s
     return _required(value.certificate_pem)
 
 
+def certificate_keys(values: Mapping[str, SecretValue]) -> dict[str, str]:
+    """The key hash of each ``x509`` and ``x509-ca`` value's certificate, by secret name: what a
+    ``secret-key`` access rule names (see :data:`opencas.policy.access.SecretKeys`)."""
+    return {
+        name: certificate_key_hash(value.certificate())
+        for name, value in values.items()
+        if value.kind in _CERTIFICATE_ONLY_KINDS
+    }
+
+
 def public_values(session: Session, values: Mapping[str, SecretValue]) -> dict[str, str]:
     """The public form of each secret of ``session`` marked ``export_public: true``, by name.
 

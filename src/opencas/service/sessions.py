@@ -31,21 +31,24 @@ from opencas.errors import (
 from opencas.policy.access import (
     Approval,
     Governance,
+    SecretKeys,
     acting_creator,
     allows,
     can_create_in,
     can_read,
     can_update,
     governs_creation,
+    names_secret_keys,
     verify_approval,
 )
 from opencas.policy.caller import Caller
 from opencas.policy.errors import SessionError
 from opencas.policy.hashing import session_hash
-from opencas.policy.model import NoneRule, Session
+from opencas.policy.model import AccessRuleModel, NoneRule, Session
 from opencas.policy.parse import Purpose, parse_session, session_from_normal_form
 from opencas.policy.secret_values import (
     SecretValue,
+    certificate_keys,
     check_exports_claimed,
     check_import,
     generate_values,
@@ -146,6 +149,14 @@ def load_secret_values(source: Reader, name: str) -> dict[str, SecretValue]:
     return dict(_decoded_secrets.get_or_make((name, hashlib.sha256(data).digest()), decode))
 
 
+def secret_keys_for(source: Reader, name: str, rule: AccessRuleModel) -> SecretKeys:
+    """The key hashes of session ``name``'s certificate secrets, as ``source`` holds them, when
+    ``rule`` (one of that session's access rules) names any; otherwise none are read."""
+    if not names_secret_keys(rule):
+        return {}
+    return certificate_keys(load_secret_values(source, name))
+
+
 @dataclass(frozen=True)
 class _Change:
     """A session write to admit: the new version, its hash, who asks and whose signatures hold."""
@@ -184,10 +195,12 @@ def governance_of(source: Reader, stored: StoredSession) -> Governance | None:
     if governing is None:
         # Namespaces are never removed; should one be missing, nothing satisfies its rule.
         return Governance(NoneRule(), "", stored.record.creator_approved)
+    rule = governing.session.access_policy.create_sessions
     return Governance(
-        governing.session.access_policy.create_sessions,
+        rule,
         acting_creator(governing.record.creator, governance_of(source, governing)),
         stored.record.creator_approved,
+        secret_keys_for(source, namespace, rule),
     )
 
 
@@ -258,8 +271,9 @@ def _admit_create(source: Reader, change: _Change) -> _Creation:
             )
         parent_creator = acting_creator(governing.record.creator, governance_of(source, governing))
         rule = governing.session.access_policy.create_sessions
+        parent_keys = secret_keys_for(source, parent, rule)
         if not can_create_in(
-            governing.session, change.caller, parent_creator, change.approval.signers
+            governing.session, change.caller, parent_creator, change.approval.signers, parent_keys
         ):
             raise ForbiddenError(
                 f"the create_sessions policy of {parent} does not allow you to create {name}",
@@ -269,7 +283,11 @@ def _admit_create(source: Reader, change: _Change) -> _Creation:
             # Approved as creator only if the signatures that bind the caller suffice alone.
             governed_by = parent
             approved = allows(
-                rule, caller=change.caller, creator=parent_creator, signers=change.approval.bound
+                rule,
+                caller=change.caller,
+                creator=parent_creator,
+                signers=change.approval.bound,
+                secret_keys=parent_keys,
             )
     _check_exports(source, change)
     return _Creation(imported_values(source, change.session, change.hash), governed_by, approved)
@@ -321,6 +339,7 @@ def _admit_update(source: Reader, change: _Change) -> tuple[StoredSession, dict[
         current.record.creator,
         change.approval.signers,
         governance_of(source, current),
+        secret_keys_for(source, name, current.session.access_policy.update),
     ):
         raise ForbiddenError(
             f"the update policy of {name} does not allow this update", code="access-denied"
@@ -402,12 +421,16 @@ def read_session(cas: Cas, name: str, caller: Caller) -> SessionRecord:
     ``not-found``, the same message), whether the caller is anonymous or signed: a read must
     not tell who may not read a session that the name exists.
     """
-    stored = load_session(cas.store, name)
-    if stored is None or not can_read(
-        stored.session,
-        caller,
-        acting_creator(stored.record.creator, governance_of(cas.store, stored)),
-    ):
+    # One snapshot: the certificate a secret-key rule names is that of the version decided.
+    with cas.store.snapshot() as view:
+        stored = load_session(view, name)
+        allowed = stored is not None and can_read(
+            stored.session,
+            caller,
+            acting_creator(stored.record.creator, governance_of(view, stored)),
+            secret_keys_for(view, name, stored.session.access_policy.read),
+        )
+    if stored is None or not allowed:
         raise NotFoundError(f"there is no session {name} that you may read")
     record_read(
         cas.audit_log,

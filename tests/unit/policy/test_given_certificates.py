@@ -14,8 +14,8 @@ from cryptography.x509.oid import NameOID
 
 from opencas.crypto.keys import key_hash
 from opencas.policy.errors import SessionError
-from opencas.policy.model import KeyRule, SignerRule
-from opencas.policy.parse import parse_session
+from opencas.policy.model import KeyRule, SecretKeyRule, SignerRule
+from opencas.policy.parse import parse_session, session_from_normal_form
 from opencas.policy.secret_values import SecretValue, generate_values, render_value
 
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -160,8 +160,8 @@ def test_a_given_certificate_secret_names_its_key_in_an_access_policy() -> None:
 @pytest.mark.parametrize(
     ("reference", "fragment"),
     [
-        ("$$CAS::made$$", "'made' is a certificate this CAS generates"),
         ("$$CAS::nothing$$", "'nothing' names no secret"),
+        ("$$CAS::theirs$$", "'theirs' is imported"),
         ("$$CAS::token$$", "'token' is not a certificate secret"),
         ("$$CAS::anchor.key$$", "an identity names a certificate secret as $$CAS::NAME$$, alone"),
         ("x $$CAS::anchor$$", "an identity names a certificate secret as $$CAS::NAME$$, alone"),
@@ -171,6 +171,7 @@ def test_a_secret_that_is_no_known_key_is_refused_as_an_identity(
     reference: str, fragment: str
 ) -> None:
     secrets = ANCHOR + "  - name: made\n    kind: x509-ca\n  - name: token\n    kind: ascii\n"
+    secrets += "  - name: theirs\n    import: {session: other, secret: cert}\n"
     text = session(secrets) + f'access_policy:\n  read: ["{reference}"]\n'
 
     found = problems(text)
@@ -178,3 +179,30 @@ def test_a_secret_that_is_no_known_key_is_refused_as_an_identity(
     assert len(found) == 1
     assert found[0].startswith("access_policy.read[0]: ")
     assert fragment in found[0]
+
+
+def test_a_generated_certificate_secret_is_an_identity_decided_when_it_exists() -> None:
+    secrets = "  - name: made\n    kind: x509-ca\n"
+    text = session(secrets, "$$CAS::made$$") + (
+        "access_policy:\n  read: [CREATOR, '$$CAS::made$$']\n"
+        "  update: {require-all: ['$$SCONE::made:pem$$', CREATOR]}\n"
+    )
+
+    parsed = parse_session(text)
+
+    assert SecretKeyRule(secret="made") in parsed.access_policy.read.rules  # type: ignore[union-attr]
+    assert SecretKeyRule(secret="made") in parsed.access_policy.update.rules  # type: ignore[union-attr]
+    form = parsed.normal_form()
+    assert {"type": "secret-key", "secret": "made"} in form["access_policy"]["read"]["rules"]
+    assert session_from_normal_form(form) == parsed
+
+
+def test_a_signer_cannot_name_a_generated_certificate() -> None:
+    text = session("  - name: made\n    kind: x509-ca\n", "$$CAS::made$$") + (
+        "access_policy:\n  update:\n    - signer: $$CAS::made$$\n"
+    )
+
+    (found,) = problems(text)
+
+    assert found.startswith("access_policy.update[0].signer: 'made' is a certificate this CAS")
+    assert "a signer names a key fixed in the text" in found
