@@ -16,6 +16,7 @@ import pytest
 from opencas.crypto.otp import OTP_STEP, otp_code, otp_step
 from opencas.policy.model import canonical_otp_secret
 from opencas.policy.parse import parse_session
+from opencas.testing import run_casctl
 
 CORPUS = Path(__file__).parent.parent / "data" / "sessions" / "scone"
 VARIABLES = {
@@ -164,3 +165,44 @@ def test_a_one_time_password_service_runs_once_per_code(casctl: Casctl, tmp_path
     key_hex = operator.stdout.split()[1]
     assert len(key_hex) == 64
     assert key_hex != hashlib.sha256(b"").hexdigest()
+
+
+IDENTITY_PROGRAM = """\
+import os, sys
+with open(sys.argv[1], "w") as out:
+    out.write(os.environ["CONSOLE_KEY"] + os.environ["CONSOLE_CERT"])
+"""
+
+
+def test_a_service_reads_and_updates_its_session_with_the_certificate_it_was_given(
+    casctl: Casctl, tmp_path: Path
+) -> None:
+    # The corpus test creates the file's own name on the same CAS; this one takes another.
+    text = (CORPUS / "access-identities.yaml").read_text()
+    text = text.replace("name: access-identities", "name: access-identities-run")
+    policy = tmp_path / "access.yaml"
+    policy.write_text(text)
+    first = created_hash(casctl("session", "create", str(policy)))
+    program = tmp_path / "identity.py"
+    program.write_text(IDENTITY_PROGRAM)
+    identity = tmp_path / "console-identity.pem"
+    config_id = "access-identities-run/console"
+    ran = casctl("run", "--config-id", config_id, "--", sys.executable, str(program), str(identity))
+    assert ran.returncode == 0, ran.stderr
+
+    # A stranger (an identity of its own, made by another casctl home) may not read it.
+    stranger_home = tmp_path / "stranger"
+    assert run_casctl(stranger_home, ["self", "show-identity"]).returncode == 0
+    stranger = casctl("session", "read", "access-identities-run", "--identity", str(stranger_home))
+    assert stranger.returncode != 0
+    assert "that you may read" in stranger.stderr
+    read = casctl("session", "read", "access-identities-run", "--identity", str(identity))
+    assert read.returncode == 0, read.stderr
+    assert first in read.stdout
+
+    # The console updates it with the same key; the key migrates, so it may read it still.
+    policy.write_text(text + "# updated by the console\n")
+    updated = casctl("session", "update", str(policy), "--identity", str(identity))
+    assert updated.returncode == 0, updated.stderr
+    again = casctl("session", "read", "access-identities-run", "--identity", str(identity))
+    assert again.returncode == 0, again.stderr
