@@ -4,6 +4,13 @@
 entries (each names the audit key of the lines after it, certified by the CAS key), then checks
 every line's form, signature and hash in worker processes, and feeds what each line says, in
 file order, to the pure :class:`~opencas.audit.chain.ChainJudge`.
+
+The workers are a :class:`~concurrent.futures.ProcessPoolExecutor`, not a ``multiprocessing``
+pool: a pool whose worker dies loses that worker's task and waits for it forever, where the
+executor fails every task in flight with ``BrokenProcessPool``. The chunks it did not check are
+then checked in this process, so a verification ends, slower, whatever happens to a worker.
+Workers are forked only while this process runs no other thread (a thread may hold a lock at the
+fork, which the child then waits for forever); otherwise they start from a fork server.
 """
 
 from __future__ import annotations
@@ -12,8 +19,11 @@ import bisect
 import mmap
 import multiprocessing
 import os
+import threading
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +45,9 @@ from opencas.audit.chain import (
 
 #: A chunk holds about this many bytes of lines.
 CHUNK_BYTES = 2 * 1024 * 1024
+#: Chunks in flight per worker: enough to keep each busy, few enough that results waiting for
+#: the judge stay small (a checked chunk is about as large as its lines).
+IN_FLIGHT_PER_WORKER = 2
 _START_MARK = b'"event":"cas_started"'
 
 _EVENTS = tuple(sorted(EVENTS))
@@ -81,11 +94,14 @@ def verify_log(
     *,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Verdict:
     """The verdict on the log file at ``path`` against ``expectations``.
 
     ``workers`` processes check the lines (default: one per core); ``progress(done, total)``
-    is told how many bytes were checked. Raises ``OSError`` when the file cannot be read.
+    is told how many bytes were checked. When a worker process dies, the chunks not yet
+    checked are checked in this process and ``warn`` is told why. Raises ``OSError`` when the
+    file cannot be read.
     """
     size = path.stat().st_size
     judge = ChainJudge(expectations)
@@ -110,12 +126,40 @@ def verify_log(
                 "checked, nor tied to a CAS (fetch it from a cas_started entry on)",
             )
         chunks = list(_chunks(data, str(path), keys))
-    count = workers or os.cpu_count() or 1
-    if count == 1 or len(chunks) == 1:
-        results: Iterator[_Checked] = map(_check_chunk, chunks)
-        return _judge(judge, results, size, progress)
-    with multiprocessing.get_context("fork").Pool(count) as pool:
-        return _judge(judge, pool.imap(_check_chunk, chunks), size, progress)
+    count = min(workers or os.cpu_count() or 1, len(chunks))
+    if count == 1:
+        return _judge(judge, map(_check_chunk, chunks), size, progress)
+    return _judge(judge, _checked_in_workers(chunks, count, warn), size, progress)
+
+
+def _checked_in_workers(
+    chunks: Sequence[_Chunk], count: int, warn: Callable[[str], None] | None
+) -> Iterator[_Checked]:
+    """Each chunk checked, in order, by ``count`` worker processes; in this process those
+    left when a worker died."""
+    # Forking copies only the calling thread: a lock another thread held stays held in the
+    # child. A fork server is started by fork and exec, so it has no such lock.
+    method = "fork" if threading.active_count() == 1 else "forkserver"
+    window = count * IN_FLIGHT_PER_WORKER
+    done = 0
+    try:
+        with ProcessPoolExecutor(count, mp_context=multiprocessing.get_context(method)) as pool:
+            pending: list[Future[_Checked]] = []
+            for chunk in chunks:
+                pending.append(pool.submit(_check_chunk, chunk))
+                if len(pending) >= window:
+                    yield pending.pop(0).result()
+                    done += 1
+            for future in pending:
+                yield future.result()
+                done += 1
+    except BrokenProcessPool as exc:
+        if warn is not None:
+            warn(
+                f"a verifying process ended abruptly ({exc}); checking the remaining "
+                f"{len(chunks) - done} of {len(chunks)} chunks in this process"
+            )
+        yield from map(_check_chunk, chunks[done:])
 
 
 def _judge(

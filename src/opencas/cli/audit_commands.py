@@ -84,7 +84,9 @@ def verify(
     if cas_name is not None:
         expectations = _against_cas(expectations, cas_name, identity_path)
     with _progress() as progress:
-        verdict = verify_log(file, expectations, workers=workers, progress=progress)
+        verdict = verify_log(
+            file, expectations, workers=workers, progress=progress, warn=_warn(file)
+        )
     _report(file, verdict)
     sys.exit(int(verdict.outcome))
 
@@ -106,17 +108,29 @@ def _against_cas(
     )
 
 
+def _warn(file: Path) -> Callable[[str], None]:
+    def warn(message: str) -> None:
+        click.echo(f"casctl: {file}: {message}", err=True)
+
+    return warn
+
+
 @contextmanager
 def _progress() -> Iterator[Callable[[int, int], None] | None]:
-    """A progress bar on stderr when it is a terminal."""
+    """A progress bar on stderr when it is a terminal.
+
+    It is redrawn by the verification itself, not by rich's refresh thread: workers are forked
+    from this process, and a fork while another thread holds a lock can leave the child waiting
+    for that lock forever.
+    """
     if not sys.stderr.isatty():
         yield None
         return
-    with Progress(transient=True) as bar:
+    with Progress(transient=True, auto_refresh=False) as bar:
         task = bar.add_task("verifying", total=None)
 
         def advance(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+            bar.update(task, completed=done, total=total, refresh=True)
 
         yield advance
 

@@ -4,13 +4,18 @@ every kind of tampering (SCONE's exit codes)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from opencas.audit import verify
 from opencas.audit.chain import Expectations, Head, Outcome, line_hash
-from opencas.audit.verify import verify_log
+from opencas.audit.verify import _check_chunk, verify_log
 from opencas.config.availability import load_availability_config
 from opencas.config.owner import parse_owner_config
 from opencas.config.owner_identity import OwnerIdentity
@@ -339,3 +344,55 @@ def test_verifying_on_several_processes_finds_the_same(log: Path) -> None:
     one = verify_log(many, Expectations(last=line_hash(raw[-1])), workers=1)
     two = verify_log(many, Expectations(last=line_hash(raw[-1])), workers=2)
     assert (one.outcome, one.findings) == (two.outcome, two.findings)
+
+
+def _dies_in_a_worker(chunk: Any) -> Any:
+    """The line checker, except that a worker process dies on the log's second chunk."""
+    # The verifying process is named in the environment: a worker started from a fork server
+    # imports this module afresh.
+    if str(os.getpid()) != os.environ["VERIFYING_PROCESS"] and chunk.first_line > 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _check_chunk(chunk)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_dies_does_not_hang_the_verification(
+    log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = lines(log)
+    monkeypatch.setattr(verify, "CHUNK_BYTES", 1)  # one chunk per line
+    monkeypatch.setattr(verify, "_check_chunk", _dies_in_a_worker)
+    monkeypatch.setenv("VERIFYING_PROCESS", str(os.getpid()))
+    warnings: list[str] = []
+    found = verify_log(log, Expectations(last=line_hash(raw[-1])), workers=2, warn=warnings.append)
+    assert found.outcome == Outcome.INTACT
+    assert found.entries == len(raw)
+    assert len(warnings) == 1
+    assert "ended abruptly" in warnings[0]
+
+
+@pytest.mark.timeout(60)
+def test_workers_start_from_a_fork_server_while_other_threads_run(
+    log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = lines(log)
+    monkeypatch.setattr(verify, "CHUNK_BYTES", 1)
+    methods: list[str] = []
+    real = verify.multiprocessing.get_context
+
+    def recorded(method: str) -> Any:
+        methods.append(method)
+        return real(method)
+
+    monkeypatch.setattr(verify.multiprocessing, "get_context", recorded)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        found = verify_log(log, Expectations(last=line_hash(raw[-1])), workers=2)
+    finally:
+        stop.set()
+        other.join()
+    assert methods == ["forkserver"]
+    assert found.outcome == Outcome.INTACT
+    assert found.entries == len(raw)
