@@ -20,6 +20,7 @@ and the signature covers ``b"opencas-simulated-evidence/v1\\x00" + canonical_jso
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
@@ -28,6 +29,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from opencas.attestation.evidence import Evidence, VerifiedEvidence
+from opencas.attestation.simulated_collateral import (
+    SIMULATED_COLLATERAL_KEY,
+    parse_simulated_collateral,
+    tcb_status_of,
+)
 from opencas.attestation.verifier import CollateralSource
 from opencas.crypto.canonical import canonical_json, member_mismatch, strict_json_object
 from opencas.crypto.encoding import b64_decode, b64_encode
@@ -191,12 +197,32 @@ def verify_simulated_evidence(evidence: Evidence) -> VerifiedEvidence:
 class SimulatedVerifier:
     """The :class:`~opencas.attestation.verifier.Verifier` of simulated evidence.
 
-    Simulated evidence carries everything it is checked against (the platform key) and has no
-    time in it, so the verification time and the collateral source are not used.
+    Without ``roots`` simulated evidence carries everything it is checked against (the platform
+    key) and has no time in it: the verification time and the collateral source are not used,
+    and the TCB status is ``Simulated``. With ``roots`` (key hashes of simulated collateral
+    roots, :mod:`opencas.attestation.simulated_collateral`), the machine's TCB status is the one
+    the simulated collateral signed by one of them gives it at the verification time; without
+    such collateral, or when it does not list the machine, the evidence does not verify.
     """
+
+    def __init__(self, roots: frozenset[str] = frozenset()) -> None:
+        self.roots = roots
 
     def verify(
         self, evidence: Evidence, *, at: datetime, collateral: CollateralSource
     ) -> VerifiedEvidence:
-        """:func:`verify_simulated_evidence` of ``evidence``."""
-        return verify_simulated_evidence(evidence)
+        """:func:`verify_simulated_evidence` of ``evidence``, its TCB status from collateral
+        when roots are configured."""
+        verified = verify_simulated_evidence(evidence)
+        if not self.roots:
+            return verified
+        document = collateral.collateral(SIMULATED_COLLATERAL_KEY, at)
+        checked = parse_simulated_collateral(document, self.roots)
+        status = tcb_status_of(checked, verified.platform_key_hash, at)
+        return replace(
+            verified,
+            tcb_status=status,
+            collateral_not_before=checked.not_before,
+            collateral_not_after=checked.not_after,
+            tcb_evaluation_number=checked.tcb_evaluation_number,
+        )

@@ -39,26 +39,37 @@ class RecordingSource:
     """A collateral source that passes requests on and remembers what it handed out."""
 
     def __init__(self, source: CollateralSource) -> None:
-        self._source = source
+        self.upstream = source
         self.documents: dict[CollateralKey, bytes] = {}
 
     def collateral(self, key: CollateralKey, at: datetime) -> bytes:
         """The document ``key`` names, from the wrapped source, remembered."""
-        document = self._source.collateral(key, at)
+        document = self.upstream.collateral(key, at)
         self.documents[key] = document
         return document
 
     def digest(self) -> str:
-        """SHA-256 (lowercase hex) over every document handed out, with its key, in key order.
+        """SHA-256 (lowercase hex) of :func:`collateral_manifest` of every document handed out:
+        the same set of documents gives the same digest in any order of requests."""
+        return hashlib.sha256(collateral_manifest(self.documents)).hexdigest()
 
-        Each line is ``str(key)``, a space and the document's SHA-256, and the lines are sorted:
-        the same set of documents gives the same digest in any order of requests.
-        """
-        lines = sorted(
-            f"{key} {hashlib.sha256(document).hexdigest()}\n"
-            for key, document in self.documents.items()
-        )
-        return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+def collateral_manifest(documents: Mapping[CollateralKey, bytes]) -> bytes:
+    """What names a set of collateral documents: for each, ``str(key)``, a space and the
+    document's SHA-256 (lowercase hex), one line each, the lines sorted. Its SHA-256 is the
+    set's ``collateral_digest``."""
+    lines = sorted(
+        f"{key} {hashlib.sha256(document).hexdigest()}\n" for key, document in documents.items()
+    )
+    return "".join(lines).encode()
+
+
+def verifiers_trusting(simulated_roots: frozenset[str]) -> Mapping[str, Verifier]:
+    """:data:`VERIFIERS`, with simulated evidence checked against simulated collateral signed
+    by one of ``simulated_roots`` (key hashes); :data:`VERIFIERS` itself when there are none."""
+    if not simulated_roots:
+        return VERIFIERS
+    return MappingProxyType({**VERIFIERS, SIMULATED: SimulatedVerifier(simulated_roots)})
 
 
 def verify_evidence(

@@ -10,11 +10,23 @@ from pathlib import Path
 import click
 from rich.progress import Progress
 
-from opencas.audit.chain import MAX_SEQ, Expectations, Head, Outcome, Verdict, is_hash
+from opencas.audit.archive import ArchiveReader
+from opencas.audit.chain import (
+    MAX_SEQ,
+    Entry,
+    Expectations,
+    Head,
+    Outcome,
+    Verdict,
+    is_hash,
+    parse_entry,
+)
+from opencas.audit.replay import DECISION_EVENTS, Replayed, replay_decision
 from opencas.audit.verify import verify_log
 from opencas.cli.casctl_common import identity_from, identity_option, reports_errors
 from opencas.client.pinning import pinned_client
 from opencas.client.state import casctl_home, load_state
+from opencas.collateral.given import command_line_source
 
 
 @click.group("audit")
@@ -148,3 +160,109 @@ def _report(file: Path, verdict: Verdict) -> None:
         click.echo(f"{file}: intact")
     else:
         click.echo(f"{file}: {verdict.outcome.name.lower().replace('_', ' ')}: {verdict.message}")
+
+
+#: ``casctl audit replay`` exits so when a decision came out otherwise, and when every decision
+#: it could replay reproduced but some could not be replayed.
+EXIT_DECISIONS_DIFFER = 30
+EXIT_NOT_ALL_REPLAYED = 31
+# A log that does not verify is not replayed: what it says it decided cannot be trusted.
+_NOT_REPLAYABLE_LOGS = frozenset({Outcome.INTEGRITY, Outcome.FOREIGN})
+
+
+@audit_group.command("replay")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--evidence",
+    "evidence_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="The evidence archive (the log's .evidence directory).",
+)
+@click.option(
+    "--collateral",
+    type=click.Path(exists=True, path_type=Path),
+    help="Replay against this collateral (a bundle directory or one collateral JSON file) "
+    "instead of the set each decision used.",
+)
+@click.option("--cas-key-hash", callback=_hash_option, help="The CAS whose log it must be.")
+@click.option("--last", callback=_hash_option, help="Hash of the entry the log must end with.")
+@click.option("--no-verify", is_flag=True, help="Replay without verifying the log first.")
+@reports_errors
+def replay(
+    file: Path,
+    evidence_dir: Path,
+    collateral: Path | None,
+    cas_key_hash: str | None,
+    last: str | None,
+    no_verify: bool,
+) -> None:
+    """Decide every recorded workload decision in FILE again, offline.
+
+    Each workload_attested / workload_refused entry is checked again with its kept evidence
+    at its recorded verification time, against its recorded collateral set (or --collateral)
+    and the policy it was checked against. Exits 0 when every decision reproduces, 30 when
+    some came out otherwise, 31 when none differs but some could not be replayed, 19 / 20
+    (nothing replayed) when the log is not from its CAS or not intact.
+    """
+    if no_verify:
+        click.echo(f"{file}: not verified (--no-verify): its entries are taken as they are")
+    else:
+        expectations = Expectations(cas_key_hash=cas_key_hash, last=last)
+        verdict = verify_log(file, expectations, warn=_warn(file))
+        if verdict.outcome in _NOT_REPLAYABLE_LOGS:
+            _report(file, verdict)
+            click.echo(f"{file}: not replayed: the log does not verify", err=True)
+            sys.exit(int(verdict.outcome))
+        click.echo(f"{file}: verified before replaying: {verdict.message}")
+    source = command_line_source(collateral) if collateral is not None else None
+    archive = ArchiveReader(evidence_dir)
+    results = [
+        replay_decision(entry, number, archive, source) for number, entry in _decisions(file)
+    ]
+    _report_replay(file, results)
+
+
+def _decisions(file: Path) -> Iterator[tuple[int, Entry]]:
+    """The workload decisions in FILE, with their line numbers."""
+    with file.open("rb") as lines:
+        for number, raw in enumerate(lines, 1):
+            line = raw.rstrip(b"\n")
+            if b"workload_" not in line:
+                continue
+            try:
+                entry = parse_entry(line)
+            except ValueError:
+                continue  # verification named it; the replay takes only entries
+            if entry.event in DECISION_EVENTS:
+                yield number, entry
+
+
+def _outcome_text(outcome: str) -> str:
+    return outcome if outcome == "attested" else f"refused ({outcome})"
+
+
+def _report_replay(file: Path, results: list[Replayed]) -> None:
+    differ = [result for result in results if result.differs]
+    skipped = [result for result in results if result.found is None]
+    for result in differ:
+        click.echo(
+            f"{file}: line {result.line}: seq {result.seq} {result.subject}: was "
+            f"{_outcome_text(result.recorded)}, now {_outcome_text(str(result.found))}"
+            + (f": {result.reason}" if result.reason else "")
+        )
+    for result in skipped:
+        click.echo(
+            f"{file}: line {result.line}: seq {result.seq} {result.subject}: not replayed: "
+            f"{result.reason}",
+            err=True,
+        )
+    same = len(results) - len(differ) - len(skipped)
+    click.echo(
+        f"{file}: {len(results)} decisions: {same} reproduced, {len(differ)} differ, "
+        f"{len(skipped)} not replayed"
+    )
+    if differ:
+        sys.exit(EXIT_DECISIONS_DIFFER)
+    if skipped:
+        sys.exit(EXIT_NOT_ALL_REPLAYED)

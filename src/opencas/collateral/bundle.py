@@ -7,7 +7,8 @@ in it (:func:`bundle_path`, layout in ``docs/formats.md``):
 - ``dcap/{tee}/{fmspc}-{ca}.json`` — DCAP collateral JSON of one platform;
 - ``amd/{product}/vcek/{chip_id}-{tcb}.der`` — one chip's VCEK at one reported TCB;
 - ``amd/{product}/vlek/{tcb}.der`` — the cloud provider's VLEK of a product at one TCB;
-- ``amd/{product}/{signer}-chain.pem`` — the AMD chain (ASK or ASVK, then ARK) of a product.
+- ``amd/{product}/{signer}-chain.pem`` — the AMD chain (ASK or ASVK, then ARK) of a product;
+- ``simulated/collateral.json`` — the simulated collateral (development and tests).
 
 Key parameters come from evidence that is not verified yet, so every one is checked against a
 strict shape (:func:`check_key`) before it names a file or goes into a URL.
@@ -40,6 +41,7 @@ _PARAM_SHAPES: dict[str, dict[str, tuple[str, ...] | range]] = {
     "amd-vcek": {"product": AMD_PRODUCTS, "chip_id": range(16, 129), "tcb": range(16, 17)},
     "amd-vlek": {"product": AMD_PRODUCTS, "tcb": range(16, 17)},
     "amd-chain": {"product": AMD_PRODUCTS, "signer": AMD_SIGNERS},
+    "simulated": {},
 }
 KINDS = tuple(_PARAM_SHAPES)
 
@@ -93,6 +95,8 @@ def bundle_path(key: CollateralKey) -> PurePosixPath:
         return PurePosixPath("amd", p("product"), "vcek", f"{p('chip_id')}-{p('tcb')}.der")
     if key.kind == "amd-vlek":
         return PurePosixPath("amd", p("product"), "vlek", f"{p('tcb')}.der")
+    if key.kind == "simulated":
+        return PurePosixPath("simulated", "collateral.json")
     return PurePosixPath("amd", p("product"), f"{p('signer')}-chain.pem")
 
 

@@ -28,6 +28,7 @@ _OPTION_OF_KIND = {
     "amd-vcek": "--vcek",
     "amd-vlek": "--vcek",
     "amd-chain": "--chain",
+    "simulated": "--collateral",
 }
 
 
@@ -37,7 +38,14 @@ class GivenDocuments:
     def __init__(
         self, *, dcap: Path | None = None, vcek: Path | None = None, chain: Path | None = None
     ) -> None:
-        self._files = {"dcap": dcap, "amd-vcek": vcek, "amd-vlek": vcek, "amd-chain": chain}
+        # A collateral file is one JSON document: DCAP collateral, or simulated collateral.
+        self._files = {
+            "dcap": dcap,
+            "simulated": dcap,
+            "amd-vcek": vcek,
+            "amd-vlek": vcek,
+            "amd-chain": chain,
+        }
 
     def __str__(self) -> str:
         given = {str(path) for path in self._files.values() if path is not None}

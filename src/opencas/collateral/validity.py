@@ -59,7 +59,19 @@ def document_window(key: CollateralKey, data: bytes) -> Window:
         return _dcap_window(data)
     if key.kind in ("amd-vcek", "amd-vlek"):
         return _certificates_window([_der_certificate(data)])
+    if key.kind == "simulated":
+        return _simulated_window(data)
     return _certificates_window(_quietly(load_certificate_chain_pem, data))
+
+
+def _simulated_window(data: bytes) -> Window:
+    body = strict_json_object(data, "simulated collateral").get("body")
+    if not isinstance(body, dict):
+        raise ValueError("the simulated collateral has no body")
+    return Window(
+        _rfc3339(body.get("issue_date"), "issue_date"),
+        _rfc3339(body.get("next_update"), "next_update"),
+    )
 
 
 def _dcap_window(data: bytes) -> Window:

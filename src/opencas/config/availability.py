@@ -121,6 +121,9 @@ class CollateralSettings:
     """PEM CA certificates that authenticate the PCCS and KDS; None: the system's."""
     fetch_timeout: float = 10.0
     """Seconds to connect to a server, and between two reads of its answer."""
+    simulated_roots: frozenset[str] = frozenset()
+    """Key hashes of simulated collateral roots (development and tests): when set, simulated
+    evidence takes its TCB status from simulated collateral signed by one of them."""
 
 
 # --- addresses and names ------------------------------------------------------------------------
@@ -324,6 +327,15 @@ def _https_url(text: str) -> str:
 _COLLATERAL = CollateralSettings()
 
 
+def _key_hash_text(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise ValueError("a key hash is 64 lowercase hex digits")
+    return value
+
+
+_KeyHashText = Annotated[str, AfterValidator(_key_hash_text)]
+
+
 class _CollateralSection(BaseModel):
     model_config = _STRICT
 
@@ -333,6 +345,7 @@ class _CollateralSection(BaseModel):
     amd_kds_url: Annotated[str, AfterValidator(_https_url)] = _COLLATERAL.amd_kds_url
     ca_certificates: _LocalPath | None = None
     fetch_timeout: Annotated[float, Field(gt=0, le=300)] = _COLLATERAL.fetch_timeout
+    simulated_roots: list[_KeyHashText] = Field(default_factory=list)
 
 
 _CONNECTIONS = ConnectionLimits()
@@ -541,6 +554,7 @@ def _collateral_settings(
         amd_kds_url=section.amd_kds_url,
         ca_certificates=resolved(section.ca_certificates),
         fetch_timeout=section.fetch_timeout,
+        simulated_roots=frozenset(section.simulated_roots),
     )
 
 
@@ -669,4 +683,7 @@ amd_kds_url = {toml_string(_COLLATERAL.amd_kds_url)}
 # ca_certificates = "pccs-ca.pem"
 # Seconds to connect to a server, and between two reads of its answer.
 fetch_timeout = {_COLLATERAL.fetch_timeout}
+# Development and tests: key hashes of simulated collateral roots; simulated evidence then takes
+# its TCB status from the simulated collateral (bundle/simulated/collateral.json) one signed.
+# simulated_roots = []
 """

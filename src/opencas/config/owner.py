@@ -291,7 +291,8 @@ class AuditLogConfig(BaseModel):
     With ``sink = "network"``, ``url`` (https) is required and ``server_ca_certificate``
     (canonical PEM) is the CA the server's certificate must chain to (without it, the
     platform's default trust store); with ``sink = "file"`` both are refused, so that a config
-    never carries settings that have no effect.
+    never carries settings that have no effect. ``keep_evidence`` keeps what workload decisions
+    rested on in the evidence archive beside the log (:mod:`opencas.audit.archive`).
     """
 
     model_config = _STRICT
@@ -301,6 +302,19 @@ class AuditLogConfig(BaseModel):
     # Validated even when left out, so that a network sink without a URL is caught.
     url: _HttpsUrl | None = Field(default=None, validate_default=True)
     server_ca_certificate: _PemCertificate | None = Field(default=None, validate_default=True)
+    # None stands for false, so that the normal form (and hash) of a config that does not keep
+    # evidence is the one it had before the key existed.
+    keep_evidence: bool | None = None
+
+    @field_validator("keep_evidence")
+    @classmethod
+    def _false_is_unset(cls, value: bool | None) -> bool | None:
+        return True if value else None
+
+    @property
+    def keeps_evidence(self) -> bool:
+        """Whether the evidence of workload decisions is kept beside the log, for replay."""
+        return self.keep_evidence is True
 
     @field_validator("url")
     @classmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,12 +27,14 @@ from opencas.attestation.report import (
     report_data,
     report_json,
 )
-from opencas.attestation.verifier import NO_COLLATERAL, CollateralSource
+from opencas.attestation.verifier import NO_COLLATERAL, CollateralSource, Verifier
+from opencas.attestation.verify import verifiers_trusting
+from opencas.audit.archive import EvidenceArchive, archive_path
 from opencas.audit.chain import Head
 from opencas.audit.log import AuditLog
 from opencas.collateral.configured import CasCollateral
 from opencas.config.availability import AvailabilityConfig
-from opencas.config.owner import DcapConfig
+from opencas.config.owner import DcapConfig, OwnerConfig
 from opencas.errors import KeyStoreError, StoreError
 from opencas.platform.base import Platform
 from opencas.platform.choice import open_platform
@@ -91,6 +93,23 @@ class Cas:
     """The audit log writer; ``None`` only for a CAS opened to be inspected."""
     database_key: bytes = field(default=b"", repr=False)
     """The database master key, for splitting it among recovery keys (empty when inspected)."""
+    simulated_roots: frozenset[str] = frozenset()
+    """The simulated collateral roots workloads' simulated evidence is checked against."""
+    evidence_archive: EvidenceArchive | None = None
+    """Where workload decisions' evidence is kept (owner config ``[audit_log] keep_evidence``)."""
+
+    @property
+    def verifiers(self) -> Mapping[str, Verifier]:
+        """The evidence verifiers of workloads, with this CAS's simulated collateral roots."""
+        return verifiers_trusting(self.simulated_roots)
+
+    def keep_evidence(self, config: OwnerConfig | None) -> None:
+        """Keep workload decisions' evidence beside the audit log from now on when the owner
+        ``config`` says so (``[audit_log] keep_evidence``); else stop."""
+        if config is None or not config.audit_log.keeps_evidence:
+            self.evidence_archive = None
+        elif self.evidence_archive is None:
+            self.evidence_archive = EvidenceArchive(archive_path(self.config.audit_log_path))
 
     @property
     def audit_log(self) -> AuditLog:
@@ -280,7 +299,9 @@ def open_cas(config: AvailabilityConfig, injected_dmk: bytes | None = None) -> C
             identity = load_identity(store, config.hostnames, local_instance_id(database))
             cas = Cas(config, store, platform, identity, lock, created, database_key=dmk)
             cas.collateral = CasCollateral(config.collateral, cas.owner_dcap)
+            cas.simulated_roots = config.collateral.simulated_roots
             cas.audit = open_audit_log(store, identity, config.audit_log_path, cas.attest)
+            cas.keep_evidence(read_owner_config(store))
         except BaseException:
             store.close()
             raise

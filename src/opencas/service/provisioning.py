@@ -98,6 +98,7 @@ def provision(
             },
         )
     audit.change_mode(mode_of(config))
+    cas.keep_evidence(config)
     if tls_changed:
         cas.reload_identity()
     how = "self-provisioned from files" if self_provisioned else "provisioned"
@@ -188,6 +189,7 @@ def update_owner_config(cas: Cas, caller: Caller, config: OwnerConfig) -> str:
             | ({"recovery": recovery_details(new_state)} if recovery else {}),
         )
     audit.change_mode(mode)
+    cas.keep_evidence(config)
     if tls_changed:
         cas.reload_identity()
     log.info("owner config updated: %s", sha)

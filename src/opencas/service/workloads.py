@@ -29,10 +29,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from opencas.attestation.evidence import Evidence, VerifiedEvidence
 from opencas.attestation.report import report_time
-from opencas.attestation.verify import verify_evidence
+from opencas.attestation.verify import RecordingSource, collateral_manifest, verify_evidence
 from opencas.attestation.workload_binding import ConfigId, workload_report_data
 from opencas.attestation.workload_policy import check_workload
 from opencas.audit.log import Durable
+from opencas.audit.replay import decision_context
 from opencas.config.availability import SessionLimits
 from opencas.crypto.canonical import canonical_json
 from opencas.crypto.hpke_seal import SealedConfig, load_recipient_public_key, seal_workload_config
@@ -40,6 +41,7 @@ from opencas.crypto.pem import certificate_pem
 from opencas.crypto.x509 import MAX_COMMON_NAME
 from opencas.errors import (
     AttestationRefused,
+    AuditLogError,
     CasError,
     EvidenceError,
     InvalidRequest,
@@ -48,7 +50,7 @@ from opencas.errors import (
 )
 from opencas.policy.certificates import issue_certificate, parse_valid_for
 from opencas.policy.errors import SessionError
-from opencas.policy.model import InjectionFile, Service, Session
+from opencas.policy.model import AttestationSecurity, InjectionFile, Service, Session
 from opencas.policy.placeholders import Placeholder, find_placeholders, render
 from opencas.policy.secret_values import SecretValue, render_value
 from opencas.service.cas import Cas
@@ -192,16 +194,26 @@ def decide_workload(
     cas: Cas, nonces: NonceStore, request: WorkloadRequest, otp_guard: OtpGuard | None = None
 ) -> WorkloadDecision:
     """Decide a workload's attestation and write the decision to the audit log (see
-    :func:`attest_workload`); a malformed request raises :class:`InvalidRequest` unlogged."""
+    :func:`attest_workload`); a malformed request raises :class:`InvalidRequest` unlogged.
+
+    With the owner config's ``[audit_log] keep_evidence`` what the decision rested on is in the
+    evidence archive, durably, before its entry is written; when the archive cannot take it the
+    decision fails with :class:`AuditLogError` and nothing is logged or answered.
+    """
     config_id = request.config_id
     public_key_der = _public_key_der(request.public_key)
     evidence = Evidence.from_json(dict(request.evidence))
-    grounds = _Grounds(evidence, cas.clock())
+    grounds = _Grounds(
+        evidence,
+        cas.clock(),
+        RecordingSource(cas.collateral),
+        workload_report_data(config_id, request.nonce, request.public_key),
+    )
     try:
         sealed = _attest(cas, nonces, request, public_key_der, evidence, grounds, otp_guard)
     except (AttestationRefused, EvidenceError, NotFoundError) as exc:
         check = getattr(exc, "check", "service")
-        details = grounds.details() | {"check": check, "reason": exc.message}
+        details = _kept(cas, grounds) | {"check": check, "reason": exc.message}
         durable = cas.audit_log.append(
             "workload_refused", actor=grounds.actor(), subject=str(config_id), details=details
         )
@@ -210,9 +222,39 @@ def decide_workload(
         "workload_attested",
         actor=grounds.actor(),
         subject=str(config_id),
-        details=grounds.details(),
+        details=_kept(cas, grounds),
     )
     return WorkloadDecision(sealed, None, durable)
+
+
+def _kept(cas: Cas, grounds: _Grounds) -> dict[str, Any]:
+    """The details of the decision's entry; with an evidence archive, what it rested on is
+    archived first and the entry names its decision context."""
+    details = grounds.details()
+    archive = cas.evidence_archive
+    if archive is None:
+        return details
+    context = decision_context(
+        config_id=grounds.config_id,
+        report_data=grounds.report_data,
+        service=grounds.service,
+        security=grounds.security,
+        cas_debug=cas.platform.debug,
+        simulated_roots=cas.simulated_roots,
+    )
+    try:
+        archive.put(grounds.evidence.data)
+        for document in grounds.collateral.documents.values():
+            archive.put(document)
+        if grounds.collateral.documents:
+            archive.put(collateral_manifest(grounds.collateral.documents))
+        details["context_sha256"] = archive.put(context)
+    except OSError as exc:
+        raise AuditLogError(
+            f"the evidence archive {archive.directory} cannot take this decision's evidence "
+            f"({exc.strerror or exc}); the decision is not answered"
+        ) from exc
+    return details
 
 
 @dataclass
@@ -221,21 +263,29 @@ class _Grounds:
 
     evidence: Evidence
     at: datetime
+    collateral: RecordingSource
+    report_data: bytes
+    """What the evidence must bind: the request's config id, nonce and public key."""
+    config_id: str = ""
     verified: VerifiedEvidence | None = None
     session_hash: str | None = None
+    service: Service | None = None
+    security: AttestationSecurity | None = None
 
     def actor(self) -> str:
         return self.verified.platform_key_hash if self.verified else "anonymous"
 
     def details(self) -> dict[str, Any]:
         verified = self.verified
+        used = self.collateral.documents
         return {
             "evidence_type": self.evidence.type,
             "evidence_sha256": hashlib.sha256(self.evidence.data).hexdigest(),
             "verified_at": report_time(self.at),
             "session_hash": self.session_hash,
             "verifier": verified.verifier if verified else None,
-            "collateral_digest": verified.collateral_digest if verified else None,
+            # Also when verification failed: the collateral it failed against.
+            "collateral_digest": self.collateral.digest() if used else None,
             "tcb_evaluation_number": verified.tcb_evaluation_number if verified else None,
             "tcb_status": verified.tcb_status if verified else None,
             "measurement": verified.measurement if verified else None,
@@ -252,12 +302,12 @@ def _attest(
     otp_guard: OtpGuard | None,
 ) -> SealedConfig:
     config_id = request.config_id
+    grounds.config_id = str(config_id)
     nonces.consume(request.nonce)
     verified = grounds.verified = verify_evidence(
-        evidence, at=grounds.at, collateral=cas.collateral
+        evidence, at=grounds.at, collateral=grounds.collateral, verifiers=cas.verifiers
     )
-    expected = workload_report_data(config_id, request.nonce, request.public_key)
-    if not hmac.compare_digest(verified.report_data, expected):
+    if not hmac.compare_digest(verified.report_data, grounds.report_data):
         raise AttestationRefused(
             "binding",
             "the evidence does not bind this config id, nonce and public key",
@@ -268,6 +318,7 @@ def _attest(
         if stored is None or service is None:
             raise NotFoundError(f"there is no service {config_id}")
         grounds.session_hash = stored.record.hash
+        grounds.service, grounds.security = service, stored.session.security.attestation
         check_workload(
             verified, service, stored.session.security.attestation, cas_debug=cas.platform.debug
         )

@@ -107,7 +107,7 @@ def test_workload_attestation_verifies_with_the_cas_collateral(
     cas = open_cas(load_availability_config(path))
     seen = []
 
-    def verify(evidence: Evidence, *, at: datetime, collateral: object) -> object:
+    def verify(evidence: Evidence, *, at: datetime, collateral: object, **_: object) -> object:
         seen.append(collateral)
         raise EvidenceError("stop here", check="signature")
 
@@ -122,7 +122,7 @@ def test_workload_attestation_verifies_with_the_cas_collateral(
         )
         with pytest.raises(EvidenceError, match="stop here"):
             workloads.attest_workload(cas, nonces, request)
-        assert seen == [cas.collateral]
+        assert [source.upstream for source in seen] == [cas.collateral]  # recorded, passed on
         assert "the collateral bundle " + str(tmp_path / "bundle") in str(cas.collateral)
     finally:
         cas.close()
