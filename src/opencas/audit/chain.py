@@ -23,7 +23,7 @@ import hmac
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import IntEnum
 from typing import Any
@@ -202,13 +202,25 @@ def next_entry(
     if seq > MAX_SEQ:
         raise ValueError("the audit log is full: its sequence number would pass 2^53 - 1")
     entry = Entry(seq, time, event, actor, subject, dict(details), head.hash, prev_failed)
-    if sign is not None:
-        signature = b64url_encode(sign(signing_input(entry.body())))
-        entry = Entry(**{**entry.__dict__, "sig": signature})
-    line = entry.line()
+    body = canonical_json(entry.body())
+    signature = None if sign is None else b64url_encode(sign(SIGNING_CONTEXT + body))
+    entry = replace(entry, sig=signature)
+    line = _with_signature(body, signature)
     if len(line) >= MAX_LINE_BYTES:
         raise ValueError(f"an audit entry has at most {MAX_LINE_BYTES} bytes")
     return entry, line, Head(seq, line_hash(line))
+
+
+def _with_signature(body: bytes, signature: str | None) -> bytes:
+    """The line of the entry whose canonical body (without ``sig``) is ``body``.
+
+    Serialising the entry once and inserting ``sig`` where canonical order puts it (right
+    before ``subject``) costs half of serialising it twice. The last ``,"subject":`` is the
+    entry's own: only the string ``time`` follows it, and a string holds no unescaped quote.
+    """
+    at = body.rfind(b',"subject":')
+    member = b',"sig":null' if signature is None else b',"sig":"' + signature.encode() + b'"'
+    return body[:at] + member + body[at:]
 
 
 # --- reading and checking one line --------------------------------------------------------------

@@ -84,7 +84,8 @@ def _service_form(service: Service) -> dict[str, Any]:
         "name": service.name,
         "platforms": list(service.platforms),
         "attestation": [
-            variant.model_dump(mode="json", exclude_defaults=True) for variant in service.attestation
+            variant.model_dump(mode="json", exclude_defaults=True)
+            for variant in service.attestation
         ],
     }
 

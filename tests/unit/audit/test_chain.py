@@ -117,3 +117,31 @@ def test_a_line_without_a_key_is_checked_for_form_only() -> None:
     assert facts.signed
     with pytest.raises(ValueError, match="canonical"):
         check_line(signed_line().replace(b',"sig":', b', "sig":'), None)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize(
+    "details",
+    [
+        {},
+        {"subject": "nested", "x": {"subject": 'a ,"subject": quoted'}},
+        {"sig": "not the entry's", "time": "2026"},
+        {"\U0001f600 key": "beyond U+FFFF", "é": "ü"},
+    ],
+)
+def test_the_line_written_is_the_canonical_form_of_its_entry(
+    signed: bool, details: dict[str, object]
+) -> None:
+    entry, line, head = next_entry(
+        GENESIS,
+        time="2026-12-01T12:00:00Z",
+        event="session_read",
+        actor="ab" * 32,
+        subject='a "subject", quoted',
+        details=details,
+        sign=KEY.sign if signed else None,
+    )
+    assert line == entry.line()
+    assert head.hash == line_hash(line)
+    facts = check_line(line, key_check() if signed else None)
+    assert facts.signed is signed
