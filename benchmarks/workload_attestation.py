@@ -86,7 +86,9 @@ from common import (
     run_phase,
     running_cas,
     server_pid,
+    share,
     timed,
+    us,
 )
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -634,12 +636,23 @@ def compare_audit_log(
     on, off = signed.result.rate, disabled.result.rate
     ratio = on / off if off else 0.0
     print("\nAudit log on (signed, file, fsynced) and off, the same attest phase:")
-    print(f"  log signed:   {on:8.1f} attestations/s  ({signed.result.ok} ok)")
-    print(f"  log disabled: {off:8.1f} attestations/s  ({disabled.result.ok} ok)")
+    for name, phase in (("log signed:  ", signed.result), ("log disabled:", disabled.result)):
+        print(
+            f"  {name} {phase.rate:8.1f} attestations/s  ({phase.ok} ok); server CPU "
+            f"{us(phase.server_cpu_per_answer)} us per answer, {share(phase.server_cpu)} of a "
+            f"core; other processes {share(phase.other_cpu)} of a core"
+        )
     print(
         f"  ratio {ratio:.0%} (goal >= {AUDIT_LOG_RATIO_GOAL:.0%}): "
         f"{met(ratio >= AUDIT_LOG_RATIO_GOAL)}"
     )
+    cost_on, cost_off = signed.result.server_cpu_per_answer, disabled.result.server_cpu_per_answer
+    if cost_on and cost_off:
+        # Throughput moves with whatever else runs on the machine; CPU per answer much less.
+        print(
+            f"  server CPU per answer, off / on: {cost_off / cost_on:.0%} (the throughput ratio "
+            f"a CPU-bound server would reach); the log costs {us(cost_on - cost_off)} us per answer"
+        )
 
 
 def benchmark(args: argparse.Namespace, workdir: Path) -> None:
