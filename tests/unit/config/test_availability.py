@@ -474,6 +474,12 @@ def test_collateral_paths_are_resolved_against_the_file(tmp_path: Path) -> None:
     )
 
 
+def test_simulated_collateral_roots_are_key_hashes(tmp_path: Path) -> None:
+    text = MINIMAL + f'\n[collateral]\nsimulated_roots = ["{"ab" * 32}", "{"cd" * 32}"]\n'
+    settings = load_availability_config(write_config(tmp_path, text)).collateral
+    assert settings.simulated_roots == frozenset({"ab" * 32, "cd" * 32})
+
+
 @pytest.mark.parametrize(
     ("lines", "reason"),
     [
@@ -482,6 +488,8 @@ def test_collateral_paths_are_resolved_against_the_file(tmp_path: Path) -> None:
         ('bundle = "~/bundle"', "'~' is not expanded"),
         ('fetch = "no"', "expected true or false"),
         ("pccs_url = 1", "unknown key"),
+        ('simulated_roots = ["AB"]', "simulated_roots[0]: a key hash is 64 lowercase hex digits"),
+        ('simulated_roots = "ab"', "expected an array"),
     ],
 )
 def test_bad_collateral_settings_are_named(tmp_path: Path, lines: str, reason: str) -> None:

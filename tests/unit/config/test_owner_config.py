@@ -633,6 +633,24 @@ def test_audit_log_sink_and_url_must_agree(body: str, expected: str) -> None:
     assert parse_error(f"[audit_log]\n{body}\n") == expected
 
 
+def test_keep_evidence_is_a_boolean_in_the_normal_form_only_when_true() -> None:
+    kept = parse_owner_config("[audit_log]\nkeep_evidence = true\n", "o.toml", "toml").config
+    off = parse_owner_config("[audit_log]\nkeep_evidence = false\n", "o.toml", "toml").config
+    unset = parse_owner_config("", "o.toml", "toml").config
+    assert kept.audit_log.keeps_evidence
+    assert kept.normal_form()["audit_log"]["keep_evidence"] is True
+    assert not off.audit_log.keeps_evidence
+    # Saying false changes nothing: the config keeps the hash it had before the key existed.
+    assert (
+        off.normal_form()
+        == unset.normal_form()
+        == {"audit_log": {"mode": "signed", "sink": "file"}}
+    )
+    assert parse_error('[audit_log]\nkeep_evidence = "yes"\n') == (
+        'owner.toml:2: [audit_log] keep_evidence: expected true or false, got string "yes"'
+    )
+
+
 def test_server_ca_certificate_only_with_a_network_sink() -> None:
     data = {"audit_log": {"server_ca_certificate": CA_PEM}}
 
