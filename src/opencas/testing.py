@@ -438,14 +438,17 @@ def attest_as_owner(
 
 
 def start_self_provisioned_cas(
-    directory: Path, owner_config_text: str | None = None, database_url: str | None = None
+    directory: Path,
+    owner_config_text: str | None = None,
+    database_url: str | None = None,
+    limits: Mapping[str, float] | None = None,
 ) -> SelfProvisionedCas:
     """Start a CAS in ``directory``, self-provisioned, and attest it as its owner.
 
     ``directory`` receives ``owner/`` (the owner identity), ``owner-config.toml`` (the
     development owner config unless ``owner_config_text`` is given) and ``cas/`` (the CAS's
-    config, database and log; with ``database_url``, the store is in that PostgreSQL database).
-    Stop it with :meth:`SelfProvisionedCas.stop`.
+    config, database and log; with ``database_url``, the store is in that PostgreSQL database;
+    ``limits`` is its ``[limits]`` section). Stop it with :meth:`SelfProvisionedCas.stop`.
     """
     owner_directory = directory / "owner"
     owner = create_owner_identity(owner_directory)
@@ -454,7 +457,7 @@ def start_self_provisioned_cas(
         write_owner_config(config_path)
     else:
         write_owner_config(config_path, owner_config_text)
-    process = CasProcess(directory / "cas", database_url=database_url)
+    process = CasProcess(directory / "cas", database_url=database_url, limits=limits or {})
     try:
         process.self_provision(config_path, owner_directory / CERTIFICATE_FILE)
         client, verified = attest_as_owner(process.url, owner, config_path)

@@ -42,6 +42,7 @@ from opencas.errors import CasError, ConfigError, RecoveryError
 from opencas.service.audit import log_start, log_stop
 from opencas.service.cas import Cas, inspect_cas, open_cas
 from opencas.service.cas_records import StateRecord
+from opencas.service.key_rollover import resume_key_rollover
 from opencas.service.provisioning import provision as provision_cas
 from opencas.service.recovery import make_request, record_recovered
 from opencas.service.recovery import recover as recover_cas
@@ -210,6 +211,7 @@ def _serve(cas: Cas) -> None:
     context = tls_context(cas.identity)
     cas.identity_listeners.append(lambda identity: present_identity(context, identity))
     log_start(cas.audit_log)
+    resume_key_rollover(cas)
     run_event_loop(
         serve_forever(listeners, context, config.connection_limits, maintenance=cas.refresh_tls)
     )

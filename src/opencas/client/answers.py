@@ -53,6 +53,21 @@ class RecoverySharesAnswer:
 
 
 @dataclass(frozen=True)
+class KeyRolloverAnswer:
+    """``GET`` / ``POST /v1/owner/key-rollover``: the running or last database key rollover
+    (``state`` ``none`` when there never was one, and nothing else)."""
+
+    state: str
+    key_id: str | None = None
+    previous_key_id: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    total: int = 0
+    moved: int = 0
+    damaged: int = 0
+
+
+@dataclass(frozen=True)
 class OwnerConfigUpdated:
     """``PUT /v1/owner/config``: the hash every later report carries."""
 

@@ -23,6 +23,7 @@ from opencas.client.answers import (
     HEALTH_PATH,
     AuditPageAnswer,
     Health,
+    KeyRolloverAnswer,
     OwnerConfigUpdated,
     OwnerConfigView,
     Provisioned,
@@ -193,6 +194,15 @@ class CasClient:
             return [ShareDocument.model_validate(share) for share in answer.shares]
         except ValidationError as exc:
             raise ClientError(f"the CAS answered a malformed recovery share: {exc}") from None
+
+    def key_rollover(self) -> KeyRolloverAnswer:
+        """The progress of the running or last database key rollover (owner only)."""
+        return self._channel.call(KeyRolloverAnswer, "GET", "/v1/owner/key-rollover", signed=True)
+
+    def start_key_rollover(self) -> KeyRolloverAnswer:
+        """Start rolling the database key over (owner only; ``key-rollover-running`` while one
+        runs); it goes on in the background: poll :meth:`key_rollover`."""
+        return self._channel.call(KeyRolloverAnswer, "POST", "/v1/owner/key-rollover", signed=True)
 
     def audit_page(self, start: int = 1) -> AuditPageAnswer:
         """One page of the audit log from ``seq`` ``start`` on (owner only)."""

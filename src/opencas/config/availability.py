@@ -355,6 +355,8 @@ _Count = Annotated[int, Field(ge=1, le=10_000_000)]
 MAX_SESSION_BYTES = 1024 * 1024
 """The most ``max_session_bytes`` may be: what a request body holds (it is at most 2 MiB)."""
 _Seconds = Annotated[float, Field(gt=0, le=3600)]
+KEY_ROLLOVER_BATCH = 1000
+"""Records a key rollover moves to the new database key per transaction, unless the config says."""
 
 
 class _LimitsSection(BaseModel):
@@ -382,6 +384,8 @@ class _LimitsSection(BaseModel):
     session_upload_identities: _Count = _SESSIONS.session_upload_identities
     otp_refusals_per_service: _Count = _SESSIONS.otp_refusals_per_service
     otp_refusal_window: _Seconds = _SESSIONS.otp_refusal_window
+    key_rollover_batch: Annotated[int, Field(ge=1, le=100_000)] = KEY_ROLLOVER_BATCH
+    key_rollover_pause: Annotated[float, Field(ge=0, le=10)] = 0.0
 
     @field_validator("max_connections_per_source")
     @classmethod
@@ -477,6 +481,10 @@ class AvailabilityConfig:
     database_url: str | None = None
     """The PostgreSQL database of the store; ``None``: the SQLite file at :attr:`database_path`.
     It may hold a password: show :attr:`database_shown`, never this."""
+    key_rollover_batch: int = KEY_ROLLOVER_BATCH
+    """Records a key rollover moves per transaction (``[limits] key_rollover_batch``)."""
+    key_rollover_pause: float = 0.0
+    """Seconds a key rollover waits between two batches (``[limits] key_rollover_pause``)."""
 
     @property
     def database_shown(self) -> str:
@@ -537,6 +545,8 @@ def load_availability_config(path: Path) -> AvailabilityConfig:
         session_limits=parsed.limits.sessions(),
         collateral=_collateral_settings(parsed.collateral, source.parent, database_path),
         database_url=parsed.database.url,
+        key_rollover_batch=parsed.limits.key_rollover_batch,
+        key_rollover_pause=parsed.limits.key_rollover_pause,
     )
 
 
@@ -668,6 +678,11 @@ session_upload_identities = {sessions.session_upload_identities}
 # its attestations with a code are refused until the window has passed.
 otp_refusals_per_service = {sessions.otp_refusals_per_service}
 otp_refusal_window = {sessions.otp_refusal_window}
+# Records a database key rollover (casctl start-upgrade) re-encrypts per transaction, 1 to
+# 100000: fewer hold the writers back for less time each, more finish sooner.
+key_rollover_batch = {KEY_ROLLOVER_BATCH}
+# Seconds (0 to 10) it waits between two batches, to leave a busy disk to the other writers.
+key_rollover_pause = 0.0
 
 [collateral]
 # What the CAS checks hardware evidence against (Intel DCAP collateral, AMD certificates;

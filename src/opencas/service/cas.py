@@ -97,6 +97,8 @@ class Cas:
     """The simulated collateral roots workloads' simulated evidence is checked against."""
     evidence_archive: EvidenceArchive | None = None
     """Where workload decisions' evidence is kept (owner config ``[audit_log] keep_evidence``)."""
+    background_stops: list[Callable[[], None]] = field(default_factory=list)
+    """Each stops (and waits for) a background task, such as a key rollover, before closing."""
 
     @property
     def verifiers(self) -> Mapping[str, Verifier]:
@@ -155,7 +157,10 @@ class Cas:
         return changed
 
     def close(self) -> None:
-        """Close the audit log, the store, the database lock and the collateral connections."""
+        """Stop the background tasks, close the audit log, the store, the database lock and the
+        collateral connections."""
+        for stop in self.background_stops:
+            stop()
         if self.audit is not None:
             self.audit.close()
         self.store.close()
@@ -331,7 +336,7 @@ def inspect_cas(config: AvailabilityConfig) -> Cas:
     platform = load_platform(config)
     _check_store(config)
     contents = load_key_store(key_store_path(database), platform.unseal)
-    store = _open_store(config, contents.dmk)
+    store = _open_store(config, contents.dmk, contents.previous_dmk)
     try:
         identity = load_identity(
             store, config.hostnames, local_instance_id(database), reissue=False
@@ -365,10 +370,10 @@ def open_store_with_key(config: AvailabilityConfig, dmk: bytes) -> Store:
     return _open_store(config, dmk)
 
 
-def _open_store(config: AvailabilityConfig, dmk: bytes) -> Store:
+def _open_store(config: AvailabilityConfig, dmk: bytes, previous_dmk: bytes | None = None) -> Store:
     if config.database_url is not None:
-        return PostgresStore.open(config.database_url, dmk)
-    return SqliteStore.open(config.database_path, dmk)
+        return PostgresStore.open(config.database_url, dmk, previous_dmk=previous_dmk)
+    return SqliteStore.open(config.database_path, dmk, previous_dmk)
 
 
 def _create_store(
@@ -433,7 +438,8 @@ def _open_or_create_store(
             raise
         return store, False, injected_dmk
     contents = load_key_store(key_store, platform.unseal)
-    store = _open_store(config, contents.dmk)
+    # While a key rollover runs, both keys open records (service/key_rollover.py).
+    store = _open_store(config, contents.dmk, contents.previous_dmk)
     if contents.db_key_injected:
         try:
             mark_db_key_injected(store)

@@ -109,6 +109,16 @@ def configure_recovery(
     return state.model_copy(update={"recovery_threshold": threshold, "recovery_key_hashes": hashes})
 
 
+def split_again(txn: Transaction, cas: Cas, config: OwnerConfig | None) -> bool:
+    """Seal a new split of ``cas.database_key`` (a new key, after a rollover started) in
+    ``txn`` when ``config`` names recovery keys; whether it did. Shares of the old key would
+    only rebuild a key that opens nothing once the rollover finished."""
+    if config is None or config.recovery is None:
+        return False
+    write_record(txn, _TABLE, _SHARES, _split(cas, config.recovery))
+    return True
+
+
 def recovery_changed(before: StateRecord, after: StateRecord) -> bool:
     """Whether ``after`` has other recovery keys or another threshold than ``before``."""
     return (before.recovery_key_hashes, before.recovery_threshold) != (

@@ -116,6 +116,11 @@ class Store(Protocol):
         """A read-only view in which every read sees the same committed state."""
         ...
 
+    def use_keys(self, dmk: bytes, previous_dmk: bytes | None) -> None:
+        """Seal what is written from now on under ``dmk``; open records under it or, while a key
+        rollover moves them, under ``previous_dmk``."""
+        ...
+
     def close(self) -> None:
         """Release the store's resources; the store must not be used afterwards."""
         ...

@@ -5,6 +5,12 @@ platform seals it (only this CAS on this platform can unseal it); this module on
 writes atomically and validates. The plaintext is canonical JSON::
 
     {"db_key_injected": false, "dmk": "<base64>", "format": "opencas-key-store/v1"}
+
+While a key rollover runs it also holds the key being replaced, in format v2 (which a CAS that
+knows nothing of rollovers refuses to read, so it cannot write under the old key alone)::
+
+    {"db_key_injected": false, "dmk": "<base64>", "format": "opencas-key-store/v2",
+     "previous_dmk": "<base64>"}
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from opencas.crypto.encoding import b64_decode, b64_encode
 from opencas.errors import KeyStoreError
 
 KEY_STORE_FORMAT = "opencas-key-store/v1"
+ROLLOVER_KEY_STORE_FORMAT = "opencas-key-store/v2"
 DMK_SIZE = 32
 
 
@@ -30,6 +37,8 @@ class KeyStoreContents:
 
     dmk: bytes = field(repr=False)
     db_key_injected: bool
+    previous_dmk: bytes | None = field(default=None, repr=False)
+    """The key a running rollover moves records away from; ``None`` when none runs."""
 
 
 def key_store_path(database: Path) -> Path:
@@ -44,15 +53,20 @@ def save_key_store(path: Path, contents: KeyStoreContents, seal: Callable[[bytes
     this returns, the new contents are durable. Raises ``ValueError`` unless the DMK is 32 bytes,
     :class:`KeyStoreError` when the file cannot be written; exceptions from ``seal`` propagate.
     """
-    if len(contents.dmk) != DMK_SIZE:
-        raise ValueError(f"database master key must be {DMK_SIZE} bytes, got {len(contents.dmk)}")
-    plaintext = canonical_json(
-        {
-            "format": KEY_STORE_FORMAT,
-            "dmk": b64_encode(contents.dmk),
-            "db_key_injected": contents.db_key_injected,
+    for key in (contents.dmk, contents.previous_dmk or bytes(DMK_SIZE)):
+        if len(key) != DMK_SIZE:
+            raise ValueError(f"database master key must be {DMK_SIZE} bytes, got {len(key)}")
+    document: dict[str, object] = {
+        "format": KEY_STORE_FORMAT,
+        "dmk": b64_encode(contents.dmk),
+        "db_key_injected": contents.db_key_injected,
+    }
+    if contents.previous_dmk is not None:
+        document |= {
+            "format": ROLLOVER_KEY_STORE_FORMAT,
+            "previous_dmk": b64_encode(contents.previous_dmk),
         }
-    )
+    plaintext = canonical_json(document)
     sealed = seal(plaintext)
     temporary = path.with_name(f"{path.name}.tmp-{secrets.token_hex(8)}")
     try:
@@ -104,35 +118,46 @@ def _parse(path: Path, plaintext: bytes) -> KeyStoreContents:
     except ValueError as exc:
         raise KeyStoreError(f"the database key store {path} is corrupt: {exc}") from None
     marker = document.get("format")
-    if marker != KEY_STORE_FORMAT:
+    expected = {"format", "dmk", "db_key_injected"}
+    if marker == ROLLOVER_KEY_STORE_FORMAT:
+        expected.add("previous_dmk")
+    elif marker != KEY_STORE_FORMAT:
         raise KeyStoreError(
             f"the database key store {path} has format {marker!r}, expected {KEY_STORE_FORMAT!r}"
         )
-    expected = {"format", "dmk", "db_key_injected"}
     if set(document) != expected:
         raise KeyStoreError(
             f"the database key store {path} is corrupt: fields {sorted(document)}, "
             f"expected {sorted(expected)}"
         )
-    encoded, injected = document["dmk"], document["db_key_injected"]
+    injected = document["db_key_injected"]
     if not isinstance(injected, bool):
         raise KeyStoreError(
             f"the database key store {path} is corrupt: db_key_injected is not a boolean"
         )
+    previous = document.get("previous_dmk")
+    return KeyStoreContents(
+        dmk=_key(path, "dmk", document["dmk"]),
+        db_key_injected=injected,
+        previous_dmk=None if previous is None else _key(path, "previous_dmk", previous),
+    )
+
+
+def _key(path: Path, name: str, encoded: object) -> bytes:
     if not isinstance(encoded, str):
-        raise KeyStoreError(f"the database key store {path} is corrupt: dmk is not a string")
+        raise KeyStoreError(f"the database key store {path} is corrupt: {name} is not a string")
     try:
         dmk = b64_decode(encoded)
     except ValueError:
         raise KeyStoreError(
-            f"the database key store {path} is corrupt: dmk is not base64"
+            f"the database key store {path} is corrupt: {name} is not base64"
         ) from None
     if len(dmk) != DMK_SIZE:
         raise KeyStoreError(
             f"the database key store {path} holds a {len(dmk)}-byte database key, "
             f"expected {DMK_SIZE}"
         )
-    return KeyStoreContents(dmk=dmk, db_key_injected=injected)
+    return dmk
 
 
 def _write_all(fd: int, data: bytes) -> None:

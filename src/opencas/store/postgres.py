@@ -135,6 +135,27 @@ class _PostgresRows:
         row = self._one("SELECT value FROM commit_state WHERE name = 'state'", ())
         return None if row is None else row[0]
 
+    def index_page(
+        self, after: tuple[str, bytes] | None, limit: int
+    ) -> Iterator[tuple[object, object, object]]:
+        # COLLATE "C": the order of the index's primary key, whatever the database's collation.
+        if after is None:
+            cursor = self._conn.execute(
+                'SELECT tbl, key, value FROM record_index ORDER BY tbl COLLATE "C", key LIMIT %s',
+                (limit,),
+            )
+        else:
+            cursor = self._conn.execute(
+                'SELECT tbl, key, value FROM record_index WHERE (tbl COLLATE "C", key) > '
+                '(%s, %s) ORDER BY tbl COLLATE "C", key LIMIT %s',
+                (*after, limit),
+            )
+        return iter(cursor.fetchall())
+
+    def index_size(self) -> int:
+        row = self._one("SELECT count(*) FROM record_index", ())
+        return 0 if row is None else int(row[0])
+
     def write_record(
         self, table: str, record_id: bytes, version: int, envelope: bytes, entry: bytes
     ) -> None:
@@ -303,16 +324,23 @@ class PostgresStore:
             return _schema_version(conn) is not None
 
     @classmethod
-    def open(cls, url: str, dmk: bytes, pool_size: int = POOL_MAX_SIZE) -> PostgresStore:
+    def open(
+        cls,
+        url: str,
+        dmk: bytes,
+        pool_size: int = POOL_MAX_SIZE,
+        previous_dmk: bytes | None = None,
+    ) -> PostgresStore:
         """Open the OpenCAS store in the PostgreSQL database at ``url`` with the key ``dmk``.
 
         Applies the migrations this build knows that the database lacks. Raises
         :class:`StoreError` (naming the database, never its password) when it cannot be reached,
         holds no OpenCAS store, or has a schema newer than this build; :class:`KeyStoreError`
         when ``dmk`` is not its key; ``ValueError`` unless ``dmk`` is 32 bytes. Every record is
-        checked as :meth:`opencas.store.sqlite.SqliteStore.open` does.
+        checked as :meth:`opencas.store.sqlite.SqliteStore.open` does, and ``previous_dmk`` is
+        the key a running rollover moves records away from, as there.
         """
-        cipher = RecordCipher(dmk)
+        cipher = RecordCipher(dmk, previous_dmk)
         pool = cls._pool_for(url, pool_size)
         shown = redact_url(url)
         try:
@@ -492,6 +520,12 @@ class PostgresStore:
                     raise
         finally:
             self._local.in_transaction = False
+
+    def use_keys(self, dmk: bytes, previous_dmk: bytes | None) -> None:
+        """Seal from now on under ``dmk``, and open under it or ``previous_dmk`` (see
+        :meth:`opencas.store.sqlite.SqliteStore.use_keys`). The guards keep the key they were
+        opened with until the next start: their rows live for minutes and name nothing."""
+        self._cipher = RecordCipher(dmk, previous_dmk)
 
     def close(self) -> None:
         """Close every pooled connection (waiting for those in use); idempotent."""

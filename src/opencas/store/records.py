@@ -14,16 +14,24 @@ every record when a store is opened. A backend only moves bytes (:class:`Rows`,
 :class:`WritableRows`) and says how its errors read (:meth:`Rows.failing`); its rows come from
 storage anyone with access to it may have edited, so every value read from them is type-checked
 here before it is trusted.
+
+During a *key rollover* (:func:`rekey_page`) a store is opened with two database keys: the
+current one, which seals everything written, and the previous one, which still opens the records
+not yet moved. Each record is under exactly one of them at any commit: a record is moved (its old
+row deleted, its new row written, both tags exchanged in the commit digest) in one transaction,
+so no record is ever readable by neither key.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from opencas.crypto.envelope import derive_key, open_envelope, record_aad, seal
 from opencas.errors import KeyStoreError, RecordDamagedError, StoreError
+from opencas.store.base import Transaction
 from opencas.store.state import (
     EMPTY_DIGEST,
     INITIAL_STATE,
@@ -78,6 +86,17 @@ class Rows(Protocol):
         """The sealed commit state, or ``None`` when there is no state row."""
         ...
 
+    def index_page(
+        self, after: tuple[str, bytes] | None, limit: int
+    ) -> Iterator[tuple[object, object, object]]:
+        """Up to ``limit`` ``(table, record id, sealed entry)`` in ``(table, id)`` order, after
+        ``after`` (from the first: ``None``)."""
+        ...
+
+    def index_size(self) -> int:
+        """How many index rows there are."""
+        ...
+
 
 class WritableRows(Rows, Protocol):
     """Raw rows inside a write transaction, which the backend runs one at a time."""
@@ -98,8 +117,8 @@ class WritableRows(Rows, Protocol):
         ...
 
 
-class RecordCipher:
-    """Seals and opens record values with per-table keys derived from the DMK."""
+class RecordKeys:
+    """The keys of one database master key: per-table value keys and the state keys."""
 
     def __init__(self, dmk: bytes) -> None:
         if len(dmk) != DMK_SIZE:
@@ -109,7 +128,7 @@ class RecordCipher:
         self.state_keys = StateKeys(dmk)
 
     def __repr__(self) -> str:
-        return "<RecordCipher>"
+        return "<RecordKeys>"
 
     def _table_key(self, table: str) -> bytes:
         key = self._table_keys.get(table)
@@ -138,6 +157,53 @@ class RecordCipher:
             raise RecordDamagedError(table, key) from None
 
 
+class RecordCipher:
+    """Seals record values under the current database key; opens them under it or, while a
+    key rollover runs, under the previous one."""
+
+    def __init__(self, dmk: bytes, previous: bytes | None = None) -> None:
+        self.current = RecordKeys(dmk)
+        self.previous = None if previous is None else RecordKeys(previous)
+        self.state_keys = self.current.state_keys
+        #: The keys to try, the current one first.
+        self.epochs: tuple[RecordKeys, ...] = (
+            (self.current,) if self.previous is None else (self.current, self.previous)
+        )
+
+    def __repr__(self) -> str:
+        return "<RecordCipher>"
+
+    def seal(self, table: str, key: str, version: int, value: bytes) -> bytes:
+        """The stored envelope of ``value`` under the current key."""
+        return self.current.seal(table, key, version, value)
+
+    def open_entry(
+        self, table: str, record_id: bytes, sealed: object
+    ) -> tuple[IndexEntry, RecordKeys]:
+        """The index entry of ``record_id`` and the keys it was sealed under;
+        :class:`RecordDamagedError` (the current key's) when none opens it."""
+        failure: RecordDamagedError | None = None
+        for keys in self.epochs:
+            try:
+                return keys.state_keys.open_entry(table, record_id, sealed), keys
+            except RecordDamagedError as exc:
+                failure = failure or exc
+        assert failure is not None
+        raise failure
+
+    def open_state(self, sealed: object) -> CommitState:
+        """The commit state, sealed under either key (the state moves to the current key at
+        the first commit after a rollover started)."""
+        failure: RecordDamagedError | None = None
+        for keys in self.epochs:
+            try:
+                return keys.state_keys.open_state(sealed)
+            except RecordDamagedError as exc:
+                failure = failure or exc
+        assert failure is not None
+        raise failure
+
+
 def check_table(table: str) -> None:
     """``ValueError`` unless ``table`` is a name callers may use (not empty, no leading ``_``)."""
     if not table or table.startswith("_"):
@@ -146,23 +212,54 @@ def check_table(table: str) -> None:
 
 def _index_entry(
     rows: Rows, cipher: RecordCipher, table: str, record_id: bytes
-) -> IndexEntry | None:
+) -> tuple[IndexEntry, RecordKeys] | None:
     sealed = rows.index_entry(table, record_id)
-    return None if sealed is None else cipher.state_keys.open_entry(table, record_id, sealed)
+    return None if sealed is None else cipher.open_entry(table, record_id, sealed)
+
+
+@dataclass(frozen=True)
+class _Located:
+    """Where a record is stored: its id, the keys it is under, its row and index entry."""
+
+    record_id: bytes
+    keys: RecordKeys
+    row: tuple[object, object] | None
+    entry: IndexEntry | None
+
+    @property
+    def found(self) -> bool:
+        return self.row is not None or self.entry is not None
+
+
+def _locate(rows: Rows, cipher: RecordCipher, table: str, key: str) -> _Located:
+    """The record ``table``/``key`` under whichever key holds it (the current one when none)."""
+    first: _Located | None = None
+    for keys in cipher.epochs:
+        record_id = keys.state_keys.record_id(table, key)
+        row = rows.record(table, record_id)
+        opened = _index_entry(rows, cipher, table, record_id)
+        located = (
+            _Located(record_id, keys, row, None)
+            if opened is None
+            else _Located(record_id, opened[1], row, opened[0])
+        )
+        if located.found:
+            return located
+        first = first or located
+    assert first is not None
+    return first
 
 
 def read_record(rows: Rows, cipher: RecordCipher, table: str, key: str) -> tuple[bytes, int] | None:
     """The value and version of ``table``/``key``, checked against its index entry; ``None``
     when neither row is there; :class:`RecordDamagedError` when they disagree."""
-    record_id = cipher.state_keys.record_id(table, key)
     with rows.failing(f"reading {table}/{key}"):
-        row = rows.record(table, record_id)
-        entry = _index_entry(rows, cipher, table, record_id)
-    if row is None and entry is None:
+        located = _locate(rows, cipher, table, key)
+    if not located.found:
         return None
-    version, envelope = (None, None) if row is None else row
-    committed = check_record(table, key, entry, version, envelope)
-    return cipher.open(table, key, version, envelope), committed.version
+    version, envelope = (None, None) if located.row is None else located.row
+    committed = check_record(table, key, located.entry, version, envelope)
+    return located.keys.open(table, key, version, envelope), committed.version
 
 
 def read_keys(rows: Rows, cipher: RecordCipher, table: str, prefix: str) -> list[str]:
@@ -172,7 +269,7 @@ def read_keys(rows: Rows, cipher: RecordCipher, table: str, prefix: str) -> list
         for _, record_id, sealed in rows.index_entries(table):
             if not isinstance(record_id, bytes):
                 raise RecordDamagedError(table, str(record_id), "its id is not a blob")
-            key = cipher.state_keys.open_entry(table, record_id, sealed).key
+            key = cipher.open_entry(table, record_id, sealed)[0].key
             if key.startswith(prefix):
                 keys.append(key)
     # Python orders strings by code point, the order the contract promises.
@@ -186,7 +283,7 @@ def read_state(rows: Rows, cipher: RecordCipher) -> CommitState:
         sealed = rows.state()
     if sealed is None:
         raise RecordDamagedError(STATE_TABLE, STATE_KEY, "the commit state is missing")
-    return cipher.state_keys.open_state(sealed)
+    return cipher.open_state(sealed)
 
 
 class RecordReader:
@@ -238,11 +335,15 @@ class RecordTransaction(RecordReader):
             raise StoreError(f"a transaction on {self._writable.name} was used after it ended")
         return self._writable
 
-    def _change(self, table: str, old: IndexEntry | None, new: IndexEntry | None) -> None:
-        keys = self._cipher.state_keys
-        for entry in (old, new):
-            if entry is not None:
-                self._delta = xor(self._delta, keys.tag(table, entry))
+    def _change(
+        self, table: str, old: tuple[IndexEntry, RecordKeys] | None, new: IndexEntry | None
+    ) -> None:
+        # Each tag is made with the keys its entry is sealed under: the digest holds the tags
+        # of both keys while a rollover runs.
+        if old is not None:
+            self._delta = xor(self._delta, old[1].state_keys.tag(table, old[0]))
+        if new is not None:
+            self._delta = xor(self._delta, self._cipher.state_keys.tag(table, new))
         self._changed = True
 
     def finish(self) -> None:
@@ -280,9 +381,9 @@ class RecordTransaction(RecordReader):
     def put_reserved(self, table: str, key: str, value: bytes) -> int:
         """:meth:`put` without the check of the table name: for the store's own records."""
         rows = self._view()
-        record_id = self._cipher.state_keys.record_id(table, key)
         with rows.failing(f"writing {table}/{key}"):
-            row = rows.record(table, record_id)
+            located = _locate(rows, self._cipher, table, key)
+            row = located.row
             if row is None:
                 version = 1
             elif is_valid_version(row[0]) and row[0] < MAX_VERSION:
@@ -291,13 +392,26 @@ class RecordTransaction(RecordReader):
                 raise RecordDamagedError(
                     table, key, f"its version is not an integer in 1..{MAX_VERSION - 1}"
                 )
-            old = _index_entry(rows, self._cipher, table, record_id)
-            envelope = self._cipher.seal(table, key, version, value)
-            new = IndexEntry(key, version, envelope_sha256(envelope))
-            sealed = self._cipher.state_keys.seal_entry(table, record_id, new)
-            rows.write_record(table, record_id, version, envelope, sealed)
-        self._change(table, old, new)
+            self._write_current(table, key, version, value, located)
         return version
+
+    def _write_current(
+        self, table: str, key: str, version: int, value: bytes, located: _Located
+    ) -> IndexEntry:
+        """Write ``value`` under the current key, replacing the record where ``located``
+        found it (under the previous key, at its old id), and account for it in the digest."""
+        rows = self._view()
+        current = self._cipher.current
+        record_id = current.state_keys.record_id(table, key)
+        if located.found and located.record_id != record_id:
+            rows.delete_record(table, located.record_id)
+        envelope = current.seal(table, key, version, value)
+        new = IndexEntry(key, version, envelope_sha256(envelope))
+        sealed = current.state_keys.seal_entry(table, record_id, new)
+        rows.write_record(table, record_id, version, envelope, sealed)
+        old = None if located.entry is None else (located.entry, located.keys)
+        self._change(table, old, new)
+        return new
 
     def delete(self, table: str, key: str) -> bool:
         """Remove ``table``/``key``; return whether a record was there.
@@ -306,13 +420,83 @@ class RecordTransaction(RecordReader):
         """
         check_table(table)
         rows = self._view()
-        record_id = self._cipher.state_keys.record_id(table, key)
         with rows.failing(f"deleting {table}/{key}"):
-            old = _index_entry(rows, self._cipher, table, record_id)
-            deleted = rows.delete_record(table, record_id) or old is not None
-        if old is not None:
-            self._change(table, old, None)
+            located = _locate(rows, self._cipher, table, key)
+            deleted = rows.delete_record(table, located.record_id) or located.entry is not None
+        if located.entry is not None:
+            self._change(table, (located.entry, located.keys), None)
         return deleted
+
+    def rekey_page(self, after: tuple[str, bytes] | None, limit: int) -> RekeyedPage:
+        """Move the records sealed under the previous key among the next ``limit`` index rows
+        after ``after`` to the current key, keeping their versions.
+
+        Rows already under the current key (moved before, or written since the rollover
+        started) are passed over. A record that is damaged (it opens under neither key, or its
+        row is not the committed one) is left where it is and counted: it was unreadable before
+        and stays so. Raises :class:`StoreError` when no rollover runs.
+        """
+        previous = self._cipher.previous
+        rows = self._view()
+        if previous is None:
+            raise StoreError(f"no key rollover is running on {rows.name}")
+        moved = damaged = seen = 0
+        last = after
+        with rows.failing("re-encrypting records under the new database key"):
+            for table, record_id, sealed in list(rows.index_page(after, limit)):
+                seen += 1
+                if not isinstance(table, str) or not isinstance(record_id, bytes):
+                    damaged += 1
+                    continue
+                last = (table, record_id)
+                try:
+                    moved += self._rekey_one(table, record_id, sealed, previous)
+                except RecordDamagedError:
+                    damaged += 1
+        return RekeyedPage(None if seen < limit else last, moved, damaged)
+
+    def record_count(self) -> int:
+        """How many records (the store's own included) this transaction sees."""
+        rows = self._view()
+        with rows.failing("counting the records"):
+            return rows.index_size()
+
+    def _rekey_one(self, table: str, record_id: bytes, sealed: object, previous: RecordKeys) -> int:
+        entry, keys = self._cipher.open_entry(table, record_id, sealed)
+        if keys is not previous:
+            return 0
+        row = self._view().record(table, record_id)
+        version, envelope = (None, None) if row is None else row
+        check_record(table, entry.key, entry, version, envelope)
+        value = previous.open(table, entry.key, version, envelope)
+        located = _Located(record_id, previous, row, entry)
+        self._write_current(table, entry.key, entry.version, value, located)
+        return 1
+
+
+@dataclass(frozen=True)
+class RekeyedPage:
+    """What one :meth:`RecordTransaction.rekey_page` did: where the next page starts (``None``:
+    every row was visited), how many records it moved and how many it left because they are
+    damaged."""
+
+    after: tuple[str, bytes] | None
+    moved: int
+    damaged: int
+
+
+def rekey_page(txn: Transaction, after: tuple[str, bytes] | None, limit: int) -> RekeyedPage:
+    """:meth:`RecordTransaction.rekey_page` on a transaction of any backend of this module."""
+    if not isinstance(txn, RecordTransaction):
+        raise TypeError(f"{type(txn).__name__} is not a transaction of the record layer")
+    return txn.rekey_page(after, limit)
+
+
+def index_size(txn: Transaction) -> int:
+    """How many records (and store records) the store holds, seen from ``txn``."""
+    if not isinstance(txn, RecordTransaction):
+        raise TypeError(f"{type(txn).__name__} is not a transaction of the record layer")
+    return txn.record_count()
 
 
 def check_key(rows: Rows, cipher: RecordCipher) -> None:
@@ -327,12 +511,12 @@ def check_key(rows: Rows, cipher: RecordCipher) -> None:
         row = rows.record(META_TABLE, cipher.state_keys.record_id(META_TABLE, CHECK_KEY))
     if row is None:
         raise StoreError(f"{rows.name} is not a complete OpenCAS database (no key-check record)")
-    try:
-        plaintext = cipher.open(META_TABLE, CHECK_KEY, row[0], row[1])
-    except RecordDamagedError:
-        raise wrong_key from None
-    if plaintext != CHECK_PLAINTEXT:
-        raise wrong_key
+    for keys in cipher.epochs:
+        # While a rollover runs, the check record moves to the new key in its first commit.
+        with contextlib.suppress(RecordDamagedError):
+            if keys.open(META_TABLE, CHECK_KEY, row[0], row[1]) == CHECK_PLAINTEXT:
+                return
+    raise wrong_key
 
 
 def _committed_index(rows: Rows, cipher: RecordCipher) -> dict[tuple[str, bytes], IndexEntry]:
@@ -346,8 +530,8 @@ def _committed_index(rows: Rows, cipher: RecordCipher) -> dict[tuple[str, bytes]
                 raise RecordDamagedError(
                     STATE_TABLE, STATE_KEY, "the record index holds a row of the wrong shape"
                 )
-            entry = cipher.state_keys.open_entry(table, record_id, sealed)
-            digest = xor(digest, cipher.state_keys.tag(table, entry))
+            entry, keys = cipher.open_entry(table, record_id, sealed)
+            digest = xor(digest, keys.state_keys.tag(table, entry))
             entries[table, record_id] = entry
     if digest != state.digest:
         raise RecordDamagedError(

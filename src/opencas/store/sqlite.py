@@ -137,6 +137,26 @@ class _SqliteRows:
         row = _fetch_one(self._conn, "SELECT value FROM commit_state WHERE name = 'state'", ())
         return None if row is None else row[0]
 
+    def index_page(
+        self, after: tuple[str, bytes] | None, limit: int
+    ) -> Iterator[tuple[object, object, object]]:
+        if after is None:
+            return _fetch_all(
+                self._conn,
+                "SELECT tbl, key, value FROM record_index ORDER BY tbl, key LIMIT ?",
+                (limit,),
+            )
+        return _fetch_all(
+            self._conn,
+            "SELECT tbl, key, value FROM record_index WHERE (tbl, key) > (?, ?) "
+            "ORDER BY tbl, key LIMIT ?",
+            (*after, limit),
+        )
+
+    def index_size(self) -> int:
+        (count,) = _fetch_one(self._conn, "SELECT count(*) FROM record_index", ())
+        return int(count)
+
     def write_record(
         self, table: str, record_id: bytes, version: int, envelope: bytes, entry: bytes
     ) -> None:
@@ -395,7 +415,7 @@ class SqliteStore:
         _check_header(path)
 
     @classmethod
-    def open(cls, path: Path, dmk: bytes) -> SqliteStore:
+    def open(cls, path: Path, dmk: bytes, previous_dmk: bytes | None = None) -> SqliteStore:
         """Open the existing OpenCAS database at ``path`` with the database master key ``dmk``.
 
         Raises :class:`StoreError`, naming ``path``, when there is no file, when it is not an
@@ -408,8 +428,11 @@ class SqliteStore:
         :attr:`damaged_records` (and reading one raises). When the record index itself does not
         add up to the commit state, nothing can be trusted and :class:`RecordDamagedError`
         naming ``_state/commit`` is raised.
+
+        ``previous_dmk`` is the key a running key rollover moves records away from: records
+        under either key open, and everything written is sealed under ``dmk``.
         """
-        cipher = RecordCipher(dmk)
+        cipher = RecordCipher(dmk, previous_dmk)
         _check_header(path)
         with _sqlite_errors(path, "opening"):
             writer = _connect(path)
@@ -557,6 +580,13 @@ class SqliteStore:
                     yield tx
             finally:
                 self._local.in_transaction = False
+
+    def use_keys(self, dmk: bytes, previous_dmk: bytes | None) -> None:
+        """Seal from now on under ``dmk``, and open under it or ``previous_dmk`` (a key
+        rollover starts, or ends with ``None``). Waits for a running write transaction."""
+        cipher = RecordCipher(dmk, previous_dmk)
+        with self._write_lock:
+            self._cipher = cipher
 
     def close(self) -> None:
         """Wait for a running transaction, then close every connection; idempotent."""

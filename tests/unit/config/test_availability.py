@@ -544,6 +544,8 @@ def test_default_text_loads_and_sets_every_key(tmp_path: Path) -> None:
             "session_upload_identities": 10_000,
             "otp_refusals_per_service": 5,
             "otp_refusal_window": 300.0,
+            "key_rollover_batch": 1000,
+            "key_rollover_pause": 0.0,
         },
         "collateral": {
             "fetch": True,

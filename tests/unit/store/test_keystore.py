@@ -152,3 +152,14 @@ def test_valid_document_loads(path: Path) -> None:
     assert loaded.dmk == DMK
     assert loaded.db_key_injected is True
     assert os.access(path, os.R_OK)
+
+
+def test_a_rollover_key_store_keeps_both_keys_and_says_format_v2(tmp_path: Path) -> None:
+    path = tmp_path / "cas.db.key-store"
+    contents = KeyStoreContents(bytes(range(32)), False, bytes(32))
+    save_key_store(path, contents, lambda data: data)
+    assert b'"format":"opencas-key-store/v2"' in path.read_bytes()
+    assert load_key_store(path, lambda data: data) == contents
+    save_key_store(path, KeyStoreContents(bytes(range(32)), False), lambda data: data)
+    assert b'"format":"opencas-key-store/v1"' in path.read_bytes()
+    assert load_key_store(path, lambda data: data).previous_dmk is None

@@ -1,4 +1,5 @@
-"""Routes of the CAS owner: attested provisioning, the owner config and the recovery shares."""
+"""Routes of the CAS owner: attested provisioning, the owner config, the recovery shares and the
+database key rollover."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from opencas.api.routes.bodies import StrictBody
 from opencas.config.owner import owner_config_from_normal_form
 from opencas.crypto.recovery_documents import document_json
 from opencas.service.cas import Cas
+from opencas.service.key_rollover import RolloverRecord, rollover_status, start_key_rollover
 from opencas.service.provisioning import (
     provision_with_token,
     show_owner_config,
@@ -38,7 +40,7 @@ class OwnerConfigRequest(StrictBody):
 
 def owner_router(cas: Cas) -> APIRouter:
     """``POST /v1/provision``, ``GET`` and ``PUT /v1/owner/config``,
-    ``GET /v1/owner/recovery/shares``."""
+    ``GET /v1/owner/recovery/shares``, ``GET`` and ``POST /v1/owner/key-rollover``."""
     router = APIRouter()
     guard = TokenGuard(shared=cas.guards)
 
@@ -76,4 +78,20 @@ def owner_router(cas: Cas) -> APIRouter:
         shares = show_recovery_shares(cas, caller_of(request))
         return {"shares": [document_json(share) for share in shares]}
 
+    @router.get("/v1/owner/key-rollover")
+    def key_rollover(request: Request) -> dict[str, Any]:
+        """The progress of the running or last database key rollover (owner only)."""
+        return _rollover_json(rollover_status(cas, caller_of(request)))
+
+    @router.post("/v1/owner/key-rollover")
+    def start_rollover(request: Request) -> dict[str, Any]:
+        """Start rolling the database key over (owner only); it runs in the background."""
+        return _rollover_json(start_key_rollover(cas, caller_of(request)))
+
     return router
+
+
+def _rollover_json(record: RolloverRecord | None) -> dict[str, Any]:
+    if record is None:
+        return {"state": "none"}
+    return record.model_dump(exclude={"cursor_table", "cursor_id"})

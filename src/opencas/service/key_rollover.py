@@ -1,0 +1,270 @@
+"""Rolling the database key over: a new key, every record moved to it online, the old one gone.
+
+The steps, each durable before the next, so that a ``kill -9`` anywhere leaves a state that
+:func:`resume_key_rollover` carries on from at the next start:
+
+1. The key store is rewritten holding the new key and the previous one (format v2), before
+   anything is sealed under the new key.
+2. The *start* transaction: the store seals under the new key from then on; the record
+   ``key-rollover/progress`` says ``running`` (with the new key's id), the key-check record and
+   the recovery split move to the new key, and the audit log says ``key_rollover_started``.
+3. Batches of ``[limits] key_rollover_batch`` records, each one transaction that moves them and
+   advances the record's cursor. The CAS serves meanwhile: a record is under exactly one key at
+   every commit, and writes go to the new key.
+4. The *finish* transaction: the record says ``finished``; ``key_rollover_finished`` is logged.
+5. The key store is rewritten with the new key alone. A copy of the old key store (or an old
+   CAS version holding it) opens nothing of the database any more.
+
+A crash between 1 and 2 is resumed by doing step 2 as the CAS itself (the owner's request was
+never answered); between 4 and 5 by doing step 5.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import threading
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from opencas.errors import ConflictError
+from opencas.policy.caller import Caller
+from opencas.service.audit import actor_of, state_change
+from opencas.service.cas import Cas
+from opencas.service.cas_records import read_owner_config
+from opencas.service.identity import utc_now_text
+from opencas.service.provisioning import require_owner
+from opencas.service.records import read_record, write_record
+from opencas.service.recovery import split_again
+from opencas.store import KeyStoreContents, key_store_path, load_key_store, save_key_store
+from opencas.store.base import Reader
+from opencas.store.records import index_size, rekey_page
+
+log = logging.getLogger("opencas")
+
+_TABLE: Final = "key-rollover"
+_PROGRESS: Final = "progress"
+DMK_SIZE: Final = 32
+
+
+class RolloverRecord(BaseModel):
+    """The stored progress of the last key rollover (``key-rollover/progress``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    state: Literal["running", "finished"]
+    key_id: str
+    """:func:`key_id` of the new key."""
+    previous_key_id: str
+    started_at: str
+    finished_at: str | None = None
+    total: int
+    """Records in the store when the rollover started."""
+    moved: int = 0
+    damaged: int = 0
+    """Records left under the old key because they were damaged (unreadable) already."""
+    cursor_table: str | None = None
+    cursor_id: str | None = None
+    """Hex of the record id the next batch starts after; both ``None``: from the first."""
+
+
+def key_id(dmk: bytes) -> str:
+    """A name of the database key ``dmk`` that tells nothing about it: 32 hex digits."""
+    return hashlib.sha256(b"opencas-database-key-id/v1\0" + dmk).hexdigest()[:32]
+
+
+def read_rollover(source: Reader) -> RolloverRecord | None:
+    """The progress of the last key rollover, or ``None`` when there never was one."""
+    return read_record(source, RolloverRecord, _TABLE, _PROGRESS)
+
+
+def rollover_status(cas: Cas, caller: Caller) -> RolloverRecord | None:
+    """The progress of the running or last key rollover (owner only)."""
+    require_owner(cas, caller)
+    return read_rollover(cas.store)
+
+
+def start_key_rollover(cas: Cas, caller: Caller) -> RolloverRecord:
+    """Make a new database key and start moving every record to it (owner only); the batches
+    run in the background (:func:`run_in_background`). Raises :class:`ConflictError`
+    (``key-rollover-running``) while one runs."""
+    require_owner(cas, caller)
+    path = key_store_path(cas.config.database_path)
+    with _STARTING:
+        contents = load_key_store(path, cas.platform.unseal)
+        if contents.previous_dmk is not None:
+            record = read_rollover(cas.store)
+            if record is not None and record.key_id == key_id(contents.dmk):
+                raise ConflictError(
+                    "a database key rollover is running already; wait for it to finish "
+                    "(casctl upgrade-status --wait shows its progress)",
+                    code="key-rollover-running",
+                )
+            # An earlier start wrote the key store and failed before its commit: finish it.
+            new, previous = contents.dmk, contents.previous_dmk
+        else:
+            new, previous = secrets.token_bytes(DMK_SIZE), contents.dmk
+            save_key_store(
+                path, KeyStoreContents(new, contents.db_key_injected, previous), cas.platform.seal
+            )
+        record = _begin(cas, new, previous, actor_of(caller))
+    run_in_background(cas)
+    return record
+
+
+_STARTING = threading.Lock()
+
+
+def _begin(cas: Cas, new: bytes, previous: bytes, actor: str) -> RolloverRecord:
+    """Step 2: seal under ``new`` from now on, in one transaction with the record that says so."""
+    cas.store.use_keys(new, previous)
+    cas.database_key = new
+    with state_change(cas.audit_log) as entry, cas.store.transaction() as txn:
+        record = RolloverRecord(
+            state="running",
+            key_id=key_id(new),
+            previous_key_id=key_id(previous),
+            started_at=utc_now_text(),
+            total=index_size(txn),
+        )
+        write_record(txn, _TABLE, _PROGRESS, record)
+        # The commit state moves to the new key with this commit; the key-check record with
+        # the batch that reaches it.
+        txn_split = split_again(txn, cas, read_owner_config(txn))
+        entry.record(
+            txn,
+            "key_rollover_started",
+            actor=actor,
+            subject=record.key_id,
+            details={
+                "previous_key_id": record.previous_key_id,
+                "records": record.total,
+                "recovery_split_again": txn_split,
+            },
+        )
+    log.info(
+        "database key rollover started: key %s replaces %s, %d records to move",
+        record.key_id,
+        record.previous_key_id,
+        record.total,
+    )
+    return record
+
+
+def resume_key_rollover(cas: Cas) -> None:
+    """At start: carry an interrupted rollover on from wherever it stopped (see the module's
+    steps), in the background when records remain to be moved."""
+    path = key_store_path(cas.config.database_path)
+    contents = load_key_store(path, cas.platform.unseal)
+    if contents.previous_dmk is None:
+        return
+    record = read_rollover(cas.store)
+    if record is None or record.key_id != key_id(contents.dmk):
+        log.warning("a database key rollover was interrupted before it started; starting it")
+        _begin(cas, contents.dmk, contents.previous_dmk, "cas")
+    elif record.state == "finished":
+        _forget_previous(cas)
+        return
+    else:
+        log.info(
+            "resuming the database key rollover to key %s: %d of %d records moved",
+            record.key_id,
+            record.moved,
+            record.total,
+        )
+    run_in_background(cas)
+
+
+def run_in_background(cas: Cas) -> None:
+    """Run the rollover's batches in a thread that :meth:`Cas.close` stops and waits for."""
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=_run_logged, args=(cas, stop), name="key-rollover", daemon=True
+    )
+
+    def stop_and_wait() -> None:
+        stop.set()
+        thread.join()
+
+    cas.background_stops.append(stop_and_wait)
+    thread.start()
+
+
+def _run_logged(cas: Cas, stop: threading.Event) -> None:
+    try:
+        run_batches(cas, stop)
+    except Exception:
+        # The next start resumes from the last committed batch; until then the CAS serves with
+        # both keys, which is safe.
+        log.exception("the database key rollover stopped; it resumes at the next start")
+
+
+def run_batches(cas: Cas, stop: threading.Event | None = None) -> RolloverRecord | None:
+    """Move records in batches until none is left under the previous key, then finish (steps
+    3 to 5); returns the record as it stands when done or stopped."""
+    batch = cas.config.key_rollover_batch
+    pause = cas.config.key_rollover_pause
+    while stop is None or not stop.is_set():
+        with cas.store.transaction() as txn:
+            record = read_rollover(txn)
+            if record is None or record.state != "running":
+                return record
+            after = (
+                None
+                if record.cursor_table is None or record.cursor_id is None
+                else (record.cursor_table, bytes.fromhex(record.cursor_id))
+            )
+            page = rekey_page(txn, after, batch)
+            record = record.model_copy(
+                update={
+                    "moved": record.moved + page.moved,
+                    "damaged": record.damaged + page.damaged,
+                    "cursor_table": None if page.after is None else page.after[0],
+                    "cursor_id": None if page.after is None else page.after[1].hex(),
+                }
+            )
+            write_record(txn, _TABLE, _PROGRESS, record)
+        if page.after is None:
+            return _finish(cas)
+        if pause and stop is not None:
+            stop.wait(pause)
+    return None
+
+
+def _finish(cas: Cas) -> RolloverRecord:
+    """Steps 4 and 5: record the rollover as finished, then destroy the previous key."""
+    with state_change(cas.audit_log) as entry, cas.store.transaction() as txn:
+        record = read_rollover(txn)
+        assert record is not None
+        record = record.model_copy(update={"state": "finished", "finished_at": utc_now_text()})
+        write_record(txn, _TABLE, _PROGRESS, record)
+        entry.record(
+            txn,
+            "key_rollover_finished",
+            actor="cas",
+            subject=record.key_id,
+            details={
+                "previous_key_id": record.previous_key_id,
+                "moved": record.moved,
+                "damaged": record.damaged,
+            },
+        )
+    _forget_previous(cas)
+    log.info(
+        "database key rollover finished: %d records moved to key %s, the previous key is destroyed",
+        record.moved,
+        record.key_id,
+    )
+    return record
+
+
+def _forget_previous(cas: Cas) -> None:
+    """Step 5: the key store keeps the new key alone; the store opens nothing under the old."""
+    path = key_store_path(cas.config.database_path)
+    contents = load_key_store(path, cas.platform.unseal)
+    save_key_store(
+        path, KeyStoreContents(contents.dmk, contents.db_key_injected), cas.platform.seal
+    )
+    cas.store.use_keys(contents.dmk, None)

@@ -1,0 +1,165 @@
+"""The database key rollover of a CAS: the windows between its durable steps, where a crash
+leaves the key store and the database out of step, and what the next start does with them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from opencas.config.availability import load_availability_config
+from opencas.config.owner import parse_owner_config
+from opencas.config.owner_identity import OwnerIdentity
+from opencas.errors import ConfigError, ConflictError, ForbiddenError
+from opencas.policy.caller import Caller
+from opencas.service import key_rollover
+from opencas.service.cas import Cas, open_cas
+from opencas.service.key_rollover import (
+    read_rollover,
+    resume_key_rollover,
+    rollover_status,
+    start_key_rollover,
+)
+from opencas.service.provisioning import provision
+from opencas.store import KeyStoreContents, key_store_path, load_key_store, save_key_store
+from opencas.testing import write_config
+
+OWNER = OwnerIdentity("a1" * 32, None)
+OWNER_CALLER = Caller(OWNER.key_hash)
+NEW_KEY = bytes(range(7, 39))
+
+
+@pytest.fixture
+def synchronous(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the batches in the caller's thread, so a test sees the rollover finished."""
+    monkeypatch.setattr(key_rollover, "run_in_background", key_rollover.run_batches)
+
+
+def _provisioned(cas: Cas) -> None:
+    provision(
+        cas, OWNER, parse_owner_config("", "owner.toml", "toml").config, self_provisioned=True
+    )
+    with cas.store.transaction() as txn:
+        for number in range(30):
+            txn.put("sessions", f"s{number}", f"value {number}".encode())
+
+
+def _key_store(cas: Cas) -> KeyStoreContents:
+    return load_key_store(key_store_path(cas.config.database_path), cas.platform.unseal)
+
+
+def _reopen(cas: Cas) -> Cas:
+    cas.close()
+    return open_cas(load_availability_config(cas.config.source))
+
+
+def _events(cas: Cas) -> list[tuple[str, str]]:
+    lines = cas.config.audit_log_path.read_text().splitlines()
+    return [(entry["event"], entry["actor"]) for entry in map(json.loads, lines)]
+
+
+def _values(cas: Cas) -> list[bytes | None]:
+    return [cas.store.get("sessions", f"s{number}") for number in range(30)]
+
+
+def test_the_owner_rolls_the_key_over_and_the_key_store_keeps_only_the_new_key(
+    cas: Cas, synchronous: None
+) -> None:
+    _provisioned(cas)
+    old = _key_store(cas).dmk
+    record = start_key_rollover(cas, OWNER_CALLER)
+    assert record.state == "running"
+    finished = rollover_status(cas, OWNER_CALLER)
+    assert finished is not None
+    assert finished.state == "finished"
+    # Records written since the start (this record, the audit head) moved with their write.
+    assert 0 < finished.moved <= record.total
+    contents = _key_store(cas)
+    assert contents.previous_dmk is None
+    assert contents.dmk not in (old, b"")
+    assert cas.database_key == contents.dmk
+    assert ("key_rollover_started", OWNER_CALLER.key_hash) in _events(cas)
+    assert ("key_rollover_finished", "cas") in _events(cas)
+    cas = _reopen(cas)
+    try:
+        assert _values(cas) == [f"value {n}".encode() for n in range(30)]
+    finally:
+        cas.close()
+
+
+def test_only_the_owner_may_roll_the_key_over(cas: Cas) -> None:
+    _provisioned(cas)
+    with pytest.raises(ForbiddenError):
+        start_key_rollover(cas, Caller("b2" * 32))
+    with pytest.raises(ForbiddenError):
+        rollover_status(cas, Caller("b2" * 32))
+    assert _key_store(cas).previous_dmk is None
+
+
+def test_a_second_start_while_one_runs_is_refused(
+    cas: Cas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _provisioned(cas)
+    monkeypatch.setattr(key_rollover, "run_in_background", lambda cas: None)
+    start_key_rollover(cas, OWNER_CALLER)
+    with pytest.raises(ConflictError, match="running already"):
+        start_key_rollover(cas, OWNER_CALLER)
+
+
+def test_a_crash_after_the_key_store_was_written_and_before_the_start_committed(
+    cas: Cas, synchronous: None
+) -> None:
+    _provisioned(cas)
+    old = _key_store(cas)
+    # What step 1 leaves: the key store holds both keys, the database knows of no rollover.
+    save_key_store(
+        key_store_path(cas.config.database_path),
+        KeyStoreContents(NEW_KEY, old.db_key_injected, old.dmk),
+        cas.platform.seal,
+    )
+    cas = _reopen(cas)
+    try:
+        assert read_rollover(cas.store) is None
+        resume_key_rollover(cas)
+        record = read_rollover(cas.store)
+        assert record is not None
+        assert record.state == "finished"
+        assert _key_store(cas) == KeyStoreContents(NEW_KEY, old.db_key_injected)
+        assert ("key_rollover_started", "cas") in _events(cas)
+        assert _values(cas) == [f"value {n}".encode() for n in range(30)]
+    finally:
+        cas.close()
+
+
+def test_a_crash_after_the_finish_committed_and_before_the_old_key_was_destroyed(
+    cas: Cas, synchronous: None
+) -> None:
+    _provisioned(cas)
+    old = _key_store(cas).dmk
+    start_key_rollover(cas, OWNER_CALLER)
+    new = _key_store(cas)
+    # What step 4 leaves: the database says finished, the key store still holds the old key.
+    save_key_store(
+        key_store_path(cas.config.database_path),
+        KeyStoreContents(new.dmk, new.db_key_injected, old),
+        cas.platform.seal,
+    )
+    cas = _reopen(cas)
+    try:
+        finished = len([e for e in _events(cas) if e[0] == "key_rollover_finished"])
+        resume_key_rollover(cas)
+        assert _key_store(cas).previous_dmk is None
+        assert len([e for e in _events(cas) if e[0] == "key_rollover_finished"]) == finished
+        assert _values(cas) == [f"value {n}".encode() for n in range(30)]
+    finally:
+        cas.close()
+
+
+def test_rollover_limits_are_validated(tmp_path: Path) -> None:
+    config = write_config(tmp_path, 18081, 18766, limits={"key_rollover_batch": 0})
+    with pytest.raises(ConfigError, match="key_rollover_batch"):
+        load_availability_config(config)
+    config = write_config(tmp_path, 18081, 18766, limits={"key_rollover_pause": 11.0})
+    with pytest.raises(ConfigError, match="key_rollover_pause"):
+        load_availability_config(config)

@@ -1,0 +1,186 @@
+"""Moving every record of a store to a new database key, on SQLite and PostgreSQL.
+
+The store is opened with the new key and the previous one; pages of records move while other
+writes go on, and at every commit each record must open (under one of the two keys), the commit
+state must add up, and after the last page the old key must open nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from opencas.errors import KeyStoreError, StoreError
+from opencas.store import PostgresStore, SqliteStore, Store, Transaction
+from opencas.store.records import RekeyedPage, index_size, rekey_page
+from opencas.store.state import StateKeys
+
+OLD = bytes(range(32))
+NEW = bytes(range(100, 132))
+
+
+class _Backend:
+    def __init__(self, kind: str, where: str) -> None:
+        self.kind = kind
+        self.where = where
+
+    def create(self) -> Store:
+        def populate(tx: Transaction) -> None:
+            for number in range(57):
+                tx.put("sessions", f"s{number:03}", f"session {number}".encode())
+                tx.put("session-secrets", f"s{number:03}", f"secret {number}".encode())
+            tx.put("cas", "state", b"the state")
+
+        if self.kind == "sqlite":
+            return SqliteStore.create_atomically(Path(self.where), OLD, populate)
+        return PostgresStore.create(self.where, OLD, populate)
+
+    def open(self, dmk: bytes, previous: bytes | None = None) -> Store:
+        if self.kind == "sqlite":
+            return SqliteStore.open(Path(self.where), dmk, previous)
+        return PostgresStore.open(self.where, dmk, previous_dmk=previous)
+
+    def raw(self, sql: str, parameters: tuple[object, ...] = ()) -> list[Any]:
+        if self.kind == "sqlite":
+            conn = sqlite3.connect(self.where, isolation_level=None)
+            try:
+                return conn.execute(sql, parameters).fetchall()
+            finally:
+                conn.close()
+        with psycopg.connect(self.where, autocommit=True) as pg:
+            cursor = pg.execute(sql.replace("?", "%s"), parameters)  # type: ignore[arg-type]
+            return cursor.fetchall() if cursor.description is not None else []
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> _Backend:
+    if request.param == "sqlite":
+        return _Backend("sqlite", str(tmp_path / "cas.db"))
+    return _Backend("postgres", request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def store(backend: _Backend) -> Iterator[Store]:
+    opened = backend.create()
+    yield opened
+    opened.close()
+
+
+def _expected() -> dict[tuple[str, str], bytes]:
+    values = {("cas", "state"): b"the state"}
+    for number in range(57):
+        values["sessions", f"s{number:03}"] = f"session {number}".encode()
+        values["session-secrets", f"s{number:03}"] = f"secret {number}".encode()
+    return values
+
+
+def _everything(store: Store) -> dict[tuple[str, str], bytes]:
+    found: dict[tuple[str, str], bytes] = {}
+    with store.snapshot() as reader:
+        for table in ("cas", "sessions", "session-secrets"):
+            for key in reader.list_keys(table):
+                value = reader.get(table, key)
+                assert value is not None
+                found[table, key] = value
+    return found
+
+
+def _page(store: Store, after: tuple[str, bytes] | None, limit: int) -> RekeyedPage:
+    with store.transaction() as tx:
+        return rekey_page(tx, after, limit)
+
+
+def test_every_record_moves_while_writes_go_on_and_the_old_key_opens_nothing_after(
+    backend: _Backend, store: Store
+) -> None:
+    expected = _expected()
+    store.use_keys(NEW, OLD)
+    after: tuple[str, bytes] | None = None
+    moved = 0
+    number = 0
+    while True:
+        page = _page(store, after, 10)
+        moved += page.moved
+        # A write between pages: an update of a record not moved yet (it moves with the write),
+        # a new record, and a deletion.
+        with store.transaction() as tx:
+            tx.put("sessions", f"s{56 - number:03}", b"updated")
+            tx.put("sessions", f"new{number}", b"new")
+            tx.delete("session-secrets", f"s{number:03}")
+        expected["sessions", f"s{56 - number:03}"] = b"updated"
+        expected["sessions", f"new{number}"] = b"new"
+        expected.pop(("session-secrets", f"s{number:03}"), None)
+        number += 1
+        # A fresh open with both keys at this commit: every record opens, none is damaged.
+        reopened = backend.open(NEW, OLD)
+        try:
+            assert reopened.damaged_records == ()
+            assert _everything(reopened) == expected
+        finally:
+            reopened.close()
+        if page.after is None:
+            break
+        after = page.after
+    assert page.damaged == 0
+    assert 0 < moved <= 57 * 2 + 2
+    store.use_keys(NEW, None)
+    assert _everything(store) == expected
+    reopened = backend.open(NEW)
+    try:
+        assert reopened.damaged_records == ()
+        assert _everything(reopened) == expected
+    finally:
+        reopened.close()
+    with pytest.raises(KeyStoreError, match="does not open"):
+        backend.open(OLD)
+    # No row is left under a record id of the old key.
+    old_ids = {StateKeys(OLD).record_id(table, key) for table, key in _expected()}
+    stored = {bytes(row[0]) for row in backend.raw("SELECT key FROM records")}
+    assert not old_ids & stored
+
+
+def test_a_rollover_interrupted_between_pages_resumes_after_a_new_open(
+    backend: _Backend, store: Store
+) -> None:
+    store.use_keys(NEW, OLD)
+    first = _page(store, None, 25)
+    assert first.moved > 0
+    assert first.after is not None
+    store.close()
+    # What a crash leaves: a store opened again with both keys from the key store.
+    reopened = backend.open(NEW, OLD)
+    try:
+        assert _everything(reopened) == _expected()
+        after = first.after
+        while after is not None:
+            after = _page(reopened, after, 25).after
+        reopened.use_keys(NEW, None)
+        assert _everything(reopened) == _expected()
+    finally:
+        reopened.close()
+    backend.open(NEW).close()
+
+
+def test_a_damaged_record_is_counted_and_left_where_it_is(backend: _Backend, store: Store) -> None:
+    record_id = StateKeys(OLD).record_id("sessions", "s007")
+    backend.raw(
+        "UPDATE records SET value = ? WHERE tbl = ? AND key = ?",
+        (b"\x01" + bytes(40), "sessions", record_id),
+    )
+    store.use_keys(NEW, OLD)
+    page = _page(store, None, 1000)
+    assert page.after is None
+    assert page.damaged == 1
+    assert page.moved == len(_expected()) - 1 + 1  # every other record, and the key check
+
+
+def test_pages_need_a_running_rollover_and_count_the_records(store: Store) -> None:
+    with store.transaction() as tx:
+        assert index_size(tx) == len(_expected()) + 1  # and the key-check record
+    with pytest.raises(StoreError, match="no key rollover is running"):
+        _page(store, None, 10)
