@@ -141,12 +141,13 @@ def write_config(
     database: str = "cas.db",
     limits: Mapping[str, float] | None = None,
     database_url: str | None = None,
+    extra: str = "",
 ) -> Path:
     """Write an availability config for a simulated CAS in ``directory``; returns its path.
 
     ``limits``, when given, is written as the ``[limits]`` section (key to number);
     ``database_url``, when given, puts the store in that PostgreSQL database (``database`` then
-    names only the local key store and lock).
+    names only the local key store and lock); ``extra`` is TOML text appended (more sections).
     """
     path = directory / "cas.toml"
     limit_lines = "".join(f"{key} = {value!r}\n" for key, value in (limits or {}).items())
@@ -156,7 +157,9 @@ def write_config(
         f'[api]\napi_listen = "127.0.0.1:{api_port}"\n'
         f'enclave_listen = "127.0.0.1:{enclave_port}"\n'
         'hostnames = ["localhost", "127.0.0.1"]\n\n'
-        '[platform]\nkind = "simulated"\n' + (f"\n[limits]\n{limit_lines}" if limits else ""),
+        '[platform]\nkind = "simulated"\n'
+        + (f"\n[limits]\n{limit_lines}" if limits else "")
+        + (f"\n{extra}" if extra else ""),
         encoding="utf-8",
     )
     return path
@@ -229,6 +232,8 @@ class CasProcess:
     process: subprocess.Popen[bytes] | None = None
     limits: Mapping[str, float] = field(default_factory=dict)
     database_url: str | None = None
+    extra_config: str = ""
+    """TOML text appended to the availability config (for example a ``[backup]`` section)."""
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -238,6 +243,7 @@ class CasProcess:
             self.enclave_port,
             limits=self.limits,
             database_url=self.database_url,
+            extra=self.extra_config,
         )
         self.log_path = self.directory / "cas.log"
 
@@ -442,13 +448,15 @@ def start_self_provisioned_cas(
     owner_config_text: str | None = None,
     database_url: str | None = None,
     limits: Mapping[str, float] | None = None,
+    extra_config: str = "",
 ) -> SelfProvisionedCas:
     """Start a CAS in ``directory``, self-provisioned, and attest it as its owner.
 
     ``directory`` receives ``owner/`` (the owner identity), ``owner-config.toml`` (the
     development owner config unless ``owner_config_text`` is given) and ``cas/`` (the CAS's
     config, database and log; with ``database_url``, the store is in that PostgreSQL database;
-    ``limits`` is its ``[limits]`` section). Stop it with :meth:`SelfProvisionedCas.stop`.
+    ``limits`` is its ``[limits]`` section, ``extra_config`` more TOML for its availability
+    config). Stop it with :meth:`SelfProvisionedCas.stop`.
     """
     owner_directory = directory / "owner"
     owner = create_owner_identity(owner_directory)
@@ -457,7 +465,9 @@ def start_self_provisioned_cas(
         write_owner_config(config_path)
     else:
         write_owner_config(config_path, owner_config_text)
-    process = CasProcess(directory / "cas", database_url=database_url, limits=limits or {})
+    process = CasProcess(
+        directory / "cas", database_url=database_url, limits=limits or {}, extra_config=extra_config
+    )
     try:
         process.self_provision(config_path, owner_directory / CERTIFICATE_FILE)
         client, verified = attest_as_owner(process.url, owner, config_path)

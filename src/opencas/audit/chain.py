@@ -63,6 +63,7 @@ EVENTS = frozenset(
         "recovered",
         "key_rollover_started",
         "key_rollover_finished",
+        "snapshot_written",
         "session_created",
         "session_updated",
         "session_read",

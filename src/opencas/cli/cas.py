@@ -46,6 +46,7 @@ from opencas.service.key_rollover import resume_key_rollover
 from opencas.service.provisioning import provision as provision_cas
 from opencas.service.recovery import make_request, record_recovered
 from opencas.service.recovery import recover as recover_cas
+from opencas.service.snapshots import run_periodically
 
 log = logging.getLogger("opencas")
 
@@ -212,6 +213,7 @@ def _serve(cas: Cas) -> None:
     cas.identity_listeners.append(lambda identity: present_identity(context, identity))
     log_start(cas.audit_log)
     resume_key_rollover(cas)
+    run_periodically(cas)
     run_event_loop(
         serve_forever(listeners, context, config.connection_limits, maintenance=cas.refresh_tls)
     )

@@ -1,5 +1,5 @@
 """``casctl start-upgrade`` and ``casctl upgrade-status``: the database key rollover of a CAS
-you own, with its progress."""
+you own, with its progress; ``casctl snapshot``: a snapshot of its store now."""
 
 from __future__ import annotations
 
@@ -80,3 +80,17 @@ def upgrade_status(cas_name: str | None, wait: bool, identity_path: Path | None)
         if wait:
             answer = _wait(client, answer)
     _show(answer)
+
+
+@click.command("snapshot")
+@click.option("--cas", "cas_name", help="Attested CAS (default: the default CAS).")
+@identity_option
+@reports_errors
+def snapshot(cas_name: str | None, identity_path: Path | None) -> None:
+    """Have a CAS you own write a snapshot of its store to its [backup] target now."""
+    with pinned_client(cas_name, identity_from(identity_path)) as client:
+        written = client.write_snapshot()
+    click.echo(
+        f"snapshot {written.name} written: commit {written.state['counter']}, audit seq "
+        f"{written.audit['seq']}, {written.bytes} bytes"
+    )

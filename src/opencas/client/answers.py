@@ -68,6 +68,22 @@ class KeyRolloverAnswer:
 
 
 @dataclass(frozen=True)
+class SnapshotAnswer:
+    """``POST /v1/owner/snapshots``: the snapshot written, as its header names it."""
+
+    name: str
+    bytes: int
+    snapshot_id: str
+    cluster_id: str
+    cas_key_hash: str
+    key_id: str
+    state: dict[str, int]
+    audit: dict[str, Any]
+    taken_at: str
+    format: str
+
+
+@dataclass(frozen=True)
 class OwnerConfigUpdated:
     """``PUT /v1/owner/config``: the hash every later report carries."""
 

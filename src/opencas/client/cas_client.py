@@ -30,6 +30,7 @@ from opencas.client.answers import (
     RecoverySharesAnswer,
     SessionValues,
     SessionWritten,
+    SnapshotAnswer,
     StoredSession,
     VersionInfo,
     Whoami,
@@ -203,6 +204,11 @@ class CasClient:
         """Start rolling the database key over (owner only; ``key-rollover-running`` while one
         runs); it goes on in the background: poll :meth:`key_rollover`."""
         return self._channel.call(KeyRolloverAnswer, "POST", "/v1/owner/key-rollover", signed=True)
+
+    def write_snapshot(self) -> SnapshotAnswer:
+        """Have the CAS write a snapshot of its store to its ``[backup]`` target now (owner
+        only; ``backup-not-configured`` without one)."""
+        return self._channel.call(SnapshotAnswer, "POST", "/v1/owner/snapshots", signed=True)
 
     def audit_page(self, start: int = 1) -> AuditPageAnswer:
         """One page of the audit log from ``seq`` ``start`` on (owner only)."""

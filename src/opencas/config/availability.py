@@ -440,6 +440,51 @@ class _AuditLogSection(BaseModel):
     path: _LocalPath | None = None
 
 
+MAX_BACKUP_INTERVAL = 7 * 24 * 3600
+_CommandWord = Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class _BackupSection(BaseModel):
+    model_config = _STRICT
+
+    interval: Annotated[int, Field(ge=1, le=MAX_BACKUP_INTERVAL)] | None = None
+    directory: _LocalPath | None = None
+    command: Annotated[list[_CommandWord], Field(min_length=1, max_length=64)] | None = None
+
+    @field_validator("command")
+    @classmethod
+    def _one_target(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is not None and info.data.get("directory") is not None:
+            raise ValueError("directory and command both name where snapshots go; write only one")
+        return value
+
+    @model_validator(mode="after")
+    def _a_target_for_the_interval(self) -> _BackupSection:
+        if self.interval is not None and self.directory is None and self.command is None:
+            raise ValueError(
+                "interval needs a target: a directory, or a command that ships each snapshot"
+            )
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class BackupSettings:
+    """Where the CAS writes its snapshots (``[backup]``), and how often; nothing set: no
+    periodic snapshots, and an owner's request for one is refused."""
+
+    interval: int | None = None
+    """Seconds between two snapshots; ``None``: only when the owner asks for one."""
+    directory: Path | None = None
+    """The directory snapshots are written to (absolute)."""
+    command: tuple[str, ...] | None = None
+    """The argv that ships a snapshot: the snapshot file's path is appended to it."""
+
+    @property
+    def configured(self) -> bool:
+        """Whether snapshots have a target."""
+        return self.directory is not None or self.command is not None
+
+
 class _AvailabilityFile(BaseModel):
     model_config = _STRICT
 
@@ -449,6 +494,7 @@ class _AvailabilityFile(BaseModel):
     platform: _PlatformSection = Field(default_factory=_PlatformSection)
     limits: _LimitsSection = Field(default_factory=_LimitsSection)
     collateral: _CollateralSection = Field(default_factory=_CollateralSection)
+    backup: _BackupSection = Field(default_factory=_BackupSection)
 
 
 # --- the resolved config ------------------------------------------------------------------------
@@ -485,6 +531,8 @@ class AvailabilityConfig:
     """Records a key rollover moves per transaction (``[limits] key_rollover_batch``)."""
     key_rollover_pause: float = 0.0
     """Seconds a key rollover waits between two batches (``[limits] key_rollover_pause``)."""
+    backup: BackupSettings = BackupSettings()
+    """Where snapshots go (``[backup]``); relative paths resolved against the config's directory."""
 
     @property
     def database_shown(self) -> str:
@@ -547,6 +595,13 @@ def load_availability_config(path: Path) -> AvailabilityConfig:
         database_url=parsed.database.url,
         key_rollover_batch=parsed.limits.key_rollover_batch,
         key_rollover_pause=parsed.limits.key_rollover_pause,
+        backup=BackupSettings(
+            interval=parsed.backup.interval,
+            directory=None
+            if parsed.backup.directory is None
+            else _resolve(source.parent, parsed.backup.directory),
+            command=None if parsed.backup.command is None else tuple(parsed.backup.command),
+        ),
     )
 
 
@@ -701,4 +756,12 @@ fetch_timeout = {_COLLATERAL.fetch_timeout}
 # Development and tests: key hashes of simulated collateral roots; simulated evidence then takes
 # its TCB status from the simulated collateral (bundle/simulated/collateral.json) one signed.
 # simulated_roots = []
+
+[backup]
+# Encrypted snapshots of the store (docs/operations.md#snapshots). Left out: none are written.
+# Seconds between two snapshots (taken only when the store changed since the last one):
+# interval = 3600
+# Where they go: a directory, or a command that ships each one (its path is appended):
+# directory = "snapshots"
+# command = ["/usr/local/bin/ship-snapshot"]
 """

@@ -314,6 +314,33 @@ class RecordReader:
         check_table(table)
         return read_keys(self._view(), self._cipher, table, prefix)
 
+    def commit_state(self) -> CommitState:
+        """The commit state this view sees."""
+        return read_state(self._view(), self._cipher)
+
+    def every_record(self) -> Iterator[tuple[str, str, int, bytes]]:
+        """Every record callers wrote (not the store's own), as ``(table, key, version,
+        value)``, each checked against its index entry; in the order of the index.
+
+        Raises :class:`RecordDamagedError` at the first record that does not check.
+        """
+        rows = self._view()
+        with rows.failing("reading every record"):
+            entries = list(rows.index_entries(None))
+        for table, record_id, sealed in entries:
+            if not isinstance(table, str) or not isinstance(record_id, bytes):
+                raise RecordDamagedError(
+                    STATE_TABLE, STATE_KEY, "the record index holds a row of the wrong shape"
+                )
+            if table.startswith("_"):
+                continue
+            entry, keys = self._cipher.open_entry(table, record_id, sealed)
+            with rows.failing(f"reading {table}/{entry.key}"):
+                row = rows.record(table, record_id)
+            version, envelope = (None, None) if row is None else row
+            check_record(table, entry.key, entry, version, envelope)
+            yield table, entry.key, entry.version, keys.open(table, entry.key, version, envelope)
+
 
 class RecordTransaction(RecordReader):
     """A write transaction over a backend's writable rows (see

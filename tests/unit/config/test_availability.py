@@ -190,7 +190,7 @@ def test_unknown_section(tmp_path: Path) -> None:
 
     assert config_error(path) == (
         f"{path}:7: [databse]: unknown section; expected one of: "
-        "api, audit_log, collateral, database, limits, platform"
+        "api, audit_log, backup, collateral, database, limits, platform"
     )
 
 
@@ -552,6 +552,7 @@ def test_default_text_loads_and_sets_every_key(tmp_path: Path) -> None:
             "amd_kds_url": "https://kdsintf.amd.com",
             "fetch_timeout": 10.0,
         },
+        "backup": {},
     }
     assert config.collateral == CollateralSettings(
         cache_directory=tmp_path / ".cas" / "collateral-cache"

@@ -20,6 +20,7 @@ from opencas.service.provisioning import (
     show_recovery_shares,
     update_owner_config,
 )
+from opencas.service.snapshots import request_snapshot
 from opencas.service.token_guard import TokenGuard
 
 MAX_TOKEN_LENGTH = 256
@@ -40,7 +41,8 @@ class OwnerConfigRequest(StrictBody):
 
 def owner_router(cas: Cas) -> APIRouter:
     """``POST /v1/provision``, ``GET`` and ``PUT /v1/owner/config``,
-    ``GET /v1/owner/recovery/shares``, ``GET`` and ``POST /v1/owner/key-rollover``."""
+    ``GET /v1/owner/recovery/shares``, ``GET`` and ``POST /v1/owner/key-rollover``,
+    ``POST /v1/owner/snapshots``."""
     router = APIRouter()
     guard = TokenGuard(shared=cas.guards)
 
@@ -87,6 +89,12 @@ def owner_router(cas: Cas) -> APIRouter:
     def start_rollover(request: Request) -> dict[str, Any]:
         """Start rolling the database key over (owner only); it runs in the background."""
         return _rollover_json(start_key_rollover(cas, caller_of(request)))
+
+    @router.post("/v1/owner/snapshots")
+    def snapshot(request: Request) -> dict[str, Any]:
+        """Write a snapshot of the store to the ``[backup]`` target now (owner only)."""
+        written = request_snapshot(cas, caller_of(request))
+        return {"name": written.name, "bytes": written.size} | written.header.to_json()
 
     return router
 

@@ -1,0 +1,150 @@
+"""A snapshot of the store and a database key rollover, timed for growing numbers of sessions.
+
+    python benchmarks/snapshot_rollover.py [--sessions 10000 100000] [--postgres URL]
+
+For each count it opens a CAS in-process in a temporary directory (SQLite, or a PostgreSQL
+database it is given, which must be empty), provisions it, creates one real session through the
+session service and stores that session's two records (``sessions``, ``session-secrets``) under
+as many names as asked, 5000 per transaction. Then it times one snapshot to a directory
+(``write_snapshot``: read in one view, sealed, written, fsynced) and one whole rollover
+(``start_key_rollover`` and every batch in this thread, 1000 records per transaction, as
+``[limits] key_rollover_batch`` defaults). It prints the time, the records per second and, against
+the smallest count, how the cost per record grew: linear growth keeps it near 1.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+from opencas.config.availability import load_availability_config
+from opencas.config.owner import parse_owner_config
+from opencas.config.owner_identity import OwnerIdentity
+from opencas.policy.caller import Caller
+from opencas.service import key_rollover
+from opencas.service.cas import Cas, open_cas
+from opencas.service.provisioning import provision
+from opencas.service.sessions import create_session
+from opencas.service.snapshots import write_snapshot
+from opencas.testing import write_config
+
+OWNER = OwnerIdentity("a1" * 32, None)
+SESSION = (
+    'name: bench-template\nversion: "0.3"\n'
+    "services:\n  - name: app\n    mrenclaves: ['" + "ab" * 32 + "']\n"
+    "    command: app --serve\n    environment:\n      PASSWORD: $$CAS::password$$\n"
+    "secrets:\n  - name: password\n    kind: ascii\n    size: 24\n"
+    "  - name: ca\n    kind: x509-ca\n    export_public: true\n"
+)
+#: The tolerance within which the cost per record counts as linear.
+LINEAR_WITHIN = 1.5
+
+
+def _fill(cas: Cas, sessions: int) -> int:
+    create_session(cas, SESSION, Caller(OWNER.key_hash))
+    session = cas.store.get("sessions", "bench-template")
+    secrets = cas.store.get("session-secrets", "bench-template")
+    assert session is not None
+    assert secrets is not None
+    for start in range(0, sessions, 5000):
+        with cas.store.transaction() as txn:
+            for number in range(start, min(start + 5000, sessions)):
+                txn.put("sessions", f"bench-{number:06}", session)
+                txn.put("session-secrets", f"bench-{number:06}", secrets)
+    return len(session) + len(secrets)
+
+
+def _measure(directory: Path, sessions: int, url: str | None) -> tuple[float, float, int]:
+    snapshots = directory / "snapshots"
+    snapshots.mkdir()
+    config = write_config(
+        directory,
+        18081,
+        18766,
+        database_url=url,
+        extra=f'[backup]\ndirectory = "{snapshots}"\n',
+    )
+    cas = open_cas(load_availability_config(config))
+    try:
+        provision(
+            cas, OWNER, parse_owner_config("", "owner.toml", "toml").config, self_provisioned=True
+        )
+        record_bytes = _fill(cas, sessions)
+        began = time.perf_counter()
+        written = write_snapshot(cas)
+        snapshot_seconds = time.perf_counter() - began
+        # The batches run here, not in a thread, so the clock stops when the last one is done.
+        key_rollover.run_in_background = key_rollover.run_batches  # type: ignore[assignment]
+        began = time.perf_counter()
+        key_rollover.start_key_rollover(cas, Caller(OWNER.key_hash))
+        rollover_seconds = time.perf_counter() - began
+        record = key_rollover.read_rollover(cas.store)
+        assert record is not None
+        assert record.state == "finished"
+        print(
+            f"  {sessions} sessions ({2 * sessions} records of {record_bytes} bytes per session): "
+            f"snapshot {snapshot_seconds:.2f} s ({written.size / 1e6:.1f} MB, "
+            f"{2 * sessions / snapshot_seconds:,.0f} records/s); rollover {rollover_seconds:.2f} s "
+            f"({record.moved} records moved, {record.moved / rollover_seconds:,.0f} records/s)"
+        )
+    finally:
+        cas.close()
+    return snapshot_seconds, rollover_seconds, 2 * sessions
+
+
+def _empty_database(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+
+
+def main() -> int:
+    """Measure every count; 0 after measuring, 130 when interrupted."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--postgres", help="an empty PostgreSQL database to measure on (emptied)")
+    options = parser.parse_args()
+    backend = "PostgreSQL" if options.postgres else "SQLite"
+    print(
+        f"snapshot and key rollover on {backend}, {os.cpu_count()} CPUs, Python "
+        f"{sys.version.split()[0]}, load average {os.getloadavg()[0]:.2f} before the start"
+    )
+    results = []
+    try:
+        for sessions in sorted(options.sessions):
+            directory = Path(tempfile.mkdtemp(prefix="opencas-bench-"))
+            try:
+                if options.postgres:
+                    _empty_database(options.postgres)
+                results.append(_measure(directory, sessions, options.postgres))
+            finally:
+                shutil.rmtree(directory, ignore_errors=True)
+    except KeyboardInterrupt:
+        return 130
+    base_snapshot, base_rollover, base_records = results[0]
+    for snapshot_seconds, rollover_seconds, records in results[1:]:
+        grew = [
+            (seconds / records) / (base / base_records)
+            for seconds, base in (
+                (snapshot_seconds, base_snapshot),
+                (rollover_seconds, base_rollover),
+            )
+        ]
+        verdict = "linear" if all(g <= LINEAR_WITHIN for g in grew) else "NOT linear"
+        print(
+            f"  cost per record at {records} records against {base_records}: snapshot "
+            f"x{grew[0]:.2f}, rollover x{grew[1]:.2f} ({verdict}: bound x{LINEAR_WITHIN})"
+        )
+    print(f"  load average {os.getloadavg()[0]:.2f} after the run")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

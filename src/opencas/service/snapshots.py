@@ -1,0 +1,224 @@
+"""Snapshots of the store: every record as of one commit, encrypted under the database key and
+written to the ``[backup]`` target, every ``interval`` seconds or when the owner asks.
+
+A snapshot is read inside one store snapshot (one transaction's view: SQLite's read
+transaction, PostgreSQL's REPEATABLE READ), so its records, commit counter and audit head agree.
+The file format is :mod:`opencas.crypto.snapshot_format`. Each snapshot written is logged
+(``snapshot_written``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from opencas.attestation.report import AUDIT_GENESIS_HEAD
+from opencas.config.availability import BackupSettings
+from opencas.crypto.snapshot_format import SnapshotHeader, encode_snapshot
+from opencas.errors import CasError, ConflictError
+from opencas.policy.caller import Caller
+from opencas.service.audit import actor_of, record_read
+from opencas.service.cas import Cas
+from opencas.service.cas_records import read_audit_head
+from opencas.service.identity import utc_now_text
+from opencas.service.key_rollover import key_id
+from opencas.service.provisioning import require_owner
+from opencas.store.records import RecordReader
+
+log = logging.getLogger("opencas")
+
+SNAPSHOT_SUFFIX = ".ocas-snapshot"
+#: How long a ``[backup] command`` may take to ship one snapshot.
+COMMAND_TIMEOUT_SECONDS = 600
+
+
+class SnapshotFailed(CasError, code="snapshot-failed", http_status=503):
+    """A snapshot could not be written to, or shipped by, the ``[backup]`` target."""
+
+
+@dataclass(frozen=True)
+class Written:
+    """A snapshot written: its header, its file name and its size in bytes."""
+
+    header: SnapshotHeader
+    name: str
+    size: int
+
+
+def snapshot_name(header: SnapshotHeader) -> str:
+    """The file name of a snapshot: CAS id, commit counter (16 digits) and snapshot id."""
+    return f"{header.cluster_id}-{header.state_counter:016}-{header.snapshot_id}{SNAPSHOT_SUFFIX}"
+
+
+def write_snapshot(cas: Cas, actor: str = "cas") -> Written:
+    """Take a snapshot and write it to the ``[backup]`` target, then log it; raises
+    :class:`SnapshotFailed` naming the target when it cannot be written or shipped."""
+    target = cas.config.backup
+    if not target.configured:
+        raise ConflictError(
+            "the availability config has no [backup] directory or command to write snapshots to",
+            code="backup-not-configured",
+        )
+    staging = _staging_directory(cas, target)
+    temporary = staging / f".snapshot-{secrets.token_hex(8)}.tmp"
+    try:
+        with _private_file(temporary) as file:
+            header, size = _take(cas, file)
+        name = snapshot_name(header)
+        _deliver(target, temporary, name)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+    record_read(
+        cas.audit_log,
+        "snapshot_written",
+        actor=actor,
+        subject=header.snapshot_id,
+        details={
+            "name": name,
+            "state_counter": header.state_counter,
+            "audit_seq": header.audit_seq,
+            "audit_head": header.audit_head,
+            "bytes": size,
+            "target": _target_shown(target),
+        },
+    )
+    log.info("snapshot %s written (commit %d, %d bytes)", name, header.state_counter, size)
+    return Written(header, name, size)
+
+
+def request_snapshot(cas: Cas, caller: Caller) -> Written:
+    """Write a snapshot now (owner only)."""
+    require_owner(cas, caller)
+    return write_snapshot(cas, actor_of(caller))
+
+
+def _take(cas: Cas, file: BinaryIO) -> tuple[SnapshotHeader, int]:
+    """Write every record of one store snapshot to ``file``; its header and size."""
+    with cas.store.snapshot() as reader:
+        if not isinstance(reader, RecordReader):
+            raise TypeError(f"{type(reader).__name__} is not a snapshot of the record layer")
+        head = read_audit_head(reader)
+        header = SnapshotHeader(
+            snapshot_id=secrets.token_hex(8),
+            cluster_id=cas.identity.cluster_id,
+            cas_key_hash=cas.identity.cas_key_hash,
+            key_id=key_id(cas.database_key),
+            state_counter=reader.commit_state().counter,
+            audit_seq=0 if head is None else head.seq,
+            audit_head=AUDIT_GENESIS_HEAD if head is None else head.hash,
+            taken_at=utc_now_text(),
+        )
+        size = 0
+        for piece in encode_snapshot(header, reader.every_record(), cas.database_key):
+            file.write(piece)
+            size += len(piece)
+    file.flush()
+    os.fsync(file.fileno())
+    return header, size
+
+
+def _staging_directory(cas: Cas, target: BackupSettings) -> Path:
+    # In the target directory, so that the rename publishing it is atomic; for a command,
+    # beside the database, whose directory only the CAS reads.
+    return target.directory if target.directory is not None else cas.config.database_path.parent
+
+
+@contextlib.contextmanager
+def _private_file(path: Path) -> Iterator[BinaryIO]:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise SnapshotFailed(f"cannot write a snapshot in {path.parent}: {exc.strerror}") from exc
+    with os.fdopen(fd, "wb") as file:
+        yield file
+
+
+def _deliver(target: BackupSettings, temporary: Path, name: str) -> None:
+    if target.directory is not None:
+        final = target.directory / name
+        try:
+            os.replace(temporary, final)
+            fd = os.open(target.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise SnapshotFailed(f"cannot write snapshot {final}: {exc.strerror}") from exc
+        return
+    assert target.command is not None
+    shipped = temporary.with_name(name)
+    os.replace(temporary, shipped)
+    try:
+        _ship(target.command, shipped)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            shipped.unlink()
+
+
+def _ship(command: tuple[str, ...], path: Path) -> None:
+    shown = command[0]
+    try:
+        # The operator's own command from the availability config, never a request's input.
+        done = subprocess.run(  # noqa: S603
+            [*command, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT_SECONDS,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SnapshotFailed(
+            f"the [backup] command {shown} could not ship the snapshot: {exc}"
+        ) from exc
+    if done.returncode != 0:
+        said = (done.stderr.strip().splitlines() or [""])[-1][:200]
+        raise SnapshotFailed(
+            f"the [backup] command {shown} failed with exit code {done.returncode}: {said}"
+        )
+
+
+def _target_shown(target: BackupSettings) -> str:
+    if target.directory is not None:
+        return str(target.directory)
+    assert target.command is not None
+    return target.command[0]
+
+
+def run_periodically(cas: Cas) -> None:
+    """Every ``[backup] interval`` seconds, write a snapshot when the store changed since the
+    last one; in a thread that :meth:`Cas.close` stops. A failed snapshot is logged and tried
+    again at the next interval."""
+    interval = cas.config.backup.interval
+    if interval is None:
+        return
+    stop = threading.Event()
+
+    def loop() -> None:
+        last: int | None = None
+        while not stop.wait(interval):
+            try:
+                counter = cas.store.state().counter
+                if counter != last:
+                    last = write_snapshot(cas).header.state_counter
+            except Exception:
+                log.exception("a periodic snapshot failed; the next is tried in %d s", interval)
+
+    thread = threading.Thread(target=loop, name="snapshots", daemon=True)
+
+    def stop_and_wait() -> None:
+        stop.set()
+        thread.join()
+
+    cas.background_stops.append(stop_and_wait)
+    thread.start()
