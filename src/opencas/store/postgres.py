@@ -138,16 +138,16 @@ class _PostgresRows:
     def index_page(
         self, after: tuple[str, bytes] | None, limit: int
     ) -> Iterator[tuple[object, object, object]]:
-        # COLLATE "C": the order of the index's primary key, whatever the database's collation.
+        # The comparison and the order are the primary key's own (its collation), so the
+        # page is read from the index, not by sorting the table.
         if after is None:
             cursor = self._conn.execute(
-                'SELECT tbl, key, value FROM record_index ORDER BY tbl COLLATE "C", key LIMIT %s',
-                (limit,),
+                "SELECT tbl, key, value FROM record_index ORDER BY tbl, key LIMIT %s", (limit,)
             )
         else:
             cursor = self._conn.execute(
-                'SELECT tbl, key, value FROM record_index WHERE (tbl COLLATE "C", key) > '
-                '(%s, %s) ORDER BY tbl COLLATE "C", key LIMIT %s',
+                "SELECT tbl, key, value FROM record_index WHERE (tbl, key) > (%s, %s) "
+                "ORDER BY tbl, key LIMIT %s",
                 (*after, limit),
             )
         return iter(cursor.fetchall())
