@@ -30,7 +30,7 @@ from opencas.testing import (
 SESSIONS = 80
 LIMITS = {
     "key_rollover_batch": 2,
-    "key_rollover_pause": 0.02,
+    "key_rollover_pause": 0.1,
     "session_uploads_per_minute": 1000,
     "session_upload_burst": 1000,
 }
