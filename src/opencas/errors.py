@@ -111,6 +111,10 @@ class DatabaseUnavailable(StoreError, code="database-unavailable", http_status=5
     """The database cannot be reached now (down, restarting, the network cut); retry later."""
 
 
+class LeaseLost(StoreError, code="lease-lost", http_status=409):
+    """Work that runs on one instance at a time tried to commit without holding its lease."""
+
+
 class RecordDamagedError(StoreError, code="record-damaged"):
     """A stored record failed authentication: its bytes changed or it was moved to another key."""
 

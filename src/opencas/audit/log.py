@@ -73,7 +73,11 @@ class AuditLog:
         prev_failed: bool = False,
         start: StartInfo,
         clock: Callable[[], str],
+        chain: str = "",
     ) -> None:
+        self.chain = chain
+        """Which chain of the CAS this log writes: ``""``, or the id of an instance that joined
+        the CAS and keeps a chain of its own (the store keeps each chain's head)."""
         self._sink = sink
         self._signer = signer
         self._mode: AuditLogMode = mode

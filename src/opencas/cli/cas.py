@@ -2,7 +2,9 @@
 
 Exit codes: 0 success; 1 the CAS cannot start or run (store, key store, lock, platform, port);
 2 usage error, invalid configuration or owner files, or (``provision`` without
-``--skip-if-already-provisioned``) the CAS is already provisioned.
+``--skip-if-already-provisioned``) the CAS is already provisioned; 3 the running instances of
+the CAS on the configured PostgreSQL database refused this new instance the database key (its
+software or platform does not satisfy the cluster; the message says why).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from opencas.errors import CasError, ConfigError, RecoveryError
 from opencas.service.audit import log_start, log_stop
 from opencas.service.cas import Cas, inspect_cas, open_cas
 from opencas.service.cas_records import StateRecord
+from opencas.service.cluster import JoinRefused
 from opencas.service.key_rollover import resume_key_rollover
 from opencas.service.provisioning import provision as provision_cas
 from opencas.service.recovery import make_request, record_recovered
@@ -52,6 +55,7 @@ log = logging.getLogger("opencas")
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_JOIN_REFUSED = 3
 
 
 @click.group(invoke_without_command=True)
@@ -214,6 +218,7 @@ def _serve(cas: Cas) -> None:
     log_start(cas.audit_log)
     resume_key_rollover(cas)
     run_periodically(cas)
+    cas.start_cluster_member()
     run_event_loop(
         serve_forever(listeners, context, config.connection_limits, maintenance=cas.refresh_tls)
     )
@@ -346,6 +351,8 @@ def main() -> None:
         cli(prog_name="cas")
     except ConfigError as exc:
         fail("cas", exc.message, EXIT_USAGE)
+    except JoinRefused as exc:
+        fail("cas", exc.message, EXIT_JOIN_REFUSED)
     except CasError as exc:
         fail("cas", exc.message, EXIT_FAILURE)
     except OSError as exc:

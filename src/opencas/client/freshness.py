@@ -21,8 +21,9 @@ def check_freshness(
     """Refuse a CAS that replaced, or rolled back, the one remembered as ``pinned``.
 
     Every instance of one CAS is that CAS: the pin is its cluster id and CAS key hash, and the
-    audit sequence and commit counter are the cluster's, so another instance of it passes and
-    one whose state is behind what any instance showed does not.
+    commit counter is the cluster's, so another instance of it passes and one whose state is
+    behind what any instance showed does not. Each instance keeps an audit chain of its own, so
+    its audit sequence is compared with what that instance showed before.
     """
     if pinned is None:
         return
@@ -38,11 +39,12 @@ def check_freshness(
             f"{cluster} with CAS key hash {report.cas_key_hash}. If the CAS was "
             "replaced on purpose, attest again with --accept-new-instance",
         )
-    if report.audit.seq < pinned.audit_seq:
+    seen = pinned.audit_seq_of(report.instance_id)
+    if report.audit.seq < seen:
         raise FreshnessError(
             "freshness",
-            f"the CAS state went back: its audit sequence is {report.audit.seq}, but "
-            f"{pinned.audit_seq} was seen before (a restored old database?)",
+            f"the CAS state went back: the audit sequence of instance {report.instance_id} is "
+            f"{report.audit.seq}, but {seen} was seen before (a restored old database?)",
         )
     if report.state.counter < pinned.state_counter:
         raise FreshnessError(

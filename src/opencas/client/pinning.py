@@ -184,7 +184,13 @@ def _remember(
     known = previous if previous is not None and same_cas else None
     instances = [seen for seen in (known.instances if known else []) if seen != report.instance_id]
     instances = [*instances, report.instance_id][-MAX_INSTANCES_REMEMBERED:]
-    seen = max(report.audit.seq, known.audit_seq if known else 0)
+    seen = max(report.audit.seq, known.audit_seq_of(report.instance_id) if known else 0)
+    seqs = {
+        instance: seq
+        for instance, seq in (known.audit_seqs if known else {}).items()
+        if instance in instances
+    }
+    seqs[report.instance_id] = seen
     counter = max(report.state.counter, known.state_counter if known else 0)
     state.cas[name] = PinnedCas(
         url=url,
@@ -194,6 +200,7 @@ def _remember(
         cluster_id=cluster,
         instances=instances,
         audit_seq=seen,
+        audit_seqs=seqs,
         state_counter=counter,
         software_measurement=report.software_measurement,
         platform=report.platform,

@@ -43,6 +43,10 @@ class PinnedCas(BaseModel):
     #: :data:`MAX_INSTANCES_REMEMBERED`).
     instances: list[str] = Field(default_factory=list, max_length=64)
     audit_seq: int = Field(ge=0)
+    """The audit sequence of the instance last attested (each instance keeps its own chain)."""
+    #: The highest audit sequence seen of each instance in :attr:`instances`; optional so that
+    #: state files written before it still load (their ``audit_seq`` is the one chain they knew).
+    audit_seqs: dict[str, int] = Field(default_factory=dict, max_length=64)
     #: The highest store commit counter seen; optional so that older state files still load.
     state_counter: int = Field(default=0, ge=0)
     software_measurement: str
@@ -57,6 +61,12 @@ class PinnedCas(BaseModel):
     def cluster(self) -> str:
         """The id of the CAS pinned, whichever of its instances was attested."""
         return self.cluster_id if self.cluster_id is not None else self.instance_id
+
+    def audit_seq_of(self, instance_id: str) -> int:
+        """The highest audit sequence seen of the instance ``instance_id`` (0: none seen)."""
+        if not self.audit_seqs:
+            return self.audit_seq
+        return self.audit_seqs.get(instance_id, 0)
 
 
 #: How many instances of one CAS casctl remembers having attested.

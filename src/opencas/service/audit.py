@@ -211,7 +211,7 @@ def open_audit_log(
     it, with the previous entry's hash as nonce.
     """
     record = audit_key(store, identity)
-    stored = read_audit_head(store)
+    stored = read_audit_head(store, identity.scope)
     committed = GENESIS if stored is None else Head(stored.seq, stored.hash)
     opened = reconcile(path, committed)
     config = read_owner_config(store)
@@ -235,15 +235,17 @@ def open_audit_log(
         prev_failed=opened.prev_failed,
         start=StartInfo(details),
         clock=utc_now_text,
+        chain=identity.scope,
     )
 
 
 class StateEntry:
     """Records a state-changing operation's entry in its transaction (see :func:`state_change`)."""
 
-    def __init__(self, operation: Operation, sink: Sink | None) -> None:
+    def __init__(self, operation: Operation, sink: Sink | None, chain: str) -> None:
         self._operation = operation
         self.sink = sink
+        self._chain = chain
 
     def record(
         self,
@@ -261,7 +263,7 @@ class StateEntry:
             event, actor=actor, subject=subject, details=details, sink=sink
         )
         if head is not None:
-            write_audit_head(txn, AuditHeadRecord(seq=head.seq, hash=head.hash))
+            write_audit_head(txn, AuditHeadRecord(seq=head.seq, hash=head.hash), self._chain)
 
 
 @contextlib.contextmanager
@@ -271,7 +273,7 @@ def state_change(audit: AuditLog, sink: Sink | None = None) -> Iterator[StateEnt
     entry was written, the next entry says so. ``sink`` (from :func:`next_sink`) is where the
     entry and the ones after it go; an operation that fails before its entry closes it."""
     with audit.operation() as operation:
-        entry = StateEntry(operation, sink)
+        entry = StateEntry(operation, sink, audit.chain)
         try:
             yield entry
         finally:
@@ -311,7 +313,9 @@ class AuditPage:
 def read_page(audit: AuditLog, store: Store, path: Path, start: int) -> AuditPage:
     """The entries from ``seq`` ``start`` on, at most one page of them."""
     head = audit.head
-    checkpoints = [Head(point.seq, point.hash) for point in read_audit_checkpoints(store)]
+    checkpoints = [
+        Head(point.seq, point.hash) for point in read_audit_checkpoints(store, audit.chain)
+    ]
     lines: list[str] = []
     size = 0
     following: int | None = None

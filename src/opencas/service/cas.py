@@ -47,15 +47,18 @@ from opencas.service.cas_records import (
     read_provisioning_token,
     read_state,
 )
+from opencas.service.cluster import ClusterMember, MemberFacts, join_cluster
 from opencas.service.identity import (
     CasIdentity,
     load_identity,
     local_instance_id,
     mark_db_key_injected,
     populate_new_identity,
+    register_joined_instance,
     reshape_tls,
     utc_now_text,
 )
+from opencas.service.key_handover import HandoverSecret
 from opencas.store import (
     DatabaseInUse,
     DatabaseLock,
@@ -99,6 +102,8 @@ class Cas:
     """Where workload decisions' evidence is kept (owner config ``[audit_log] keep_evidence``)."""
     background_stops: list[Callable[[], None]] = field(default_factory=list)
     """Each stops (and waits for) a background task, such as a key rollover, before closing."""
+    member: ClusterMember | None = field(default=None)
+    """This instance's part in the cluster while it serves on PostgreSQL (heartbeats, joins)."""
 
     @property
     def verifiers(self) -> Mapping[str, Verifier]:
@@ -130,7 +135,7 @@ class Cas:
         """The head of the audit log: its last entry written (or the stored one, inspected)."""
         if self.audit is not None:
             return self.audit.head
-        stored = read_audit_head(self.store)
+        stored = read_audit_head(self.store, self.identity.scope)
         return Head(0, AUDIT_GENESIS_HEAD) if stored is None else Head(stored.seq, stored.hash)
 
     def reload_identity(self) -> None:
@@ -151,16 +156,47 @@ class Cas:
         expired certificate.
         """
         with self.store.transaction() as txn:
-            changed = reshape_tls(txn, self.config.hostnames)
+            changed = reshape_tls(txn, self.config.hostnames, self.identity.scope)
         if changed:
             self.reload_identity()
         return changed
+
+    def start_cluster_member(self) -> None:
+        """On PostgreSQL, announce this instance and answer the join requests of new ones
+        (in a thread, until :meth:`close`); nothing on SQLite, where it is alone."""
+        if not isinstance(self.store, PostgresStore) or self.member is not None:
+            return
+        self.member = ClusterMember(
+            self.store.cluster,
+            self.platform,
+            self._member_facts,
+            self.collateral,
+            clock=self.clock,
+        )
+        self.member.start()
+
+    def _member_facts(self) -> MemberFacts:
+        identity = self.identity
+        return MemberFacts(
+            instance_id=identity.instance_id,
+            api_url=f"https://{self.config.api_listen}",
+            secret=HandoverSecret(
+                self.database_key,
+                self.state().db_key_injected,
+                identity.cas_key_hash,
+                identity.cluster_id,
+            ),
+            tls_key_hash=identity.tls_key_hash,
+            tls_certificate_pem=identity.tls_certificate_pem.decode("ascii"),
+        )
 
     def close(self) -> None:
         """Stop the background tasks, close the audit log, the store, the database lock and the
         collateral connections."""
         for stop in self.background_stops:
             stop()
+        if self.member is not None:
+            self.member.stop()
         if self.audit is not None:
             self.audit.close()
         self.store.close()
@@ -405,6 +441,24 @@ def _refuse_orphaned_key_store(config: AvailabilityConfig, key_store: Path) -> N
         )
 
 
+def _create(
+    database: Path, platform: Platform, config: AvailabilityConfig, injected_dmk: bytes | None
+) -> tuple[Store, bool, bytes]:
+    key_store = key_store_path(database)
+    _refuse_orphaned_key_store(config, key_store)
+    dmk = injected_dmk if injected_dmk is not None else secrets.token_bytes(DMK_SIZE)
+    injected = injected_dmk is not None
+    store = _create_store(
+        config,
+        dmk,
+        populate=lambda txn: populate_new_identity(txn, config.hostnames, db_key_injected=injected),
+        before_publish=lambda: save_key_store(
+            key_store, KeyStoreContents(dmk, injected), platform.seal
+        ),
+    )
+    return store, True, dmk
+
+
 def _open_or_create_store(
     database: Path,
     platform: Platform,
@@ -413,20 +467,13 @@ def _open_or_create_store(
 ) -> tuple[Store, bool, bytes]:
     key_store = key_store_path(database)
     if not store_exists(config):
-        _refuse_orphaned_key_store(config, key_store)
-        dmk = injected_dmk if injected_dmk is not None else secrets.token_bytes(DMK_SIZE)
-        injected = injected_dmk is not None
-        store = _create_store(
-            config,
-            dmk,
-            populate=lambda txn: populate_new_identity(
-                txn, config.hostnames, db_key_injected=injected
-            ),
-            before_publish=lambda: save_key_store(
-                key_store, KeyStoreContents(dmk, injected), platform.seal
-            ),
-        )
-        return store, True, dmk
+        try:
+            return _create(database, platform, config, injected_dmk)
+        except StoreError:
+            # Another instance created the CAS on this PostgreSQL database first: join it.
+            if config.database_url is None or injected_dmk is not None or not store_exists(config):
+                raise
+            log.info("another instance created the CAS first; joining it")
     _check_store(config)
     if injected_dmk is not None:
         store = _open_store(config, injected_dmk)
@@ -437,7 +484,10 @@ def _open_or_create_store(
             store.close()
             raise
         return store, False, injected_dmk
-    contents = load_key_store(key_store, platform.unseal)
+    if config.database_url is not None and not key_store.exists():
+        contents = _join(config, platform)
+    else:
+        contents = load_key_store(key_store, platform.unseal)
     # While a key rollover runs, both keys open records (service/key_rollover.py).
     store = _open_store(config, contents.dmk, contents.previous_dmk)
     if contents.db_key_injected:
@@ -447,3 +497,46 @@ def _open_or_create_store(
             store.close()
             raise
     return store, False, contents.dmk
+
+
+def _join(config: AvailabilityConfig, platform: Platform) -> KeyStoreContents:
+    """Get the database key of the CAS on ``config``'s PostgreSQL database from one of its
+    running instances (:func:`opencas.service.cluster.join_cluster`), record this instance as
+    joined, and seal the key in this instance's key store.
+
+    The key is checked to open the database and to be its CAS's before anything is kept; the
+    instance is recorded before the key store is written, so an instance that stops in between
+    joins again and finds itself recorded. Raises :class:`JoinRefused` when the cluster refused
+    this instance, :class:`KeyStoreError` when the key does not fit or nobody answered.
+    """
+    assert config.database_url is not None
+    database = config.database_path
+    instance_id = local_instance_id(database)
+    collateral = CasCollateral(config.collateral, lambda: None)
+    try:
+        with PostgresStore.cluster_rows(config.database_url) as rows:
+            joined = join_cluster(rows, platform, instance_id, collateral=collateral)
+    finally:
+        collateral.close()
+    secret = joined.secret
+    store = _open_store(config, secret.dmk)
+    try:
+        stored = load_identity(store, config.hostnames, instance_id, reissue=False)
+        if stored.cas_key_hash != secret.cas_key_hash:
+            raise KeyStoreError(
+                f"the key handed over by instance {joined.answered_by} is for CAS "
+                f"{secret.cas_key_hash}, but the database holds CAS {stored.cas_key_hash}"
+            )
+        with store.transaction() as txn:
+            register_joined_instance(txn, config.hostnames, instance_id, joined.request_id)
+    finally:
+        store.close()
+    contents = KeyStoreContents(secret.dmk, secret.db_key_injected)
+    save_key_store(key_store_path(database), contents, platform.seal)
+    log.info(
+        "joined CAS %s as instance %s: instance %s handed over the database key",
+        secret.cluster_id,
+        instance_id,
+        joined.answered_by,
+    )
+    return contents

@@ -19,6 +19,12 @@ Records (table ``cas``; each value is the JSON of its model below):
 - ``audit-checkpoint/<seq, 16 digits>`` (:class:`AuditHeadRecord`): committed heads kept for
   good, one at least every :data:`AUDIT_CHECKPOINT_INTERVAL` sequence numbers, so a verifier can
   tell a rewritten older part of the log.
+- ``instance/<instance id>`` (:class:`InstanceRecord`): an instance that joined the CAS (on
+  PostgreSQL) after the one that created it. A joined instance keeps its own TLS record
+  (``tls/<instance id>``), audit head (``audit-head/<instance id>``) and checkpoints
+  (``audit-checkpoint-<instance id>/<seq>``): its own TLS key, and its own audit chain. The
+  instance that created the CAS keeps the unscoped records, so a database from before clusters
+  opens as it was.
 
 The table name, the keys and the JSON shapes are the on-disk format: existing databases must keep
 opening, so they change only with a migration. A record that must exist and does not, or that
@@ -50,6 +56,7 @@ _TOKEN: Final = "provisioning-token"  # noqa: S105 - a record name, not a secret
 _AUDIT_KEY: Final = "audit-key"
 _AUDIT_HEAD: Final = "audit-head"
 _AUDIT_CHECKPOINT: Final = "audit-checkpoint/"
+_INSTANCE: Final = "instance/"
 #: A committed audit head becomes a checkpoint when it is this many seq past the last one.
 AUDIT_CHECKPOINT_INTERVAL: Final = 1024
 
@@ -127,6 +134,14 @@ class TokenRecord(_Record):
     token: str
 
 
+class InstanceRecord(_Record):
+    """An instance that joined the CAS: when, and through which join request."""
+
+    instance_id: str
+    joined_at: str
+    request_id: str
+
+
 class AuditKeyRecord(_Record):
     """The audit signing key (Ed25519) and its certificate, issued by the CAS key."""
 
@@ -161,27 +176,50 @@ def write_audit_key(txn: Transaction, record: AuditKeyRecord) -> None:
     write_record(txn, _TABLE, _AUDIT_KEY, record)
 
 
-def read_audit_head(source: Reader) -> AuditHeadRecord | None:
-    """The last committed audit head, or ``None`` when no operation was logged yet."""
-    return read_record(source, AuditHeadRecord, _TABLE, _AUDIT_HEAD)
+def _scoped(key: str, scope: str) -> str:
+    """``key`` of the instance ``scope`` (the creating instance's scope is ``""``)."""
+    return f"{key}/{scope}" if scope else key
 
 
-def write_audit_head(txn: Transaction, head: AuditHeadRecord) -> None:
-    """Store ``head`` as the committed audit head, and as a checkpoint when one is due."""
-    previous = read_audit_head(txn)
-    write_record(txn, _TABLE, _AUDIT_HEAD, head)
-    checkpoints = txn.list_keys(_TABLE, _AUDIT_CHECKPOINT)
-    last = int(checkpoints[-1].removeprefix(_AUDIT_CHECKPOINT)) if checkpoints else 0
+def _checkpoint_prefix(scope: str) -> str:
+    # Not "audit-checkpoint/<scope>/": the creating instance lists "audit-checkpoint/".
+    return f"audit-checkpoint-{scope}/" if scope else _AUDIT_CHECKPOINT
+
+
+def read_audit_head(source: Reader, scope: str = "") -> AuditHeadRecord | None:
+    """The last committed head of the audit chain of ``scope``, or ``None`` before its first
+    logged operation."""
+    return read_record(source, AuditHeadRecord, _TABLE, _scoped(_AUDIT_HEAD, scope))
+
+
+def write_audit_head(txn: Transaction, head: AuditHeadRecord, scope: str = "") -> None:
+    """Store ``head`` as the committed head of the chain of ``scope``, and as a checkpoint when
+    one is due."""
+    previous = read_audit_head(txn, scope)
+    write_record(txn, _TABLE, _scoped(_AUDIT_HEAD, scope), head)
+    prefix = _checkpoint_prefix(scope)
+    checkpoints = txn.list_keys(_TABLE, prefix)
+    last = int(checkpoints[-1].removeprefix(prefix)) if checkpoints else 0
     if previous is None or head.seq - last >= AUDIT_CHECKPOINT_INTERVAL:
-        write_record(txn, _TABLE, f"{_AUDIT_CHECKPOINT}{head.seq:016d}", head)
+        write_record(txn, _TABLE, f"{prefix}{head.seq:016d}", head)
 
 
-def read_audit_checkpoints(source: Reader) -> list[AuditHeadRecord]:
-    """Every audit checkpoint, oldest first."""
+def read_audit_checkpoints(source: Reader, scope: str = "") -> list[AuditHeadRecord]:
+    """Every checkpoint of the audit chain of ``scope``, oldest first."""
     return [
         require_record(source, AuditHeadRecord, _TABLE, key)
-        for key in source.list_keys(_TABLE, _AUDIT_CHECKPOINT)
+        for key in source.list_keys(_TABLE, _checkpoint_prefix(scope))
     ]
+
+
+def read_instance(source: Reader, instance_id: str) -> InstanceRecord | None:
+    """The record of the joined instance ``instance_id``; ``None`` for any other instance."""
+    return read_record(source, InstanceRecord, _TABLE, _INSTANCE + instance_id)
+
+
+def write_instance(txn: Transaction, record: InstanceRecord) -> None:
+    """Record a joined instance (once, when it joins)."""
+    write_record(txn, _TABLE, _INSTANCE + record.instance_id, record)
 
 
 def read_identity(source: Reader) -> IdentityRecord:
@@ -194,14 +232,15 @@ def write_identity(txn: Transaction, record: IdentityRecord) -> None:
     write_record(txn, _TABLE, _IDENTITY, record)
 
 
-def read_tls(source: Reader) -> TlsRecord:
-    """The TLS record (it exists from the first start on)."""
-    return require_record(source, TlsRecord, _TABLE, _TLS)
+def read_tls(source: Reader, scope: str = "") -> TlsRecord:
+    """The TLS record of the instance ``scope`` (the creating instance's exists from the first
+    start on, a joined instance's from its join)."""
+    return require_record(source, TlsRecord, _TABLE, _scoped(_TLS, scope))
 
 
-def write_tls(txn: Transaction, record: TlsRecord) -> None:
-    """Write the TLS record (at creation and whenever the certificate is reissued)."""
-    write_record(txn, _TABLE, _TLS, record)
+def write_tls(txn: Transaction, record: TlsRecord, scope: str = "") -> None:
+    """Write the TLS record of ``scope`` (at creation or join, and whenever it is reissued)."""
+    write_record(txn, _TABLE, _scoped(_TLS, scope), record)
 
 
 def read_state(source: Reader) -> StateRecord:

@@ -28,13 +28,16 @@ from opencas.crypto.x509 import create_ca_certificate, issue_tls_certificate
 from opencas.errors import KeyStoreError
 from opencas.service.cas_records import (
     IdentityRecord,
+    InstanceRecord,
     StateRecord,
     TlsRecord,
     read_identity,
+    read_instance,
     read_owner_config,
     read_state,
     read_tls,
     write_identity,
+    write_instance,
     write_provisioning_token,
     write_state,
     write_tls,
@@ -49,7 +52,9 @@ class CasIdentity:
     """The loaded identity: keys as objects, certificates parsed once.
 
     ``cluster_id`` names the CAS, whichever instance serves it (made at its first start, kept
-    in the store); ``instance_id`` names this instance (kept beside its key store).
+    in the store); ``instance_id`` names this instance (kept beside its key store). ``scope`` is
+    ``""`` for the instance that created the CAS and the instance id for one that joined it: the
+    records of its own TLS key and audit chain are kept under it.
     """
 
     cluster_id: str
@@ -59,6 +64,7 @@ class CasIdentity:
     tls_key: ec.EllipticCurvePrivateKey
     tls_certificate: x509.Certificate
     hostnames: tuple[str, ...]
+    scope: str = ""
 
     @cached_property
     def cas_key_hash(self) -> str:
@@ -156,13 +162,14 @@ def _issue_tls(
     )
 
 
-def reshape_tls(txn: Transaction, hostnames: tuple[str, ...]) -> bool:
-    """Reissue the TLS certificate (same key) if its shape changed or it expires soon.
+def reshape_tls(txn: Transaction, hostnames: tuple[str, ...], scope: str = "") -> bool:
+    """Reissue the TLS certificate of the instance ``scope`` (same key) if its shape changed or
+    it expires soon.
 
     Returns True when it reissued the certificate.
     """
     identity = read_identity(txn)
-    tls = read_tls(txn)
+    tls = read_tls(txn, scope)
     shape = tls_shape(txn, hostnames)
     expires = tls.load_tls_certificate().not_valid_after_utc
     fresh = expires - datetime.now(UTC) > TLS_RENEW_BEFORE
@@ -171,8 +178,33 @@ def reshape_tls(txn: Transaction, hostnames: tuple[str, ...]) -> bool:
     reissued = _issue_tls(
         identity.load_cas_key(), identity.load_ca_certificate(), tls.load_tls_key(), shape
     )
-    write_tls(txn, reissued)
+    write_tls(txn, reissued, scope)
     return True
+
+
+def instance_scope(source: Reader, instance_id: str) -> str:
+    """The scope of the instance ``instance_id``'s own records: its id once it joined the CAS,
+    ``""`` for the instance that created it."""
+    return instance_id if read_instance(source, instance_id) is not None else ""
+
+
+def register_joined_instance(
+    txn: Transaction, hostnames: tuple[str, ...], instance_id: str, request_id: str
+) -> None:
+    """Record the instance ``instance_id`` as joined, with a TLS key of its own and its
+    certificate issued by the CAS key; nothing when it is recorded already."""
+    if read_instance(txn, instance_id) is not None:
+        return
+    identity = read_identity(txn)
+    shape = tls_shape(txn, hostnames)
+    tls = _issue_tls(
+        identity.load_cas_key(), identity.load_ca_certificate(), generate_ecdsa_key("P-256"), shape
+    )
+    write_instance(
+        txn,
+        InstanceRecord(instance_id=instance_id, joined_at=utc_now_text(), request_id=request_id),
+    )
+    write_tls(txn, tls, instance_id)
 
 
 def load_identity(
@@ -184,11 +216,12 @@ def load_identity(
     With ``reissue`` false nothing is written: the identity is loaded as stored.
     Raises :class:`RecordDamagedError` naming the record when a record is missing or damaged.
     """
+    scope = instance_scope(store, instance_id)
     if reissue:
         with store.transaction() as txn:
-            reshape_tls(txn, hostnames)
+            reshape_tls(txn, hostnames, scope)
     identity = read_identity(store)
-    tls = read_tls(store)
+    tls = read_tls(store, scope)
     return CasIdentity(
         # The stored id predates clusters: it was made at the CAS's first start and names the CAS.
         cluster_id=identity.instance_id,
@@ -198,6 +231,7 @@ def load_identity(
         tls_key=tls.load_tls_key(),
         tls_certificate=tls.load_tls_certificate(),
         hostnames=tls.hostnames,
+        scope=scope,
     )
 
 

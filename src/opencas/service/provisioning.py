@@ -84,7 +84,7 @@ def provision(
         new_state = configure_recovery(txn, cas, config, new_state)
         write_state(txn, new_state)
         delete_provisioning_token(txn)
-        tls_changed = reshape_tls(txn, cas.config.hostnames)
+        tls_changed = reshape_tls(txn, cas.config.hostnames, cas.identity.scope)
         entry.record(
             txn,
             "provisioned",
@@ -175,7 +175,7 @@ def update_owner_config(cas: Cas, caller: Caller, config: OwnerConfig) -> str:
             txn, cas, config, state.model_copy(update={"owner_config_sha256": sha})
         )
         write_state(txn, new_state)
-        tls_changed = reshape_tls(txn, cas.config.hostnames)
+        tls_changed = reshape_tls(txn, cas.config.hostnames, cas.identity.scope)
         mode = mode_of(config)
         changed = mode != previous
         recovery = recovery_changed(state, new_state)

@@ -4,7 +4,7 @@ PostgreSQL only holds the raw rows of :mod:`opencas.store.records`; every value 
 authenticated by the CAS exactly as in the SQLite file, and every row read back is checked, so
 someone with full access to the database can destroy records but not read, change, move or roll
 them back unnoticed. Schema (migration 1; migration 2 adds the guards' tables of
-:mod:`opencas.store.guards`)::
+:mod:`opencas.store.guards`, migration 3 the cluster's tables of :mod:`opencas.store.cluster`)::
 
     schema_version(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ)   one row per migration
     meta(name TEXT PRIMARY KEY, value TEXT)                  plaintext: format, created_at
@@ -34,8 +34,9 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from opencas.database_url import redact_url
-from opencas.errors import DatabaseUnavailable, RecordDamagedError, StoreError
+from opencas.errors import DatabaseUnavailable, LeaseLost, RecordDamagedError, StoreError
 from opencas.store.base import StoreState, Transaction
+from opencas.store.cluster import CLUSTER_TABLES, ClusterRows, Lease, check_fence
 from opencas.store.guards import GUARD_TABLES, PostgresGuards
 from opencas.store.records import (
     RecordCipher,
@@ -82,6 +83,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE commit_state (name TEXT NOT NULL PRIMARY KEY, value BYTEA NOT NULL)",
     ),
     GUARD_TABLES,
+    CLUSTER_TABLES,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -256,6 +258,15 @@ def _check_version(version: int | None, shown: str) -> int:
     return version
 
 
+def _bring_up_to_date(conn: psycopg.Connection[Any], shown: str) -> None:
+    """Apply (inside the caller's transaction, under the migration lock) every migration the
+    database lacks; :class:`StoreError` when it holds no store or a newer schema."""
+    version = _check_version(_schema_version(conn), shown)
+    if version < SCHEMA_VERSION:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        _migrate(conn, shown, _check_version(_schema_version(conn), shown))
+
+
 class PostgresStore:
     """The PostgreSQL implementation of :class:`opencas.store.base.Store`; safe to share by
     threads, and by processes on other machines that open the same database.
@@ -275,6 +286,8 @@ class PostgresStore:
         self._cipher = cipher
         self.guards = PostgresGuards(pool, dmk, self._failing)
         """The guards' state every instance on this database shares (nonces, proofs, ...)."""
+        self.cluster = ClusterRows(pool.connection, self._failing)
+        """The rows through which the instances find each other and hand over the key."""
         self._pool = pool
         self._damaged = damaged
         self._closed = False
@@ -323,6 +336,34 @@ class PostgresStore:
         ):
             return _schema_version(conn) is not None
 
+    @staticmethod
+    @contextlib.contextmanager
+    def cluster_rows(url: str) -> Iterator[ClusterRows]:
+        """The cluster's rows at ``url`` without the database key, for an instance that has
+        none yet, after the migrations this build knows were applied (they need no key).
+
+        Raises :class:`StoreError` as :meth:`open` does for the database and its schema.
+        """
+        shown = redact_url(url)
+        with (
+            _postgres_errors(shown, "connecting"),
+            psycopg.connect(url, autocommit=True, connect_timeout=10) as conn,
+        ):
+            _configure(conn)
+            with _postgres_errors(shown, "reading the schema version"), conn.transaction():
+                _bring_up_to_date(conn, shown)
+            lock = threading.Lock()
+
+            @contextlib.contextmanager
+            def one_connection() -> Iterator[psycopg.Connection[Any]]:
+                with lock:
+                    yield conn
+
+            def failing(action: str) -> contextlib.AbstractContextManager[None]:
+                return _postgres_errors(shown, action)
+
+            yield ClusterRows(one_connection, failing)
+
     @classmethod
     def open(
         cls,
@@ -346,10 +387,7 @@ class PostgresStore:
         try:
             with pool.connection() as conn:
                 with _postgres_errors(shown, "reading the schema version"), conn.transaction():
-                    version = _check_version(_schema_version(conn), shown)
-                    if version < SCHEMA_VERSION:
-                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-                        _migrate(conn, shown, _check_version(_schema_version(conn), shown))
+                    _bring_up_to_date(conn, shown)
                     _check_format(conn, shown)
                 rows = _PostgresRows(conn, shown)
                 with _postgres_errors(shown, "checking every record"), conn.transaction():
@@ -492,12 +530,14 @@ class PostgresStore:
             yield RecordReader(rows, self._cipher)
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[RecordTransaction]:
+    def transaction(self, fence: Lease | None = None) -> Iterator[RecordTransaction]:
         """A write transaction: committed durably on normal exit, rolled back on exception.
 
         Transactions run one at a time across every process sharing the database (each waits
         for the state row's lock); they do not nest, and opening one inside another in the same
-        thread raises ``RuntimeError`` instead of deadlocking.
+        thread raises ``RuntimeError`` instead of deadlocking. With ``fence`` (a lease from
+        :meth:`ClusterRows.acquire_lease`), the lease is checked first in the same transaction
+        and held until it ends: :class:`LeaseLost` when it expired or another holder took it.
         """
         if getattr(self._local, "in_transaction", False):
             raise RuntimeError("a transaction is already open in this thread; they do not nest")
@@ -511,6 +551,11 @@ class PostgresStore:
             ):
                 rows = _PostgresRows(conn, self._shown)
                 rows.lock_state()
+                if fence is not None and not check_fence(conn, fence):
+                    raise LeaseLost(
+                        f"the lease {fence.name!r} of {fence.holder} (token {fence.token}) "
+                        "expired or was taken over: this instance no longer leads that work"
+                    )
                 tx = RecordTransaction(rows, self._cipher)
                 try:
                     yield tx

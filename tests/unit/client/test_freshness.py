@@ -123,3 +123,28 @@ def test_a_pin_from_before_cluster_ids_names_the_cas_by_its_instance_id(pinned: 
         check_freshness(
             pinned, report(instance_id="instance-1", cluster_id="other"), accept_new_instance=False
         )
+
+
+def test_each_instance_audit_sequence_is_compared_with_its_own(pinned_cas: Pin) -> None:
+    # Each instance keeps an audit chain of its own: a younger instance is not a rollback.
+    pinned = pinned_cas(
+        instance_id="instance-1",
+        cluster_id="cas-1",
+        audit_seq=50,
+        audit_seqs={"instance-1": 50, "instance-2": 7},
+        state_counter=9,
+    )
+    for instance, seq in (("instance-2", 7), ("instance-3", 1), ("instance-1", 50)):
+        check_freshness(
+            pinned,
+            report(instance_id=instance, cluster_id="cas-1", audit={"seq": seq, "head": "ee" * 32}),
+            accept_new_instance=False,
+        )
+    with pytest.raises(FreshnessError, match="instance instance-2 is 6, but 7"):
+        check_freshness(
+            pinned,
+            report(
+                instance_id="instance-2", cluster_id="cas-1", audit={"seq": 6, "head": "ee" * 32}
+            ),
+            accept_new_instance=False,
+        )

@@ -11,21 +11,29 @@ import pytest
 from opencas.config.owner import owner_config_sha256, parse_owner_config
 from opencas.errors import RecordDamagedError
 from opencas.service.cas_records import (
+    AuditHeadRecord,
     OwnerRecord,
     StateRecord,
     delete_provisioning_token,
+    read_audit_checkpoints,
+    read_audit_head,
     read_identity,
     read_owner,
     read_owner_config,
     read_provisioning_token,
     read_state,
     read_tls,
+    write_audit_head,
     write_owner,
     write_owner_config,
     write_provisioning_token,
     write_state,
 )
-from opencas.service.identity import populate_new_identity
+from opencas.service.identity import (
+    instance_scope,
+    populate_new_identity,
+    register_joined_instance,
+)
 from opencas.store import SqliteStore, Transaction
 from opencas.store.base import Reader
 
@@ -155,3 +163,27 @@ def test_a_key_that_does_not_load_is_damaged(store: SqliteStore) -> None:
         broken.load_cas_key()
     with pytest.raises(RecordDamagedError, match="certificate does not load"):
         broken.model_copy(update={"ca_certificate_pem": "not a certificate"}).load_ca_certificate()
+
+
+def test_a_joined_instance_keeps_its_own_tls_key_and_audit_chain(store: SqliteStore) -> None:
+    joined = "0b7c4c2e-8a1e-4b59-9d3e-4f36a4a6b2a1"
+    assert instance_scope(store, joined) == ""
+    with store.transaction() as txn:
+        register_joined_instance(txn, ("localhost",), joined, "ab" * 16)
+    with store.transaction() as txn:
+        register_joined_instance(txn, ("localhost",), joined, "cd" * 16)  # once only
+    assert instance_scope(store, joined) == joined
+    mine, creators = read_tls(store, joined), read_tls(store)
+    assert mine.load_tls_key().public_key() != creators.load_tls_key().public_key()
+    ca = read_identity(store).load_ca_certificate()
+    assert mine.load_tls_certificate().issuer == ca.subject
+    assert "tls/" + joined in store.list_keys("cas")
+    # Each chain's head and checkpoints are its own; the creator's keep their keys.
+    with store.transaction() as txn:
+        write_audit_head(txn, AuditHeadRecord(seq=3, hash="aa" * 32), joined)
+        write_audit_head(txn, AuditHeadRecord(seq=9, hash="bb" * 32))
+    assert read_audit_head(store, joined) == AuditHeadRecord(seq=3, hash="aa" * 32)
+    assert read_audit_head(store) == AuditHeadRecord(seq=9, hash="bb" * 32)
+    assert [point.seq for point in read_audit_checkpoints(store, joined)] == [3]
+    assert [point.seq for point in read_audit_checkpoints(store)] == [9]
+    assert "audit-head" in store.list_keys("cas")
