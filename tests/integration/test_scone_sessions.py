@@ -4,6 +4,7 @@ created and read back unchanged; a one-time-password service runs only with a fr
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 import sys
@@ -206,3 +207,65 @@ def test_a_service_reads_and_updates_its_session_with_the_certificate_it_was_giv
     assert updated.returncode == 0, updated.stderr
     again = casctl("session", "read", "access-identities-run", "--identity", str(identity))
     assert again.returncode == 0, again.stderr
+
+
+HOST_VALUES_PROGRAM = """\
+import os
+print("first", os.environ["FIRST_ARGUMENT"])
+print("second", os.environ["SECOND_ARGUMENT"])
+print("greeting", os.environ["GREETING"])
+print("token-length", len(os.environ["TOKEN"]))
+"""
+
+
+def test_host_values_come_from_the_command_line_and_environment_that_start_the_program(
+    casctl: Casctl, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    program = tmp_path / "echo.py"
+    program.write_text(HOST_VALUES_PROGRAM)
+    run = ("run", "--config-id", "host-values-run/echo", "--", sys.executable, str(program))
+    text = (CORPUS / "host-values.yaml").read_text()
+    policy = tmp_path / "host-values.yaml"
+    policy.write_text(text.replace("name: host-values", "name: host-values-run"))
+    created_hash(casctl("session", "create", str(policy)))
+
+    monkeypatch.setenv("GREETING", "hello")
+    ran = casctl(*run, "from-the-command-line")
+    assert ran.returncode == 0, ran.stderr
+    # @@1 is the first argument after the program's name: here the interpreter's script.
+    assert ran.stdout.splitlines() == [
+        f"first {program}",
+        "second from-the-command-line",
+        "greeting prefix-hello",
+        "token-length 12",
+    ]
+
+    # A host value that is not given refuses the start, naming it.
+    monkeypatch.delenv("GREETING")
+    missing = casctl(*run, "x")
+    assert missing.returncode == 1
+    assert "GREETING" in missing.stderr
+    assert missing.stdout == ""
+
+
+def test_use_env_fills_both_spellings_from_the_environment(
+    casctl: Casctl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = CORPUS / "templates.yaml"
+    for name, value in VARIABLES.items():
+        monkeypatch.setenv(name, value)
+    from_env = casctl("session", "hash", str(path), "--use-env")
+    # --use-env fills every variable the environment has, $HOME of the shell command too.
+    given = casctl(
+        "session",
+        "hash",
+        str(path),
+        *(f"-e{k}={v}" for k, v in VARIABLES.items()),
+        f"-eHOME={os.environ['HOME']}",
+    )
+
+    assert from_env.returncode == 0, from_env.stderr
+    assert from_env.stdout == given.stdout
+    # -e wins over the environment.
+    overridden = casctl("session", "check", str(path), "--use-env", "-eSESSION_NAME=other")
+    assert "session other is valid" in overridden.stdout

@@ -28,6 +28,7 @@ from opencas.cli.recovery_commands import recovery_group
 from opencas.cli.run_commands import register_run_commands
 from opencas.cli.session_commands import session_group
 from opencas.cli.upgrade_commands import snapshot, start_upgrade, upgrade_status
+from opencas.cli.volume_commands import volume_group
 from opencas.client.cas_client import new_nonce
 from opencas.client.identity import ClientIdentity
 from opencas.client.pinning import Attested, attest_and_pin, cas_url, pin_name, pinned_client
@@ -552,6 +553,7 @@ cli.add_command(evidence_group)
 cli.add_command(collateral_group)
 cli.add_command(audit_group)
 cli.add_command(fspf_group)
+cli.add_command(volume_group)
 cli.add_command(recovery_group)
 cli.add_command(start_upgrade)
 cli.add_command(upgrade_status)

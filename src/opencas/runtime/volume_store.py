@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import stat
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -341,3 +342,60 @@ def discard_replaced(store: Path, old_tag: str | None, old: Manifest, new: Manif
             (store / OBJECTS / item.object_id).unlink(missing_ok=True)
     if old_tag is not None:
         (store / MANIFESTS / old_tag).unlink(missing_ok=True)
+
+
+# --- preparing a volume outside the CAS ---------------------------------------------------------
+
+
+def seal_directory(store: Path, key: bytes, source: Path) -> tuple[Manifest, str]:
+    """Encrypt every file below ``source`` into ``store`` as a volume's first content under
+    ``key``; returns the manifest and its tag once both are durably in the store.
+
+    The files are read where they are: no plaintext copy is made. ``source`` may hold only
+    regular files and directories. Refuses (:class:`VolumeRefused`) a ``source`` with nothing in
+    it: a volume given without a tag starts empty already.
+    """
+    _prepare_store(store)
+    opened = OpenedVolume(str(source), store, source, key, None, Manifest(volume_id(key)))
+    sealed = seal_volume(opened)
+    if sealed is None:
+        raise VolumeRefused(
+            f"{source} holds nothing to encrypt: a volume given fspf_key without fspf_tag "
+            "starts empty already"
+        )
+    return sealed
+
+
+def add_directory(
+    store: Path, key: bytes, tag: str, source: Path, inside: str, workdir: Path
+) -> tuple[Manifest, str] | None:
+    """Add the files below ``source`` at ``inside`` (a relative path, ``""`` for the top) to the
+    volume at ``tag`` in ``store``: a new manifest and tag (None when nothing changed).
+
+    The volume is first opened and checked, into a private directory made under ``workdir`` and
+    removed afterwards; a file already at a path is replaced. The old manifest stays in the
+    store, so the volume at ``tag`` still opens.
+    """
+    plain = workdir / "volume"
+    opened = open_volume(str(store), store, key, tag, plain)
+    try:
+        target = plain / inside if inside else plain
+        if target.resolve() != plain.resolve() and plain.resolve() not in target.resolve().parents:
+            raise VolumeRefused(f"{inside!r} is not a path inside the volume")
+        try:
+            shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
+        except (OSError, shutil.Error) as exc:
+            raise VolumeRefused(f"cannot copy {source} into the volume: {exc}") from None
+        return seal_volume(opened)
+    finally:
+        shutil.rmtree(plain, ignore_errors=True)
+
+
+def check_volume(store: Path, key: bytes, tag: str, workdir: Path) -> Manifest:
+    """Open the volume at ``tag`` from ``store`` as a workload would, checking every file, and
+    remove the plaintext again: its manifest. Refuses as :func:`open_volume` does."""
+    plain = workdir / "volume"
+    try:
+        return open_volume(str(store), store, key, tag, plain).manifest
+    finally:
+        shutil.rmtree(plain, ignore_errors=True)

@@ -14,8 +14,11 @@ from opencas.runtime.volume_store import (
     OBJECTS,
     OpenedVolume,
     VolumeRefused,
+    add_directory,
+    check_volume,
     discard_replaced,
     open_volume,
+    seal_directory,
     seal_volume,
 )
 
@@ -135,3 +138,59 @@ def test_the_wrong_key_is_refused(tmp_path: Path) -> None:
     store, _, tag = _first_write(tmp_path)
     with pytest.raises(VolumeRefused, match="does not open"):
         _open(store, new_volume_key(), tag, tmp_path, "1")
+
+
+# --- preparing a volume outside the CAS ---------------------------------------------------------
+
+
+def test_seal_directory_encrypts_in_place_and_opens_as_a_written_volume(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    (source / "sub").mkdir(parents=True)
+    content = os.urandom(CHUNK_SIZE + 7)
+    (source / "sub" / "data.bin").write_bytes(content)
+    (source / "note.txt").write_text("hello")
+    store, key = tmp_path / "store", new_volume_key()
+
+    manifest, tag = seal_directory(store, key, source)
+
+    assert sorted(item.path for item in manifest.files) == ["note.txt", "sub/data.bin"]
+    # The source is left as it was, and the volume opens at the tag with its content.
+    assert (source / "note.txt").read_text() == "hello"
+    opened = _open(store, key, tag, tmp_path, "check")
+    assert (opened.plain / "sub" / "data.bin").read_bytes() == content
+    work = tmp_path / "work"
+    work.mkdir()
+    assert check_volume(store, key, tag, work).files == manifest.files
+    assert not (work / "volume").exists()
+
+
+def test_seal_directory_refuses_an_empty_directory_and_links(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    with pytest.raises(VolumeRefused, match="holds nothing to encrypt"):
+        seal_directory(tmp_path / "store", new_volume_key(), source)
+    (source / "link").symlink_to("/etc/passwd")
+    with pytest.raises(VolumeRefused, match="not a regular file or directory"):
+        seal_directory(tmp_path / "store2", new_volume_key(), source)
+
+
+def test_add_directory_adds_at_a_path_and_keeps_the_old_manifest(tmp_path: Path) -> None:
+    store, key, tag = _first_write(tmp_path)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "small.txt").write_text("replaced")
+    (extra / "new.txt").write_text("new")
+    work = tmp_path / "work"
+    work.mkdir()
+
+    added = add_directory(store, key, tag, extra, "", work)
+
+    assert added is not None
+    opened = _open(store, key, added[1], tmp_path, "added")
+    assert (opened.plain / "small.txt").read_text() == "replaced"
+    assert (opened.plain / "new.txt").read_text() == "new"
+    assert (opened.plain / "dir" / "big.bin").stat().st_size == 2 * CHUNK_SIZE + 5
+    assert check_volume(store, key, tag, work).files != added[0].files  # the old tag opens
+    with pytest.raises(VolumeRefused, match="not a path inside the volume"):
+        add_directory(store, key, tag, extra, "../outside", work)
+    assert not (tmp_path / "outside").exists()
