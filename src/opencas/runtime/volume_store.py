@@ -148,6 +148,14 @@ def _read_exactly(source: io.RawIOBase, buffer: memoryview) -> int:
     return done
 
 
+def _buffers(size: int, count: int, extra: int) -> list[memoryview]:
+    """The reused buffers of one file of ``size`` bytes in ``count`` chunks: one per chunk in
+    flight, each of a chunk's size (the file's, when smaller) plus ``extra``. Sized to the file,
+    since zeroing full-size buffers costs a small file more than its encryption."""
+    length = min(CHUNK_SIZE, size) + extra
+    return [memoryview(bytearray(length)) for _ in range(min(_IN_FLIGHT, count))]
+
+
 def _prepare_store(store: Path) -> None:
     for part in (store, store / MANIFESTS, store / OBJECTS):
         part.mkdir(mode=0o700, exist_ok=True)
@@ -212,10 +220,8 @@ def _decrypt_file(
         try:
             count = chunk_count(item.size)
             # One pair of buffers per chunk in flight, reused: no allocation per chunk.
-            sealed_buffers = [
-                memoryview(bytearray(CHUNK_SIZE + TAG_SIZE)) for _ in range(_IN_FLIGHT)
-            ]
-            plain_buffers = [memoryview(bytearray(CHUNK_SIZE)) for _ in range(_IN_FLIGHT)]
+            plain_buffers = _buffers(item.size, count, 0)
+            sealed_buffers = _buffers(item.size, count, TAG_SIZE)
 
             def jobs() -> Iterator[Callable[[], memoryview]]:
                 for index in range(count):
@@ -310,8 +316,8 @@ def _encrypt_file(
         # error rather than a torn object.
         size = os.fstat(source.fileno()).st_size
         count = chunk_count(size)
-        plain_buffers = [memoryview(bytearray(CHUNK_SIZE)) for _ in range(_IN_FLIGHT)]
-        sealed_buffers = [memoryview(bytearray(CHUNK_SIZE + TAG_SIZE)) for _ in range(_IN_FLIGHT)]
+        plain_buffers = _buffers(size, count, 0)
+        sealed_buffers = _buffers(size, count, TAG_SIZE)
 
         def jobs() -> Iterator[Callable[[], memoryview]]:
             for index in range(count):
