@@ -22,6 +22,10 @@ from opencas.runtime.volume_store import (
     seal_volume,
 )
 
+#: Long enough that random ciphertext does not contain it by chance (three bytes did, about
+#: once in a hundred runs).
+FIRST_TEXT = "first plaintext of small.txt"
+
 
 def _open(store: Path, key: bytes, tag: str | None, tmp_path: Path, label: str) -> OpenedVolume:
     return open_volume("data", store, key, tag, tmp_path / f"plain-{label}")
@@ -32,7 +36,7 @@ def _first_write(tmp_path: Path) -> tuple[Path, bytes, str]:
     opened = _open(store, key, None, tmp_path, "0")
     (opened.plain / "dir").mkdir()
     (opened.plain / "dir" / "big.bin").write_bytes(os.urandom(2 * CHUNK_SIZE + 5))
-    (opened.plain / "small.txt").write_text("one")
+    (opened.plain / "small.txt").write_text(FIRST_TEXT)
     (opened.plain / "empty").mkdir()
     (opened.plain / "zero").write_bytes(b"")
     sealed = seal_volume(opened)
@@ -43,7 +47,7 @@ def _first_write(tmp_path: Path) -> tuple[Path, bytes, str]:
 def test_a_volume_round_trips(tmp_path: Path) -> None:
     store, key, tag = _first_write(tmp_path)
     opened = _open(store, key, tag, tmp_path, "1")
-    assert (opened.plain / "small.txt").read_text() == "one"
+    assert (opened.plain / "small.txt").read_text() == FIRST_TEXT
     assert len((opened.plain / "dir" / "big.bin").read_bytes()) == 2 * CHUNK_SIZE + 5
     assert (opened.plain / "empty").is_dir()
     assert (opened.plain / "zero").read_bytes() == b""
@@ -55,7 +59,7 @@ def test_nothing_in_the_store_is_readable_without_the_key(tmp_path: Path) -> Non
     store, _, _ = _first_write(tmp_path)
     for path in store.rglob("*"):
         if path.is_file():
-            assert b"one" not in path.read_bytes()
+            assert FIRST_TEXT.encode() not in path.read_bytes()
             assert b"small.txt" not in path.read_bytes()
 
 
@@ -108,7 +112,7 @@ def test_an_unreported_write_leaves_the_current_tag_intact(tmp_path: Path) -> No
     (opened.plain / "small.txt").write_text("never reported")
     assert seal_volume(opened) is not None
     again = _open(store, key, tag, tmp_path, "2")
-    assert (again.plain / "small.txt").read_text() == "one"
+    assert (again.plain / "small.txt").read_text() == FIRST_TEXT
 
 
 def test_replaced_objects_are_removed_and_shared_ones_kept(tmp_path: Path) -> None:
