@@ -4,6 +4,7 @@ serving; an instance of other software is refused and says why."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -156,6 +157,11 @@ def test_an_instance_of_other_software_gets_no_key_and_says_why(
     assert first.verified.report.software_measurement in log
     assert not (stranger.directory / "cas.db.key-store").exists()
     assert "refused instance" in first.process.log()
+    # The refusal is in the answering instance's audit log, durable before the answer.
+    entries = [json.loads(line) for line in (first.process.directory / "audit.log").open()]
+    refused = [entry for entry in entries if entry["event"] == "instance_refused"]
+    assert len(refused) == 1, entries
+    assert refused[0]["details"]["check"] == "software"
     # The cluster serves on, unchanged.
     assert first.client.whoami() == first.owner.key_hash
 

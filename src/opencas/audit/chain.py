@@ -71,6 +71,8 @@ EVENTS = frozenset(
         "workload_attested",
         "workload_refused",
         "volume_tag_updated",
+        "instance_admitted",
+        "instance_refused",
     }
 )
 #: Events of operations that change the CAS's state: their entry is written before the change

@@ -172,6 +172,7 @@ class Cas:
             self._member_facts,
             self.collateral,
             clock=self.clock,
+            audit=lambda: self.audit_log,
         )
         self.member.start()
 

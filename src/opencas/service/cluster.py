@@ -36,6 +36,7 @@ from typing import Final
 
 from opencas.attestation.peer_admission import RegisteredUpgrade
 from opencas.attestation.verifier import CollateralSource
+from opencas.audit.log import AuditLog
 from opencas.crypto.canonical import canonical_json, canonical_sha512
 from opencas.errors import CasError, KeyStoreError, StoreError
 from opencas.platform.base import Platform
@@ -188,6 +189,7 @@ class ClusterMember:
     collateral: CollateralSource
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     upgrades: Callable[[], Sequence[RegisteredUpgrade]] = field(default=lambda: ())
+    audit: Callable[[], AuditLog] | None = None
     _stopping: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _started_at: float = field(default_factory=time.time)
@@ -264,8 +266,25 @@ class ClusterMember:
         except HandoverRefused as exc:
             reason = f"{exc.check}: {exc.message}"
             log.warning("cluster: refused instance %s the database key: %s", newcomer, reason)
+            self._record(
+                "instance_refused",
+                newcomer,
+                {"request_id": request_id, "check": exc.check, "reason": exc.message},
+            )
             self.rows.answer(request_id, None, reason, time.time())
             return False
+        # The entry is durable before the key leaves: a handover the log does not show never
+        # happens (an AuditLogError leaves the claim to go stale, and the request unanswered).
+        self._record(
+            "instance_admitted",
+            newcomer,
+            {"request_id": request_id, "basis": decision.basis, "reason": decision.reason},
+        )
         self.rows.answer(request_id, document_text(answer), None, time.time())
         log.info("cluster: handed the database key to instance %s (%s)", newcomer, decision.reason)
         return True
+
+    def _record(self, event: str, newcomer: str, details: dict[str, str | None]) -> None:
+        """Write ``event`` about ``newcomer`` to the audit log and wait until it is durable."""
+        if self.audit is not None:
+            self.audit().append(event, actor="cas", subject=newcomer, details=details).wait()

@@ -6,12 +6,15 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from opencas.attestation.verifier import NO_COLLATERAL
-from opencas.errors import KeyStoreError, LeaseLost
+from opencas.audit.chain import GENESIS
+from opencas.audit.log import Durable
+from opencas.errors import AuditLogError, KeyStoreError, LeaseLost
 from opencas.platform.simulated import SimulatedPlatform
 from opencas.service.cluster import ClusterMember, JoinRefused, MemberFacts, join_cluster
 from opencas.service.key_handover import HandoverSecret
@@ -137,3 +140,68 @@ def test_a_deposed_lease_holder_cannot_commit(store: PostgresStore) -> None:
         txn.put("sessions", "by-deposed", b"2")
     assert store.get("sessions", "by-deposed") is None
     assert store.get("sessions", "by-leader") == b"1"
+
+
+class _Recorded:
+    """Stands in for the audit log: keeps each entry, or refuses every one."""
+
+    def __init__(self, *, broken: bool = False) -> None:
+        self.entries: list[tuple[str, str, str, dict[str, object]]] = []
+        self.broken = broken
+
+    def append(self, event: str, *, actor: str, subject: str, details: dict[str, object]) -> Any:
+        if self.broken:
+            raise AuditLogError("the audit log cannot take entries (disk full)")
+        self.entries.append((event, actor, subject, dict(details)))
+        return Durable(GENESIS, None)
+
+
+def _audited_member(store: PostgresStore, tmp_path: Path, recorded: _Recorded) -> ClusterMember:
+    facts = MemberFacts("running-1", "https://127.0.0.1:1", SECRET, "cd" * 32, "PEM")
+    running = ClusterMember(
+        store.cluster,
+        machine(tmp_path, "a"),
+        lambda: facts,
+        NO_COLLATERAL,
+        audit=lambda: recorded,  # type: ignore[arg-type,return-value]
+    )
+    running.start()
+    return running
+
+
+def test_each_answer_to_a_newcomer_is_in_the_audit_log(
+    store: PostgresStore, postgres_url: str, tmp_path: Path
+) -> None:
+    recorded = _Recorded()
+    running = _audited_member(store, tmp_path, recorded)
+    try:
+        with PostgresStore.cluster_rows(postgres_url) as rows:
+            join_cluster(rows, machine(tmp_path, "b"), "new-1", collateral=NO_COLLATERAL)
+            with pytest.raises(JoinRefused):
+                join_cluster(
+                    rows, machine(tmp_path, "c", "6f" * 32), "new-2", collateral=NO_COLLATERAL
+                )
+    finally:
+        running.stop()
+    (admitted, actor, subject, details), refused = recorded.entries
+    assert (admitted, actor, subject) == ("instance_admitted", "cas", "new-1")
+    assert details["basis"] == "same-software"
+    assert refused[:3] == ("instance_refused", "cas", "new-2")
+    assert refused[3]["check"] == "software"
+    assert "6f" * 32 in str(refused[3]["reason"])
+
+
+def test_no_key_leaves_when_the_audit_log_cannot_say_so(
+    store: PostgresStore, postgres_url: str, tmp_path: Path
+) -> None:
+    running = _audited_member(store, tmp_path, _Recorded(broken=True))
+    try:
+        with (
+            PostgresStore.cluster_rows(postgres_url) as rows,
+            pytest.raises(KeyStoreError, match="no running instance answered"),
+        ):
+            join_cluster(
+                rows, machine(tmp_path, "b"), "new-1", collateral=NO_COLLATERAL, timeout=2.0
+            )
+    finally:
+        running.stop()
