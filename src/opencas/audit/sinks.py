@@ -17,6 +17,8 @@ from typing import Protocol
 
 import httpx
 
+from opencas.durable_files import fsync_directory
+
 #: The log file is readable by its owner only, like the database beside it.
 LOG_FILE_MODE = 0o600
 _TAIL_BLOCK = 64 * 1024
@@ -61,7 +63,7 @@ class FileSink:
         if created:
             os.fchmod(self._fd, LOG_FILE_MODE)
             os.fsync(self._fd)
-            _fsync_directory(path.parent)
+            fsync_directory(path.parent)
 
     def write(self, line: bytes) -> None:
         """Append ``line`` and its newline to the file (not yet fsynced)."""
@@ -187,14 +189,6 @@ def _drain(answer: httpx.Response) -> None:
         read += len(chunk)
         if read > MAX_ANSWER_BYTES:
             return
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def cut_partial_line(path: Path) -> int:

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from opencas.crypto.keys import KeyType
 from opencas.crypto.pem import load_private_key_pem, private_key_pem
+from opencas.durable_files import fsync_directory
 from opencas.errors import PlatformError
 
 # A PKCS#8 PEM Ed25519 key is about 120 bytes; anything much larger is not a key file.
@@ -63,14 +64,6 @@ def read_key_file(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def create_key_file(path: Path) -> None:
     """Create ``path`` holding a new key, mode 0600, unless another process creates it first.
 
@@ -104,7 +97,7 @@ def create_key_file(path: Path) -> None:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
-        _fsync_directory(parent)
+        fsync_directory(parent)
     except OSError as exc:
         raise PlatformError(f"cannot create platform key file {path}: {exc}") from exc
 

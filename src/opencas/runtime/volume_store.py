@@ -44,6 +44,7 @@ from opencas.crypto.volume_format import (
     seal_manifest,
     volume_id,
 )
+from opencas.durable_files import fsync_directory
 from opencas.errors import ClientError
 
 MANIFESTS = "manifests"
@@ -82,14 +83,6 @@ class OpenedVolume:
     tag: str | None
     manifest: Manifest
     states: dict[str, FileState] = field(default_factory=dict)
-
-
-def _fsync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 @contextlib.contextmanager
@@ -288,7 +281,7 @@ def seal_volume(opened: OpenedVolume) -> tuple[Manifest, str] | None:
                 else:
                     entries.append(_encrypt_file(opened, path, mode, pool))
         # One flush of the object directory for all new objects, before the manifest names them.
-        _fsync_directory(opened.store / OBJECTS)
+        fsync_directory(opened.store / OBJECTS)
         manifest = Manifest.build(opened.manifest.volume_id, entries, directories)
     except ValueError as exc:
         raise VolumeRefused(f"volume {opened.name}: cannot seal it: {exc}") from None
@@ -299,7 +292,7 @@ def seal_volume(opened: OpenedVolume) -> tuple[Manifest, str] | None:
     sealed, tag = seal_manifest(opened.key, manifest)
     with _atomic_file(opened.store / MANIFESTS / tag) as descriptor:
         _write_all(descriptor, sealed)
-    _fsync_directory(opened.store / MANIFESTS)
+    fsync_directory(opened.store / MANIFESTS)
     return manifest, tag
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from opencas.crypto.canonical import canonical_json, strict_json_object
 from opencas.crypto.encoding import b64_decode, b64_encode
+from opencas.durable_files import fsync_directory
 from opencas.errors import KeyStoreError
 
 KEY_STORE_FORMAT = "opencas-key-store/v1"
@@ -77,7 +78,7 @@ def save_key_store(path: Path, contents: KeyStoreContents, seal: Callable[[bytes
         finally:
             os.close(fd)
         os.replace(temporary, path)
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             temporary.unlink()
@@ -165,12 +166,3 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Without this, the rename that published the file may be lost on power failure.
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
