@@ -56,7 +56,7 @@ import pstats
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -600,6 +600,14 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also run the attest phase on a CAS whose audit log is disabled, and compare",
     )
+    number_option(
+        parser,
+        "--audit-rounds",
+        int,
+        20,
+        4,
+        "turns of --seconds/2 each for the log on and the log off, with --compare-audit-log",
+    )
     parser.add_argument(
         "--profile",
         type=positive(int, 1000),
@@ -624,35 +632,94 @@ def check_runtime_exchange(cas: SelfProvisionedCas, platform: SimulatedPlatform)
 AUDIT_LOG_RATIO_GOAL = 0.80
 
 
-def compare_audit_log(
-    workdir: Path, platform: SimulatedPlatform, args: argparse.Namespace, signed: AttestPhase
-) -> None:
-    """The attest phase again on a CAS whose audit log is disabled; both rates and their ratio."""
+def compare_audit_log(workdir: Path, platform: SimulatedPlatform, args: argparse.Namespace) -> None:
+    """The attest phase on two CASes, one with the default log and one with it disabled.
+
+    Both run side by side and take the load in turns (on, off, off, on, ...), so a change in
+    what else the machine does, or in its clock, falls on both alike; each figure is the sum
+    over all rounds.
+    """
     disabled_config = '[audit_log]\nmode = "disabled"\n'
-    with running_cas(workdir / "server-without-log", disabled_config) as cas:
-        cas.client.create_session(SESSION)
-        check_runtime_exchange(cas, platform)
-        disabled = run_async(run_attest_phase(cas, platform, args))
-    on, off = signed.result.rate, disabled.result.rate
-    ratio = on / off if off else 0.0
-    print("\nAudit log on (signed, file, fsynced) and off, the same attest phase:")
-    for name, phase in (("log signed:  ", signed.result), ("log disabled:", disabled.result)):
+    phase_args = argparse.Namespace(**vars(args))
+    phase_args.seconds = args.seconds / 2
+    turns: dict[str, list[PhaseResult]] = {"signed": [], "disabled": []}
+    with (
+        running_cas(workdir / "server-log-signed") as signed_cas,
+        running_cas(workdir / "server-log-disabled", disabled_config) as disabled_cas,
+    ):
+        servers = {"signed": signed_cas, "disabled": disabled_cas}
+        for cas in servers.values():
+            cas.client.create_session(SESSION)
+            check_runtime_exchange(cas, platform)
+        for turn in range(args.audit_rounds):
+            order = ("signed", "disabled") if turn % 2 == 0 else ("disabled", "signed")
+            for mode in order:
+                phase = run_async(run_attest_phase(servers[mode], platform, phase_args))
+                turns[mode].append(phase.result)
+    print(
+        f"\nAudit log on (signed, file, fsynced) and off, {args.audit_rounds} turns of "
+        f"{phase_args.seconds:g} s each, alternating (on, off, off, on, ...):"
+    )
+    print("  turn   on: att/s  us CPU/answer   off: att/s  us CPU/answer   ratio  other")
+    for turn, (on, off) in enumerate(zip(turns["signed"], turns["disabled"], strict=True)):
+        other = max(on.other_cpu or 0.0, off.other_cpu or 0.0)
         print(
-            f"  {name} {phase.rate:8.1f} attestations/s  ({phase.ok} ok); server CPU "
-            f"{us(phase.server_cpu_per_answer)} us per answer, {share(phase.server_cpu)} of a "
-            f"core; other processes {share(phase.other_cpu)} of a core"
+            f"  {turn + 1:>4} {on.rate:11.1f} {us(on.server_cpu_per_answer):>14} "
+            f"{off.rate:11.1f} {us(off.server_cpu_per_answer):>14} "
+            f"{rate_ratio(on, off):>7.0%} {share(other):>6}"
+        )
+    on, off = combined(turns["signed"]), combined(turns["disabled"])
+    ratio = rate_ratio(on, off)
+    for name, phase in (("log signed:  ", on), ("log disabled:", off)):
+        print(
+            f"  {name} {phase.rate:8.1f} attestations/s  ({phase.ok} ok, {phase.error_count} "
+            f"errors); server CPU {us(phase.server_cpu_per_answer)} us per answer, "
+            f"{share(phase.server_cpu)} of a core; other processes {share(phase.other_cpu)} of "
+            "a core"
         )
     print(
-        f"  ratio {ratio:.0%} (goal >= {AUDIT_LOG_RATIO_GOAL:.0%}): "
+        f"  ratio {ratio:.0%} over all turns (goal >= {AUDIT_LOG_RATIO_GOAL:.0%}): "
         f"{met(ratio >= AUDIT_LOG_RATIO_GOAL)}"
     )
-    cost_on, cost_off = signed.result.server_cpu_per_answer, disabled.result.server_cpu_per_answer
+    cost_on, cost_off = on.server_cpu_per_answer, off.server_cpu_per_answer
     if cost_on and cost_off:
         # Throughput moves with whatever else runs on the machine; CPU per answer much less.
         print(
             f"  server CPU per answer, off / on: {cost_off / cost_on:.0%} (the throughput ratio "
             f"a CPU-bound server would reach); the log costs {us(cost_on - cost_off)} us per answer"
         )
+
+
+def rate_ratio(on: PhaseResult, off: PhaseResult) -> float:
+    """Throughput with the log on as a share of throughput with it off (0 without answers)."""
+    return on.rate / off.rate if off.rate else 0.0
+
+
+def combined(results: Sequence[PhaseResult]) -> PhaseResult:
+    """Several turns of one phase as one: answers and time summed, CPU shares time-weighted."""
+    total = PhaseResult(results[0].name, results[0].clients)
+    total.elapsed = sum(result.elapsed for result in results)
+    for result in results:
+        total.latencies += result.latencies
+        total.errors += result.errors
+
+    def weighted(share_of: Callable[[PhaseResult], float | None]) -> float | None:
+        shares = [share_of(result) for result in results]
+        if total.elapsed <= 0 or any(value is None for value in shares):
+            return None
+        return (
+            sum(
+                value * result.elapsed
+                for value, result in zip(shares, results, strict=True)
+                if value is not None
+            )
+            / total.elapsed
+        )
+
+    total.server_cpu = weighted(lambda result: result.server_cpu)
+    total.client_cpu = weighted(lambda result: result.client_cpu)
+    total.other_cpu = weighted(lambda result: result.other_cpu)
+    return total
 
 
 def benchmark(args: argparse.Namespace, workdir: Path) -> None:
@@ -687,7 +754,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> None:
     print(f"\nBurst: {args.burst} new workloads (own connection each) attest once, all at once:")
     print_burst(burst)
     if args.compare_audit_log:
-        compare_audit_log(workdir, platform, args, attest)
+        compare_audit_log(workdir, platform, args)
     print("\nIn-process, one call at a time (server stopped):")
     micro = measure_in_process(
         workdir / "in-process", platform, args.micro_seconds, args.profile or 0

@@ -1,14 +1,27 @@
-"""The audit log of a real CAS: kill -9 amid writes, fetching and verifying it with casctl."""
+"""The audit log of a real CAS: kill -9 amid writes, fetching and verifying it with casctl, and
+an auditor replaying its decisions offline from the evidence archive copied off the machine."""
 
 from __future__ import annotations
 
+import base64
 import json
+import shutil
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from opencas.attestation.simulated import create_simulated_evidence
+from opencas.attestation.simulated_collateral import create_simulated_collateral
+from opencas.attestation.workload_binding import ConfigId, workload_report_data
 from opencas.audit.chain import line_hash
 from opencas.client import ApiError
 from opencas.client.channel import CasUnreachable
+from opencas.crypto.keys import key_hash
 from opencas.testing import (
     SelfProvisionedCas,
     attest_as_owner,
@@ -136,3 +149,116 @@ def test_only_the_owner_reads_the_log(tmp_path: Path) -> None:
         assert "only the CAS owner" in refused.stderr
     finally:
         cas.stop()
+
+
+# --- replaying decisions -------------------------------------------------------------------------
+
+GOOD = "11" * 32
+OTHER = "22" * 32
+ROOT = Ed25519PrivateKey.generate()
+MACHINE_A = Ed25519PrivateKey.generate()
+MACHINE_B = Ed25519PrivateKey.generate()
+SESSION = f"""\
+name: hello
+version: "0.3"
+services:
+  - name: app
+    command: ["app"]
+    attestation:
+      simulated_measurement: "{GOOD}"
+security:
+  attestation:
+    tolerate: [simulated]
+"""
+
+
+def collateral(statuses: dict[str, str], number: int) -> bytes:
+    """Simulated collateral by ROOT, valid around now, with these machines' TCB statuses."""
+    now = datetime.now(UTC)
+    return create_simulated_collateral(
+        ROOT,
+        issue_date=now - timedelta(days=1),
+        next_update=now + timedelta(days=30),
+        tcb_evaluation_number=number,
+        machines=statuses,
+    )
+
+
+def machine(key: Ed25519PrivateKey) -> str:
+    return key_hash(key.public_key())
+
+
+def attest(cas: SelfProvisionedCas, platform: Ed25519PrivateKey, measurement: str) -> int:
+    """One simulated workload's nonce and attestation over the enclave API; the status code."""
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    public_key = base64.b64encode(
+        key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    ).decode()
+    url = f"https://127.0.0.1:{cas.process.enclave_port}"
+    with httpx.Client(base_url=url, verify=False, timeout=60.0) as client:
+        nonce = client.post("/v1/enclave/nonce").json()["nonce"]
+        report_data = workload_report_data(ConfigId("hello", "app"), nonce, public_key)
+        evidence = create_simulated_evidence(platform, measurement, report_data)
+        response = client.post(
+            "/v1/enclave/attest",
+            json={
+                "config_id": "hello/app",
+                "nonce": nonce,
+                "public_key": public_key,
+                "evidence": evidence.to_json(),
+            },
+        )
+    return response.status_code
+
+
+def test_an_auditor_replays_a_running_cas_and_sees_exactly_the_revoked_machine(
+    tmp_path: Path,
+) -> None:
+    bundle = tmp_path / "bundle"
+    (bundle / "simulated").mkdir(parents=True)
+    up_to_date = {machine(MACHINE_A): "UpToDate", machine(MACHINE_B): "UpToDate"}
+    (bundle / "simulated" / "collateral.json").write_bytes(collateral(up_to_date, 1))
+    cas = start_self_provisioned_cas(
+        tmp_path / "primary",
+        owner_config_text="[audit_log]\nkeep_evidence = true\n",
+        extra_config=(
+            f'\n[collateral]\nbundle = "{bundle}"\nfetch = false\n'
+            f'simulated_roots = ["{key_hash(ROOT.public_key())}"]\n'
+        ),
+    )
+    try:
+        cas.client.create_session(SESSION)
+        statuses = [
+            attest(cas, MACHINE_A, GOOD),
+            attest(cas, MACHINE_B, GOOD),
+            attest(cas, MACHINE_A, OTHER),
+            attest(cas, MACHINE_A, GOOD),
+        ]
+        assert [status == 200 for status in statuses] == [True, True, False, True]
+        home = attest_with_casctl(cas)
+        log = tmp_path / "fetched.log"
+        fetch(home, log)
+        # What an auditor copies from the machine: the archive beside the CAS's log.
+        archive = tmp_path / "evidence"
+        shutil.copytree(tmp_path / "primary" / "cas" / "audit.log.evidence", archive)
+    finally:
+        cas.stop()
+
+    same = run_casctl(home, ["audit", "replay", str(log), "--evidence", str(archive)])
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "4 decisions: 4 reproduced, 0 differ, 0 not replayed" in same.stdout
+
+    revoked = tmp_path / "revoked.json"
+    revoked.write_bytes(collateral({**up_to_date, machine(MACHINE_A): "Revoked"}, 2))
+    after = run_casctl(
+        home,
+        ["audit", "replay", str(log), "--evidence", str(archive), "--collateral", str(revoked)],
+    )
+    assert after.returncode == 30, after.stdout + after.stderr
+    changed = [
+        line for line in after.stdout.splitlines() if "was attested, now refused (tcb)" in line
+    ]
+    assert len(changed) == 2  # machine A's two attestations; B's and the refusal stand
+    assert "4 decisions: 2 reproduced, 2 differ, 0 not replayed" in after.stdout

@@ -32,7 +32,7 @@ from opencas.attestation.report import report_time
 from opencas.attestation.verify import RecordingSource, collateral_manifest, verify_evidence
 from opencas.attestation.workload_binding import ConfigId, workload_report_data
 from opencas.attestation.workload_policy import check_workload
-from opencas.audit.log import Durable
+from opencas.audit.log import Durable, Expected
 from opencas.audit.replay import decision_context
 from opencas.config.availability import SessionLimits
 from opencas.crypto.canonical import canonical_json
@@ -191,15 +191,36 @@ class WorkloadDecision:
 
 
 def decide_workload(
-    cas: Cas, nonces: NonceStore, request: WorkloadRequest, otp_guard: OtpGuard | None = None
+    cas: Cas,
+    nonces: NonceStore,
+    request: WorkloadRequest,
+    otp_guard: OtpGuard | None = None,
+    expected: Expected | None = None,
 ) -> WorkloadDecision:
     """Decide a workload's attestation and write the decision to the audit log (see
     :func:`attest_workload`); a malformed request raises :class:`InvalidRequest` unlogged.
+
+    ``expected``, the decision's entry announced to the audit log when the request was queued,
+    is released whatever happens.
 
     With the owner config's ``[audit_log] keep_evidence`` what the decision rested on is in the
     evidence archive, durably, before its entry is written; when the archive cannot take it the
     decision fails with :class:`AuditLogError` and nothing is logged or answered.
     """
+    try:
+        return _decide(cas, nonces, request, otp_guard, expected)
+    finally:
+        if expected is not None:
+            expected.release()
+
+
+def _decide(
+    cas: Cas,
+    nonces: NonceStore,
+    request: WorkloadRequest,
+    otp_guard: OtpGuard | None,
+    expected: Expected | None,
+) -> WorkloadDecision:
     config_id = request.config_id
     public_key_der = _public_key_der(request.public_key)
     evidence = Evidence.from_json(dict(request.evidence))
@@ -215,7 +236,11 @@ def decide_workload(
         check = getattr(exc, "check", "service")
         details = _kept(cas, grounds) | {"check": check, "reason": exc.message}
         durable = cas.audit_log.append(
-            "workload_refused", actor=grounds.actor(), subject=str(config_id), details=details
+            "workload_refused",
+            actor=grounds.actor(),
+            subject=str(config_id),
+            details=details,
+            expected=expected,
         )
         return WorkloadDecision(None, exc, durable)
     durable = cas.audit_log.append(
@@ -223,6 +248,7 @@ def decide_workload(
         actor=grounds.actor(),
         subject=str(config_id),
         details=_kept(cas, grounds),
+        expected=expected,
     )
     return WorkloadDecision(sealed, None, durable)
 

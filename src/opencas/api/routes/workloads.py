@@ -82,9 +82,14 @@ def workloads_router(cas: Cas, lane: WorkerLane) -> APIRouter:
         request = WorkloadRequest(
             body.config_id, body.nonce, body.public_key, body.evidence, body.otp
         )
-        decision = await lane.run_then_wait(
-            _durability, decide_workload, cas, nonces, request, otp_guard
-        )
+        # Announced now, so that a sync of the decisions before it waits for its entry.
+        expected = cas.audit_log.expect()
+        try:
+            decision = await lane.run_then_wait(
+                _durability, decide_workload, cas, nonces, request, otp_guard, expected
+            )
+        finally:
+            expected.release()  # when the lane never ran it: the client went away
         sealed = decision.answer()  # durable by now: raises the refusal or the log's error
         return {"kem": sealed.kem, "sealed": sealed.sealed}
 
