@@ -21,6 +21,7 @@ from opencas.api.routes.audit import audit_router
 from opencas.api.routes.cas import cas_router, health_router
 from opencas.api.routes.owner import owner_router
 from opencas.api.routes.sessions import sessions_router
+from opencas.api.routes.upgrades import upgrades_router
 from opencas.api.routes.workloads import workloads_router
 from opencas.crypto.replay_cache import ReplayCache, SharedReplayCache
 from opencas.service.cas import Cas
@@ -47,6 +48,7 @@ def create_client_api(
         health_router(cas),
         cas_router(cas, metrics),
         owner_router(cas),
+        upgrades_router(cas),
         audit_router(cas),
         sessions_router(cas),
     ):

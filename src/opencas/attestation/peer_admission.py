@@ -19,22 +19,44 @@ own :class:`SoftwareIdentity` and the upgrades the owner registered:
 sealed it, so that a key (and a database) made by anyone else is never served under this build's
 measurement. It is the same rule without the upgrades: same platform, no debug giver to a
 production CAS, and the same measurement, or on SGX the same signer and product (the giver may be
-an older build of the family this one upgrades).
+an older build of the family this one upgrades), or one of the *predecessors* this build names
+(:mod:`opencas.attestation.predecessors`: on a platform without a signer, such as TDX, SNP or
+the simulated one, the only way a new build can tell the build it upgrades from any other).
+
+:func:`admit_build` is the rule for a build that opens a database directly (its key store
+unsealed, which its platform's sealing allowed): the store names the build that serves it, and
+this build may take over only when it is that build or a registered upgrade of it.
 
 Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from opencas.attestation.evidence import VerifiedEvidence
 from opencas.attestation.workload_policy import SGX_PLATFORMS, TCB_TOLERATIONS
 
 PeerCheck = Literal["platform", "debug", "tcb", "software", "security-version"]
-AdmissionBasis = Literal["same-software", "registered-upgrade", "same-family"]
+AdmissionBasis = Literal["same-software", "registered-upgrade", "same-family", "predecessor"]
+
+
+class BuildFacts(Protocol):
+    """What names a build: verified evidence, or a :class:`SoftwareIdentity`."""
+
+    @property
+    def platform(self) -> str: ...
+    @property
+    def measurement(self) -> str: ...
+    @property
+    def mrsigner(self) -> str | None: ...
+    @property
+    def isv_prod_id(self) -> int | None: ...
+    @property
+    def isv_svn(self) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -86,7 +108,26 @@ class RegisteredUpgrade:
         if has_signer and any(part is None for part in signer_form):
             raise ValueError("an upgrade's signer form needs mrsigner, isv_prod_id and min_isv_svn")
 
-    def matches(self, peer: VerifiedEvidence) -> bool:
+    @property
+    def upgrade_id(self) -> str:
+        """The name of this registration: 16 hex digits of SHA-256 over its fields, so that the
+        same upgrade registered twice has one name, and ``casctl`` can compute it from flags."""
+        text = "\x00".join(
+            "" if part is None else str(part)
+            for part in (self.measurement, self.mrsigner, self.isv_prod_id, self.min_isv_svn)
+        )
+        return hashlib.sha256(b"opencas-upgrade/v1\x00" + text.encode("ascii")).hexdigest()[:16]
+
+    def describe(self) -> str:
+        """The upgrade in words, for messages and listings."""
+        if self.measurement is not None:
+            return f"measurement {self.measurement}"
+        return (
+            f"signer {self.mrsigner}, product {self.isv_prod_id}, security version "
+            f"{self.min_isv_svn} or higher"
+        )
+
+    def matches(self, peer: BuildFacts) -> bool:
         """Whether the build ``peer`` runs is this upgrade."""
         if self.measurement is not None:
             return peer.measurement == self.measurement
@@ -156,7 +197,7 @@ def _common_checks(peer: VerifiedEvidence, own: SoftwareIdentity) -> PeerDecisio
     return None
 
 
-def _same_family(peer: VerifiedEvidence, own: SoftwareIdentity) -> bool:
+def _same_family(peer: BuildFacts, own: SoftwareIdentity) -> bool:
     return (
         own.platform in SGX_PLATFORMS
         and own.mrsigner is not None
@@ -178,38 +219,74 @@ def admit_peer(
     refused = _common_checks(peer, own)
     if refused is not None:
         return refused
+    return _software_checks(peer, own, upgrades, "the peer", "this CAS")
+
+
+def admit_build(
+    build: SoftwareIdentity,
+    serving: SoftwareIdentity,
+    upgrades: Sequence[RegisteredUpgrade] = (),
+) -> PeerDecision:
+    """Whether ``build``, which opened a database directly, may serve it when the store names
+    ``serving`` as the build that serves it.
+
+    The checks are 1 (platform) and 4 and 5 (software, security version) of the module
+    docstring; TCB and debug mode are this build's own and shown in its report.
+    """
+    if build.platform != serving.platform:
+        return _refuse(
+            "platform",
+            f"this build runs on platform '{build.platform}', the CAS was served on "
+            f"'{serving.platform}'",
+        )
+    return _software_checks(build, serving, upgrades, "this build", "the CAS's software")
+
+
+def _software_checks(
+    peer: BuildFacts,
+    own: SoftwareIdentity,
+    upgrades: Sequence[RegisteredUpgrade],
+    who: str,
+    whose: str,
+) -> PeerDecision:
+    """Checks 4 and 5 of the module docstring."""
     if peer.measurement == own.measurement:
-        return PeerDecision(True, "the peer runs the same software", basis="same-software")
+        return PeerDecision(True, f"{who} runs the same software", basis="same-software")
     upgrade = next((each for each in upgrades if each.matches(peer)), None)
     if upgrade is None:
         return _refuse(
             "software",
-            f"the peer runs software with measurement {peer.measurement}, this CAS "
-            f"{own.measurement}, and no registered upgrade names it",
+            f"{who} runs software with measurement {peer.measurement}, {whose} is "
+            f"{own.measurement}, and no registered upgrade names it (the owner registers one "
+            "with casctl register-upgrade)",
         )
     if own.platform in SGX_PLATFORMS and own.mrsigner is not None:
         if not _same_family(peer, own):
             return _refuse(
                 "software",
                 f"the registered upgrade {peer.measurement} is signed by {peer.mrsigner} for "
-                f"product {peer.isv_prod_id}, this CAS by {own.mrsigner} for product "
+                f"product {peer.isv_prod_id}, {whose} by {own.mrsigner} for product "
                 f"{own.isv_prod_id}",
             )
         if (peer.isv_svn or 0) < (own.isv_svn or 0):
             return _refuse(
                 "security-version",
-                f"the peer's security version {peer.isv_svn} is below this CAS's {own.isv_svn}",
+                f"the security version {peer.isv_svn} of {who} is below the "
+                f"{own.isv_svn} of {whose}",
             )
     return PeerDecision(
-        True, f"the peer runs the registered upgrade {peer.measurement}", basis="registered-upgrade"
+        True, f"{who} runs the registered upgrade {peer.measurement}", basis="registered-upgrade"
     )
 
 
-def check_key_source(giver: VerifiedEvidence, own: SoftwareIdentity) -> PeerDecision:
+def check_key_source(
+    giver: VerifiedEvidence, own: SoftwareIdentity, predecessors: Sequence[str] = ()
+) -> PeerDecision:
     """Whether a key sealed by the peer whose verified evidence is ``giver`` may be used here.
 
     Admitted when the giver passes checks 1 and 2 and runs this build, or (on SGX) a build of
-    the same signer and product, at any security version.
+    the same signer and product, at any security version, or a build whose measurement is one
+    of ``predecessors`` (the builds this one names as those it upgrades).
     """
     refused = _platform_checks(giver, own)
     if refused is not None:
@@ -222,8 +299,14 @@ def check_key_source(giver: VerifiedEvidence, own: SoftwareIdentity) -> PeerDeci
             f"the key was sealed by {giver.measurement} of this CAS's signer and product",
             basis="same-family",
         )
+    if giver.measurement in predecessors:
+        return PeerDecision(
+            True,
+            f"the key was sealed by {giver.measurement}, a build this one names as its predecessor",
+            basis="predecessor",
+        )
     return _refuse(
         "software",
         f"the key was sealed by software with measurement {giver.measurement}, not by this "
-        f"CAS's {own.measurement}",
+        f"CAS's {own.measurement} nor by a build it names as its predecessor",
     )

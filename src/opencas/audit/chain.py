@@ -73,6 +73,9 @@ EVENTS = frozenset(
         "volume_tag_updated",
         "instance_admitted",
         "instance_refused",
+        "upgrade_registered",
+        "upgrade_unregistered",
+        "software_upgraded",
     }
 )
 #: Events of operations that change the CAS's state: their entry is written before the change
@@ -89,6 +92,8 @@ STATE_EVENTS = frozenset(
         "session_created",
         "session_updated",
         "volume_tag_updated",
+        "upgrade_registered",
+        "upgrade_unregistered",
     }
 )
 #: Entries signed in every mode: what ties a log to its CAS, and turning the log off or on.

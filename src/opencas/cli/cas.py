@@ -50,6 +50,7 @@ from opencas.service.provisioning import provision as provision_cas
 from opencas.service.recovery import make_request, record_recovered
 from opencas.service.recovery import recover as recover_cas
 from opencas.service.snapshots import run_periodically
+from opencas.service.software import SoftwareRefused, log_take_over
 
 log = logging.getLogger("opencas")
 
@@ -216,6 +217,7 @@ def _serve(cas: Cas) -> None:
     context = tls_context(cas.identity)
     cas.identity_listeners.append(lambda identity: present_identity(context, identity))
     log_start(cas.audit_log)
+    log_take_over(cas.audit_log, cas.took_over, created=cas.created)
     resume_key_rollover(cas)
     run_periodically(cas)
     cas.start_cluster_member()
@@ -351,7 +353,7 @@ def main() -> None:
         cli(prog_name="cas")
     except ConfigError as exc:
         fail("cas", exc.message, EXIT_USAGE)
-    except JoinRefused as exc:
+    except (JoinRefused, SoftwareRefused) as exc:
         fail("cas", exc.message, EXIT_JOIN_REFUSED)
     except CasError as exc:
         fail("cas", exc.message, EXIT_FAILURE)

@@ -27,7 +27,14 @@ from opencas.cli.fspf_commands import fspf_group
 from opencas.cli.recovery_commands import recovery_group
 from opencas.cli.run_commands import register_run_commands
 from opencas.cli.session_commands import session_group
-from opencas.cli.upgrade_commands import snapshot, start_upgrade, upgrade_status
+from opencas.cli.upgrade_commands import (
+    list_upgrades,
+    register_upgrade,
+    snapshot,
+    start_upgrade,
+    unregister_upgrade,
+    upgrade_status,
+)
 from opencas.cli.volume_commands import volume_group
 from opencas.client.cas_client import new_nonce
 from opencas.client.identity import ClientIdentity
@@ -557,6 +564,9 @@ cli.add_command(volume_group)
 cli.add_command(recovery_group)
 cli.add_command(start_upgrade)
 cli.add_command(upgrade_status)
+cli.add_command(register_upgrade)
+cli.add_command(list_upgrades)
+cli.add_command(unregister_upgrade)
 cli.add_command(snapshot)
 register_run_commands(cli)
 

@@ -1,17 +1,23 @@
 """``casctl start-upgrade`` and ``casctl upgrade-status``: the database key rollover of a CAS
-you own, with its progress; ``casctl snapshot``: a snapshot of its store now."""
+you own, with its progress; ``casctl register-upgrade``, ``list-upgrades`` and
+``unregister-upgrade``: the builds that may take it over; ``casctl snapshot``: a snapshot of its
+store now."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 from rich.progress import Progress
 
+from opencas.attestation.peer_admission import RegisteredUpgrade
 from opencas.cli.casctl_common import identity_from, identity_option, reports_errors
-from opencas.client.answers import KeyRolloverAnswer
+from opencas.client.answers import KeyRolloverAnswer, UpgradeAnswer
 from opencas.client.cas_client import CasClient
 from opencas.client.pinning import pinned_client
 
@@ -94,3 +100,115 @@ def snapshot(cas_name: str | None, identity_path: Path | None) -> None:
         f"snapshot {written.name} written: commit {written.state['counter']}, audit seq "
         f"{written.audit['seq']}, {written.bytes} bytes"
     )
+
+
+def _upgrade_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The flags that name a build: ``--measurement``, or ``--mrsigner``, ``--isvprodid`` and
+    ``--isvsvn`` together (SGX)."""
+    for option in reversed(
+        (
+            click.option("--measurement", help="The build's measurement (lowercase hex)."),
+            click.option("--mrsigner", help="SGX: the signer's MRSIGNER (64 hex digits)."),
+            click.option("--isvprodid", type=click.IntRange(0, 65535), help="SGX: product id."),
+            click.option(
+                "--isvsvn",
+                type=click.IntRange(0, 65535),
+                help="SGX: the lowest security version accepted.",
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def _upgrade_of(
+    measurement: str | None, mrsigner: str | None, isvprodid: int | None, isvsvn: int | None
+) -> RegisteredUpgrade:
+    """The upgrade the flags name; a usage error when they name none or both forms."""
+    try:
+        return RegisteredUpgrade(measurement, mrsigner, isvprodid, isvsvn)
+    except ValueError:
+        raise click.UsageError(
+            "name the build with --measurement alone, or with --mrsigner, --isvprodid and "
+            "--isvsvn together"
+        ) from None
+
+
+def _describe(answer: UpgradeAnswer) -> str:
+    return _upgrade_of(
+        answer.measurement, answer.mrsigner, answer.isv_prod_id, answer.min_isv_svn
+    ).describe()
+
+
+@click.command("register-upgrade")
+@_upgrade_options
+@click.option("--cas", "cas_name", help="Attested CAS (default: the default CAS).")
+@identity_option
+@reports_errors
+def register_upgrade(
+    measurement: str | None,
+    mrsigner: str | None,
+    isvprodid: int | None,
+    isvsvn: int | None,
+    cas_name: str | None,
+    identity_path: Path | None,
+) -> None:
+    """Register the build that may take over a CAS you own: a CAS of that build started on
+    its database gets the key and serves."""
+    upgrade = _upgrade_of(measurement, mrsigner, isvprodid, isvsvn)
+    with pinned_client(cas_name, identity_from(identity_path)) as client:
+        answer = client.register_upgrade(
+            upgrade.measurement,
+            mrsigner=upgrade.mrsigner,
+            isv_prod_id=upgrade.isv_prod_id,
+            isv_svn=upgrade.min_isv_svn,
+        )
+    click.echo(f"upgrade {answer.upgrade_id} registered: {_describe(answer)}")
+
+
+@click.command("list-upgrades")
+@click.option("--cas", "cas_name", help="Attested CAS (default: the default CAS).")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@identity_option
+@reports_errors
+def list_upgrades(cas_name: str | None, as_json: bool, identity_path: Path | None) -> None:
+    """List the upgrades registered for a CAS you own."""
+    with pinned_client(cas_name, identity_from(identity_path)) as client:
+        answers = client.list_upgrades()
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(answer) for answer in answers], indent=2))
+        return
+    if not answers:
+        click.echo("no upgrades are registered")
+    for answer in answers:
+        click.echo(
+            f"{answer.upgrade_id}  {_describe(answer)}  (registered {answer.registered_at} "
+            f"by {answer.registered_by})"
+        )
+
+
+@click.command("unregister-upgrade")
+@click.argument("upgrade_id", required=False)
+@_upgrade_options
+@click.option("--cas", "cas_name", help="Attested CAS (default: the default CAS).")
+@identity_option
+@reports_errors
+def unregister_upgrade(
+    upgrade_id: str | None,
+    measurement: str | None,
+    mrsigner: str | None,
+    isvprodid: int | None,
+    isvsvn: int | None,
+    cas_name: str | None,
+    identity_path: Path | None,
+) -> None:
+    """Unregister an upgrade of a CAS you own, by its id (list-upgrades) or by the flags it was
+    registered with."""
+    named = any(flag is not None for flag in (measurement, mrsigner, isvprodid, isvsvn))
+    if (upgrade_id is None) == (not named):
+        raise click.UsageError("name the upgrade by its id or by its flags, not both")
+    if upgrade_id is None:
+        upgrade_id = _upgrade_of(measurement, mrsigner, isvprodid, isvsvn).upgrade_id
+    with pinned_client(cas_name, identity_from(identity_path)) as client:
+        answer = client.unregister_upgrade(upgrade_id)
+    click.echo(f"upgrade {answer.upgrade_id} unregistered: {_describe(answer)}")

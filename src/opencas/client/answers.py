@@ -68,6 +68,26 @@ class KeyRolloverAnswer:
 
 
 @dataclass(frozen=True)
+class UpgradeAnswer:
+    """One registered upgrade, as ``POST /v1/owner/upgrades`` (and the list) answers it."""
+
+    upgrade_id: str
+    registered_at: str
+    registered_by: str
+    measurement: str | None = None
+    mrsigner: str | None = None
+    isv_prod_id: int | None = None
+    min_isv_svn: int | None = None
+
+
+@dataclass(frozen=True)
+class UpgradesAnswer:
+    """``GET /v1/owner/upgrades``: the registered upgrades, oldest first."""
+
+    upgrades: Annotated[list[UpgradeAnswer], Field(max_length=64)]
+
+
+@dataclass(frozen=True)
 class SnapshotAnswer:
     """``POST /v1/owner/snapshots``: the snapshot written, as its header names it."""
 

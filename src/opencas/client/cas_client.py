@@ -9,6 +9,7 @@ error answer raises :class:`ApiError` with the CAS's code, message and extra mem
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -32,6 +33,8 @@ from opencas.client.answers import (
     SessionWritten,
     SnapshotAnswer,
     StoredSession,
+    UpgradeAnswer,
+    UpgradesAnswer,
     VersionInfo,
     Whoami,
 )
@@ -204,6 +207,43 @@ class CasClient:
         """Start rolling the database key over (owner only; ``key-rollover-running`` while one
         runs); it goes on in the background: poll :meth:`key_rollover`."""
         return self._channel.call(KeyRolloverAnswer, "POST", "/v1/owner/key-rollover", signed=True)
+
+    def register_upgrade(
+        self,
+        measurement: str | None = None,
+        *,
+        mrsigner: str | None = None,
+        isv_prod_id: int | None = None,
+        isv_svn: int | None = None,
+    ) -> UpgradeAnswer:
+        """Register the build with ``measurement`` (or, on SGX, the signer form) as an upgrade
+        of this CAS (owner only; ``too-many-upgrades``, ``upgrade-is-running-build``)."""
+        body = {
+            key: value
+            for key, value in (
+                ("measurement", measurement),
+                ("mrsigner", mrsigner),
+                ("isv_prod_id", isv_prod_id),
+                ("isv_svn", isv_svn),
+            )
+            if value is not None
+        }
+        return self._channel.call(
+            UpgradeAnswer, "POST", "/v1/owner/upgrades", json_body=body, signed=True
+        )
+
+    def list_upgrades(self) -> list[UpgradeAnswer]:
+        """The registered upgrades, oldest first (owner only)."""
+        answer = self._channel.call(UpgradesAnswer, "GET", "/v1/owner/upgrades", signed=True)
+        return answer.upgrades
+
+    def unregister_upgrade(self, upgrade_id: str) -> UpgradeAnswer:
+        """Unregister the upgrade ``upgrade_id`` (owner only; ``upgrade-not-found``)."""
+        if not re.fullmatch(r"[0-9a-f]{16}", upgrade_id):
+            raise ClientError(f"{upgrade_id!r} is not an upgrade id (16 hex digits)")
+        return self._channel.call(
+            UpgradeAnswer, "DELETE", f"/v1/owner/upgrades/{upgrade_id}", signed=True
+        )
 
     def write_snapshot(self) -> SnapshotAnswer:
         """Have the CAS write a snapshot of its store to its ``[backup]`` target now (owner

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from opencas import __version__
+from opencas.attestation.peer_admission import SoftwareIdentity
 from opencas.attestation.report import (
     AUDIT_GENESIS_HEAD,
     REPORT_VERSION,
@@ -35,7 +36,7 @@ from opencas.audit.log import AuditLog
 from opencas.collateral.configured import CasCollateral
 from opencas.config.availability import AvailabilityConfig
 from opencas.config.owner import DcapConfig, OwnerConfig
-from opencas.errors import KeyStoreError, StoreError
+from opencas.errors import CasError, KeyStoreError, StoreError
 from opencas.platform.base import Platform
 from opencas.platform.choice import open_platform
 from opencas.platform.measurement import package_measurement
@@ -58,7 +59,9 @@ from opencas.service.identity import (
     reshape_tls,
     utc_now_text,
 )
-from opencas.service.key_handover import HandoverSecret
+from opencas.service.key_handover import HandoverSecret, own_identity
+from opencas.service.software import TakeOver, registered_upgrades, take_over
+from opencas.service.store_migrations import store_schema_problem
 from opencas.store import (
     DatabaseInUse,
     DatabaseLock,
@@ -104,6 +107,8 @@ class Cas:
     """Each stops (and waits for) a background task, such as a key rollover, before closing."""
     member: ClusterMember | None = field(default=None)
     """This instance's part in the cluster while it serves on PostgreSQL (heartbeats, joins)."""
+    took_over: TakeOver | None = field(default=None)
+    """What the check of this build against the serving one found at open (None: inspected)."""
 
     @property
     def verifiers(self) -> Mapping[str, Verifier]:
@@ -172,6 +177,7 @@ class Cas:
             self._member_facts,
             self.collateral,
             clock=self.clock,
+            upgrades=lambda: registered_upgrades(self.store),
             audit=lambda: self.audit_log,
         )
         self.member.start()
@@ -228,9 +234,10 @@ class Cas:
         """
         try:
             self.store.state()
+            # A newer build that joined may have migrated the store past what this one reads.
+            return store_schema_problem(self.store)
         except StoreError as exc:
             return exc.message
-        return None
 
     def provisioning_token(self) -> str | None:
         """The one-time provisioning token while unprovisioned, else ``None``."""
@@ -342,6 +349,9 @@ def open_cas(config: AvailabilityConfig, injected_dmk: bytes | None = None) -> C
             cas = Cas(config, store, platform, identity, lock, created, database_key=dmk)
             cas.collateral = CasCollateral(config.collateral, cas.owner_dcap)
             cas.simulated_roots = config.collateral.simulated_roots
+            cas.took_over = take_over(
+                store, platform, lambda: build_identity(cas), config.database_shown
+            )
             cas.audit = open_audit_log(store, identity, config.audit_log_path, cas.attest)
             cas.keep_evidence(read_owner_config(store))
         except BaseException:
@@ -351,6 +361,18 @@ def open_cas(config: AvailabilityConfig, injected_dmk: bytes | None = None) -> C
         lock.release()
         raise
     return cas
+
+
+def build_identity(cas: Cas) -> SoftwareIdentity:
+    """This build's identity, from its own evidence verified as a peer's would be; where that
+    evidence cannot be verified here, what the platform says of itself (platform and
+    measurement, no signer: a rule that needs the signer then fails)."""
+    try:
+        return own_identity(cas.platform, at=cas.clock(), collateral=cas.collateral)
+    except CasError as exc:
+        log.debug("own evidence not verified (%s); using the platform's own facts", exc.message)
+        platform = cas.platform
+        return SoftwareIdentity(platform.kind, platform.measurement, platform.debug, "")
 
 
 def _log_damaged_records(store: Store) -> None:

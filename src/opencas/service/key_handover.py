@@ -40,6 +40,7 @@ from opencas.attestation.peer_admission import (
     admit_peer,
     check_key_source,
 )
+from opencas.attestation.predecessors import PREDECESSORS
 from opencas.attestation.verifier import NO_COLLATERAL, CollateralSource
 from opencas.attestation.verify import verify_evidence
 from opencas.crypto.canonical import canonical_json, canonical_sha512, strict_json_object
@@ -271,11 +272,13 @@ def open_handover(
     *,
     at: datetime,
     collateral: CollateralSource = NO_COLLATERAL,
+    predecessors: Sequence[str] = PREDECESSORS,
 ) -> HandoverSecret:
     """The secret in ``answer`` to this CAS's ``request``, opened with the request's ``key``.
 
     The answer's evidence must verify, bind this request and this sealed key, and come from a
-    CAS that :func:`check_key_source` trusts. Raises :class:`HandoverRefused` naming the check
+    CAS that :func:`check_key_source` trusts (this build, or one of the ``predecessors`` it
+    names). Raises :class:`HandoverRefused` naming the check
     that failed.
     """
     if answer.request_id != request.request_id:
@@ -285,7 +288,7 @@ def open_handover(
         raise HandoverRefused(
             "binding", "the answering CAS's evidence does not bind this answer: it was changed"
         )
-    decision = check_key_source(verified, own)
+    decision = check_key_source(verified, own, predecessors)
     if not decision.admitted:
         raise HandoverRefused(decision.check or "software", decision.reason)
     try:

@@ -1,5 +1,6 @@
-"""admit_peer and check_key_source: who may receive the database key, and whom a key is taken
-from; each rule accepted and refused, with the reason naming what the peer showed."""
+"""admit_peer, admit_build and check_key_source: who may receive the database key, which build
+may serve a database it opened, and whom a key is taken from; each rule accepted and refused,
+with the reason naming what the peer showed."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from opencas.attestation.evidence import VerifiedEvidence
 from opencas.attestation.peer_admission import (
     RegisteredUpgrade,
     SoftwareIdentity,
+    admit_build,
     admit_peer,
     check_key_source,
 )
@@ -165,3 +167,58 @@ def test_a_key_from_other_software_is_refused() -> None:
 def test_a_key_from_a_debug_or_foreign_platform_is_refused() -> None:
     assert check_key_source(sgx(debug=True), OWN_SGX).check == "debug"
     assert check_key_source(simulated(MRENCLAVE), OWN_SGX).check == "platform"
+
+
+def test_a_key_is_taken_from_a_build_this_one_names_as_its_predecessor() -> None:
+    older = simulated(SIM_OTHER)
+    assert not check_key_source(older, OWN_SIM).admitted
+    decision = check_key_source(older, OWN_SIM, predecessors=(SIM_OTHER,))
+    assert (decision.admitted, decision.basis) == (True, "predecessor")
+    # Naming a predecessor does not open the platform checks.
+    assert check_key_source(sgx(debug=True), OWN_SGX, (MRENCLAVE,)).check == "debug"
+    assert check_key_source(simulated("77" * 32), OWN_SIM, (SIM_OTHER,)).check == "software"
+
+
+def test_an_upgrade_id_names_the_registration_and_nothing_else() -> None:
+    by_measurement = RegisteredUpgrade(measurement=SIM)
+    assert by_measurement.upgrade_id == RegisteredUpgrade(measurement=SIM).upgrade_id
+    assert len(by_measurement.upgrade_id) == 16
+    ids = {
+        by_measurement.upgrade_id,
+        RegisteredUpgrade(measurement=SIM_OTHER).upgrade_id,
+        RegisteredUpgrade(mrsigner=MRSIGNER, isv_prod_id=7, min_isv_svn=4).upgrade_id,
+        RegisteredUpgrade(mrsigner=MRSIGNER, isv_prod_id=7, min_isv_svn=5).upgrade_id,
+        RegisteredUpgrade(mrsigner=MRSIGNER, isv_prod_id=74, min_isv_svn=5).upgrade_id,
+    }
+    assert len(ids) == 5
+    assert SIM in by_measurement.describe()
+
+
+SERVING_SGX = SoftwareIdentity("sgx-dcap", MRENCLAVE, False, "", (), MRSIGNER, 7, 3)
+
+
+def test_a_build_that_opened_the_database_serves_as_itself_or_a_registered_upgrade() -> None:
+    new_sim = SoftwareIdentity.of(simulated(SIM_OTHER))
+    assert admit_build(OWN_SIM, OWN_SIM).basis == "same-software"
+    refused = admit_build(new_sim, OWN_SIM)
+    assert (refused.admitted, refused.check) == (False, "software")
+    assert SIM_OTHER in refused.reason
+    assert SIM in refused.reason
+    assert "casctl register-upgrade" in refused.reason
+    admitted = admit_build(new_sim, OWN_SIM, [RegisteredUpgrade(measurement=SIM_OTHER)])
+    assert (admitted.admitted, admitted.basis) == (True, "registered-upgrade")
+    elsewhere = admit_build(OWN_SGX, OWN_SIM, [RegisteredUpgrade(measurement=MRENCLAVE)])
+    assert (elsewhere.admitted, elsewhere.check) == (False, "platform")
+
+
+def test_an_sgx_build_takes_over_only_from_its_signer_at_no_lower_security_version() -> None:
+    upgrade = [RegisteredUpgrade(measurement=MRENCLAVE_NEW)]
+    newer = SoftwareIdentity.of(sgx(MRENCLAVE_NEW, isv_svn=4))
+    assert admit_build(newer, SERVING_SGX, upgrade).admitted
+    lower = SoftwareIdentity.of(sgx(MRENCLAVE_NEW, isv_svn=2))
+    assert admit_build(lower, SERVING_SGX, upgrade).check == "security-version"
+    other = SoftwareIdentity.of(sgx(MRENCLAVE_NEW, mrsigner=MRSIGNER_OTHER, isv_svn=4))
+    assert admit_build(other, SERVING_SGX, upgrade).check == "software"
+    # A build whose signer is unknown (its evidence did not verify) fails the signer check.
+    unverified = SoftwareIdentity("sgx-dcap", MRENCLAVE_NEW, False, "")
+    assert not admit_build(unverified, SERVING_SGX, upgrade).admitted
