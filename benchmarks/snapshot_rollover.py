@@ -1,12 +1,18 @@
-"""A snapshot of the store and a database key rollover, timed for growing numbers of sessions.
+"""A snapshot of the store, its restore on a backup and a database key rollover, timed for
+growing numbers of sessions.
 
-    python benchmarks/snapshot_rollover.py [--sessions 10000 100000] [--postgres URL]
+    python benchmarks/snapshot_rollover.py [--sessions 10000 100000] [--postgres URL
+        [--backup-postgres URL]]
 
 For each count it opens a CAS in-process in a temporary directory (SQLite, or a PostgreSQL
 database it is given, which must be empty), provisions it, creates one real session through the
 session service and stores that session's two records (``sessions``, ``session-secrets``) under
-as many names as asked, 5000 per transaction. Then it times one snapshot to a directory
-(``write_snapshot``: read in one view, sealed, written, fsynced) and one whole rollover
+as many names as asked, 5000 per transaction, and registers a backup machine (a second
+simulated machine in the same directory). Then it times one snapshot to a directory
+(``write_snapshot``: read in one view, sealed, written, fsynced, with the database key sealed
+for the backup), its restore on the backup (``restore``: the key opened, every frame checked,
+the database created from the records; on PostgreSQL in a second database, ``--backup-postgres``)
+and one whole rollover
 (``start_key_rollover`` and every batch in this thread, 1000 records per transaction, as
 ``[limits] key_rollover_batch`` defaults). It prints the time, the records per second and, against
 the smallest count, how the cost per record grew: linear growth keeps it near 1.0.
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -24,12 +31,13 @@ from pathlib import Path
 
 import psycopg
 
-from opencas.config.availability import load_availability_config
+from opencas.config.availability import AvailabilityConfig, load_availability_config
 from opencas.config.owner import parse_owner_config
 from opencas.config.owner_identity import OwnerIdentity
 from opencas.policy.caller import Caller
 from opencas.service import key_rollover
-from opencas.service.cas import Cas, open_cas
+from opencas.service.backups import backup_key, backup_request, register_backup, restore
+from opencas.service.cas import Cas, load_platform, open_cas
 from opencas.service.provisioning import provision
 from opencas.service.sessions import create_session
 from opencas.service.snapshots import write_snapshot
@@ -50,18 +58,31 @@ LINEAR_WITHIN = 1.5
 def _fill(cas: Cas, sessions: int) -> int:
     create_session(cas, SESSION, Caller(OWNER.key_hash))
     session = cas.store.get("sessions", "bench-template")
-    secrets = cas.store.get("session-secrets", "bench-template")
+    values = cas.store.get("session-secrets", "bench-template")
     assert session is not None
-    assert secrets is not None
+    assert values is not None
     for start in range(0, sessions, 5000):
         with cas.store.transaction() as txn:
             for number in range(start, min(start + 5000, sessions)):
                 txn.put("sessions", f"bench-{number:06}", session)
-                txn.put("session-secrets", f"bench-{number:06}", secrets)
-    return len(session) + len(secrets)
+                txn.put("session-secrets", f"bench-{number:06}", values)
+    return len(session) + len(values)
 
 
-def _measure(directory: Path, sessions: int, url: str | None) -> tuple[float, float, int]:
+def _register_backup(cas: Cas, directory: Path, url: str | None) -> AvailabilityConfig:
+    """A backup machine in ``directory``, registered with ``cas``; its availability config."""
+    directory.mkdir()
+    config = load_availability_config(write_config(directory, 18082, 18767, database_url=url))
+    platform = load_platform(config)
+    key = backup_key(config, platform, create=True)
+    request = backup_request(platform, key, secrets.token_hex(16))
+    register_backup(cas, Caller(OWNER.key_hash), "bench", "https://127.0.0.1:18082", request)
+    return config
+
+
+def _measure(
+    directory: Path, sessions: int, url: str | None, backup_url: str | None
+) -> tuple[float, float, int]:
     snapshots = directory / "snapshots"
     snapshots.mkdir()
     config = write_config(
@@ -77,9 +98,13 @@ def _measure(directory: Path, sessions: int, url: str | None) -> tuple[float, fl
             cas, OWNER, parse_owner_config("", "owner.toml", "toml").config, self_provisioned=True
         )
         record_bytes = _fill(cas, sessions)
+        standby = _register_backup(cas, directory / "backup", backup_url)
         began = time.perf_counter()
         written = write_snapshot(cas)
         snapshot_seconds = time.perf_counter() - began
+        began = time.perf_counter()
+        restore(standby, snapshots / written.name)
+        restore_seconds = time.perf_counter() - began
         # The batches run here, not in a thread, so the clock stops when the last one is done.
         key_rollover.run_in_background = key_rollover.run_batches  # type: ignore[assignment]
         began = time.perf_counter()
@@ -91,7 +116,9 @@ def _measure(directory: Path, sessions: int, url: str | None) -> tuple[float, fl
         print(
             f"  {sessions} sessions ({2 * sessions} records of {record_bytes} bytes per session): "
             f"snapshot {snapshot_seconds:.2f} s ({written.size / 1e6:.1f} MB, "
-            f"{2 * sessions / snapshot_seconds:,.0f} records/s); rollover {rollover_seconds:.2f} s "
+            f"{2 * sessions / snapshot_seconds:,.0f} records/s); restore on the backup "
+            f"{restore_seconds:.2f} s ({2 * sessions / restore_seconds:,.0f} records/s); "
+            f"rollover {rollover_seconds:.2f} s "
             f"({record.moved} records moved, {record.moved / rollover_seconds:,.0f} records/s)"
         )
     finally:
@@ -110,6 +137,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--postgres", help="an empty PostgreSQL database to measure on (emptied)")
+    parser.add_argument(
+        "--backup-postgres", help="with --postgres: the backup's database to restore to (emptied)"
+    )
     options = parser.parse_args()
     backend = "PostgreSQL" if options.postgres else "SQLite"
     print(
@@ -121,9 +151,12 @@ def main() -> int:
         for sessions in sorted(options.sessions):
             directory = Path(tempfile.mkdtemp(prefix="opencas-bench-"))
             try:
-                if options.postgres:
-                    _empty_database(options.postgres)
-                results.append(_measure(directory, sessions, options.postgres))
+                for url in (options.postgres, options.backup_postgres):
+                    if url:
+                        _empty_database(url)
+                results.append(
+                    _measure(directory, sessions, options.postgres, options.backup_postgres)
+                )
             finally:
                 shutil.rmtree(directory, ignore_errors=True)
     except KeyboardInterrupt:

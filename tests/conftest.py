@@ -26,6 +26,19 @@ def postgres_url() -> Iterator[str]:
     PostgreSQL not running fails the test (it is never skipped): CI starts it with
     scripts/ensure-postgres, and so does ``make test``.
     """
+    with _new_database() as url:
+        yield url
+
+
+@pytest.fixture
+def second_postgres_url() -> Iterator[str]:
+    """Another new, empty PostgreSQL database of this test's own (a second machine's)."""
+    with _new_database() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _new_database() -> Iterator[str]:
     try:
         admin = psycopg.connect(f"{POSTGRES_SERVER}/postgres", autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 
@@ -13,3 +14,24 @@ def fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def publish_file(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` whole or not at all, durably: a new file (``mode``) beside it,
+    written and fsynced, renamed over ``path``, the directory fsynced. After a crash ``path``
+    holds its old contents or the new ones, never a part."""
+    temporary = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from cryptography.hazmat.primitives.asymmetric import x25519
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
@@ -18,16 +19,19 @@ from opencas.api.errors import install_error_handlers
 from opencas.api.metrics import ApiMetrics, MetricsMiddleware
 from opencas.api.offload import WorkerLane
 from opencas.api.routes.audit import audit_router
+from opencas.api.routes.backup import backup_router
 from opencas.api.routes.cas import cas_router, health_router
 from opencas.api.routes.owner import owner_router
 from opencas.api.routes.sessions import sessions_router
 from opencas.api.routes.upgrades import upgrades_router
 from opencas.api.routes.workloads import workloads_router
 from opencas.crypto.replay_cache import ReplayCache, SharedReplayCache
+from opencas.platform.base import Platform
 from opencas.service.cas import Cas
 
 # An attest request is a config id, a nonce, a key and evidence of at most 64 KiB (base64).
 MAX_ENCLAVE_BODY_BYTES = 256 * 1024
+MAX_BACKUP_BODY_BYTES = 1024
 
 
 def _application(title: str) -> FastAPI:
@@ -74,3 +78,17 @@ def create_enclave_api(cas: Cas, metrics: ApiMetrics | None = None) -> ASGIApp:
     app.include_router(health_router(cas))
     app.include_router(workloads_router(cas, WorkerLane("opencas-attest")))
     return MetricsMiddleware(BodyLimitMiddleware(app, MAX_ENCLAVE_BODY_BYTES), metrics, "enclave")
+
+
+def create_backup_api(platform: Platform, key: x25519.X25519PrivateKey) -> ASGIApp:
+    """The API of a CAS in backup mode (``api_listen``): health, and its backup request."""
+    app = _application("OpenCAS backup")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process serves requests."""
+        return {"status": "ok"}
+
+    app.include_router(backup_router(platform, key))
+    # Nothing it serves takes a body.
+    return BodyLimitMiddleware(app, MAX_BACKUP_BODY_BYTES)

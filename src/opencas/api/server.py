@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+from cryptography.hazmat.primitives.asymmetric import ec
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -79,17 +80,31 @@ def tls_context(identity: CasIdentity) -> ssl.SSLContext:
     ``ssl`` only loads keys from files; the key goes through an anonymous in-memory file so it is
     never written to disk in the clear.
     """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context = server_context()
     present_identity(context, identity)
     return context
 
 
 def present_identity(context: ssl.SSLContext, identity: CasIdentity) -> None:
     """Make ``context`` present ``identity``'s TLS certificate from the next handshake on."""
-    chain = identity.tls_certificate_pem + identity.ca_certificate_pem
-    with _memory_file(chain) as cert_path, _memory_file(private_key_pem(identity.tls_key)) as key:
-        context.load_cert_chain(cert_path, key)
+    present_certificate(
+        context, identity.tls_certificate_pem + identity.ca_certificate_pem, identity.tls_key
+    )
+
+
+def present_certificate(
+    context: ssl.SSLContext, chain_pem: bytes, key: ec.EllipticCurvePrivateKey
+) -> None:
+    """Make ``context`` present the certificate chain ``chain_pem`` (leaf first) of ``key``."""
+    with _memory_file(chain_pem) as cert_path, _memory_file(private_key_pem(key)) as key_path:
+        context.load_cert_chain(cert_path, key_path)
+
+
+def server_context() -> ssl.SSLContext:
+    """A TLS 1.2+ server context presenting nothing yet (see :func:`present_certificate`)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 @contextlib.contextmanager

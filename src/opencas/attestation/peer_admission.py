@@ -310,3 +310,47 @@ def check_key_source(
         f"the key was sealed by software with measurement {giver.measurement}, not by this "
         f"CAS's {own.measurement} nor by a build it names as its predecessor",
     )
+
+
+def admit_backup(peer: VerifiedEvidence, own: SoftwareIdentity) -> PeerDecision:
+    """Whether the CAS whose verified evidence is ``peer`` may be registered as a backup of
+    this CAS, and so receive its database key in every snapshot.
+
+    SCONE's rule for backups, after checks 1 to 3 (platform, debug, an equal or better TCB):
+    on SGX the same signer and product (any build of this CAS's family) at an equal or higher
+    ISV SVN; elsewhere this CAS's measurement.
+    """
+    refused = _common_checks(peer, own)
+    if refused is not None:
+        return refused
+    if own.platform in SGX_PLATFORMS and own.mrsigner is not None:
+        return _admit_sgx_backup(peer, own)
+    if peer.measurement != own.measurement:
+        return _refuse(
+            "software",
+            f"the backup runs software with measurement {peer.measurement}, this CAS "
+            f"{own.measurement}",
+        )
+    return PeerDecision(True, "the backup runs the same software", basis="same-software")
+
+
+def _admit_sgx_backup(peer: VerifiedEvidence, own: SoftwareIdentity) -> PeerDecision:
+    if not _same_family(peer, own):
+        return _refuse(
+            "software",
+            f"the backup is signed by {peer.mrsigner} for product {peer.isv_prod_id}, this "
+            f"CAS by {own.mrsigner} for product {own.isv_prod_id}",
+        )
+    if (peer.isv_svn or 0) < (own.isv_svn or 0):
+        return _refuse(
+            "security-version",
+            f"the backup's security version {peer.isv_svn} is below this CAS's {own.isv_svn}",
+        )
+    if peer.measurement == own.measurement:
+        return PeerDecision(True, "the backup runs the same software", basis="same-software")
+    return PeerDecision(
+        True,
+        f"the backup runs {peer.measurement} of this CAS's signer and product at security "
+        f"version {peer.isv_svn}",
+        basis="same-family",
+    )

@@ -96,6 +96,19 @@ class StoreStateClaim(BaseModel):
     digest: _Hash
 
 
+class RestoredClaim(BaseModel):
+    """The snapshot a CAS was restored from (``cas restore``) on a registered backup: its id,
+    the commit and audit sequence it was taken at and when, and when it was restored."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    snapshot_id: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+    state_counter: Annotated[int, Field(ge=0, le=2**53 - 1)]
+    audit_seq: Annotated[int, Field(ge=0, le=2**53 - 1)]
+    taken_at: _Time
+    restored_at: _Time
+
+
 class RecoveryClaim(BaseModel):
     """Whether the owner config names recovery keys: their key hashes and the threshold."""
 
@@ -149,6 +162,9 @@ class CasReport(BaseModel):
     audit: AuditHead
     recovery: RecoveryClaim
     recovered: bool
+    restored_from: RestoredClaim | None = None
+    """The snapshot this CAS was restored from, if it was; absent from the reports of CAS
+    versions before restores, and from the report of a CAS never restored."""
 
     @model_validator(mode="after")
     def _provisioning_is_consistent(self) -> CasReport:
@@ -179,11 +195,13 @@ def report_time(when: datetime) -> str:
 
 
 def report_json(report: CasReport) -> dict[str, object]:
-    """The report as JSON, as the CAS sends it: without ``cluster_id`` when it has none (a
-    report of a CAS version before it), so that such a report hashes as its CAS hashed it."""
+    """The report as JSON, as the CAS sends it: without ``cluster_id`` or ``restored_from``
+    when it has none (a report of a CAS version before them, or of a CAS never restored), so
+    that such a report hashes as its CAS hashed it."""
     shown = report.model_dump(mode="json")
-    if shown["cluster_id"] is None:
-        del shown["cluster_id"]
+    for optional in ("cluster_id", "restored_from"):
+        if shown[optional] is None:
+            del shown[optional]
     return shown
 
 

@@ -4,7 +4,9 @@ Exit codes: 0 success; 1 the CAS cannot start or run (store, key store, lock, pl
 2 usage error, invalid configuration or owner files, or (``provision`` without
 ``--skip-if-already-provisioned``) the CAS is already provisioned; 3 the running instances of
 the CAS on the configured PostgreSQL database refused this new instance the database key (its
-software or platform does not satisfy the cluster; the message says why).
+software or platform does not satisfy the cluster; the message says why); 4 ``restore``
+refused the snapshot (this machine is not a registered backup of its CAS, the snapshot does not
+open, or a database is here already; the message says which).
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from pathlib import Path
 import click
 
 from opencas import __version__
-from opencas.api.app import create_client_api, create_enclave_api
+from opencas.api.app import create_backup_api, create_client_api, create_enclave_api
 from opencas.api.metrics import ApiMetrics
 from opencas.api.server import (
     Listener,
+    present_certificate,
     present_identity,
     run_event_loop,
     serve_forever,
+    server_context,
     tls_context,
 )
 from opencas.cli.common import describe_os_error, fail, setup_logging
@@ -42,7 +46,15 @@ from opencas.crypto.recovery_documents import (
 )
 from opencas.errors import CasError, ConfigError, RecoveryError
 from opencas.service.audit import log_start, log_stop
-from opencas.service.cas import Cas, inspect_cas, open_cas
+from opencas.service.backups import (
+    RestoreRefused,
+    backup_key,
+    backup_key_hash,
+    backup_tls_chain,
+    record_restored,
+)
+from opencas.service.backups import restore as restore_cas
+from opencas.service.cas import Cas, inspect_cas, load_platform, open_cas, store_exists
 from opencas.service.cas_records import StateRecord
 from opencas.service.cluster import JoinRefused
 from opencas.service.key_rollover import resume_key_rollover
@@ -57,6 +69,7 @@ log = logging.getLogger("opencas")
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_JOIN_REFUSED = 3
+EXIT_RESTORE_REFUSED = 4
 
 
 @click.group(invoke_without_command=True)
@@ -246,6 +259,16 @@ def _announce(cas: Cas, injected: bool) -> None:
             "this CAS was recovered from recovery shares at %s: the report says recovered: true",
             cas.state().recovered_at,
         )
+    restored_from = cas.state().restored_from
+    if restored_from is not None:
+        log.warning(
+            "this CAS was restored at %s from snapshot %s (commit %d, taken %s): the report says "
+            "restored_from",
+            restored_from.restored_at,
+            restored_from.snapshot_id,
+            restored_from.state_counter,
+            restored_from.taken_at,
+        )
     if injected or cas.state().db_key_injected:
         log.warning(
             "the database key was injected by an operator: the report says "
@@ -318,6 +341,60 @@ def _read_transfer(path: Path) -> TransferDocument:
         raise RecoveryError(str(exc)) from None
 
 
+@cli.command()
+@click.pass_obj
+def backup(config_path: Path) -> None:
+    """Serve as a backup CAS: only the attested backup key that `casctl register-backup` takes
+    to the CAS to be backed up, until SIGTERM or SIGINT.
+
+    The key is made on the first start and kept sealed to this machine; `cas restore` opens
+    the snapshots that carry the database key for it.
+    """
+    config = _load_config(config_path)
+    if store_exists(config):
+        fail(
+            "cas",
+            f"a database {config.database_shown} is here: this machine runs a CAS, not a "
+            "backup; a backup has no database until 'cas restore' creates it",
+            EXIT_USAGE,
+        )
+    platform = load_platform(config)
+    key = backup_key(config, platform, create=True)
+    log.info("backup mode: backup key hash %s", backup_key_hash(key))
+    log.info("software measurement: %s, platform: %s", platform.measurement, platform.kind)
+    context = server_context()
+    chain, tls_key = backup_tls_chain(config.hostnames)
+    present_certificate(context, chain, tls_key)
+    listener = Listener(
+        "backup", "[api] api_listen", config.api_listen, create_backup_api(platform, key)
+    )
+    run_event_loop(serve_forever([listener], context, config.connection_limits))
+    log.info("stopped")
+
+
+@cli.command()
+@click.argument("snapshot", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--no-serve", is_flag=True, help="Restore, then exit instead of serving.")
+@click.pass_obj
+def restore(config_path: Path, snapshot: Path, no_serve: bool) -> None:
+    """Restore the CAS from SNAPSHOT on this backup machine, then serve.
+
+    Only a machine registered as a backup (`casctl register-backup`) before the snapshot was
+    taken can: the snapshot carries the database key sealed to its backup key. The report says
+    restored_from from then on, and the state counter goes on from the snapshot's.
+    """
+    config = _load_config(config_path)
+    restored = restore_cas(config, snapshot)
+    cas = open_cas(config)
+    try:
+        record_restored(cas, restored)
+        _announce(cas, False)
+        if not no_serve:
+            _serve(cas)
+    finally:
+        cas.close()
+
+
 @cli.command("show-identification")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
@@ -355,6 +432,8 @@ def main() -> None:
         fail("cas", exc.message, EXIT_USAGE)
     except (JoinRefused, SoftwareRefused) as exc:
         fail("cas", exc.message, EXIT_JOIN_REFUSED)
+    except RestoreRefused as exc:
+        fail("cas", exc.message, EXIT_RESTORE_REFUSED)
     except CasError as exc:
         fail("cas", exc.message, EXIT_FAILURE)
     except OSError as exc:

@@ -20,6 +20,7 @@ import click
 from opencas import __version__
 from opencas.attestation.report import CasExpectations, cluster_of
 from opencas.cli.audit_commands import audit_group
+from opencas.cli.backup_commands import list_backups, register_backup, unregister_backup
 from opencas.cli.casctl_common import F, identity_from, identity_option, reports_errors
 from opencas.cli.collateral_commands import collateral_group
 from opencas.cli.evidence_commands import evidence_group
@@ -319,6 +320,9 @@ def _verified_facts(attested: Attested) -> dict[str, Any]:
         "state_counter": report.state.counter,
         "recovery": report.recovery.model_dump(mode="json"),
         "recovered": report.recovered,
+        "restored_from": None
+        if report.restored_from is None
+        else report.restored_from.model_dump(mode="json"),
     }
 
 
@@ -371,6 +375,13 @@ def _print_facts(facts: dict[str, Any]) -> None:
         f"  CAS id:            {facts['cluster_id']}",
         f"  instance:          {facts['instance_id']} (CAS {facts['cas_version']})",
     ]
+    restored = facts["restored_from"]
+    if restored is not None:
+        lines.append(
+            f"  restored:          at {restored['restored_at']} from snapshot "
+            f"{restored['snapshot_id']} (commit {restored['state_counter']}, taken "
+            f"{restored['taken_at']})"
+        )
     click.echo("\n".join(lines))
 
 
@@ -568,6 +579,9 @@ cli.add_command(register_upgrade)
 cli.add_command(list_upgrades)
 cli.add_command(unregister_upgrade)
 cli.add_command(snapshot)
+cli.add_command(register_backup)
+cli.add_command(list_backups)
+cli.add_command(unregister_backup)
 register_run_commands(cli)
 
 

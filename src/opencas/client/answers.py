@@ -101,6 +101,33 @@ class SnapshotAnswer:
     audit: dict[str, Any]
     taken_at: str
     format: str
+    instance_id: str | None = None
+    backups: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class BackupAnswer:
+    """One registered backup (``GET`` / ``POST /v1/owner/backups``,
+    ``DELETE /v1/owner/backups/{name}``): its name and URL, the key hash of its attested key,
+    what its evidence showed at registration, and who registered it when."""
+
+    name: str
+    url: str
+    key_hash: str
+    platform: str
+    measurement: str
+    isv_svn: int | None
+    tcb_status: str
+    basis: str
+    registered_at: str
+    registered_by: str
+
+
+@dataclass(frozen=True)
+class BackupsAnswer:
+    """``GET /v1/owner/backups``: every registered backup."""
+
+    backups: list[BackupAnswer]
 
 
 @dataclass(frozen=True)

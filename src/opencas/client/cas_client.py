@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from pydantic import ValidationError
@@ -23,6 +24,8 @@ from opencas.attestation.verifier import NO_COLLATERAL, CollateralSource
 from opencas.client.answers import (
     HEALTH_PATH,
     AuditPageAnswer,
+    BackupAnswer,
+    BackupsAnswer,
     Health,
     KeyRolloverAnswer,
     OwnerConfigUpdated,
@@ -249,6 +252,25 @@ class CasClient:
         """Have the CAS write a snapshot of its store to its ``[backup]`` target now (owner
         only; ``backup-not-configured`` without one)."""
         return self._channel.call(SnapshotAnswer, "POST", "/v1/owner/snapshots", signed=True)
+
+    def register_backup(self, name: str, url: str, request: dict[str, Any]) -> BackupAnswer:
+        """Register the backup CAS at ``url`` as ``name`` with the key handover ``request`` it
+        answered (:func:`opencas.client.backups.fetch_backup_request`); owner only. The CAS
+        verifies the request's evidence itself (``handover-refused`` with the failed check)."""
+        body = {"name": name, "url": url, "request": request}
+        return self._channel.call(
+            BackupAnswer, "POST", "/v1/owner/backups", json_body=body, signed=True
+        )
+
+    def backups(self) -> list[BackupAnswer]:
+        """The registered backups (owner only)."""
+        return self._channel.call(BackupsAnswer, "GET", "/v1/owner/backups", signed=True).backups
+
+    def unregister_backup(self, name: str) -> BackupAnswer:
+        """Unregister the backup ``name`` (owner only; ``unknown-backup`` when there is none)."""
+        return self._channel.call(
+            BackupAnswer, "DELETE", f"/v1/owner/backups/{quote(name, safe='')}", signed=True
+        )
 
     def audit_page(self, start: int = 1) -> AuditPageAnswer:
         """One page of the audit log from ``seq`` ``start`` on (owner only)."""

@@ -29,7 +29,7 @@ def check_freshness(
         return
     cluster = cluster_of(report)
     replaced = pinned.cluster != cluster or pinned.cas_key_hash != report.cas_key_hash
-    if replaced and accept_new_instance:
+    if (replaced or _newly_restored(pinned, report)) and accept_new_instance:
         return
     if replaced:
         raise FreshnessError(
@@ -39,6 +39,9 @@ def check_freshness(
             f"{cluster} with CAS key hash {report.cas_key_hash}. If the CAS was "
             "replaced on purpose, attest again with --accept-new-instance",
         )
+    if _newly_restored(pinned, report):
+        _check_restored(pinned, report)
+        return
     seen = pinned.audit_seq_of(report.instance_id)
     if report.audit.seq < seen:
         raise FreshnessError(
@@ -51,4 +54,23 @@ def check_freshness(
             "freshness",
             f"the CAS state went back: its store commit counter is {report.state.counter}, but "
             f"{pinned.state_counter} was seen before (a restored old database?)",
+        )
+
+
+def _newly_restored(pinned: PinnedCas, report: CasReport) -> bool:
+    restored = report.restored_from
+    return restored is not None and restored.snapshot_id != pinned.restored_from
+
+
+def _check_restored(pinned: PinnedCas, report: CasReport) -> None:
+    restored = report.restored_from
+    assert restored is not None
+    if restored.state_counter < pinned.state_counter:
+        raise FreshnessError(
+            "freshness",
+            f"the CAS was restored at {restored.restored_at} from snapshot "
+            f"{restored.snapshot_id}, taken at {restored.taken_at} at store commit "
+            f"{restored.state_counter}, but commit {pinned.state_counter} was seen before: the "
+            "changes after the snapshot are lost. To accept it as it is, attest again with "
+            "--accept-new-instance",
         )

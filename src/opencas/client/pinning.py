@@ -182,6 +182,21 @@ def _remember(
     cluster = cluster_of(report)
     same_cas = previous is not None and previous.cluster == cluster
     known = previous if previous is not None and same_cas else None
+    restored = report.restored_from
+    if known is not None and restored is not None and restored.snapshot_id != known.restored_from:
+        # A restore accepted now: the state goes on from the snapshot, and so does the audit
+        # chain of the instance that wrote it; what was seen after the snapshot is forgotten.
+        known = known.model_copy(
+            update={
+                "audit_seqs": {
+                    instance: seq
+                    for instance, seq in known.audit_seqs.items()
+                    if instance != report.instance_id
+                },
+                "audit_seq": 0,
+                "state_counter": 0,
+            }
+        )
     instances = [seen for seen in (known.instances if known else []) if seen != report.instance_id]
     instances = [*instances, report.instance_id][-MAX_INSTANCES_REMEMBERED:]
     seen = max(report.audit.seq, known.audit_seq_of(report.instance_id) if known else 0)
@@ -207,6 +222,9 @@ def _remember(
         mode=report.mode,
         attested_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         enclave_port=enclave_port,
+        restored_from=restored.snapshot_id
+        if restored is not None
+        else (known.restored_from if known else None),
     )
     if state.default is None:
         state.default = name

@@ -56,6 +56,9 @@ class PinnedCas(BaseModel):
     #: The port of its enclave API (``GET /v1/version``), None if the CAS did not say; optional
     #: so that state files written before it existed still load.
     enclave_port: int | None = Field(default=None, ge=1, le=65535)
+    #: The snapshot id of the restore this CAS last reported (``restored_from``), None before
+    #: one was seen; optional so that older state files still load.
+    restored_from: str | None = Field(default=None, max_length=64)
 
     @property
     def cluster(self) -> str:

@@ -12,7 +12,16 @@ without the key; it is authenticated all the same, since every frame's associate
 its SHA-256. Frame ``i`` is ``seal(derive_key(dmk, "snapshot/v1"), chunk, aad)`` with ``aad`` =
 canonical JSON of ``["opencas-snapshot-chunk/v1", header sha256 hex, i, last]``, so frames cannot
 be reordered, dropped or taken from another snapshot, and a file cut short lacks its last frame.
-A chunk is the canonical JSON list of ``[table, key, version, base64 value]`` records.
+A chunk is the canonical JSON list of ``[table, key, version, base64 value]`` records. Records
+of the table :data:`AUDIT_LOG_TABLE` are not the store's: they are the lines of the writing
+instance's audit log up to the audit head of the header (key: the line's number from 1, in
+decimal; version 1; value: the line without its newline), so a CAS restored from the snapshot
+continues that chain.
+
+A snapshot of a CAS with registered backups names, in its header, the instance that wrote it
+(``instance_id``) and carries for each backup the database key sealed to that backup's attested
+key (``backups``: ``{name, key_hash, answer}``, ``answer`` a key handover answer); both members
+are left out when there is nothing to say, so a snapshot without backups reads as before.
 
 Pure: no I/O (the caller writes and reads the bytes).
 """
@@ -33,7 +42,13 @@ MAGIC = b"OPENCAS-SNAPSHOT/1\n"
 SNAPSHOT_FORMAT = "opencas-snapshot/v1"
 #: Records per frame: big enough that framing costs nothing, small enough to stream.
 CHUNK_RECORDS = 512
-MAX_HEADER_BYTES = 64 * 1024
+#: A header holds up to :data:`MAX_BACKUPS` sealed keys, each with its evidence (an SGX quote
+#: or a TDX/SNP report with certificates: a few KiB).
+MAX_HEADER_BYTES = 1024 * 1024
+MAX_BACKUPS = 16
+#: The reserved table of the audit log's lines (a store's own tables start with ``_`` and are
+#: never written to a snapshot, so it cannot clash with one).
+AUDIT_LOG_TABLE = "_audit_log"
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 
 Record = tuple[str, str, int, bytes]
@@ -44,8 +59,23 @@ class SnapshotFormatError(ValueError):
 
 
 @dataclass(frozen=True)
+class WrappedKey:
+    """The database key sealed for one registered backup: its name, the key hash of its
+    attested key, and the key handover answer (JSON) that carries the sealed key."""
+
+    name: str
+    key_hash: str
+    answer: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """The member of the header's ``backups``."""
+        return {"name": self.name, "key_hash": self.key_hash, "answer": self.answer}
+
+
+@dataclass(frozen=True)
 class SnapshotHeader:
-    """What a snapshot says of itself, in clear: the CAS, the commit and the audit head."""
+    """What a snapshot says of itself, in clear: the CAS, the commit and the audit head, the
+    instance that wrote it, and the database key sealed for each registered backup."""
 
     snapshot_id: str
     cluster_id: str
@@ -55,10 +85,12 @@ class SnapshotHeader:
     audit_seq: int
     audit_head: str
     taken_at: str
+    instance_id: str | None = None
+    backups: tuple[WrappedKey, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The header's JSON members."""
-        return {
+        document: dict[str, Any] = {
             "format": SNAPSHOT_FORMAT,
             "snapshot_id": self.snapshot_id,
             "cluster_id": self.cluster_id,
@@ -68,6 +100,15 @@ class SnapshotHeader:
             "audit": {"seq": self.audit_seq, "head": self.audit_head},
             "taken_at": self.taken_at,
         }
+        if self.instance_id is not None:
+            document["instance_id"] = self.instance_id
+        if self.backups:
+            document["backups"] = [wrapped.to_json() for wrapped in self.backups]
+        return document
+
+    def wrapped_for(self, key_hash: str) -> WrappedKey | None:
+        """The database key sealed for the backup whose attested key has ``key_hash``."""
+        return next((each for each in self.backups if each.key_hash == key_hash), None)
 
 
 def _key(dmk: bytes) -> bytes:
@@ -134,6 +175,8 @@ def read_header(data: bytes) -> tuple[SnapshotHeader, int]:
             audit_seq=_count(audit["seq"]),
             audit_head=_text(audit["head"]),
             taken_at=_text(document["taken_at"]),
+            instance_id=None if "instance_id" not in document else _text(document["instance_id"]),
+            backups=_wrapped_keys(document.get("backups", [])),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise SnapshotFormatError(f"its header is malformed: {exc}") from None
@@ -176,6 +219,36 @@ def _records(plaintext: bytes) -> Iterator[Record]:
     for item in json.loads(plaintext):
         table, key, version, value = item
         yield str(table), str(key), int(version), b64_decode(value)
+
+
+def _wrapped_keys(value: object) -> tuple[WrappedKey, ...]:
+    if not isinstance(value, list) or len(value) > MAX_BACKUPS:
+        raise ValueError(f"backups is not a list of at most {MAX_BACKUPS}")
+    wrapped = []
+    for item in value:
+        if not isinstance(item, dict) or set(item) != {"name", "key_hash", "answer"}:
+            raise ValueError("a backup is not {name, key_hash, answer}")
+        if not isinstance(item["answer"], dict):
+            raise ValueError("a backup's answer is not an object")
+        wrapped.append(WrappedKey(_text(item["name"]), _text(item["key_hash"]), item["answer"]))
+    return tuple(wrapped)
+
+
+def split_audit_log(records: list[Record]) -> tuple[list[Record], list[bytes]]:
+    """``records`` of a decoded snapshot split into the store's records and the audit log's
+    lines, in order; :class:`SnapshotFormatError` when the lines are not numbered 1, 2, ...."""
+    store: list[Record] = []
+    lines: list[bytes] = []
+    for record in records:
+        if record[0] != AUDIT_LOG_TABLE:
+            store.append(record)
+            continue
+        if record[1] != str(len(lines) + 1):
+            raise SnapshotFormatError(
+                f"its audit log line {record[1]!r} is out of order (expected {len(lines) + 1})"
+            )
+        lines.append(record[3])
+    return store, lines
 
 
 def _text(value: object) -> str:

@@ -24,6 +24,7 @@ from opencas.attestation.report import (
     AuditHead,
     CasReport,
     RecoveryClaim,
+    RestoredClaim,
     StoreStateClaim,
     report_data,
     report_json,
@@ -301,7 +302,7 @@ class Cas:
 
 
 def _recovery_claims(state: StateRecord) -> dict[str, Any]:
-    """The report's ``recovery`` and ``recovered`` from the state."""
+    """The report's ``recovery``, ``recovered`` and ``restored_from`` from the state."""
     return {
         "recovery": RecoveryClaim(
             configured=state.recovery_threshold is not None,
@@ -309,6 +310,9 @@ def _recovery_claims(state: StateRecord) -> dict[str, Any]:
             key_hashes=list(state.recovery_key_hashes),
         ),
         "recovered": state.recovered,
+        "restored_from": None
+        if state.restored_from is None
+        else RestoredClaim.model_validate(state.restored_from.model_dump()),
     }
 
 
@@ -427,6 +431,19 @@ def open_store_with_key(config: AvailabilityConfig, dmk: bytes) -> Store:
     """
     _check_store(config)
     return _open_store(config, dmk)
+
+
+def create_store_with_key(
+    config: AvailabilityConfig,
+    dmk: bytes,
+    populate: Callable[[Transaction], None],
+    before_publish: Callable[[], None],
+) -> Store:
+    """Create the configured store under the database key ``dmk`` holding what ``populate``
+    writes in its one transaction; ``before_publish`` runs before the store appears (see
+    :meth:`SqliteStore.create_atomically`, :meth:`PostgresStore.create`). The caller holds the
+    database lock. Raises what creating the store raises."""
+    return _create_store(config, dmk, populate, before_publish)
 
 
 def _open_store(config: AvailabilityConfig, dmk: bytes, previous_dmk: bytes | None = None) -> Store:

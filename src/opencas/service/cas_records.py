@@ -99,6 +99,16 @@ class TlsRecord(_Record):
         return _load_certificate(self.tls_certificate_pem, _TLS)
 
 
+class RestoredFromRecord(_Record):
+    """The snapshot a restored CAS came from (the report's ``restored_from``)."""
+
+    snapshot_id: str
+    state_counter: int
+    audit_seq: int
+    taken_at: str
+    restored_at: str
+
+
 class StateRecord(_Record):
     """The facts the attestation report states about this CAS's history."""
 
@@ -112,6 +122,7 @@ class StateRecord(_Record):
     recovery_key_hashes: tuple[str, ...] = ()
     recovered: bool = False
     recovered_at: str | None = None
+    restored_from: RestoredFromRecord | None = None
 
 
 class OwnerRecord(_Record):

@@ -248,6 +248,26 @@ def instance_id_path(database: Path) -> Path:
     return database.with_name(database.name + ".instance-id")
 
 
+def write_instance_id(database: Path, instance_id: str) -> None:
+    """Make ``instance_id`` (a UUID) this machine's instance id from now on (a CAS restored
+    here goes on as the instance that wrote the snapshot). Written whole or not at all.
+
+    Raises :class:`KeyStoreError` when it is not a UUID or cannot be written.
+    """
+    try:
+        text = str(uuid.UUID(instance_id))
+    except ValueError as exc:
+        raise KeyStoreError(f"{instance_id!r} is not an instance id (a UUID)") from exc
+    path = instance_id_path(database)
+    temporary = path.with_name(f"{path.name}.tmp-{secrets.token_hex(8)}")
+    try:
+        temporary.write_text(text + "\n", encoding="ascii")
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise KeyStoreError(f"cannot write the instance id {path}: {exc.strerror or exc}") from exc
+
+
 def local_instance_id(database: Path) -> str:
     """This instance's id: read from :func:`instance_id_path`, made (a UUID) on its first start.
 

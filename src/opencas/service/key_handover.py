@@ -45,12 +45,12 @@ from opencas.attestation.verifier import NO_COLLATERAL, CollateralSource
 from opencas.attestation.verify import verify_evidence
 from opencas.crypto.canonical import canonical_json, canonical_sha512, strict_json_object
 from opencas.crypto.encoding import b64_decode, b64_encode
+from opencas.crypto.handover_binding import request_binding
 from opencas.crypto.hpke_seal import SealedConfigError, hpke_open, hpke_seal
 from opencas.crypto.recovery import recovery_public_der
 from opencas.errors import CasError, EvidenceError
 from opencas.platform.base import EvidenceProvider
 
-REQUEST_FORMAT = "opencas-key-handover-request/v1"
 ANSWER_FORMAT = "opencas-key-handover-answer/v1"
 HANDED_KEY_FORMAT = "opencas-key-handover/v1"
 _INFO_PREFIX = b"opencas-key-handover/v1\x00"
@@ -110,18 +110,6 @@ class HandoverSecret:
     cluster_id: str
 
 
-def request_binding(purpose: str, request_id: str, public_key_b64: str) -> bytes:
-    """The 64 bytes a request's evidence binds: SHA-512 of the canonical JSON of its fields."""
-    return canonical_sha512(
-        {
-            "format": REQUEST_FORMAT,
-            "purpose": purpose,
-            "request_id": request_id,
-            "public_key": public_key_b64,
-        }
-    )
-
-
 def answer_binding(request: HandoverRequest, sealed_b64: str) -> bytes:
     """The 64 bytes an answer's evidence binds: the request it answers and what it sealed."""
     return canonical_sha512(
@@ -150,13 +138,29 @@ def make_request(
     :class:`PlatformError` when the platform cannot produce evidence.
     """
     key = x25519.X25519PrivateKey.generate()
+    return key, request_for(platform, purpose, key, secrets.token_hex(16))
+
+
+def request_for(
+    platform: EvidenceProvider,
+    purpose: HandoverPurpose,
+    key: x25519.X25519PrivateKey,
+    request_id: str,
+) -> HandoverRequest:
+    """The request that asks with ``key`` (kept by the caller: a backup keeps its key sealed to
+    its machine) under ``request_id`` (32 lowercase hex digits; a verifier's nonce), bound by
+    fresh evidence of ``platform``. Raises ``ValueError`` for another request id,
+    :class:`PlatformError` when the platform cannot produce evidence."""
     public = b64_encode(recovery_public_der(key))
-    request_id = secrets.token_hex(16)
-    evidence = platform.evidence(request_binding(purpose, request_id, public))
-    request = HandoverRequest(
-        purpose=purpose, request_id=request_id, public_key=public, evidence=evidence.to_json()
-    )
-    return key, request
+    try:
+        return HandoverRequest(
+            purpose=purpose,
+            request_id=request_id,
+            public_key=public,
+            evidence=platform.evidence(request_binding(purpose, request_id, public)).to_json(),
+        )
+    except ValidationError as exc:
+        raise ValueError(f"a request id is 32 lowercase hex digits, not {request_id!r}") from exc
 
 
 def parse_request(data: bytes | str) -> HandoverRequest:
@@ -218,6 +222,20 @@ def check_request(
     Raises :class:`HandoverRefused` when the evidence does not verify (``evidence``), does not
     bind the request (``binding``), or the peer is not admitted (the decision's check).
     """
+    decision = admit_peer(verified_request(request, at=at, collateral=collateral), own, upgrades)
+    if not decision.admitted:
+        raise HandoverRefused(decision.check or "software", decision.reason)
+    return decision
+
+
+def verified_request(
+    request: HandoverRequest, *, at: datetime, collateral: CollateralSource = NO_COLLATERAL
+) -> VerifiedEvidence:
+    """The verified evidence of ``request``, once it verified and binds the request.
+
+    Raises :class:`HandoverRefused` when the evidence does not verify (``evidence``) or does
+    not bind the request (``binding``).
+    """
     verified = _verified(request.evidence, at, collateral, "peer")
     if verified.report_data != request_binding(
         request.purpose, request.request_id, request.public_key
@@ -225,10 +243,7 @@ def check_request(
         raise HandoverRefused(
             "binding", "the peer's evidence does not bind its request: the request was changed"
         )
-    decision = admit_peer(verified, own, upgrades)
-    if not decision.admitted:
-        raise HandoverRefused(decision.check or "software", decision.reason)
-    return decision
+    return verified
 
 
 def seal_handover(

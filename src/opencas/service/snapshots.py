@@ -3,13 +3,16 @@ written to the ``[backup]`` target, every ``interval`` seconds or when the owner
 
 A snapshot is read inside one store snapshot (one transaction's view: SQLite's read
 transaction, PostgreSQL's REPEATABLE READ), so its records, commit counter and audit head agree.
-The file format is :mod:`opencas.crypto.snapshot_format`. Each snapshot written is logged
-(``snapshot_written``).
+The file format is :mod:`opencas.crypto.snapshot_format`. A snapshot also carries this
+instance's audit log up to the committed audit head, and the database key sealed for every
+registered backup (:mod:`opencas.service.backups`), which alone can restore it. Each snapshot
+written is logged (``snapshot_written``, naming the backups it can be restored on).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import secrets
@@ -21,11 +24,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from opencas.attestation.report import AUDIT_GENESIS_HEAD
+from opencas.audit.chain import line_hash
 from opencas.config.availability import BackupSettings
-from opencas.crypto.snapshot_format import SnapshotHeader, encode_snapshot
+from opencas.crypto.snapshot_format import AUDIT_LOG_TABLE, Record, SnapshotHeader, encode_snapshot
 from opencas.errors import CasError, ConflictError
 from opencas.policy.caller import Caller
 from opencas.service.audit import actor_of, record_read
+from opencas.service.backups import wrapped_keys
 from opencas.service.cas import Cas
 from opencas.service.cas_records import read_audit_head
 from opencas.service.identity import utc_now_text
@@ -89,6 +94,7 @@ def write_snapshot(cas: Cas, actor: str = "cas") -> Written:
             "audit_head": header.audit_head,
             "bytes": size,
             "target": _target_shown(target),
+            "backups": [wrapped.name for wrapped in header.backups],
         },
     )
     log.info("snapshot %s written (commit %d, %d bytes)", name, header.state_counter, size)
@@ -106,7 +112,7 @@ def _take(cas: Cas, file: BinaryIO) -> tuple[SnapshotHeader, int]:
     with cas.store.snapshot() as reader:
         if not isinstance(reader, RecordReader):
             raise TypeError(f"{type(reader).__name__} is not a snapshot of the record layer")
-        head = read_audit_head(reader)
+        head = read_audit_head(reader, cas.identity.scope)
         header = SnapshotHeader(
             snapshot_id=secrets.token_hex(8),
             cluster_id=cas.identity.cluster_id,
@@ -116,14 +122,38 @@ def _take(cas: Cas, file: BinaryIO) -> tuple[SnapshotHeader, int]:
             audit_seq=0 if head is None else head.seq,
             audit_head=AUDIT_GENESIS_HEAD if head is None else head.hash,
             taken_at=utc_now_text(),
+            instance_id=cas.identity.instance_id,
+            backups=wrapped_keys(cas, reader),
         )
+        records = itertools.chain(reader.every_record(), _audit_lines(cas, header))
         size = 0
-        for piece in encode_snapshot(header, reader.every_record(), cas.database_key):
+        for piece in encode_snapshot(header, records, cas.database_key):
             file.write(piece)
             size += len(piece)
     file.flush()
     os.fsync(file.fileno())
     return header, size
+
+
+def _audit_lines(cas: Cas, header: SnapshotHeader) -> Iterator[Record]:
+    """The lines of this instance's audit log up to the snapshot's audit head, as records of
+    :data:`AUDIT_LOG_TABLE`; :class:`SnapshotFailed` when the log does not hold that head."""
+    if header.audit_seq == 0:
+        return
+    path = cas.config.audit_log_path
+    try:
+        with path.open("rb") as file:
+            for number, raw in enumerate(file, 1):
+                line = raw.rstrip(b"\n")
+                yield AUDIT_LOG_TABLE, str(number), 1, line
+                if line_hash(line) == header.audit_head:
+                    return
+    except OSError as exc:
+        raise SnapshotFailed(f"cannot read the audit log {path}: {exc.strerror or exc}") from exc
+    raise SnapshotFailed(
+        f"the audit log {path} does not hold the audit head seq {header.audit_seq} the store "
+        "committed; no snapshot was written"
+    )
 
 
 def _staging_directory(cas: Cas, target: BackupSettings) -> Path:

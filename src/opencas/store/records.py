@@ -395,6 +395,36 @@ class RecordTransaction(RecordReader):
             rows.write_state(self._cipher.state_keys.seal_state(INITIAL_STATE))
         self.put_reserved(META_TABLE, CHECK_KEY, CHECK_PLAINTEXT)
 
+    def continue_counter(self, counter: int) -> None:
+        """Make a new store's commit counter continue from ``counter``: its creating
+        transaction commits as ``counter + 1``. For a store restored from a snapshot taken at
+        commit ``counter``, so that clients see its state move on, never back.
+
+        Raises :class:`StoreError` unless this store has committed nothing yet.
+        """
+        rows = self._view()
+        state = read_state(rows, self._cipher)
+        if state != INITIAL_STATE or not 0 <= counter < MAX_VERSION:
+            raise StoreError(
+                f"the commit counter of {rows.name} can only be set in a new, empty store"
+            )
+        with rows.failing("writing the commit state"):
+            rows.write_state(self._cipher.state_keys.seal_state(CommitState(counter, EMPTY_DIGEST)))
+
+    def restore_record(self, table: str, key: str, version: int, value: bytes) -> None:
+        """Insert ``table``/``key`` at ``version`` (a record read from a snapshot, which keeps
+        the version it had). Raises :class:`StoreError` when it exists already or the version
+        is not in 1..2^53-2."""
+        check_table(table)
+        rows = self._view()
+        if not is_valid_version(version) or not 1 <= version < MAX_VERSION:
+            raise StoreError(f"{table}/{key} cannot be restored at version {version!r}")
+        with rows.failing(f"writing {table}/{key}"):
+            located = _locate(rows, self._cipher, table, key)
+            if located.row is not None or located.entry is not None:
+                raise StoreError(f"{table}/{key} is restored twice")
+            self._write_current(table, key, version, value, located)
+
     def put(self, table: str, key: str, value: bytes) -> int:
         """Insert or replace ``table``/``key``; return its new version (1 on insert, else +1).
 

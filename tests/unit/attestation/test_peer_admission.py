@@ -12,6 +12,7 @@ from opencas.attestation.evidence import VerifiedEvidence
 from opencas.attestation.peer_admission import (
     RegisteredUpgrade,
     SoftwareIdentity,
+    admit_backup,
     admit_build,
     admit_peer,
     check_key_source,
@@ -222,3 +223,35 @@ def test_an_sgx_build_takes_over_only_from_its_signer_at_no_lower_security_versi
     # A build whose signer is unknown (its evidence did not verify) fails the signer check.
     unverified = SoftwareIdentity("sgx-dcap", MRENCLAVE_NEW, False, "")
     assert not admit_build(unverified, SERVING_SGX, upgrade).admitted
+
+
+def test_a_backup_of_the_same_family_at_an_equal_or_higher_security_version_is_admitted() -> None:
+    assert admit_backup(sgx(), OWN_SGX).basis == "same-software"
+    newer = admit_backup(sgx(MRENCLAVE_NEW, isv_svn=4), OWN_SGX)
+    assert (newer.admitted, newer.basis) == (True, "same-family")
+    assert admit_backup(simulated(), OWN_SIM).admitted
+
+
+def test_a_backup_with_a_lower_security_version_is_refused() -> None:
+    for peer in (sgx(MRENCLAVE_NEW, isv_svn=2), sgx(isv_svn=2)):
+        decision = admit_backup(peer, OWN_SGX)
+        assert (decision.admitted, decision.check) == (False, "security-version")
+        assert "security version 2 is below this CAS's 3" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("peer", "own", "check"),
+    [
+        (sgx(MRENCLAVE_NEW, mrsigner=MRSIGNER_OTHER, isv_svn=9), OWN_SGX, "software"),
+        (sgx(MRENCLAVE_NEW, isv_prod_id=8, isv_svn=9), OWN_SGX, "software"),
+        (sgx(tcb_status="OutOfDate"), OWN_SGX, "tcb"),
+        (sgx(debug=True), OWN_SGX, "debug"),
+        (simulated(SIM_OTHER), OWN_SIM, "software"),
+        (simulated(), OWN_SGX, "platform"),
+    ],
+)
+def test_a_backup_of_other_software_a_worse_tcb_or_debug_is_refused(
+    peer: VerifiedEvidence, own: SoftwareIdentity, check: str
+) -> None:
+    decision = admit_backup(peer, own)
+    assert (decision.admitted, decision.check) == (False, check)

@@ -172,7 +172,7 @@ def test_happy_path(bundle: Bundle) -> None:
     response = bundle.response()
     verified = verify_cas_attestation(response, expect(), bundle.tls_der, at=AT)
     assert verified.report == CasReport.model_validate(response["report"])
-    assert verified.report.model_dump(mode="json") == response["report"]
+    assert report_json(verified.report) == response["report"]
     assert verified.evidence.measurement == MEASUREMENT
     assert verified.evidence.platform_key_hash == key_hash(bundle.platform_key)
     assert verified.ca_certificate_pem == pem(bundle.ca_certificate).encode()
@@ -234,6 +234,29 @@ def test_a_report_of_a_cas_before_cluster_ids_still_binds(bundle: Bundle) -> Non
     assert cluster_of(CasReport.model_validate(bundle.report())) == bundle.report()["cluster_id"]
 
 
+def test_a_restored_cas_reports_its_snapshot_and_binds_it(bundle: Bundle) -> None:
+    restored = {
+        **bundle.report(),
+        "restored_from": {
+            "snapshot_id": "0f" * 8,
+            "state_counter": 41,
+            "audit_seq": 17,
+            "taken_at": "2026-11-29T13:00:00Z",
+            "restored_at": "2026-11-29T13:30:00Z",
+        },
+    }
+    parsed = CasReport.model_validate(restored)
+    assert parsed.restored_from is not None
+    assert parsed.restored_from.state_counter == 41
+    assert report_json(parsed) == restored
+    assert report_data(parsed) == hashlib.sha512(canonical_json(restored)).digest()
+    assert CasReport.model_validate(bundle.report()).restored_from is None
+    with pytest.raises(ValueError, match="snapshot_id"):
+        CasReport.model_validate(
+            {**restored, "restored_from": {**restored["restored_from"], "snapshot_id": "x"}}
+        )
+
+
 # One different but well-formed value per field. A changed value that the model refuses
 # (version, provisioned) fails as "format", which is as good as "binding": both refuse.
 CHANGED_VALUES: dict[str, Any] = {
@@ -258,6 +281,14 @@ CHANGED_VALUES: dict[str, Any] = {
     "audit": {"seq": 8, "head": "c3" * 32},
     "recovery": {"configured": True, "threshold": 1, "key_hashes": ["e5" * 32]},
     "recovered": True,
+    # Added to a report that had none: a restore claimed after the evidence was made.
+    "restored_from": {
+        "snapshot_id": "0f" * 8,
+        "state_counter": 13,
+        "audit_seq": 8,
+        "taken_at": "2026-11-29T13:00:00Z",
+        "restored_at": "2026-11-29T13:30:00Z",
+    },
 }
 
 
@@ -268,7 +299,7 @@ def test_changed_values_cover_every_field() -> None:
 @pytest.mark.parametrize(("field", "value"), sorted(CHANGED_VALUES.items()))
 def test_changing_any_report_field_fails(bundle: Bundle, field: str, value: Any) -> None:
     response = bundle.response()
-    assert response["report"][field] != value
+    assert response["report"].get(field) != value
     response["report"][field] = value
     error = refused(response, expect(allow_db_key_injected=True), bundle.tls_der)
     assert error.check in {"binding", "format"}

@@ -148,3 +148,47 @@ def test_each_instance_audit_sequence_is_compared_with_its_own(pinned_cas: Pin) 
             ),
             accept_new_instance=False,
         )
+
+
+def _restored(counter: int, snapshot_id: str = "0f" * 8) -> dict[str, Any]:
+    return {
+        "snapshot_id": snapshot_id,
+        "state_counter": counter,
+        "audit_seq": 3,
+        "taken_at": "2026-11-28T00:00:00Z",
+        "restored_at": "2026-11-29T00:00:00Z",
+    }
+
+
+def test_a_restore_of_what_was_seen_is_the_same_cas(pinned: PinnedCas) -> None:
+    # Its audit chain goes on from the snapshot's head (3), below the 5 seen of the primary.
+    restored = report(
+        restored_from=_restored(9),
+        state={"counter": 11, "digest": "dd" * 32},
+        audit={"seq": 4, "head": AUDIT_GENESIS_HEAD},
+    )
+    check_freshness(pinned, restored, accept_new_instance=False)
+
+
+def test_a_restore_older_than_what_was_seen_is_refused_unless_accepted(pinned: PinnedCas) -> None:
+    # The restored CAS's own counter went on past 9; the snapshot's commit 8 decides.
+    older = report(restored_from=_restored(8), state={"counter": 12, "digest": "dd" * 32})
+    with pytest.raises(FreshnessError, match="at store commit 8, but commit 9 was seen before"):
+        check_freshness(pinned, older, accept_new_instance=False)
+    check_freshness(pinned, older, accept_new_instance=True)
+
+
+def test_a_restore_seen_before_is_judged_as_any_cas(pinned: PinnedCas) -> None:
+    seen = pinned.model_copy(update={"restored_from": "0f" * 8})
+    check_freshness(seen, report(restored_from=_restored(8)), accept_new_instance=False)
+    with pytest.raises(FreshnessError, match="commit counter is 8"):
+        check_freshness(
+            seen,
+            report(restored_from=_restored(8), state={"counter": 8, "digest": "dd" * 32}),
+            accept_new_instance=False,
+        )
+    # Another restore, of an older snapshot, is judged by its snapshot again.
+    with pytest.raises(FreshnessError, match="was restored"):
+        check_freshness(
+            seen, report(restored_from=_restored(2, "1e" * 8)), accept_new_instance=False
+        )

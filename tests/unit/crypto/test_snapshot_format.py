@@ -3,15 +3,19 @@ reordered, cut or opened under another key."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from opencas.crypto import snapshot_format
+from opencas.crypto.canonical import canonical_json
 from opencas.crypto.snapshot_format import (
     SnapshotFormatError,
     SnapshotHeader,
     decode_snapshot,
     encode_snapshot,
     read_header,
+    split_audit_log,
 )
 
 DMK = bytes(range(32))
@@ -69,3 +73,33 @@ def test_a_changed_byte_an_edited_header_or_a_cut_file_is_refused() -> None:
         decode_snapshot(data[: start + first_frame], DMK)
     with pytest.raises(SnapshotFormatError, match="not an OpenCAS snapshot"):
         decode_snapshot(b"SQLite format 3\x00", DMK)
+
+
+def test_a_header_names_its_writer_and_the_keys_sealed_for_backups() -> None:
+    wrapped = snapshot_format.WrappedKey("standby", "e" * 64, {"format": "x", "sealed": "AAAA"})
+    header = replace(HEADER, instance_id="i-1", backups=(wrapped,))
+    data = b"".join(encode_snapshot(header, _records(3), DMK))
+    read, records = decode_snapshot(data, DMK)
+    assert read == header
+    assert read.wrapped_for("e" * 64) == wrapped
+    assert read.wrapped_for("f" * 64) is None
+    assert records == _records(3)
+    # A header without them reads as it was written before they existed.
+    assert b"backups" not in _file(1).split(b"\n")[1]
+    # Adding a key for another backup to the clear header breaks every frame's binding.
+    forged = replace(header, backups=(wrapped, snapshot_format.WrappedKey("x", "f" * 64, {})))
+    line = canonical_json(forged.to_json())
+    start = len(snapshot_format.MAGIC)
+    end = data.index(b"\n", start)
+    with pytest.raises(SnapshotFormatError, match="frame 0 does not open"):
+        decode_snapshot(data[:start] + line + data[end:], DMK)
+
+
+def test_the_audit_log_lines_are_split_from_the_records_in_order() -> None:
+    table = snapshot_format.AUDIT_LOG_TABLE
+    records = [*_records(2), (table, "1", 1, b"first"), (table, "2", 1, b"second")]
+    store, lines = split_audit_log(records)
+    assert store == _records(2)
+    assert lines == [b"first", b"second"]
+    with pytest.raises(SnapshotFormatError, match="out of order"):
+        split_audit_log([(table, "2", 1, b"second")])

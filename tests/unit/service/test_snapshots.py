@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from opencas.audit.chain import line_hash
 from opencas.config.availability import load_availability_config
 from opencas.config.owner import parse_owner_config
 from opencas.config.owner_identity import OwnerIdentity
-from opencas.crypto.snapshot_format import decode_snapshot, read_header
+from opencas.crypto.snapshot_format import decode_snapshot, read_header, split_audit_log
 from opencas.errors import ConfigError, ConflictError, ForbiddenError
 from opencas.policy.caller import Caller
 from opencas.service.cas import Cas, open_cas
@@ -57,10 +58,16 @@ def test_a_snapshot_holds_every_record_of_one_commit_and_names_it(cas: Cas, tmp_
     head = read_audit_head(cas.store)
     assert head is not None
     assert (header.audit_seq, header.audit_head) == (head.seq, head.hash)
-    found = {(table, key): value for table, key, _, value in records}
+    store_records, lines = split_audit_log(records)
+    found = {(table, key): value for table, key, _, value in store_records}
     assert found["sessions", "s7"] == b"value 7"
     assert ("cas", "identity") in found
     assert not any(table.startswith("_") for table, _ in found)
+    # The audit log rides along up to the committed head, so a restore continues its chain.
+    assert len(lines) == head.seq
+    assert line_hash(lines[-1]) == head.hash
+    assert header.instance_id == cas.identity.instance_id
+    assert header.backups == ()
     assert written.name.startswith(f"{header.cluster_id}-{header.state_counter:016}-")
     entries = [json.loads(line) for line in cas.config.audit_log_path.read_text().splitlines()]
     logged = [entry for entry in entries if entry["event"] == "snapshot_written"]

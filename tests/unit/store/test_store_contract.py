@@ -19,6 +19,7 @@ import pytest
 
 from opencas.errors import KeyStoreError, RecordDamagedError, StoreError
 from opencas.store import PostgresStore, SqliteStore, Store, Transaction
+from opencas.store.records import RecordTransaction
 from opencas.store.state import StateKeys
 
 DMK = bytes(range(32))
@@ -460,3 +461,47 @@ def test_a_row_damaged_while_open_is_refused_at_read(backend: Backend, store: St
         assert tx.delete("t", "a") is True
         assert tx.put("t", "a", b"fresh") == 1
     assert store.get("t", "a") == b"fresh"
+
+
+def test_a_restored_store_keeps_versions_and_continues_the_counter(backend: Backend) -> None:
+    def restore(tx: Transaction) -> None:
+        assert isinstance(tx, RecordTransaction)
+        tx.continue_counter(41)
+        tx.restore_record("t", "a", 7, b"seven")
+        tx.restore_record("t", "b", 1, b"one")
+
+    store = backend.create(restore)
+    try:
+        assert store.state().counter == 42
+        assert store.get_versioned("t", "a") == (b"seven", 7)
+        with store.transaction() as tx:
+            assert tx.put("t", "a", b"eight") == 8
+        assert store.state().counter == 43
+    finally:
+        store.close()
+    reopened = backend.open()
+    try:
+        assert not reopened.damaged_records
+        assert reopened.get_versioned("t", "a") == (b"eight", 8)
+    finally:
+        reopened.close()
+
+
+def _restoring(store: Store, change: Callable[[RecordTransaction], None]) -> None:
+    with store.transaction() as tx:
+        assert isinstance(tx, RecordTransaction)
+        change(tx)
+
+
+def test_a_counter_is_continued_only_in_a_new_store_and_a_record_restored_once(
+    store: Store,
+) -> None:
+    with store.transaction() as tx:
+        tx.put("t", "a", b"1")
+    with pytest.raises(StoreError, match="only be set in a new, empty store"):
+        _restoring(store, lambda tx: tx.continue_counter(99))
+    with pytest.raises(StoreError, match="restored twice"):
+        _restoring(store, lambda tx: tx.restore_record("t", "a", 3, b"again"))
+    with pytest.raises(StoreError, match="at version 0"):
+        _restoring(store, lambda tx: tx.restore_record("t", "b", 0, b"zero"))
+    assert store.get_versioned("t", "a") == (b"1", 1)

@@ -12,7 +12,15 @@ from opencas.api.auth import caller_of
 from opencas.api.routes.bodies import StrictBody
 from opencas.config.owner import owner_config_from_normal_form
 from opencas.crypto.recovery_documents import document_json
+from opencas.service.backups import (
+    NAME_PATTERN,
+    BackupRecord,
+    list_backups,
+    register_backup,
+    unregister_backup,
+)
 from opencas.service.cas import Cas
+from opencas.service.key_handover import HandoverRequest
 from opencas.service.key_rollover import RolloverRecord, rollover_status, start_key_rollover
 from opencas.service.provisioning import (
     provision_with_token,
@@ -33,6 +41,15 @@ class ProvisionRequest(StrictBody):
     owner_config: dict[str, Any]
 
 
+class BackupRegistration(StrictBody):
+    """Body of ``POST /v1/owner/backups``: the backup's name and URL, and the key handover
+    request the owner's casctl fetched from it (checked again here)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=NAME_PATTERN)
+    url: str = Field(min_length=1, max_length=512)
+    request: HandoverRequest
+
+
 class OwnerConfigRequest(StrictBody):
     """Body of ``PUT /v1/owner/config``."""
 
@@ -42,7 +59,8 @@ class OwnerConfigRequest(StrictBody):
 def owner_router(cas: Cas) -> APIRouter:
     """``POST /v1/provision``, ``GET`` and ``PUT /v1/owner/config``,
     ``GET /v1/owner/recovery/shares``, ``GET`` and ``POST /v1/owner/key-rollover``,
-    ``POST /v1/owner/snapshots``."""
+    ``POST /v1/owner/snapshots``, ``GET`` and ``POST /v1/owner/backups``,
+    ``DELETE /v1/owner/backups/{name}``."""
     router = APIRouter()
     guard = TokenGuard(shared=cas.guards)
 
@@ -96,7 +114,27 @@ def owner_router(cas: Cas) -> APIRouter:
         written = request_snapshot(cas, caller_of(request))
         return {"name": written.name, "bytes": written.size} | written.header.to_json()
 
+    @router.get("/v1/owner/backups")
+    def backups(request: Request) -> dict[str, Any]:
+        """The registered backups (owner only)."""
+        return {"backups": [_backup_json(each) for each in list_backups(cas, caller_of(request))]}
+
+    @router.post("/v1/owner/backups")
+    def add_backup(body: BackupRegistration, request: Request) -> dict[str, Any]:
+        """Register a backup CAS after verifying its evidence (owner only)."""
+        caller = caller_of(request)
+        return _backup_json(register_backup(cas, caller, body.name, body.url, body.request))
+
+    @router.delete("/v1/owner/backups/{name}")
+    def remove_backup(name: str, request: Request) -> dict[str, Any]:
+        """Unregister a backup (owner only): later snapshots carry no key for it."""
+        return _backup_json(unregister_backup(cas, caller_of(request), name))
+
     return router
+
+
+def _backup_json(record: BackupRecord) -> dict[str, Any]:
+    return record.model_dump(exclude={"public_key", "request_id"})
 
 
 def _rollover_json(record: RolloverRecord | None) -> dict[str, Any]:
