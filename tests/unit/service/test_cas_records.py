@@ -84,6 +84,7 @@ def test_state_is_stored_as_its_json_object(store: SqliteStore) -> None:
         "recovery_key_hashes": [],
         "recovered": False,
         "recovered_at": None,
+        "restored_from": None,
     }
     assert read_state(store) == state
 
