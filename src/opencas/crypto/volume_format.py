@@ -44,6 +44,7 @@ MAX_FILE_SIZE = 1 << 40
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 _OBJECT_ID = re.compile(r"[0-9a-f]{32}")
 _TAG = re.compile(r"[0-9a-f]{64}")
+_OBJECT_INFO = f"{FORMAT} object".encode()
 _FILE_MEMBERS = frozenset({"path", "object", "size", "mode"})
 _MANIFEST_MEMBERS = frozenset({"format", "volume_id", "chunk_size", "directories", "files"})
 
@@ -116,12 +117,16 @@ def object_size(size: int) -> int:
 class ObjectCipher:
     """Seals and opens the chunks of one object: one file's content, at one path of one volume."""
 
-    def __init__(self, key: bytes, path: str, object_id: str) -> None:
+    def __init__(self, key: bytes, path: str, object_id: str, volume: str | None = None) -> None:
+        """``volume`` is :func:`volume_id` of ``key`` when the caller has it already (one
+        derivation per volume instead of one per file)."""
         if not _OBJECT_ID.fullmatch(object_id):
             raise ValueError("an object id is 32 lowercase hex digits")
         self.path = check_volume_path(path)
-        self._aead = AESGCM(_hkdf(key, bytes.fromhex(object_id), f"{FORMAT} object".encode()))
-        self._aad_prefix = canonical_json([FORMAT, "chunk", volume_id(key), path])
+        self._aead = AESGCM(_hkdf(key, bytes.fromhex(object_id), _OBJECT_INFO))
+        self._aad_prefix = canonical_json(
+            [FORMAT, "chunk", volume_id(key) if volume is None else volume, path]
+        )
 
     def _aad(self, index: int, final: bool) -> bytes:
         return self._aad_prefix + index.to_bytes(8, "big") + (b"\x01" if final else b"\x00")

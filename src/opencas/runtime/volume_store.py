@@ -16,17 +16,16 @@ new tag does :func:`discard_replaced` remove what the old manifest alone used.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import stat
+import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar, cast
 
 from opencas.crypto.volume_format import (
     CHUNK_SIZE,
@@ -50,12 +49,18 @@ from opencas.errors import ClientError
 MANIFESTS = "manifests"
 OBJECTS = "objects"
 _TEMPORARY_PREFIX = ".tmp-"
-#: Threads that seal and open chunks while the calling thread reads and writes files: AES-GCM
-#: runs outside the GIL, so the cipher and the file I/O overlap.
-CIPHER_THREADS = 2
-#: Chunks in flight per file at most (each up to 256 KiB, in and out).
-_IN_FLIGHT = 2 * CIPHER_THREADS + 2
-_Chunk = TypeVar("_Chunk", bytes, memoryview)
+#: Threads that move a volume's chunks: each reads a chunk, seals or opens it and writes it at
+#: its place, with the buffers it keeps; AES-GCM and the file system calls run outside the GIL,
+#: so the threads share the cores, and the calling thread only hands out the work.
+VOLUME_THREADS = max(2, min(4, os.cpu_count() or 1))
+#: Chunks one part of a file moves at most: a large file is cut into parts, so that every thread
+#: works on it.
+_PART_CHUNKS = 32
+#: Jobs handed out and not yet finished, at most.
+_IN_FLIGHT = 2 * VOLUME_THREADS
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_Result = TypeVar("_Result")
 
 
 class VolumeRefused(ClientError, code="volume-refused"):
@@ -89,7 +94,7 @@ class OpenedVolume:
 def _atomic_file(target: Path) -> Iterator[int]:
     """A descriptor for ``target``'s new content; flushed and renamed into place on success."""
     temporary = target.with_name(f"{_TEMPORARY_PREFIX}{new_object_id()}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    descriptor = os.open(temporary, _CREATE_FLAGS, 0o600)
     try:
         yield descriptor
         os.fsync(descriptor)
@@ -107,46 +112,168 @@ def _write_all(descriptor: int, data: bytes | memoryview) -> None:
         view = view[os.write(descriptor, view) :]
 
 
-def _in_order(
-    pool: ThreadPoolExecutor,
-    jobs: Iterator[Callable[[], _Chunk]],
-    sink: Callable[[_Chunk], None],
-) -> None:
-    """Run ``jobs`` in ``pool``, a few at a time, and give their results to ``sink`` in order.
-
-    The first job that raises stops the rest (those not started never run) and its error is
-    raised here.
-    """
-    pending: deque[Future[_Chunk]] = deque()
-    try:
-        for job in jobs:
-            pending.append(pool.submit(job))
-            if len(pending) >= _IN_FLIGHT:
-                sink(pending.popleft().result())
-        while pending:
-            sink(pending.popleft().result())
-    finally:
-        for future in pending:
-            future.cancel()
+def _pwrite_all(descriptor: int, data: memoryview, offset: int) -> None:
+    while data:
+        written = os.pwrite(descriptor, data, offset)
+        data, offset = data[written:], offset + written
 
 
-def _read_exactly(source: io.RawIOBase, buffer: memoryview) -> int:
-    """Fill ``buffer`` from ``source``; the bytes read (fewer only at the end of the file)."""
+def _pread_exactly(descriptor: int, buffer: memoryview, offset: int) -> int:
+    """Fill ``buffer`` from ``offset``; the bytes read (fewer only at the end of the file)."""
     done = 0
     while done < len(buffer):
-        count = source.readinto(buffer[done:])
+        count = os.preadv(descriptor, [buffer[done:]], offset + done)
         if not count:
             break
         done += count
     return done
 
 
-def _buffers(size: int, count: int, extra: int) -> list[memoryview]:
-    """The reused buffers of one file of ``size`` bytes in ``count`` chunks: one per chunk in
-    flight, each of a chunk's size (the file's, when smaller) plus ``extra``. Sized to the file,
-    since zeroing full-size buffers costs a small file more than its encryption."""
-    length = min(CHUNK_SIZE, size) + extra
-    return [memoryview(bytearray(length)) for _ in range(min(_IN_FLIGHT, count))]
+class _Buffers(threading.local):
+    """One thread's two chunk buffers, plaintext and sealed, reused for every chunk it moves.
+    They grow (doubling, up to a chunk) only when a file needs more, since zeroing full-size
+    buffers costs a volume of small files more than its encryption."""
+
+    def __init__(self) -> None:
+        self.plain = memoryview(bytearray(0))
+        self.sealed = memoryview(bytearray(TAG_SIZE))
+
+    def ensure(self, length: int) -> None:
+        if len(self.plain) < length:
+            size = min(CHUNK_SIZE, max(length, 2 * len(self.plain)))
+            self.plain = memoryview(bytearray(size))
+            self.sealed = memoryview(bytearray(len(self.plain) + TAG_SIZE))
+
+
+class _Stopped(Exception):
+    """Another file failed first: this part was not run."""
+
+
+class _FileTask(Generic[_Result]):
+    """One file moved chunk by chunk, in parts that run in any thread and in any order: the
+    first part to run opens it, the last to end finishes it (or aborts it after an error)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.count = chunk_count(size)
+        self.parts = [
+            range(first, min(first + _PART_CHUNKS, self.count))
+            for first in range(0, self.count, _PART_CHUNKS)
+        ]
+        self.result: _Result | None = None
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._started = False
+        self._parts_left = len(self.parts)
+
+    def open(self) -> None:
+        """Open the file's descriptors (called once, before any chunk moves)."""
+        raise NotImplementedError
+
+    def move(self, index: int, buffers: _Buffers) -> None:
+        """Read chunk ``index``, seal or open it, write it at its place."""
+        raise NotImplementedError
+
+    def finish(self) -> _Result:
+        """Complete the file once every chunk moved; its :attr:`result`."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Close and remove what :meth:`open` made, after an error."""
+        raise NotImplementedError
+
+    def run_part(self, chunks: range, stop: threading.Event, buffers: _Buffers) -> None:
+        """Move ``chunks`` (in a worker thread); the last part to end finishes or aborts the
+        file. Never raises: an error is kept in :attr:`error`."""
+        try:
+            with self._lock:
+                if self.error is not None or stop.is_set():
+                    raise _Stopped
+                if not self._started:
+                    self._started = True
+                    self.open()
+            buffers.ensure(min(CHUNK_SIZE, self.size))
+            for index in chunks:
+                self.move(index, buffers)
+        except BaseException as exc:  # handed to the calling thread through ``error``
+            with self._lock:
+                if self.error is None:
+                    self.error = exc
+        with self._lock:
+            self._parts_left -= 1
+            if self._parts_left:
+                return
+        if self.error is None:
+            try:
+                self.result = self.finish()
+                return
+            except BaseException as exc:
+                self.error = exc
+        if self._started:
+            with contextlib.suppress(OSError):
+                self.abort()
+
+
+#: What a file costs to move beside its bytes (opening, creating, flushing, renaming), in
+#: bytes of chunk work, when many small files are handed to the threads together.
+_FILE_WEIGHT = 64 * 1024
+#: The work handed to a thread at once: parts of files weighing up to this many bytes.
+_JOB_WEIGHT = _PART_CHUNKS * CHUNK_SIZE
+
+
+def _run_job(
+    job: list[tuple[_FileTask[_Result], range]], stop: threading.Event, buffers: _Buffers
+) -> None:
+    for task, chunks in job:
+        task.run_part(chunks, stop, buffers)
+
+
+def _move_files(tasks: Iterable[_FileTask[_Result]]) -> list[_Result]:
+    """Run every part of ``tasks`` in :data:`VOLUME_THREADS` threads, a few jobs at a time
+    (a job: one part of a large file, or many small files); the results in the order of
+    ``tasks``.
+
+    The first file in that order that fails stops the parts not yet started, and its error is
+    raised here once every part that did start has ended.
+    """
+    stop = threading.Event()
+    buffers = _Buffers()
+    results: list[_Result] = []
+    # Jobs handed out, oldest first, each with the tasks whose last part it holds.
+    window: deque[tuple[Future[None], list[_FileTask[_Result]]]] = deque()
+    job: list[tuple[_FileTask[_Result], range]] = []
+    ending: list[_FileTask[_Result]] = []
+    weight = 0
+
+    def collect(limit: int) -> None:
+        while len(window) > limit:
+            future, ended = window.popleft()
+            future.result()
+            for task in ended:
+                if task.error is not None:
+                    raise task.error
+                results.append(cast(_Result, task.result))
+
+    with ThreadPoolExecutor(VOLUME_THREADS, thread_name_prefix="volume") as pool:
+        try:
+            for task in tasks:
+                for number, chunks in enumerate(task.parts, 1):
+                    job.append((task, chunks))
+                    weight += min(len(chunks) * CHUNK_SIZE, task.size - chunks.start * CHUNK_SIZE)
+                    if number == len(task.parts):
+                        weight += _FILE_WEIGHT
+                        ending.append(task)
+                    if weight >= _JOB_WEIGHT:
+                        window.append((pool.submit(_run_job, job, stop, buffers), ending))
+                        job, ending, weight = [], [], 0
+                        collect(_IN_FLIGHT)
+            if job:
+                window.append((pool.submit(_run_job, job, stop, buffers), ending))
+            collect(0)
+        except BaseException:
+            stop.set()
+            raise
+    return results
 
 
 def _prepare_store(store: Path) -> None:
@@ -171,9 +298,10 @@ def open_volume(name: str, store: Path, key: bytes, tag: str | None, plain: Path
         opened = OpenedVolume(name, store, plain, key, tag, manifest)
         for directory in manifest.directories:
             (plain / directory).mkdir(mode=0o700, parents=True, exist_ok=True)
-        with ThreadPoolExecutor(CIPHER_THREADS, thread_name_prefix="volume") as pool:
-            for item in manifest.files:
-                opened.states[item.path] = _decrypt_file(store, key, item, plain, pool)
+        place = _Place(key, manifest.volume_id, str(store / OBJECTS), str(plain))
+        place.directories.update(manifest.directories)
+        states = _move_files(_DecryptTask(place, item) for item in manifest.files)
+        opened.states.update(zip((item.path for item in manifest.files), states, strict=True))
         return opened
     except VolumeFormatError as exc:
         raise VolumeRefused(f"volume {name}: {exc}") from None
@@ -194,46 +322,68 @@ def _read_manifest(name: str, store: Path, key: bytes, tag: str) -> Manifest:
     return open_manifest(key, sealed, tag)
 
 
-def _decrypt_file(
-    store: Path, key: bytes, item: ManifestFile, plain: Path, pool: ThreadPoolExecutor
-) -> FileState:
-    cipher = ObjectCipher(key, item.path, item.object_id)
-    source = store / OBJECTS / item.object_id
-    try:
-        handle = source.open("rb")
-    except FileNotFoundError:
-        raise VolumeFormatError(f"file {item.path!r} is missing from the store") from None
-    with handle:
-        if os.fstat(handle.fileno()).st_size != object_size(item.size):
-            raise VolumeFormatError(f"file {item.path!r} is damaged or was swapped: wrong size")
-        target = plain / item.path
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-        descriptor = os.open(target, flags, 0o600)
+@dataclass
+class _Place:
+    """Where the files of one open or seal go, as strings for the system calls of each file."""
+
+    key: bytes = field(repr=False)
+    volume: str
+    objects: str
+    plain: str
+    #: Directories below ``plain`` known to exist.
+    directories: set[str] = field(default_factory=set)
+
+
+class _DecryptTask(_FileTask[FileState]):
+    """One file of a volume checked and decrypted from its object into the plaintext tree."""
+
+    def __init__(self, place: _Place, item: ManifestFile) -> None:
+        super().__init__(item.size)
+        self._place, self._item = place, item
+        self._sealed_size = object_size(item.size)
+        self._source = self._target = -1
+
+    def open(self) -> None:
+        place, item = self._place, self._item
+        self._cipher = ObjectCipher(place.key, item.path, item.object_id, place.volume)
         try:
-            count = chunk_count(item.size)
-            # One pair of buffers per chunk in flight, reused: no allocation per chunk.
-            plain_buffers = _buffers(item.size, count, 0)
-            sealed_buffers = _buffers(item.size, count, TAG_SIZE)
+            self._source = os.open(f"{place.objects}/{item.object_id}", _OPEN_FLAGS)
+        except FileNotFoundError:
+            raise VolumeFormatError(f"file {item.path!r} is missing from the store") from None
+        if os.fstat(self._source).st_size != self._sealed_size:
+            raise VolumeFormatError(f"file {item.path!r} is damaged or was swapped: wrong size")
+        parent, _, _ = item.path.rpartition("/")
+        if parent and parent not in place.directories:
+            Path(place.plain, parent).mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._target = os.open(f"{place.plain}/{item.path}", _CREATE_FLAGS, 0o600)
 
-            def jobs() -> Iterator[Callable[[], memoryview]]:
-                for index in range(count):
-                    slot = index % _IN_FLIGHT
-                    length = handle.readinto(sealed_buffers[slot])
-                    yield partial(
-                        cipher.open_chunk_into,
-                        index,
-                        index == count - 1,
-                        sealed_buffers[slot][:length],
-                        plain_buffers[slot],
-                    )
+    def move(self, index: int, buffers: _Buffers) -> None:
+        start = index * (CHUNK_SIZE + TAG_SIZE)
+        sealed = buffers.sealed[: min(CHUNK_SIZE + TAG_SIZE, self._sealed_size - start)]
+        if _pread_exactly(self._source, sealed, start) != len(sealed):
+            raise VolumeFormatError(f"file {self._item.path!r} is damaged: it was cut short")
+        plaintext = self._cipher.open_chunk_into(
+            index, index == self.count - 1, sealed, buffers.plain
+        )
+        _pwrite_all(self._target, plaintext, index * CHUNK_SIZE)
 
-            _in_order(pool, jobs(), lambda plaintext: _write_all(descriptor, plaintext))
-            os.fchmod(descriptor, item.mode)
-            status = os.fstat(descriptor)
+    def finish(self) -> FileState:
+        try:
+            os.fchmod(self._target, self._item.mode)
+            status = os.fstat(self._target)
         finally:
-            os.close(descriptor)
-    return FileState(status.st_ino, status.st_size, status.st_mtime_ns, item.mode)
+            self._close()
+        return FileState(status.st_ino, status.st_size, status.st_mtime_ns, self._item.mode)
+
+    def abort(self) -> None:
+        # What was written is plaintext of chunks that were checked; the caller removes it.
+        self._close()
+
+    def _close(self) -> None:
+        for descriptor in (self._source, self._target):
+            if descriptor >= 0:
+                os.close(descriptor)
+        self._source = self._target = -1
 
 
 def _walk(plain: Path) -> tuple[list[tuple[str, os.stat_result]], list[str]]:
@@ -269,20 +419,24 @@ def seal_volume(opened: OpenedVolume) -> tuple[Manifest, str] | None:
     try:
         files, directories = _walk(opened.plain)
         old = {item.path: item for item in opened.manifest.files}
-        entries = []
-        with ThreadPoolExecutor(CIPHER_THREADS, thread_name_prefix="volume") as pool:
-            for path, status in files:
-                before, state = old.get(path), opened.states.get(path)
-                mode = stat.S_IMODE(status.st_mode) & 0o777
-                if before is not None and state == FileState(
-                    status.st_ino, status.st_size, status.st_mtime_ns, mode
-                ):
-                    entries.append(before)
-                else:
-                    entries.append(_encrypt_file(opened, path, mode, pool))
+        place = _Place(
+            opened.key, opened.manifest.volume_id, str(opened.store / OBJECTS), str(opened.plain)
+        )
+        kept: list[ManifestFile] = []
+        changed: list[_EncryptTask] = []
+        for path, status in files:
+            before, state = old.get(path), opened.states.get(path)
+            mode = stat.S_IMODE(status.st_mode) & 0o777
+            if before is not None and state == FileState(
+                status.st_ino, status.st_size, status.st_mtime_ns, mode
+            ):
+                kept.append(before)
+            else:
+                changed.append(_EncryptTask(place, path, mode, status.st_size))
+        written = _move_files(changed)
         # One flush of the object directory for all new objects, before the manifest names them.
         fsync_directory(opened.store / OBJECTS)
-        manifest = Manifest.build(opened.manifest.volume_id, entries, directories)
+        manifest = Manifest.build(opened.manifest.volume_id, kept + written, directories)
     except ValueError as exc:
         raise VolumeRefused(f"volume {opened.name}: cannot seal it: {exc}") from None
     except OSError as exc:
@@ -296,37 +450,58 @@ def seal_volume(opened: OpenedVolume) -> tuple[Manifest, str] | None:
     return manifest, tag
 
 
-def _encrypt_file(
-    opened: OpenedVolume, path: str, mode: int, pool: ThreadPoolExecutor
-) -> ManifestFile:
-    object_id = new_object_id()
-    cipher = ObjectCipher(opened.key, path, object_id)
-    with (
-        (opened.plain / path).open("rb", buffering=0) as source,
-        _atomic_file(opened.store / OBJECTS / object_id) as descriptor,
-    ):
+class _EncryptTask(_FileTask[ManifestFile]):
+    """One new or changed file encrypted into a new object: written to a temporary name,
+    flushed to disk and renamed into place."""
+
+    def __init__(self, place: _Place, path: str, mode: int, size: int) -> None:
+        super().__init__(size)
+        self._place, self._path, self._mode = place, path, mode
+        self._object_id = new_object_id()
+        self._source = self._target = -1
+
+    def open(self) -> None:
+        place = self._place
+        self._cipher = ObjectCipher(place.key, self._path, self._object_id, place.volume)
+        self._source = os.open(f"{place.plain}/{self._path}", _OPEN_FLAGS)
         # The program has exited: the file's size is final, and a file that changes now is an
         # error rather than a torn object.
-        size = os.fstat(source.fileno()).st_size
-        count = chunk_count(size)
-        plain_buffers = _buffers(size, count, 0)
-        sealed_buffers = _buffers(size, count, TAG_SIZE)
+        if os.fstat(self._source).st_size != self.size:
+            raise self._changed()
+        self._target = os.open(self._temporary(), _CREATE_FLAGS, 0o600)
 
-        def jobs() -> Iterator[Callable[[], memoryview]]:
-            for index in range(count):
-                slot = index % _IN_FLIGHT
-                expected = min(CHUNK_SIZE, size - index * CHUNK_SIZE)
-                chunk = plain_buffers[slot][:expected]
-                if _read_exactly(source, chunk) != expected:
-                    raise VolumeRefused(f"file {path!r} changed while it was being sealed")
-                yield partial(
-                    cipher.seal_chunk_into, index, index == count - 1, chunk, sealed_buffers[slot]
-                )
-            if source.read(1):
-                raise VolumeRefused(f"file {path!r} changed while it was being sealed")
+    def move(self, index: int, buffers: _Buffers) -> None:
+        start = index * CHUNK_SIZE
+        chunk = buffers.plain[: min(CHUNK_SIZE, self.size - start)]
+        if _pread_exactly(self._source, chunk, start) != len(chunk):
+            raise self._changed()
+        sealed = self._cipher.seal_chunk_into(index, index == self.count - 1, chunk, buffers.sealed)
+        _pwrite_all(self._target, sealed, index * (CHUNK_SIZE + TAG_SIZE))
 
-        _in_order(pool, jobs(), lambda sealed: _write_all(descriptor, sealed))
-    return ManifestFile(path, object_id, size, mode)
+    def finish(self) -> ManifestFile:
+        if os.pread(self._source, 1, self.size):
+            raise self._changed()
+        os.fsync(self._target)
+        self._close()
+        os.rename(self._temporary(), f"{self._place.objects}/{self._object_id}")
+        return ManifestFile(self._path, self._object_id, self.size, self._mode)
+
+    def abort(self) -> None:
+        self._close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._temporary())
+
+    def _temporary(self) -> str:
+        return f"{self._place.objects}/{_TEMPORARY_PREFIX}{self._object_id}"
+
+    def _changed(self) -> VolumeRefused:
+        return VolumeRefused(f"file {self._path!r} changed while it was being sealed")
+
+    def _close(self) -> None:
+        for descriptor in (self._source, self._target):
+            if descriptor >= 0:
+                os.close(descriptor)
+        self._source = self._target = -1
 
 
 def discard_replaced(store: Path, old_tag: str | None, old: Manifest, new: Manifest) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from opencas.crypto.volume_format import CHUNK_SIZE, new_volume_key
+from opencas.runtime import volume_store
 from opencas.runtime.volume_store import (
     MANIFESTS,
     OBJECTS,
@@ -198,3 +199,79 @@ def test_add_directory_adds_at_a_path_and_keeps_the_old_manifest(tmp_path: Path)
     with pytest.raises(VolumeRefused, match="not a path inside the volume"):
         add_directory(store, key, tag, extra, "../outside", work)
     assert not (tmp_path / "outside").exists()
+
+
+# --- files moved in parts, by several threads ---------------------------------------------------
+
+
+def test_a_file_cut_into_parts_round_trips_and_a_damaged_part_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Parts of two chunks: a file of five chunks and a bit is moved in three parts, by any thread.
+    monkeypatch.setattr(volume_store, "_PART_CHUNKS", 2)
+    content = os.urandom(5 * CHUNK_SIZE + 3)
+    store, key = tmp_path / "store", new_volume_key()
+    opened = _open(store, key, None, tmp_path, "0")
+    (opened.plain / "big.bin").write_bytes(content)
+    (opened.plain / "small.txt").write_text(FIRST_TEXT)
+    _, tag = seal_volume(opened) or pytest.fail("changed")
+
+    again = _open(store, key, tag, tmp_path, "1")
+    assert (again.plain / "big.bin").read_bytes() == content
+    assert (again.plain / "small.txt").read_text() == FIRST_TEXT
+
+    big = next(item for item in again.manifest.files if item.path == "big.bin")
+    path = store / OBJECTS / big.object_id
+    data = bytearray(path.read_bytes())
+    data[4 * (CHUNK_SIZE + 16) + 7] ^= 1  # chunk 4, in the third part
+    path.write_bytes(bytes(data))
+    with pytest.raises(VolumeRefused, match=r"'big.bin' is damaged or was swapped: chunk 4 "):
+        _open(store, key, tag, tmp_path, "2")
+
+
+def test_many_small_files_round_trip_and_the_first_damaged_one_is_named(tmp_path: Path) -> None:
+    # More files than one job holds, so that several jobs run at once in the threads.
+    store, key = tmp_path / "store", new_volume_key()
+    opened = _open(store, key, None, tmp_path, "0")
+    contents = {f"d{index % 7}/f{index:04d}": os.urandom(index * 37) for index in range(400)}
+    for path, content in contents.items():
+        (opened.plain / path).parent.mkdir(exist_ok=True)
+        (opened.plain / path).write_bytes(content)
+    manifest, tag = seal_volume(opened) or pytest.fail("changed")
+    assert not [name for name in os.listdir(store / OBJECTS) if name.startswith(".tmp-")]
+
+    again = _open(store, key, tag, tmp_path, "1")
+    for path, content in contents.items():
+        assert (again.plain / path).read_bytes() == content
+    assert seal_volume(again) is None  # every file's state was recorded
+
+    # Two damaged files: the error names the one the manifest lists first.
+    by_path = {item.path: item.object_id for item in manifest.files}
+    for path in ("d6/f0391", "d1/f0001"):
+        (store / OBJECTS / by_path[path]).write_bytes(os.urandom(len(contents[path]) + 16))
+    with pytest.raises(VolumeRefused, match=r"'d1/f0001' is damaged or was swapped"):
+        _open(store, key, tag, tmp_path, "2")
+
+
+def test_a_file_that_changes_while_sealed_is_refused_and_leaves_no_temporary_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, key, tag = _first_write(tmp_path)
+    opened = _open(store, key, tag, tmp_path, "1")
+    (opened.plain / "small.txt").write_text("changed by the program")
+    (opened.plain / "new.bin").write_bytes(os.urandom(3 * CHUNK_SIZE))
+    open_file = volume_store._EncryptTask.open
+
+    def open_then_grow(task: volume_store._EncryptTask) -> None:
+        open_file(task)  # the temporary object exists now
+        if task.size == 3 * CHUNK_SIZE:
+            with (opened.plain / "new.bin").open("ab") as handle:
+                handle.write(b"late")
+
+    monkeypatch.setattr(volume_store._EncryptTask, "open", open_then_grow)
+    with pytest.raises(VolumeRefused, match=r"'new.bin' changed while it was being sealed"):
+        seal_volume(opened)
+    objects = os.listdir(store / OBJECTS)
+    assert not [name for name in objects if name.startswith(".tmp-")]
+    assert sorted(os.listdir(store / MANIFESTS)) == [tag]
+    assert (_open(store, key, tag, tmp_path, "2").plain / "small.txt").read_text() == FIRST_TEXT
