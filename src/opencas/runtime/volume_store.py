@@ -20,6 +20,7 @@ import os
 import shutil
 import stat
 import threading
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -149,7 +150,7 @@ class _Stopped(Exception):
     """Another file failed first: this part was not run."""
 
 
-class _FileTask(Generic[_Result]):
+class _FileTask(ABC, Generic[_Result]):
     """One file moved chunk by chunk, in parts that run in any thread and in any order: the
     first part to run opens it, the last to end finishes it (or aborts it after an error)."""
 
@@ -166,21 +167,21 @@ class _FileTask(Generic[_Result]):
         self._started = False
         self._parts_left = len(self.parts)
 
+    @abstractmethod
     def open(self) -> None:
         """Open the file's descriptors (called once, before any chunk moves)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def move(self, index: int, buffers: _Buffers) -> None:
         """Read chunk ``index``, seal or open it, write it at its place."""
-        raise NotImplementedError
 
+    @abstractmethod
     def finish(self) -> _Result:
         """Complete the file once every chunk moved; its :attr:`result`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def abort(self) -> None:
         """Close and remove what :meth:`open` made, after an error."""
-        raise NotImplementedError
 
     def run_part(self, chunks: range, stop: threading.Event, buffers: _Buffers) -> None:
         """Move ``chunks`` (in a worker thread); the last part to end finishes or aborts the
