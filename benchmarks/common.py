@@ -166,6 +166,8 @@ class PhaseResult:
     server_cpu: float | None = None
     client_cpu: float | None = None
     other_cpu: float | None = None
+    server_cpu_each: tuple[float, ...] = ()
+    """With several server processes: the share of a core each used, in the order given."""
 
     @property
     def ok(self) -> int:
@@ -203,6 +205,14 @@ def percentile(latencies: Sequence[float], p: float) -> float:
     return ordered[rank - 1]
 
 
+Pids = int | Sequence[int]
+"""One server process, or several (instances of one CAS) whose CPU is added up."""
+
+
+def _servers_cpu(pids: Pids) -> tuple[float | None, ...]:
+    return tuple(process_cpu_seconds(pid) for pid in ([pids] if isinstance(pids, int) else pids))
+
+
 @dataclass
 class CpuMark:
     """CPU counters at the start of a phase (seconds; ``None`` without ``/proc``)."""
@@ -210,21 +220,28 @@ class CpuMark:
     server: float | None
     own: float
     machine: float | None
+    servers: tuple[float | None, ...] = ()
 
     @classmethod
-    def now(cls, pid: int) -> CpuMark:
-        """The counters now, for the server process ``pid``."""
-        return cls(process_cpu_seconds(pid), own_cpu_seconds(), machine_busy_seconds())
+    def now(cls, pids: Pids) -> CpuMark:
+        """The counters now, for the server process(es) ``pids``."""
+        each = _servers_cpu(pids)
+        total = None if any(value is None for value in each) else sum(v or 0.0 for v in each)
+        return cls(total, own_cpu_seconds(), machine_busy_seconds(), each)
 
-    def charge(self, result: PhaseResult, pid: int) -> None:
+    def charge(self, result: PhaseResult, pids: Pids) -> None:
         """Fill in the result's CPU shares (of one core) since this mark."""
         if result.elapsed <= 0:
             return
-        later = CpuMark.now(pid)
+        later = CpuMark.now(pids)
         result.client_cpu = (later.own - self.own) / result.elapsed
         if self.server is None or later.server is None:
             return
         result.server_cpu = (later.server - self.server) / result.elapsed
+        result.server_cpu_each = tuple(
+            ((after or 0.0) - (before or 0.0)) / result.elapsed
+            for before, after in zip(self.servers, later.servers, strict=True)
+        )
         if self.machine is not None and later.machine is not None:
             machine = (later.machine - self.machine) / result.elapsed
             result.other_cpu = max(0.0, machine - result.server_cpu - result.client_cpu)
@@ -296,7 +313,7 @@ async def _worker(send: Send, state: _PhaseState) -> None:
 async def run_phase(
     name: str,
     sends: Sequence[Send],
-    pid: int,
+    pid: Pids,
     *,
     seconds: float,
     max_requests: int,
@@ -306,7 +323,8 @@ async def run_phase(
 
     Each client first sends one unmeasured request (it connects); the clock starts when all are
     connected, within ``connect_timeout``. At most ``max_requests`` are measured in all. The CPU
-    of the server process ``pid``, of this process and of the machine is charged to the phase.
+    of the server process ``pid`` (of each of several, added up), of this process and of the
+    machine is charged to the phase.
     """
     result = PhaseResult(name, len(sends))
     state = _PhaseState(result, max_requests)

@@ -27,6 +27,16 @@ What it measures, all in one run on one machine:
    ``attest_workload`` itself on a CAS opened with ``open_cas`` (the same session), which bounds
    what one server process can do on one core. ``--profile N`` adds a cProfile of those calls.
 
+4. **On PostgreSQL** (``--postgres URL``, a server where the benchmark may create a database of
+   its own, dropped at the end): the same attest phase against one instance on PostgreSQL, then
+   against ``--instances`` (2) instances of that CAS (the others join the first by attesting),
+   the clients spread evenly over them, beside the one instance on SQLite of phase 1. For each:
+   attestations per second, p99, server CPU per answer (in all and per instance), and the CPU of
+   the database's own backends and its transactions per answer. The scaling factor is given as
+   measured and by server CPU per answer: each instance is one process, bound to one core, so
+   ``sum(1 / CPU per answer of each instance)`` over ``1 / CPU per answer of one instance`` is
+   what the instances serve when each has a core of its own (goal: >= 1.6 for two).
+
 It prints the figures, then one verdict per goal of the workload work for a 2-core machine:
 attestation throughput >= 30% of ``/healthz`` throughput, p99 < 50 ms, no errors, the whole
 burst succeeds ("met" / "NOT met"). The exit code is 0 whatever the verdicts say, 1 when the
@@ -53,20 +63,23 @@ import cProfile
 import io
 import math
 import pstats
+import secrets
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import psycopg
 from common import (
     ATTEST_RATIO_GOAL,
     Attempt,
     BenchmarkError,
     PhaseResult,
+    Pids,
     Send,
     arguments,
     capacity_line,
@@ -80,6 +93,7 @@ from common import (
     positive,
     print_load,
     print_rates,
+    process_cpu_seconds,
     rate,
     raw_ed25519,
     run_async,
@@ -117,7 +131,7 @@ from opencas.runtime.exchange import (
 from opencas.service.cas import Cas, open_cas
 from opencas.service.sessions import create_session
 from opencas.service.workloads import NonceStore, WorkloadRequest, attest_workload
-from opencas.testing import SelfProvisionedCas, write_config
+from opencas.testing import CasProcess, SelfProvisionedCas, start_self_provisioned_cas, write_config
 
 #: The p99 goal: 99% of workloads wait less than this for nonce plus attest.
 P99_GOAL = 0.050
@@ -283,6 +297,64 @@ async def run_attest_phase(
             connect_timeout=2 * args.timeout + 5.0,
         )
     return phase
+
+
+@dataclass(frozen=True)
+class Target:
+    """One instance the load goes to: its enclave API and its process."""
+
+    enclave_url: str
+    pid: int
+
+
+async def run_spread_phase(
+    targets: Sequence[Target],
+    ca_certificate_pem: bytes,
+    platform: SimulatedPlatform,
+    args: argparse.Namespace,
+) -> tuple[AttestPhase, list[int]]:
+    """The attest phase with ``args.clients`` workloads spread evenly over ``targets``; the
+    phase and the correct answers each target gave in it."""
+    phase = AttestPhase(PhaseResult("attest", args.clients))
+    answered = [0] * len(targets)
+
+    def counted(send: Send, index: int) -> Send:
+        calls = 0
+
+        async def each() -> Attempt:
+            nonlocal calls
+            calls += 1
+            attempt = await send()
+            if attempt.problem is None and calls > 1:  # the first call connects, unmeasured
+                answered[index] += 1
+            return attempt
+
+        return each
+
+    async with contextlib.AsyncExitStack() as stack:
+        sends = []
+        for number in range(args.clients):
+            index = number % len(targets)
+            client = await stack.enter_async_context(
+                AsyncEnclaveClient(
+                    targets[index].enclave_url,
+                    ca_certificate_pem,
+                    max_connections=1,
+                    timeout=args.timeout,
+                )
+            )
+            send = attest_send(client, WorkloadExchange.new(CONFIG_ID), platform, phase)
+            sends.append(counted(send, index))
+        pids: Pids = [target.pid for target in targets]
+        phase.result = await run_phase(
+            "attest",
+            sends,
+            pids,
+            seconds=args.seconds,
+            max_requests=args.max_requests,
+            connect_timeout=2 * args.timeout + 5.0,
+        )
+    return phase, answered
 
 
 async def run_healthz_phase(cas: SelfProvisionedCas, args: argparse.Namespace) -> PhaseResult:
@@ -609,6 +681,15 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "turns of --seconds/2 each for the log on and the log off, with --compare-audit-log",
     )
     parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        default=None,
+        help="also run the attest phase on one and on --instances instances on this PostgreSQL "
+        "server (e.g. postgresql://postgres@127.0.0.1:5432; a database of its own is made and "
+        "dropped), clients spread over them",
+    )
+    number_option(parser, "--instances", int, 8, 2, "instances on PostgreSQL for --postgres")
+    parser.add_argument(
         "--profile",
         type=positive(int, 1000),
         default=None,
@@ -722,6 +803,211 @@ def combined(results: Sequence[PhaseResult]) -> PhaseResult:
     return total
 
 
+# --- one and several instances on PostgreSQL -----------------------------------------------------
+
+#: Two instances serve at least this many times the attestations of one, by server CPU per answer.
+SCALING_GOAL = 1.6
+
+
+@dataclass
+class Setup:
+    """One setup measured: its attest phase, the answers of each instance, the database's
+    backends' CPU (seconds) and transactions in the phase (``None`` on SQLite)."""
+
+    label: str
+    phase: AttestPhase
+    answered: list[int]
+    database_cpu: float | None = None
+    transactions: int | None = None
+
+    @property
+    def result(self) -> PhaseResult:
+        """The load figures."""
+        return self.phase.result
+
+    def cpu_per_answer_each(self) -> list[float | None]:
+        """Server CPU seconds per correct answer of each instance."""
+        result = self.result
+        if len(result.server_cpu_each) != len(self.answered):
+            return [result.server_cpu_per_answer] * len(self.answered)
+        return [
+            cpu * result.elapsed / answers if answers else None
+            for cpu, answers in zip(result.server_cpu_each, self.answered, strict=True)
+        ]
+
+    def capacity(self) -> float | None:
+        """Answers per second when each instance has a core of its own, from its CPU per
+        answer."""
+        costs = self.cpu_per_answer_each()
+        if not costs or any(cost is None or cost <= 0 for cost in costs):
+            return None
+        return sum(1 / cost for cost in costs if cost)
+
+
+def backend_cpu(database: str) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend serving ``database`` on this machine (from
+    ``/proc``: a server elsewhere gives nothing)."""
+    found: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if command.startswith(b"postgres: ") and f" {database} ".encode() in command:
+            seconds = process_cpu_seconds(int(entry.name))
+            if seconds is not None:
+                found[int(entry.name)] = seconds
+    return found
+
+
+def transactions(admin_url: str, database: str) -> int:
+    """Transactions committed and rolled back in ``database`` so far."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
+            (database,),
+        ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def measure_setup(
+    label: str,
+    targets: Sequence[Target],
+    ca_certificate_pem: bytes,
+    platform: SimulatedPlatform,
+    args: argparse.Namespace,
+    database: tuple[str, str],
+) -> Setup:
+    """The spread attest phase on ``targets``, with the database's CPU and transactions."""
+    admin_url, name = database
+    cpu_before, xact_before = backend_cpu(name), transactions(admin_url, name)
+    phase, answered = run_async(run_spread_phase(targets, ca_certificate_pem, platform, args))
+    cpu_after, xact_after = backend_cpu(name), transactions(admin_url, name)
+    # A backend born during the phase counts whole; one gone before its end is missed.
+    used = sum(after - cpu_before.get(pid, 0.0) for pid, after in cpu_after.items())
+    if phase.result.ok == 0:
+        raise BenchmarkError(f"{label}: no correct attestation: {dict(phase.result.errors)}")
+    return Setup(label, phase, answered, used, xact_after - xact_before)
+
+
+@contextlib.contextmanager
+def bench_database(server: str) -> Iterator[tuple[str, str, str]]:
+    """A new database on the PostgreSQL ``server``: its URL, the admin URL and its name;
+    dropped on leaving."""
+    name = "opencas_bench_" + secrets.token_hex(6)
+    admin_url = f"{server.rstrip('/')}/postgres"
+    try:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        raise BenchmarkError(f"cannot create a database on {server}: {exc}") from exc
+    try:
+        yield f"{server.rstrip('/')}/{name}", admin_url, name
+    finally:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def compare_postgres(
+    workdir: Path, platform: SimulatedPlatform, args: argparse.Namespace, sqlite: AttestPhase
+) -> list[Setup]:
+    """The attest phase on one instance on PostgreSQL, then on ``args.instances`` of them."""
+    setups = [Setup("SQLite, 1 instance", sqlite, [sqlite.result.ok])]
+    with bench_database(args.postgres) as (url, admin_url, name):
+        first = start_self_provisioned_cas(workdir / "pg-first", database_url=url)
+        others: list[CasProcess] = []
+        try:
+            first.client.create_session(SESSION)
+            check_runtime_exchange(first, platform)
+            ca = first.verified.ca_certificate_pem
+            targets = [Target(enclave_url(first), server_pid(first))]
+            setups.append(
+                measure_setup(
+                    "PostgreSQL, 1 instance", targets, ca, platform, args, (admin_url, name)
+                )
+            )
+            for number in range(2, args.instances + 1):
+                other = CasProcess(workdir / f"pg-{number}", database_url=url).start()
+                others.append(other)
+                if other.process is None:
+                    raise BenchmarkError("a joining instance is not running")
+                targets.append(Target(f"https://127.0.0.1:{other.enclave_port}", other.process.pid))
+            setups.append(
+                measure_setup(
+                    f"PostgreSQL, {args.instances} instances",
+                    targets,
+                    ca,
+                    platform,
+                    args,
+                    (admin_url, name),
+                )
+            )
+        finally:
+            for other in others:
+                other.stop()
+            first.stop()
+    return setups
+
+
+def print_setups(setups: Sequence[Setup]) -> None:
+    """One row per setup, then what one PostgreSQL round trip costs and the scaling factor."""
+    print(
+        f"  {'setup':<26} {'att/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
+        f"{'srv CPU':>7} {'us/ans':>7} {'per instance us/ans':>20} {'DB us/ans':>9} "
+        f"{'xact/ans':>8} {'other':>6}"
+    )
+    for setup in setups:
+        result = setup.result
+        each = " + ".join(us(cost) for cost in setup.cpu_per_answer_each())
+        database = us(setup.database_cpu / result.ok) if setup.database_cpu is not None else "-"
+        xact = f"{setup.transactions / result.ok:.2f}" if setup.transactions is not None else "-"
+        print(
+            f"  {setup.label:<26} {result.rate:>7,.0f} {ms(result.percentile(50)):>7} "
+            f"{ms(result.percentile(99)):>7} {result.error_count:>6} "
+            f"{share(result.server_cpu):>7} {us(result.server_cpu_per_answer):>7} "
+            f"{each:>20} {database:>9} {xact:>8} {share(result.other_cpu):>6}"
+        )
+    print(
+        "  us/ans: server CPU (all instances) per correct answer; per instance: each one's CPU "
+        "over its own answers;\n  DB us/ans: CPU of the database's backends per answer; "
+        "xact/ans: database transactions per answer;\n  other: share of a core used by every "
+        "other process (the load generator excluded)"
+    )
+
+
+def postgres_verdicts(setups: Sequence[Setup], instances: int) -> list[str]:
+    """What PostgreSQL costs per answer, and the scaling factor with its goal."""
+    sqlite, one, many = setups
+    lines = []
+    cost_sqlite = sqlite.result.server_cpu_per_answer
+    cost_one = one.result.server_cpu_per_answer
+    if cost_sqlite and cost_one and one.database_cpu is not None and one.transactions:
+        lines.append(
+            f"PostgreSQL instead of SQLite costs {us(cost_one - cost_sqlite)} us of server CPU "
+            f"per attestation ({us(cost_one)} vs {us(cost_sqlite)}), plus "
+            f"{us(one.database_cpu / one.result.ok)} us in the database's backends, for "
+            f"{one.transactions / one.result.ok:.2f} transactions per attestation; p50 "
+            f"{ms(one.result.percentile(50))} vs {ms(sqlite.result.percentile(50))} ms"
+        )
+    measured = many.result.rate / one.result.rate if one.result.rate else 0.0
+    lines.append(
+        f"{instances} instances served {many.result.rate:,.0f} attestations/s vs "
+        f"{one.result.rate:,.0f}/s for one: x{measured:.2f} as measured (every instance, "
+        "the database and the load generator share this machine's cores)"
+    )
+    capacity_one, capacity_many = one.capacity(), many.capacity()
+    if capacity_one and capacity_many:
+        factor = capacity_many / capacity_one
+        goal = f"goal >= {SCALING_GOAL:g} for two: {met(factor >= SCALING_GOAL)}"
+        lines.append(
+            f"scaling by server CPU per answer = x{factor:.2f} ({capacity_many:,.0f} vs "
+            f"{capacity_one:,.0f} attestations per second with a core per instance; {goal})"
+        )
+    return lines + cpu_notes([setup.result for setup in setups])
+
+
 def benchmark(args: argparse.Namespace, workdir: Path) -> None:
     """Run every phase and print the figures and verdicts."""
     print(
@@ -755,6 +1041,10 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> None:
     print_burst(burst)
     if args.compare_audit_log:
         compare_audit_log(workdir, platform, args)
+    setups = compare_postgres(workdir, platform, args, attest) if args.postgres else []
+    if setups:
+        print(f"\nThe attest phase on SQLite and PostgreSQL ({args.clients} clients):")
+        print_setups(setups)
     print("\nIn-process, one call at a time (server stopped):")
     micro = measure_in_process(
         workdir / "in-process", platform, args.micro_seconds, args.profile or 0
@@ -763,6 +1053,9 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> None:
     print("\nVerdicts:")
     for line in verdicts(healthz, attest, burst, micro):
         print(f"  {line}")
+    if setups:
+        for line in postgres_verdicts(setups, args.instances):
+            print(f"  {line}")
     if micro.profile:
         print(f"\n{micro.profile}")
 

@@ -115,6 +115,12 @@ class LeaseLost(StoreError, code="lease-lost", http_status=409):
     """Work that runs on one instance at a time tried to commit without holding its lease."""
 
 
+class DatabaseKeyStale(StoreError, code="database-key-stale", http_status=503):
+    """The commit state does not open under this instance's database key: another instance
+    rolled the key over and this one has not received the new key yet (it asks for it by
+    itself; retry), or the state was damaged."""
+
+
 class RecordDamagedError(StoreError, code="record-damaged"):
     """A stored record failed authentication: its bytes changed or it was moved to another key."""
 

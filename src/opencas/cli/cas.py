@@ -57,7 +57,7 @@ from opencas.service.backups import restore as restore_cas
 from opencas.service.cas import Cas, inspect_cas, load_platform, open_cas, store_exists
 from opencas.service.cas_records import StateRecord
 from opencas.service.cluster import JoinRefused
-from opencas.service.key_rollover import resume_key_rollover
+from opencas.service.key_rollover import refresh_database_key, resume_key_rollover
 from opencas.service.provisioning import provision as provision_cas
 from opencas.service.recovery import make_request, record_recovered
 from opencas.service.recovery import recover as recover_cas
@@ -233,7 +233,7 @@ def _serve(cas: Cas) -> None:
     log_take_over(cas.audit_log, cas.took_over, created=cas.created)
     resume_key_rollover(cas)
     run_periodically(cas)
-    cas.start_cluster_member()
+    cas.start_cluster_member(refresh_key=lambda: refresh_database_key(cas))
     run_event_loop(
         serve_forever(listeners, context, config.connection_limits, maintenance=cas.refresh_tls)
     )

@@ -100,6 +100,8 @@ class Cas:
     """The audit log writer; ``None`` only for a CAS opened to be inspected."""
     database_key: bytes = field(default=b"", repr=False)
     """The database master key, for splitting it among recovery keys (empty when inspected)."""
+    previous_key: bytes | None = field(default=None, repr=False)
+    """The key a running key rollover moves records away from (``None`` when none runs)."""
     simulated_roots: frozenset[str] = frozenset()
     """The simulated collateral roots workloads' simulated evidence is checked against."""
     evidence_archive: EvidenceArchive | None = None
@@ -167,19 +169,25 @@ class Cas:
             self.reload_identity()
         return changed
 
-    def start_cluster_member(self) -> None:
+    def start_cluster_member(self, refresh_key: Callable[[], None] | None = None) -> None:
         """On PostgreSQL, announce this instance and answer the join requests of new ones
-        (in a thread, until :meth:`close`); nothing on SQLite, where it is alone."""
-        if not isinstance(self.store, PostgresStore) or self.member is not None:
+        (in a thread, until :meth:`close`); nothing on SQLite, where it is alone.
+
+        ``refresh_key`` is called there when another instance rolled the database key over
+        (:func:`opencas.service.key_rollover.refresh_database_key`)."""
+        store = self.store
+        if not isinstance(store, PostgresStore) or self.member is not None:
             return
         self.member = ClusterMember(
-            self.store.cluster,
+            store.cluster,
             self.platform,
             self._member_facts,
             self.collateral,
             clock=self.clock,
             upgrades=lambda: registered_upgrades(self.store),
             audit=lambda: self.audit_log,
+            key_current=store.key_opens_state,
+            refresh_key=refresh_key,
         )
         self.member.start()
 
@@ -193,6 +201,7 @@ class Cas:
                 self.state().db_key_injected,
                 identity.cas_key_hash,
                 identity.cluster_id,
+                self.previous_key,
             ),
             tls_key_hash=identity.tls_key_hash,
             tls_certificate_pem=identity.tls_certificate_pem.decode("ascii"),
@@ -346,11 +355,20 @@ def open_cas(config: AvailabilityConfig, injected_dmk: bytes | None = None) -> C
             raise KeyStoreError(
                 f"a database key may only be injected on a debug platform, not on {platform.kind}"
             )
-        store, created, dmk = _open_or_create_store(database, platform, config, injected_dmk)
+        store, created, contents = _open_or_create_store(database, platform, config, injected_dmk)
         _log_damaged_records(store)
         try:
             identity = load_identity(store, config.hostnames, local_instance_id(database))
-            cas = Cas(config, store, platform, identity, lock, created, database_key=dmk)
+            cas = Cas(
+                config,
+                store,
+                platform,
+                identity,
+                lock,
+                created,
+                database_key=contents.dmk,
+                previous_key=contents.previous_dmk,
+            )
             cas.collateral = CasCollateral(config.collateral, cas.owner_dcap)
             cas.simulated_roots = config.collateral.simulated_roots
             cas.took_over = take_over(
@@ -483,20 +501,19 @@ def _refuse_orphaned_key_store(config: AvailabilityConfig, key_store: Path) -> N
 
 def _create(
     database: Path, platform: Platform, config: AvailabilityConfig, injected_dmk: bytes | None
-) -> tuple[Store, bool, bytes]:
+) -> tuple[Store, bool, KeyStoreContents]:
     key_store = key_store_path(database)
     _refuse_orphaned_key_store(config, key_store)
     dmk = injected_dmk if injected_dmk is not None else secrets.token_bytes(DMK_SIZE)
     injected = injected_dmk is not None
+    contents = KeyStoreContents(dmk, injected)
     store = _create_store(
         config,
         dmk,
         populate=lambda txn: populate_new_identity(txn, config.hostnames, db_key_injected=injected),
-        before_publish=lambda: save_key_store(
-            key_store, KeyStoreContents(dmk, injected), platform.seal
-        ),
+        before_publish=lambda: save_key_store(key_store, contents, platform.seal),
     )
-    return store, True, dmk
+    return store, True, contents
 
 
 def _open_or_create_store(
@@ -504,7 +521,7 @@ def _open_or_create_store(
     platform: Platform,
     config: AvailabilityConfig,
     injected_dmk: bytes | None,
-) -> tuple[Store, bool, bytes]:
+) -> tuple[Store, bool, KeyStoreContents]:
     key_store = key_store_path(database)
     if not store_exists(config):
         try:
@@ -523,23 +540,37 @@ def _open_or_create_store(
         except BaseException:
             store.close()
             raise
-        return store, False, injected_dmk
+        return store, False, KeyStoreContents(injected_dmk, True)
     if config.database_url is not None and not key_store.exists():
         contents = _join(config, platform)
     else:
         contents = load_key_store(key_store, platform.unseal)
     # While a key rollover runs, both keys open records (service/key_rollover.py).
-    store = _open_store(config, contents.dmk, contents.previous_dmk)
+    try:
+        store = _open_store(config, contents.dmk, contents.previous_dmk)
+    except KeyStoreError:
+        if config.database_url is None:
+            raise
+        # Another instance rolled the key over while this one was stopped, and the old key is
+        # gone: this instance's key store opens nothing any more. It asks for the key again.
+        log.warning(
+            "this instance's key store does not open the database (the key was rolled over "
+            "while it was stopped); asking the running instances for the current key"
+        )
+        contents = _join(config, platform, rejoin=True)
+        store = _open_store(config, contents.dmk, contents.previous_dmk)
     if contents.db_key_injected:
         try:
             mark_db_key_injected(store)
         except BaseException:
             store.close()
             raise
-    return store, False, contents.dmk
+    return store, False, contents
 
 
-def _join(config: AvailabilityConfig, platform: Platform) -> KeyStoreContents:
+def _join(
+    config: AvailabilityConfig, platform: Platform, *, rejoin: bool = False
+) -> KeyStoreContents:
     """Get the database key of the CAS on ``config``'s PostgreSQL database from one of its
     running instances (:func:`opencas.service.cluster.join_cluster`), record this instance as
     joined, and seal the key in this instance's key store.
@@ -547,7 +578,9 @@ def _join(config: AvailabilityConfig, platform: Platform) -> KeyStoreContents:
     The key is checked to open the database and to be its CAS's before anything is kept; the
     instance is recorded before the key store is written, so an instance that stops in between
     joins again and finds itself recorded. Raises :class:`JoinRefused` when the cluster refused
-    this instance, :class:`KeyStoreError` when the key does not fit or nobody answered.
+    this instance, :class:`KeyStoreError` when the key does not fit or nobody answered. With
+    ``rejoin`` the instance served this CAS before (its key store is out of date): it keeps
+    its identity and nothing is recorded.
     """
     assert config.database_url is not None
     database = config.database_path
@@ -559,7 +592,7 @@ def _join(config: AvailabilityConfig, platform: Platform) -> KeyStoreContents:
     finally:
         collateral.close()
     secret = joined.secret
-    store = _open_store(config, secret.dmk)
+    store = _open_store(config, secret.dmk, secret.previous_dmk)
     try:
         stored = load_identity(store, config.hostnames, instance_id, reissue=False)
         if stored.cas_key_hash != secret.cas_key_hash:
@@ -567,11 +600,12 @@ def _join(config: AvailabilityConfig, platform: Platform) -> KeyStoreContents:
                 f"the key handed over by instance {joined.answered_by} is for CAS "
                 f"{secret.cas_key_hash}, but the database holds CAS {stored.cas_key_hash}"
             )
-        with store.transaction() as txn:
-            register_joined_instance(txn, config.hostnames, instance_id, joined.request_id)
+        if not rejoin:
+            with store.transaction() as txn:
+                register_joined_instance(txn, config.hostnames, instance_id, joined.request_id)
     finally:
         store.close()
-    contents = KeyStoreContents(secret.dmk, secret.db_key_injected)
+    contents = KeyStoreContents(secret.dmk, secret.db_key_injected, secret.previous_dmk)
     save_key_store(key_store_path(database), contents, platform.seal)
     log.info(
         "joined CAS %s as instance %s: instance %s handed over the database key",

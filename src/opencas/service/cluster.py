@@ -18,6 +18,12 @@ row needs no new listener, no address of another instance and no TLS trust befor
 has a key, and a refused or stuck join leaves its reason where the operator looks. The price is a
 poll (every :data:`ANSWER_POLL_SECONDS`) by each running instance.
 
+**A key rolled over elsewhere.** When one instance rolls the database key over
+(:mod:`opencas.service.key_rollover`), the others find at their next round that their key no
+longer opens the commit state. Such an instance answers no join request (it would hand over a
+retired key) and asks for the key again exactly as a newcomer does; the answer holds the new key
+and, while the rollover runs, the previous one (``refresh_key``).
+
 **Heartbeats.** Each running instance refreshes its row in ``cluster_instances`` every
 :data:`HEARTBEAT_SECONDS`: where it listens, its measurement, its TLS certificate, and evidence
 that binds its TLS key to its instance id, so instances (and operators) find each other.
@@ -190,6 +196,10 @@ class ClusterMember:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     upgrades: Callable[[], Sequence[RegisteredUpgrade]] = field(default=lambda: ())
     audit: Callable[[], AuditLog] | None = None
+    key_current: Callable[[], bool] = field(default=lambda: True)
+    """Whether this instance's database key opens the committed state."""
+    refresh_key: Callable[[], None] | None = None
+    """Ask the cluster for the current database key (when ``key_current`` says no)."""
     _stopping: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _started_at: float = field(default_factory=time.time)
@@ -221,11 +231,16 @@ class ClusterMember:
             self._stopping.wait(ANSWER_POLL_SECONDS)
 
     def step(self) -> None:
-        """One round: a heartbeat when due, then every pending join request answered."""
+        """One round: a heartbeat when due; then, when this instance's key is not the current
+        one, a request for it; else every pending join request answered."""
         now = time.time()
         if now >= self._next_heartbeat:
             self.heartbeat(now)
             self._next_heartbeat = now + HEARTBEAT_SECONDS
+        if not self.key_current():
+            if self.refresh_key is not None:
+                self.refresh_key()
+            return
         for pending in self.rows.pending(now):
             if self.rows.claim(pending.request_id, self.facts().instance_id, time.time()):
                 self.answer(pending.request_id, pending.instance_id, pending.request)

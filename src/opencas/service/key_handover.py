@@ -19,6 +19,9 @@ The sealed plaintext is canonical JSON::
 
     {"format": "opencas-key-handover/v1", "dmk": <base64>, "db_key_injected": bool,
      "cas_key_hash": <hex>, "cluster_id": <text>}
+
+While a database key rollover runs, it also holds ``"previous_dmk": <base64>``, the key the
+records not moved yet are still under, so the peer opens every record from the start.
 """
 
 from __future__ import annotations
@@ -108,6 +111,8 @@ class HandoverSecret:
     db_key_injected: bool
     cas_key_hash: str
     cluster_id: str
+    previous_dmk: bytes | None = field(default=None, repr=False)
+    """The key a running rollover moves records away from; ``None`` when none runs."""
 
 
 def answer_binding(request: HandoverRequest, sealed_b64: str) -> bytes:
@@ -255,17 +260,19 @@ def seal_handover(
     Raises ``ValueError`` unless the key is 32 bytes, :class:`HandoverRefused` (``format``) when
     the request's key is not an X25519 key.
     """
-    if len(secret.dmk) != DMK_SIZE:
-        raise ValueError(f"the database key must be {DMK_SIZE} bytes")
-    plaintext = canonical_json(
-        {
-            "format": HANDED_KEY_FORMAT,
-            "dmk": b64_encode(secret.dmk),
-            "db_key_injected": secret.db_key_injected,
-            "cas_key_hash": secret.cas_key_hash,
-            "cluster_id": secret.cluster_id,
-        }
-    )
+    for key in (secret.dmk, secret.previous_dmk or bytes(DMK_SIZE)):
+        if len(key) != DMK_SIZE:
+            raise ValueError(f"the database key must be {DMK_SIZE} bytes")
+    handed: dict[str, object] = {
+        "format": HANDED_KEY_FORMAT,
+        "dmk": b64_encode(secret.dmk),
+        "db_key_injected": secret.db_key_injected,
+        "cas_key_hash": secret.cas_key_hash,
+        "cluster_id": secret.cluster_id,
+    }
+    if secret.previous_dmk is not None:
+        handed["previous_dmk"] = b64_encode(secret.previous_dmk)
+    plaintext = canonical_json(handed)
     try:
         kem, sealed = hpke_seal(b64_decode(request.public_key), plaintext, _info(request))
     except ValueError as exc:
@@ -316,7 +323,7 @@ def open_handover(
 
 def _secret(document: dict[str, Any]) -> HandoverSecret:
     expected = {"format", "dmk", "db_key_injected", "cas_key_hash", "cluster_id"}
-    if set(document) != expected or document["format"] != HANDED_KEY_FORMAT:
+    if set(document) - {"previous_dmk"} != expected or document["format"] != HANDED_KEY_FORMAT:
         raise HandoverRefused("sealed", "the handed-over key is not in the known format")
     dmk_b64, injected = document["dmk"], document["db_key_injected"]
     cas_key_hash, cluster_id = document["cas_key_hash"], document["cluster_id"]
@@ -327,10 +334,20 @@ def _secret(document: dict[str, Any]) -> HandoverSecret:
         and isinstance(cluster_id, str)
     ):
         raise HandoverRefused("sealed", "the handed-over key has fields of the wrong type")
+    dmk = _handed_key(dmk_b64)
+    previous = document.get("previous_dmk")
+    return HandoverSecret(
+        dmk, injected, cas_key_hash, cluster_id, None if previous is None else _handed_key(previous)
+    )
+
+
+def _handed_key(text: object) -> bytes:
+    if not isinstance(text, str):
+        raise HandoverRefused("sealed", "the handed-over key has fields of the wrong type")
     try:
-        dmk = b64_decode(dmk_b64)
+        key = b64_decode(text)
     except ValueError:
         raise HandoverRefused("sealed", "the handed-over key is not base64") from None
-    if len(dmk) != DMK_SIZE:
-        raise HandoverRefused("sealed", f"the handed-over key is {len(dmk)} bytes, not 32")
-    return HandoverSecret(dmk, injected, cas_key_hash, cluster_id)
+    if len(key) != DMK_SIZE:
+        raise HandoverRefused("sealed", f"the handed-over key is {len(key)} bytes, not 32")
+    return key

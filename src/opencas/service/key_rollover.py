@@ -17,6 +17,16 @@ The steps, each durable before the next, so that a ``kill -9`` anywhere leaves a
 
 A crash between 1 and 2 is resumed by doing step 2 as the CAS itself (the owner's request was
 never answered); between 4 and 5 by doing step 5.
+
+**Several instances (PostgreSQL).** Steps 2 to 4 are singleton work under the lease
+``key-rollover`` (:mod:`opencas.service.leadership`): the start, every batch and the finish
+commit fenced by its token, so an instance deposed in the middle (paused, cut off, past its
+lease) cannot commit a batch after another took over. The other instances find at once that
+their key no longer opens the commit state; each asks for the key again
+(:func:`refresh_database_key`, through :mod:`opencas.service.cluster`), gets the new key and the
+previous one sealed to its attested key, writes them to its own key store and follows the
+rollover: it takes the lease over when the leader stops renewing it, and once the rollover is
+finished it destroys the previous key in its own key store (step 5) too.
 """
 
 from __future__ import annotations
@@ -25,28 +35,50 @@ import hashlib
 import logging
 import secrets
 import threading
+import time
 from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from opencas.errors import ConflictError
+from opencas.errors import (
+    ConflictError,
+    DatabaseKeyStale,
+    DatabaseUnavailable,
+    KeyStoreError,
+    LeaseLost,
+)
 from opencas.policy.caller import Caller
 from opencas.service.audit import actor_of, state_change
 from opencas.service.cas import Cas
 from opencas.service.cas_records import read_owner_config
+from opencas.service.cluster import join_cluster
 from opencas.service.identity import utc_now_text
+from opencas.service.leadership import Leadership
 from opencas.service.provisioning import require_owner
 from opencas.service.records import read_record, write_record
 from opencas.service.recovery import split_again
-from opencas.store import KeyStoreContents, key_store_path, load_key_store, save_key_store
+from opencas.store import (
+    KeyStoreContents,
+    PostgresStore,
+    key_store_path,
+    load_key_store,
+    save_key_store,
+)
 from opencas.store.base import Reader
-from opencas.store.records import index_size, rekey_page
+from opencas.store.records import RekeyedPage, index_size, rekey_page
 
 log = logging.getLogger("opencas")
 
 _TABLE: Final = "key-rollover"
 _PROGRESS: Final = "progress"
 DMK_SIZE: Final = 32
+#: The lease under which one instance at a time starts, moves and finishes a rollover.
+LEASE_NAME: Final = "key-rollover"
+#: How often an instance that follows another's rollover looks whether it finished, or its
+#: leader stopped renewing the lease.
+FOLLOW_SECONDS: Final = 1.0
+#: How long an instance whose key was rolled over elsewhere waits for the new key.
+REFRESH_TIMEOUT_SECONDS: Final = 20.0
 
 
 class RolloverRecord(BaseModel):
@@ -92,7 +124,17 @@ def start_key_rollover(cas: Cas, caller: Caller) -> RolloverRecord:
     (``key-rollover-running``) while one runs."""
     require_owner(cas, caller)
     path = key_store_path(cas.config.database_path)
+    leader = Leadership(cas, LEASE_NAME)
     with _STARTING:
+        # The lease first: a rollover another instance runs holds it; and the state must open
+        # under this instance's key, or it would seal a new key store around a retired key.
+        cas.store.state()
+        if not leader.take():
+            raise ConflictError(
+                "another instance of this CAS runs a database key rollover; wait for it to "
+                "finish (casctl upgrade-status --wait shows its progress)",
+                code="key-rollover-running",
+            )
         contents = load_key_store(path, cas.platform.unseal)
         if contents.previous_dmk is not None:
             record = read_rollover(cas.store)
@@ -109,7 +151,7 @@ def start_key_rollover(cas: Cas, caller: Caller) -> RolloverRecord:
             save_key_store(
                 path, KeyStoreContents(new, contents.db_key_injected, previous), cas.platform.seal
             )
-        record = _begin(cas, new, previous, actor_of(caller))
+        record = _begin(cas, new, previous, actor_of(caller), leader)
     run_in_background(cas)
     return record
 
@@ -117,11 +159,12 @@ def start_key_rollover(cas: Cas, caller: Caller) -> RolloverRecord:
 _STARTING = threading.Lock()
 
 
-def _begin(cas: Cas, new: bytes, previous: bytes, actor: str) -> RolloverRecord:
-    """Step 2: seal under ``new`` from now on, in one transaction with the record that says so."""
+def _begin(cas: Cas, new: bytes, previous: bytes, actor: str, leader: Leadership) -> RolloverRecord:
+    """Step 2: seal under ``new`` from now on, in one transaction with the record that says so
+    (fenced by ``leader``'s lease)."""
     cas.store.use_keys(new, previous)
-    cas.database_key = new
-    with state_change(cas.audit_log) as entry, cas.store.transaction() as txn:
+    cas.database_key, cas.previous_key = new, previous
+    with state_change(cas.audit_log) as entry, leader.transaction() as txn:
         record = RolloverRecord(
             state="running",
             key_id=key_id(new),
@@ -162,8 +205,16 @@ def resume_key_rollover(cas: Cas) -> None:
         return
     record = read_rollover(cas.store)
     if record is None or record.key_id != key_id(contents.dmk):
-        log.warning("a database key rollover was interrupted before it started; starting it")
-        _begin(cas, contents.dmk, contents.previous_dmk, "cas")
+        leader = Leadership(cas, LEASE_NAME)
+        if (record is not None and record.state == "running") or not leader.take():
+            # Another instance's rollover runs: this key store's new key was never used.
+            log.warning(
+                "this instance's interrupted key rollover never started, and another instance "
+                "runs one; it follows that one"
+            )
+        else:
+            log.warning("a database key rollover was interrupted before it started; starting it")
+            _begin(cas, contents.dmk, contents.previous_dmk, "cas", leader)
     elif record.state == "finished":
         _forget_previous(cas)
         return
@@ -178,7 +229,12 @@ def resume_key_rollover(cas: Cas) -> None:
 
 
 def run_in_background(cas: Cas) -> None:
-    """Run the rollover's batches in a thread that :meth:`Cas.close` stops and waits for."""
+    """Run the rollover's batches in a thread that :meth:`Cas.close` stops and waits for (one
+    such thread per CAS: nothing when it runs already)."""
+    with _RUNNING_LOCK:
+        if id(cas) in _RUNNING:
+            return
+        _RUNNING.add(id(cas))
     stop = threading.Event()
     thread = threading.Thread(
         target=_run_logged, args=(cas, stop), name="key-rollover", daemon=True
@@ -192,6 +248,10 @@ def run_in_background(cas: Cas) -> None:
     thread.start()
 
 
+_RUNNING: set[int] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
 def _run_logged(cas: Cas, stop: threading.Event) -> None:
     try:
         run_batches(cas, stop)
@@ -199,43 +259,99 @@ def _run_logged(cas: Cas, stop: threading.Event) -> None:
         # The next start resumes from the last committed batch; until then the CAS serves with
         # both keys, which is safe.
         log.exception("the database key rollover stopped; it resumes at the next start")
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(id(cas))
 
 
 def run_batches(cas: Cas, stop: threading.Event | None = None) -> RolloverRecord | None:
     """Move records in batches until none is left under the previous key, then finish (steps
-    3 to 5); returns the record as it stands when done or stopped."""
+    3 to 5); returns the record as it stands when done or stopped.
+
+    Each batch first renews the lease. While another instance holds it, this one follows:
+    it looks every :data:`FOLLOW_SECONDS` whether the rollover finished (then it destroys the
+    previous key in its own key store) or the lease ran out (then it carries on). A batch
+    refused because the lease was lost is not committed; this instance follows from there.
+    """
+    leader = Leadership(cas, LEASE_NAME)
+    try:
+        return _run_batches(cas, leader, stop)
+    finally:
+        leader.release()
+
+
+def _run_batches(
+    cas: Cas, leader: Leadership, stop: threading.Event | None
+) -> RolloverRecord | None:
     batch = cas.config.key_rollover_batch
     pause = cas.config.key_rollover_pause
+
+    def wait(seconds: float) -> None:
+        if stop is None:
+            time.sleep(seconds)
+        else:
+            stop.wait(seconds)
+
     while stop is None or not stop.is_set():
-        with cas.store.transaction() as txn:
-            record = read_rollover(txn)
-            if record is None or record.state != "running":
-                return record
-            after = (
-                None
-                if record.cursor_table is None or record.cursor_id is None
-                else (record.cursor_table, bytes.fromhex(record.cursor_id))
-            )
-            page = rekey_page(txn, after, batch)
-            record = record.model_copy(
-                update={
-                    "moved": record.moved + page.moved,
-                    "damaged": record.damaged + page.damaged,
-                    "cursor_table": None if page.after is None else page.after[0],
-                    "cursor_id": None if page.after is None else page.after[1].hex(),
-                }
-            )
-            write_record(txn, _TABLE, _PROGRESS, record)
-        if page.after is None:
-            return _finish(cas)
+        try:
+            if not leader.take():
+                record = read_rollover(cas.store)
+                if record is None or record.state != "running":
+                    if record is not None and cas.previous_key is not None:
+                        _forget_previous(cas)
+                    return record
+                wait(FOLLOW_SECONDS)
+                continue
+            page, record = _batch(cas, leader, batch)
+        except LeaseLost as exc:
+            log.warning("a key rollover batch was not committed: %s", exc)
+            continue
+        except (DatabaseUnavailable, DatabaseKeyStale) as exc:
+            # The database is away, or this instance waits for the new key: try again soon.
+            log.info("the database key rollover waits: %s", exc)
+            wait(FOLLOW_SECONDS)
+            continue
+        if record is None or record.state != "running":
+            if record is not None and record.state == "finished" and cas.previous_key is not None:
+                _forget_previous(cas)
+            return record
+        if page is not None and page.after is None:
+            return _finish(cas, leader)
         if pause and stop is not None:
             stop.wait(pause)
     return None
 
 
-def _finish(cas: Cas) -> RolloverRecord:
+def _batch(
+    cas: Cas, leader: Leadership, batch: int
+) -> tuple[RekeyedPage | None, RolloverRecord | None]:
+    """Step 3, one batch in one fenced transaction: the page moved and the record after it
+    (no page when no rollover runs)."""
+    with leader.transaction() as txn:
+        record = read_rollover(txn)
+        if record is None or record.state != "running":
+            return None, record
+        after = (
+            None
+            if record.cursor_table is None or record.cursor_id is None
+            else (record.cursor_table, bytes.fromhex(record.cursor_id))
+        )
+        page = rekey_page(txn, after, batch)
+        record = record.model_copy(
+            update={
+                "moved": record.moved + page.moved,
+                "damaged": record.damaged + page.damaged,
+                "cursor_table": None if page.after is None else page.after[0],
+                "cursor_id": None if page.after is None else page.after[1].hex(),
+            }
+        )
+        write_record(txn, _TABLE, _PROGRESS, record)
+    return page, record
+
+
+def _finish(cas: Cas, leader: Leadership) -> RolloverRecord:
     """Steps 4 and 5: record the rollover as finished, then destroy the previous key."""
-    with state_change(cas.audit_log) as entry, cas.store.transaction() as txn:
+    with state_change(cas.audit_log) as entry, leader.transaction() as txn:
         record = read_rollover(txn)
         assert record is not None
         record = record.model_copy(update={"state": "finished", "finished_at": utc_now_text()})
@@ -268,3 +384,50 @@ def _forget_previous(cas: Cas) -> None:
         path, KeyStoreContents(contents.dmk, contents.db_key_injected), cas.platform.seal
     )
     cas.store.use_keys(contents.dmk, None)
+    cas.database_key, cas.previous_key = contents.dmk, None
+
+
+def refresh_database_key(cas: Cas) -> None:
+    """Get the current database key from the other instances after one of them rolled it
+    over, keep it in this instance's key store, and follow the rollover while it runs.
+
+    The key comes as it comes to a newcomer (:func:`opencas.service.cluster.join_cluster`):
+    sealed to a key this instance's evidence binds, from an instance whose evidence shows the
+    same software. It is used only once it opens the commit state and belongs to this CAS.
+    Raises :class:`KeyStoreError` when it does not, :class:`JoinRefused` when refused.
+    """
+    store = cas.store
+    if not isinstance(store, PostgresStore):
+        return
+    joined = join_cluster(
+        store.cluster,
+        cas.platform,
+        cas.identity.instance_id,
+        collateral=cas.collateral,
+        clock=cas.clock,
+        timeout=REFRESH_TIMEOUT_SECONDS,
+    )
+    secret = joined.secret
+    if secret.cas_key_hash != cas.identity.cas_key_hash:
+        raise KeyStoreError(
+            f"the key handed over by instance {joined.answered_by} is for CAS "
+            f"{secret.cas_key_hash}, not this one ({cas.identity.cas_key_hash})"
+        )
+    old = (cas.database_key, cas.previous_key)
+    store.use_keys(secret.dmk, secret.previous_dmk)
+    if not store.key_opens_state():
+        store.use_keys(*old)
+        raise KeyStoreError(
+            f"the key handed over by instance {joined.answered_by} does not open the commit state"
+        )
+    contents = KeyStoreContents(secret.dmk, secret.db_key_injected, secret.previous_dmk)
+    save_key_store(key_store_path(cas.config.database_path), contents, cas.platform.seal)
+    cas.database_key, cas.previous_key = secret.dmk, secret.previous_dmk
+    log.info(
+        "the database key was rolled over by another instance: instance %s handed over key %s%s",
+        joined.answered_by,
+        key_id(secret.dmk),
+        "" if secret.previous_dmk is None else " (the rollover runs; this instance follows it)",
+    )
+    if secret.previous_dmk is not None:
+        run_in_background(cas)

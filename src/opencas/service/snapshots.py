@@ -7,6 +7,13 @@ The file format is :mod:`opencas.crypto.snapshot_format`. A snapshot also carrie
 instance's audit log up to the committed audit head, and the database key sealed for every
 registered backup (:mod:`opencas.service.backups`), which alone can restore it. Each snapshot
 written is logged (``snapshot_written``, naming the backups it can be restored on).
+
+The periodic snapshots are singleton work (:mod:`opencas.service.leadership`): on PostgreSQL
+one instance at a time writes them, under the lease ``snapshots``. Its snapshot is published
+(renamed into the directory, or handed to the command) only after a transaction fenced by the
+lease recorded it as ``snapshots/last``; a leader deposed while it wrote one has that
+transaction refused by the database and publishes nothing. The record also tells the next
+leader which commit the last snapshot holds, so a takeover does not repeat it.
 """
 
 from __future__ import annotations
@@ -18,16 +25,19 @@ import os
 import secrets
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Final
+
+from pydantic import BaseModel, ConfigDict
 
 from opencas.attestation.report import AUDIT_GENESIS_HEAD
 from opencas.audit.chain import line_hash
 from opencas.config.availability import BackupSettings
 from opencas.crypto.snapshot_format import AUDIT_LOG_TABLE, Record, SnapshotHeader, encode_snapshot
-from opencas.errors import CasError, ConflictError
+from opencas.errors import CasError, ConflictError, LeaseLost
 from opencas.policy.caller import Caller
 from opencas.service.audit import actor_of, record_read
 from opencas.service.backups import wrapped_keys
@@ -35,7 +45,10 @@ from opencas.service.cas import Cas
 from opencas.service.cas_records import read_audit_head
 from opencas.service.identity import utc_now_text
 from opencas.service.key_rollover import key_id
+from opencas.service.leadership import LEASE_SECONDS, Leadership
 from opencas.service.provisioning import require_owner
+from opencas.service.records import read_record, write_record
+from opencas.store.base import Reader
 from opencas.store.records import RecordReader
 
 log = logging.getLogger("opencas")
@@ -43,6 +56,28 @@ log = logging.getLogger("opencas")
 SNAPSHOT_SUFFIX = ".ocas-snapshot"
 #: How long a ``[backup] command`` may take to ship one snapshot.
 COMMAND_TIMEOUT_SECONDS = 600
+#: The lease under which one instance at a time writes the periodic snapshots.
+LEASE_NAME: Final = "snapshots"
+_TABLE: Final = "snapshots"
+_LAST: Final = "last"
+
+
+class LastSnapshot(BaseModel):
+    """The last periodic snapshot published (``snapshots/last``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str
+    snapshot_id: str
+    state_counter: int
+    """The commit the snapshot holds (recording it is the commit after)."""
+    instance_id: str
+    taken_at: str
+
+
+def read_last_snapshot(source: Reader) -> LastSnapshot | None:
+    """The last periodic snapshot published, or ``None`` before the first."""
+    return read_record(source, LastSnapshot, _TABLE, _LAST)
 
 
 class SnapshotFailed(CasError, code="snapshot-failed", http_status=503):
@@ -63,9 +98,14 @@ def snapshot_name(header: SnapshotHeader) -> str:
     return f"{header.cluster_id}-{header.state_counter:016}-{header.snapshot_id}{SNAPSHOT_SUFFIX}"
 
 
-def write_snapshot(cas: Cas, actor: str = "cas") -> Written:
+def write_snapshot(cas: Cas, actor: str = "cas", leader: Leadership | None = None) -> Written:
     """Take a snapshot and write it to the ``[backup]`` target, then log it; raises
-    :class:`SnapshotFailed` naming the target when it cannot be written or shipped."""
+    :class:`SnapshotFailed` naming the target when it cannot be written or shipped.
+
+    With ``leader`` (the periodic snapshots), the snapshot is recorded as ``snapshots/last`` in
+    a transaction fenced by its lease before it is published; :class:`LeaseLost` (and nothing
+    published) when this instance no longer leads them.
+    """
     target = cas.config.backup
     if not target.configured:
         raise ConflictError(
@@ -78,6 +118,8 @@ def write_snapshot(cas: Cas, actor: str = "cas") -> Written:
         with _private_file(temporary) as file:
             header, size = _take(cas, file)
         name = snapshot_name(header)
+        if leader is not None:
+            _record_published(cas, leader, header, name)
         _deliver(target, temporary, name)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -99,6 +141,22 @@ def write_snapshot(cas: Cas, actor: str = "cas") -> Written:
     )
     log.info("snapshot %s written (commit %d, %d bytes)", name, header.state_counter, size)
     return Written(header, name, size)
+
+
+def _record_published(cas: Cas, leader: Leadership, header: SnapshotHeader, name: str) -> None:
+    """Record the snapshot about to be published, fenced by ``leader``'s lease (renewed first:
+    writing a large snapshot may take a good part of it)."""
+    if not leader.take():
+        raise LeaseLost(f"this instance no longer leads the {LEASE_NAME}; {name} is not published")
+    record = LastSnapshot(
+        name=name,
+        snapshot_id=header.snapshot_id,
+        state_counter=header.state_counter,
+        instance_id=cas.identity.instance_id,
+        taken_at=header.taken_at,
+    )
+    with leader.transaction() as txn:
+        write_record(txn, _TABLE, _LAST, record)
 
 
 def request_snapshot(cas: Cas, caller: Caller) -> Written:
@@ -225,22 +283,39 @@ def _target_shown(target: BackupSettings) -> str:
     return target.command[0]
 
 
+def changed_since(counter: int, last: LastSnapshot | None) -> bool:
+    """Whether the store at commit ``counter`` holds anything the ``last`` snapshot does not:
+    the commit that recorded it is the only one it may be behind by."""
+    return last is None or counter > last.state_counter + 1
+
+
 def run_periodically(cas: Cas) -> None:
     """Every ``[backup] interval`` seconds, write a snapshot when the store changed since the
     last one; in a thread that :meth:`Cas.close` stops. A failed snapshot is logged and tried
-    again at the next interval."""
+    again at the next interval.
+
+    Only the instance holding the lease ``snapshots`` writes them; every instance renews or
+    tries to take it at least every third of :data:`LEASE_SECONDS`, so one takes over within
+    about a lease after its leader stopped.
+    """
     interval = cas.config.backup.interval
     if interval is None:
         return
     stop = threading.Event()
+    leader = Leadership(cas, LEASE_NAME)
+    tick = min(float(interval), LEASE_SECONDS / 3)
 
     def loop() -> None:
-        last: int | None = None
-        while not stop.wait(interval):
+        due = time.monotonic() + interval
+        while not stop.wait(max(0.0, min(tick, due - time.monotonic()))):
             try:
-                counter = cas.store.state().counter
-                if counter != last:
-                    last = write_snapshot(cas).header.state_counter
+                if not leader.take() or time.monotonic() < due:
+                    continue
+                due = time.monotonic() + interval
+                if changed_since(cas.store.state().counter, read_last_snapshot(cas.store)):
+                    write_snapshot(cas, leader=leader)
+            except LeaseLost as exc:
+                log.warning("a periodic snapshot was not published: %s", exc)
             except Exception:
                 log.exception("a periodic snapshot failed; the next is tried in %d s", interval)
 
@@ -249,6 +324,10 @@ def run_periodically(cas: Cas) -> None:
     def stop_and_wait() -> None:
         stop.set()
         thread.join()
+        try:
+            leader.release()
+        except CasError as exc:
+            log.debug("the snapshots' lease was not released: %s", exc)
 
     cas.background_stops.append(stop_and_wait)
     thread.start()

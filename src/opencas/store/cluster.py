@@ -66,6 +66,14 @@ _CHECK_FENCE: Final = (
     "SELECT 1 FROM cluster_leases WHERE name = %s AND holder = %s AND token = %s "
     "AND expires_at > extract(epoch from clock_timestamp()) FOR SHARE"
 )
+# A fenced transaction's last statement: the commit state is written only where the lease row
+# still names this holder and token and has not run out by the server's clock, so the database
+# itself refuses the commit of a leader that was deposed after its transaction began.
+_FENCED_STATE_WRITE: Final = (
+    "UPDATE commit_state SET value = %s WHERE name = 'state' AND EXISTS ("
+    "SELECT 1 FROM cluster_leases WHERE name = %s AND holder = %s AND token = %s "
+    "AND expires_at > extract(epoch from clock_timestamp()))"
+)
 
 Connect = Callable[[], contextlib.AbstractContextManager[psycopg.Connection[Any]]]
 
@@ -255,3 +263,11 @@ def check_fence(conn: psycopg.Connection[Any], lease: Lease) -> bool:
         (lease.name, lease.holder, lease.token),
     ).fetchone()
     return row is not None
+
+
+def write_fenced_state(conn: psycopg.Connection[Any], lease: Lease, sealed: bytes) -> bool:
+    """Write the sealed commit state on ``conn`` only while ``lease`` holds (by the server's
+    clock, at this statement); whether it was written. ``False`` leaves the state as it was,
+    and the caller rolls the transaction back."""
+    cursor = conn.execute(_FENCED_STATE_WRITE, (sealed, lease.name, lease.holder, lease.token))
+    return cursor.rowcount == 1

@@ -93,6 +93,10 @@ class PostgresGuards:
     def __repr__(self) -> str:
         return "<PostgresGuards>"
 
+    def use_key(self, dmk: bytes) -> None:
+        """Key the rows from now on by ``dmk`` (the database key was rolled over)."""
+        self._key = derive_key(dmk, "store/guards")
+
     def _id(self, kind: bytes, *parts: str) -> bytes:
         message = kind + b"".join(b"\0" + part.encode("utf-8") for part in parts)
         return hmac.digest(self._key, message, hashlib.sha256)

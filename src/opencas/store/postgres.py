@@ -34,9 +34,21 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from opencas.database_url import redact_url
-from opencas.errors import DatabaseUnavailable, LeaseLost, RecordDamagedError, StoreError
+from opencas.errors import (
+    DatabaseKeyStale,
+    DatabaseUnavailable,
+    LeaseLost,
+    RecordDamagedError,
+    StoreError,
+)
 from opencas.store.base import StoreState, Transaction
-from opencas.store.cluster import CLUSTER_TABLES, ClusterRows, Lease, check_fence
+from opencas.store.cluster import (
+    CLUSTER_TABLES,
+    ClusterRows,
+    Lease,
+    check_fence,
+    write_fenced_state,
+)
 from opencas.store.guards import GUARD_TABLES, PostgresGuards
 from opencas.store.records import (
     RecordCipher,
@@ -95,9 +107,12 @@ def _do_nothing() -> None:
 class _PostgresRows:
     """The raw rows of :mod:`opencas.store.records` on one PostgreSQL connection."""
 
-    def __init__(self, conn: psycopg.Connection[Any], shown: str) -> None:
+    def __init__(
+        self, conn: psycopg.Connection[Any], shown: str, fence: Lease | None = None
+    ) -> None:
         self._conn = conn
         self._shown = shown
+        self._fence = fence
 
     @property
     def name(self) -> str:
@@ -184,15 +199,47 @@ class _PostgresRows:
         return deleted
 
     def write_state(self, sealed: bytes) -> None:
+        if self._fence is not None:
+            if not write_fenced_state(self._conn, self._fence, sealed):
+                raise _lease_lost(self._fence)
+            return
         self._conn.execute(
             "INSERT INTO commit_state (name, value) VALUES ('state', %s) "
             "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             (sealed,),
         )
 
-    def lock_state(self) -> None:
-        """Wait for, and hold until the transaction ends, the lock on the state row."""
-        self._conn.execute("SELECT name FROM commit_state WHERE name = 'state' FOR UPDATE")
+    def lock_state(self) -> object | None:
+        """Wait for, and hold until the transaction ends, the lock on the state row; the
+        sealed state it holds (``None`` without one)."""
+        row = self._one("SELECT value FROM commit_state WHERE name = 'state' FOR UPDATE", ())
+        return None if row is None else row[0]
+
+
+def _check_state_opens(shown: str, cipher: RecordCipher, sealed: object | None) -> None:
+    """:class:`DatabaseKeyStale` unless ``sealed`` (the state row) opens under ``cipher``.
+
+    Another instance that rolled the database key over moves the state to the new key with its
+    first commit; an instance still holding only the old key must neither commit (it would
+    seal under a key that is being retired) nor answer "not found" for records it cannot see.
+    """
+    if sealed is None:
+        return
+    try:
+        cipher.open_state(sealed)
+    except RecordDamagedError:
+        raise DatabaseKeyStale(
+            f"database {shown}: the commit state does not open under this instance's database "
+            "key: another instance rolled the key over (this instance asks for the new key by "
+            "itself; retry shortly), or the state was damaged"
+        ) from None
+
+
+def _lease_lost(fence: Lease) -> LeaseLost:
+    return LeaseLost(
+        f"the lease {fence.name!r} of {fence.holder} (token {fence.token}) "
+        "expired or was taken over: this instance no longer leads that work"
+    )
 
 
 @contextlib.contextmanager
@@ -468,16 +515,35 @@ class PostgresStore:
 
     def _read(self, action: str, read: Callable[[_PostgresRows], _T]) -> _T:
         """``read`` in one read-only transaction, tried once more on a fresh connection when the
-        first attempt lost its connection (a read changes nothing, so a second try is safe)."""
+        first attempt lost its connection (a read changes nothing, so a second try is safe).
+
+        A read that finds nothing, or a record that does not open, is checked against the
+        commit state of the same snapshot: :class:`DatabaseKeyStale` when the state does not
+        open either (the key was rolled over elsewhere), so a stale key never reads as "not
+        found". A record found and opened needs no such check: it is the committed one.
+        """
         try:
             with self._read_only(action) as rows:
-                return read(rows)
+                return self._checked(rows, read)
         except DatabaseUnavailable as exc:
             # No connection within the timeout: trying again would only wait as long again.
             if not isinstance(exc.__cause__, psycopg.OperationalError):
                 raise
         with self._read_only(action) as rows:
-            return read(rows)
+            return self._checked(rows, read)
+
+    def _checked(self, rows: _PostgresRows, read: Callable[[_PostgresRows], _T]) -> _T:
+        cipher = self._cipher
+        try:
+            result = read(rows)
+        except RecordDamagedError:
+            with rows.failing("reading the commit state"):
+                _check_state_opens(self._shown, cipher, rows.state())
+            raise
+        if result is None:
+            with rows.failing("reading the commit state"):
+                _check_state_opens(self._shown, cipher, rows.state())
+        return result
 
     def _check_open(self) -> None:
         if self._closed:
@@ -537,7 +603,10 @@ class PostgresStore:
         for the state row's lock); they do not nest, and opening one inside another in the same
         thread raises ``RuntimeError`` instead of deadlocking. With ``fence`` (a lease from
         :meth:`ClusterRows.acquire_lease`), the lease is checked first in the same transaction
-        and held until it ends: :class:`LeaseLost` when it expired or another holder took it.
+        and held until it ends, and the commit state is written only while it still holds (the
+        database refuses the write of a leader deposed meanwhile, its lease run out by the
+        server's clock): :class:`LeaseLost` when it expired or another holder took it, before
+        or during the transaction; nothing of it is committed then.
         """
         if getattr(self._local, "in_transaction", False):
             raise RuntimeError("a transaction is already open in this thread; they do not nest")
@@ -549,13 +618,10 @@ class PostgresStore:
                 self._pool.connection() as conn,
                 conn.transaction(),
             ):
-                rows = _PostgresRows(conn, self._shown)
-                rows.lock_state()
+                rows = _PostgresRows(conn, self._shown, fence)
+                _check_state_opens(self._shown, self._cipher, rows.lock_state())
                 if fence is not None and not check_fence(conn, fence):
-                    raise LeaseLost(
-                        f"the lease {fence.name!r} of {fence.holder} (token {fence.token}) "
-                        "expired or was taken over: this instance no longer leads that work"
-                    )
+                    raise _lease_lost(fence)
                 tx = RecordTransaction(rows, self._cipher)
                 try:
                     yield tx
@@ -568,9 +634,25 @@ class PostgresStore:
 
     def use_keys(self, dmk: bytes, previous_dmk: bytes | None) -> None:
         """Seal from now on under ``dmk``, and open under it or ``previous_dmk`` (see
-        :meth:`opencas.store.sqlite.SqliteStore.use_keys`). The guards keep the key they were
-        opened with until the next start: their rows live for minutes and name nothing."""
+        :meth:`opencas.store.sqlite.SqliteStore.use_keys`).
+
+        The guards move to ``dmk`` too, so that every instance, restarted since or not, keys
+        them alike once it has the new key; their rows live for minutes, and a nonce issued
+        just before the move is refused after it (the workload asks for another)."""
         self._cipher = RecordCipher(dmk, previous_dmk)
+        self.guards.use_key(dmk)
+
+    def key_opens_state(self) -> bool:
+        """Whether this instance's database key opens the committed state (``False``: another
+        instance rolled the key over); ``True`` when the database cannot be reached, which is
+        not a question of keys."""
+        try:
+            self.state()
+        except DatabaseKeyStale:
+            return False
+        except DatabaseUnavailable:
+            return True
+        return True
 
     def close(self) -> None:
         """Close every pooled connection (waiting for those in use); idempotent."""

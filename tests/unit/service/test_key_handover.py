@@ -50,6 +50,21 @@ def test_the_key_reaches_an_admitted_peer(tmp_path: Path) -> None:
     assert opened.dmk == SECRET.dmk
 
 
+def test_during_a_rollover_the_previous_key_travels_with_the_new_one(tmp_path: Path) -> None:
+    giver, newcomer = machine(tmp_path, "a"), machine(tmp_path, "b")
+    key, request = make_request(newcomer, "join")
+    rolling = HandoverSecret(
+        secrets.token_bytes(32), False, "ab" * 32, "c", secrets.token_bytes(32)
+    )
+    answer = parse_answer(document_text(seal_handover(request, rolling, giver)))
+    opened = open_handover(answer, request, key, own_identity(newcomer, at=NOW), at=NOW)
+    assert opened.previous_dmk == rolling.previous_dmk
+    assert opened.dmk == rolling.dmk
+    short = HandoverSecret(rolling.dmk, False, "ab" * 32, "c", b"short")
+    with pytest.raises(ValueError, match="32 bytes"):
+        seal_handover(request, short, giver)
+
+
 def test_other_software_gets_nothing_and_hears_why(tmp_path: Path) -> None:
     giver, stranger = machine(tmp_path, "a"), machine(tmp_path, "b", SIM_OTHER)
     _, request = make_request(stranger, "join")
