@@ -108,15 +108,15 @@ def private_postgres() -> Iterator[PrivatePostgres]:
     if os.geteuid() == 0:
         shutil.chown(directory, "postgres", "postgres")
     server = PrivatePostgres(directory, free_port(), _postgres_bin())
-    server.init()
-    server.start()
     try:
-        yield server
-    finally:
+        server.init()
+        server.start()
         try:
-            server.stop()
+            yield server
         finally:
-            shutil.rmtree(directory, ignore_errors=True)
+            server.stop()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _session(name: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,7 +50,7 @@ from opencas.service.cas_records import (
     read_provisioning_token,
     read_state,
 )
-from opencas.service.cluster import ClusterMember, MemberFacts, join_cluster
+from opencas.service.cluster import ALIVE_SECONDS, ClusterMember, MemberFacts, join_cluster
 from opencas.service.identity import (
     CasIdentity,
     load_identity,
@@ -549,7 +550,7 @@ def _open_or_create_store(
     try:
         store = _open_store(config, contents.dmk, contents.previous_dmk)
     except KeyStoreError:
-        if config.database_url is None:
+        if config.database_url is None or not _others_alive(config):
             raise
         # Another instance rolled the key over while this one was stopped, and the old key is
         # gone: this instance's key store opens nothing any more. It asks for the key again.
@@ -566,6 +567,16 @@ def _open_or_create_store(
             store.close()
             raise
     return store, False, contents
+
+
+def _others_alive(config: AvailabilityConfig) -> bool:
+    """Whether another instance of the CAS on ``config``'s PostgreSQL database sent a heartbeat
+    lately: only then can a key store that opens nothing be renewed by asking for the key."""
+    assert config.database_url is not None
+    own = local_instance_id(config.database_path)
+    with PostgresStore.cluster_rows(config.database_url) as rows:
+        alive = rows.instances(time.time() - ALIVE_SECONDS)
+    return any(row.instance_id != own for row in alive)
 
 
 def _join(
