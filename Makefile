@@ -25,6 +25,7 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy --strict src
+	$(BIN)/mypy --strict benchmarks
 	@bash scripts/ensure-postgres
 	$(BIN)/pytest -n auto tests
 

@@ -751,11 +751,11 @@ def compare_audit_log(workdir: Path, platform: SimulatedPlatform, args: argparse
         )
     on, off = combined(turns["signed"]), combined(turns["disabled"])
     ratio = rate_ratio(on, off)
-    for name, phase in (("log signed:  ", on), ("log disabled:", off)):
+    for name, total in (("log signed:  ", on), ("log disabled:", off)):
         print(
-            f"  {name} {phase.rate:8.1f} attestations/s  ({phase.ok} ok, {phase.error_count} "
-            f"errors); server CPU {us(phase.server_cpu_per_answer)} us per answer, "
-            f"{share(phase.server_cpu)} of a core; other processes {share(phase.other_cpu)} of "
+            f"  {name} {total.rate:8.1f} attestations/s  ({total.ok} ok, {total.error_count} "
+            f"errors); server CPU {us(total.server_cpu_per_answer)} us per answer, "
+            f"{share(total.server_cpu)} of a core; other processes {share(total.other_cpu)} of "
             "a core"
         )
     print(
