@@ -1,9 +1,12 @@
 """Several `cas` instances of one CAS on one PostgreSQL database: new instances get the database
-key only by attesting to a running one, serve the same CAS, and one that dies leaves the others
-serving; an instance of other software is refused and says why."""
+key only by attesting to a running one, serve the same CAS and write one audit log, and one that
+dies leaves the others serving; an instance of other software is refused and says why."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
 import json
 import shutil
 import subprocess
@@ -16,9 +19,13 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import opencas
-from opencas.audit.chain import line_hash
+from opencas.attestation.simulated import create_simulated_evidence
+from opencas.attestation.workload_binding import ConfigId, workload_report_data
 from opencas.client.cas_client import CasClient
 from opencas.testing import (
     CasProcess,
@@ -29,6 +36,21 @@ from opencas.testing import (
 )
 
 JOIN_WAIT = 90.0
+#: The writers of these tests upload far more sessions than the default 30 a minute.
+LIMITS = {"session_uploads_per_minute": 100_000, "session_upload_burst": 10_000}
+MEASUREMENT = "5a" * 32
+WORKLOAD_SESSION = f"""\
+name: load
+version: "0.3"
+services:
+  - name: app
+    command: ["app"]
+    attestation:
+      simulated_measurement: "{MEASUREMENT}"
+security:
+  attestation:
+    tolerate: [simulated]
+"""
 
 
 def _session(name: str) -> str:
@@ -38,7 +60,7 @@ def _session(name: str) -> str:
 @pytest.fixture
 def first(tmp_path: Path, postgres_url: str) -> Iterator[SelfProvisionedCas]:
     """The instance that created the CAS, self-provisioned, serving."""
-    cas = start_self_provisioned_cas(tmp_path / "first", database_url=postgres_url)
+    cas = start_self_provisioned_cas(tmp_path / "first", database_url=postgres_url, limits=LIMITS)
     try:
         yield cas
     finally:
@@ -48,7 +70,7 @@ def first(tmp_path: Path, postgres_url: str) -> Iterator[SelfProvisionedCas]:
 
 def _instance(directory: Path, postgres_url: str, started: list[CasProcess]) -> CasProcess:
     """A new instance with its own directory and only the database URL in common; started."""
-    process = CasProcess(directory, database_url=postgres_url)
+    process = CasProcess(directory, database_url=postgres_url, limits=LIMITS)
     started.append(process)
     return process.start()
 
@@ -56,6 +78,77 @@ def _instance(directory: Path, postgres_url: str, started: list[CasProcess]) -> 
 def _ready(url: str) -> bool:
     with httpx.Client(verify=False, timeout=10) as probe:
         return probe.get(f"{url}/readyz").status_code == 200
+
+
+def _pin_with_casctl(first: SelfProvisionedCas, url: str, alias: str) -> Path:
+    """casctl, as the owner, attests the instance at ``url`` and pins it as ``alias``."""
+    home = first.owner_directory
+    attested = run_casctl(
+        home,
+        [
+            "attest",
+            url,
+            "--only-for-testing-debug",
+            "--expect-owner-identity",
+            str(first.owner_certificate_path),
+            "--expect-owner-config",
+            str(first.owner_config_path),
+            "--alias",
+            alias,
+            "--accept-new-instance",
+        ],
+    )
+    assert attested.returncode == 0, attested.stderr
+    return home
+
+
+def _fetch_and_verify(home: Path, alias: str, output: Path) -> list[dict[str, object]]:
+    """The cluster's log fetched from the instance pinned as ``alias``, verified against it."""
+    fetched = run_casctl(home, ["audit", "fetch", "--cas", alias, "-o", str(output)])
+    assert fetched.returncode == 0, fetched.stderr
+    verified = run_casctl(home, ["audit", "verify", str(output), "--cas", alias])
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    entries = [json.loads(line) for line in output.read_bytes().splitlines()]
+    # One sequence: 1, 2, 3, ... whichever instance wrote each entry.
+    assert [entry["seq"] for entry in entries] == list(range(1, len(entries) + 1))
+    return entries
+
+
+def _audit_certificates(entries: list[dict[str, object]]) -> set[str]:
+    starts = [entry for entry in entries if entry["event"] == "cas_started"]
+    return {str(entry["details"]["audit_certificate"]) for entry in starts}  # type: ignore[index]
+
+
+def _attest_workload(enclave_url: str, platform_key: Ed25519PrivateKey) -> str:
+    """One simulated workload attests at ``enclave_url``; the SHA-256 of its evidence."""
+
+    async def attest() -> str:
+        key = ec.generate_private_key(ec.SECP256R1())
+        public_key = base64.b64encode(
+            key.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        ).decode()
+        async with httpx.AsyncClient(base_url=enclave_url, verify=False, timeout=30) as client:
+            nonce = (await client.post("/v1/enclave/nonce")).json()["nonce"]
+            evidence = create_simulated_evidence(
+                platform_key,
+                MEASUREMENT,
+                workload_report_data(ConfigId("load", "app"), nonce, public_key),
+            )
+            answer = await client.post(
+                "/v1/enclave/attest",
+                json={
+                    "config_id": "load/app",
+                    "nonce": nonce,
+                    "public_key": public_key,
+                    "evidence": evidence.to_json(),
+                },
+            )
+            answer.raise_for_status()
+        return hashlib.sha256(evidence.data).hexdigest()
+
+    return asyncio.run(attest())
 
 
 @pytest.fixture
@@ -101,6 +194,15 @@ def test_new_instances_join_by_attestation_and_serve_the_same_cas(
         # certificates are issued by the CAS key it pinned.
         with CasClient.pinned_to(third.url, first.verified, first.owner) as pinned:
             assert pinned.read_session("shared").hash == updated.hash
+        # One audit log for the cluster, from any instance: the first's write and the third's
+        # are in the log the second serves, which verifies as one chain signed by three keys.
+        home = _pin_with_casctl(first, second.url, "second")
+        entries = _fetch_and_verify(home, "second", tmp_path / "cluster.log")
+        written = {(entry["event"], entry["subject"]) for entry in entries}
+        assert {("session_created", "shared"), ("session_updated", "shared")} <= written
+        assert len(_audit_certificates(entries)) == 3
+        admitted = [entry for entry in entries if entry["event"] == "instance_admitted"]
+        assert len(admitted) == 2
     finally:
         for url, client in clients.items():
             if url != first.url:
@@ -169,78 +271,115 @@ def test_an_instance_of_other_software_gets_no_key_and_says_why(
 def test_a_killed_instance_leaves_the_others_serving_every_acknowledged_write(
     first: SelfProvisionedCas, tmp_path: Path, postgres_url: str, started: list[CasProcess]
 ) -> None:
+    first.client.create_session(WORKLOAD_SESSION)
     second = _instance(tmp_path / "second", postgres_url, started)
     third = _instance(tmp_path / "third", postgres_url, started)
-    clients = {}
+    clients = {first.url: first.client}
     for instance in (second, third):
         clients[instance.url], _ = attest_as_owner(
             instance.url, first.owner, first.owner_config_path
         )
-    acknowledged: list[str] = []
+    enclaves = {
+        first.url: f"https://127.0.0.1:{first.process.enclave_port}",
+        second.url: f"https://127.0.0.1:{second.enclave_port}",
+        third.url: f"https://127.0.0.1:{third.enclave_port}",
+    }
+    updated: list[str] = []  # the hash of every acknowledged session update
+    attested: list[str] = []  # the evidence hash of every acknowledged attestation
     lock = threading.Lock()
     enough = threading.Event()
     stop = threading.Event()
+    failures: list[BaseException] = []
 
-    def write(client: CasClient, prefix: str) -> None:
-        number = 0
+    def acknowledge(into: list[str], value: str) -> None:
+        with lock:
+            into.append(value)
+            if len(updated) >= 15 and len(attested) >= 15:
+                enough.set()
+
+    def update(url: str, name: str) -> None:
+        client = clients[url]
+        try:
+            current = client.create_session(_session(name)).hash
+        except Exception as exc:
+            failures.append(exc)
+            return
         while not stop.is_set():
-            name = f"{prefix}{number}"
+            text = _session(name) + f"predecessor: {current}\n"
             try:
-                client.create_session(_session(name))
-            except Exception:
-                if prefix == "b":
-                    return  # the instance was killed under this request
-                raise
-            with lock:
-                acknowledged.append(name)
-                if len(acknowledged) >= 15:
-                    enough.set()
-            number += 1
+                current = client.update_session(name, text).hash
+            except Exception as exc:
+                if url != second.url:
+                    failures.append(exc)
+                return  # the killed instance's writers stop at the kill
+            acknowledge(updated, current)
+
+    def attest(url: str) -> None:
+        platform_key = Ed25519PrivateKey.generate()
+        while not stop.is_set():
+            try:
+                digest = _attest_workload(enclaves[url], platform_key)
+            except Exception as exc:
+                if url != second.url:
+                    failures.append(exc)
+                return
+            acknowledge(attested, digest)
 
     writers = [
-        threading.Thread(target=write, args=(first.client, "a")),
-        threading.Thread(target=write, args=(clients[second.url], "b")),
-        threading.Thread(target=write, args=(clients[third.url], "c")),
+        threading.Thread(target=work, args=args)
+        for url, name in ((first.url, "a"), (second.url, "b"), (third.url, "c"))
+        for work, args in ((update, (url, name)), (attest, (url,)))
     ]
     try:
         for writer in writers:
             writer.start()
-        assert enough.wait(120)
+        assert enough.wait(120), failures
+        # Killed amid session updates and attestations: no shutdown, no cas_stopped.
         second.kill()
         # The others go on acknowledging writes while the second is gone.
         with lock:
-            before = len(acknowledged)
+            before = len(updated) + len(attested)
         deadline = time.monotonic() + 60
-        while len(acknowledged) < before + 6 and time.monotonic() < deadline:
+        while len(updated) + len(attested) < before + 12 and time.monotonic() < deadline:
             time.sleep(0.1)
         stop.set()
         for writer in writers:
             writer.join(60)
-        assert len(acknowledged) >= before + 6
+        assert not failures, failures
+        assert len(updated) + len(attested) >= before + 12
         assert _ready(first.url)
         assert _ready(third.url)
-        for name in acknowledged:
-            assert clients[third.url].read_session(name).revision == 1
         # The killed instance comes back with its own key store: no join needed.
         second.start()
         assert second.log().count("asking the running instances") == 1
         client, _ = attest_as_owner(second.url, first.owner, first.owner_config_path)
         with client:
-            assert client.read_session(acknowledged[-1]).revision == 1
+            assert client.read_session("b").revision >= 1
+        # Every acknowledged write is in the cluster's log, fetched from the restarted
+        # instance, and the log verifies as one chain.
+        home = _pin_with_casctl(first, second.url, "second")
+        entries = _fetch_and_verify(home, "second", tmp_path / "cluster.log")
     finally:
         stop.set()
-        for client in clients.values():
-            client.close()
-    cas_key_hash = first.verified.report.cas_key_hash
+        for url, client in clients.items():
+            if url != first.url:
+                client.close()
+    logged_updates = {
+        entry["details"]["hash"]  # type: ignore[index]
+        for entry in entries
+        if entry["event"] == "session_updated"
+    }
+    logged_attestations = {
+        entry["details"]["evidence_sha256"]  # type: ignore[index]
+        for entry in entries
+        if entry["event"] == "workload_attested"
+    }
+    assert set(updated) <= logged_updates
+    assert set(attested) <= logged_attestations
+    # Three instances' keys; four starts (the second twice), and the second never stopped.
+    assert len(_audit_certificates(entries)) == 3
+    assert sum(entry["event"] == "cas_started" for entry in entries) == 4
     first.process.stop()
     for process in (first.process, second, third):
         process.stop()
         assert "record-damaged" not in process.log()
-        # Each instance's audit chain verifies on its own, the killed one's too.
-        log_file = process.directory / "audit.log"
-        last = line_hash(log_file.read_bytes().splitlines()[-1])
-        verified = run_casctl(
-            tmp_path / "auditor",
-            ["audit", "verify", str(log_file), "--cas-key-hash", cas_key_hash, "--last", last],
-        )
-        assert verified.returncode == 0, verified.stderr

@@ -22,7 +22,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import IntEnum
@@ -229,6 +229,68 @@ def next_entry(
     return entry, line, Head(seq, line_hash(line))
 
 
+@dataclass(frozen=True)
+class PendingEntry:
+    """An entry waiting for its place in a chain that several writers share: everything but
+    ``seq`` and ``prev``, which only the head it is appended to decides.
+
+    ``details`` is the entry's details, or (a ``cas_started`` entry, whose report is bound to
+    its place) a function that makes them from the hash the entry follows.
+    """
+
+    event: str
+    actor: str
+    subject: str
+    details: Mapping[str, Any] | Callable[[str], Mapping[str, Any]]
+    time: str
+    signed: bool
+
+
+@dataclass(frozen=True)
+class ChainedBatch:
+    """Entries chained onto a head: each one's line and the head after it, in chain order."""
+
+    lines: list[bytes]
+    heads: list[Head]
+
+    @property
+    def head(self) -> Head | None:
+        """The head after the last entry; None for an empty batch."""
+        return self.heads[-1] if self.heads else None
+
+
+def chain_batch(
+    head: Head,
+    pending: Sequence[PendingEntry],
+    *,
+    sign: Callable[[bytes], bytes],
+    prev_failed: bool = False,
+) -> ChainedBatch:
+    """Chain ``pending`` onto ``head``, in order: the first entry follows ``head`` (and says
+    ``prev_failed`` when the operation of the entry at ``head`` failed), each next one the entry
+    before it. Entries marked ``signed`` are signed with ``sign``.
+
+    Raises ``ValueError`` as :func:`next_entry` does; then nothing of the batch counts.
+    """
+    lines: list[bytes] = []
+    heads: list[Head] = []
+    for number, item in enumerate(pending):
+        details = item.details(head.hash) if callable(item.details) else item.details
+        _, line, head = next_entry(
+            head,
+            time=item.time,
+            event=item.event,
+            actor=item.actor,
+            subject=item.subject,
+            details=details,
+            prev_failed=prev_failed and number == 0,
+            sign=sign if item.signed or item.event in ALWAYS_SIGNED else None,
+        )
+        lines.append(line)
+        heads.append(head)
+    return ChainedBatch(lines, heads)
+
+
 def _with_signature(body: bytes, signature: str | None) -> bytes:
     """The line of the entry whose canonical body (without ``sig``) is ``body``.
 
@@ -312,6 +374,42 @@ def audit_key_check(raw_key: bytes) -> SignatureCheck:
         return True
 
     return check
+
+
+class KeyRing:
+    """The audit keys in force at a place in a log: each one a ``cas_started`` entry up to
+    there named (several instances of one CAS each sign with a key of their own).
+
+    :meth:`check` tries the key that verified the last signature first: one instance's entries
+    come in runs, so a log of one instance costs one verification per entry, as before.
+    """
+
+    def __init__(self) -> None:
+        self._raw: list[bytes] = []
+        self._checks: list[SignatureCheck] = []
+        self._last = 0
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def add(self, raw_key: bytes) -> None:
+        """Put the Ed25519 key whose raw 32 bytes are ``raw_key`` in force (again)."""
+        if raw_key in self._raw:
+            return
+        self._raw.append(raw_key)
+        self._checks.append(audit_key_check(raw_key))
+
+    def check(self, signature: bytes, message: bytes) -> bool:
+        """Whether ``signature`` over ``message`` verifies under one of the keys in force."""
+        checks = self._checks
+        last = self._last
+        if checks[last](signature, message):
+            return True
+        for index, check in enumerate(checks):
+            if index != last and check(signature, message):
+                self._last = index
+                return True
+        return False
 
 
 def check_line(line: bytes, check: SignatureCheck | None) -> LineFacts:

@@ -17,6 +17,17 @@ If the sink fails, the entry's operation fails with :class:`AuditLogError`, and 
 later one until the CAS restarts: after a failed write, what the sink holds is not known. An
 operation that changes where the log goes hands its entry the new sink
 (:meth:`Operation.record`); the old one is closed by the sync thread once it is done with it.
+
+**A shared chain.** Several instances of one CAS (on PostgreSQL) write one chain, kept in the
+database (:class:`SharedChain`). An entry's ``seq`` and ``prev`` are then known only once it is
+appended under the database's head, so :meth:`AuditLog.append` queues it and the background
+thread appends everything queued since its last append as one batch, in one transaction (group
+commit per instance); once that committed, it writes the batch's lines to the sink, syncs it and
+only then says the entries are durable. A state-changing operation appends its entry inside its
+own store transaction, so the entry commits with the change or not at all (no ``prev_failed``
+is ever needed), and its line goes to the sink after the commit, before the operation answers.
+The database is the durable copy of the cluster's log; each instance's sink holds the entries
+that instance wrote.
 """
 
 from __future__ import annotations
@@ -29,13 +40,22 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from opencas.audit.chain import ALWAYS_SIGNED, GENESIS, START_EVENT, Head, next_entry
+from opencas.audit.chain import (
+    ALWAYS_SIGNED,
+    GENESIS,
+    START_EVENT,
+    ChainedBatch,
+    Head,
+    PendingEntry,
+    chain_batch,
+    next_entry,
+)
 from opencas.audit.sinks import Sink
-from opencas.errors import AuditLogError
+from opencas.errors import AuditLogError, CasError
 
 log = logging.getLogger("opencas")
 
@@ -48,14 +68,19 @@ COMMIT_DELAY = 0.002
 
 
 class Durable:
-    """A ticket for one entry: :meth:`wait` returns once the entry is durable, or raises."""
+    """A ticket for one entry: :meth:`wait` returns once the entry is durable, or raises.
+
+    In a shared chain, :attr:`head` is the entry's own only once it is durable (it was the
+    writer's last head when the entry was queued).
+    """
 
     def __init__(self, head: Head, future: Future[None] | None) -> None:
         self.head = head
         self.future = future
 
     def wait(self) -> Head:
-        """Block until the entry is durable; its head. Raises :class:`AuditLogError`."""
+        """Block until the entry is durable; its head. Raises :class:`AuditLogError` (or, in a
+        shared chain, the store's error when the database could not take it)."""
         if self.future is not None:
             self.future.result()
         return self.head
@@ -79,6 +104,27 @@ class Expected:
         self._audit._release(self)
 
 
+class SharedChain(Protocol):
+    """A chain several writers append to, kept where each of them reaches it (a database).
+
+    Each append locks the chain's head, calls ``extend`` with it, stores what it chained and
+    moves the head, atomically; it raises a :class:`CasError` when it cannot, and then stores
+    nothing.
+    """
+
+    def head(self) -> Head:
+        """The committed head of the chain."""
+        ...
+
+    def append(self, extend: Callable[[Head], ChainedBatch]) -> Head:
+        """Append in a transaction of its own; the new head once committed."""
+        ...
+
+    def append_in_transaction(self, extend: Callable[[Head], ChainedBatch]) -> Head:
+        """Append inside the store transaction the calling thread has open."""
+        ...
+
+
 @dataclass(frozen=True)
 class StartInfo:
     """What the ``cas_started`` entry of this run carries, made when it is written."""
@@ -100,11 +146,9 @@ class AuditLog:
         prev_failed: bool = False,
         start: StartInfo,
         clock: Callable[[], str],
-        chain: str = "",
+        shared: SharedChain | None = None,
     ) -> None:
-        self.chain = chain
-        """Which chain of the CAS this log writes: ``""``, or the id of an instance that joined
-        the CAS and keeps a chain of its own (the store keeps each chain's head)."""
+        self._shared = shared
         self._sink = sink
         self._signer = signer
         self._mode: AuditLogMode = mode
@@ -123,7 +167,14 @@ class AuditLog:
         self._gathering = False
         self._retired: list[Sink] = []
         self._closing = False
-        self._syncer = threading.Thread(target=self._sync_forever, name="audit-sync", daemon=True)
+        # The shared chain's queue: entries waiting for the next batch, with their tickets.
+        self._pending: list[tuple[PendingEntry, Durable, Future[None]]] = []
+        # The sink is written by the appending thread and by state-changing operations.
+        self._sink_lock = threading.Lock()
+        # The highest head this writer saw in the shared chain: the database's must not go back.
+        self._seen = head
+        target = self._sync_forever if shared is None else self._append_forever
+        self._syncer = threading.Thread(target=target, name="audit-sync", daemon=True)
         self._syncer.start()
 
     @property
@@ -131,6 +182,18 @@ class AuditLog:
         """The last entry written (durable once its ticket says so)."""
         with self._lock:
             return self._head
+
+    @property
+    def shared(self) -> bool:
+        """Whether this log writes a chain that several instances share (see the module)."""
+        return self._shared is not None
+
+    def current_head(self) -> Head:
+        """The head of the log as of now: in a shared chain, the database's (another instance
+        may have appended since this one did); else :attr:`head`."""
+        if self._shared is None:
+            return self.head
+        return self._shared.head()
 
     @property
     def mode(self) -> AuditLogMode:
@@ -187,7 +250,7 @@ class AuditLog:
         try:
             yield operation
         except BaseException:
-            if operation.recorded:
+            if operation.recorded and self._shared is None:
                 self._prev_failed = True
                 log.warning("audit: the operation of seq %d failed", self._head.seq)
             if operation.replaced is not None:
@@ -197,13 +260,27 @@ class AuditLog:
         else:
             if operation.replaced is not None:
                 self._retire(operation.replaced)
+            if operation.committed is not None:
+                self._copy_committed(operation.committed)
         finally:
-            if operation.recorded:
+            if operation.locked:
                 self._lock.release()
+
+    def _copy_committed(self, line: bytes) -> None:
+        """Write the line of a state-changing entry that committed (shared chain) to the sink
+        and sync it; :class:`AuditLogError` when the sink fails (the change did commit)."""
+        if self._broken is not None:
+            raise self._broken
+        try:
+            with self._sink_lock:
+                self._sink.write(line)
+                self._sink.sync()
+        except OSError as exc:
+            raise self._break(exc) from exc
 
     def _use_sink(self, sink: Sink) -> Sink:
         """Write to ``sink`` from now on (the lock is held); the sink it replaces."""
-        with self._sync:
+        with self._sync, self._sink_lock:
             replaced, self._sink = self._sink, sink
         return replaced
 
@@ -212,6 +289,9 @@ class AuditLog:
         with self._sync:
             self._retired.append(sink)
             self._sync.notify_all()
+
+    def _sign(self, event: str) -> bool:
+        return event in ALWAYS_SIGNED or self._mode == "signed"
 
     def change_mode(self, mode: AuditLogMode) -> None:
         """Use ``mode`` from now on (the owner config changed it; its entry is written)."""
@@ -231,9 +311,13 @@ class AuditLog:
             raise self._broken
         if not self._started and event != START_EVENT:
             self._started = True
-            self._write(START_EVENT, "cas", "", self._start.details(self._head.hash))
+            # In a shared chain the start entry's details are made once its place is known.
+            start = {} if self._shared is not None else self._start.details(self._head.hash)
+            self._write(START_EVENT, "cas", "", start)
         self._started = True
         sign = event in ALWAYS_SIGNED or self._mode == "signed"
+        if self._shared is not None:
+            return self._queue(self._pending_entry(event, actor, subject, details, sign))
         _, line, head = next_entry(
             self._head,
             time=self._clock(),
@@ -260,13 +344,115 @@ class AuditLog:
                 self._sync.notify_all()
         return Durable(head, future)
 
+    def _pending_entry(
+        self,
+        event: str,
+        actor: str,
+        subject: str,
+        details: Mapping[str, Any] | Callable[[str], Mapping[str, Any]],
+        sign: bool,
+    ) -> PendingEntry:
+        if event == START_EVENT:
+            # Bound to its place, which only the append decides.
+            details = self._start.details
+        return PendingEntry(event, actor, subject, details, self._clock(), sign)
+
+    def _queue(self, entry: PendingEntry) -> Durable:
+        """Queue ``entry`` for the next batch of the shared chain; its ticket."""
+        future: Future[None] = Future()
+        ticket = Durable(self._head, future)
+        with self._sync:
+            self._pending.append((entry, ticket, future))
+            self._sync.notify_all()
+        return ticket
+
     def write_start(self) -> Durable | None:
         """Write this run's ``cas_started`` entry now, unless the log is disabled."""
         with self._lock:
             if self._mode == "disabled" or self._started:
                 return None
             self._started = True
+            if self._shared is not None:
+                return self._queue(self._pending_entry(START_EVENT, "cas", "", {}, True))
             return self._write(START_EVENT, "cas", "", self._start.details(self._head.hash))
+
+    def _extend(self, head: Head, pending: list[PendingEntry]) -> ChainedBatch:
+        """Chain ``pending`` onto the shared chain's ``head`` (its row is locked)."""
+        seen = self._seen
+        if head.seq < seen.seq or (head.seq == seen.seq and head.hash != seen.hash):
+            raise AuditLogError(
+                f"the database's audit log went back: its head is seq {head.seq}, but this "
+                f"instance saw seq {seen.seq} {seen.hash} in it; restore the database's "
+                "audit_entries and audit_head (a database from before was put back?)"
+            )
+        failed = self._prev_failed and head == self._head
+        try:
+            return chain_batch(head, pending, sign=self._signer.sign, prev_failed=failed)
+        except ValueError as exc:
+            raise AuditLogError(f"an audit entry cannot be written: {exc}") from exc
+
+    def _appended(self, head: Head) -> None:
+        with self._sync:
+            if head.seq > self._seen.seq:
+                self._seen = head
+            self._head, self._prev_failed = head, False
+
+    def _append_forever(self) -> None:
+        """The shared chain's appending thread: each round, every queued entry as one batch."""
+        assert self._shared is not None
+        while True:
+            with self._sync:
+                while not self._pending and not self._closing and not self._retired:
+                    self._sync.wait()
+                if self._pending and self._expected and not self._closing:
+                    self._gather()  # announced entries join this batch
+                batch, self._pending = self._pending, []
+                retired, self._retired = self._retired, []
+                if not batch:
+                    _close_all(retired)
+                    if self._closing:
+                        return
+                    continue
+            self._append_batch(batch)
+            _close_all(retired)
+
+    def _append_batch(self, batch: list[tuple[PendingEntry, Durable, Future[None]]]) -> None:
+        assert self._shared is not None
+        entries = [entry for entry, _, _ in batch]
+        chained: list[ChainedBatch] = []
+
+        def extend(head: Head) -> ChainedBatch:
+            chained.clear()
+            chained.append(self._extend(head, entries))
+            return chained[0]
+
+        failure: BaseException | None = self._broken
+        if failure is None:
+            try:
+                self._shared.append(extend)
+            except CasError as exc:
+                failure = exc
+                log.warning("audit: a batch of %d entries was not appended: %s", len(batch), exc)
+            except Exception as exc:  # the tickets must end, whatever went wrong
+                log.exception("audit: a batch of %d entries was not appended", len(batch))
+                failure = AuditLogError(f"the audit log cannot take entries ({exc})")
+        if failure is None:
+            done = chained[0]
+            try:
+                with self._sink_lock:
+                    for line in done.lines:
+                        self._sink.write(line)
+                    self._sink.sync()
+            except OSError as exc:
+                failure = self._break(exc)
+            if done.head is not None:
+                self._appended(done.head)
+        for index, (_, ticket, future) in enumerate(batch):
+            if failure is None:
+                ticket.head = chained[0].heads[index]
+                future.set_result(None)
+            else:
+                future.set_exception(failure)
 
     def _break(self, exc: OSError) -> AuditLogError:
         self._broken = AuditLogError(
@@ -340,7 +526,11 @@ class Operation:
     def __init__(self, audit: AuditLog) -> None:
         self._audit = audit
         self.recorded = False
+        self.locked = False
         self.replaced: Sink | None = None
+        self.committed: bytes | None = None
+        """In a shared chain, the line of the entry appended in the transaction: it goes to the
+        sink once the operation ended without an error."""
 
     def record(
         self,
@@ -360,6 +550,8 @@ class Operation:
         comes back. Raises :class:`AuditLogError` when the log cannot take the entry.
         """
         audit = self._audit
+        if audit._shared is not None:
+            return self._record_shared(audit._shared, event, actor, subject, details, sink)
         audit._lock.acquire()
         try:
             if sink is not None:
@@ -370,8 +562,49 @@ class Operation:
                 return None
             ticket = audit._write(event, actor, subject, details)
             self.recorded = True
+            self.locked = True
         except BaseException:
             if not self.recorded:
                 audit._lock.release()
             raise
         return ticket.wait()
+
+    def _record_shared(
+        self,
+        shared: SharedChain,
+        event: str,
+        actor: str,
+        subject: str,
+        details: Mapping[str, Any],
+        sink: Sink | None,
+    ) -> Head | None:
+        """:meth:`record` in a shared chain: append the entry in the open store transaction
+        (its head row stays locked until the transaction ends)."""
+        audit = self._audit
+        with audit._lock:
+            if sink is not None:
+                self.replaced = audit._use_sink(sink)
+            if audit.mode == "disabled" and event not in ALWAYS_SIGNED:
+                return None
+            if audit._broken is not None:
+                raise audit._broken
+            start = None
+            if not audit._started:
+                audit._started = True
+                start = audit._queue(audit._pending_entry(START_EVENT, "cas", "", {}, True))
+            entry = audit._pending_entry(event, actor, subject, details, audit._sign(event))
+        if start is not None:
+            # Before this entry: this instance's entries follow its start entry in the chain.
+            start.wait()
+        chained: list[ChainedBatch] = []
+
+        def extend(head: Head) -> ChainedBatch:
+            chained.clear()
+            chained.append(audit._extend(head, [entry]))
+            return chained[0]
+
+        head = shared.append_in_transaction(extend)
+        self.recorded = True
+        self.committed = chained[0].lines[0]
+        audit._appended(head)
+        return head

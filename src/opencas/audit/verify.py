@@ -3,7 +3,9 @@
 :func:`verify_log` reads the file in chunks cut at line ends. It first finds the ``cas_started``
 entries (each names the audit key of the lines after it, certified by the CAS key), then checks
 every line's form, signature and hash in worker processes, and feeds what each line says, in
-file order, to the pure :class:`~opencas.audit.chain.ChainJudge`.
+file order, to the pure :class:`~opencas.audit.chain.ChainJudge`. A line's signature may be
+any key a ``cas_started`` entry up to it named: the instances of a CAS on PostgreSQL write one
+log, each signing with its own audit key (:class:`~opencas.audit.chain.KeyRing`).
 
 The workers are a :class:`~concurrent.futures.ProcessPoolExecutor`, not a ``multiprocessing``
 pool: a pool whose worker dies loses that worker's task and waits for it forever, where the
@@ -15,7 +17,6 @@ fork, which the child then waits for forever); otherwise they start from a fork 
 
 from __future__ import annotations
 
-import bisect
 import mmap
 import multiprocessing
 import os
@@ -34,10 +35,10 @@ from opencas.audit.chain import (
     START_EVENT,
     ChainJudge,
     Expectations,
+    KeyRing,
     LineFacts,
     StartClaims,
     Verdict,
-    audit_key_check,
     check_line,
     check_start,
     parse_entry,
@@ -242,16 +243,24 @@ def _check_chunk(chunk: _Chunk) -> _Checked:
     with open(chunk.path, "rb") as file:
         file.seek(chunk.start)
         text = file.read(chunk.end - chunk.start)
-    lines = [line for line, _ in chunk.keys]
-    checks = [audit_key_check(raw) for _, raw in chunk.keys]
+    # The keys in force at a line: every key a start entry up to it named (several instances
+    # of one CAS sign with keys of their own); the first one also before the first start.
+    ring = KeyRing()
+    keys = list(chunk.keys)
+    if keys:
+        ring.add(keys[0][1])
+    following = 0
     parts = text.split(b"\n")
     if parts and parts[-1] == b"":
         parts.pop()
     checked = _Checked(len(text), chunk.first_line, len(parts))
     event_index = _EVENT_INDEX
+    check = ring.check if keys else None
     for offset, raw in enumerate(parts):
-        index = bisect.bisect_right(lines, chunk.first_line + offset) - 1
-        check = checks[max(index, 0)] if checks else None
+        line = chunk.first_line + offset
+        while following < len(keys) and keys[following][0] <= line:
+            ring.add(keys[following][1])
+            following += 1
         try:
             facts = check_line(raw, check)
         except ValueError as exc:

@@ -5,6 +5,11 @@ The head the store keeps is that of the last entry whose operation committed (it
 that operation's transaction). Opening the log checks that the file still holds that entry; a
 state-changing entry after it is one whose operation never committed (the CAS stopped between
 the two), and the next entry says so.
+
+On PostgreSQL the log is one chain for every instance of the CAS, kept in the database
+(:mod:`opencas.store.audit_entries`); each instance signs with an audit key of its own, certified
+by the CAS key, and its sink holds the entries it wrote. A database whose log was kept in the
+creating instance's file until now gets that file's entries moved in when that instance opens it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from opencas.audit.chain import GENESIS, STATE_EVENTS, Head, line_hash, parse_entry, start_details
-from opencas.audit.log import AuditLog, AuditLogMode, Operation, StartInfo
+from opencas.audit.log import AuditLog, AuditLogMode, Operation, SharedChain, StartInfo
 from opencas.audit.sinks import FileSink, NetworkSink, Sink, cut_partial_line, lines_backwards
 from opencas.config.owner import OwnerConfig
 from opencas.crypto.pem import certificate_pem, private_key_pem
@@ -45,7 +50,9 @@ from opencas.service.cas_records import (
     write_audit_key,
 )
 from opencas.service.identity import CasIdentity, utc_now_text
+from opencas.store.audit_entries import AuditEntries
 from opencas.store.base import Store, Transaction
+from opencas.store.postgres import PostgresStore
 
 log = logging.getLogger("opencas")
 
@@ -110,9 +117,10 @@ def next_sink(path: Path, current: OwnerConfig | None, new: OwnerConfig) -> Sink
 
 
 def audit_key(store: Store, identity: CasIdentity) -> AuditKeyRecord:
-    """The audit key record, made (and certified by the CAS key) the first time it is needed."""
+    """The audit key record of this instance, made (and certified by the CAS key) the first
+    time it is needed: each instance that joined the CAS signs with a key of its own."""
     with store.transaction() as txn:
-        record = read_audit_key(txn)
+        record = read_audit_key(txn, identity.scope)
         if record is not None:
             return record
         key = Ed25519PrivateKey.generate()
@@ -127,7 +135,7 @@ def audit_key(store: Store, identity: CasIdentity) -> AuditKeyRecord:
             key_pem=private_key_pem(key).decode("ascii"),
             certificate_pem=certificate_pem(certificate).decode("ascii"),
         )
-        write_audit_key(txn, record)
+        write_audit_key(txn, record, identity.scope)
         return record
 
 
@@ -199,6 +207,11 @@ def _database_hint(committed: Head) -> str:
     return f"(its audit head is seq {committed.seq})"
 
 
+def shared_chain(store: Store) -> AuditEntries | None:
+    """The chain every instance appends to, on PostgreSQL; None for a CAS that is alone."""
+    return store.audit_entries if isinstance(store, PostgresStore) else None
+
+
 def open_audit_log(
     store: Store,
     identity: CasIdentity,
@@ -208,12 +221,17 @@ def open_audit_log(
     """Open the audit log at ``path`` for the CAS whose store and identity are given.
 
     ``attest(nonce)`` answers what ``GET /v1/attest`` would: the ``cas_started`` entry carries
-    it, with the previous entry's hash as nonce.
+    it, with the previous entry's hash as nonce. On PostgreSQL the log is the cluster's chain in
+    the database and ``path`` this instance's sink.
     """
     record = audit_key(store, identity)
-    stored = read_audit_head(store, identity.scope)
+    stored = read_audit_head(store)
     committed = GENESIS if stored is None else Head(stored.seq, stored.hash)
-    opened = reconcile(path, committed)
+    entries = shared_chain(store)
+    if entries is None:
+        opened = reconcile(path, committed)
+    else:
+        opened = _open_shared(entries, identity, path, committed)
     config = read_owner_config(store)
     sink = open_sink(path, config)
 
@@ -227,6 +245,7 @@ def open_audit_log(
             evidence=answer["evidence"],
         )
 
+    shared: SharedChain | None = entries
     return AuditLog(
         sink,
         record.load_key(),
@@ -235,17 +254,61 @@ def open_audit_log(
         prev_failed=opened.prev_failed,
         start=StartInfo(details),
         clock=utc_now_text,
-        chain=identity.scope,
+        shared=shared,
     )
+
+
+def _open_shared(
+    entries: AuditEntries, identity: CasIdentity, path: Path, committed: Head
+) -> OpenedFile:
+    """The cluster's chain as this instance starts on it: its head, checked against the head
+    committed with the state; the creating instance's log file moved in, when the database
+    kept no entries yet but its state committed some."""
+    head = entries.head()
+    if head.seq == 0 and committed.seq > 0:
+        if identity.scope:
+            raise AuditLogError(
+                f"the database's audit log is still in the log file of the instance that "
+                f"created the CAS (its committed head is seq {committed.seq}): start that "
+                "instance first, it moves the log into the database"
+            )
+        opened = reconcile(path, committed)
+        head = entries.import_log(_file_entries(path))
+        log.info("audit: moved the log file %s (to seq %d) into the database", path, head.seq)
+        return OpenedFile(head, opened.prev_failed)
+    if head.seq < committed.seq or (head.seq == committed.seq and head != committed):
+        raise AuditLogError(
+            f"the database's audit log ends at seq {head.seq}, before the entry seq "
+            f"{committed.seq} {committed.hash} that its state committed: audit_entries and "
+            "audit_head were cut back or replaced; restore them"
+        )
+    if path.exists():
+        removed = cut_partial_line(path)
+        if removed:
+            log.warning("audit: removed an unfinished last line (%d bytes) from %s", removed, path)
+    return OpenedFile(head, False)
+
+
+def _file_entries(path: Path) -> Iterator[tuple[Head, bytes]]:
+    """Each entry of the log file at ``path``: its head and line, in order."""
+    with path.open("rb") as file:
+        for number, raw in enumerate(file, 1):
+            line = raw.rstrip(b"\n")
+            try:
+                seq = parse_entry(line).seq
+            except ValueError as exc:
+                raise AuditLogError(
+                    f"the audit log {path} is damaged at line {number}: {exc}"
+                ) from exc
+            yield Head(seq, line_hash(line)), line
 
 
 class StateEntry:
     """Records a state-changing operation's entry in its transaction (see :func:`state_change`)."""
 
-    def __init__(self, operation: Operation, sink: Sink | None, chain: str) -> None:
+    def __init__(self, operation: Operation, sink: Sink | None) -> None:
         self._operation = operation
         self.sink = sink
-        self._chain = chain
 
     def record(
         self,
@@ -263,7 +326,7 @@ class StateEntry:
             event, actor=actor, subject=subject, details=details, sink=sink
         )
         if head is not None:
-            write_audit_head(txn, AuditHeadRecord(seq=head.seq, hash=head.hash), self._chain)
+            write_audit_head(txn, AuditHeadRecord(seq=head.seq, hash=head.hash))
 
 
 @contextlib.contextmanager
@@ -273,7 +336,7 @@ def state_change(audit: AuditLog, sink: Sink | None = None) -> Iterator[StateEnt
     entry was written, the next entry says so. ``sink`` (from :func:`next_sink`) is where the
     entry and the ones after it go; an operation that fails before its entry closes it."""
     with audit.operation() as operation:
-        entry = StateEntry(operation, sink, audit.chain)
+        entry = StateEntry(operation, sink)
         try:
             yield entry
         finally:
@@ -311,11 +374,15 @@ class AuditPage:
 
 
 def read_page(audit: AuditLog, store: Store, path: Path, start: int) -> AuditPage:
-    """The entries from ``seq`` ``start`` on, at most one page of them."""
+    """The entries from ``seq`` ``start`` on, at most one page of them: on PostgreSQL the
+    cluster's, from the database; else from the log file at ``path``."""
+    checkpoints = [Head(point.seq, point.hash) for point in read_audit_checkpoints(store)]
+    entries = shared_chain(store)
+    if entries is not None:
+        head = entries.head()
+        stored = entries.page(start, MAX_PAGE_ENTRIES, MAX_PAGE_BYTES)
+        return AuditPage(stored.lines, stored.next, head, checkpoints)
     head = audit.head
-    checkpoints = [
-        Head(point.seq, point.hash) for point in read_audit_checkpoints(store, audit.chain)
-    ]
     lines: list[str] = []
     size = 0
     following: int | None = None

@@ -141,10 +141,13 @@ class Cas:
         return self.store.guards if isinstance(self.store, PostgresStore) else None
 
     def audit_head(self) -> Head:
-        """The head of the audit log: its last entry written (or the stored one, inspected)."""
+        """The head of the audit log: its last entry written (or the stored one, inspected); on
+        PostgreSQL the cluster's, as the database has it now."""
         if self.audit is not None:
-            return self.audit.head
-        stored = read_audit_head(self.store, self.identity.scope)
+            return self.audit.current_head()
+        if isinstance(self.store, PostgresStore):
+            return self.store.audit_entries.head()
+        stored = read_audit_head(self.store)
         return Head(0, AUDIT_GENESIS_HEAD) if stored is None else Head(stored.seq, stored.hash)
 
     def reload_identity(self) -> None:

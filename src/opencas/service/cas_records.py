@@ -13,18 +13,22 @@ Records (table ``cas``; each value is the JSON of its model below):
 - ``provisioning-token`` (:class:`TokenRecord`): the one-time token that attested provisioning
   requires; deleted once the CAS is provisioned.
 - ``audit-key`` (:class:`AuditKeyRecord`): the Ed25519 audit key and its certificate, issued by
-  the CAS key; written once.
+  the CAS key; written once. An instance that joined the CAS has its own
+  (``audit-key/<instance id>``).
 - ``audit-head`` (:class:`AuditHeadRecord`): the ``seq`` and hash of the last audit entry whose
-  operation committed, written in that operation's transaction.
+  operation committed, written in that operation's transaction. There is one audit chain for the
+  whole CAS, whichever instance wrote its entries (on PostgreSQL the entries are in the
+  database, :mod:`opencas.store.audit_entries`).
 - ``audit-checkpoint/<seq, 16 digits>`` (:class:`AuditHeadRecord`): committed heads kept for
   good, one at least every :data:`AUDIT_CHECKPOINT_INTERVAL` sequence numbers, so a verifier can
   tell a rewritten older part of the log.
 - ``instance/<instance id>`` (:class:`InstanceRecord`): an instance that joined the CAS (on
   PostgreSQL) after the one that created it. A joined instance keeps its own TLS record
-  (``tls/<instance id>``), audit head (``audit-head/<instance id>``) and checkpoints
-  (``audit-checkpoint-<instance id>/<seq>``): its own TLS key, and its own audit chain. The
-  instance that created the CAS keeps the unscoped records, so a database from before clusters
-  opens as it was.
+  (``tls/<instance id>``) and audit key (``audit-key/<instance id>``). The instance that
+  created the CAS keeps the unscoped records, so a database from before clusters opens as it
+  was. (Joined instances of an earlier build kept an audit chain of their own,
+  ``audit-head/<instance id>`` and ``audit-checkpoint-<instance id>/<seq>``; those records are
+  no longer read.)
 
 The table name, the keys and the JSON shapes are the on-disk format: existing databases must keep
 opening, so they change only with a migration. A record that must exist and does not, or that
@@ -177,14 +181,15 @@ class AuditHeadRecord(_Record):
     hash: str
 
 
-def read_audit_key(source: Reader) -> AuditKeyRecord | None:
-    """The audit key record, or ``None`` before the CAS first opened its log."""
-    return read_record(source, AuditKeyRecord, _TABLE, _AUDIT_KEY)
+def read_audit_key(source: Reader, scope: str = "") -> AuditKeyRecord | None:
+    """The audit key record of the instance ``scope``, or ``None`` before it first opened the
+    log."""
+    return read_record(source, AuditKeyRecord, _TABLE, _scoped(_AUDIT_KEY, scope))
 
 
-def write_audit_key(txn: Transaction, record: AuditKeyRecord) -> None:
-    """Write the audit key record (once)."""
-    write_record(txn, _TABLE, _AUDIT_KEY, record)
+def write_audit_key(txn: Transaction, record: AuditKeyRecord, scope: str = "") -> None:
+    """Write the audit key record of the instance ``scope`` (once)."""
+    write_record(txn, _TABLE, _scoped(_AUDIT_KEY, scope), record)
 
 
 def _scoped(key: str, scope: str) -> str:
@@ -192,34 +197,28 @@ def _scoped(key: str, scope: str) -> str:
     return f"{key}/{scope}" if scope else key
 
 
-def _checkpoint_prefix(scope: str) -> str:
-    # Not "audit-checkpoint/<scope>/": the creating instance lists "audit-checkpoint/".
-    return f"audit-checkpoint-{scope}/" if scope else _AUDIT_CHECKPOINT
+def read_audit_head(source: Reader) -> AuditHeadRecord | None:
+    """The last committed head of the audit log, or ``None`` before its first logged
+    operation."""
+    return read_record(source, AuditHeadRecord, _TABLE, _AUDIT_HEAD)
 
 
-def read_audit_head(source: Reader, scope: str = "") -> AuditHeadRecord | None:
-    """The last committed head of the audit chain of ``scope``, or ``None`` before its first
-    logged operation."""
-    return read_record(source, AuditHeadRecord, _TABLE, _scoped(_AUDIT_HEAD, scope))
-
-
-def write_audit_head(txn: Transaction, head: AuditHeadRecord, scope: str = "") -> None:
-    """Store ``head`` as the committed head of the chain of ``scope``, and as a checkpoint when
-    one is due."""
-    previous = read_audit_head(txn, scope)
-    write_record(txn, _TABLE, _scoped(_AUDIT_HEAD, scope), head)
-    prefix = _checkpoint_prefix(scope)
-    checkpoints = txn.list_keys(_TABLE, prefix)
-    last = int(checkpoints[-1].removeprefix(prefix)) if checkpoints else 0
+def write_audit_head(txn: Transaction, head: AuditHeadRecord) -> None:
+    """Store ``head`` as the committed head of the audit log, and as a checkpoint when one is
+    due."""
+    previous = read_audit_head(txn)
+    write_record(txn, _TABLE, _AUDIT_HEAD, head)
+    checkpoints = txn.list_keys(_TABLE, _AUDIT_CHECKPOINT)
+    last = int(checkpoints[-1].removeprefix(_AUDIT_CHECKPOINT)) if checkpoints else 0
     if previous is None or head.seq - last >= AUDIT_CHECKPOINT_INTERVAL:
-        write_record(txn, _TABLE, f"{prefix}{head.seq:016d}", head)
+        write_record(txn, _TABLE, f"{_AUDIT_CHECKPOINT}{head.seq:016d}", head)
 
 
-def read_audit_checkpoints(source: Reader, scope: str = "") -> list[AuditHeadRecord]:
-    """Every checkpoint of the audit chain of ``scope``, oldest first."""
+def read_audit_checkpoints(source: Reader) -> list[AuditHeadRecord]:
+    """Every checkpoint of the audit log, oldest first."""
     return [
         require_record(source, AuditHeadRecord, _TABLE, key)
-        for key in source.list_keys(_TABLE, _checkpoint_prefix(scope))
+        for key in source.list_keys(_TABLE, _AUDIT_CHECKPOINT)
     ]
 
 

@@ -4,7 +4,8 @@ PostgreSQL only holds the raw rows of :mod:`opencas.store.records`; every value 
 authenticated by the CAS exactly as in the SQLite file, and every row read back is checked, so
 someone with full access to the database can destroy records but not read, change, move or roll
 them back unnoticed. Schema (migration 1; migration 2 adds the guards' tables of
-:mod:`opencas.store.guards`, migration 3 the cluster's tables of :mod:`opencas.store.cluster`)::
+:mod:`opencas.store.guards`, migration 3 the cluster's tables of :mod:`opencas.store.cluster`,
+migration 4 the cluster's audit log of :mod:`opencas.store.audit_entries`)::
 
     schema_version(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ)   one row per migration
     meta(name TEXT PRIMARY KEY, value TEXT)                  plaintext: format, created_at
@@ -41,6 +42,7 @@ from opencas.errors import (
     RecordDamagedError,
     StoreError,
 )
+from opencas.store.audit_entries import AUDIT_TABLES, AuditEntries
 from opencas.store.base import StoreState, Transaction
 from opencas.store.cluster import (
     CLUSTER_TABLES,
@@ -96,6 +98,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     GUARD_TABLES,
     CLUSTER_TABLES,
+    AUDIT_TABLES,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -335,6 +338,10 @@ class PostgresStore:
         """The guards' state every instance on this database shares (nonces, proofs, ...)."""
         self.cluster = ClusterRows(pool.connection, self._failing)
         """The rows through which the instances find each other and hand over the key."""
+        self.audit_entries = AuditEntries(
+            pool.connection, self._transaction_connection, self._failing
+        )
+        """The cluster's audit log: one chain that every instance appends to."""
         self._pool = pool
         self._damaged = damaged
         self._closed = False
@@ -545,6 +552,11 @@ class PostgresStore:
                 _check_state_opens(self._shown, cipher, rows.state())
         return result
 
+    def _transaction_connection(self) -> psycopg.Connection[Any] | None:
+        """The connection of the write transaction this thread has open, or None."""
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "connection", None)
+        return conn
+
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError(f"database {self._shown} is closed")
@@ -620,6 +632,7 @@ class PostgresStore:
             ):
                 rows = _PostgresRows(conn, self._shown, fence)
                 _check_state_opens(self._shown, self._cipher, rows.lock_state())
+                self._local.connection = conn
                 if fence is not None and not check_fence(conn, fence):
                     raise _lease_lost(fence)
                 tx = RecordTransaction(rows, self._cipher)
@@ -631,6 +644,7 @@ class PostgresStore:
                     raise
         finally:
             self._local.in_transaction = False
+            self._local.connection = None
 
     def use_keys(self, dmk: bytes, previous_dmk: bytes | None) -> None:
         """Seal from now on under ``dmk``, and open under it or ``previous_dmk`` (see

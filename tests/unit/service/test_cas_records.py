@@ -12,11 +12,13 @@ from opencas.config.owner import owner_config_sha256, parse_owner_config
 from opencas.errors import RecordDamagedError
 from opencas.service.cas_records import (
     AuditHeadRecord,
+    AuditKeyRecord,
     OwnerRecord,
     StateRecord,
     delete_provisioning_token,
     read_audit_checkpoints,
     read_audit_head,
+    read_audit_key,
     read_identity,
     read_owner,
     read_owner_config,
@@ -24,6 +26,7 @@ from opencas.service.cas_records import (
     read_state,
     read_tls,
     write_audit_head,
+    write_audit_key,
     write_owner,
     write_owner_config,
     write_provisioning_token,
@@ -166,7 +169,7 @@ def test_a_key_that_does_not_load_is_damaged(store: SqliteStore) -> None:
         broken.model_copy(update={"ca_certificate_pem": "not a certificate"}).load_ca_certificate()
 
 
-def test_a_joined_instance_keeps_its_own_tls_key_and_audit_chain(store: SqliteStore) -> None:
+def test_a_joined_instance_keeps_its_own_tls_key_and_audit_key(store: SqliteStore) -> None:
     joined = "0b7c4c2e-8a1e-4b59-9d3e-4f36a4a6b2a1"
     assert instance_scope(store, joined) == ""
     with store.transaction() as txn:
@@ -179,12 +182,19 @@ def test_a_joined_instance_keeps_its_own_tls_key_and_audit_chain(store: SqliteSt
     ca = read_identity(store).load_ca_certificate()
     assert mine.load_tls_certificate().issuer == ca.subject
     assert "tls/" + joined in store.list_keys("cas")
-    # Each chain's head and checkpoints are its own; the creator's keep their keys.
+    # Each instance's audit key is its own; the creator's keeps its key.
+    own = AuditKeyRecord(key_pem="joined", certificate_pem="joined")
+    creator = AuditKeyRecord(key_pem="creator", certificate_pem="creator")
     with store.transaction() as txn:
-        write_audit_head(txn, AuditHeadRecord(seq=3, hash="aa" * 32), joined)
+        write_audit_key(txn, own, joined)
+        write_audit_key(txn, creator)
+    assert read_audit_key(store, joined) == own
+    assert read_audit_key(store) == creator
+    assert {"audit-key", "audit-key/" + joined} <= set(store.list_keys("cas"))
+    # The log has one head and one set of checkpoints, whichever instance wrote it.
+    with store.transaction() as txn:
+        write_audit_head(txn, AuditHeadRecord(seq=3, hash="aa" * 32))
         write_audit_head(txn, AuditHeadRecord(seq=9, hash="bb" * 32))
-    assert read_audit_head(store, joined) == AuditHeadRecord(seq=3, hash="aa" * 32)
     assert read_audit_head(store) == AuditHeadRecord(seq=9, hash="bb" * 32)
-    assert [point.seq for point in read_audit_checkpoints(store, joined)] == [3]
-    assert [point.seq for point in read_audit_checkpoints(store)] == [9]
+    assert [point.seq for point in read_audit_checkpoints(store)] == [3]
     assert "audit-head" in store.list_keys("cas")
