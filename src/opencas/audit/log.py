@@ -261,7 +261,8 @@ class AuditLog:
             if operation.replaced is not None:
                 self._retire(operation.replaced)
             if operation.committed is not None:
-                self._copy_committed(operation.committed)
+                self._appended(operation.committed[1])
+                self._copy_committed(operation.committed[0])
         finally:
             if operation.locked:
                 self._lock.release()
@@ -528,9 +529,9 @@ class Operation:
         self.recorded = False
         self.locked = False
         self.replaced: Sink | None = None
-        self.committed: bytes | None = None
-        """In a shared chain, the line of the entry appended in the transaction: it goes to the
-        sink once the operation ended without an error."""
+        self.committed: tuple[bytes, Head] | None = None
+        """In a shared chain, the line and head of the entry appended in the transaction: they
+        count (the line goes to the sink) once the operation ended without an error."""
 
     def record(
         self,
@@ -605,6 +606,5 @@ class Operation:
 
         head = shared.append_in_transaction(extend)
         self.recorded = True
-        self.committed = chained[0].lines[0]
-        audit._appended(head)
+        self.committed = (chained[0].lines[0], head)
         return head

@@ -67,7 +67,13 @@ class MemoryChain:
             return self.head()
 
     def append_in_transaction(self, extend: Callable[[Head], ChainedBatch]) -> Head:
+        """Appended, as a transaction that then commits would; :meth:`roll_back` undoes it."""
         return self.append(extend)
+
+    def roll_back(self) -> None:
+        """The transaction of the last in-transaction append failed: its entry is gone."""
+        with self._lock:
+            del self.lines[-1], self.heads[-1]
 
 
 def pending(event: str = "session_read", subject: str = "one") -> PendingEntry:
@@ -270,11 +276,15 @@ def test_a_state_change_reaches_the_sink_only_once_it_ended_well(
             recorded.append(
                 operation.record("session_created", actor="cas", subject="lost", details={})
             )
+            chain.roll_back()
             raise RuntimeError("the transaction fails")
 
     with pytest.raises(RuntimeError):
         failing_change()
-    assert recorded == [chain.head()]
+    assert recorded[0] is not None
+    assert recorded[0].seq == 2
+    # The writer did not take the rolled-back entry for the head: the next one takes its seq.
+    assert log.append("session_read", actor="cas", subject="next", details={}).wait().seq == 2
     assert b'"lost"' not in sink.read_bytes()
     with log.operation() as operation:
         operation.record("session_created", actor="cas", subject="kept", details={})
