@@ -2,7 +2,7 @@
 
 A CAS whose instances share one PostgreSQL database writes one audit log for the cluster: each
 instance batches its entries and appends each batch under the cluster's head row in the database
-(two round trips per batch, whatever its size), then writes the batch to its own file and
+(five statements per batch, whatever its size), then writes the batch to its own file and
 fsyncs it. This benchmark measures what that costs attestation throughput:
 
 - Two CASes are started (``start_self_provisioned_cas`` of :mod:`opencas.testing`), each in a
