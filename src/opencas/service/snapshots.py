@@ -170,7 +170,7 @@ def _take(cas: Cas, file: BinaryIO) -> tuple[SnapshotHeader, int]:
     with cas.store.snapshot() as reader:
         if not isinstance(reader, RecordReader):
             raise TypeError(f"{type(reader).__name__} is not a snapshot of the record layer")
-        head = read_audit_head(reader, cas.identity.scope)
+        head = read_audit_head(reader)
         header = SnapshotHeader(
             snapshot_id=secrets.token_hex(8),
             cluster_id=cas.identity.cluster_id,
