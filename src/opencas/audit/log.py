@@ -316,7 +316,7 @@ class AuditLog:
             start = {} if self._shared is not None else self._start.details(self._head.hash)
             self._write(START_EVENT, "cas", "", start)
         self._started = True
-        sign = event in ALWAYS_SIGNED or self._mode == "signed"
+        sign = self._sign(event)
         if self._shared is not None:
             return self._queue(self._pending_entry(event, actor, subject, details, sign))
         _, line, head = next_entry(
