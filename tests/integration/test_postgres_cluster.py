@@ -1,6 +1,7 @@
 """Several `cas` instances of one CAS on one PostgreSQL database: new instances get the database
-key only by attesting to a running one, serve the same CAS and write one audit log, and one that
-dies leaves the others serving; an instance of other software is refused and says why."""
+key only by attesting to a running one, serve the same CAS and write one audit log, whose mode an
+owner config change at any of them sets for all, and one that dies leaves the others serving; an
+instance of other software is refused and says why."""
 
 from __future__ import annotations
 
@@ -26,8 +27,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import opencas
 from opencas.attestation.simulated import create_simulated_evidence
 from opencas.attestation.workload_binding import ConfigId, workload_report_data
+from opencas.audit.chain import ALWAYS_SIGNED, MODE_EVENT
+from opencas.audit.log import FOLLOW_SECONDS
 from opencas.client.cas_client import CasClient
+from opencas.config.owner import OwnerConfig, parse_owner_config
 from opencas.testing import (
+    DEVELOPMENT_OWNER_CONFIG,
     CasProcess,
     SelfProvisionedCas,
     attest_as_owner,
@@ -383,3 +388,110 @@ def test_a_killed_instance_leaves_the_others_serving_every_acknowledged_write(
     for process in (first.process, second, third):
         process.stop()
         assert "record-damaged" not in process.log()
+
+
+def _mode_config_text(mode: str) -> str:
+    """The owner config the first instance was provisioned with, but the audit log's mode."""
+    return DEVELOPMENT_OWNER_CONFIG + f'[audit_log]\nmode = "{mode}"\n'
+
+
+def _owner_config_with_mode(mode: str) -> OwnerConfig:
+    return parse_owner_config(_mode_config_text(mode), "owner-config.toml", "toml").config
+
+
+def _stored_entries(postgres_url: str) -> list[dict[str, object]]:
+    with psycopg.connect(postgres_url) as conn:
+        rows = conn.execute("SELECT line FROM audit_entries ORDER BY position").fetchall()
+    return [json.loads(row[0]) for row in rows]
+
+
+def test_an_owner_config_change_at_one_instance_sets_the_audit_mode_of_every_instance(
+    first: SelfProvisionedCas, tmp_path: Path, postgres_url: str, started: list[CasProcess]
+) -> None:
+    second = _instance(tmp_path / "second", postgres_url, started)
+    third = _instance(tmp_path / "third", postgres_url, started)
+    clients = {"first": first.client}
+    for name, instance in (("second", second), ("third", third)):
+        clients[name], _ = attest_as_owner(instance.url, first.owner, first.owner_config_path)
+
+    def write_and_read(phase: str, names: tuple[str, ...]) -> None:
+        """A state change (a session created) and a read through each named instance, at once
+        after the change: no instance restarted or waited for anything."""
+        for name in names:
+            clients[name].create_session(_session(f"{phase}-{name}"))
+            clients[name].read_session(f"{phase}-{name}")
+
+    try:
+        # Each change goes through another instance than the ones that write after it.
+        clients["first"].update_owner_config(_owner_config_with_mode("unsigned"))
+        write_and_read("unsigned", ("second", "third"))
+        clients["third"].update_owner_config(_owner_config_with_mode("disabled"))
+        write_and_read("disabled", ("first", "second"))
+        clients["second"].update_owner_config(_owner_config_with_mode("signed"))
+        write_and_read("signed", ("first", "third"))
+        # An instance that changes nothing (the first's reads do not go through the head row
+        # while it is disabled) takes the change up within FOLLOW_SECONDS by itself.
+        clients["second"].update_owner_config(_owner_config_with_mode("disabled"))
+        clients["first"].read_session("signed-first")  # not logged: the log is off
+        clients["third"].update_owner_config(_owner_config_with_mode("unsigned"))
+        changed = time.monotonic()
+        deadline = changed + FOLLOW_SECONDS + 30
+        while True:
+            clients["first"].read_session("unsigned-second")
+            reads = [
+                entry
+                for entry in _stored_entries(postgres_url)
+                if (entry["event"], entry["subject"]) == ("session_read", "unsigned-second")
+            ]
+            if len(reads) == 2:  # the second's own read, and the first's after the change
+                break
+            assert time.monotonic() < deadline, "the first instance never took the change up"
+            time.sleep(0.1)
+        followed_within = time.monotonic() - changed
+        # What casctl is to expect of the CAS now.
+        first.owner_config_path.write_text(_mode_config_text("unsigned"), encoding="utf-8")
+        home = _pin_with_casctl(first, second.url, "second")
+        entries = _fetch_and_verify(home, "second", tmp_path / "cluster.log")
+    finally:
+        for name, client in clients.items():
+            if name != "first":
+                client.close()
+    # Along the chain, every entry follows the mode of the last change before it, whichever
+    # instance wrote either.
+    mode = "signed"
+    subjects: dict[str, list[tuple[str, bool]]] = {}
+    for entry in entries:
+        if entry["event"] == MODE_EVENT:
+            mode = str(entry["details"]["to"])  # type: ignore[index]
+            continue
+        signed = entry["sig"] is not None
+        subjects.setdefault(str(entry["subject"]), []).append((str(entry["event"]), signed))
+        if entry["event"] in ALWAYS_SIGNED:
+            assert signed
+        elif mode == "disabled":
+            pytest.fail(f"an entry while the log was disabled: {entry}")
+        else:
+            assert signed == (mode == "signed"), (mode, entry)
+    # (The second's session was read once more at the end, by the first.)
+    assert subjects["unsigned-second"] == [
+        ("session_created", False),
+        *[("session_read", False)] * 2,
+    ]
+    assert subjects["unsigned-third"] == [("session_created", False), ("session_read", False)]
+    for name in ("first", "second"):
+        assert f"disabled-{name}" not in subjects
+    for name in ("first", "third"):
+        assert subjects[f"signed-{name}"] == [("session_created", True), ("session_read", True)]
+    changes = [entry for entry in entries if entry["event"] == MODE_EVENT]
+    assert [entry["details"]["to"] for entry in changes] == [  # type: ignore[index]
+        "unsigned",
+        "disabled",
+        "signed",
+        "disabled",
+        "unsigned",
+    ]
+    # The poll's bound, with room for a loaded machine.
+    assert followed_within < FOLLOW_SECONDS + 10
+    # Each instance took up a change another one made.
+    for log in (first.process.log(), second.log(), third.log()):
+        assert "following the owner config" in log

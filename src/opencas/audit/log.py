@@ -28,6 +28,15 @@ own store transaction, so the entry commits with the change or not at all (no ``
 is ever needed), and its line goes to the sink after the commit, before the operation answers.
 The database is the durable copy of the cluster's log; each instance's sink holds the entries
 that instance wrote.
+
+**Following the owner config.** The owner config sets the log's mode and sink, and any instance
+may change it. The shared chain's head carries the hash of the owner config whose settings the
+entries after it follow; an owner config change moves it with its entry. Every append reads it
+with the head: when it is not the one this writer follows, the writer takes the settings up
+from the store (:class:`ConfigSource`) before it chains anything, so every entry after a
+change in the chain was written under the settings it made, whichever instance wrote it. A
+writer that writes nothing (its mode is ``disabled``, or it is idle) looks at the committed
+owner config every :data:`FOLLOW_SECONDS` as well.
 """
 
 from __future__ import annotations
@@ -39,8 +48,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Final, Literal, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -65,6 +74,13 @@ AuditLogMode = Literal["disabled", "unsigned", "signed"]
 #: (it was about one fsync per attestation without it, under load); the wait is bounded so an
 #: announced entry that never comes costs an answer no more than this.
 COMMIT_DELAY = 0.002
+#: In a shared chain, how often a writer looks whether the committed owner config changed the
+#: log's settings, when no append of its own showed it first: the longest an instance whose
+#: mode is ``disabled`` goes on writing nothing after another instance turned the log on.
+FOLLOW_SECONDS: Final = 1.0
+#: How often one batch takes changed settings up before it is appended; past that (the owner
+#: config changing faster than a batch can be appended) the batch fails.
+_FOLLOW_ATTEMPTS: Final = 5
 
 
 class Durable:
@@ -104,25 +120,65 @@ class Expected:
         self._audit._release(self)
 
 
+Extend = Callable[[Head, str], tuple[ChainedBatch, str]]
+"""Chains a batch onto a shared chain's head, whose later entries follow the owner config of the
+given hash; the batch and the hash of the owner config its later entries follow."""
+
+
 class SharedChain(Protocol):
     """A chain several writers append to, kept where each of them reaches it (a database).
 
-    Each append locks the chain's head, calls ``extend`` with it, stores what it chained and
-    moves the head, atomically; it raises a :class:`CasError` when it cannot, and then stores
-    nothing.
+    Each append locks the chain's head, calls ``extend`` with it and the hash of the owner
+    config the head names (see the module docstring), stores what it chained and moves the
+    head, atomically; it raises a :class:`CasError` when it cannot (or what ``extend`` raised),
+    and then stores nothing.
     """
 
     def head(self) -> Head:
         """The committed head of the chain."""
         ...
 
-    def append(self, extend: Callable[[Head], ChainedBatch]) -> Head:
+    def append(self, extend: Extend) -> Head:
         """Append in a transaction of its own; the new head once committed."""
         ...
 
-    def append_in_transaction(self, extend: Callable[[Head], ChainedBatch]) -> Head:
+    def append_in_transaction(self, extend: Extend) -> Head:
         """Append inside the store transaction the calling thread has open."""
         ...
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What an owner config sets for the log, as a writer takes it up."""
+
+    version: str
+    """The owner config's hash (empty before provisioning)."""
+    mode: AuditLogMode
+    sink: Sink | None = None
+    """Where entries go from now on, holding every entry so far; ``None``: where they went."""
+
+
+class ConfigSource(Protocol):
+    """Where a writer of a shared chain learns the committed owner config's settings."""
+
+    def version(self) -> str:
+        """The hash of the committed owner config (empty before provisioning)."""
+        ...
+
+    def follow(self) -> Settings:
+        """The committed owner config's settings, with a new sink when it changes where the log
+        goes. Raises :class:`AuditLogError` when that sink cannot take the log, and the store's
+        error when the store cannot be read."""
+        ...
+
+
+class _SettingsMoved(Exception):
+    """The shared chain's head names owner config ``version``, not the one this writer follows:
+    the append is abandoned (nothing stored) to take the settings up first."""
+
+    def __init__(self, version: str) -> None:
+        super().__init__(version)
+        self.version = version
 
 
 @dataclass(frozen=True)
@@ -147,8 +203,17 @@ class AuditLog:
         start: StartInfo,
         clock: Callable[[], str],
         shared: SharedChain | None = None,
+        source: ConfigSource | None = None,
+        version: str = "",
     ) -> None:
         self._shared = shared
+        # In a shared chain: where the owner config's settings come from, the hash of the one
+        # followed now, and a value of the head row that was found to name no owner config the
+        # store holds (an older database, or a row someone wrote), which is then overwritten.
+        self._source = source
+        self._version = version
+        self._tolerated: str | None = None
+        self._next_follow = time.monotonic() + FOLLOW_SECONDS
         self._sink = sink
         self._signer = signer
         self._mode: AuditLogMode = mode
@@ -173,6 +238,8 @@ class AuditLog:
         self._sink_lock = threading.Lock()
         # The highest head this writer saw in the shared chain: the database's must not go back.
         self._seen = head
+        # Serialises taking changed settings up (the appending thread, a state change, the poll).
+        self._follow_lock = threading.Lock()
         target = self._sync_forever if shared is None else self._append_forever
         self._syncer = threading.Thread(target=target, name="audit-sync", daemon=True)
         self._syncer.start()
@@ -182,6 +249,11 @@ class AuditLog:
         """The last entry written (durable once its ticket says so)."""
         with self._lock:
             return self._head
+
+    @property
+    def source(self) -> ConfigSource | None:
+        """Where a writer of a shared chain learns the owner config's settings (else None)."""
+        return self._source
 
     @property
     def shared(self) -> bool:
@@ -256,6 +328,9 @@ class AuditLog:
             if operation.replaced is not None:
                 with self._lock:
                     self._retire(self._use_sink(operation.replaced))
+            if operation.previous is not None:
+                with self._follow_lock:
+                    self._adopt(operation.previous)
             raise
         else:
             if operation.replaced is not None:
@@ -377,8 +452,10 @@ class AuditLog:
                 return self._queue(self._pending_entry(START_EVENT, "cas", "", {}, True))
             return self._write(START_EVENT, "cas", "", self._start.details(self._head.hash))
 
-    def _extend(self, head: Head, pending: list[PendingEntry]) -> ChainedBatch:
-        """Chain ``pending`` onto the shared chain's ``head`` (its row is locked)."""
+    def _extend(self, head: Head, pending: list[PendingEntry]) -> tuple[ChainedBatch, list[int]]:
+        """Chain onto the shared chain's ``head`` (its row is locked) the entries of ``pending``
+        that the mode in force writes, signed as it says; the batch, and the index in
+        ``pending`` of each entry in it."""
         seen = self._seen
         if head.seq < seen.seq or (head.seq == seen.seq and head.hash != seen.hash):
             raise AuditLogError(
@@ -386,11 +463,76 @@ class AuditLog:
                 f"instance saw seq {seen.seq} {seen.hash} in it; restore the database's "
                 "audit_entries and audit_head (a database from before was put back?)"
             )
+        # Decided here, not when the entry was queued: an entry follows the settings in force
+        # where it lands in the chain.
+        kept = [
+            index
+            for index, entry in enumerate(pending)
+            if self._mode != "disabled" or entry.event in ALWAYS_SIGNED
+        ]
+        entries = [replace(pending[at], signed=self._sign(pending[at].event)) for at in kept]
         failed = self._prev_failed and head == self._head
         try:
-            return chain_batch(head, pending, sign=self._signer.sign, prev_failed=failed)
+            batch = chain_batch(head, entries, sign=self._signer.sign, prev_failed=failed)
         except ValueError as exc:
             raise AuditLogError(f"an audit entry cannot be written: {exc}") from exc
+        return batch, kept
+
+    def _moved(self, version: str) -> bool:
+        """Whether a head row naming owner config ``version`` is not the one followed now."""
+        return version not in (self._version, self._tolerated)
+
+    def _follow(self, version: str | None) -> None:
+        """Take the committed owner config's settings up: the head row named ``version``, or
+        (``None``) the committed owner config is not the one followed. Raises the store's error
+        (nothing changes) or :class:`AuditLogError` (the log is broken: this instance cannot
+        write where the owner config says)."""
+        assert self._source is not None
+        with self._follow_lock:
+            if version is not None and not self._moved(version):
+                return  # another thread took them up meanwhile
+            try:
+                settings = self._source.follow()
+            except AuditLogError as exc:
+                self._broken = AuditLogError(
+                    f"the owner config moved the audit log to a sink this instance cannot write "
+                    f"({exc.message}); operations that must be logged are refused until the CAS "
+                    "restarts"
+                )
+                log.error("audit: %s", self._broken.message)
+                raise self._broken from exc
+            if settings.version != self._version:
+                log.info(
+                    "audit: following the owner config %s: mode %s%s",
+                    settings.version or "(none)",
+                    settings.mode,
+                    ", a new sink" if settings.sink is not None else "",
+                )
+            self._adopt(settings)
+            # A head row naming no owner config the store holds (written before migration 5,
+            # or by someone with the database) is overwritten by the next append, not followed.
+            self._tolerated = version if version != settings.version else None
+
+    def _adopt(self, settings: Settings) -> Settings:
+        """Use ``settings`` from now on (``_follow_lock`` held); the settings they replace."""
+        with self._lock:
+            previous = Settings(self._version, self._mode)
+            self._mode, self._version = settings.mode, settings.version
+            if settings.sink is not None:
+                self._retire(self._use_sink(settings.sink))
+        return previous
+
+    def _poll(self) -> None:
+        """Every :data:`FOLLOW_SECONDS`, take the committed owner config's settings up when they
+        are not the ones followed (an instance writing nothing learns of a change so)."""
+        if self._source is None or time.monotonic() < self._next_follow:
+            return
+        self._next_follow = time.monotonic() + FOLLOW_SECONDS
+        try:
+            if self._source.version() != self._version:
+                self._follow(None)
+        except CasError as exc:
+            log.debug("audit: the owner config cannot be read now: %s", exc.message)
 
     def _appended(self, head: Head) -> None:
         with self._sync:
@@ -404,41 +546,69 @@ class AuditLog:
         while True:
             with self._sync:
                 while not self._pending and not self._closing and not self._retired:
-                    self._sync.wait()
+                    if self._source is None:
+                        self._sync.wait()
+                        continue
+                    remaining = self._next_follow - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._sync.wait(remaining)
                 if self._pending and self._expected and not self._closing:
                     self._gather()  # announced entries join this batch
                 batch, self._pending = self._pending, []
                 retired, self._retired = self._retired, []
-                if not batch:
-                    _close_all(retired)
-                    if self._closing:
-                        return
-                    continue
+                closing = self._closing
+            if not batch:
+                _close_all(retired)
+                if closing:
+                    return
+                self._poll()
+                continue
             self._append_batch(batch)
             _close_all(retired)
+            self._poll()
+
+    def _append_following(self, extend: Extend) -> None:
+        """Append with ``extend``, taking changed settings up first as often as the head row
+        shows them (up to :data:`_FOLLOW_ATTEMPTS` times)."""
+        assert self._shared is not None
+        for _ in range(_FOLLOW_ATTEMPTS):
+            try:
+                self._shared.append(extend)
+                return
+            except _SettingsMoved as moved:
+                self._follow(moved.version)
+        raise AuditLogError(
+            f"the owner config changed the audit log's settings {_FOLLOW_ATTEMPTS} times while "
+            "one batch of entries waited to be appended; the entries were not written"
+        )
 
     def _append_batch(self, batch: list[tuple[PendingEntry, Durable, Future[None]]]) -> None:
         assert self._shared is not None
         entries = [entry for entry, _, _ in batch]
-        chained: list[ChainedBatch] = []
+        chained: list[tuple[ChainedBatch, list[int]]] = []
 
-        def extend(head: Head) -> ChainedBatch:
+        def extend(head: Head, version: str) -> tuple[ChainedBatch, str]:
+            if self._moved(version):
+                raise _SettingsMoved(version)
             chained.clear()
             chained.append(self._extend(head, entries))
-            return chained[0]
+            return chained[0][0], self._version
 
         failure: BaseException | None = self._broken
         if failure is None:
             try:
-                self._shared.append(extend)
+                self._append_following(extend)
             except CasError as exc:
                 failure = exc
                 log.warning("audit: a batch of %d entries was not appended: %s", len(batch), exc)
             except Exception as exc:  # the tickets must end, whatever went wrong
                 log.exception("audit: a batch of %d entries was not appended", len(batch))
                 failure = AuditLogError(f"the audit log cannot take entries ({exc})")
+        heads: dict[int, Head] = {}
         if failure is None:
-            done = chained[0]
+            done, kept = chained[0]
+            heads = dict(zip(kept, done.heads, strict=True))
             try:
                 with self._sink_lock:
                     for line in done.lines:
@@ -450,7 +620,8 @@ class AuditLog:
                 self._appended(done.head)
         for index, (_, ticket, future) in enumerate(batch):
             if failure is None:
-                ticket.head = chained[0].heads[index]
+                # An entry the mode in force dropped (the log was disabled) keeps its head.
+                ticket.head = heads.get(index, ticket.head)
                 future.set_result(None)
             else:
                 future.set_exception(failure)
@@ -532,6 +703,8 @@ class Operation:
         self.committed: tuple[bytes, Head] | None = None
         """In a shared chain, the line and head of the entry appended in the transaction: they
         count (the line goes to the sink) once the operation ended without an error."""
+        self.previous: Settings | None = None
+        """In a shared chain, the settings the operation's own replaced (restored if it fails)."""
 
     def record(
         self,
@@ -541,6 +714,7 @@ class Operation:
         subject: str,
         details: Mapping[str, Any],
         sink: Sink | None = None,
+        settings: Settings | None = None,
     ) -> Head | None:
         """Write the operation's entry and wait until it is durable; the head to store.
 
@@ -548,11 +722,16 @@ class Operation:
         while the log is disabled (the stored head stays). No other entry is written until the
         operation ends. With ``sink`` (an operation that changes where the log goes), this
         entry and every later one go to ``sink``; if the operation fails, the sink before it
-        comes back. Raises :class:`AuditLogError` when the log cannot take the entry.
+        comes back. ``settings`` (an operation that changes the owner config) are, in a shared
+        chain, what the entries after this one follow, and what the chain's head names from
+        this entry on; if the operation fails, the settings before it come back. Raises
+        :class:`AuditLogError` when the log cannot take the entry.
         """
         audit = self._audit
         if audit._shared is not None:
-            return self._record_shared(audit._shared, event, actor, subject, details, sink)
+            return self._record_shared(
+                audit._shared, event, actor, subject, details, sink, settings
+            )
         audit._lock.acquire()
         try:
             if sink is not None:
@@ -578,33 +757,50 @@ class Operation:
         subject: str,
         details: Mapping[str, Any],
         sink: Sink | None,
+        settings: Settings | None,
     ) -> Head | None:
         """:meth:`record` in a shared chain: append the entry in the open store transaction
-        (its head row stays locked until the transaction ends)."""
+        (its head row stays locked until the transaction ends).
+
+        The entry goes through the head row even while this instance's mode is ``disabled``:
+        the row may show that another instance turned the log on.
+        """
         audit = self._audit
         with audit._lock:
             if sink is not None:
                 self.replaced = audit._use_sink(sink)
-            if audit.mode == "disabled" and event not in ALWAYS_SIGNED:
-                return None
             if audit._broken is not None:
                 raise audit._broken
             start = None
-            if not audit._started:
+            if not audit._started and (audit.mode != "disabled" or event in ALWAYS_SIGNED):
                 audit._started = True
                 start = audit._queue(audit._pending_entry(START_EVENT, "cas", "", {}, True))
+            introduced = audit._started
             entry = audit._pending_entry(event, actor, subject, details, audit._sign(event))
         if start is not None:
             # Before this entry: this instance's entries follow its start entry in the chain.
             start.wait()
         chained: list[ChainedBatch] = []
 
-        def extend(head: Head) -> ChainedBatch:
+        def extend(head: Head, version: str) -> tuple[ChainedBatch, str]:
+            if audit._moved(version):
+                audit._follow(version)
+            if settings is not None:
+                with audit._follow_lock:
+                    self.previous = audit._adopt(settings)
             chained.clear()
-            chained.append(audit._extend(head, [entry]))
-            return chained[0]
+            chained.append(audit._extend(head, [entry])[0])
+            if chained[0].lines and not introduced:
+                # Its start entry cannot be appended while this transaction holds the head row.
+                raise AuditLogError(
+                    "another instance turned the audit log on while this change was being "
+                    "written; try again"
+                )
+            return chained[0], audit._version
 
         head = shared.append_in_transaction(extend)
+        if not chained[0].lines:
+            return None  # the mode in force is disabled
         self.recorded = True
         self.committed = (chained[0].lines[0], head)
         return head

@@ -10,12 +10,16 @@ On PostgreSQL the log is one chain for every instance of the CAS, kept in the da
 (:mod:`opencas.store.audit_entries`); each instance signs with an audit key of its own, certified
 by the CAS key, and its sink holds the entries it wrote. A database whose log was kept in the
 creating instance's file until now gets that file's entries moved in when that instance opens it.
+An owner config change made at any instance reaches the others' writers through the chain's
+head (:class:`OwnerConfigFollower`): each takes the new mode and sink up before it appends
+again, and within :data:`opencas.audit.log.FOLLOW_SECONDS` when it appends nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,9 +29,16 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from opencas.audit.chain import GENESIS, STATE_EVENTS, Head, line_hash, parse_entry, start_details
-from opencas.audit.log import AuditLog, AuditLogMode, Operation, SharedChain, StartInfo
+from opencas.audit.log import (
+    AuditLog,
+    AuditLogMode,
+    Operation,
+    Settings,
+    SharedChain,
+    StartInfo,
+)
 from opencas.audit.sinks import FileSink, NetworkSink, Sink, cut_partial_line, lines_backwards
-from opencas.config.owner import OwnerConfig
+from opencas.config.owner import OwnerConfig, owner_config_sha256
 from opencas.crypto.pem import certificate_pem, private_key_pem
 from opencas.crypto.x509 import (
     CA_VALIDITY,
@@ -46,6 +57,7 @@ from opencas.service.cas_records import (
     read_audit_head,
     read_audit_key,
     read_owner_config,
+    read_state,
     write_audit_head,
     write_audit_key,
 )
@@ -114,6 +126,54 @@ def next_sink(path: Path, current: OwnerConfig | None, new: OwnerConfig) -> Sink
             "the owner config was not changed"
         ) from exc
     return sink
+
+
+def settings_of(config: OwnerConfig | None, sink: Sink | None = None) -> Settings:
+    """The audit log settings ``config`` makes (its hash and mode), with ``sink`` to write to."""
+    version = "" if config is None else owner_config_sha256(config)
+    return Settings(version, mode_of(config), sink)
+
+
+class OwnerConfigFollower:
+    """The committed owner config's audit log settings, for this instance's writer of the
+    cluster's chain (:class:`opencas.audit.log.ConfigSource`): its hash, mode, and a sink of
+    its own on ``path`` when the config moves the log.
+
+    It remembers the config it last gave or was told of (:meth:`took`), to know whether a
+    committed one changes where the log goes.
+    """
+
+    def __init__(self, store: Store, path: Path, config: OwnerConfig | None) -> None:
+        self._store = store
+        self._path = path
+        self._config = config
+        self._lock = threading.Lock()
+
+    def version(self) -> str:
+        """The hash of the committed owner config (empty before provisioning), from the state
+        record, which the store authenticates."""
+        return read_state(self._store).owner_config_sha256 or ""
+
+    def follow(self) -> Settings:
+        """The committed owner config's settings; a new sink, already holding the log, when it
+        moves the log. :class:`AuditLogError` when that sink cannot take the log."""
+        with self._store.snapshot() as view:
+            config = read_owner_config(view)
+        with self._lock:
+            sink = None if config is None else next_sink(self._path, self._config, config)
+            self._config = config
+        return settings_of(config, sink)
+
+    def took(self, config: OwnerConfig) -> None:
+        """This instance committed ``config`` itself (and moved its sink as it says)."""
+        with self._lock:
+            self._config = config
+
+
+def took_config(audit: AuditLog, config: OwnerConfig) -> None:
+    """Tell ``audit``'s follower of the owner config this instance committed, if it has one."""
+    if isinstance(audit.source, OwnerConfigFollower):
+        audit.source.took(config)
 
 
 def audit_key(store: Store, identity: CasIdentity) -> AuditKeyRecord:
@@ -255,6 +315,8 @@ def open_audit_log(
         start=StartInfo(details),
         clock=utc_now_text,
         shared=shared,
+        source=None if entries is None else OwnerConfigFollower(store, path, config),
+        version=settings_of(config).version,
     )
 
 
@@ -306,9 +368,10 @@ def _file_entries(path: Path) -> Iterator[tuple[Head, bytes]]:
 class StateEntry:
     """Records a state-changing operation's entry in its transaction (see :func:`state_change`)."""
 
-    def __init__(self, operation: Operation, sink: Sink | None) -> None:
+    def __init__(self, operation: Operation, sink: Sink | None, config: OwnerConfig | None) -> None:
         self._operation = operation
         self.sink = sink
+        self.config = config
 
     def record(
         self,
@@ -323,25 +386,36 @@ class StateEntry:
         new sink, to that sink, and every later entry too (see :meth:`Operation.record`)."""
         sink, self.sink = self.sink, None
         head = self._operation.record(
-            event, actor=actor, subject=subject, details=details, sink=sink
+            event,
+            actor=actor,
+            subject=subject,
+            details=details,
+            sink=sink,
+            settings=None if self.config is None else settings_of(self.config),
         )
         if head is not None:
             write_audit_head(txn, AuditHeadRecord(seq=head.seq, hash=head.hash))
 
 
 @contextlib.contextmanager
-def state_change(audit: AuditLog, sink: Sink | None = None) -> Iterator[StateEntry]:
+def state_change(
+    audit: AuditLog, sink: Sink | None = None, config: OwnerConfig | None = None
+) -> Iterator[StateEntry]:
     """Wrap a store transaction that changes state: ``with state_change(log) as entry,
     store.transaction() as txn: ...; entry.record(txn, ...)``. If the transaction fails after the
     entry was written, the next entry says so. ``sink`` (from :func:`next_sink`) is where the
-    entry and the ones after it go; an operation that fails before its entry closes it."""
+    entry and the ones after it go; an operation that fails before its entry closes it.
+    ``config``, for an operation that writes a new owner config: the settings the entries after
+    this one follow, in every instance (see :class:`OwnerConfigFollower`)."""
     with audit.operation() as operation:
-        entry = StateEntry(operation, sink)
+        entry = StateEntry(operation, sink, config)
         try:
             yield entry
         finally:
             if entry.sink is not None:
                 entry.sink.close()
+    if config is not None:
+        took_config(audit, config)
 
 
 def log_start(audit: AuditLog) -> None:

@@ -64,7 +64,7 @@ def provision(
         # Before the sink is tried: a network sink would be sent the log.
         raise ConflictError("this CAS is already provisioned", code="already-provisioned")
     sink = next_sink(cas.config.audit_log_path, None, config)
-    with state_change(audit, sink) as entry, cas.store.transaction() as txn:
+    with state_change(audit, sink, config) as entry, cas.store.transaction() as txn:
         state = read_state(txn)
         if state.provisioned:
             raise ConflictError("this CAS is already provisioned", code="already-provisioned")
@@ -167,7 +167,7 @@ def update_owner_config(cas: Cas, caller: Caller, config: OwnerConfig) -> str:
     require_owner(cas, caller)
     audit = cas.audit_log
     sink = next_sink(cas.config.audit_log_path, read_owner_config(cas.store), config)
-    with state_change(audit, sink) as entry, cas.store.transaction() as txn:
+    with state_change(audit, sink, config) as entry, cas.store.transaction() as txn:
         state = read_state(txn)
         previous = mode_of(read_owner_config(txn))
         sha = write_owner_config(txn, config)

@@ -12,6 +12,13 @@ Migration 4 of :mod:`opencas.store.postgres` adds two tables:
   state-changing operation does the same inside its own transaction, after the state row's
   lock, so its entry commits with its change or not at all.
 
+Migration 5 adds ``audit_head.owner_config``: the hash of the owner config whose audit log
+settings (mode, sink) the entries after the head follow. An owner config change sets it with
+its entry; every append reads it with the head, so an instance whose settings are older sees
+that before it chains anything (:mod:`opencas.audit.log`). Like the rest of these rows it is
+believed for nothing: a value that differs only makes the instance read the owner config again
+from the store, where it is authenticated.
+
 The database is untrusted: the rows can be deleted or rewritten by whoever holds it. The
 signatures and the chain show a changed or removed entry; the head committed with each state
 change (the encrypted ``audit-head`` record and its checkpoints) shows a log cut back behind
@@ -40,16 +47,24 @@ AUDIT_TABLES: Final[tuple[str, ...]] = (
     "INSERT INTO audit_head (name, position, seq, hash) VALUES ('cluster', 0, 0, "
     "'0000000000000000000000000000000000000000000000000000000000000000')",
 )
+#: Migration 5: the owner config the log's settings come from (see the module docstring).
+AUDIT_SETTINGS: Final[tuple[str, ...]] = (
+    "ALTER TABLE audit_head ADD COLUMN owner_config TEXT NOT NULL DEFAULT ''",
+)
 
-_LOCK_HEAD: Final = "SELECT position, seq, hash FROM audit_head WHERE name = 'cluster' FOR UPDATE"
+_LOCK_HEAD: Final = (
+    "SELECT position, seq, hash, owner_config FROM audit_head WHERE name = 'cluster' FOR UPDATE"
+)
 _READ_HEAD: Final = "SELECT position, seq, hash FROM audit_head WHERE name = 'cluster'"
 _INSERT: Final = (
     "INSERT INTO audit_entries (position, seq, line) "
     "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[])"
 )
 _MOVE_HEAD: Final = (
-    "UPDATE audit_head SET position = %s, seq = %s, hash = %s WHERE name = 'cluster'"
+    "UPDATE audit_head SET position = %s, seq = %s, hash = %s, owner_config = %s "
+    "WHERE name = 'cluster'"
 )
+_MARK_SETTINGS: Final = "UPDATE audit_head SET owner_config = %s WHERE name = 'cluster'"
 
 #: Entries one statement of :meth:`AuditEntries.import_log` inserts.
 _IMPORT_BATCH: Final = 1000
@@ -57,8 +72,10 @@ _IMPORT_BATCH: Final = 1000
 Connect = Callable[[], contextlib.AbstractContextManager[psycopg.Connection[Any]]]
 
 
-Extend = Callable[[Head], ChainedBatch]
-"""Chains a batch onto the given head (called with the head row locked)."""
+Extend = Callable[[Head, str], tuple[ChainedBatch, str]]
+"""Chains a batch onto the given head, whose entries after it follow the settings of the owner
+config of the given hash (called with the head row locked); the batch, and the hash of the
+owner config the entries after it follow."""
 
 
 @dataclass(frozen=True)
@@ -183,15 +200,23 @@ def _head_of(row: Any) -> Head:
 
 
 def _append(conn: psycopg.Connection[Any], extend: Extend) -> Head:
-    position, head = _row_of(conn.execute(_LOCK_HEAD).fetchone())
-    batch = extend(head)
+    row: Any = conn.execute(_LOCK_HEAD).fetchone()
+    position, head = _row_of(row)
+    settings = str(row[3])  # the row is there: _row_of raised otherwise
+    batch, following = extend(head, settings)
     if not batch.lines:
+        if following != settings:
+            conn.execute(_MARK_SETTINGS, (following,))
         return head
-    return _store(conn, position, batch.lines, batch.heads)
+    return _store(conn, position, batch.lines, batch.heads, following)
 
 
 def _store(
-    conn: psycopg.Connection[Any], position: int, lines: Sequence[bytes], heads: Sequence[Head]
+    conn: psycopg.Connection[Any],
+    position: int,
+    lines: Sequence[bytes],
+    heads: Sequence[Head],
+    settings: str = "",
 ) -> Head:
     positions = list(range(position + 1, position + 1 + len(lines)))
     conn.execute(
@@ -199,7 +224,7 @@ def _store(
         (positions, [head.seq for head in heads], [line.decode("utf-8") for line in lines]),
     )
     last = heads[-1]
-    conn.execute(_MOVE_HEAD, (positions[-1], last.seq, last.hash))
+    conn.execute(_MOVE_HEAD, (positions[-1], last.seq, last.hash, settings))
     return last
 
 

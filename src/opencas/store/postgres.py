@@ -5,7 +5,8 @@ authenticated by the CAS exactly as in the SQLite file, and every row read back 
 someone with full access to the database can destroy records but not read, change, move or roll
 them back unnoticed. Schema (migration 1; migration 2 adds the guards' tables of
 :mod:`opencas.store.guards`, migration 3 the cluster's tables of :mod:`opencas.store.cluster`,
-migration 4 the cluster's audit log of :mod:`opencas.store.audit_entries`)::
+migration 4 the cluster's audit log of :mod:`opencas.store.audit_entries`, migration 5 the owner
+config its settings follow)::
 
     schema_version(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ)   one row per migration
     meta(name TEXT PRIMARY KEY, value TEXT)                  plaintext: format, created_at
@@ -42,7 +43,7 @@ from opencas.errors import (
     RecordDamagedError,
     StoreError,
 )
-from opencas.store.audit_entries import AUDIT_TABLES, AuditEntries
+from opencas.store.audit_entries import AUDIT_SETTINGS, AUDIT_TABLES, AuditEntries
 from opencas.store.base import StoreState, Transaction
 from opencas.store.cluster import (
     CLUSTER_TABLES,
@@ -99,6 +100,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     GUARD_TABLES,
     CLUSTER_TABLES,
     AUDIT_TABLES,
+    AUDIT_SETTINGS,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from opencas.audit.chain import (
     GENESIS,
-    ChainedBatch,
     Expectations,
     Head,
     KeyRing,
@@ -27,7 +26,7 @@ from opencas.audit.chain import (
     parse_entry,
     start_details,
 )
-from opencas.audit.log import AuditLog, StartInfo
+from opencas.audit.log import AuditLog, Extend, StartInfo
 from opencas.audit.sinks import FileSink
 from opencas.audit.verify import verify_log
 from opencas.errors import AuditLogError, DatabaseUnavailable
@@ -45,6 +44,8 @@ class MemoryChain:
         self.lines: list[bytes] = []
         self.heads: list[Head] = []
         self.appends = 0
+        self.settings = ""
+        """The owner config the head names (``audit_head.owner_config``)."""
         self.fail: Exception | None = None
         self.gate = threading.Event()
         self.gate.set()
@@ -54,19 +55,19 @@ class MemoryChain:
     def head(self) -> Head:
         return self.heads[-1] if self.heads else GENESIS
 
-    def append(self, extend: Callable[[Head], ChainedBatch]) -> Head:
+    def append(self, extend: Extend) -> Head:
         self.entered.set()
         self.gate.wait(30)
         with self._lock:
             if self.fail is not None:
                 raise self.fail
-            batch = extend(self.head())
+            batch, self.settings = extend(self.head(), self.settings)
             self.appends += 1
             self.lines += batch.lines
             self.heads += batch.heads
             return self.head()
 
-    def append_in_transaction(self, extend: Callable[[Head], ChainedBatch]) -> Head:
+    def append_in_transaction(self, extend: Extend) -> Head:
         """Appended, as a transaction that then commits would; :meth:`roll_back` undoes it."""
         return self.append(extend)
 

@@ -5,7 +5,7 @@ and moving a log file in."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -22,6 +22,7 @@ from opencas.audit.chain import (
 )
 from opencas.errors import AuditLogError
 from opencas.store import PostgresStore, Transaction
+from opencas.store.audit_entries import Extend
 
 DMK = bytes(range(32))
 KEY = Ed25519PrivateKey.generate()
@@ -38,9 +39,9 @@ def _entries(subjects: list[str]) -> list[PendingEntry]:
     ]
 
 
-def _extend(subjects: list[str]) -> Callable[[Head], ChainedBatch]:
-    def extend(head: Head) -> ChainedBatch:
-        return chain_batch(head, _entries(subjects), sign=KEY.sign)
+def _extend(subjects: list[str], settings: str = "") -> Extend:
+    def extend(head: Head, _: str) -> tuple[ChainedBatch, str]:
+        return chain_batch(head, _entries(subjects), sign=KEY.sign), settings
 
     return extend
 
