@@ -272,34 +272,47 @@ def test_two_instances_updating_one_session_at_once_never_lose_an_update(
     created = three.clients[0].create_session(
         'name: shared\nversion: "0.3"\nsecrets:\n  - name: w9x0\n    kind: ascii\n'
     )
-    rounds = 12
-    acknowledged: list[tuple[str, str, str]] = []  # (secret added, predecessor, new hash)
-    conflicts = [0, 0]
-    lock = threading.Lock()
-    go = threading.Barrier(2)
+    rounds = 20
+    # Each round, per writer: the hash it read, what its first update got (the new hash, or
+    # the conflict's current_hash), whether it won, when that request was sent and answered,
+    # and the hash its retry wrote (losers only).
+    outcomes: list[list[tuple[str, str, bool, float, float, str | None]]] = [[], []]
+    both_read = threading.Barrier(2)
+    round_done = threading.Barrier(2)
     failures: list[BaseException] = []
 
     def update(index: int, client: CasClient) -> None:
         try:
-            go.wait(30)
             for number in range(rounds):
                 mine = f"w{index}x{number}"
-                while True:
-                    current = client.read_session("shared")
-                    text = _with_secrets([*_secret_names(current.text), mine], current.hash)
-                    try:
-                        written = client.update_session("shared", text)
-                    except ApiError as exc:
-                        if exc.status != 409:
-                            raise
-                        with lock:
-                            conflicts[index] += 1
-                        continue
-                    with lock:
-                        acknowledged.append((mine, current.hash, written.hash))
-                    break
+                current = client.read_session("shared")  # from its own instance
+                text = _with_secrets([*_secret_names(current.text), mine], current.hash)
+                both_read.wait(60)  # both read the same version, and send at once
+                sent = time.monotonic()
+                refused: ApiError | None = None
+                try:
+                    written = client.update_session("shared", text)
+                except ApiError as exc:
+                    refused = exc
+                answered = time.monotonic()
+                if refused is None:
+                    outcome = (current.hash, written.hash, True, sent, answered, None)
+                else:
+                    assert (refused.status, refused.code) == (409, "stale-predecessor"), refused
+                    current_hash = str(refused.details["current_hash"])
+                    assert current_hash in refused.message
+                    # The retry: read again, merge, name the current version.
+                    again = client.read_session("shared")
+                    assert again.hash == current_hash
+                    names = [*_secret_names(again.text), mine]
+                    retried = client.update_session("shared", _with_secrets(names, again.hash))
+                    outcome = (current.hash, current_hash, False, sent, answered, retried.hash)
+                outcomes[index].append(outcome)
+                round_done.wait(60)  # the retry is in before the next round reads
         except BaseException as exc:  # reported by the test thread
             failures.append(exc)
+            both_read.abort()
+            round_done.abort()
 
     # Two instances, one session: each reads from its own instance and writes there.
     writers = [
@@ -311,21 +324,27 @@ def test_two_instances_updating_one_session_at_once_never_lose_an_update(
         for writer in writers:
             writer.join(300)
         assert not failures, failures
-        assert len(acknowledged) == 2 * rounds
-        # Each acknowledged update replaced a different version: none replaced one that another
-        # had replaced already, so the versions form one chain from the first.
-        predecessors = [predecessor for _, predecessor, _ in acknowledged]
-        assert len(set(predecessors)) == len(predecessors)
-        chain = {predecessor: new for _, predecessor, new in acknowledged}
-        head, length = created.hash, 0
-        while head in chain:
-            head, length = chain[head], length + 1
-        assert length == 2 * rounds
+        assert [len(done) for done in outcomes] == [rounds, rounds]
+        versions = [created.hash]
+        overlapping = 0
+        for first, second in zip(*outcomes, strict=True):
+            # Both named the version they read, the same one: exactly one update won, and the
+            # other was refused with the winner's version as the current one.
+            assert first[0] == second[0] == versions[-1]
+            assert first[2] != second[2], (first, second)
+            winner, loser = (first, second) if first[2] else (second, first)
+            assert loser[1] == winner[1]
+            assert loser[5] is not None
+            versions += [winner[1], loser[5]]
+            # Whether both requests were in flight at once (the database decided, not timing).
+            overlapping += max(first[3], second[3]) < min(first[4], second[4])
+        assert overlapping > 0, "the two updates never were in flight together"
         final = three.clients[2].read_session("shared")
-        assert final.hash == head
+        assert final.hash == versions[-1]
         assert final.revision == 1 + 2 * rounds
+        # No update is lost: every writer's secret of every round is in the final version.
         assert sorted(_secret_names(final.text)) == sorted(
-            ["w9x0", *(mine for mine, _, _ in acknowledged)]
+            ["w9x0", *(f"w{index}x{number}" for index in (0, 1) for number in range(rounds))]
         )
     finally:
         cluster.close()
