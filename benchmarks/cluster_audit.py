@@ -2,8 +2,8 @@
 
 A CAS whose instances share one PostgreSQL database writes one audit log for the cluster: each
 instance batches its entries and appends each batch under the cluster's head row in the database
-(five statements per batch, whatever its size), then writes the batch to its own file and
-fsyncs it. This benchmark measures what that costs attestation throughput:
+(four statements in two round trips per batch, whatever its size), then writes the batch to its
+own file and fsyncs it. This benchmark measures what that costs attestation throughput:
 
 - Two CASes are started (``start_self_provisioned_cas`` of :mod:`opencas.testing`), each in a
   PostgreSQL database of its own that the benchmark creates on ``--postgres`` (a server URL,
@@ -18,7 +18,10 @@ fsyncs it. This benchmark measures what that costs attestation throughput:
   shared machine, and alternating keeps that drift out of the ratio.
 
 It prints each turn's rates, the CPU of the servers, of this generator and of everything else,
-and the ratio log on / log off of the summed rates, beside the goal (>= 80%). The exit code is 0
+and the ratio log on / log off of the summed rates, beside the goal (>= 80%). From PostgreSQL's
+statistics of each CAS's database it counts, per answer over all turns, the transactions
+committed or rolled back (the instances' background work, heartbeats and polls, included), the
+audit batches appended (updates of the head row) and the audit entries stored. The exit code is 0
 whatever the verdict says, 1 when it cannot measure, 130 when interrupted.
 
     python benchmarks/cluster_audit.py --postgres postgresql://postgres@127.0.0.1:5432 \\
@@ -87,14 +90,37 @@ security:
 DISABLED = '[audit_log]\nmode = "disabled"\n'
 
 
+#: PostgreSQL's counters of one database: transactions, audit batches (head row updates) and
+#: audit entries (rows inserted). A backend reports them at most once a second, when idle.
+COUNTERS = (
+    "SELECT (SELECT xact_commit + xact_rollback FROM pg_stat_database "
+    "WHERE datname = current_database()), "
+    "(SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'audit_head'), "
+    "(SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'audit_entries')"
+)
+#: How long to wait for every backend's counters to be reported (PostgreSQL's 1 s, and more).
+COUNTERS_SETTLE_SECONDS = 2.5
+
+
+def counters(url: str) -> tuple[int, int, int]:
+    """The database's transactions, audit batches and audit entries so far."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(COUNTERS).fetchone()
+    if row is None or None in row:
+        raise BenchmarkError(f"no statistics for the database {url}")
+    return int(row[0]), int(row[1]), int(row[2])
+
+
 @dataclass
 class Cluster:
     """One CAS of the comparison: its instances (the first self-provisioned) and its turns."""
 
     name: str
     first: SelfProvisionedCas
+    url: str = ""
     joined: list[CasProcess] = field(default_factory=list)
     turns: list[PhaseResult] = field(default_factory=list)
+    counted: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def processes(self) -> list[CasProcess]:
@@ -123,7 +149,7 @@ def running_cluster(
     """A CAS of ``instances`` instances on the database ``url``, with the session; stopped on
     leaving."""
     first = start_self_provisioned_cas(directory / "first", owner_config, database_url=url)
-    cluster = Cluster(name, first)
+    cluster = Cluster(name, first, url)
     try:
         for number in range(1, instances):
             process = CasProcess(directory / f"instance-{number}", database_url=url)
@@ -217,6 +243,9 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> None:
         running_cluster("log on", workdir / "on", signed_url, args.instances, None) as on,
         running_cluster("log off", workdir / "off", disabled_url, args.instances, DISABLED) as off,
     ):
+        time.sleep(COUNTERS_SETTLE_SECONDS)  # what the setup did is not counted
+        for cluster in (on, off):
+            cluster.counted = counters(cluster.url)
         for number in range(args.rounds):
             for cluster in (on, off) if number % 2 == 0 else (off, on):
                 cluster.turns.append(run_async(turn(cluster, platform, args)))
@@ -224,6 +253,14 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> None:
                     raise BenchmarkError(
                         f"{cluster.name}: no correct attestation: {dict(cluster.turns[-1].errors)}"
                     )
+        time.sleep(COUNTERS_SETTLE_SECONDS)
+        for cluster in (on, off):
+            now = counters(cluster.url)
+            cluster.counted = (
+                now[0] - cluster.counted[0],
+                now[1] - cluster.counted[1],
+                now[2] - cluster.counted[2],
+            )
     print("\nEach turn (srv CPU: all instances of that CAS together):")
     print_load(*[result for pair in zip(on.turns, off.turns, strict=True) for result in pair])
     rate_on, rate_off = summed_rate(on.turns), summed_rate(off.turns)
@@ -239,9 +276,26 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> None:
             f"Server CPU per answer: log on {us(cost_on)} us, off {us(cost_off)} us "
             f"(off / on {cost_off / cost_on:.0%}, the ratio a CPU-bound server reaches)"
         )
+    print_counters(on, off)
     others = [result.other_cpu for result in [*on.turns, *off.turns] if result.other_cpu]
     if others:
         print(f"Other processes used up to {share(max(others))} of a core during a turn.")
+
+
+def print_counters(*clusters: Cluster) -> None:
+    """Per answer, over all turns: the database's transactions, audit batches and entries."""
+    print("\nIn the database, per answer over all turns (background work included):")
+    for cluster in clusters:
+        answers = sum(result.ok for result in cluster.turns)
+        if not answers:
+            continue
+        transactions, batches, entries = cluster.counted
+        per_batch = f", {entries / batches:.2f} entries per batch" if batches else ""
+        print(
+            f"  {cluster.name}: {transactions / answers:.2f} transactions, "
+            f"{batches / answers:.3f} audit batches, {entries / answers:.2f} audit entries"
+            f"{per_batch} ({answers:,} answers)"
+        )
 
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:

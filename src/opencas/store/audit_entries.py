@@ -56,11 +56,11 @@ _LOCK_HEAD: Final = (
     "SELECT position, seq, hash, owner_config FROM audit_head WHERE name = 'cluster' FOR UPDATE"
 )
 _READ_HEAD: Final = "SELECT position, seq, hash FROM audit_head WHERE name = 'cluster'"
-_INSERT: Final = (
-    "INSERT INTO audit_entries (position, seq, line) "
-    "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[])"
-)
-_MOVE_HEAD: Final = (
+# One statement stores a batch and moves the head: a data-modifying WITH runs once whether or
+# not the statement reads it, and both commit together or not at all.
+_STORE: Final = (
+    "WITH inserted AS (INSERT INTO audit_entries (position, seq, line) "
+    "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[])) "
     "UPDATE audit_head SET position = %s, seq = %s, hash = %s, owner_config = %s "
     "WHERE name = 'cluster'"
 )
@@ -112,17 +112,14 @@ class AuditEntries:
 
     def append(self, extend: Extend) -> Head:
         """In a transaction of its own: lock the head, chain a batch onto it with ``extend``,
-        store the batch and move the head; the new head, once committed.
+        store the batch and move the head; the new head, once committed. Two round trips to
+        the database, whatever the batch's size.
 
         Raises :class:`StoreError` (or :class:`DatabaseUnavailable`) when the database fails;
         then nothing of the batch is stored.
         """
-        with (
-            self._failing("appending to the audit log"),
-            self._connect() as conn,
-            conn.transaction(),
-        ):
-            return _append(conn, extend)
+        with self._failing("appending to the audit log"), self._connect() as conn:
+            return _append_pipelined(conn, extend)
 
     def append_in_transaction(self, extend: Extend) -> Head:
         """As :meth:`append`, inside the write transaction this thread has open: the batch
@@ -211,6 +208,25 @@ def _append(conn: psycopg.Connection[Any], extend: Extend) -> Head:
     return _store(conn, position, batch.lines, batch.heads, following)
 
 
+def _append_pipelined(conn: psycopg.Connection[Any], extend: Extend) -> Head:
+    """:func:`_append` in a transaction of its own on ``conn`` (in autocommit), in two round
+    trips: ``BEGIN`` goes with the lock, the store with ``COMMIT`` (psycopg's pipeline mode;
+    its ``transaction()`` would wait for each of them). The batch is chained on the head the
+    first read, so fewer cannot be; anything that fails rolls the transaction back."""
+    committed = False
+    try:
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            head = _append(conn, extend)
+            conn.execute("COMMIT")
+        committed = True  # leaving the pipeline waited for every answer, COMMIT's too
+        return head
+    finally:
+        if not committed and not conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("ROLLBACK")
+
+
 def _store(
     conn: psycopg.Connection[Any],
     position: int,
@@ -219,12 +235,19 @@ def _store(
     settings: str = "",
 ) -> Head:
     positions = list(range(position + 1, position + 1 + len(lines)))
-    conn.execute(
-        _INSERT,
-        (positions, [head.seq for head in heads], [line.decode("utf-8") for line in lines]),
-    )
     last = heads[-1]
-    conn.execute(_MOVE_HEAD, (positions[-1], last.seq, last.hash, settings))
+    conn.execute(
+        _STORE,
+        (
+            positions,
+            [head.seq for head in heads],
+            [line.decode("utf-8") for line in lines],
+            positions[-1],
+            last.seq,
+            last.hash,
+            settings,
+        ),
+    )
     return last
 
 
