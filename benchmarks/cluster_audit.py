@@ -21,8 +21,11 @@ It prints each turn's rates, the CPU of the servers, of this generator and of ev
 and the ratio log on / log off of the summed rates, beside the goal (>= 80%). From PostgreSQL's
 statistics of each CAS's database it counts, per answer over all turns, the transactions
 committed or rolled back (the instances' background work, heartbeats and polls, included), the
-audit batches appended (updates of the head row) and the audit entries stored. The exit code is 0
-whatever the verdict says, 1 when it cannot measure, 130 when interrupted.
+audit batches appended (updates of the head row) and the audit entries stored. Before the turns
+it counts the round trips of one batch's append (the requests that follow an answer, through a
+proxy that holds each answer back a little, so that what the client sends without waiting is
+one request) against the bound of two.
+The exit code is 0 whatever the verdict says, 1 when it cannot measure, 130 when interrupted.
 
     python benchmarks/cluster_audit.py --postgres postgresql://postgres@127.0.0.1:5432 \\
         [--instances 2] [--clients 32] [--seconds 10] [--rounds 3]
@@ -31,13 +34,16 @@ whatever the verdict says, 1 when it cannot measure, 130 when interrupted.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import secrets
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from common import (
@@ -57,12 +63,15 @@ from common import (
     share,
     us,
 )
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from opencas.attestation.workload_binding import ConfigId
+from opencas.audit.chain import ChainedBatch, Head, PendingEntry, chain_batch
 from opencas.client.enclave import AsyncEnclaveClient
 from opencas.errors import AttestationRefused, CasError
 from opencas.platform.simulated import SimulatedPlatform
 from opencas.runtime.exchange import WorkloadExchange, attest_async
+from opencas.store.audit_entries import AUDIT_SETTINGS, AUDIT_TABLES, AuditEntries
 from opencas.testing import CasProcess, SelfProvisionedCas, start_self_provisioned_cas
 
 #: With the audit log on, attestation keeps at least this share of its log-off throughput.
@@ -109,6 +118,129 @@ def counters(url: str) -> tuple[int, int, int]:
     if row is None or None in row:
         raise BenchmarkError(f"no statistics for the database {url}")
     return int(row[0]), int(row[1]), int(row[2])
+
+
+#: How long the round-trip proxy holds each answer of the database server back, so that what
+#: the client sends without waiting is seen as one request however the kernel cuts it.
+ANSWER_DELAY = 0.005
+#: Round trips a batch's append may take: the lock (with BEGIN), then the store (with COMMIT).
+BATCH_ROUND_TRIPS_BOUND = 2
+#: Appends counted through the proxy, and entries in each.
+COUNTED_APPENDS = 40
+ENTRIES_PER_BATCH = 4
+
+
+@dataclass
+class Turns:
+    """Round trips seen by the proxy: a client's request that follows an answer it was given."""
+
+    count: int = 0
+    answered: bool = True
+
+
+async def _forward(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float, turns: Turns
+) -> None:
+    """Copy ``reader`` to ``writer``, each chunk ``delay`` seconds after it came, in order; a
+    request (``delay`` 0) that follows an answer counts one round trip."""
+    chunks: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+    async def send() -> None:
+        while True:
+            due, data = await chunks.get()
+            if not data:
+                writer.close()
+                return
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            writer.write(data)
+            await writer.drain()
+            if delay:
+                turns.answered = True
+
+    sender = asyncio.ensure_future(send())
+    while True:
+        data = await reader.read(65536)
+        if data and not delay and turns.answered:
+            turns.count += 1
+            turns.answered = False
+        chunks.put_nowait((time.monotonic() + delay, data))
+        if not data:
+            break
+    await sender
+
+
+@contextlib.contextmanager
+def counting_proxy(host: str, port: int) -> Iterator[tuple[int, Turns]]:
+    """A TCP proxy to ``host:port`` on a free local port that counts round trips and holds
+    every answer back by :data:`ANSWER_DELAY`; its port and its count."""
+    loop = asyncio.new_event_loop()
+    turns = Turns()
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(host, port)
+        await asyncio.gather(
+            _forward(reader, upstream_writer, 0.0, turns),
+            _forward(upstream_reader, writer, ANSWER_DELAY, turns),
+            return_exceptions=True,
+        )
+
+    server = loop.run_until_complete(asyncio.start_server(connection, "127.0.0.1", 0))
+    thread = threading.Thread(target=loop.run_forever, name="counting-proxy", daemon=True)
+    thread.start()
+    try:
+        yield int(server.sockets[0].getsockname()[1]), turns
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        server.close()
+        # The client hung up already: its connection's copying ends by itself.
+        pending = asyncio.all_tasks(loop)
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending, timeout=10))
+        loop.close()
+
+
+def batch_round_trips(server: str) -> tuple[int, int, int]:
+    """The round trips of one audit batch's append through the proxy, over
+    :data:`COUNTED_APPENDS` appends: the median, the fewest and the most (a client descheduled
+    for longer than :data:`ANSWER_DELAY` amid what it sends without waiting counts one more)."""
+    address = server.rsplit("/", 1)[-1]
+    user, _, hostport = address.rpartition("@")
+    host, _, port = hostport.partition(":")
+    key = Ed25519PrivateKey.generate()
+    entries = [
+        PendingEntry("session_read", "cas", f"s{number}", {}, "2026-12-01T12:00:00Z", True)
+        for number in range(ENTRIES_PER_BATCH)
+    ]
+
+    def extend(head: Head, settings: str) -> tuple[ChainedBatch, str]:
+        return chain_batch(head, entries, sign=key.sign), settings
+
+    counts = []
+    with (
+        database(server) as url,
+        counting_proxy(host or "127.0.0.1", int(port or 5432)) as (
+            proxied,
+            turns,
+        ),
+    ):
+        name = url.rsplit("/", 1)[1]
+        through = f"postgresql://{user + '@' if user else ''}127.0.0.1:{proxied}/{name}"
+        with psycopg.connect(through, autocommit=True) as conn:
+            for statement in (*AUDIT_TABLES, *AUDIT_SETTINGS):
+                conn.execute(statement)
+
+            @contextlib.contextmanager
+            def connect() -> Iterator[psycopg.Connection[Any]]:
+                yield conn
+
+            appends = AuditEntries(connect, lambda: None, lambda _: contextlib.nullcontext())
+            for _ in range(COUNTED_APPENDS):
+                before = turns.count
+                appends.append(extend)
+                counts.append(turns.count - before)
+    counts.sort()
+    return counts[len(counts) // 2], counts[0], counts[-1]
 
 
 @dataclass
@@ -235,6 +367,12 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> None:
             f"OpenCAS cluster audit log benchmark: {args.instances} instance(s) per CAS on "
             f"PostgreSQL, {args.clients} clients, {args.rounds} turns of {args.seconds:g} s each"
         )
+    )
+    median, fewest, most = batch_round_trips(args.postgres)
+    print(
+        f"Round trips to the database of one audit batch ({ENTRIES_PER_BATCH} entries), counted "
+        f"over {COUNTED_APPENDS} appends: median {median}, {fewest} to {most} "
+        f"(bound {BATCH_ROUND_TRIPS_BOUND}): {met(median <= BATCH_ROUND_TRIPS_BOUND)}"
     )
     platform = SimulatedPlatform.load_or_create(workdir / "platform.key", MEASUREMENT)
     with (

@@ -361,7 +361,11 @@ def test_a_killed_instance_leaves_the_others_serving_every_acknowledged_write(
         with client:
             assert client.read_session("b").revision >= 1
         # Every acknowledged write is in the cluster's log, fetched from the restarted
-        # instance, and the log verifies as one chain.
+        # instance, and the log verifies as one chain, intact (exit 0): a state change's entry
+        # is appended in the change's own transaction, so a kill between the two leaves
+        # neither, and no entry after the restart says that an operation failed (exit 10, as
+        # each instance's own file chain did when a kill fell between an entry's fsync and its
+        # change's commit).
         home = _pin_with_casctl(first, second.url, "second")
         entries = _fetch_and_verify(home, "second", tmp_path / "cluster.log")
     finally:
