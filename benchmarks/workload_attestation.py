@@ -129,8 +129,9 @@ from opencas.runtime.exchange import (
     fetch_configuration,
 )
 from opencas.service.cas import Cas, open_cas
+from opencas.service.nonces import NonceStore
 from opencas.service.sessions import create_session
-from opencas.service.workloads import NonceStore, WorkloadRequest, attest_workload
+from opencas.service.workloads import WorkloadRequest, attest_workload
 from opencas.testing import CasProcess, SelfProvisionedCas, start_self_provisioned_cas, write_config
 
 #: The p99 goal: 99% of workloads wait less than this for nonce plus attest.

@@ -1,10 +1,11 @@
 """Workloads: attest a program's evidence against its service's policy and hand it its config.
 
-The enclave API's two steps live here: a single-use nonce, then the attestation, which checks
-that the evidence binds ``{config_id, nonce, public_key}``, decides it against the service's
-attestation policy (:mod:`opencas.attestation.workload_policy`), renders the service's
-configuration with its secrets, issues per-workload certificates to the workload's key, and
-seals the whole answer to that key with HPKE. The session, its secrets and the exporters'
+The enclave API's attestation lives here (its single-use nonces in
+:mod:`opencas.service.nonces`): it checks that the evidence binds ``{config_id, nonce,
+public_key}``, decides it against the service's attestation policy
+(:mod:`opencas.attestation.workload_policy`), renders the service's configuration with its
+secrets, issues per-workload certificates to the workload's key, and seals the whole answer to
+that key with HPKE. The session, its secrets and the exporters'
 secrets are read from one store snapshot, so an update in flight is seen entirely or not at
 all.
 """
@@ -15,10 +16,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import secrets
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,7 +43,6 @@ from opencas.errors import (
     EvidenceError,
     InvalidRequest,
     NotFoundError,
-    RateLimitedError,
 )
 from opencas.policy.certificates import issue_certificate, parse_valid_for
 from opencas.policy.errors import SessionError
@@ -54,93 +50,14 @@ from opencas.policy.model import AttestationSecurity, InjectionFile, Service, Se
 from opencas.policy.placeholders import Placeholder, find_placeholders, render
 from opencas.policy.secret_values import SecretValue, render_value
 from opencas.service.cas import Cas
+from opencas.service.nonces import NonceStore
 from opencas.service.otp_guard import OtpGuard
 from opencas.service.session_limits import RenderBudget
 from opencas.service.sessions import imported_values, load_secret_values, load_session
 from opencas.service.volumes import Attestation, volume_grants
 from opencas.store.base import Reader
-from opencas.store.guards import PostgresGuards
 
-NONCE_BYTES = 32
-NONCE_LIFETIME = 60.0
-MAX_OUTSTANDING_NONCES = 100_000
 PER_WORKLOAD_VALIDITY = "1d"
-
-
-class NonceStore:
-    """Single-use nonces that expire after ``lifetime`` seconds; bounded, thread-safe.
-
-    With ``shared`` (the guards of a PostgreSQL store) a nonce is single-use across every
-    instance on the database: any of them may use it up, once. This instance still bounds how
-    many nonces it has outstanding, so the shared table holds at most ``capacity`` per instance.
-    """
-
-    def __init__(
-        self,
-        lifetime: float = NONCE_LIFETIME,
-        capacity: int = MAX_OUTSTANDING_NONCES,
-        clock: Callable[[], float] = time.monotonic,
-        shared: PostgresGuards | None = None,
-        wall_clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._lifetime = lifetime
-        self._capacity = capacity
-        self._clock = clock
-        self._shared = shared
-        self._wall_clock = wall_clock
-        self._lock = threading.Lock()
-        self._expiry: OrderedDict[str, float] = OrderedDict()
-
-    def issue(self) -> str:
-        """A fresh nonce; :class:`RateLimitedError` when too many are outstanding.
-
-        With shared guards this is a database round trip (run it off the event loop); it
-        raises :class:`opencas.errors.StoreError` when the database refuses.
-        """
-        nonce = secrets.token_hex(NONCE_BYTES)
-        with self._lock:
-            now = self._clock()
-            self._purge(now)
-            if len(self._expiry) >= self._capacity:
-                raise RateLimitedError(
-                    "too many workloads are attesting at once; retry shortly",
-                    retry_after=1.0,
-                    code="nonce-store-full",
-                )
-            self._expiry[nonce] = now + self._lifetime
-        if self._shared is not None:
-            try:
-                # Its expiry is wall-clock time, which every instance reads alike.
-                self._shared.add_nonce(nonce, self._wall_clock() + self._lifetime)
-            except BaseException:
-                with self._lock:
-                    self._expiry.pop(nonce, None)
-                raise
-        return nonce
-
-    def consume(self, nonce: str) -> None:
-        """Use ``nonce`` up; refuse one that was never issued, was used, or expired."""
-        with self._lock:
-            now = self._clock()
-            expiry = self._expiry.pop(nonce, None)
-            self._purge(now)
-        if self._shared is not None:
-            usable = self._shared.take_nonce(nonce)
-        else:
-            usable = expiry is not None and expiry >= now
-        if not usable:
-            raise AttestationRefused(
-                "nonce",
-                "the nonce is unknown, used already, or expired; ask for a new one",
-            )
-
-    def _purge(self, now: float) -> None:
-        # Insertion order is expiry order (one lifetime for all), so expired ones are in front.
-        while self._expiry:
-            first, expiry = next(iter(self._expiry.items()))
-            if expiry >= now:
-                break
-            del self._expiry[first]
 
 
 @dataclass(frozen=True)

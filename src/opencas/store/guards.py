@@ -1,18 +1,19 @@
 """The guards' state that every CAS instance on one PostgreSQL database shares.
 
-Nonces, the request-proof replay cache, the provisioning-token back-off, the session upload rate
-and used one-time-password steps must hold for the cluster, not for one instance: a nonce issued
-by one instance is used up at another, and a proof accepted by one is refused when replayed at
-another. On PostgreSQL they live in tables of their own (migration 2); on SQLite, where only one
-instance can run, they stay in the instance's memory.
+Used nonces, the request-proof replay cache, the provisioning-token back-off, the session upload
+rate and used one-time-password steps must hold for the cluster, not for one instance: a nonce
+issued by one instance is used once at any of them, and a proof accepted by one is refused when
+replayed at another. On PostgreSQL they live in tables of their own (migration 2); on SQLite,
+where only one instance can run, they stay in the instance's memory.
 
-Each check is one statement, atomic on its own (``DELETE ... RETURNING``, ``INSERT ... ON
-CONFLICT``), so the hot path costs one round trip. These rows are not records: they are not
-encrypted, not in the commit state and not in the report; they live for seconds to minutes.
-Because the database is untrusted, a nonce row carries a MAC (a key derived from the database
-master key) over its id and expiry, so a row written or copied by anyone but a CAS instance is
-refused. What someone with write access to the database can still do is *delete* rows: make the
-cluster forget a nonce, a proof or a back-off before its time (docs/security.md).
+Each check is one statement, atomic on its own (``INSERT ... ON CONFLICT``), so the hot path
+costs one round trip. These rows are not records: they are not encrypted, not in the commit
+state and not in the report; they live for seconds to minutes. A nonce itself carries its expiry
+and a MAC under a key derived from the database master key (:mod:`opencas.service.nonces`), so
+issuing one writes nothing and nobody without the key can make one; a row of ``guard_nonces``
+says that a nonce was used. What someone with write access to the database can do is *delete*
+rows: make the cluster forget a used nonce, a proof or a back-off before its time
+(docs/security.md).
 
 Expired rows are deleted by the instance that next touches the guards after
 :data:`PURGE_INTERVAL` seconds, so the tables hold at most what the instances admitted within
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +39,7 @@ PURGE_INTERVAL: Final = 10.0
 
 #: Migration 2 of :mod:`opencas.store.postgres`: the guards' tables.
 GUARD_TABLES: Final[tuple[str, ...]] = (
+    # A used nonce's row; ``tag`` is from the time rows were issued nonces, and is empty now.
     "CREATE TABLE guard_nonces (id BYTEA NOT NULL PRIMARY KEY, "
     "expires_at DOUBLE PRECISION NOT NULL, tag BYTEA NOT NULL)",
     "CREATE INDEX guard_nonces_expiry ON guard_nonces (expires_at)",
@@ -84,7 +85,7 @@ class PostgresGuards:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._pool = pool
-        self._key = derive_key(dmk, "store/guards")
+        self.use_key(dmk)
         self._failing = failing
         self._clock = clock
         self._lock = threading.Lock()
@@ -94,17 +95,13 @@ class PostgresGuards:
         return "<PostgresGuards>"
 
     def use_key(self, dmk: bytes) -> None:
-        """Key the rows from now on by ``dmk`` (the database key was rolled over)."""
+        """Key the rows and nonces from now on by ``dmk`` (the database key was rolled over)."""
         self._key = derive_key(dmk, "store/guards")
+        self._nonce_key = derive_key(dmk, "store/guards/nonces")
 
     def _id(self, kind: bytes, *parts: str) -> bytes:
         message = kind + b"".join(b"\0" + part.encode("utf-8") for part in parts)
         return hmac.digest(self._key, message, hashlib.sha256)
-
-    def _nonce_tag(self, row_id: bytes, expires_at: float) -> bytes:
-        return hmac.digest(
-            self._key, b"nonce-row" + row_id + struct.pack(">d", expires_at), "sha256"
-        )
 
     def _run(self, action: str, sql: str, parameters: Sequence[object] | dict[str, object]) -> Any:
         """Run one statement (after a due purge) and return its first row, or ``None``."""
@@ -128,30 +125,24 @@ class PostgresGuards:
             self._next_purge = 0.0
         self._run("deleting expired guard rows", "SELECT 1", ())
 
-    def add_nonce(self, nonce: str, expires_at: float) -> None:
-        """Remember ``nonce`` as issued, usable once by any instance until ``expires_at``."""
-        row_id = self._id(b"nonce", nonce)
-        self._run(
-            "storing a nonce",
-            "INSERT INTO guard_nonces (id, expires_at, tag) VALUES (%s, %s, %s)",
-            (row_id, expires_at, self._nonce_tag(row_id, expires_at)),
-        )
+    def nonce_mac(self, message: bytes) -> bytes:
+        """HMAC-SHA256 of ``message`` under the cluster's nonce key (from the database key), so
+        that a nonce one instance issued verifies at every other."""
+        return hmac.digest(self._nonce_key, message, hashlib.sha256)
 
-    def take_nonce(self, nonce: str) -> bool:
-        """Use ``nonce`` up; whether it was issued by an instance, unused and unexpired.
+    def use_nonce(self, nonce: str, expires_at: float) -> bool:
+        """Remember ``nonce`` as used until ``expires_at``; False when an instance (this one
+        included) used it already.
 
-        The row is deleted whatever its state, so a nonce is used at most once in the cluster.
+        The caller checked the nonce's MAC and expiry; this makes its use single in the cluster.
         """
-        row_id = self._id(b"nonce", nonce)
         row = self._run(
             "using a nonce",
-            "DELETE FROM guard_nonces WHERE id = %s RETURNING expires_at, tag",
-            (row_id,),
+            "INSERT INTO guard_nonces (id, expires_at, tag) VALUES (%s, %s, '') "
+            "ON CONFLICT (id) DO NOTHING RETURNING 1",
+            (self._id(b"used-nonce", nonce), expires_at),
         )
-        if row is None or not isinstance(row[0], float):
-            return False
-        expected = self._nonce_tag(row_id, row[0])
-        return hmac.compare_digest(expected, bytes(row[1])) and row[0] >= self._clock()
+        return row is not None
 
     def add_proof(self, identity: str, jti: str, expires_at: float) -> bool:
         """Remember the proof ``jti`` of ``identity`` until ``expires_at``; False when another

@@ -32,9 +32,10 @@ from opencas.crypto.keys import key_hash
 from opencas.errors import AuditLogError, CasError, EvidenceError
 from opencas.policy.caller import Caller
 from opencas.service.cas import Cas, open_cas
+from opencas.service.nonces import NonceStore
 from opencas.service.provisioning import provision
 from opencas.service.sessions import create_session
-from opencas.service.workloads import NonceStore, WorkloadRequest, attest_workload
+from opencas.service.workloads import WorkloadRequest, attest_workload
 from opencas.testing import write_config
 
 OWNER = OwnerIdentity("a1" * 32, None)

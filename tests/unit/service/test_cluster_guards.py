@@ -20,10 +20,10 @@ from opencas.crypto.otp import otp_code
 from opencas.crypto.replay_cache import SharedReplayCache
 from opencas.crypto.request_proof import create_request_proof, verify_request_proof
 from opencas.errors import AttestationRefused, RateLimitedError, RequestProofError
+from opencas.service.nonces import NonceStore
 from opencas.service.otp_guard import OtpGuard
 from opencas.service.session_limits import UploadRateLimiter
 from opencas.service.token_guard import TokenGuard
-from opencas.service.workloads import NonceStore
 from opencas.store import PostgresStore, Transaction
 
 DMK = bytes(range(32))

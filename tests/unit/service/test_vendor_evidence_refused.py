@@ -31,7 +31,8 @@ from opencas.platform.base import Platform
 from opencas.platform.choice import open_platform
 from opencas.runtime.exchange import fetch_configuration
 from opencas.service.cas import Cas, open_cas
-from opencas.service.workloads import NonceStore, WorkloadRequest, attest_workload
+from opencas.service.nonces import NonceStore
+from opencas.service.workloads import WorkloadRequest, attest_workload
 from opencas.testing import InProcessCas
 from opencas.testing_tee import FakeConfigfsTsm, fake_gramine
 

@@ -22,8 +22,8 @@ from opencas.errors import AttestationRefused
 from opencas.policy.caller import Caller
 from opencas.policy.hashing import session_hash
 from opencas.policy.parse import parse_session
+from opencas.service.nonces import NonceStore
 from opencas.service.sessions import create_session, load_secret_values, update_session
-from opencas.service.workloads import NonceStore
 from opencas.testing import InProcessCas
 
 AUTHOR = Caller("a1" * 32)

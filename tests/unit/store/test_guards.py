@@ -31,38 +31,54 @@ def two(postgres_url: str) -> Iterator[tuple[PostgresGuards, PostgresGuards]]:
         second.close()
 
 
-def test_a_nonce_issued_at_one_instance_is_used_once_at_another(
+def test_a_nonce_is_used_once_across_instances(
     two: tuple[PostgresGuards, PostgresGuards],
 ) -> None:
     one, other = two
-    one.add_nonce("ab" * 32, time.time() + 60)
-    assert other.take_nonce("ab" * 32)
-    assert not one.take_nonce("ab" * 32)
-    assert not other.take_nonce("ab" * 32)
+    expires = time.time() + 60
+    assert other.use_nonce("ab" * 32, expires)
+    assert not one.use_nonce("ab" * 32, expires)
+    assert not other.use_nonce("ab" * 32, expires)
+    assert one.use_nonce("cd" * 32, expires)
 
 
-def test_a_nonce_never_issued_or_expired_is_refused(
+def test_concurrent_uses_of_one_nonce_pass_at_most_once(
+    two: tuple[PostgresGuards, PostgresGuards],
+) -> None:
+    passed: list[bool] = []
+    start = threading.Barrier(8)
+
+    def race(guards: PostgresGuards) -> None:
+        start.wait()
+        passed.append(guards.use_nonce("ef" * 32, time.time() + 60))
+
+    threads = [threading.Thread(target=race, args=(two[n % 2],)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(passed) == [False] * 7 + [True]
+
+
+def test_instances_share_the_nonce_key_and_a_rollover_changes_it(
     two: tuple[PostgresGuards, PostgresGuards],
 ) -> None:
     one, other = two
-    assert not other.take_nonce("cd" * 32)
-    one.add_nonce("ef" * 32, time.time() - 1)
-    assert not other.take_nonce("ef" * 32)
+    assert one.nonce_mac(b"message") == other.nonce_mac(b"message")
+    assert one.nonce_mac(b"message") != one.nonce_mac(b"other message")
+    other.use_key(bytes(range(1, 33)))
+    assert one.nonce_mac(b"message") != other.nonce_mac(b"message")
 
 
-def test_a_nonce_row_written_or_extended_in_the_database_is_refused(
+def test_a_used_nonce_row_names_no_nonce(
     two: tuple[PostgresGuards, PostgresGuards], postgres_url: str
 ) -> None:
-    one, other = two
-    one.add_nonce("01" * 32, time.time() - 1)
+    one, _ = two
+    one.use_nonce("01" * 32, time.time() + 60)
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        # Someone with the database pushes an expired nonce's expiry into the future.
-        conn.execute("UPDATE guard_nonces SET expires_at = %s", (time.time() + 600,))
-        conn.execute(
-            "INSERT INTO guard_nonces (id, expires_at, tag) VALUES (%s, %s, %s)",
-            (b"\x00" * 32, time.time() + 600, b"\x00" * 32),
-        )
-    assert not other.take_nonce("01" * 32)
+        rows = conn.execute("SELECT id FROM guard_nonces").fetchall()
+    assert len(rows) == 1
+    assert bytes(rows[0][0]) not in (bytes.fromhex("01" * 32), ("01" * 32).encode())
 
 
 def test_a_proof_is_new_at_one_instance_only(two: tuple[PostgresGuards, PostgresGuards]) -> None:
@@ -98,7 +114,7 @@ def test_expired_rows_are_deleted(
     one, _ = two
     one.add_proof("key", "old", time.time() - 1)
     one.add_proof("key", "young", time.time() + 100)
-    one.add_nonce("aa" * 32, time.time() - 1)
+    one.use_nonce("aa" * 32, time.time() - 1)
     one.purge()
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM guard_proofs").fetchone() == (1,)

@@ -13,6 +13,7 @@ from opencas.api.offload import WorkerLane
 from opencas.api.routes.bodies import StrictBody
 from opencas.attestation.workload_binding import ConfigId
 from opencas.service.cas import Cas
+from opencas.service.nonces import NonceStore
 from opencas.service.otp_guard import OtpGuard
 from opencas.service.volumes import (
     MAX_TICKET_CHARS,
@@ -21,8 +22,6 @@ from opencas.service.volumes import (
     report_volume_tag,
 )
 from opencas.service.workloads import (
-    NONCE_LIFETIME,
-    NonceStore,
     WorkloadDecision,
     WorkloadRequest,
     decide_workload,
@@ -65,12 +64,12 @@ def workloads_router(cas: Cas, lane: WorkerLane) -> APIRouter:
     nonces = NonceStore(shared=cas.guards)
     otp_guard = OtpGuard(cas.config.session_limits, shared=cas.guards)
 
-    # A plain function: FastAPI runs it in its thread pool, where a nonce shared by the cluster
-    # is stored in the database without holding up the event loop.
+    # Issuing a nonce stores nothing, not even on PostgreSQL (service/nonces.py): a few
+    # microseconds on the event loop cost less than the hop to a worker thread and back.
     @router.post("/v1/enclave/nonce")
-    def nonce() -> dict[str, Any]:
+    async def nonce() -> dict[str, Any]:
         """A fresh single-use nonce for the next attestation (valid 60 s)."""
-        return {"nonce": nonces.issue(), "expires_in": int(NONCE_LIFETIME)}
+        return {"nonce": nonces.issue(), "expires_in": int(nonces.lifetime)}
 
     # Verifying the evidence, rendering, issuing certificates and sealing run in one hop to the
     # lane, so none of it holds up the event loop. The lane does not wait for the decision's
