@@ -5,7 +5,9 @@ A workload names the service it wants to be by its config id ``SESSION/SERVICE``
 canonical JSON of ``{"config_id", "nonce", "public_key"}`` (:func:`workload_report_data`): the
 config id, the CAS's single-use nonce and the workload's public key as the base64 text it sends.
 The workload computes it to obtain evidence, the CAS to check that the evidence is about this
-very request; both use this module, so the two sides cannot drift apart (DESIGN.md §8).
+very request; both use this module, so the two sides cannot drift apart (DESIGN.md §8). A
+successful attestation's answer also carries the nonce for the workload's next attestation in
+the header :data:`NEXT_NONCE_HEADER`, so a workload that attests again needs one request.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from opencas.policy.model import check_service_name, check_session_name
 
 #: How a config id is written, for messages and help texts.
 CONFIG_ID_SHAPE = "SESSION/SERVICE"
+#: The response header of ``POST /v1/enclave/attest`` that hands out the next nonce.
+NEXT_NONCE_HEADER = "CAS-Next-Nonce"
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,18 @@ A workload never talks to a CAS it has not pinned: :class:`EnclaveClient` requir
 certificate of a CAS that casctl attested, and TLS verifies against exactly that. What the CAS
 answers is opened with the workload's private key (:mod:`opencas.crypto.hpke_seal`) and parsed
 strictly into a :class:`WorkloadConfig`; the plaintext is never logged or put into messages.
+
+A client keeps the nonce the CAS hands out with a successful answer (``CAS-Next-Nonce``) for
+the next attestation through it, while enough of its lifetime is left
+(:meth:`EnclaveClient.take_next_nonce`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -17,7 +23,7 @@ from typing import Any
 import httpx
 
 from opencas.attestation.evidence import Evidence
-from opencas.attestation.workload_binding import ConfigId
+from opencas.attestation.workload_binding import NEXT_NONCE_HEADER, ConfigId
 from opencas.client.channel import (
     DEFAULT_TIMEOUT,
     ApiChannel,
@@ -47,6 +53,11 @@ from opencas.policy.model import (
 )
 
 _NONCE_SHAPE = re.compile(r"[0-9a-f]{64}")
+#: A nonce's lifetime when the CAS did not say (the documented 60 s).
+DEFAULT_NONCE_LIFETIME = 60.0
+#: A next nonce is used only while this many of its seconds are left: the evidence must be made
+#: and posted before it expires at the CAS, whose clock started before the answer travelled.
+NEXT_NONCE_MARGIN = 10.0
 _CONFIG_KEYS = frozenset(
     {
         "config_id",
@@ -310,6 +321,31 @@ def _pem(value: object, where: str) -> str:
     return text
 
 
+class _NextNonce:
+    """The nonce handed out with the last answer, until it is taken or too close to expiry."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._nonce: str | None = None
+        self._usable_until = 0.0
+        self.lifetime = DEFAULT_NONCE_LIFETIME
+
+    def keep(self, response: httpx.Response) -> None:
+        """Keep the answer's next nonce, if it has one of the right shape."""
+        nonce = response.headers.get(NEXT_NONCE_HEADER)
+        if nonce is None or not _NONCE_SHAPE.fullmatch(nonce):
+            return
+        with self._lock:
+            self._nonce = nonce
+            self._usable_until = self._clock() + self.lifetime - NEXT_NONCE_MARGIN
+
+    def take(self) -> str | None:
+        with self._lock:
+            nonce, self._nonce = self._nonce, None
+            return nonce if nonce is not None and self._clock() <= self._usable_until else None
+
+
 class EnclaveClient:
     """A client for the enclave API at ``url``, trusting only ``ca_certificate_pem``.
 
@@ -328,6 +364,7 @@ class EnclaveClient:
         self._client = ApiChannel(
             self.url, ca_certificate_pem=ca_certificate_pem, transport=transport
         )
+        self._next = _NextNonce()
 
     def __enter__(self) -> EnclaveClient:
         return self
@@ -345,7 +382,13 @@ class EnclaveClient:
         Raises :class:`CasUnreachable`, :class:`ApiError`, or :class:`ClientError` when the
         answer has no nonce of that shape.
         """
-        return _nonce_of(self._client.send("POST", ENCLAVE_NONCE_PATH))
+        return _nonce_of(self._client.send("POST", ENCLAVE_NONCE_PATH), self._next)
+
+    def take_next_nonce(self) -> str | None:
+        """The nonce the CAS handed out with this client's last successful attestation, once;
+        None when there is none, it was taken, or less than :data:`NEXT_NONCE_MARGIN` seconds
+        of its lifetime are left."""
+        return self._next.take()
 
     def attest(
         self,
@@ -361,14 +404,15 @@ class EnclaveClient:
         Raises :class:`AttestationRefused` with the CAS's check and message when it refuses
         (403 ``attestation-refused``), :class:`CasUnreachable` when it cannot be reached,
         :class:`ApiError` for other error answers, and :class:`ClientError` when the answer
-        does not have exactly the string members ``kem`` and ``sealed``.
+        does not have exactly the string members ``kem`` and ``sealed``. The answer's next
+        nonce is kept for :meth:`take_next_nonce`.
         """
         body = _attest_body(config_id, nonce, public_key_der_b64, evidence, otp)
         try:
             response = self._client.send("POST", ENCLAVE_ATTEST_PATH, json_body=body)
         except ApiError as exc:
             raise _refusal(exc) from exc
-        return _sealed_of(response)
+        return _sealed_of(response, self._next)
 
     def report_volume_tag(self, grant: VolumeGrant, previous_tag: str | None, tag: str) -> None:
         """Report the new ``tag`` of the volume ``grant`` names, written from ``previous_tag``.
@@ -409,10 +453,16 @@ class AsyncEnclaveClient(AsyncListenerClient):
             timeout=timeout,
             transport=transport,
         )
+        self._next = _NextNonce()
 
     async def nonce(self) -> str:
         """A fresh single-use nonce, as :meth:`EnclaveClient.nonce`."""
-        return _nonce_of(await self._channel.send("POST", ENCLAVE_NONCE_PATH))
+        return _nonce_of(await self._channel.send("POST", ENCLAVE_NONCE_PATH), self._next)
+
+    def take_next_nonce(self) -> str | None:
+        """The next nonce of this client's last successful attestation, as
+        :meth:`EnclaveClient.take_next_nonce`."""
+        return self._next.take()
 
     async def attest(
         self,
@@ -429,7 +479,7 @@ class AsyncEnclaveClient(AsyncListenerClient):
             response = await self._channel.send("POST", ENCLAVE_ATTEST_PATH, json_body=body)
         except ApiError as exc:
             raise _refusal(exc) from exc
-        return _sealed_of(response)
+        return _sealed_of(response, self._next)
 
 
 #: The enclave API's routes (their templates, as the CAS's metrics name them).
@@ -443,7 +493,8 @@ def _require_pin(ca_certificate_pem: bytes) -> None:
         raise ClientError("the enclave API is used only with the CA of an attested CAS")
 
 
-def _nonce_of(response: httpx.Response) -> str:
+def _nonce_of(response: httpx.Response, next_nonce: _NextNonce) -> str:
+    """The answer's nonce; its ``expires_in`` becomes the lifetime of the next nonces."""
     try:
         body = response.json()
     except ValueError:
@@ -451,6 +502,9 @@ def _nonce_of(response: httpx.Response) -> str:
     nonce = body.get("nonce") if isinstance(body, dict) else None
     if not isinstance(nonce, str) or not _NONCE_SHAPE.fullmatch(nonce):
         raise ClientError(f"the CAS answered {ENCLAVE_NONCE_PATH} without a valid nonce")
+    lifetime = body.get("expires_in") if isinstance(body, dict) else None
+    if isinstance(lifetime, int) and not isinstance(lifetime, bool) and lifetime > 0:
+        next_nonce.lifetime = float(lifetime)
     return nonce
 
 
@@ -480,7 +534,7 @@ def _refusal(error: ApiError) -> CasError:
     return error
 
 
-def _sealed_of(response: httpx.Response) -> SealedConfig:
+def _sealed_of(response: httpx.Response, next_nonce: _NextNonce) -> SealedConfig:
     try:
         body = response.json()
     except ValueError:
@@ -491,4 +545,5 @@ def _sealed_of(response: httpx.Response) -> SealedConfig:
         or not all(isinstance(value, str) for value in body.values())
     ):
         raise ClientError(f"the CAS answered {ENCLAVE_ATTEST_PATH} without a sealed configuration")
+    next_nonce.keep(response)
     return SealedConfig(kem=body["kem"], sealed=body["sealed"])

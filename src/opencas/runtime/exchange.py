@@ -7,6 +7,10 @@ sealed to its key. :class:`WorkloadExchange` holds the workload's side of these 
 I/O; :func:`attest` (or :func:`attest_async`) sends the requests through an enclave client, and
 :func:`fetch_configuration` does it all for one fresh key. ``casctl run`` and the workload
 attestation benchmark both go through here.
+
+An attestation through a client that attested before uses the nonce the CAS handed out with
+that answer, so it is one request; when the CAS refuses that nonce (it restarted, its key was
+rolled over), the attestation is made again with a nonce asked for.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ from opencas.client.enclave import (
 from opencas.crypto.encoding import b64_encode
 from opencas.crypto.hpke_seal import SealedConfig
 from opencas.crypto.keys import generate_ecdsa_key, public_key_der
-from opencas.errors import ClientError
+from opencas.errors import AttestationRefused, ClientError
 from opencas.platform.base import EvidenceProvider
 
 #: The KEM of the workload's key: P-256, so that the CAS can also certify the key.
 WORKLOAD_KEM = "P-256"
+#: The check of a refusal for a nonce the CAS does not take (unknown, used, expired).
+NONCE_CHECK = "nonce"
 
 
 @dataclass(frozen=True)
@@ -97,28 +103,49 @@ def attest(
     provider: EvidenceProvider,
     otp: str | None = None,
 ) -> SealedAnswer:
-    """Ask for a nonce, get evidence from ``provider`` and attest (with the one-time password
+    """Get evidence from ``provider`` over a nonce and attest (with the one-time password
     ``otp``, if given); the answer is not opened.
 
+    The nonce is the client's next nonce (:meth:`EnclaveClient.take_next_nonce`) when it has
+    one, else one asked for; a next nonce the CAS refuses is replaced by one asked for, once.
     Raises :class:`~opencas.client.channel.CasUnreachable`,
     :class:`~opencas.errors.AttestationRefused` when the CAS refuses, and
     :class:`~opencas.client.channel.ApiError` or :class:`ClientError` for other failures.
     """
-    nonce = client.nonce()
-    evidence = exchange.evidence(nonce, provider)
-    return SealedAnswer(
-        nonce, client.attest(exchange.config_id, nonce, exchange.public_key, evidence, otp)
-    )
+
+    def post(nonce: str) -> SealedAnswer:
+        evidence = exchange.evidence(nonce, provider)
+        sealed = client.attest(exchange.config_id, nonce, exchange.public_key, evidence, otp)
+        return SealedAnswer(nonce, sealed)
+
+    held = client.take_next_nonce()
+    if held is not None:
+        try:
+            return post(held)
+        except AttestationRefused as refusal:
+            if refusal.check != NONCE_CHECK:
+                raise
+    return post(client.nonce())
 
 
 async def attest_async(
     client: AsyncEnclaveClient, exchange: WorkloadExchange, provider: EvidenceProvider
 ) -> SealedAnswer:
     """:func:`attest` through an :class:`~opencas.client.enclave.AsyncEnclaveClient`."""
-    nonce = await client.nonce()
-    evidence = exchange.evidence(nonce, provider)
-    sealed = await client.attest(exchange.config_id, nonce, exchange.public_key, evidence)
-    return SealedAnswer(nonce, sealed)
+
+    async def post(nonce: str) -> SealedAnswer:
+        evidence = exchange.evidence(nonce, provider)
+        sealed = await client.attest(exchange.config_id, nonce, exchange.public_key, evidence)
+        return SealedAnswer(nonce, sealed)
+
+    held = client.take_next_nonce()
+    if held is not None:
+        try:
+            return await post(held)
+        except AttestationRefused as refusal:
+            if refusal.check != NONCE_CHECK:
+                raise
+    return await post(await client.nonce())
 
 
 def fetch_configuration(

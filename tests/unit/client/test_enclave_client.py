@@ -551,3 +551,45 @@ def test_a_protection_file_travels_with_the_configuration() -> None:
 def test_a_malformed_protection_file_member_is_refused(fspf: Any) -> None:
     with pytest.raises(ValueError, match="fspf"):
         parse_workload_config(canonical_json(document(fspf=fspf)), WORKLOAD)
+
+
+def _answer_with(next_nonce: str | None, expires_in: int = 60) -> Callable[..., httpx.Response]:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/nonce"):
+            return httpx.Response(200, json={"nonce": NONCE, "expires_in": expires_in})
+        headers = {} if next_nonce is None else {"CAS-Next-Nonce": next_nonce}
+        return httpx.Response(200, json={"kem": "P-256", "sealed": "c2VhbGVk"}, headers=headers)
+
+    return handler
+
+
+def test_the_next_nonce_of_an_answer_is_taken_once() -> None:
+    with client_for(_answer_with("cd" * 32)) as client:
+        assert client.take_next_nonce() is None
+        client.attest(WORKLOAD, NONCE, "a2V5", EVIDENCE)
+        assert client.take_next_nonce() == "cd" * 32
+        assert client.take_next_nonce() is None
+
+
+@pytest.mark.parametrize("header", [None, "", "CD" * 32, "cd" * 31, "cd" * 33, "zz" * 32])
+def test_no_next_nonce_without_one_of_the_right_shape(header: str | None) -> None:
+    with client_for(_answer_with(header)) as client:
+        client.attest(WORKLOAD, NONCE, "a2V5", EVIDENCE)
+        assert client.take_next_nonce() is None
+
+
+def test_a_next_nonce_too_close_to_its_expiry_is_not_used() -> None:
+    # The CAS said its nonces live 5 s: less than the margin the evidence needs.
+    with client_for(_answer_with("cd" * 32, expires_in=5)) as client:
+        client.nonce()
+        client.attest(WORKLOAD, NONCE, "a2V5", EVIDENCE)
+        assert client.take_next_nonce() is None
+
+
+def test_async_client_keeps_the_next_nonce() -> None:
+    async def run() -> tuple[str | None, str | None]:
+        async with async_client_for(_answer_with("cd" * 32)) as client:
+            await client.attest(WORKLOAD, NONCE, "a2V5", EVIDENCE)
+            return client.take_next_nonce(), client.take_next_nonce()
+
+    assert asyncio.run(run()) == ("cd" * 32, None)

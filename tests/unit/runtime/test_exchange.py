@@ -59,9 +59,11 @@ class ScriptedCas:
         self.kem = kem
         self.plaintext = plaintext or configuration()
         self.bodies: list[dict[str, Any]] = []
+        self.nonce_requests = 0
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/nonce"):
+            self.nonce_requests += 1
             return httpx.Response(200, json={"nonce": NONCE, "expires_in": 60})
         body = json.loads(request.content)
         self.bodies.append(body)
@@ -166,3 +168,83 @@ def test_attest_async_is_the_same_exchange(platform: SimulatedPlatform) -> None:
 
     assert asyncio.run(run()).config_id == CONFIG_ID
     assert cas.bodies[0]["public_key"] == exchange.public_key
+
+
+class HandingOutNonces(ScriptedCas):
+    """A CAS that hands out a next nonce with each answer and takes each nonce once;
+    ``refuse`` names the check it refuses a next nonce with, as a CAS that forgot it would."""
+
+    def __init__(self, refuse: str | None = None) -> None:
+        super().__init__()
+        self.refuse = refuse
+        self.used: set[str] = set()
+        self.handed_out: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/attest"):
+            nonce = json.loads(request.content)["nonce"]
+            check = "nonce" if nonce in self.used else None
+            if nonce in self.handed_out and self.refuse is not None:
+                check = self.refuse
+            if check is not None:
+                self.bodies.append(json.loads(request.content))
+                return httpx.Response(
+                    403, json={"error": "attestation-refused", "check": check, "message": "no"}
+                )
+            self.used.add(nonce)
+        answer = super().__call__(request)
+        if request.url.path.endswith("/attest") and answer.status_code == 200:
+            self.handed_out.append(f"{len(self.handed_out):064x}")
+            answer.headers["CAS-Next-Nonce"] = self.handed_out[-1]
+        return answer
+
+
+def test_a_client_that_attested_attests_again_in_one_request(platform: SimulatedPlatform) -> None:
+    cas = HandingOutNonces()
+    exchange = WorkloadExchange.new(CONFIG_ID)
+    with client_for(cas) as client:
+        answers = [attest(client, exchange, platform) for _ in range(3)]
+    assert cas.nonce_requests == 1
+    assert [answer.nonce for answer in answers] == [NONCE, *cas.handed_out[:2]]
+    assert [exchange.open(answer).config_id for answer in answers] == [CONFIG_ID] * 3
+
+
+def test_a_next_nonce_the_cas_refuses_is_replaced_by_one_asked_for(
+    platform: SimulatedPlatform,
+) -> None:
+    cas = HandingOutNonces(refuse="nonce")
+    exchange = WorkloadExchange.new(CONFIG_ID)
+    with client_for(cas) as client:
+        attest(client, exchange, platform)
+        cas.used.clear()  # the nonce asked for is new again to this CAS
+        answer = attest(client, exchange, platform)
+    assert answer.nonce == NONCE
+    assert cas.nonce_requests == 2
+    assert [body["nonce"] for body in cas.bodies] == [NONCE, cas.handed_out[0], NONCE]
+
+
+def test_other_refusals_with_a_next_nonce_are_not_made_again(platform: SimulatedPlatform) -> None:
+    cas = HandingOutNonces(refuse="measurement")
+    exchange = WorkloadExchange.new(CONFIG_ID)
+    with client_for(cas) as client:
+        attest(client, exchange, platform)
+        with pytest.raises(AttestationRefused) as refused:
+            attest(client, exchange, platform)
+    assert refused.value.check == "measurement"
+    assert cas.nonce_requests == 1
+    assert len(cas.bodies) == 2
+
+
+def test_attest_async_uses_the_next_nonce_too(platform: SimulatedPlatform) -> None:
+    cas = HandingOutNonces()
+    exchange = WorkloadExchange.new(CONFIG_ID)
+
+    async def run() -> list[str]:
+        transport = httpx.MockTransport(cas)
+        async with AsyncEnclaveClient(
+            "https://cas.test:18765", CA_PEM, transport=transport
+        ) as client:
+            return [(await attest_async(client, exchange, platform)).nonce for _ in range(2)]
+
+    assert asyncio.run(run()) == [NONCE, cas.handed_out[0]]
+    assert cas.nonce_requests == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import re
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
+from opencas.attestation.evidence import Evidence
 from opencas.attestation.simulated import create_simulated_evidence
 from opencas.attestation.workload_binding import ConfigId, workload_report_data
 from opencas.client import ApiError
@@ -22,6 +24,7 @@ from opencas.errors import AttestationRefused
 from opencas.policy.caller import Caller
 from opencas.policy.hashing import session_hash
 from opencas.policy.parse import parse_session
+from opencas.runtime.exchange import WorkloadExchange, attest
 from opencas.service.nonces import NonceStore
 from opencas.service.sessions import create_session, load_secret_values, update_session
 from opencas.testing import InProcessCas
@@ -180,6 +183,63 @@ def test_nonce_reuse_and_unknown_nonce_are_refused(api: InProcessCas) -> None:
     _, nonce = workload.attest()
     assert workload.refused(nonce=nonce).check == "nonce"
     assert workload.refused(nonce="00" * 32).check == "nonce"
+
+
+def _posted(api: InProcessCas, workload: Workload, nonce: str) -> Any:
+    """The enclave API's raw answer to an attestation of ``workload`` over ``nonce``."""
+    report_data = workload_report_data(ConfigId.parse("hello/app"), nonce, workload.public_key)
+    body = {
+        "config_id": "hello/app",
+        "nonce": nonce,
+        "public_key": workload.public_key,
+        "evidence": create_simulated_evidence(PLATFORM_KEY, GOOD, report_data).to_json(),
+    }
+    return api.send("POST", "/v1/enclave/attest", listener="enclave", json=body)
+
+
+def test_an_answer_hands_out_a_next_nonce_that_attests_once(api: InProcessCas) -> None:
+    create_session(api.cas, session_text(), AUTHOR)
+    workload = Workload(api)
+    first = _posted(api, workload, workload.client.nonce())
+    assert first.status_code == 200
+    assert set(first.json()) == {"kem", "sealed"}  # the body is as before the next nonce
+    next_nonce = first.headers["CAS-Next-Nonce"]
+    assert re.fullmatch(r"[0-9a-f]{64}", next_nonce)
+    second = _posted(api, workload, next_nonce)
+    assert second.status_code == 200
+    assert second.headers["CAS-Next-Nonce"] not in (next_nonce, first.headers["CAS-Next-Nonce"])
+    again = _posted(api, workload, next_nonce)
+    assert again.status_code == 403
+    assert again.json()["check"] == "nonce"
+    assert "CAS-Next-Nonce" not in again.headers  # a refusal hands out nothing
+
+
+def test_a_workload_that_attests_again_asks_for_no_nonce(api: InProcessCas) -> None:
+    create_session(api.cas, session_text(), AUTHOR)
+    workload = Workload(api)
+    client = workload.client
+    asked: list[str] = []
+    ask = client.nonce
+
+    def counted() -> str:
+        asked.append(ask())
+        return asked[-1]
+
+    client.nonce = counted  # type: ignore[method-assign]
+    exchange = WorkloadExchange(ConfigId.parse("hello/app"), workload.key)
+    platform = _HelloPlatform()
+    answers = [attest(client, exchange, platform) for _ in range(3)]
+    assert len(asked) == 1
+    assert len({answer.nonce for answer in answers}) == 3
+    for answer in answers:
+        assert exchange.open(answer).environment["GREETING"] == "hi"
+
+
+class _HelloPlatform:
+    """Simulated evidence of the measurement the hello session accepts."""
+
+    def evidence(self, report_data: bytes) -> Evidence:
+        return create_simulated_evidence(PLATFORM_KEY, GOOD, report_data)
 
 
 def test_expired_nonce_is_refused() -> None:

@@ -6,12 +6,13 @@ from concurrent.futures import Future
 from typing import Annotated, Any
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 from pydantic import Field, GetPydanticSchema
 from pydantic_core import core_schema
 
 from opencas.api.offload import WorkerLane
 from opencas.api.routes.bodies import StrictBody
-from opencas.attestation.workload_binding import ConfigId
+from opencas.attestation.workload_binding import NEXT_NONCE_HEADER, ConfigId
 from opencas.service.cas import Cas
 from opencas.service.nonces import NonceStore
 from opencas.service.otp_guard import OtpGuard
@@ -75,9 +76,11 @@ def workloads_router(cas: Cas, lane: WorkerLane) -> APIRouter:
     # lane, so none of it holds up the event loop. The lane does not wait for the decision's
     # audit entry to be synced: it goes on with the next attestation while this one's answer
     # is held back until its entry is durable, so attestations in flight share one fsync.
+    # The answer hands out the workload's next nonce: one that attests again needs one request.
     @router.post("/v1/enclave/attest")
-    async def attest(body: EnclaveAttestRequest) -> dict[str, str]:
-        """Attest a workload; answer its configuration, HPKE-sealed to its public key."""
+    async def attest(body: EnclaveAttestRequest) -> JSONResponse:
+        """Attest a workload; answer its configuration, HPKE-sealed to its public key, and
+        the nonce for its next attestation (header ``CAS-Next-Nonce``)."""
         request = WorkloadRequest(
             body.config_id, body.nonce, body.public_key, body.evidence, body.otp
         )
@@ -90,7 +93,10 @@ def workloads_router(cas: Cas, lane: WorkerLane) -> APIRouter:
         finally:
             expected.release()  # when the lane never ran it: the client went away
         sealed = decision.answer()  # durable by now: raises the refusal or the log's error
-        return {"kem": sealed.kem, "sealed": sealed.sealed}
+        return JSONResponse(
+            {"kem": sealed.kem, "sealed": sealed.sealed},
+            headers={NEXT_NONCE_HEADER: nonces.issue()},
+        )
 
     reports = ReportLimiter()
 
