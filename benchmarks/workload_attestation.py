@@ -13,11 +13,13 @@ What it measures, all in one run on one machine:
    Then ``--clients`` simulated workloads, each an
    :class:`~opencas.client.enclave.AsyncEnclaveClient` with exactly one TLS connection pinned to
    the attested CAS and one :class:`~opencas.runtime.exchange.WorkloadExchange` (a P-256 key made
-   up front), repeat for ``--seconds``: ``attest_async`` (a nonce, fresh evidence from the
-   simulated platform over the workload binding, the attestation). Latency is that whole
-   exchange, evidence included. Every 50th answer of each workload is opened
-   (``WorkloadExchange.open``, the runtime's strict parser) and checked: the secret is in the
-   environment and the per-workload certificate certifies the workload's key. Any error answer
+   up front), repeat for ``--seconds``: ``attest_async`` (fresh evidence from the simulated
+   platform over the workload binding and the nonce the previous answer handed out, the
+   attestation: one request; with ``--two-step`` each asks for a nonce first, as a workload that
+   ignores ``CAS-Next-Nonce`` does). Latency is that whole exchange, evidence included. Every
+   50th answer of each workload is opened (``WorkloadExchange.open``, the runtime's strict
+   parser) and checked: the secret is in the environment and the per-workload certificate
+   certifies the workload's key. Any error answer
    (and, for a sample, an answer that does not open and check) is an error. Then ``health()``
    (``GET /healthz``) on the same enclave listener, same clients, same duration, as the bound.
 2. **A burst.** ``--burst`` new workloads (own connection, own key each) attest once, all at
@@ -216,9 +218,15 @@ class Exchanged:
 
 
 async def attest_once(
-    client: AsyncEnclaveClient, exchange: WorkloadExchange, platform: SimulatedPlatform
+    client: AsyncEnclaveClient,
+    exchange: WorkloadExchange,
+    platform: SimulatedPlatform,
+    two_step: bool = False,
 ) -> Exchanged:
-    """Nonce, evidence, attestation; the sealed answer is returned unopened."""
+    """Nonce, evidence, attestation; the sealed answer is returned unopened. The nonce is the
+    one the client's last answer handed out, unless ``two_step`` asks for one."""
+    if two_step:
+        client.take_next_nonce()
     started = time.perf_counter()
     try:
         answer = await attest_async(client, exchange, platform)
@@ -257,6 +265,7 @@ def attest_send(
     exchange: WorkloadExchange,
     platform: SimulatedPlatform,
     phase: AttestPhase,
+    two_step: bool,
 ) -> Send:
     """One workload's next attestation; its first answer and every 50th are opened and checked."""
     count = 0
@@ -264,7 +273,7 @@ def attest_send(
     async def send() -> Attempt:
         nonlocal count
         count += 1
-        exchanged = await attest_once(client, exchange, platform)
+        exchanged = await attest_once(client, exchange, platform, two_step)
         if exchanged.answer is None or (count > 1 and count % SAMPLE_EVERY):
             return Attempt(exchanged.latency, exchanged.problem)
         if count > 1:
@@ -286,7 +295,7 @@ async def run_attest_phase(
             for _ in range(args.clients)
         ]
         sends = [
-            attest_send(client, WorkloadExchange.new(CONFIG_ID), platform, phase)
+            attest_send(client, WorkloadExchange.new(CONFIG_ID), platform, phase, args.two_step)
             for client in clients
         ]
         phase.result = await run_phase(
@@ -344,7 +353,9 @@ async def run_spread_phase(
                     timeout=args.timeout,
                 )
             )
-            send = attest_send(client, WorkloadExchange.new(CONFIG_ID), platform, phase)
+            send = attest_send(
+                client, WorkloadExchange.new(CONFIG_ID), platform, phase, args.two_step
+            )
             sends.append(counted(send, index))
         pids: Pids = [target.pid for target in targets]
         phase.result = await run_phase(
@@ -668,6 +679,12 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         timeout=30.0,
     )
     number_option(parser, "--burst", int, 2000, 200, "workloads that attest once, all at once")
+    parser.add_argument(
+        "--two-step",
+        action="store_true",
+        help="ask for a nonce before every attestation instead of using the one the previous "
+        "answer handed out (CAS-Next-Nonce), as a workload that ignores it does",
+    )
     parser.add_argument(
         "--compare-audit-log",
         action="store_true",
@@ -1035,7 +1052,13 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> None:
         burst = run_async(run_burst(cas, platform, args.burst, args.timeout))
     print("\nOver TLS to the enclave API:")
     print_load(healthz, attest.result)
-    print("  attest = nonce + evidence + attestation, one exchange of the runtime")
+    if args.two_step:
+        print("  attest = nonce + evidence + attestation, one exchange of the runtime (two-step)")
+    else:
+        print(
+            "  attest = evidence + attestation over the nonce the previous answer handed out, "
+            "one exchange of the runtime (a workload's first also asks for a nonce)"
+        )
     print("\nThe server's own latency during the attest phase (its /metrics):")
     print_server_latency(before, after)
     print(f"\nBurst: {args.burst} new workloads (own connection each) attest once, all at once:")
