@@ -35,10 +35,20 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
 
 from opencas.attestation.evidence import VerifiedEvidence
 from opencas.attestation.workload_policy import SGX_PLATFORMS, TCB_TOLERATIONS
+
+#: A registered upgrade's measurement: lowercase hex of 1 to 64 bytes (MRENCLAVE 32, MRTD and
+#: SNP MEASUREMENT 48).
+MEASUREMENT_PATTERN: Final = r"^(?:[0-9a-f]{2}){1,64}$"
+#: A registered upgrade's SGX signer (MRSIGNER): 32 bytes in lowercase hex.
+MRSIGNER_PATTERN: Final = r"^[0-9a-f]{64}$"
+#: A backup's name: what ``casctl list-backups`` shows and ``unregister-backup`` takes.
+BACKUP_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+#: The longest URL a backup is registered under.
+MAX_BACKUP_URL_LENGTH: Final = 512
 
 PeerCheck = Literal["platform", "debug", "tcb", "software", "security-version"]
 AdmissionBasis = Literal["same-software", "registered-upgrade", "same-family", "predecessor"]

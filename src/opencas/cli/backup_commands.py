@@ -4,12 +4,14 @@ backup CASes of a CAS you own, which alone can restore its snapshots."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
+from opencas.attestation.peer_admission import BACKUP_NAME_PATTERN, MAX_BACKUP_URL_LENGTH
 from opencas.cli.casctl_common import EXIT_REFUSED, identity_from, identity_option, reports_errors
 from opencas.cli.common import fail
 from opencas.client.backups import fetch_backup_request
@@ -18,9 +20,25 @@ from opencas.client.pinning import cas_url, pinned_client
 from opencas.collateral.given import command_line_source
 
 
+def _check_name(_context: click.Context, _parameter: click.Parameter, name: str) -> str:
+    """The backup's name as the CAS will take it; a usage error naming ``--name`` otherwise,
+    before the backup is attested."""
+    if re.fullmatch(BACKUP_NAME_PATTERN, name) is None:
+        raise click.UsageError(
+            "--name must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or "
+            f"digit; {name[:80]!r} is not"
+        )
+    return name
+
+
 @click.command("register-backup")
 @click.argument("url")
-@click.option("--name", required=True, help="The backup's name (letters, digits, '.', '_', '-').")
+@click.option(
+    "--name",
+    required=True,
+    callback=_check_name,
+    help="The backup's name (letters, digits, '.', '_', '-').",
+)
 @click.option("--cas", "cas_name", help="Attested CAS to back up (default: the default CAS).")
 @click.option(
     "--only-for-testing-debug", is_flag=True, help="Accept a backup in debug mode (simulated)."
@@ -47,6 +65,10 @@ def register_backup(
     software family at an equal or higher security version on an equal or better TCB; every
     later snapshot then carries the database key sealed to the backup's attested key.
     """
+    if len(url) > MAX_BACKUP_URL_LENGTH:
+        raise click.BadParameter(
+            f"the backup's URL must be at most {MAX_BACKUP_URL_LENGTH} characters", param_hint="URL"
+        )
     try:
         url = cas_url(url)
     except ValueError as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -15,7 +16,11 @@ from pathlib import Path
 import click
 from rich.progress import Progress
 
-from opencas.attestation.peer_admission import RegisteredUpgrade
+from opencas.attestation.peer_admission import (
+    MEASUREMENT_PATTERN,
+    MRSIGNER_PATTERN,
+    RegisteredUpgrade,
+)
 from opencas.cli.casctl_common import identity_from, identity_option, reports_errors
 from opencas.client.answers import KeyRolloverAnswer, UpgradeAnswer
 from opencas.client.cas_client import CasClient
@@ -102,13 +107,40 @@ def snapshot(cas_name: str | None, identity_path: Path | None) -> None:
     )
 
 
+def _hex_flag(
+    pattern: str, shape: str
+) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    """A click callback that refuses a value not matching ``pattern``, naming the flag and the
+    ``shape`` it must have, before anything is sent (the server checks the same pattern)."""
+
+    def check(_context: click.Context, parameter: click.Parameter, value: str | None) -> str | None:
+        if value is not None and re.fullmatch(pattern, value) is None:
+            flag = parameter.opts[0]
+            raise click.UsageError(f"{flag} must be {shape}; {value[:80]!r} is not")
+        return value
+
+    return check
+
+
 def _upgrade_options(command: Callable[..., None]) -> Callable[..., None]:
     """The flags that name a build: ``--measurement``, or ``--mrsigner``, ``--isvprodid`` and
     ``--isvsvn`` together (SGX)."""
     for option in reversed(
         (
-            click.option("--measurement", help="The build's measurement (lowercase hex)."),
-            click.option("--mrsigner", help="SGX: the signer's MRSIGNER (64 hex digits)."),
+            click.option(
+                "--measurement",
+                callback=_hex_flag(
+                    MEASUREMENT_PATTERN,
+                    "lowercase hex of 1 to 64 bytes (an MRENCLAVE is 64 hex digits, an MRTD or "
+                    "an SNP measurement 96)",
+                ),
+                help="The build's measurement (lowercase hex).",
+            ),
+            click.option(
+                "--mrsigner",
+                callback=_hex_flag(MRSIGNER_PATTERN, "64 lowercase hex digits"),
+                help="SGX: the signer's MRSIGNER (64 hex digits).",
+            ),
             click.option("--isvprodid", type=click.IntRange(0, 65535), help="SGX: product id."),
             click.option(
                 "--isvsvn",

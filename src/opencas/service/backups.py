@@ -41,7 +41,11 @@ from typing import Annotated, Final
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from pydantic import BaseModel, ConfigDict, Field
 
-from opencas.attestation.peer_admission import admit_backup
+from opencas.attestation.peer_admission import (
+    BACKUP_NAME_PATTERN,
+    MAX_BACKUP_URL_LENGTH,
+    admit_backup,
+)
 from opencas.audit.chain import line_hash
 from opencas.collateral.configured import CasCollateral
 from opencas.config.availability import AvailabilityConfig
@@ -88,9 +92,8 @@ from opencas.store.records import RecordTransaction
 log = logging.getLogger("opencas")
 
 _TABLE: Final = "backups"
-#: A backup's name: what ``casctl list-backups`` shows and ``unregister-backup`` takes.
-NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-MAX_URL_LENGTH: Final = 512
+NAME_PATTERN: Final = BACKUP_NAME_PATTERN
+MAX_URL_LENGTH: Final = MAX_BACKUP_URL_LENGTH
 #: The largest snapshot ``cas restore`` reads (it is opened in memory).
 MAX_SNAPSHOT_BYTES: Final = 8 * 1024**3
 _PRIVATE_KEY_SIZE: Final = 32

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from opencas.api.auth import caller_of
 from opencas.api.routes.bodies import StrictBody
+from opencas.attestation.peer_admission import MEASUREMENT_PATTERN, MRSIGNER_PATTERN
 from opencas.service.cas import Cas
 from opencas.service.software import UpgradeEntry
 from opencas.service.upgrades import (
@@ -19,8 +20,6 @@ from opencas.service.upgrades import (
     unregister_upgrade,
 )
 
-#: A measurement: lowercase hex of 1 to 64 bytes (MRENCLAVE 32, MRTD and SNP MEASUREMENT 48).
-MEASUREMENT_PATTERN = r"^(?:[0-9a-f]{2}){1,64}$"
 _UINT16 = Annotated[int, Field(ge=0, le=65535)]
 
 
@@ -29,7 +28,7 @@ class UpgradeRequest(StrictBody):
     ``isv_prod_id`` and ``isv_svn`` together."""
 
     measurement: Annotated[str, Field(pattern=MEASUREMENT_PATTERN)] | None = None
-    mrsigner: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    mrsigner: Annotated[str, Field(pattern=MRSIGNER_PATTERN)] | None = None
     isv_prod_id: _UINT16 | None = None
     isv_svn: _UINT16 | None = None
 
