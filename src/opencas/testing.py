@@ -142,12 +142,14 @@ def write_config(
     limits: Mapping[str, float] | None = None,
     database_url: str | None = None,
     extra: str = "",
+    platform: str = "",
 ) -> Path:
     """Write an availability config for a simulated CAS in ``directory``; returns its path.
 
     ``limits``, when given, is written as the ``[limits]`` section (key to number);
     ``database_url``, when given, puts the store in that PostgreSQL database (``database`` then
-    names only the local key store and lock); ``extra`` is TOML text appended (more sections).
+    names only the local key store and lock); ``extra`` is TOML text appended (more sections);
+    ``platform`` is TOML lines of the ``[platform]`` section after its ``kind``.
     """
     path = directory / "cas.toml"
     limit_lines = "".join(f"{key} = {value!r}\n" for key, value in (limits or {}).items())
@@ -158,6 +160,7 @@ def write_config(
         f'enclave_listen = "127.0.0.1:{enclave_port}"\n'
         'hostnames = ["localhost", "127.0.0.1"]\n\n'
         '[platform]\nkind = "simulated"\n'
+        + platform
         + (f"\n[limits]\n{limit_lines}" if limits else "")
         + (f"\n{extra}" if extra else ""),
         encoding="utf-8",
@@ -234,6 +237,8 @@ class CasProcess:
     database_url: str | None = None
     extra_config: str = ""
     """TOML text appended to the availability config (for example a ``[backup]`` section)."""
+    platform_config: str = ""
+    """TOML lines of its ``[platform]`` section (for example a simulated security version)."""
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -244,6 +249,7 @@ class CasProcess:
             limits=self.limits,
             database_url=self.database_url,
             extra=self.extra_config,
+            platform=self.platform_config,
         )
         self.log_path = self.directory / "cas.log"
 
@@ -449,6 +455,7 @@ def start_self_provisioned_cas(
     database_url: str | None = None,
     limits: Mapping[str, float] | None = None,
     extra_config: str = "",
+    platform_config: str = "",
 ) -> SelfProvisionedCas:
     """Start a CAS in ``directory``, self-provisioned, and attest it as its owner.
 
@@ -456,7 +463,8 @@ def start_self_provisioned_cas(
     development owner config unless ``owner_config_text`` is given) and ``cas/`` (the CAS's
     config, database and log; with ``database_url``, the store is in that PostgreSQL database;
     ``limits`` is its ``[limits]`` section, ``extra_config`` more TOML for its availability
-    config). Stop it with :meth:`SelfProvisionedCas.stop`.
+    config, ``platform_config`` lines of its ``[platform]`` section). Stop it with
+    :meth:`SelfProvisionedCas.stop`.
     """
     owner_directory = directory / "owner"
     owner = create_owner_identity(owner_directory)
@@ -466,7 +474,11 @@ def start_self_provisioned_cas(
     else:
         write_owner_config(config_path, owner_config_text)
     process = CasProcess(
-        directory / "cas", database_url=database_url, limits=limits or {}, extra_config=extra_config
+        directory / "cas",
+        database_url=database_url,
+        limits=limits or {},
+        extra_config=extra_config,
+        platform_config=platform_config,
     )
     try:
         process.self_provision(config_path, owner_directory / CERTIFICATE_FILE)

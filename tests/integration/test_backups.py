@@ -207,3 +207,46 @@ def test_a_machine_that_is_not_a_registered_backup_cannot_restore(
     again = backup.run("restore", str(snapshot), "--no-serve")
     assert again.returncode == EXIT_REFUSED
     assert "exists already" in again.stderr
+
+
+def test_a_backup_below_the_primarys_security_version_is_refused_at_registration(
+    tmp_path: Path,
+) -> None:
+    primary = start_self_provisioned_cas(
+        tmp_path / "primary", platform_config="simulated_security_version = 2\n"
+    )
+    try:
+        home = primary.owner_directory
+        _casctl(home, "attest", primary.url, "--only-for-testing-debug")
+        for version in (1, 2, 3):
+            backup = CasProcess(
+                tmp_path / f"backup-{version}",
+                platform_config=f"simulated_security_version = {version}\n",
+            )
+            backup.start("backup")
+            try:
+                done = run_casctl(
+                    home,
+                    [
+                        "register-backup",
+                        backup.url,
+                        "--name",
+                        f"at-{version}",
+                        "--only-for-testing-debug",
+                    ],
+                )
+            finally:
+                backup.stop()
+            if version < 2:
+                assert done.returncode == EXIT_REFUSED, done.stderr
+                assert (
+                    "backup refused (security-version): the backup's security version 1 is "
+                    "below this CAS's 2"
+                ) in done.stderr
+            else:
+                assert done.returncode == 0, done.stderr
+                assert done.stdout.startswith(f"registered backup at-{version} at ")
+        listed = json.loads(_casctl(home, "list-backups", "--json"))
+        assert [(each["name"], each["isv_svn"]) for each in listed] == [("at-2", 2), ("at-3", 3)]
+    finally:
+        primary.stop()

@@ -86,7 +86,8 @@ class VerifiedEvidence:
     advisories that apply to it.
 
     The remaining fields exist only on some platforms and keep their defaults elsewhere: for SGX
-    ``mrsigner`` (lowercase hex), ``isv_prod_id`` and ``isv_svn``; for TDX ``rtmrs``, the
+    ``mrsigner`` (lowercase hex), ``isv_prod_id`` and ``isv_svn`` (simulated evidence that
+    states a security version reports it as ``isv_svn`` too); for TDX ``rtmrs``, the
     runtime measurement registers RTMR0, RTMR1, ... in order (lowercase hex); for SNP
     ``host_data`` (lowercase hex).
 

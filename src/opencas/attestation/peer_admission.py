@@ -328,7 +328,8 @@ def admit_backup(peer: VerifiedEvidence, own: SoftwareIdentity) -> PeerDecision:
 
     SCONE's rule for backups, after checks 1 to 3 (platform, debug, an equal or better TCB):
     on SGX the same signer and product (any build of this CAS's family) at an equal or higher
-    ISV SVN; elsewhere this CAS's measurement.
+    ISV SVN; elsewhere this CAS's measurement, at an equal or higher security version where the
+    evidence states one (simulated machines).
     """
     refused = _common_checks(peer, own)
     if refused is not None:
@@ -340,6 +341,13 @@ def admit_backup(peer: VerifiedEvidence, own: SoftwareIdentity) -> PeerDecision:
             "software",
             f"the backup runs software with measurement {peer.measurement}, this CAS "
             f"{own.measurement}",
+        )
+    # Where the platform states a security version beside the measurement (the simulated one,
+    # set by the machine's operator), a backup never goes below this CAS's either.
+    if (peer.isv_svn or 0) < (own.isv_svn or 0):
+        return _refuse(
+            "security-version",
+            f"the backup's security version {peer.isv_svn or 0} is below this CAS's {own.isv_svn}",
         )
     return PeerDecision(True, "the backup runs the same software", basis="same-software")
 

@@ -11,10 +11,14 @@ The evidence bytes are the canonical JSON (RFC 8785) of::
               "measurement": <lowercase hex, 1 to 64 bytes>,
               "report_data": <lowercase hex, 64 bytes>,
               "debug": true,
-              "platform_key": <standard base64 of the raw 32-byte Ed25519 public key>},
+              "platform_key": <standard base64 of the raw 32-byte Ed25519 public key>,
+              "security_version": <integer 1 to 65535, only when not 0>},
      "signature": <standard base64 of the 64-byte Ed25519 signature>}
 
 and the signature covers ``b"opencas-simulated-evidence/v1\\x00" + canonical_json(body)``.
+The security version stands in for an SGX enclave's ISV SVN (verified evidence reports it as
+``isv_svn``); a version of 0 is written by leaving the field out, so that each statement has
+one byte string and evidence of machines without a version is what it always was.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ _SIGNING_PREFIX = FORMAT.encode("ascii") + b"\x00"
 _MEASUREMENT_SHAPE = re.compile(r"(?:[0-9a-f]{2}){1,64}")
 _REPORT_DATA_SHAPE = re.compile(r"[0-9a-f]{128}")
 _BODY_KEYS = frozenset({"format", "measurement", "report_data", "debug", "platform_key"})
+_VERSIONED_BODY_KEYS = _BODY_KEYS | {"security_version"}
+#: The highest security version simulated evidence states (an ISV SVN is 16 bits).
+MAX_SECURITY_VERSION = 65535
 _TOP_KEYS = frozenset({"body", "signature"})
 
 
@@ -60,23 +67,34 @@ def is_simulated_measurement(text: str) -> bool:
     return bool(_MEASUREMENT_SHAPE.fullmatch(text))
 
 
+def is_security_version(value: object) -> bool:
+    """True when ``value`` can be a simulated security version: an integer in 0..65535."""
+    return type(value) is int and 0 <= value <= MAX_SECURITY_VERSION
+
+
 def _signed_bytes(body: dict[str, Any]) -> bytes:
     return _SIGNING_PREFIX + canonical_json(body)
 
 
 def create_simulated_evidence(
-    private_key: Ed25519PrivateKey, measurement: str, report_data: bytes
+    private_key: Ed25519PrivateKey,
+    measurement: str,
+    report_data: bytes,
+    security_version: int = 0,
 ) -> Evidence:
-    """Create simulated evidence that binds ``report_data`` and claims ``measurement``.
+    """Create simulated evidence that binds ``report_data`` and claims ``measurement`` at
+    ``security_version``.
 
-    ``measurement`` must be lowercase hex of 1 to 64 bytes and ``report_data`` exactly 64 bytes;
-    otherwise ``ValueError`` (these are the caller's mistakes, not the peer's). The result always
-    declares debug mode.
+    ``measurement`` must be lowercase hex of 1 to 64 bytes, ``report_data`` exactly 64 bytes and
+    ``security_version`` in 0..65535; otherwise ``ValueError`` (these are the caller's mistakes,
+    not the peer's). The result always declares debug mode.
     """
     if not is_simulated_measurement(measurement):
         raise ValueError("measurement must be lowercase hex of 1 to 64 bytes")
     if len(report_data) != REPORT_DATA_SIZE:
         raise ValueError(f"report data must be exactly {REPORT_DATA_SIZE} bytes")
+    if not is_security_version(security_version):
+        raise ValueError(f"a security version is an integer in 0..{MAX_SECURITY_VERSION}")
     body: dict[str, Any] = {
         "format": FORMAT,
         "measurement": measurement,
@@ -84,6 +102,8 @@ def create_simulated_evidence(
         "debug": True,
         "platform_key": b64_encode(private_key.public_key().public_bytes_raw()),
     }
+    if security_version:
+        body["security_version"] = security_version
     signature = private_key.sign(_signed_bytes(body))
     document = {"body": body, "signature": b64_encode(signature)}
     return Evidence(type=EVIDENCE_TYPE, data=canonical_json(document))
@@ -142,7 +162,15 @@ def verify_simulated_evidence(evidence: Evidence) -> VerifiedEvidence:
             f"evidence of type '{evidence.type}' is not simulated evidence", check="type"
         )
     document = _check_keys(_parse_document(evidence.data), _TOP_KEYS, "document")
-    body = _check_keys(document["body"], _BODY_KEYS, "body")
+    raw_body = document["body"]
+    versioned = isinstance(raw_body, dict) and "security_version" in raw_body
+    body = _check_keys(raw_body, _VERSIONED_BODY_KEYS if versioned else _BODY_KEYS, "body")
+    security_version = body.get("security_version")
+    if versioned and (not is_security_version(security_version) or security_version == 0):
+        raise EvidenceError(
+            "simulated evidence field 'security_version' must be an integer in "
+            f"1..{MAX_SECURITY_VERSION} (a version of 0 is written by leaving it out)"
+        )
     if body["format"] != FORMAT:
         raise EvidenceError(f"simulated evidence field 'format' must be '{FORMAT}'")
     measurement = body["measurement"]
@@ -191,6 +219,7 @@ def verify_simulated_evidence(evidence: Evidence) -> VerifiedEvidence:
         # The platform key is the simulated machine's whole identity, as a chip id is AMD's.
         platform_id=MappingProxyType({"machine_id": key_hash(platform_key)}),
         verifier=VERIFIER_NAME,
+        isv_svn=security_version,
     )
 
 

@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from opencas.attestation.simulated import MAX_SECURITY_VERSION
 from opencas.config.checks import listed_once
 from opencas.crypto.replay_cache import DEFAULT_CAPACITY, DEFAULT_IDENTITIES, DEFAULT_SHARE
 from opencas.database_url import check_database_url, redact_url
@@ -304,6 +305,10 @@ class _PlatformSection(BaseModel):
     gramine_attestation_dir: _LocalPath = str(DEFAULT_ATTESTATION_DIR)
     tsm_report_dir: _LocalPath = str(DEFAULT_REPORT_DIR)
     tsm_privlevel: Annotated[int, Field(ge=0, le=MAX_PRIVLEVEL)] | None = None
+    # The security version a simulated machine's evidence states, as an SGX enclave's ISV SVN:
+    # set here by the machine's operator only, so that tests can run builds of one family at
+    # different versions (a backup below its primary is refused).
+    simulated_security_version: Annotated[int, Field(ge=0, le=MAX_SECURITY_VERSION)] = 0
 
     @field_validator("machine_dir")
     @classmethod
@@ -639,6 +644,7 @@ def _platform_settings(
         gramine_attestation_dir=_resolve(base, section.gramine_attestation_dir),
         tsm_report_dir=_resolve(base, section.tsm_report_dir),
         tsm_privlevel=section.tsm_privlevel,
+        simulated_security_version=section.simulated_security_version,
     )
 
 

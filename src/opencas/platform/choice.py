@@ -47,9 +47,10 @@ SIMULATED_FALLBACK_WARNING = (
 class PlatformSettings:
     """Where each platform's files are, and which platform to open.
 
-    ``simulated_key_file`` is the simulated platform's key file; ``tsm_key_file`` the key file
-    the ``tsm`` platform seals under (on the VM's encrypted disk). ``tsm_entries`` is how
-    configfs report entries are made (tests serve them from a plain directory).
+    ``simulated_key_file`` is the simulated platform's key file and
+    ``simulated_security_version`` the security version its evidence states; ``tsm_key_file``
+    the key file the ``tsm`` platform seals under (on the VM's encrypted disk). ``tsm_entries``
+    is how configfs report entries are made (tests serve them from a plain directory).
     """
 
     kind: str
@@ -59,6 +60,7 @@ class PlatformSettings:
     tsm_report_dir: Path = DEFAULT_REPORT_DIR
     tsm_privlevel: int | None = None
     tsm_entries: ReportEntries = CONFIGFS
+    simulated_security_version: int = 0
 
     def tsm_reports(self) -> TsmReports:
         """The configfs-tsm reports these settings name."""
@@ -119,5 +121,9 @@ def open_platform(
         return TsmPlatform(settings.tsm_reports(), settings.tsm_key_file)
     if kind == "simulated":
         measurement = simulated_measurement()
-        return SimulatedPlatform.load_or_create(settings.simulated_key_file, measurement)
+        return SimulatedPlatform.load_or_create(
+            settings.simulated_key_file,
+            measurement,
+            security_version=settings.simulated_security_version,
+        )
     raise ValueError(f"unknown platform kind {kind!r}; known kinds: {', '.join(PLATFORM_KINDS)}")

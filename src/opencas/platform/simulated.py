@@ -18,6 +18,7 @@ from opencas.attestation.evidence import Evidence
 from opencas.attestation.simulated import (
     EVIDENCE_TYPE,
     create_simulated_evidence,
+    is_security_version,
     is_simulated_measurement,
 )
 from opencas.crypto.envelope import EnvelopeError, derive_key, open_envelope, seal
@@ -45,14 +46,18 @@ class SimulatedPlatform:
     :mod:`opencas.crypto.envelope` with AAD ``b"opencas-simulated-seal/v1"``.
     """
 
-    def __init__(self, key_file: Path, measurement: str) -> None:
-        """Load the platform key from the existing ``key_file``.
+    def __init__(self, key_file: Path, measurement: str, *, security_version: int = 0) -> None:
+        """Load the platform key from the existing ``key_file``; the evidence states
+        ``measurement`` at ``security_version``.
 
         Raises :class:`PlatformError` when the file is missing, accessible by other users or
-        corrupt, and ``ValueError`` when ``measurement`` is not lowercase hex of 1 to 64 bytes.
+        corrupt, and ``ValueError`` when ``measurement`` is not lowercase hex of 1 to 64 bytes
+        or ``security_version`` not in 0..65535.
         """
         if not is_simulated_measurement(measurement):
             raise ValueError("measurement must be lowercase hex of 1 to 64 bytes")
+        if not is_security_version(security_version):
+            raise ValueError("a security version is an integer in 0..65535")
         try:
             key = read_key_file(key_file)
         except FileNotFoundError as exc:
@@ -60,24 +65,27 @@ class SimulatedPlatform:
         self._key_file = key_file
         self._key = key
         self._measurement = measurement
+        self._security_version = security_version
         self._seal_key = derive_key(key.private_bytes_raw(), _SEAL_PURPOSE)
 
     @classmethod
-    def load_or_create(cls, key_file: Path, measurement: str) -> SimulatedPlatform:
+    def load_or_create(
+        cls, key_file: Path, measurement: str, *, security_version: int = 0
+    ) -> SimulatedPlatform:
         """Load the platform key from ``key_file``, creating the file first if it is missing.
 
         A new file is created atomically with mode 0600 (its directory with mode 0700 if
         missing); when several processes start at once, all end up with the same key. An
         existing file must be accessible by its owner only and hold an Ed25519 key; otherwise
         :class:`PlatformError` says what to fix. Raises ``ValueError`` when ``measurement`` is
-        not lowercase hex of 1 to 64 bytes.
+        not lowercase hex of 1 to 64 bytes or ``security_version`` not in 0..65535.
         """
         if not is_simulated_measurement(measurement):
             raise ValueError("measurement must be lowercase hex of 1 to 64 bytes")
         if not key_file.exists():
             # Losing the creation race to another process is fine: its key is then loaded below.
             create_key_file(key_file)
-        return cls(key_file, measurement)
+        return cls(key_file, measurement, security_version=security_version)
 
     @property
     def kind(self) -> str:
@@ -93,6 +101,11 @@ class SimulatedPlatform:
     def measurement(self) -> str:
         """The software measurement this platform reports, lowercase hex."""
         return self._measurement
+
+    @property
+    def security_version(self) -> int:
+        """The security version this platform's evidence states (its operator's setting)."""
+        return self._security_version
 
     @property
     def key_protection(self) -> str:
@@ -116,7 +129,9 @@ class SimulatedPlatform:
 
     def evidence(self, report_data: bytes) -> Evidence:
         """Simulated evidence binding the 64-byte ``report_data``; ``ValueError`` otherwise."""
-        return create_simulated_evidence(self._key, self._measurement, report_data)
+        return create_simulated_evidence(
+            self._key, self._measurement, report_data, self._security_version
+        )
 
     def seal(self, plaintext: bytes) -> bytes:
         """Encrypt ``plaintext`` so that only a platform with the same key can unseal it.

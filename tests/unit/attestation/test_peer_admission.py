@@ -43,7 +43,7 @@ def sgx(measurement: str = MRENCLAVE, **changes: object) -> VerifiedEvidence:
     return replace(evidence, **changes)  # type: ignore[arg-type]
 
 
-def simulated(measurement: str = SIM) -> VerifiedEvidence:
+def simulated(measurement: str = SIM, security_version: int | None = None) -> VerifiedEvidence:
     return VerifiedEvidence(
         platform="simulated",
         measurement=measurement,
@@ -52,6 +52,7 @@ def simulated(measurement: str = SIM) -> VerifiedEvidence:
         platform_key_hash="9b" * 32,
         tcb_status="Simulated",
         advisories=(),
+        isv_svn=security_version,
     )
 
 
@@ -237,6 +238,18 @@ def test_a_backup_with_a_lower_security_version_is_refused() -> None:
         decision = admit_backup(peer, OWN_SGX)
         assert (decision.admitted, decision.check) == (False, "security-version")
         assert "security version 2 is below this CAS's 3" in decision.reason
+
+
+def test_a_simulated_backup_below_the_primarys_security_version_is_refused() -> None:
+    own = SoftwareIdentity.of(simulated(security_version=2))
+    for lower in (None, 1):
+        decision = admit_backup(simulated(security_version=lower), own)
+        assert (decision.admitted, decision.check) == (False, "security-version")
+        assert f"security version {lower or 0} is below this CAS's 2" in decision.reason
+    for equal_or_higher in (2, 3):
+        assert admit_backup(simulated(security_version=equal_or_higher), own).admitted
+    # A primary without a version admits a backup at any.
+    assert admit_backup(simulated(security_version=1), OWN_SIM).admitted
 
 
 @pytest.mark.parametrize(

@@ -244,3 +244,29 @@ def test_evidence_at_size_limit_is_accepted() -> None:
     data = b"\x00" * MAX_EVIDENCE_BYTES
     wire = {"type": "simulated", "data": base64.b64encode(data).decode()}
     assert Evidence.from_json(wire).data == data
+
+
+def test_a_security_version_is_signed_and_reported(key: Ed25519PrivateKey) -> None:
+    evidence = create_simulated_evidence(key, MEASUREMENT, REPORT_DATA, 2)
+    assert _document(evidence)["body"]["security_version"] == 2
+    assert verify_simulated_evidence(evidence).isv_svn == 2
+    assert (
+        verify_simulated_evidence(create_simulated_evidence(key, MEASUREMENT, REPORT_DATA)).isv_svn
+        is None
+    )
+    body = _document(evidence)["body"]
+    body["security_version"] = 3
+    changed = {**_document(evidence), "body": body}
+    with pytest.raises(EvidenceError, match="signature"):
+        verify_simulated_evidence(Evidence("simulated", canonical_json(changed)))
+
+
+@pytest.mark.parametrize("version", [0, -1, 65536, "2", True, 2.5])
+def test_a_security_version_out_of_shape_is_refused(
+    key: Ed25519PrivateKey, version: object
+) -> None:
+    body = _document(create_simulated_evidence(key, MEASUREMENT, REPORT_DATA))["body"]
+    with pytest.raises(EvidenceError, match=r"'security_version' must be an integer in 1\.\.65535"):
+        verify_simulated_evidence(_resign(key, {**body, "security_version": version}))
+    with pytest.raises(ValueError, match="security version"):
+        create_simulated_evidence(key, MEASUREMENT, REPORT_DATA, -1)

@@ -142,6 +142,22 @@ def test_machine_dir_holds_the_simulated_platform_key(tmp_path: Path) -> None:
     assert config.platform_key_file == tmp_path / "machines" / "backup" / "platform.key"
 
 
+def test_a_simulated_machine_has_the_security_version_its_operator_gives_it(
+    tmp_path: Path,
+) -> None:
+    assert (
+        load_availability_config(
+            write_config(tmp_path, MINIMAL)
+        ).platform.simulated_security_version
+        == 0
+    )
+    path = write_config(tmp_path, MINIMAL + "simulated_security_version = 2\n")
+    assert load_availability_config(path).platform.simulated_security_version == 2
+
+    path = write_config(tmp_path, MINIMAL + "simulated_security_version = 65536\n")
+    assert f"{path}:6: [platform] simulated_security_version:" in config_error(path)
+
+
 def test_machine_dir_and_key_file_together_are_refused_with_the_line(tmp_path: Path) -> None:
     path = write_config(tmp_path, MINIMAL + 'key_file = "a.key"\nmachine_dir = "machines/a"\n')
 

@@ -122,6 +122,20 @@ def test_evidence_verifies(tmp_path: Path) -> None:
         platform.evidence(b"short")
 
 
+def test_evidence_states_the_operators_security_version(tmp_path: Path) -> None:
+    plain = SimulatedPlatform.load_or_create(tmp_path / "key.pem", MEASUREMENT)
+    versioned = SimulatedPlatform.load_or_create(
+        tmp_path / "key.pem", MEASUREMENT, security_version=2
+    )
+    now = datetime.now(UTC)
+    assert verify_evidence(plain.evidence(bytes(64)), at=now).isv_svn is None
+    # A version of 0 is the evidence it always was: the field is left out.
+    assert b"security_version" not in plain.evidence(bytes(64)).data
+    assert verify_evidence(versioned.evidence(bytes(64)), at=now).isv_svn == 2
+    with pytest.raises(ValueError, match="security version"):
+        SimulatedPlatform.load_or_create(tmp_path / "key.pem", MEASUREMENT, security_version=65536)
+
+
 def test_seal_round_trip(tmp_path: Path) -> None:
     platform = SimulatedPlatform.load_or_create(tmp_path / "key.pem", MEASUREMENT)
     secret = b"database master key \x00\xff"
