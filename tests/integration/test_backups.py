@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from opencas.audit.chain import line_hash
 from opencas.testing import CasProcess, SelfProvisionedCas, run_casctl, start_self_provisioned_cas
 
 PROGRAM = """\
@@ -146,6 +147,15 @@ def test_a_snapshot_restored_on_the_registered_backup_is_the_same_cas(
     )
     assert restored["details"]["backup"] == "standby"
     assert restored["subject"] in snapshot.name
+    # The restored run's first entries say from which head of the primary's log it goes on:
+    # the last entry the snapshot carried, which the new run's start entry follows.
+    lines = log.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if json.loads(line)["event"] == "restored")
+    assert json.loads(lines[at - 1])["event"] == "cas_started"
+    continued = lines[at - 2]
+    assert restored["details"]["audit_head"] == line_hash(continued.encode())
+    assert restored["details"]["audit_seq"] == json.loads(continued)["seq"]
+    assert json.loads(lines[at - 1])["prev"] == line_hash(continued.encode())
 
     # The restored CAS keeps the registration, and its owner manages it there.
     _casctl(owner_home, "unregister-backup", "standby", "--cas", "restored")
