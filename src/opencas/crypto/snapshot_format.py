@@ -23,16 +23,19 @@ A snapshot of a CAS with registered backups names, in its header, the instance t
 key (``backups``: ``{name, key_hash, answer}``, ``answer`` a key handover answer); both members
 are left out when there is nothing to say, so a snapshot without backups reads as before.
 
-Pure: no I/O (the caller writes and reads the bytes).
+Pure: no I/O of its own (the caller writes the bytes, and gives the reading functions the bytes or
+a binary stream it opened). :func:`read_header_from` and :func:`stream_records` read a snapshot
+one frame at a time, so a reader holds one frame, never the whole file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from opencas.crypto.canonical import canonical_json, strict_json_object
 from opencas.crypto.encoding import b64_decode, b64_encode
@@ -160,9 +163,26 @@ def read_header(data: bytes) -> tuple[SnapshotHeader, int]:
         raise SnapshotFormatError("it is not an OpenCAS snapshot (no OPENCAS-SNAPSHOT/1 line)")
     end = data.find(b"\n", len(MAGIC), len(MAGIC) + MAX_HEADER_BYTES)
     if end < 0:
-        raise SnapshotFormatError("its header line is missing or longer than 64 KiB")
+        raise SnapshotFormatError("its header line is missing or longer than 1 MiB")
+    return _parse_header(data[len(MAGIC) : end]), end + 1
+
+
+def read_header_from(stream: BinaryIO) -> tuple[SnapshotHeader, str]:
+    """The header of the snapshot ``stream`` is at the start of, *not* authenticated (the
+    frames authenticate it), and its SHA-256 that :func:`stream_records` needs; ``stream`` is
+    left at the first frame. :class:`SnapshotFormatError` unless it reads."""
+    if stream.read(len(MAGIC)) != MAGIC:
+        raise SnapshotFormatError("it is not an OpenCAS snapshot (no OPENCAS-SNAPSHOT/1 line)")
+    line = stream.readline(MAX_HEADER_BYTES + 1)
+    if not line.endswith(b"\n"):
+        raise SnapshotFormatError("its header line is missing or longer than 1 MiB")
+    line = line[:-1]
+    return _parse_header(line), hashlib.sha256(line).hexdigest()
+
+
+def _parse_header(line: bytes) -> SnapshotHeader:
     try:
-        document = strict_json_object(data[len(MAGIC) : end], "snapshot header")
+        document = strict_json_object(line, "snapshot header")
         if document.get("format") != SNAPSHOT_FORMAT:
             raise ValueError(f"format {document.get('format')!r}, expected {SNAPSHOT_FORMAT!r}")
         state, audit = document["state"], document["audit"]
@@ -180,38 +200,54 @@ def read_header(data: bytes) -> tuple[SnapshotHeader, int]:
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise SnapshotFormatError(f"its header is malformed: {exc}") from None
-    if canonical_json(header.to_json()) != data[len(MAGIC) : end]:
+    if canonical_json(header.to_json()) != line:
         raise SnapshotFormatError("its header is not in its canonical form (it was edited)")
-    return header, end + 1
+    return header
 
 
 def decode_snapshot(data: bytes, dmk: bytes) -> tuple[SnapshotHeader, list[Record]]:
     """The header and every record of the snapshot ``data``, authenticated under ``dmk``;
     :class:`SnapshotFormatError` naming what is wrong otherwise."""
-    header, offset = read_header(data)
-    digest = hashlib.sha256(data[len(MAGIC) : offset - 1]).hexdigest()
+    stream = io.BytesIO(data)
+    header, digest = read_header_from(stream)
+    return header, list(stream_records(stream, digest, dmk))
+
+
+def stream_records(stream: BinaryIO, header_sha256: str, dmk: bytes) -> Iterator[Record]:
+    """The records of the frames ``stream`` holds from where it is (after its header, whose
+    SHA-256 is ``header_sha256``), each frame authenticated under ``dmk`` before any of its
+    records is yielded, read one frame at a time.
+
+    Raises :class:`SnapshotFormatError` at the frame that is missing, cut short, too large,
+    out of order or changed; since the last frame is known only at the end of the stream, a
+    caller must not act on what it received until the iteration has finished without one.
+    """
     key = _key(dmk)
-    records: list[Record] = []
     index = 0
+    prefix = stream.read(4)
     while True:
-        if offset + 4 > len(data):
+        if len(prefix) < 4:
             raise SnapshotFormatError(f"it is cut short before frame {index}")
-        size = int.from_bytes(data[offset : offset + 4], "big")
-        if size > MAX_FRAME_BYTES or offset + 4 + size > len(data):
+        size = int.from_bytes(prefix, "big")
+        if size > MAX_FRAME_BYTES:
             raise SnapshotFormatError(f"frame {index} is cut short or too large")
-        envelope = data[offset + 4 : offset + 4 + size]
-        offset += 4 + size
-        last = offset == len(data)
+        envelope = stream.read(size)
+        if len(envelope) != size:
+            raise SnapshotFormatError(f"frame {index} is cut short or too large")
+        # The frame that ends the stream must say it is the last: read ahead to know.
+        prefix = stream.read(4)
+        last = prefix == b""
         try:
-            plaintext = open_envelope(key, envelope, _aad(digest, index, last))
+            plaintext = open_envelope(key, envelope, _aad(header_sha256, index, last))
         except ValueError:
             raise SnapshotFormatError(
                 f"frame {index} does not open: the file was changed, cut short, or it is "
                 "another database key's snapshot"
             ) from None
-        records.extend(_records(plaintext))
+        del envelope
+        yield from _records(plaintext)
         if last:
-            return header, records
+            return
         index += 1
 
 
@@ -243,12 +279,18 @@ def split_audit_log(records: list[Record]) -> tuple[list[Record], list[bytes]]:
         if record[0] != AUDIT_LOG_TABLE:
             store.append(record)
             continue
-        if record[1] != str(len(lines) + 1):
-            raise SnapshotFormatError(
-                f"its audit log line {record[1]!r} is out of order (expected {len(lines) + 1})"
-            )
+        check_audit_line(record, len(lines))
         lines.append(record[3])
     return store, lines
+
+
+def check_audit_line(record: Record, before: int) -> None:
+    """:class:`SnapshotFormatError` unless ``record`` (of :data:`AUDIT_LOG_TABLE`) is the
+    audit log's line that follows ``before`` lines: lines are numbered 1, 2, ... in order."""
+    if record[1] != str(before + 1):
+        raise SnapshotFormatError(
+            f"its audit log line {record[1]!r} is out of order (expected {before + 1})"
+        )
 
 
 def _text(value: object) -> str:

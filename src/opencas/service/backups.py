@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, BinaryIO, Final
 
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,16 +55,18 @@ from opencas.crypto.keys import generate_ecdsa_key
 from opencas.crypto.pem import certificate_pem
 from opencas.crypto.recovery import recovery_key_hash, recovery_public_der
 from opencas.crypto.snapshot_format import (
+    AUDIT_LOG_TABLE,
     MAX_BACKUPS,
+    Record,
     SnapshotFormatError,
     SnapshotHeader,
     WrappedKey,
-    decode_snapshot,
-    read_header,
-    split_audit_log,
+    check_audit_line,
+    read_header_from,
+    stream_records,
 )
 from opencas.crypto.x509 import create_ca_certificate, issue_tls_certificate
-from opencas.durable_files import publish_file
+from opencas.durable_files import DraftFile, publish_file
 from opencas.errors import CasError, ConflictError, InvalidRequest, KeyStoreError, NotFoundError
 from opencas.platform.base import Platform
 from opencas.policy.caller import Caller
@@ -94,7 +97,7 @@ log = logging.getLogger("opencas")
 _TABLE: Final = "backups"
 NAME_PATTERN: Final = BACKUP_NAME_PATTERN
 MAX_URL_LENGTH: Final = MAX_BACKUP_URL_LENGTH
-#: The largest snapshot ``cas restore`` reads (it is opened in memory).
+#: The largest snapshot ``cas restore`` reads (one frame at a time).
 MAX_SNAPSHOT_BYTES: Final = 8 * 1024**3
 _PRIVATE_KEY_SIZE: Final = 32
 
@@ -372,50 +375,109 @@ class Restored:
 def restore(config: AvailabilityConfig, snapshot: Path) -> Restored:
     """Create this machine's CAS from the snapshot file ``snapshot`` (see the module docstring).
 
-    Raises :class:`RestoreRefused` naming the problem: this machine is not a registered backup
-    of the snapshot's CAS (no backup key, or none the snapshot holds a key for), the key or the
-    snapshot does not open or check, or a database or audit log is here already.
+    The file is read one frame at a time (memory bounded by a frame, not by the snapshot):
+    each frame is authenticated before its records go into the new store's one transaction,
+    and the audit log's lines into a file beside the log's place; neither appears unless every
+    frame checked, the last included. Raises :class:`RestoreRefused` naming the problem: this
+    machine is not a registered backup of the snapshot's CAS (no backup key, or none the
+    snapshot holds a key for), the key or the snapshot does not open or check, or a database or
+    audit log is here already.
     """
     platform = load_platform(config)
     _require_nothing_here(config)
     key = backup_key(config, platform, create=False)
-    data = _read_snapshot(snapshot)
-    try:
-        header, _ = read_header(data)
-    except SnapshotFormatError as exc:
-        raise RestoreRefused(f"{snapshot} cannot be restored: {exc}") from exc
-    wrapped = _wrapped_for_this_machine(header, key)
-    secret = _open_wrapped(config, platform, key, wrapped)
-    _check_secret(header, secret)
-    try:
-        _, records = decode_snapshot(data, secret.dmk)
-        store_records, lines = split_audit_log(records)
-    except SnapshotFormatError as exc:
-        raise RestoreRefused(f"{snapshot} cannot be restored: {exc}") from exc
-    _check_audit_lines(header, lines)
-    restored_at = utc_now_text()
+    with _open_snapshot(snapshot) as file:
+        try:
+            header, header_sha256 = read_header_from(file)
+        except SnapshotFormatError as exc:
+            raise RestoreRefused(f"{snapshot} cannot be restored: {exc}") from exc
+        wrapped = _wrapped_for_this_machine(header, key)
+        secret = _open_wrapped(config, platform, key, wrapped)
+        _check_secret(header, secret)
+        audit_log = config.audit_log_path
+        audit_log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lines = _RestoredLines(DraftFile(audit_log))
+        try:
+            frames = _Frames(file, header_sha256)
+            _create_restored(config, platform, snapshot, header, secret, lines, frames)
+        finally:
+            lines.draft.discard()
+    log.info(
+        "restored snapshot %s of CAS %s (commit %d, audit seq %d) as backup %s",
+        header.snapshot_id,
+        header.cluster_id,
+        header.state_counter,
+        header.audit_seq,
+        wrapped.name,
+    )
+    return Restored(header, wrapped.name, backup_key_hash(key), lines.restored_at, lines.count)
+
+
+@dataclass(frozen=True)
+class _Frames:
+    """A snapshot file after its header, and the header's SHA-256 that its frames bind."""
+
+    file: BinaryIO
+    header_sha256: str
+
+
+@dataclass
+class _RestoredLines:
+    """The audit log's lines a restore has read so far: written to ``draft`` in order, the
+    last one's hash kept to check against the snapshot's audit head."""
+
+    draft: DraftFile
+    count: int = 0
+    last_hash: str | None = None
+    restored_at: str = ""
+
+    def add(self, record: Record) -> None:
+        check_audit_line(record, self.count)
+        self.draft.write(record[3] + b"\n")
+        self.count += 1
+        self.last_hash = line_hash(record[3])
+
+
+def _create_restored(
+    config: AvailabilityConfig,
+    platform: Platform,
+    snapshot: Path,
+    header: SnapshotHeader,
+    secret: HandoverSecret,
+    lines: _RestoredLines,
+    frames: _Frames,
+) -> None:
+    """Create the store from ``frames``, with the audit log, the instance id and the key store
+    published before the store appears."""
+    lines.restored_at = utc_now_text()
     restored_from = RestoredFromRecord(
         snapshot_id=header.snapshot_id,
         state_counter=header.state_counter,
         audit_seq=header.audit_seq,
         taken_at=header.taken_at,
-        restored_at=restored_at,
+        restored_at=lines.restored_at,
     )
 
     def populate(txn: Transaction) -> None:
         if not isinstance(txn, RecordTransaction):
             raise TypeError(f"{type(txn).__name__} cannot restore records")
         txn.continue_counter(header.state_counter)
-        for table, record_key, version, value in store_records:
-            txn.restore_record(table, record_key, version, value)
+        try:
+            for record in stream_records(frames.file, frames.header_sha256, secret.dmk):
+                if record[0] == AUDIT_LOG_TABLE:
+                    lines.add(record)
+                else:
+                    table, record_key, version, value = record
+                    txn.restore_record(table, record_key, version, value)
+        except SnapshotFormatError as exc:
+            raise RestoreRefused(f"{snapshot} cannot be restored: {exc}") from exc
+        _check_audit_lines(header, lines.last_hash)
         write_state(txn, read_state(txn).model_copy(update={"restored_from": restored_from}))
 
     def before_publish() -> None:
         # The log and the instance id first: a database that appears has both, and a restore
         # interrupted before it appeared leaves no database (the log must be moved away).
-        audit_log = config.audit_log_path
-        audit_log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        publish_file(audit_log, b"".join(line + b"\n" for line in lines))
+        lines.draft.publish()
         if header.instance_id is not None:
             write_instance_id(config.database_path, header.instance_id)
         save_key_store(
@@ -432,15 +494,6 @@ def restore(config: AvailabilityConfig, snapshot: Path) -> Restored:
         create_store_with_key(config, secret.dmk, populate, before_publish).close()
     finally:
         lock.release()
-    log.info(
-        "restored snapshot %s of CAS %s (commit %d, audit seq %d) as backup %s",
-        header.snapshot_id,
-        header.cluster_id,
-        header.state_counter,
-        header.audit_seq,
-        wrapped.name,
-    )
-    return Restored(header, wrapped.name, backup_key_hash(key), restored_at, len(lines))
 
 
 def _require_nothing_here(config: AvailabilityConfig) -> None:
@@ -485,15 +538,17 @@ def _check_secret(header: SnapshotHeader, secret: HandoverSecret) -> None:
         )
 
 
-def _read_snapshot(path: Path) -> bytes:
+def _open_snapshot(path: Path) -> BinaryIO:
+    """The snapshot file opened for reading; :class:`RestoreRefused` when it cannot be, or is
+    larger than :data:`MAX_SNAPSHOT_BYTES`."""
     try:
-        with path.open("rb") as file:
-            data = file.read(MAX_SNAPSHOT_BYTES + 1)
+        file = path.open("rb")
     except OSError as exc:
         raise RestoreRefused(f"cannot read the snapshot {path}: {exc.strerror or exc}") from exc
-    if len(data) > MAX_SNAPSHOT_BYTES:
+    if os.fstat(file.fileno()).st_size > MAX_SNAPSHOT_BYTES:
+        file.close()
         raise RestoreRefused(f"{path} is larger than {MAX_SNAPSHOT_BYTES} bytes")
-    return data
+    return file
 
 
 def _open_wrapped(
@@ -518,10 +573,10 @@ def _open_wrapped(
         collateral.close()
 
 
-def _check_audit_lines(header: SnapshotHeader, lines: Sequence[bytes]) -> None:
+def _check_audit_lines(header: SnapshotHeader, last_hash: str | None) -> None:
     if header.audit_seq == 0:
         return
-    if not lines or line_hash(lines[-1]) != header.audit_head:
+    if last_hash != header.audit_head:
         raise RestoreRefused(
             f"snapshot {header.snapshot_id} does not carry the audit log up to its audit head "
             f"(seq {header.audit_seq}): it was written by a CAS version that did not, or damaged"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import tracemalloc
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -209,3 +210,42 @@ def test_a_snapshot_put_together_from_two_is_refused(tmp_path: Path, primary: Ca
         restore(standby, path)
     assert not standby.database_path.exists()
     assert not standby.audit_log_path.exists()
+
+
+def test_a_restore_reads_the_snapshot_a_frame_at_a_time(tmp_path: Path, primary: Cas) -> None:
+    standby = _machine(tmp_path / "standby")
+    register_backup(primary, AS_OWNER, "standby", "https://10.0.0.2:8081", _asked(standby))
+    value = secrets.token_bytes(2048)
+    with primary.store.transaction() as txn:
+        for number in range(6000):
+            txn.put("sessions", f"bulk-{number:05}", value)
+    path = tmp_path / "snaps" / write_snapshot(primary).name
+    size = path.stat().st_size
+    assert size > 12_000_000
+
+    # Cut short by its last frame: refused, and neither the database nor the log appears.
+    cut = tmp_path / "cut.ocas-snapshot"
+    data = path.read_bytes()
+    cut.write_bytes(data[: len(data) - 100])
+    del data
+    with pytest.raises(RestoreRefused, match="cut short"):
+        restore(standby, cut)
+    assert not standby.database_path.exists()
+    assert not standby.audit_log_path.exists()
+    assert not [each for each in standby.audit_log_path.parent.iterdir() if ".tmp-" in each.name]
+
+    tracemalloc.start()
+    try:
+        restore(standby, path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # Holding the file, or every record of it, takes more than the snapshot's size; one frame
+    # (512 records) in its forms (sealed, opened, parsed, decoded) takes about a third of it.
+    assert peak < size / 2, f"the restore held {peak} bytes of a {size}-byte snapshot"
+    cas = open_cas(standby)
+    try:
+        assert cas.store.get("sessions", "bulk-05999") == value
+        assert cas.store.get("sessions", "kept") == b"the session"
+    finally:
+        cas.close()
