@@ -51,6 +51,12 @@ APPLICATION_ID = int.from_bytes(b"OCAS", "big")
 SCHEMA_VERSION = 2
 STORE_FORMAT = "opencas-store/2"
 BUSY_TIMEOUT_SECONDS = 10.0
+#: The page cache of the connection that writes (SQLite's default is 2 MiB). Record ids are keyed
+#: hashes, so a batch of writes (a key rollover's, a restore's) lands all over the tables; with
+#: 2 MiB the interior pages of a store of 10^5 sessions no longer stay cached and every write
+#: reads pages again. 64 MiB keeps them for stores some ten times larger; SQLite takes the memory
+#: only as pages are read.
+WRITER_CACHE_KIB = 64 * 1024
 # The database and the files SQLite keeps next to it are readable by their owner only.
 DATABASE_FILE_MODE = 0o600
 
@@ -350,6 +356,7 @@ def _build(
             # the whole database, so renaming it publishes everything.
             conn.execute("PRAGMA journal_mode = DELETE")
             conn.execute("PRAGMA synchronous = FULL")
+            conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
         with _transaction_on(conn, cipher, path) as tx:
             with _sqlite_errors(path, "creating the schema"):
                 conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
@@ -439,6 +446,8 @@ class SqliteStore:
         try:
             _check_schema(writer, path)
             _enable_wal(writer, path)
+            with _sqlite_errors(path, "sizing the page cache"):
+                writer.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
             check_key(_SqliteRows(writer, path), cipher)
             with _sqlite_errors(path, "starting the check of every record"):
                 writer.execute("BEGIN")
