@@ -18,7 +18,9 @@ import argparse
 import asyncio
 import contextlib
 import math
+import multiprocessing
 import os
+import queue
 import signal
 import sys
 import tempfile
@@ -102,12 +104,15 @@ def run_async(work: Coroutine[Any, Any, T]) -> T:
 
 @contextlib.contextmanager
 def running_cas(
-    directory: Path, owner_config_text: str | None = None
+    directory: Path,
+    owner_config_text: str | None = None,
+    limits: dict[str, float] | None = None,
 ) -> Iterator[SelfProvisionedCas]:
     """A self-provisioned, attested ``cas`` serving from ``directory``; stopped on leaving.
 
-    ``owner_config_text`` replaces the development owner config."""
-    cas = start_self_provisioned_cas(directory, owner_config_text)
+    ``owner_config_text`` replaces the development owner config; ``limits`` is the ``[limits]``
+    section of its availability config."""
+    cas = start_self_provisioned_cas(directory, owner_config_text, limits=limits)
     try:
         yield cas
     finally:
@@ -168,6 +173,12 @@ class PhaseResult:
     other_cpu: float | None = None
     server_cpu_each: tuple[float, ...] = ()
     """With several server processes: the share of a core each used, in the order given."""
+    checked: int = 0
+    """Correct answers that were also opened and checked in full (a sample of them)."""
+    answered_by: Counter[int] = field(default_factory=Counter)
+    """Correct answers by the index of the server that gave them (:attr:`Attempt.target`)."""
+    generators: int = 1
+    """Load generator processes that drove the phase (``client_cpu`` is their sum)."""
 
     @property
     def ok(self) -> int:
@@ -229,12 +240,22 @@ class CpuMark:
         total = None if any(value is None for value in each) else sum(v or 0.0 for v in each)
         return cls(total, own_cpu_seconds(), machine_busy_seconds(), each)
 
-    def charge(self, result: PhaseResult, pids: Pids) -> None:
-        """Fill in the result's CPU shares (of one core) since this mark."""
+    def charge(
+        self,
+        result: PhaseResult,
+        pids: Pids,
+        generator_seconds: float | None = None,
+        later: CpuMark | None = None,
+    ) -> None:
+        """Fill in the result's CPU shares (of one core) from this mark to ``later`` (now).
+
+        ``generator_seconds`` is the CPU the load generator processes used, when they are not
+        this process alone."""
         if result.elapsed <= 0:
             return
-        later = CpuMark.now(pids)
-        result.client_cpu = (later.own - self.own) / result.elapsed
+        later = later or CpuMark.now(pids)
+        own = later.own - self.own
+        result.client_cpu = (own + (generator_seconds or 0.0)) / result.elapsed
         if self.server is None or later.server is None:
             return
         result.server_cpu = (later.server - self.server) / result.elapsed
@@ -256,6 +277,10 @@ class Attempt:
 
     latency: float
     problem: str | None = None
+    checked: bool = False
+    """The answer was opened and checked in full, beyond its status."""
+    target: int = 0
+    """Which server answered, when a phase spreads its clients over several."""
 
 
 #: One client's next request: sends it, checks the answer, says how long it took.
@@ -306,6 +331,8 @@ async def _worker(send: Send, state: _PhaseState) -> None:
         attempt = await send()
         if attempt.problem is None:
             state.result.latencies.append(attempt.latency)
+            state.result.checked += attempt.checked
+            state.result.answered_by[attempt.target] += 1
         else:
             state.result.errors[attempt.problem] += 1
 
@@ -345,6 +372,180 @@ async def run_phase(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     mark.charge(result, pid)
+    return result
+
+
+#: Builds the clients of one load generator: given the exit stack that closes them and the
+#: indices (out of ``0 .. clients - 1``) of the clients it drives, one send per client. It must
+#: pickle (a module-level function, or a :func:`functools.partial` of one) to reach a generator
+#: process.
+Build = Callable[[contextlib.AsyncExitStack[bool | None], Sequence[int]], Awaitable[list[Send]]]
+#: How long a generator process may take to start (import everything) before its clients connect.
+GENERATOR_START_SECONDS = 60.0
+
+
+def default_generator_processes() -> int:
+    """Load generator processes for this machine: one per CPU, at most four.
+
+    One Python process saturates a core with TLS, JSON and signatures well before a CAS does; the
+    processes share the machine with the server, so more than the CPUs would only queue.
+    """
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass
+class _Share:
+    """What one generator process measured, sent back to the process that runs the phase."""
+
+    latencies: list[float]
+    errors: Counter[str]
+    checked: int
+    answered_by: Counter[int]
+    cpu_seconds: float
+
+
+async def _drive(
+    build: Build,
+    indices: Sequence[int],
+    seconds: float,
+    max_requests: int,
+    connect_timeout: float,
+    report: Any,
+    go: Any,
+) -> _Share:
+    async with contextlib.AsyncExitStack() as stack:
+        sends = await build(stack, indices)
+        result = PhaseResult("share", len(sends))
+        state = _PhaseState(result, max_requests)
+        tasks = [asyncio.create_task(_worker(send, state)) for send in sends]
+        try:
+            await asyncio.wait_for(state.ready.wait(), connect_timeout)
+            report.put(("ready", os.getpid()))
+            await asyncio.get_running_loop().run_in_executor(None, go.wait)
+            cpu = own_cpu_seconds()
+            state.deadline = time.perf_counter() + seconds
+            state.go.set()
+            await asyncio.gather(*tasks)
+            cpu = own_cpu_seconds() - cpu
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    return _Share(result.latencies, result.errors, result.checked, result.answered_by, cpu)
+
+
+def _generator_main(
+    build: Build,
+    indices: Sequence[int],
+    seconds: float,
+    max_requests: int,
+    connect_timeout: float,
+    report: Any,
+    go: Any,
+) -> None:
+    """A load generator process: its clients connect, wait for the start, send for ``seconds``,
+    and what they measured goes back on ``report`` (or what went wrong)."""
+    # Ctrl-C reaches the whole process group: the parent stops the generators itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        share = asyncio.run(
+            _drive(build, indices, seconds, max_requests, connect_timeout, report, go)
+        )
+    except Exception as exc:  # any failure goes to the parent as text: it cannot pickle all
+        report.put(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    report.put(("share", share))
+
+
+def _next_message(report: Any, deadline: float, name: str, waiting_for: str) -> tuple[str, Any]:
+    try:
+        kind, body = report.get(timeout=max(0.0, deadline - time.monotonic()))
+    except queue.Empty:
+        raise BenchmarkError(
+            f"{name}: the load generator processes {waiting_for} in time"
+        ) from None
+    if kind == "failed":
+        raise BenchmarkError(f"{name}: a load generator process failed: {body}")
+    return str(kind), body
+
+
+def run_load(
+    name: str,
+    build: Build,
+    clients: int,
+    pid: Pids,
+    *,
+    processes: int,
+    seconds: float,
+    max_requests: int,
+    connect_timeout: float,
+    request_timeout: float,
+) -> PhaseResult:
+    """:func:`run_phase` with ``clients`` clients made by ``build``, spread round-robin over
+    ``processes`` load generator processes (in this process when 1).
+
+    Every process connects its clients first; the clock starts when all have, and the latencies
+    (every sample, so the percentiles are exact), errors and answers of all are added up, and
+    ``client_cpu`` is the CPU all generators used. ``max_requests`` is shared out evenly.
+    """
+    if processes <= 1 or clients <= 1:
+
+        async def here() -> PhaseResult:
+            async with contextlib.AsyncExitStack() as stack:
+                sends = await build(stack, range(clients))
+                return await run_phase(
+                    name,
+                    sends,
+                    pid,
+                    seconds=seconds,
+                    max_requests=max_requests,
+                    connect_timeout=connect_timeout,
+                )
+
+        return run_async(here())
+    groups = [list(range(clients))[first::processes] for first in range(min(processes, clients))]
+    context = multiprocessing.get_context("spawn")
+    report, go = context.Queue(), context.Event()
+    each_max = max(1, max_requests // len(groups))
+    workers = [
+        context.Process(
+            target=_generator_main,
+            args=(build, group, seconds, each_max, connect_timeout, report, go),
+            daemon=True,
+        )
+        for group in groups
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        deadline = time.monotonic() + GENERATOR_START_SECONDS + connect_timeout
+        for _ in workers:
+            _next_message(report, deadline, name, "did not connect")
+        mark = CpuMark.now(pid)
+        started = time.perf_counter()
+        go.set()
+        deadline = time.monotonic() + seconds + request_timeout + GENERATOR_START_SECONDS
+        shares: list[_Share] = [
+            _next_message(report, deadline, name, "did not finish")[1] for _ in workers
+        ]
+        elapsed = time.perf_counter() - started
+        # Before the generators exit: their exit is not the phase's.
+        ended = CpuMark.now(pid)
+    finally:
+        go.set()
+        for worker in workers:
+            worker.join(timeout=5.0)
+            if worker.is_alive():
+                worker.terminate()
+                worker.join()
+    result = PhaseResult(name, clients, elapsed=elapsed, generators=len(workers))
+    for share in shares:
+        result.latencies += share.latencies
+        result.errors += share.errors
+        result.checked += share.checked
+        result.answered_by += share.answered_by
+    used = sum(share.cpu_seconds for share in shares)
+    mark.charge(result, pid, generator_seconds=used, later=ended)
     return result
 
 

@@ -21,13 +21,20 @@ What it measures, all in one run on one machine:
    parser) and checked: the secret is in the environment and the per-workload certificate
    certifies the workload's key. Any error answer
    (and, for a sample, an answer that does not open and check) is an error. Then ``health()``
-   (``GET /healthz``) on the same enclave listener, same clients, same duration, as the bound.
+   (``GET /healthz``) on the same enclave listener, same clients, same duration, as the bound,
+   and the same through ``wrk`` when it is installed. The clients of both phases are spread over
+   ``--generator-processes`` load generator processes (:func:`common.run_load`), whose every
+   latency sample and CPU time is added up.
 2. **A burst.** ``--burst`` new workloads (own connection, own key each) attest once, all at
-   the same moment; every answer is opened and checked.
+   the same moment; every answer is opened and checked; the time until the last answer is
+   printed beside what the attest phase's rate and CPU per answer predict.
 3. **In-process, one call at a time**, after the server stopped: ``verify_evidence`` on real
    simulated evidence, raw Ed25519 verifications (its signature check) for comparison, and
    ``attest_workload`` itself on a CAS opened with ``open_cas`` (the same session), which bounds
-   what one server process can do on one core. ``--profile N`` adds a cProfile of those calls.
+   what one server process can do on one core; ``verify_evidence`` on the real SGX and TDX quotes
+   of ``tests/data`` beside bare dcap-qvl, from which the cost of an attestation with real DCAP
+   evidence is composed (a workload cannot make a real quote over the CAS's nonce).
+   ``--profile N`` adds a cProfile of ``attest_workload``.
 
 4. **On PostgreSQL** (``--postgres URL``, a server where the benchmark may create a database of
    its own, dropped at the end): the same attest phase against one instance on PostgreSQL, then
@@ -38,6 +45,12 @@ What it measures, all in one run on one machine:
    measured and by server CPU per answer: each instance is one process, bound to one core, so
    ``sum(1 / CPU per answer of each instance)`` over ``1 / CPU per answer of one instance`` is
    what the instances serve when each has a core of its own (goal: >= 1.6 for two).
+
+5. **A store of many sessions** (``--sessions N [N ...]``, instead of the above): for each N the
+   store of a stopped CAS is filled to N sessions in-process, the server started again, and the
+   attest phase and the owner's session creates and updates measured, on SQLite and with
+   ``--postgres`` on PostgreSQL; each figure at the largest N against the smallest (goal
+   +-20%), and ``--plot FILE`` draws the latency percentiles against N as an SVG.
 
 It prints the figures, then one verdict per goal of the workload work for a 2-core machine:
 attestation throughput >= 30% of ``/healthz`` throughput, p99 < 50 ms, no errors, the whole
@@ -62,16 +75,23 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import functools
 import io
 import math
+import os
 import pstats
+import re
+import resource
 import secrets
+import shutil
+import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from html import escape
 from pathlib import Path
 
 import httpx
@@ -80,12 +100,13 @@ from common import (
     ATTEST_RATIO_GOAL,
     Attempt,
     BenchmarkError,
+    CpuMark,
     PhaseResult,
-    Pids,
     Send,
     arguments,
     capacity_line,
     cpu_notes,
+    default_generator_processes,
     machine_line,
     main,
     met,
@@ -99,7 +120,7 @@ from common import (
     rate,
     raw_ed25519,
     run_async,
-    run_phase,
+    run_load,
     running_cas,
     server_pid,
     share,
@@ -109,9 +130,11 @@ from common import (
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client.parser import text_string_to_metric_families
+from verify import alternating_rates, dcap_case
 
 from opencas.attestation.verify import verify_evidence
 from opencas.attestation.workload_binding import ConfigId
+from opencas.client.answers import HEALTH_PATH
 from opencas.client.channel import pinned_ssl_context
 from opencas.client.enclave import (
     ENCLAVE_ATTEST_PATH,
@@ -120,10 +143,13 @@ from opencas.client.enclave import (
     EnclaveClient,
     WorkloadConfig,
 )
-from opencas.config.availability import load_availability_config
+from opencas.config.availability import ConnectionLimits, load_availability_config
 from opencas.errors import AttestationRefused, CasError
 from opencas.platform.simulated import SimulatedPlatform
 from opencas.policy.caller import Caller
+from opencas.policy.hashing import session_hash
+from opencas.policy.parse import parse_session
+from opencas.policy.secret_values import generate_values
 from opencas.runtime.exchange import (
     SealedAnswer,
     WorkloadExchange,
@@ -132,9 +158,15 @@ from opencas.runtime.exchange import (
 )
 from opencas.service.cas import Cas, open_cas
 from opencas.service.nonces import NonceStore
-from opencas.service.sessions import create_session
+from opencas.service.sessions import SESSIONS, SessionRecord, create_session, write_session
 from opencas.service.workloads import WorkloadRequest, attest_workload
-from opencas.testing import CasProcess, SelfProvisionedCas, start_self_provisioned_cas, write_config
+from opencas.testing import (
+    CasProcess,
+    SelfProvisionedCas,
+    attest_as_owner,
+    start_self_provisioned_cas,
+    write_config,
+)
 
 #: The p99 goal: 99% of workloads wait less than this for nonce plus attest.
 P99_GOAL = 0.050
@@ -177,6 +209,12 @@ security:
   attestation:
     tolerate: [simulated]
 """
+#: The server's connection limits when the benchmark does not need others.
+DEFAULT_LIMITS = ConnectionLimits()
+#: File descriptors the benchmark and the server need beyond two per burst connection.
+OPEN_FILES_SPARE = 256
+#: The largest store ``--sessions`` fills.
+MAX_STORED_SESSIONS = 1_000_000
 #: Routes of the enclave API whose server-side latency histogram is reported.
 ENCLAVE_ROUTES = (ENCLAVE_NONCE_PATH, ENCLAVE_ATTEST_PATH)
 
@@ -252,20 +290,12 @@ def enclave_url(cas: SelfProvisionedCas) -> str:
 # --- sustained load ------------------------------------------------------------------------------
 
 
-@dataclass
-class AttestPhase:
-    """The sustained attestation phase: the load figures and the sampled answers."""
-
-    result: PhaseResult
-    sampled: int = 0
-
-
 def attest_send(
     client: AsyncEnclaveClient,
     exchange: WorkloadExchange,
     platform: SimulatedPlatform,
-    phase: AttestPhase,
-    two_step: bool,
+    target: int = 0,
+    two_step: bool = False,
 ) -> Send:
     """One workload's next attestation; its first answer and every 50th are opened and checked."""
     count = 0
@@ -275,38 +305,60 @@ def attest_send(
         count += 1
         exchanged = await attest_once(client, exchange, platform, two_step)
         if exchanged.answer is None or (count > 1 and count % SAMPLE_EVERY):
-            return Attempt(exchanged.latency, exchanged.problem)
-        if count > 1:
-            phase.sampled += 1
+            return Attempt(exchanged.latency, exchanged.problem, target=target)
         # Opening is not part of the latency: the answer has arrived.
-        return Attempt(exchanged.latency, answer_problem(exchange, exchanged.answer))
+        problem = answer_problem(exchange, exchanged.answer)
+        return Attempt(exchanged.latency, problem, checked=count > 1, target=target)
 
     return send
 
 
-async def run_attest_phase(
-    cas: SelfProvisionedCas, platform: SimulatedPlatform, args: argparse.Namespace
-) -> AttestPhase:
-    """Drive ``args.clients`` workloads through attestation for ``args.seconds``."""
-    phase = AttestPhase(PhaseResult("attest", args.clients))
-    async with contextlib.AsyncExitStack() as stack:
-        clients = [
-            await stack.enter_async_context(enclave_client(cas, args.timeout))
-            for _ in range(args.clients)
-        ]
-        sends = [
-            attest_send(client, WorkloadExchange.new(CONFIG_ID), platform, phase, args.two_step)
-            for client in clients
-        ]
-        phase.result = await run_phase(
-            "attest",
-            sends,
-            server_pid(cas),
-            seconds=args.seconds,
-            max_requests=args.max_requests,
-            connect_timeout=2 * args.timeout + 5.0,
+async def attest_clients(
+    urls: Sequence[str],
+    ca_certificate_pem: bytes,
+    platform_key: Path,
+    timeout: float,
+    two_step: bool,
+    stack: contextlib.AsyncExitStack[bool | None],
+    indices: Sequence[int],
+) -> list[Send]:
+    """Workloads ``indices``, each with one connection to ``urls[index % len(urls)]`` and a key
+    of its own, attesting with the simulated platform whose key is in ``platform_key`` (asking
+    for a nonce before each attestation if ``two_step``)."""
+    platform = SimulatedPlatform.load_or_create(platform_key, MEASUREMENT)
+    sends = []
+    for index in indices:
+        target = index % len(urls)
+        client = await stack.enter_async_context(
+            AsyncEnclaveClient(urls[target], ca_certificate_pem, max_connections=1, timeout=timeout)
         )
-    return phase
+        exchange = WorkloadExchange.new(CONFIG_ID)
+        sends.append(attest_send(client, exchange, platform, target, two_step))
+    return sends
+
+
+async def healthz_clients(
+    url: str,
+    ca_certificate_pem: bytes,
+    timeout: float,
+    stack: contextlib.AsyncExitStack[bool | None],
+    indices: Sequence[int],
+) -> list[Send]:
+    """Clients ``indices``, each with one connection to ``url``, asking ``health()``."""
+
+    def healthz_send(client: AsyncEnclaveClient) -> Send:
+        async def check() -> str | None:
+            return None if await client.health() == "ok" else "wrong answer"
+
+        return lambda: timed(check())
+
+    sends = []
+    for _ in indices:
+        client = await stack.enter_async_context(
+            AsyncEnclaveClient(url, ca_certificate_pem, max_connections=1, timeout=timeout)
+        )
+        sends.append(healthz_send(client))
+    return sends
 
 
 @dataclass(frozen=True)
@@ -317,80 +369,58 @@ class Target:
     pid: int
 
 
-async def run_spread_phase(
+def targets_of(cas: SelfProvisionedCas) -> list[Target]:
+    """The one instance of ``cas``."""
+    return [Target(enclave_url(cas), server_pid(cas))]
+
+
+def run_attest_phase(
     targets: Sequence[Target],
     ca_certificate_pem: bytes,
-    platform: SimulatedPlatform,
+    platform_key: Path,
     args: argparse.Namespace,
-) -> tuple[AttestPhase, list[int]]:
-    """The attest phase with ``args.clients`` workloads spread evenly over ``targets``; the
-    phase and the correct answers each target gave in it."""
-    phase = AttestPhase(PhaseResult("attest", args.clients))
-    answered = [0] * len(targets)
+) -> PhaseResult:
+    """``args.clients`` workloads, spread evenly over ``targets`` and over
+    ``args.generator_processes`` load generators, attest back to back for ``args.seconds``.
 
-    def counted(send: Send, index: int) -> Send:
-        calls = 0
-
-        async def each() -> Attempt:
-            nonlocal calls
-            calls += 1
-            attempt = await send()
-            if attempt.problem is None and calls > 1:  # the first call connects, unmeasured
-                answered[index] += 1
-            return attempt
-
-        return each
-
-    async with contextlib.AsyncExitStack() as stack:
-        sends = []
-        for number in range(args.clients):
-            index = number % len(targets)
-            client = await stack.enter_async_context(
-                AsyncEnclaveClient(
-                    targets[index].enclave_url,
-                    ca_certificate_pem,
-                    max_connections=1,
-                    timeout=args.timeout,
-                )
-            )
-            send = attest_send(
-                client, WorkloadExchange.new(CONFIG_ID), platform, phase, args.two_step
-            )
-            sends.append(counted(send, index))
-        pids: Pids = [target.pid for target in targets]
-        phase.result = await run_phase(
-            "attest",
-            sends,
-            pids,
-            seconds=args.seconds,
-            max_requests=args.max_requests,
-            connect_timeout=2 * args.timeout + 5.0,
-        )
-    return phase, answered
+    ``answered_by`` of the result counts the correct answers of each target, in order."""
+    build = functools.partial(
+        attest_clients,
+        tuple(target.enclave_url for target in targets),
+        ca_certificate_pem,
+        platform_key,
+        args.timeout,
+        args.two_step,
+    )
+    return run_load(
+        "attest",
+        build,
+        args.clients,
+        [target.pid for target in targets],
+        processes=args.generator_processes,
+        seconds=args.seconds,
+        max_requests=args.max_requests,
+        connect_timeout=2 * args.timeout + 5.0,
+        request_timeout=args.timeout,
+    )
 
 
-async def run_healthz_phase(cas: SelfProvisionedCas, args: argparse.Namespace) -> PhaseResult:
+def run_healthz_phase(cas: SelfProvisionedCas, args: argparse.Namespace) -> PhaseResult:
     """``health()`` on the enclave listener from ``args.clients`` clients for ``args.seconds``."""
-
-    def healthz_send(client: AsyncEnclaveClient) -> Send:
-        async def check() -> str | None:
-            return None if await client.health() == "ok" else "wrong answer"
-
-        return lambda: timed(check())
-
-    async with contextlib.AsyncExitStack() as stack:
-        clients = [
-            await stack.enter_async_context(enclave_client(cas, args.timeout))
-            for _ in range(args.clients)
-        ]
-        return await run_phase(
-            "healthz",
-            [healthz_send(client) for client in clients],
-            server_pid(cas),
-            seconds=args.seconds,
-            max_requests=args.max_requests,
-            connect_timeout=args.timeout + 5.0,
-        )
+    build = functools.partial(
+        healthz_clients, enclave_url(cas), cas.verified.ca_certificate_pem, args.timeout
+    )
+    return run_load(
+        "healthz",
+        build,
+        args.clients,
+        server_pid(cas),
+        processes=args.generator_processes,
+        seconds=args.seconds,
+        max_requests=args.max_requests,
+        connect_timeout=args.timeout + 5.0,
+        request_timeout=args.timeout,
+    )
 
 
 # --- the burst -----------------------------------------------------------------------------------
@@ -404,6 +434,8 @@ class BurstResult:
     elapsed: float = 0.0
     latencies: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
+    cpu: PhaseResult | None = None
+    """The CPU the server, this generator and everything else used during the burst."""
 
     @property
     def succeeded(self) -> int:
@@ -429,6 +461,7 @@ async def run_burst(
             asyncio.create_task(one(client, exchange))
             for client, exchange in zip(clients, exchanges, strict=True)
         ]
+        mark = CpuMark.now(server_pid(cas))
         started = time.perf_counter()
         go.set()
         try:
@@ -438,6 +471,8 @@ async def run_burst(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         result.elapsed = time.perf_counter() - started
+        result.cpu = PhaseResult("burst", size, elapsed=result.elapsed)
+        mark.charge(result.cpu, server_pid(cas))
     for exchange, outcome in zip(exchanges, outcomes, strict=True):
         problem = outcome.problem
         if outcome.answer is not None:
@@ -501,6 +536,7 @@ class MicroResult:
     attest_workload: float
     attest_workload_best: float
     """The fastest batch: the least disturbed figure."""
+    dcap: list[DcapCost] = field(default_factory=list)
     profile: str = ""
 
 
@@ -588,21 +624,507 @@ def measure_in_process(
             profile = profile_attest_workload(cas, platform, seconds, profile_lines)
     finally:
         cas.close()
-    return MicroResult(verify, ed25519_verify, attest, attest_best, profile)
+    return MicroResult(verify, ed25519_verify, attest, attest_best, measure_dcap(seconds), profile)
+
+
+# --- real DCAP evidence, composed ----------------------------------------------------------------
+
+#: An attestation with real DCAP evidence costs at most the simulated one plus this many times
+#: the bare dcap-qvl verification.
+DCAP_FACTOR_GOAL = 1.25
+
+
+@dataclass(frozen=True)
+class DcapCost:
+    """Seconds per call, measured in one run: our verifier on a real quote of the vectors and the
+    bare dcap-qvl verification of the same quote and collateral."""
+
+    name: str
+    verify: float
+    bare: float
+
+
+def measure_dcap(seconds: float) -> list[DcapCost]:
+    """``verify_evidence`` on the SGX and TDX quotes of ``tests/data`` (time pinned, collateral
+    in memory, caches warm) against bare dcap-qvl, in alternating slices."""
+    costs = []
+    for name, tee, quote, collateral in (
+        ("SGX", "sgx", "sgx_quote", "sgx_quote_collateral.json"),
+        ("TDX", "tdx", "tdx_quote", "tdx_quote_collateral.json"),
+    ):
+        ours, bare = dcap_case(tee, quote, collateral)
+        ours_rate, bare_rate = alternating_rates(ours, bare, seconds, min(0.1, seconds / 4))
+        costs.append(DcapCost(name, 1 / ours_rate, 1 / bare_rate))
+    return costs
+
+
+def dcap_verdicts(attest: PhaseResult, micro: MicroResult) -> list[str]:
+    """The composed cost of an attestation with real DCAP evidence against its bound."""
+    measured = attest.server_cpu_per_answer
+    if not measured:
+        return ["DCAP: no server CPU per answer measured; nothing to compose"]
+    simulated = 1 / micro.verify_evidence
+    lines = [
+        "DCAP (composed: a workload cannot make a real quote over this run's nonce, so the "
+        "simulated verify_evidence in the measured server CPU per attestation is replaced by "
+        "verify_evidence on a real quote of tests/data, time pinned, collateral cached, all "
+        "measured in this run):"
+    ]
+    for cost in micro.dcap:
+        composed = measured - simulated + cost.verify
+        bound = measured + DCAP_FACTOR_GOAL * cost.bare
+        lines.append(
+            f"  {cost.name}: {us(measured)} - {us(simulated)} + {us(cost.verify)} = "
+            f"{us(composed)} us per attestation; bound {us(measured)} + {DCAP_FACTOR_GOAL:g} x "
+            f"{us(cost.bare)} (bare dcap-qvl) = {us(bound)} us: {met(composed <= bound)}"
+        )
+    return lines
+
+
+# --- /healthz through wrk ------------------------------------------------------------------------
+
+WRK_LATENCY = re.compile(r"^\s*(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+WRK_RATE = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
+WRK_REQUESTS = re.compile(r"^\s*(\d+) requests in ", re.MULTILINE)
+WRK_ERRORS = re.compile(r"^\s*(?:Non-2xx or 3xx responses|Socket errors):.*$", re.MULTILINE)
+WRK_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    """What ``wrk`` measured of ``/healthz``, with the CPU it and the server used."""
+
+    rate: float
+    requests: int
+    percentiles: dict[int, float]
+    cpu: PhaseResult
+    errors: tuple[str, ...]
+    """wrk's lines on wrong answers and socket errors (none when all went well)."""
+
+    @property
+    def server_cpu_per_answer(self) -> float | None:
+        """Server CPU seconds per answer wrk counted."""
+        if self.cpu.server_cpu is None or self.requests == 0:
+            return None
+        return self.cpu.server_cpu * self.cpu.elapsed / self.requests
+
+
+def run_wrk(cas: SelfProvisionedCas, args: argparse.Namespace) -> WrkResult | str:
+    """``GET /healthz`` on the enclave listener through ``wrk`` (C, not Python), same clients and
+    duration; what it measured, or why it could not."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return "wrk is not installed (Debian: apt-get install wrk): the C-client line is skipped"
+    threads = max(1, min(args.clients, os.cpu_count() or 1))
+    command = [
+        wrk,
+        f"-t{threads}",
+        f"-c{args.clients}",
+        f"-d{max(1, round(args.seconds))}s",
+        "--latency",
+        f"{enclave_url(cas)}{HEALTH_PATH}",
+    ]
+    cpu = PhaseResult("healthz wrk", args.clients)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    mark = CpuMark.now(server_pid(cas))
+    started = time.perf_counter()
+    run = subprocess.run(
+        command, capture_output=True, text=True, timeout=args.seconds + 60, check=False
+    )
+    cpu.elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
+    rate_found, requests = WRK_RATE.search(run.stdout), WRK_REQUESTS.search(run.stdout)
+    if run.returncode != 0 or rate_found is None or requests is None:
+        return f"wrk failed ({run.returncode}): {(run.stderr or run.stdout).strip()[:200]}"
+    mark.charge(cpu, server_pid(cas), generator_seconds=used)
+    percentiles = {
+        int(p): float(value) * WRK_UNITS[unit] for p, value, unit in WRK_LATENCY.findall(run.stdout)
+    }
+    return WrkResult(
+        float(rate_found.group(1)),
+        int(requests.group(1)),
+        percentiles,
+        cpu,
+        tuple(line.strip() for line in WRK_ERRORS.findall(run.stdout)),
+    )
+
+
+def print_wrk(result: WrkResult | str) -> None:
+    """The ``wrk`` line: rate, latency percentiles, CPU."""
+    if isinstance(result, str):
+        print(f"  {result}")
+        return
+    latency = " / ".join(ms(result.percentiles.get(p, math.nan)) for p in (50, 90, 99))
+    print(
+        f"  healthz through wrk: {result.rate:,.0f} req/s, p50 / p90 / p99 {latency} ms, server "
+        f"CPU {share(result.cpu.server_cpu)} ({us(result.server_cpu_per_answer)} us per "
+        f"answer), wrk {share(result.cpu.client_cpu)}, other {share(result.cpu.other_cpu)} of a "
+        "core"
+    )
+    for line in result.errors:
+        print(f"    wrk: {line}")
+
+
+# --- a store of many sessions --------------------------------------------------------------------
+
+#: Sessions written per transaction when the store is filled before a server starts.
+FILL_BATCH = 1000
+#: A CAS of the sessions sweep lets its owner upload this many sessions a minute, and at once:
+#: the creates and updates it times are more than the default 30 of one signing key.
+SWEEP_UPLOADS = 100_000
+#: From the smallest store to the largest, every figure stays within this share of its value.
+GROWTH_GOAL = 0.20
+
+
+def filler_text(name: str, predecessor: str | None = None) -> str:
+    """The benchmark's session under another ``name`` (an update of ``predecessor``, if given)."""
+    text = SESSION.replace("name: bench\n", f"name: {name}\n", 1)
+    if predecessor is None:
+        return text
+    return text.replace('version: "0.3"\n', f'version: "0.3"\npredecessor: "{predecessor}"\n', 1)
+
+
+def fill_store(config_path: Path, first: int, count: int, creator: str) -> int:
+    """Store the sessions ``fill-<first>`` to ``fill-<first + count - 1>`` in the stopped CAS of
+    ``config_path``; returns how many sessions the store holds then.
+
+    Each is the benchmark's session under its own name, written as ``create_session`` writes
+    one, in transactions of :data:`FILL_BATCH`, parsed once and without an audit entry each; the
+    sessions of one transaction share one set of generated secret values (a token, a CA and a
+    certificate it issued: each record is still sealed on its own, so the store holds what as
+    many uploads would leave, byte for byte in size). Issuing two certificates per session
+    would take most of the time; one upload each, an hour for 10^5.
+    """
+    cas = open_cas(load_availability_config(config_path))
+    try:
+        template = parse_session(SESSION, purpose="create")
+        now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        end = first + count
+        for start in range(first, end, FILL_BATCH):
+            values = generate_values(template)
+            with cas.store.transaction() as txn:
+                for number in range(start, min(end, start + FILL_BATCH)):
+                    name = f"fill-{number:06d}"
+                    session = template.model_copy(update={"name": name})
+                    record = SessionRecord(
+                        name=name,
+                        text=filler_text(name),
+                        normal_form=session.normal_form(),
+                        hash=session_hash(session),
+                        creator=creator,
+                        created_at=now,
+                        updated_at=now,
+                        revision=1,
+                    )
+                    write_session(txn, record, session, values)
+        return len(cas.store.list_keys(SESSIONS))
+    finally:
+        cas.close()
+
+
+def restarted(cas: SelfProvisionedCas) -> SelfProvisionedCas:
+    """The stopped ``cas`` started again on its directory and attested again as its owner."""
+    cas.process.self_provision(cas.owner_config_path, cas.owner_certificate_path)
+    try:
+        client, verified = attest_as_owner(cas.url, cas.owner, cas.owner_config_path)
+    except BaseException:
+        cas.process.stop()
+        raise
+    return SelfProvisionedCas(
+        cas.process, cas.owner, cas.owner_directory, cas.owner_config_path, verified, client
+    )
+
+
+def timed_writes(
+    cas: SelfProvisionedCas, name: str, writes: Sequence[Callable[[], object]]
+) -> PhaseResult:
+    """Each of ``writes`` (a call of the owner API) one after the other, timed, with the server's
+    CPU; one that raises is an error."""
+    result = PhaseResult(name, 1)
+    mark = CpuMark.now(server_pid(cas))
+    started = time.perf_counter()
+    for write in writes:
+        begun = time.perf_counter()
+        try:
+            write()
+        except CasError as exc:
+            result.errors[f"{type(exc).__name__} {exc.code}"] += 1
+            continue
+        result.latencies.append(time.perf_counter() - begun)
+    result.elapsed = time.perf_counter() - started
+    mark.charge(result, server_pid(cas))
+    return result
+
+
+def probe_writes(
+    cas: SelfProvisionedCas, label: str, count: int
+) -> tuple[PhaseResult, PhaseResult]:
+    """``count`` session creations, then an update of each, through the owner API."""
+    names = [f"probe-{label}-{number}" for number in range(count)]
+    hashes: dict[str, str] = {}
+
+    def create(name: str) -> Callable[[], object]:
+        def call() -> object:
+            hashes[name] = cas.client.create_session(filler_text(name)).hash
+            return None
+
+        return call
+
+    def update(name: str) -> Callable[[], object]:
+        return lambda: cas.client.update_session(name, filler_text(name, hashes[name]))
+
+    creates = timed_writes(cas, "create", [create(name) for name in names])
+    updates = timed_writes(cas, "update", [update(name) for name in names if name in hashes])
+    return creates, updates
+
+
+@dataclass(frozen=True)
+class StoreSize:
+    """The figures measured with ``sessions`` sessions in the store."""
+
+    sessions: int
+    attest: PhaseResult
+    creates: PhaseResult
+    updates: PhaseResult
+
+
+def sweep_store_sizes(
+    directory: Path, platform_key: Path, args: argparse.Namespace, database_url: str | None
+) -> list[StoreSize]:
+    """For each of ``args.sessions`` (ascending), fill the store of one CAS up to that many
+    sessions (server stopped), start it again, and measure the attest phase and the owner's
+    session writes."""
+    cas = start_self_provisioned_cas(
+        directory,
+        database_url=database_url,
+        limits={"session_uploads_per_minute": SWEEP_UPLOADS, "session_upload_burst": SWEEP_UPLOADS},
+    )
+    sizes = []
+    try:
+        cas.client.create_session(SESSION)
+        stored, filled = 1, 0
+        for target in sorted(set(args.sessions)):
+            if target > stored:
+                cas.stop()
+                began = time.perf_counter()
+                stored = fill_store(
+                    cas.process.config_path, filled, target - stored, cas.owner.key_hash
+                )
+                filled = stored  # numbers are unique: fillers never exceed the sessions stored
+                print(f"  filled to {stored:,} sessions in {time.perf_counter() - began:.1f} s")
+                cas = restarted(cas)
+            check_runtime_exchange(cas, platform_key)
+            attest = run_attest_phase(
+                targets_of(cas), cas.verified.ca_certificate_pem, platform_key, args
+            )
+            if attest.ok == 0:
+                raise BenchmarkError(
+                    f"{stored} sessions: no correct attestation: {dict(attest.errors)}"
+                )
+            creates, updates = probe_writes(cas, str(target), args.session_writes)
+            sizes.append(StoreSize(stored, attest, creates, updates))
+            stored += creates.ok
+    finally:
+        cas.stop()
+    return sizes
+
+
+def print_store_sizes(label: str, sizes: Sequence[StoreSize]) -> None:
+    """One row per store size: attestation latency and CPU, session writes' latency and CPU."""
+    print(f"\n{label}:")
+    print(
+        f"  {'sessions':>9} {'att/s':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'us/ans':>7} "
+        f"{'errors':>6} {'create ms':>9} {'us/create':>9} {'update ms':>9} {'us/update':>9} "
+        f"{'gen CPU':>7} {'other':>6}"
+    )
+    for size in sizes:
+        attest, creates, updates = size.attest, size.creates, size.updates
+        errors = attest.error_count + creates.error_count + updates.error_count
+        print(
+            f"  {size.sessions:>9,} {attest.rate:>6,.0f} {ms(attest.percentile(50)):>7} "
+            f"{ms(attest.percentile(95)):>7} {ms(attest.percentile(99)):>7} "
+            f"{us(attest.server_cpu_per_answer):>7} {errors:>6} "
+            f"{ms(creates.percentile(50)):>9} {us(creates.server_cpu_per_answer):>9} "
+            f"{ms(updates.percentile(50)):>9} {us(updates.server_cpu_per_answer):>9} "
+            f"{share(attest.client_cpu):>7} {share(attest.other_cpu):>6}"
+        )
+        for kind, count in (attest.errors + creates.errors + updates.errors).most_common(3):
+            print(f"            {count:>6} x {kind}")
+    print(
+        "  attestation percentiles over every sample of all generators; us/ans: server CPU per "
+        "answer;\n  create / update ms: median of the owner API's session writes, us/...: "
+        "server CPU per write"
+    )
+
+
+def growth_verdicts(label: str, sizes: Sequence[StoreSize]) -> list[str]:
+    """Each figure at the largest store against the smallest, with the goal of +-20%."""
+    if len(sizes) < 2:
+        return []
+    small, large = sizes[0], sizes[-1]
+
+    def cpu(result: PhaseResult) -> float:
+        return result.server_cpu_per_answer or math.nan
+
+    figures: list[tuple[str, Callable[[StoreSize], float]]] = [
+        ("attestation p50", lambda size: size.attest.percentile(50)),
+        ("attestation p95", lambda size: size.attest.percentile(95)),
+        ("attestation p99", lambda size: size.attest.percentile(99)),
+        ("server CPU per attestation", lambda size: cpu(size.attest)),
+        ("session create (median)", lambda size: size.creates.percentile(50)),
+        ("server CPU per create", lambda size: cpu(size.creates)),
+        ("session update (median)", lambda size: size.updates.percentile(50)),
+        ("server CPU per update", lambda size: cpu(size.updates)),
+    ]
+    lines = []
+    for name, figure in figures:
+        before, after = figure(small), figure(large)
+        if math.isnan(before) or math.isnan(after) or before <= 0:
+            lines.append(f"{label}: {name}: not measured")
+            continue
+        change = after / before - 1
+        lines.append(
+            f"{label}: {name} {change:+.0%} from {small.sessions:,} to {large.sessions:,} "
+            f"sessions (goal within +-{GROWTH_GOAL:.0%}: {met(abs(change) <= GROWTH_GOAL)})"
+        )
+    return lines + cpu_notes([size.attest for size in sizes])
+
+
+# --- the plot ------------------------------------------------------------------------------------
+
+PLOT_WIDTH, PLOT_HEIGHT = 640, 400
+PLOT_MARGIN = (70, 20, 30, 50)  # left, right, top, bottom
+PLOT_COLOURS = {50: "#1f77b4", 95: "#ff7f0e", 99: "#d62728"}
+PLOT_DASHES = ("", "6,4", "2,3")
+
+
+def latency_plot(series: Sequence[tuple[str, Sequence[StoreSize]]], title: str) -> str:
+    """An SVG of attestation p50 / p95 / p99 (ms) against sessions stored (log scale), one set
+    of lines per backend of ``series``."""
+    left, right, top, bottom = PLOT_MARGIN
+    inner_w, inner_h = PLOT_WIDTH - left - right, PLOT_HEIGHT - top - bottom
+    points = [size for _, sizes in series for size in sizes]
+    low = math.floor(math.log10(min(size.sessions for size in points)))
+    high = max(low + 1, math.ceil(math.log10(max(size.sessions for size in points))))
+    values = [size.attest.percentile(p) * 1000 for size in points for p in PLOT_COLOURS]
+    top_ms = max(1.0, max(value for value in values if not math.isnan(value)) * 1.1)
+
+    def x(sessions: int) -> float:
+        return left + (math.log10(sessions) - low) / (high - low) * inner_w
+
+    def y(milliseconds: float) -> float:
+        return top + inner_h - milliseconds / top_ms * inner_h
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{PLOT_WIDTH}" height="{PLOT_HEIGHT}" '
+        f'font-family="sans-serif" font-size="12">',
+        f'<rect width="{PLOT_WIDTH}" height="{PLOT_HEIGHT}" fill="white"/>',
+        f'<text x="{PLOT_WIDTH / 2}" y="18" text-anchor="middle">{escape(title)}</text>',
+        f'<line x1="{left}" y1="{top + inner_h}" x2="{left + inner_w}" y2="{top + inner_h}" '
+        'stroke="black"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + inner_h}" stroke="black"/>',
+    ]
+    for exponent in range(low, high + 1):
+        px = x(10**exponent)
+        parts.append(
+            f'<line x1="{px:.1f}" y1="{top}" x2="{px:.1f}" y2="{top + inner_h}" stroke="#ddd"/>'
+            f'<text x="{px:.1f}" y="{top + inner_h + 16}" text-anchor="middle">10^{exponent}</text>'
+        )
+    for step in range(6):
+        value = top_ms * step / 5
+        py = y(value)
+        parts.append(
+            f'<line x1="{left}" y1="{py:.1f}" x2="{left + inner_w}" y2="{py:.1f}" stroke="#eee"/>'
+            f'<text x="{left - 6}" y="{py + 4:.1f}" text-anchor="end">{value:.0f}</text>'
+        )
+    parts.append(
+        f'<text x="{left + inner_w / 2}" y="{PLOT_HEIGHT - 12}" text-anchor="middle">'
+        "sessions stored (log scale)</text>"
+        f'<text x="16" y="{top + inner_h / 2}" text-anchor="middle" '
+        f'transform="rotate(-90 16 {top + inner_h / 2})">attestation latency, ms</text>'
+    )
+    legend_y = top + 8
+    for number, (backend, sizes) in enumerate(series):
+        dash = PLOT_DASHES[number % len(PLOT_DASHES)]
+        for p, colour in PLOT_COLOURS.items():
+            drawn = [
+                (x(size.sessions), y(size.attest.percentile(p) * 1000))
+                for size in sizes
+                if not math.isnan(size.attest.percentile(p))
+            ]
+            dashing = f' stroke-dasharray="{dash}"' if dash else ""
+            line = " ".join(f"{px:.1f},{py:.1f}" for px, py in drawn)
+            parts.append(
+                f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"'
+                f"{dashing}/>"
+            )
+            parts.extend(
+                f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}"/>' for px, py in drawn
+            )
+            parts.append(
+                f'<line x1="{left + 10}" y1="{legend_y}" x2="{left + 34}" y2="{legend_y}" '
+                f'stroke="{colour}" stroke-width="2"{dashing}/>'
+                f'<text x="{left + 40}" y="{legend_y + 4}">{escape(backend)} p{p}</text>'
+            )
+            legend_y += 16
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def run_sessions_sweep(workdir: Path, platform_key: Path, args: argparse.Namespace) -> None:
+    """The sessions sweep on SQLite and, with ``--postgres``, on PostgreSQL; the plot."""
+    series: list[tuple[str, list[StoreSize]]] = []
+    print("\nSQLite: filling and measuring")
+    series.append(("SQLite", sweep_store_sizes(workdir / "sweep-sqlite", platform_key, args, None)))
+    if args.postgres:
+        print("\nPostgreSQL: filling and measuring")
+        with bench_database(args.postgres) as (url, _, _):
+            sizes = sweep_store_sizes(workdir / "sweep-postgres", platform_key, args, url)
+        series.append(("PostgreSQL", sizes))
+    for backend, sizes in series:
+        print_store_sizes(f"Attestation and session writes by sessions stored, {backend}", sizes)
+    print(f"\nVerdicts (load average now {os.getloadavg()[0]:.2f}):")
+    for backend, sizes in series:
+        for line in growth_verdicts(backend, sizes):
+            print(f"  {line}")
+    if args.plot is not None:
+        title = f"Workload attestation latency, {args.clients} clients"
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        args.plot.write_text(latency_plot(series, title), encoding="utf-8")
+        print(f"\nplot written to {args.plot}")
 
 
 # --- reporting -----------------------------------------------------------------------------------
 
 
-def print_burst(burst: BurstResult) -> None:
-    """The burst's figures."""
+def print_burst(burst: BurstResult, attest: PhaseResult) -> None:
+    """The burst's figures, and the time the attest phase's capacity predicts for it."""
     print(
-        f"  {burst.succeeded} of {burst.size} succeeded in {burst.elapsed:.2f} s "
-        f"(latency incl. TCP + TLS handshake: p50 {ms(percentile(burst.latencies, 50))} ms, "
-        f"max {ms(percentile(burst.latencies, 100))} ms)"
+        f"  {burst.succeeded} of {burst.size} succeeded; the last had its answer after "
+        f"{burst.elapsed:.2f} s (latency incl. TCP + TLS handshake: p50 "
+        f"{ms(percentile(burst.latencies, 50))} ms, max {ms(percentile(burst.latencies, 100))} ms)"
     )
     for kind, count in burst.errors.most_common(5):
         print(f"    {count:>6} x {kind}")
+    if attest.rate > 0:
+        print(
+            f"  predicted by the attest phase: {burst.size / attest.rate:.2f} s "
+            f"({burst.size} / {attest.rate:,.0f} attestations/s as measured)"
+        )
+    cost = attest.server_cpu_per_answer
+    if cost:
+        print(
+            f"  predicted by server CPU per answer: {burst.size * cost:.2f} s "
+            f"({burst.size} x {us(cost)} us on one core; a new connection's TLS handshake "
+            "comes on top)"
+        )
+    if burst.cpu is not None:
+        print(
+            f"  during the burst: server CPU {share(burst.cpu.server_cpu)}, this generator "
+            f"{share(burst.cpu.client_cpu)} (one process), other processes "
+            f"{share(burst.cpu.other_cpu)} of a core"
+        )
 
 
 def print_server_latency(before: Histogram | None, after: Histogram | None) -> None:
@@ -623,14 +1145,16 @@ def print_micro(micro: MicroResult) -> None:
         ("attest_workload (whole)", micro.attest_workload),
         ("attest_workload, fastest batch", micro.attest_workload_best),
     ]
+    for cost in micro.dcap:
+        rows.append((f"verify_evidence ({cost.name} quote)", 1 / cost.verify))
+        rows.append((f"bare dcap-qvl ({cost.name} quote)", 1 / cost.bare))
     print_rates(rows)
 
 
 def verdicts(
-    healthz: PhaseResult, attest: AttestPhase, burst: BurstResult, micro: MicroResult
+    healthz: PhaseResult, load: PhaseResult, burst: BurstResult, micro: MicroResult
 ) -> list[str]:
     """One line per goal or bound."""
-    load = attest.result
     throughput = load.rate / healthz.rate if healthz.rate > 0 else 0.0
     p99 = load.percentile(99)
     errors = load.error_count
@@ -640,7 +1164,7 @@ def verdicts(
         f"{met(throughput >= ATTEST_RATIO_GOAL)})",
         f"attestation p99 = {ms(p99)} ms for nonce + attest (goal < {P99_GOAL * 1000:.0f} ms: "
         f"{met(p99 < P99_GOAL)})",
-        f"errors = {errors} of {load.ok + errors} attestations, {attest.sampled} answers opened "
+        f"errors = {errors} of {load.ok + errors} attestations, {load.checked} answers opened "
         f"and checked (goal 0: {met(errors == 0)})",
         f"burst: {burst.succeeded} of {burst.size} concurrent attestations succeeded (goal all: "
         f"{met(burst.succeeded == burst.size)})",
@@ -707,6 +1231,34 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "dropped), clients spread over them",
     )
     number_option(parser, "--instances", int, 8, 2, "instances on PostgreSQL for --postgres")
+    number_option(
+        parser,
+        "--generator-processes",
+        int,
+        64,
+        default_generator_processes(),
+        "load generator processes that share the clients of each phase",
+    )
+    parser.add_argument(
+        "--sessions",
+        type=positive(int, MAX_STORED_SESSIONS),
+        nargs="+",
+        metavar="N",
+        default=None,
+        help="instead of the default phases: for each N, a store of N sessions (filled with the "
+        "server stopped), the attest phase and --session-writes creates and updates of "
+        "sessions; on SQLite and, with --postgres, on PostgreSQL",
+    )
+    number_option(
+        parser, "--session-writes", int, 1000, 20, "session creates and updates per N of --sessions"
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="with --sessions, write an SVG of attestation p50/p95/p99 against sessions stored",
+    )
     parser.add_argument(
         "--profile",
         type=positive(int, 1000),
@@ -717,8 +1269,9 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_runtime_exchange(cas: SelfProvisionedCas, platform: SimulatedPlatform) -> None:
+def check_runtime_exchange(cas: SelfProvisionedCas, platform_key: Path) -> None:
     """One workload attests as ``casctl run`` does; its configuration must check."""
+    platform = SimulatedPlatform.load_or_create(platform_key, MEASUREMENT)
     with EnclaveClient(enclave_url(cas), cas.verified.ca_certificate_pem) as client:
         attested = fetch_configuration(client, CONFIG_ID, platform)
     problem = config_problem(attested.config, attested.key)
@@ -731,7 +1284,7 @@ def check_runtime_exchange(cas: SelfProvisionedCas, platform: SimulatedPlatform)
 AUDIT_LOG_RATIO_GOAL = 0.80
 
 
-def compare_audit_log(workdir: Path, platform: SimulatedPlatform, args: argparse.Namespace) -> None:
+def compare_audit_log(workdir: Path, platform_key: Path, args: argparse.Namespace) -> None:
     """The attest phase on two CASes, one with the default log and one with it disabled.
 
     Both run side by side and take the load in turns (on, off, off, on, ...), so a change in
@@ -749,12 +1302,16 @@ def compare_audit_log(workdir: Path, platform: SimulatedPlatform, args: argparse
         servers = {"signed": signed_cas, "disabled": disabled_cas}
         for cas in servers.values():
             cas.client.create_session(SESSION)
-            check_runtime_exchange(cas, platform)
+            check_runtime_exchange(cas, platform_key)
         for turn in range(args.audit_rounds):
             order = ("signed", "disabled") if turn % 2 == 0 else ("disabled", "signed")
             for mode in order:
-                phase = run_async(run_attest_phase(servers[mode], platform, phase_args))
-                turns[mode].append(phase.result)
+                cas = servers[mode]
+                turns[mode].append(
+                    run_attest_phase(
+                        targets_of(cas), cas.verified.ca_certificate_pem, platform_key, phase_args
+                    )
+                )
     print(
         f"\nAudit log on (signed, file, fsynced) and off, {args.audit_rounds} turns of "
         f"{phase_args.seconds:g} s each, alternating (on, off, off, on, ...):"
@@ -833,15 +1390,15 @@ class Setup:
     backends' CPU (seconds) and transactions in the phase (``None`` on SQLite)."""
 
     label: str
-    phase: AttestPhase
-    answered: list[int]
+    result: PhaseResult
+    instances: int
     database_cpu: float | None = None
     transactions: int | None = None
 
     @property
-    def result(self) -> PhaseResult:
-        """The load figures."""
-        return self.phase.result
+    def answered(self) -> list[int]:
+        """The correct answers of each instance."""
+        return [self.result.answered_by[index] for index in range(self.instances)]
 
     def cpu_per_answer_each(self) -> list[float | None]:
         """Server CPU seconds per correct answer of each instance."""
@@ -894,20 +1451,20 @@ def measure_setup(
     label: str,
     targets: Sequence[Target],
     ca_certificate_pem: bytes,
-    platform: SimulatedPlatform,
+    platform_key: Path,
     args: argparse.Namespace,
     database: tuple[str, str],
 ) -> Setup:
     """The spread attest phase on ``targets``, with the database's CPU and transactions."""
     admin_url, name = database
     cpu_before, xact_before = backend_cpu(name), transactions(admin_url, name)
-    phase, answered = run_async(run_spread_phase(targets, ca_certificate_pem, platform, args))
+    phase = run_attest_phase(targets, ca_certificate_pem, platform_key, args)
     cpu_after, xact_after = backend_cpu(name), transactions(admin_url, name)
     # A backend born during the phase counts whole; one gone before its end is missed.
     used = sum(after - cpu_before.get(pid, 0.0) for pid, after in cpu_after.items())
-    if phase.result.ok == 0:
-        raise BenchmarkError(f"{label}: no correct attestation: {dict(phase.result.errors)}")
-    return Setup(label, phase, answered, used, xact_after - xact_before)
+    if phase.ok == 0:
+        raise BenchmarkError(f"{label}: no correct attestation: {dict(phase.errors)}")
+    return Setup(label, phase, len(targets), used, xact_after - xact_before)
 
 
 @contextlib.contextmanager
@@ -929,21 +1486,21 @@ def bench_database(server: str) -> Iterator[tuple[str, str, str]]:
 
 
 def compare_postgres(
-    workdir: Path, platform: SimulatedPlatform, args: argparse.Namespace, sqlite: AttestPhase
+    workdir: Path, platform_key: Path, args: argparse.Namespace, sqlite: PhaseResult
 ) -> list[Setup]:
     """The attest phase on one instance on PostgreSQL, then on ``args.instances`` of them."""
-    setups = [Setup("SQLite, 1 instance", sqlite, [sqlite.result.ok])]
+    setups = [Setup("SQLite, 1 instance", sqlite, 1)]
     with bench_database(args.postgres) as (url, admin_url, name):
         first = start_self_provisioned_cas(workdir / "pg-first", database_url=url)
         others: list[CasProcess] = []
         try:
             first.client.create_session(SESSION)
-            check_runtime_exchange(first, platform)
+            check_runtime_exchange(first, platform_key)
             ca = first.verified.ca_certificate_pem
             targets = [Target(enclave_url(first), server_pid(first))]
             setups.append(
                 measure_setup(
-                    "PostgreSQL, 1 instance", targets, ca, platform, args, (admin_url, name)
+                    "PostgreSQL, 1 instance", targets, ca, platform_key, args, (admin_url, name)
                 )
             )
             for number in range(2, args.instances + 1):
@@ -957,7 +1514,7 @@ def compare_postgres(
                     f"PostgreSQL, {args.instances} instances",
                     targets,
                     ca,
-                    platform,
+                    platform_key,
                     args,
                     (admin_url, name),
                 )
@@ -1026,32 +1583,77 @@ def postgres_verdicts(setups: Sequence[Setup], instances: int) -> list[str]:
     return lines + cpu_notes([setup.result for setup in setups])
 
 
+def burst_limits(burst: int) -> dict[str, float]:
+    """The server's connection limits for a burst from one address: the defaults (250 per
+    source, 1000 per listener) unless the burst needs more, as behind a NAT."""
+    if burst <= DEFAULT_LIMITS.max_connections_per_source:
+        return {}
+    return {
+        "max_connections": max(DEFAULT_LIMITS.max_connections, burst),
+        "max_connections_per_source": max(DEFAULT_LIMITS.max_connections, burst),
+    }
+
+
+def allow_open_files(burst: int) -> None:
+    """Raise this process's open-file limit (inherited by the server) for ``burst``
+    connections on both ends, or say why it cannot be."""
+    needed = 2 * burst + OPEN_FILES_SPARE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise BenchmarkError(
+            f"a burst of {burst} needs {needed} open files, but the hard limit is {hard}"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
 def benchmark(args: argparse.Namespace, workdir: Path) -> None:
     """Run every phase and print the figures and verdicts."""
+    what = (
+        f"stores of {', '.join(f'{n:,}' for n in sorted(set(args.sessions)))} sessions"
+        if args.sessions
+        else f"burst of {args.burst}"
+    )
     print(
         machine_line(
-            f"OpenCAS workload attestation benchmark: {args.clients} clients, {args.seconds:g} s "
-            f"per phase, burst of {args.burst}"
+            f"OpenCAS workload attestation benchmark: {args.clients} clients in "
+            f"{args.generator_processes} generator processes, {args.seconds:g} s per phase, {what}"
         )
     )
-    platform = SimulatedPlatform.load_or_create(workdir / "platform.key", MEASUREMENT)
-    with running_cas(workdir / "server") as cas:
+    platform_key = workdir / "platform.key"
+    platform = SimulatedPlatform.load_or_create(platform_key, MEASUREMENT)
+    if args.sessions:
+        run_sessions_sweep(workdir, platform_key, args)
+        return
+    allow_open_files(args.burst)
+    limits = burst_limits(args.burst)
+    with running_cas(workdir / "server", limits=limits) as cas:
         cas.client.create_session(SESSION)
         print(
             f"server: enclave API {enclave_url(cas)}, client API {cas.url} (pid {server_pid(cas)})"
         )
-        check_runtime_exchange(cas, platform)
+        if limits:
+            print(
+                f"  connection limits raised to {limits} for the burst: every workload connects "
+                f"from 127.0.0.1, and by default a listener resets connections past "
+                f"{DEFAULT_LIMITS.max_connections_per_source} from one source"
+            )
+        check_runtime_exchange(cas, platform_key)
+        ca = cas.verified.ca_certificate_pem
         before = server_histogram(cas, args.timeout)
-        attest = run_async(run_attest_phase(cas, platform, args))
+        attest = run_attest_phase(targets_of(cas), ca, platform_key, args)
         after = server_histogram(cas, args.timeout)
-        if attest.result.ok == 0:
-            raise BenchmarkError(f"no correct attestation: {dict(attest.result.errors)}")
-        healthz = run_async(run_healthz_phase(cas, args))
+        if attest.ok == 0:
+            raise BenchmarkError(f"no correct attestation: {dict(attest.errors)}")
+        healthz = run_healthz_phase(cas, args)
         if healthz.ok == 0:
             raise BenchmarkError(f"no correct /healthz answer: {dict(healthz.errors)}")
+        wrk = run_wrk(cas, args)
         burst = run_async(run_burst(cas, platform, args.burst, args.timeout))
-    print("\nOver TLS to the enclave API:")
-    print_load(healthz, attest.result)
+    print(f"\nOver TLS to the enclave API ({args.generator_processes} generator processes):")
+    print_load(healthz, attest)
+    print_wrk(wrk)
     if args.two_step:
         print("  attest = nonce + evidence + attestation, one exchange of the runtime (two-step)")
     else:
@@ -1062,10 +1664,10 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> None:
     print("\nThe server's own latency during the attest phase (its /metrics):")
     print_server_latency(before, after)
     print(f"\nBurst: {args.burst} new workloads (own connection each) attest once, all at once:")
-    print_burst(burst)
+    print_burst(burst, attest)
     if args.compare_audit_log:
-        compare_audit_log(workdir, platform, args)
-    setups = compare_postgres(workdir, platform, args, attest) if args.postgres else []
+        compare_audit_log(workdir, platform_key, args)
+    setups = compare_postgres(workdir, platform_key, args, attest) if args.postgres else []
     if setups:
         print(f"\nThe attest phase on SQLite and PostgreSQL ({args.clients} clients):")
         print_setups(setups)
@@ -1075,7 +1677,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> None:
     )
     print_micro(micro)
     print("\nVerdicts:")
-    for line in verdicts(healthz, attest, burst, micro):
+    for line in verdicts(healthz, attest, burst, micro) + dcap_verdicts(attest, micro):
         print(f"  {line}")
     if setups:
         for line in postgres_verdicts(setups, args.instances):

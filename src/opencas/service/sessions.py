@@ -398,7 +398,7 @@ def _commit(
     """
     with state_change(cas.audit_log) as entry, cas.store.transaction() as txn:
         admit(txn, change)
-        _write(txn, record, change.session, values)
+        write_session(txn, record, change.session, values)
         entry.record(
             txn,
             "session_created" if record.revision == 1 else "session_updated",
@@ -495,12 +495,14 @@ def imported_values(source: Reader, session: Session, importer_hash: str) -> dic
     return imported
 
 
-def _write(
+def write_session(
     txn: Transaction,
     record: SessionRecord,
     session: Session,
     values: Mapping[str, SecretValue],
 ) -> None:
+    """Write ``record`` (the stored version of ``session``), its volumes and its own secret
+    ``values`` in ``txn``. It admits nothing and records no audit entry: that is the caller's."""
     own = {secret.name for secret in session.secrets if secret.import_ is None}
     # Reads of this version then find it parsed, so a read costs about the same whether the
     # name exists or not (nothing to parse before the read rule is known).
