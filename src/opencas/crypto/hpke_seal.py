@@ -121,13 +121,15 @@ class HpkeSealed(NamedTuple):
     sealed_bytes: bytes
 
 
-def hpke_seal(public_key_der: bytes, plaintext: bytes, info: bytes) -> HpkeSealed:
-    """Seal ``plaintext`` to the X25519 or P-256 key ``public_key_der`` with HPKE ``info``.
+def hpke_seal(public_key: bytes | RecipientPublicKey, plaintext: bytes, info: bytes) -> HpkeSealed:
+    """Seal ``plaintext`` to the X25519 or P-256 key ``public_key`` with HPKE ``info``.
 
-    The suite is the module's (the KEM from the key type, HKDF-SHA256, AES-256-GCM, base mode).
-    Raises :class:`UnsupportedRecipientKey` for any other key or encoding.
+    ``public_key`` is a DER SubjectPublicKeyInfo, or a key :func:`load_recipient_public_key`
+    returned (a caller that loaded it already does not pay for loading it again). The suite is
+    the module's (the KEM from the key type, HKDF-SHA256, AES-256-GCM, base mode). Raises
+    :class:`UnsupportedRecipientKey` for any other key or encoding.
     """
-    key = load_recipient_public_key(public_key_der)
+    key = load_recipient_public_key(public_key) if isinstance(public_key, bytes) else public_key
     kem = kem_for_public_key(key)
     return HpkeSealed(kem, _suite(kem).encrypt(plaintext, key, info=info))
 
@@ -149,9 +151,10 @@ def hpke_open(private_key: RecipientPrivateKey, sealed: bytes, info: bytes) -> b
 
 
 def seal_workload_config(
-    public_key_der: bytes, plaintext: bytes, config_id: str, nonce: str
+    public_key: bytes | RecipientPublicKey, plaintext: bytes, config_id: str, nonce: str
 ) -> SealedConfig:
-    """Seal ``plaintext`` to the DER SubjectPublicKeyInfo ``public_key_der`` for one exchange.
+    """Seal ``plaintext`` to ``public_key`` (a DER SubjectPublicKeyInfo, or a key
+    :func:`load_recipient_public_key` returned) for one exchange.
 
     Returns a :class:`SealedConfig` ``(kem, sealed)``: the KEM name (``"X25519"`` or
     ``"P-256"``, from the key type) and the standard base64 of ``enc || ciphertext``. Only the
@@ -159,7 +162,7 @@ def seal_workload_config(
     (:func:`open_workload_config`). Raises :class:`UnsupportedRecipientKey` (a ``ValueError``)
     when the key is not an X25519 or P-256 public key in DER SubjectPublicKeyInfo form.
     """
-    kem, sealed = hpke_seal(public_key_der, plaintext, hpke_info(config_id, nonce))
+    kem, sealed = hpke_seal(public_key, plaintext, hpke_info(config_id, nonce))
     return SealedConfig(kem, b64_encode(sealed))
 
 

@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Final
 
 from cryptography import x509
@@ -61,10 +62,21 @@ SanName = x509.DNSName | x509.IPAddress
 
 @dataclass(frozen=True)
 class Issuer:
-    """A CA that signs certificates: its private key and its certificate."""
+    """A CA that signs certificates: its private key and its certificate.
+
+    Both are immutable, so an issuer is checked (its key is its certificate's, its certificate a
+    CA's) when it first signs, and only then: one kept for many certificates checks once.
+    """
 
     key: PrivateKey
     certificate: x509.Certificate
+
+    @cached_property
+    def authority_key_id(self) -> x509.AuthorityKeyIdentifier:
+        """The AuthorityKeyIdentifier of what this issuer signs; ``ValueError`` (not cached)
+        when the issuer does not pass its checks."""
+        _check_issuer(self)
+        return _authority_key_id(self)
 
 
 @dataclass(frozen=True)
@@ -108,10 +120,9 @@ def build_certificate(
     """
     not_before, not_after = _validity(now, valid_for)
     if isinstance(signer, Issuer):
-        _check_issuer(signer)
+        authority_key_id = signer.authority_key_id
         not_before, not_after = _within_issuer_validity(signer.certificate, not_before, not_after)
         signing_key, issuer_name = signer.key, signer.certificate.subject
-        authority_key_id = _authority_key_id(signer)
     else:
         if key_hash(signer) != key_hash(public_key):
             raise ValueError("a self-signed certificate must be signed by its own key")

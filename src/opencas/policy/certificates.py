@@ -50,14 +50,13 @@ def issue_certificate(
     is_ca: bool,
     now: datetime,
     valid_for: timedelta,
-    issuer_key: PrivateKey | None = None,
-    issuer_certificate: x509.Certificate | None = None,
+    issuer: Issuer | None = None,
     endpoint: Endpoint | None = None,
     san: Sequence[str] = (),
     ca_path_length: int | None = 0,
     subject_public_key: PublicKey | None = None,
 ) -> x509.Certificate:
-    """Issue the certificate of a secret with key ``key``: self-signed, or signed by ``issuer_key``.
+    """Issue the certificate of a secret with key ``key``: self-signed, or signed by ``issuer``.
 
     With ``subject_public_key`` the certificate certifies that key instead of ``key``'s (a
     workload's own key, whose private half the CAS never sees); it must then have an issuer.
@@ -70,22 +69,17 @@ def issue_certificate(
     :func:`~opencas.crypto.x509.parse_san_entry`). Serial number, validity and signature are
     :func:`~opencas.crypto.x509.build_certificate`'s.
 
-    Raises ``ValueError`` when only one of ``issuer_key`` / ``issuer_certificate`` is given, the
-    issuer key does not belong to the issuer certificate, the issuer is not a CA or is not valid
-    at ``now``, ``now`` is naive, or a name or SAN entry is unusable.
+    Raises ``ValueError`` when the issuer's key does not belong to its certificate, the issuer is
+    not a CA or is not valid at ``now``, ``now`` is naive, or a name or SAN entry is unusable.
     """
-    if (issuer_key is None) != (issuer_certificate is None):
-        raise ValueError("an issuer needs both its key and its certificate")
-    if subject_public_key is not None and issuer_key is None:
+    if subject_public_key is not None and issuer is None:
         raise ValueError("a certificate for another party's key needs an issuer")
     try:
         subject = common_name_subject(common_name)
     except ValueError as exc:
         raise ValueError(f"common_name: {exc}") from None
     public = subject_public_key or key.public_key()
-    signer: Issuer | PrivateKey = key
-    if issuer_key is not None and issuer_certificate is not None:
-        signer = Issuer(issuer_key, issuer_certificate)
+    signer: Issuer | PrivateKey = key if issuer is None else issuer
     names = tuple(parse_san_entry(entry) for entry in san)
     if is_ca:
         usage = key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True)

@@ -42,7 +42,7 @@ from opencas.crypto.pem import (
     private_key_pem,
     public_key_pem,
 )
-from opencas.crypto.x509 import MAX_COMMON_NAME, certificate_key_hash, is_ca_certificate
+from opencas.crypto.x509 import MAX_COMMON_NAME, Issuer, certificate_key_hash, is_ca_certificate
 from opencas.policy.certificates import issue_certificate, parse_valid_for
 from opencas.policy.errors import SessionError
 from opencas.policy.model import (
@@ -138,6 +138,18 @@ class SecretValue:
         if self.certificate_pem is None:
             raise ValueError(f"a {self.kind} value has no certificate")
         return load_certificate_pem(self.certificate_pem.encode("ascii"))
+
+    def issuer(self) -> Issuer:
+        """The value's key and certificate as an issuer of certificates, the same one at every
+        call (so it is checked once, see :class:`~opencas.crypto.x509.Issuer`).
+
+        Raises ``ValueError`` for a value without a private key or a certificate.
+        """
+        return self._issuer
+
+    @cached_property
+    def _issuer(self) -> Issuer:
+        return Issuer(self.private_key(), self.certificate())
 
     def to_record(self) -> dict[str, str]:
         """The value as a JSON object for the store: ``kind`` and the fields of its kind.
@@ -668,8 +680,7 @@ class _Generator:
                 ca_path_length=None if spec.name in self._issuers else 0,
                 now=self._now,
                 valid_for=valid_for,
-                issuer_key=issuer.private_key() if issuer else None,
-                issuer_certificate=issuer.certificate() if issuer else None,
+                issuer=issuer.issuer() if issuer else None,
                 endpoint=spec.endpoint,
                 san=spec.san,
             )

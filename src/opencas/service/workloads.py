@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from opencas.attestation.evidence import Evidence, VerifiedEvidence
@@ -33,7 +32,12 @@ from opencas.audit.log import Durable, Expected
 from opencas.audit.replay import decision_context
 from opencas.config.availability import SessionLimits
 from opencas.crypto.canonical import canonical_json
-from opencas.crypto.hpke_seal import SealedConfig, load_recipient_public_key, seal_workload_config
+from opencas.crypto.hpke_seal import (
+    RecipientPublicKey,
+    SealedConfig,
+    load_recipient_public_key,
+    seal_workload_config,
+)
 from opencas.crypto.pem import certificate_pem
 from opencas.crypto.x509 import MAX_COMMON_NAME
 from opencas.errors import (
@@ -139,7 +143,7 @@ def _decide(
     expected: Expected | None,
 ) -> WorkloadDecision:
     config_id = request.config_id
-    public_key_der = _public_key_der(request.public_key)
+    public_key = _workload_key(request.public_key)
     evidence = Evidence.from_json(dict(request.evidence))
     grounds = _Grounds(
         evidence,
@@ -148,7 +152,7 @@ def _decide(
         workload_report_data(config_id, request.nonce, request.public_key),
     )
     try:
-        sealed = _attest(cas, nonces, request, public_key_der, evidence, grounds, otp_guard)
+        sealed = _attest(cas, nonces, request, public_key, evidence, grounds, otp_guard)
     except (AttestationRefused, EvidenceError, NotFoundError) as exc:
         check = getattr(exc, "check", "service")
         details = _kept(cas, grounds) | {"check": check, "reason": exc.message}
@@ -239,7 +243,7 @@ def _attest(
     cas: Cas,
     nonces: NonceStore,
     request: WorkloadRequest,
-    public_key_der: bytes,
+    public_key: RecipientPublicKey,
     evidence: Evidence,
     grounds: _Grounds,
     otp_guard: OtpGuard | None,
@@ -271,7 +275,7 @@ def _attest(
             stored.session,
             service,
             values,
-            public_key_der,
+            public_key,
             stored.record.hash,
             cas.config.session_limits,
         )
@@ -288,7 +292,7 @@ def _attest(
             ),
         )
     plaintext = canonical_json({"config_id": str(config_id), **config})
-    return seal_workload_config(public_key_der, plaintext, str(config_id), request.nonce)
+    return seal_workload_config(public_key, plaintext, str(config_id), request.nonce)
 
 
 def _check_otp(
@@ -310,16 +314,15 @@ def _check_otp(
     guard.check(service_ref, shared_secret, code)
 
 
-def _public_key_der(encoded: str) -> bytes:
+def _workload_key(encoded: str) -> RecipientPublicKey:
+    """The workload's key, loaded once for the whole attestation (sealing and certificates)."""
     try:
-        der = base64.b64decode(encoded, validate=True)
-        load_recipient_public_key(der)
+        return load_recipient_public_key(base64.b64decode(encoded, validate=True))
     except (binascii.Error, ValueError) as exc:
         raise InvalidRequest(
             "public_key must be the base64 DER SubjectPublicKeyInfo of an X25519 or "
             f"uncompressed P-256 key: {exc}"
         ) from exc
-    return der
 
 
 def _values(view: Reader, session: Session, name: str, session_hash: str) -> dict[str, SecretValue]:
@@ -370,7 +373,7 @@ def _render(
     session: Session,
     service: Service,
     values: Mapping[str, SecretValue],
-    public_key_der: bytes,
+    public_key: RecipientPublicKey,
     session_hash: str,
     limits: SessionLimits,
 ) -> dict[str, Any]:
@@ -390,7 +393,7 @@ def _render(
             }
             for file in files
         ],
-        "certificates": _workload_certificates(session, service, files, values, public_key_der),
+        "certificates": _workload_certificates(session, service, files, values, public_key),
     }
     if service.fspf_path is not None:
         document["fspf"] = {
@@ -413,10 +416,9 @@ def _workload_certificates(
     service: Service,
     files: Sequence[InjectionFile],
     values: Mapping[str, SecretValue],
-    public_key_der: bytes,
+    key: RecipientPublicKey,
 ) -> dict[str, dict[str, str]]:
     """Certificates for the workload's own key, for each referenced x509 secret with an issuer."""
-    key = serialization.load_der_public_key(public_key_der)
     if not isinstance(key, ec.EllipticCurvePublicKey):
         return {}  # an X25519 key cannot be certified
     referenced = _referenced_secrets(service, [file.content or "" for file in files])
@@ -431,15 +433,13 @@ def _workload_certificates(
         ):
             continue
         issuer = values[secret.issuer]
-        issuer_key = issuer.private_key()
         certificate = issue_certificate(
-            issuer_key,
+            issuer.private_key(),
             common_name=(secret.common_name or secret.name)[:MAX_COMMON_NAME],
             is_ca=False,
             now=datetime.now(UTC),
             valid_for=parse_valid_for(secret.valid_for or PER_WORKLOAD_VALIDITY),
-            issuer_key=issuer_key,
-            issuer_certificate=issuer.certificate(),
+            issuer=issuer.issuer(),
             endpoint=secret.endpoint,
             san=secret.san,
             subject_public_key=key,

@@ -413,6 +413,36 @@ def test_the_builder_refuses_a_signer_that_cannot_sign_this_certificate(
         )
 
 
+def test_an_issuer_that_fails_its_checks_is_refused_at_every_certificate(
+    ca_key: ec.EllipticCurvePrivateKey, ca_certificate: x509.Certificate
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    wrong = Issuer(key, ca_certificate)
+    for _ in range(2):  # a failed check is not remembered as passed
+        with pytest.raises(ValueError, match="does not belong"):
+            build_certificate(
+                key.public_key(),
+                common_name_subject("x"),
+                _use(),
+                signer=wrong,
+                valid_for=timedelta(1),
+            )
+    issuer = Issuer(ca_key, ca_certificate)
+    first, second = (
+        build_certificate(
+            key.public_key(),
+            common_name_subject(name),
+            _use(),
+            signer=issuer,
+            valid_for=timedelta(1),
+        )
+        for name in ("a", "b")
+    )
+    for cert in (first, second):
+        verify_issued_by(cert, ca_certificate)
+        assert _extension(cert, x509.AuthorityKeyIdentifier).value == issuer.authority_key_id
+
+
 # --- subject alternative names --------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from opencas.crypto.x509 import CLOCK_SKEW, verify_issued_by
+from opencas.crypto.x509 import CLOCK_SKEW, Issuer, verify_issued_by
 from opencas.policy.certificates import issue_certificate, parse_valid_for
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -52,8 +52,7 @@ def test_an_end_entity_gets_the_usage_of_its_endpoint(
         is_ca=False,
         now=NOW,
         valid_for=timedelta(days=1),
-        issuer_key=issuer,
-        issuer_certificate=ca,
+        issuer=Issuer(issuer, ca),
         endpoint=endpoint,
         san=["DNS:Web.Example", "ip:10.0.0.1", "dns:web.example", "dns:*.web.example"],
     )
@@ -84,8 +83,7 @@ def test_a_workload_key_is_certified_only_by_an_issuer() -> None:
         is_ca=False,
         now=NOW,
         valid_for=timedelta(1),
-        issuer_key=issuer,
-        issuer_certificate=ca,
+        issuer=Issuer(issuer, ca),
         subject_public_key=workload,
     )
     assert cert.public_key() == workload
@@ -111,8 +109,7 @@ def test_issuer_must_be_a_ca_with_the_matching_key() -> None:
             is_ca=False,
             now=NOW,
             valid_for=timedelta(1),
-            issuer_key=key,
-            issuer_certificate=leaf,
+            issuer=Issuer(key, leaf),
         )
     with pytest.raises(ValueError, match="does not belong"):
         issue_certificate(
@@ -121,12 +118,7 @@ def test_issuer_must_be_a_ca_with_the_matching_key() -> None:
             is_ca=False,
             now=NOW,
             valid_for=timedelta(1),
-            issuer_key=other,
-            issuer_certificate=ca,
-        )
-    with pytest.raises(ValueError, match="both"):
-        issue_certificate(
-            key, common_name="x", is_ca=False, now=NOW, valid_for=timedelta(1), issuer_key=key
+            issuer=Issuer(other, ca),
         )
 
 

@@ -20,7 +20,7 @@ from cryptography.x509.verification import PolicyBuilder, Store
 
 from opencas.crypto.keys import key_hash, key_type_of
 from opencas.crypto.pem import load_certificate_chain_pem
-from opencas.crypto.x509 import CLOCK_SKEW, certificate_key_hash, verify_issued_by
+from opencas.crypto.x509 import CLOCK_SKEW, Issuer, certificate_key_hash, verify_issued_by
 from opencas.policy.certificates import issue_certificate
 from opencas.policy.errors import SessionError
 from opencas.policy.model import Session
@@ -511,8 +511,7 @@ def _explicit_certificate(
         is_ca=is_ca,
         now=NOW,
         valid_for=timedelta(days=10),
-        issuer_key=issuer[0] if issuer else None,
-        issuer_certificate=issuer[1] if issuer else None,
+        issuer=Issuer(*issuer) if issuer else None,
     )
 
 
