@@ -207,17 +207,18 @@ def verify_simulated_evidence(evidence: Evidence) -> VerifiedEvidence:
             "signed by its platform key",
             check="signature",
         ) from exc
+    platform_key_hash = key_hash(platform_key)
     return VerifiedEvidence(
         platform=EVIDENCE_TYPE,
         measurement=measurement,
         report_data=bytes.fromhex(report_data_hex),
         debug=True,
-        platform_key_hash=key_hash(platform_key),
+        platform_key_hash=platform_key_hash,
         tcb_status=TCB_STATUS,
         advisories=(),
         measurements=MappingProxyType({"measurement": measurement}),
         # The platform key is the simulated machine's whole identity, as a chip id is AMD's.
-        platform_id=MappingProxyType({"machine_id": key_hash(platform_key)}),
+        platform_id=MappingProxyType({"machine_id": platform_key_hash}),
         verifier=VERIFIER_NAME,
         isv_svn=security_version,
     )

@@ -63,7 +63,7 @@ from opencas.policy.volumes import (
 from opencas.service.audit import actor_of, record_read, state_change
 from opencas.service.cas import Cas
 from opencas.service.identity import utc_now_text
-from opencas.service.records import decode_record, read_record, write_record
+from opencas.service.records import decode_record, write_record
 from opencas.service.session_limits import check_session, check_session_text
 from opencas.service.volume_states import write_session_volumes
 from opencas.sources.problems import Problem
@@ -75,6 +75,7 @@ _CHANGING_SESSIONS = "changing sessions"
 
 _parsed_sessions: ContentCache[str, Session] = ContentCache()
 _decoded_secrets: ContentCache[tuple[str, bytes], dict[str, SecretValue]] = ContentCache()
+_decoded_sessions: ContentCache[tuple[str, bytes], StoredSession] = ContentCache()
 
 
 class SessionRecord(BaseModel):
@@ -118,9 +119,18 @@ def parent_of(name: str) -> str | None:
 
 def load_session(source: Reader, name: str) -> StoredSession | None:
     """The stored session ``name``, or ``None``."""
-    record = read_record(source, SessionRecord, SESSIONS, name)
-    if record is None:
+    data = source.get(SESSIONS, name)
+    if data is None:
         return None
+    # Decoding validates the whole record, normal form and text included; reuse it while the
+    # record's bytes are the same.
+    return _decoded_sessions.get_or_make(
+        (name, hashlib.sha256(data).digest()), lambda: _decode_session(name, data)
+    )
+
+
+def _decode_session(name: str, data: bytes) -> StoredSession:
+    record = decode_record(SessionRecord, SESSIONS, name, data)
     try:
         # The record is authenticated and its hash names its normal form (both written by the
         # CAS in one record), so the parsed session can be reused for every read of that hash.

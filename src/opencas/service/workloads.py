@@ -19,6 +19,7 @@ import hmac
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -222,12 +223,17 @@ class _Grounds:
     def actor(self) -> str:
         return self.verified.platform_key_hash if self.verified else "anonymous"
 
+    @cached_property
+    def evidence_sha256(self) -> str:
+        """The evidence's SHA-256, which the decision's entry and the volume grants both name."""
+        return hashlib.sha256(self.evidence.data).hexdigest()
+
     def details(self) -> dict[str, Any]:
         verified = self.verified
         used = self.collateral.documents
         return {
             "evidence_type": self.evidence.type,
-            "evidence_sha256": hashlib.sha256(self.evidence.data).hexdigest(),
+            "evidence_sha256": self.evidence_sha256,
             "verified_at": report_time(self.at),
             "session_hash": self.session_hash,
             "verifier": verified.verifier if verified else None,
@@ -287,7 +293,7 @@ def _attest(
                 str(config_id),
                 stored.record.hash,
                 request.nonce,
-                hashlib.sha256(evidence.data).hexdigest(),
+                grounds.evidence_sha256,
                 verified.platform_key_hash,
             ),
         )

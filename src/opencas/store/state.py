@@ -22,6 +22,7 @@ import hmac
 from dataclasses import dataclass
 from typing import TypeGuard
 
+from opencas.content_cache import ContentCache
 from opencas.crypto.canonical import canonical_json, strict_json_object
 from opencas.crypto.encoding import b64_decode, b64_encode
 from opencas.crypto.envelope import derive_key, open_envelope, seal
@@ -80,6 +81,10 @@ class StateKeys:
         self._tag_key = derive_key(dmk, "store/record-tag")
         self._state_key = derive_key(dmk, "store/commit-state")
         self._commitment_key = derive_key(dmk, "store/state-commitment")
+        # Both are functions of their keys under these keys alone, and every read needs them
+        # (an index entry's id is checked at every read): an attestation read two records.
+        self._record_ids: ContentCache[tuple[str, str], bytes] = ContentCache()
+        self._entries: ContentCache[tuple[str, bytes, bytes], IndexEntry] = ContentCache()
 
     def __repr__(self) -> str:
         return "<StateKeys>"
@@ -92,8 +97,11 @@ class StateKeys:
         """
         if table.startswith("_"):
             return key.encode("utf-8")
-        return hmac.digest(
-            self._id_key, canonical_json(["opencas-record-id/v1", table, key]), "sha256"
+        return self._record_ids.get_or_make(
+            (table, key),
+            lambda: hmac.digest(
+                self._id_key, canonical_json(["opencas-record-id/v1", table, key]), "sha256"
+            ),
         )
 
     def tag(self, table: str, entry: IndexEntry) -> bytes:
@@ -113,9 +121,15 @@ class StateKeys:
     def open_entry(self, table: str, record_id: bytes, sealed: object) -> IndexEntry:
         """The index entry stored for ``record_id``; :class:`RecordDamagedError` when it is not
         one this store sealed for that table and id, or names a key with another id."""
-        shown = record_id.hex()
         if not isinstance(sealed, bytes):
-            raise RecordDamagedError(table, shown, "its index entry is not a blob")
+            raise RecordDamagedError(table, record_id.hex(), "its index entry is not a blob")
+        # The sealed bytes name what they open to; a failure is not cached.
+        return self._entries.get_or_make(
+            (table, record_id, sealed), lambda: self._open_entry(table, record_id, sealed)
+        )
+
+    def _open_entry(self, table: str, record_id: bytes, sealed: bytes) -> IndexEntry:
+        shown = record_id.hex()
         try:
             document = strict_json_object(
                 open_envelope(self._index_key, sealed, _entry_aad(table, record_id)), "index entry"
