@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Final
 
 from cryptography import x509
@@ -243,6 +243,12 @@ def _self_signed(
     )
 
 
+# The name builders below are pure and their results immutable, and a session's certificates
+# are issued again at every attestation from the same few names: each is built once.
+_NAMES_KEPT: Final = 1024
+
+
+@lru_cache(maxsize=_NAMES_KEPT)
 def common_name_subject(common_name: str) -> x509.Name:
     """The subject ``CN=common_name``; raises ``ValueError`` unless it has 1 to 64 characters."""
     if not common_name or len(common_name) > MAX_COMMON_NAME:
@@ -250,6 +256,7 @@ def common_name_subject(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
+@lru_cache(maxsize=_NAMES_KEPT)
 def key_usage(
     *,
     digital_signature: bool = False,
@@ -288,6 +295,7 @@ def general_name(hostname: str) -> SanName:
     return x509.DNSName(text.lower())
 
 
+@lru_cache(maxsize=_NAMES_KEPT)
 def parse_san_entry(entry: str) -> SanName:
     """The subject alternative name a session writes as ``dns:NAME`` or ``ip:ADDRESS``.
 
