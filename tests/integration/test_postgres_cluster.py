@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import shutil
+import ssl
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -499,3 +501,45 @@ def test_an_owner_config_change_at_one_instance_sets_the_audit_mode_of_every_ins
     # Each instance took up a change another one made.
     for log in (first.process.log(), second.log(), third.log()):
         assert "following the owner config" in log
+
+
+def _served_dns_names(port: int) -> set[str]:
+    """The DNS names of the TLS certificate that the listener on ``port`` presents now."""
+    pem = ssl.get_server_certificate(("127.0.0.1", port))
+    certificate = x509.load_pem_x509_certificate(pem.encode("ascii"))
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    return set(names.value.get_values_for_type(x509.DNSName))
+
+
+def test_an_owner_config_change_reaches_the_evidence_archive_and_tls_names_of_the_others(
+    first: SelfProvisionedCas, tmp_path: Path, postgres_url: str, started: list[CasProcess]
+) -> None:
+    first.client.create_session(WORKLOAD_SESSION)
+    second = _instance(tmp_path / "second", postgres_url, started)
+    enclave = f"https://127.0.0.1:{second.enclave_port}"
+    archive = second.directory / "audit.log.evidence"
+    platform_key = Ed25519PrivateKey.generate()
+    _attest_workload(enclave, platform_key)
+    assert not archive.exists() or not any(archive.iterdir())  # not kept: the config says not
+    assert "cas-follow.example" not in _served_dns_names(second.api_port)
+
+    text = (
+        '[api_identity]\ncommon_name = "localhost"\nalt_names = ["cas-follow.example"]\n\n'
+        "[audit_log]\nkeep_evidence = true\n"
+    )
+    first.client.update_owner_config(parse_owner_config(text, "owner-config.toml", "toml").config)
+
+    # The second instance answered nothing of this change and is not restarted.
+    deadline = time.monotonic() + FOLLOW_SECONDS + 30
+    kept: set[str] = set()
+    while not kept:
+        digest = _attest_workload(enclave, platform_key)
+        kept = {path.name for path in archive.iterdir()} if archive.exists() else set()
+        if kept:
+            assert digest in kept, (digest, kept)
+        assert time.monotonic() < deadline, "the second instance never kept evidence"
+        time.sleep(0.1)
+    while "cas-follow.example" not in _served_dns_names(second.api_port):
+        assert time.monotonic() < deadline, "the second instance never took the new names up"
+        time.sleep(0.1)
+    assert "cas-follow.example" in _served_dns_names(second.enclave_port)

@@ -140,13 +140,23 @@ class OwnerConfigFollower:
     its own on ``path`` when the config moves the log.
 
     It remembers the config it last gave or was told of (:meth:`took`), to know whether a
-    committed one changes where the log goes.
+    committed one changes where the log goes. ``on_change`` is told of each committed config
+    that another instance made, after the writer took its settings up, so that the rest of what
+    an owner config sets (the evidence archive, the TLS certificate's names) follows it too; it
+    must not block, nor open a store transaction (a state change may be appending).
     """
 
-    def __init__(self, store: Store, path: Path, config: OwnerConfig | None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        path: Path,
+        config: OwnerConfig | None,
+        on_change: Callable[[OwnerConfig | None], None] | None = None,
+    ) -> None:
         self._store = store
         self._path = path
         self._config = config
+        self._on_change = on_change
         self._lock = threading.Lock()
 
     def version(self) -> str:
@@ -161,7 +171,10 @@ class OwnerConfigFollower:
             config = read_owner_config(view)
         with self._lock:
             sink = None if config is None else next_sink(self._path, self._config, config)
+            changed = config != self._config
             self._config = config
+        if changed and self._on_change is not None:
+            self._on_change(config)
         return settings_of(config, sink)
 
     def took(self, config: OwnerConfig) -> None:
@@ -277,12 +290,14 @@ def open_audit_log(
     identity: CasIdentity,
     path: Path,
     attest: Callable[[str], Mapping[str, Any]],
+    on_change: Callable[[OwnerConfig | None], None] | None = None,
 ) -> AuditLog:
     """Open the audit log at ``path`` for the CAS whose store and identity are given.
 
     ``attest(nonce)`` answers what ``GET /v1/attest`` would: the ``cas_started`` entry carries
     it, with the previous entry's hash as nonce. On PostgreSQL the log is the cluster's chain in
-    the database and ``path`` this instance's sink.
+    the database and ``path`` this instance's sink; ``on_change`` is then told of every owner
+    config another instance commits (:class:`OwnerConfigFollower`).
     """
     record = audit_key(store, identity)
     stored = read_audit_head(store)
@@ -315,7 +330,7 @@ def open_audit_log(
         start=StartInfo(details),
         clock=utc_now_text,
         shared=shared,
-        source=None if entries is None else OwnerConfigFollower(store, path, config),
+        source=None if entries is None else OwnerConfigFollower(store, path, config, on_change),
         version=settings_of(config).version,
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -172,6 +173,26 @@ class Cas:
         if changed:
             self.reload_identity()
         return changed
+
+    def follow_owner_config(self, config: OwnerConfig | None) -> None:
+        """Apply an owner config that another instance committed: keep the evidence as it says,
+        and reissue this instance's TLS certificate if its names changed.
+
+        Called by the audit log's writer when it takes the config up (within a second, or before
+        its next append); the certificate is reissued in a thread of its own, because the caller
+        may be appending inside a store transaction.
+        """
+        self.keep_evidence(config)
+        threading.Thread(target=self._refresh_tls_logged, name="tls-follow", daemon=True).start()
+
+    def _refresh_tls_logged(self) -> None:
+        try:
+            if self.refresh_tls():
+                log.info("TLS certificate reissued for the owner config another instance committed")
+        except CasError as exc:
+            log.error(
+                "cannot reissue the TLS certificate for the new owner config: %s", exc.message
+            )
 
     def start_cluster_member(self, refresh_key: Callable[[], None] | None = None) -> None:
         """On PostgreSQL, announce this instance and answer the join requests of new ones
@@ -378,7 +399,9 @@ def open_cas(config: AvailabilityConfig, injected_dmk: bytes | None = None) -> C
             cas.took_over = take_over(
                 store, platform, lambda: build_identity(cas), config.database_shown
             )
-            cas.audit = open_audit_log(store, identity, config.audit_log_path, cas.attest)
+            cas.audit = open_audit_log(
+                store, identity, config.audit_log_path, cas.attest, cas.follow_owner_config
+            )
             cas.keep_evidence(read_owner_config(store))
         except BaseException:
             store.close()
