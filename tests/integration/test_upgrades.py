@@ -154,6 +154,7 @@ def test_on_postgresql_a_registered_build_joins_by_attesting_and_an_unregistered
 ) -> None:
     first = start_cas(tmp_path / "first", database_url=postgres_url)
     joined = CasProcess(tmp_path / "next", database_url=postgres_url)
+    late = CasProcess(tmp_path / "late", database_url=postgres_url)
     try:
         old = first.verified.report.software_measurement
         root, new = _build(tmp_path, "next-build", old)
@@ -184,6 +185,18 @@ def test_on_postgresql_a_registered_build_joins_by_attesting_and_an_unregistered
             answer = probe.get(f"{first.url}/readyz")
         assert answer.status_code == 503
         assert "record schema version 2" in answer.text
+        # The old build gets no key once the new one took over, not even from the instance of
+        # its own build that still runs: it is checked against the build the store records.
+        joined.stop()
+        _serve_as(late, Path(opencas.__file__).parent.parent, wait=False)
+        assert _exit_code(late) == 3
+        assert "refused this instance the database key" in late.log()
+        assert not (late.directory / "cas.db.key-store").exists()
+        refused = [
+            e for e in _audit_events(first.process.directory) if e["event"] == "instance_refused"
+        ]
+        assert "no registered upgrade names it" in str(refused[-1]["details"]["reason"])  # type: ignore[index]
     finally:
+        late.stop()
         joined.stop()
         first.stop()

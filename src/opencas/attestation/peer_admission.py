@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Literal, Protocol
 
 from opencas.attestation.evidence import VerifiedEvidence
@@ -230,6 +230,24 @@ def admit_peer(
     if refused is not None:
         return refused
     return _software_checks(peer, own, upgrades, "the peer", "this CAS")
+
+
+def admitting_as(own: SoftwareIdentity, serving: SoftwareIdentity | None) -> SoftwareIdentity:
+    """The identity a joining peer is checked against: this instance's platform, mode and TCB,
+    with the software of ``serving``, the build the store records as serving the CAS.
+
+    Another build may have taken the CAS over since this instance started; a peer must then run
+    that build or an upgrade registered from it, never merely this instance's own (older) build.
+    """
+    if serving is None or serving.measurement == own.measurement:
+        return own
+    return replace(
+        own,
+        measurement=serving.measurement,
+        mrsigner=serving.mrsigner,
+        isv_prod_id=serving.isv_prod_id,
+        isv_svn=serving.isv_svn,
+    )
 
 
 def admit_build(

@@ -63,7 +63,7 @@ from opencas.service.identity import (
     utc_now_text,
 )
 from opencas.service.key_handover import HandoverSecret, own_identity
-from opencas.service.software import TakeOver, registered_upgrades, take_over
+from opencas.service.software import TakeOver, registered_upgrades, serving_build, take_over
 from opencas.service.store_migrations import store_schema_problem
 from opencas.store import (
     DatabaseInUse,
@@ -210,6 +210,7 @@ class Cas:
             self.collateral,
             clock=self.clock,
             upgrades=lambda: registered_upgrades(self.store),
+            serving=lambda: serving_build(self.store),
             audit=lambda: self.audit_log,
             key_current=store.key_opens_state,
             refresh_key=refresh_key,

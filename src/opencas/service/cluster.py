@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
-from opencas.attestation.peer_admission import RegisteredUpgrade
+from opencas.attestation.peer_admission import RegisteredUpgrade, SoftwareIdentity, admitting_as
 from opencas.attestation.verifier import CollateralSource
 from opencas.audit.log import AuditLog
 from opencas.crypto.canonical import canonical_json, canonical_sha512
@@ -195,6 +195,8 @@ class ClusterMember:
     collateral: CollateralSource
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     upgrades: Callable[[], Sequence[RegisteredUpgrade]] = field(default=lambda: ())
+    serving: Callable[[], SoftwareIdentity | None] = field(default=lambda: None)
+    """The build the store records as serving the CAS (``None`` before one was recorded)."""
     audit: Callable[[], AuditLog] | None = None
     key_current: Callable[[], bool] = field(default=lambda: True)
     """Whether this instance's database key opens the committed state."""
@@ -266,6 +268,15 @@ class ClusterMember:
             )
         )
 
+    def _serving(self) -> SoftwareIdentity | None:
+        try:
+            return self.serving()
+        except CasError as exc:
+            # Fail closed: without knowing which build serves, no build is admitted.
+            raise HandoverRefused(
+                "software", f"this instance cannot read which build serves the CAS: {exc.message}"
+            ) from exc
+
     def answer(self, request_id: str, newcomer: str, text: str) -> bool:
         """Answer one claimed join request; True when the key was handed over."""
         facts = self.facts()
@@ -275,7 +286,11 @@ class ClusterMember:
                 raise HandoverRefused("binding", "the request row does not hold this request")
             own = own_identity(self.platform, at=self.clock(), collateral=self.collateral)
             decision = check_request(
-                request, own, self.upgrades(), at=self.clock(), collateral=self.collateral
+                request,
+                admitting_as(own, self._serving()),
+                self.upgrades(),
+                at=self.clock(),
+                collateral=self.collateral,
             )
             answer = seal_handover(request, facts.secret, self.platform)
         except HandoverRefused as exc:

@@ -136,6 +136,13 @@ def read_software(source: Reader) -> SoftwareRecord | None:
     return read_record(source, SoftwareRecord, UPGRADES_TABLE, _SOFTWARE)
 
 
+def serving_build(source: Reader) -> SoftwareIdentity | None:
+    """The build recorded as serving the CAS, as the admission rule reads it; ``None`` before
+    any was recorded."""
+    record = read_software(source)
+    return None if record is None else record.identity()
+
+
 @dataclass(frozen=True)
 class TakeOver:
     """What :func:`take_over` found and did: the build before and now, and the migrations."""

@@ -15,6 +15,7 @@ from opencas.attestation.peer_admission import (
     admit_backup,
     admit_build,
     admit_peer,
+    admitting_as,
     check_key_source,
 )
 
@@ -268,3 +269,18 @@ def test_a_backup_of_other_software_a_worse_tcb_or_debug_is_refused(
 ) -> None:
     decision = admit_backup(peer, own)
     assert (decision.admitted, decision.check) == (False, check)
+
+
+def test_after_another_build_took_over_a_peer_of_this_instances_own_build_is_refused() -> None:
+    serving = SoftwareIdentity.of(sgx(MRENCLAVE_NEW, isv_svn=4))
+    checked = admitting_as(OWN_SGX, serving)
+    # This instance's mode and TCB stay; the software is the serving build's.
+    assert (checked.measurement, checked.isv_svn) == (MRENCLAVE_NEW, 4)
+    assert (checked.debug, checked.tcb_status) == (OWN_SGX.debug, OWN_SGX.tcb_status)
+    refused = admit_peer(sgx(), checked)
+    assert not refused.admitted
+    assert refused.check == "software"
+    assert admit_peer(sgx(MRENCLAVE_NEW, isv_svn=4), checked).basis == "same-software"
+    # Nothing recorded, or this build recorded: checked as itself.
+    assert admitting_as(OWN_SGX, None) is OWN_SGX
+    assert admitting_as(OWN_SGX, SoftwareIdentity.of(sgx())) is OWN_SGX
