@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -42,21 +42,29 @@ def test_a_nonce_is_used_once_across_instances(
     assert one.use_nonce("cd" * 32, expires)
 
 
-def test_concurrent_uses_of_one_nonce_pass_at_most_once(
-    two: tuple[PostgresGuards, PostgresGuards],
-) -> None:
+def _race(
+    two: tuple[PostgresGuards, PostgresGuards], check: Callable[[PostgresGuards], bool]
+) -> list[bool]:
+    """What ``check`` answered in 8 threads released at once, alternating the two instances."""
     passed: list[bool] = []
     start = threading.Barrier(8)
 
     def race(guards: PostgresGuards) -> None:
         start.wait()
-        passed.append(guards.use_nonce("ef" * 32, time.time() + 60))
+        passed.append(check(guards))
 
     threads = [threading.Thread(target=race, args=(two[n % 2],)) for n in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return passed
+
+
+def test_concurrent_uses_of_one_nonce_pass_at_most_once(
+    two: tuple[PostgresGuards, PostgresGuards],
+) -> None:
+    passed = _race(two, lambda guards: guards.use_nonce("ef" * 32, time.time() + 60))
     assert sorted(passed) == [False] * 7 + [True]
 
 
@@ -93,18 +101,7 @@ def test_a_proof_is_new_at_one_instance_only(two: tuple[PostgresGuards, Postgres
 def test_concurrent_proofs_with_one_jti_pass_at_most_once(
     two: tuple[PostgresGuards, PostgresGuards],
 ) -> None:
-    passed: list[bool] = []
-    start = threading.Barrier(8)
-
-    def race(guards: PostgresGuards) -> None:
-        start.wait()
-        passed.append(guards.add_proof("key", "same-jti", time.time() + 125))
-
-    threads = [threading.Thread(target=race, args=(two[n % 2],)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    passed = _race(two, lambda guards: guards.add_proof("key", "same-jti", time.time() + 125))
     assert sorted(passed) == [False] * 7 + [True]
 
 
