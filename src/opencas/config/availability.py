@@ -36,6 +36,7 @@ from opencas.dns_names import canonical_hostname, host_name_problem
 from opencas.errors import ConfigError
 from opencas.platform.choice import DEFAULT_PLATFORM_KIND, PLATFORM_KINDS, PlatformSettings
 from opencas.platform.gramine import DEFAULT_ATTESTATION_DIR
+from opencas.platform.simulated import SimulatedSealing
 from opencas.platform.tsm import DEFAULT_REPORT_DIR, MAX_PRIVLEVEL
 from opencas.sources.problems import in_text_order
 from opencas.sources.toml import load_toml, model_problems, toml_string
@@ -309,6 +310,10 @@ class _PlatformSection(BaseModel):
     # set here by the machine's operator only, so that tests can run builds of one family at
     # different versions (a backup below its primary is refused).
     simulated_security_version: Annotated[int, Field(ge=0, le=MAX_SECURITY_VERSION)] = 0
+    # What a simulated machine's sealing binds: the machine ("machine"), or the machine and the
+    # build's measurement ("measurement"), so that a new build cannot unseal an old build's key
+    # store, as on Gramine SGX. The operator's setting only; no request can change it.
+    simulated_sealing: SimulatedSealing = "machine"
 
     @field_validator("machine_dir")
     @classmethod
@@ -645,6 +650,7 @@ def _platform_settings(
         tsm_report_dir=_resolve(base, section.tsm_report_dir),
         tsm_privlevel=section.tsm_privlevel,
         simulated_security_version=section.simulated_security_version,
+        simulated_sealing=section.simulated_sealing,
     )
 
 

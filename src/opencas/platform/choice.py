@@ -21,7 +21,7 @@ from pathlib import Path
 from opencas.errors import PlatformError
 from opencas.platform.base import Platform
 from opencas.platform.gramine import DEFAULT_ATTESTATION_DIR, GramineSgxPlatform
-from opencas.platform.simulated import SimulatedPlatform
+from opencas.platform.simulated import SimulatedPlatform, SimulatedSealing
 from opencas.platform.tsm import (
     CONFIGFS,
     DEFAULT_REPORT_DIR,
@@ -47,10 +47,12 @@ SIMULATED_FALLBACK_WARNING = (
 class PlatformSettings:
     """Where each platform's files are, and which platform to open.
 
-    ``simulated_key_file`` is the simulated platform's key file and
-    ``simulated_security_version`` the security version its evidence states; ``tsm_key_file``
-    the key file the ``tsm`` platform seals under (on the VM's encrypted disk). ``tsm_entries``
-    is how configfs report entries are made (tests serve them from a plain directory).
+    ``simulated_key_file`` is the simulated platform's key file,
+    ``simulated_security_version`` the security version its evidence states and
+    ``simulated_sealing`` what its sealing binds (the machine, or also the measurement);
+    ``tsm_key_file`` the key file the ``tsm`` platform seals under (on the VM's encrypted disk).
+    ``tsm_entries`` is how configfs report entries are made (tests serve them from a plain
+    directory).
     """
 
     kind: str
@@ -61,6 +63,7 @@ class PlatformSettings:
     tsm_privlevel: int | None = None
     tsm_entries: ReportEntries = CONFIGFS
     simulated_security_version: int = 0
+    simulated_sealing: SimulatedSealing = "machine"
 
     def tsm_reports(self) -> TsmReports:
         """The configfs-tsm reports these settings name."""
@@ -125,5 +128,6 @@ def open_platform(
             settings.simulated_key_file,
             measurement,
             security_version=settings.simulated_security_version,
+            sealing=settings.simulated_sealing,
         )
     raise ValueError(f"unknown platform kind {kind!r}; known kinds: {', '.join(PLATFORM_KINDS)}")

@@ -8,11 +8,18 @@ One key file is one *simulated machine*: its machine id is the key hash of the p
 evidence carries that key (its verifier reports the id as ``platform_id["machine_id"]``), and
 what it seals names the machine that sealed it, so that data brought to another machine is
 refused with both machines named.
+
+Its operator chooses what sealing binds (``[platform] simulated_sealing``): the machine alone
+(``machine``, the default), so that every build on the machine unseals what another sealed, or
+the machine and the software measurement (``measurement``), so that another build cannot unseal
+it, as Gramine's MRENCLAVE sealing key on SGX. Unsealing opens both: the setting chooses how
+this platform seals, and data sealed under a measurement opens only for that measurement.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Final, Literal
 
 from opencas.attestation.evidence import Evidence
 from opencas.attestation.simulated import (
@@ -29,11 +36,18 @@ from opencas.platform.key_file import create_key_file, read_key_file
 #: What protects what the simulated platform seals: nothing but the key file's permissions.
 KEY_PROTECTION = "a key file that the operator can read (simulated platform)"
 
+SimulatedSealing = Literal["machine", "measurement"]
+#: What ``[platform] simulated_sealing`` may say, the default first.
+SIMULATED_SEALINGS: Final[tuple[SimulatedSealing, ...]] = ("machine", "measurement")
+
 _SEAL_PURPOSE = "simulated-seal"
+_MEASUREMENT_SEAL_PURPOSE = "simulated-seal-measurement/"
 _SEAL_AAD = b"opencas-simulated-seal/v1"
 # Sealed data of format 2 starts with this byte and the sealing machine's 32-byte id; format 1
-# (a bare envelope, whose first byte is the envelope version 0x01) names no machine.
+# (a bare envelope, whose first byte is the envelope version 0x01) names no machine. Format 3
+# adds the measurement it is sealed to (one length byte, then its bytes).
 _SEAL_FORMAT_MACHINE = 0x02
+_SEAL_FORMAT_MEASUREMENT = 0x03
 _MACHINE_ID_SIZE = 32
 
 
@@ -43,21 +57,31 @@ class SimulatedPlatform:
     ``kind`` is ``"simulated"`` and ``debug`` is always True. Evidence is simulated evidence
     signed by the platform key; sealing is AES-256-GCM under a key derived (HKDF-SHA256, info
     ``b"opencas/v1/simulated-seal"``) from the platform private key, in the envelope format of
-    :mod:`opencas.crypto.envelope` with AAD ``b"opencas-simulated-seal/v1"``.
+    :mod:`opencas.crypto.envelope` with AAD ``b"opencas-simulated-seal/v1"``; with ``sealing``
+    ``"measurement"`` the key and the AAD also bind the measurement (docs/formats.md).
     """
 
-    def __init__(self, key_file: Path, measurement: str, *, security_version: int = 0) -> None:
+    def __init__(
+        self,
+        key_file: Path,
+        measurement: str,
+        *,
+        security_version: int = 0,
+        sealing: SimulatedSealing = "machine",
+    ) -> None:
         """Load the platform key from the existing ``key_file``; the evidence states
-        ``measurement`` at ``security_version``.
+        ``measurement`` at ``security_version``; :meth:`seal` binds what ``sealing`` says.
 
         Raises :class:`PlatformError` when the file is missing, accessible by other users or
-        corrupt, and ``ValueError`` when ``measurement`` is not lowercase hex of 1 to 64 bytes
-        or ``security_version`` not in 0..65535.
+        corrupt, and ``ValueError`` when ``measurement`` is not lowercase hex of 1 to 64 bytes,
+        ``security_version`` not in 0..65535 or ``sealing`` not one of :data:`SIMULATED_SEALINGS`.
         """
         if not is_simulated_measurement(measurement):
             raise ValueError("measurement must be lowercase hex of 1 to 64 bytes")
         if not is_security_version(security_version):
             raise ValueError("a security version is an integer in 0..65535")
+        if sealing not in SIMULATED_SEALINGS:
+            raise ValueError(f"simulated sealing is one of {', '.join(SIMULATED_SEALINGS)}")
         try:
             key = read_key_file(key_file)
         except FileNotFoundError as exc:
@@ -66,11 +90,17 @@ class SimulatedPlatform:
         self._key = key
         self._measurement = measurement
         self._security_version = security_version
+        self._sealing: SimulatedSealing = sealing
         self._seal_key = derive_key(key.private_bytes_raw(), _SEAL_PURPOSE)
 
     @classmethod
     def load_or_create(
-        cls, key_file: Path, measurement: str, *, security_version: int = 0
+        cls,
+        key_file: Path,
+        measurement: str,
+        *,
+        security_version: int = 0,
+        sealing: SimulatedSealing = "machine",
     ) -> SimulatedPlatform:
         """Load the platform key from ``key_file``, creating the file first if it is missing.
 
@@ -78,14 +108,15 @@ class SimulatedPlatform:
         missing); when several processes start at once, all end up with the same key. An
         existing file must be accessible by its owner only and hold an Ed25519 key; otherwise
         :class:`PlatformError` says what to fix. Raises ``ValueError`` when ``measurement`` is
-        not lowercase hex of 1 to 64 bytes or ``security_version`` not in 0..65535.
+        not lowercase hex of 1 to 64 bytes, ``security_version`` not in 0..65535 or ``sealing``
+        not one of :data:`SIMULATED_SEALINGS`.
         """
         if not is_simulated_measurement(measurement):
             raise ValueError("measurement must be lowercase hex of 1 to 64 bytes")
         if not key_file.exists():
             # Losing the creation race to another process is fine: its key is then loaded below.
             create_key_file(key_file)
-        return cls(key_file, measurement, security_version=security_version)
+        return cls(key_file, measurement, security_version=security_version, sealing=sealing)
 
     @property
     def kind(self) -> str:
@@ -108,8 +139,15 @@ class SimulatedPlatform:
         return self._security_version
 
     @property
+    def sealing(self) -> SimulatedSealing:
+        """What :meth:`seal` binds: the ``machine``, or the machine and the ``measurement``."""
+        return self._sealing
+
+    @property
     def key_protection(self) -> str:
         """What protects sealed data here: only the key file's permissions."""
+        if self._sealing == "measurement":
+            return f"{KEY_PROTECTION}, sealed to this build's measurement"
         return KEY_PROTECTION
 
     @property
@@ -134,24 +172,35 @@ class SimulatedPlatform:
         )
 
     def seal(self, plaintext: bytes) -> bytes:
-        """Encrypt ``plaintext`` so that only a platform with the same key can unseal it.
+        """Encrypt ``plaintext`` so that only a platform with the same key (and, sealing to the
+        measurement, the same measurement) can unseal it.
 
         The result names this machine (``0x02 || machine id || envelope``, the id bound as AAD),
-        so that :meth:`unseal` elsewhere can say where it was sealed.
+        sealing to the measurement also the measurement (``0x03 || machine id || length ||
+        measurement || envelope``), so that :meth:`unseal` elsewhere can say who sealed it.
         """
         machine = bytes.fromhex(self.machine_id)
-        envelope = seal(self._seal_key, plaintext, _SEAL_AAD + machine)
-        return bytes([_SEAL_FORMAT_MACHINE]) + machine + envelope
+        if self._sealing == "machine":
+            envelope = seal(self._seal_key, plaintext, _SEAL_AAD + machine)
+            return bytes([_SEAL_FORMAT_MACHINE]) + machine + envelope
+        header = bytes([_SEAL_FORMAT_MEASUREMENT]) + machine + _measurement_field(self._measurement)
+        return header + seal(
+            self._measurement_key(self._measurement), plaintext, _SEAL_AAD + header
+        )
 
     def unseal(self, sealed: bytes) -> bytes:
-        """Return what :meth:`seal` sealed under this platform key.
+        """Return what :meth:`seal` sealed under this platform key (and, when it was sealed to
+        a measurement, by this measurement), whatever this platform's own sealing setting.
 
-        Raises :class:`PlatformError` when ``sealed`` was sealed on another simulated machine
-        (the message names both machines) or any byte of it changed. Data sealed before seals
-        named their machine (a bare envelope) still opens on the machine that sealed it.
+        Raises :class:`PlatformError` when ``sealed`` was sealed on another simulated machine or
+        by another build (the message names both) or any byte of it changed. Data sealed before
+        seals named their machine (a bare envelope) still opens on the machine that sealed it.
         """
-        if sealed[:1] != bytes([_SEAL_FORMAT_MACHINE]):
-            return self._open(sealed, _SEAL_AAD, "sealed by another platform key or damaged")
+        kind = sealed[:1]
+        if kind not in (bytes([_SEAL_FORMAT_MACHINE]), bytes([_SEAL_FORMAT_MEASUREMENT])):
+            return self._open(
+                self._seal_key, sealed, _SEAL_AAD, "sealed by another platform key or damaged"
+            )
         sealer = sealed[1 : 1 + _MACHINE_ID_SIZE]
         if len(sealer) != _MACHINE_ID_SIZE:
             raise PlatformError("cannot unseal: the sealed data is truncated")
@@ -161,10 +210,37 @@ class SimulatedPlatform:
                 f"{self.machine_id} (platform key {self._key_file}); sealed data does not move "
                 "between machines"
             )
-        return self._open(sealed[1 + _MACHINE_ID_SIZE :], _SEAL_AAD + sealer, "damaged")
+        rest = sealed[1 + _MACHINE_ID_SIZE :]
+        if kind == bytes([_SEAL_FORMAT_MACHINE]):
+            return self._open(self._seal_key, rest, _SEAL_AAD + sealer, "damaged")
+        length = rest[0] if rest else 0
+        measurement = rest[1 : 1 + length].hex()
+        if not 1 <= length <= len(rest) - 1 or not is_simulated_measurement(measurement):
+            raise PlatformError("cannot unseal: the sealed data is truncated or damaged")
+        if measurement != self._measurement:
+            raise PlatformError(
+                f"cannot unseal: sealed to the build with measurement {measurement}, but this "
+                f"build's is {self._measurement} ([platform] simulated_sealing = "
+                '"measurement": another build cannot unseal it, as with SGX\'s MRENCLAVE key)'
+            )
+        header_size = 1 + _MACHINE_ID_SIZE + 1 + length
+        return self._open(
+            self._measurement_key(measurement),
+            sealed[header_size:],
+            _SEAL_AAD + sealed[:header_size],
+            "damaged",
+        )
 
-    def _open(self, envelope: bytes, aad: bytes, why: str) -> bytes:
+    def _measurement_key(self, measurement: str) -> bytes:
+        return derive_key(self._seal_key, _MEASUREMENT_SEAL_PURPOSE + measurement)
+
+    def _open(self, key: bytes, envelope: bytes, aad: bytes, why: str) -> bytes:
         try:
-            return open_envelope(self._seal_key, envelope, aad)
+            return open_envelope(key, envelope, aad)
         except EnvelopeError as exc:
             raise PlatformError(f"cannot unseal: {why}") from exc
+
+
+def _measurement_field(measurement: str) -> bytes:
+    raw = bytes.fromhex(measurement)
+    return bytes([len(raw)]) + raw

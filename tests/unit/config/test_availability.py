@@ -158,6 +158,18 @@ def test_a_simulated_machine_has_the_security_version_its_operator_gives_it(
     assert f"{path}:6: [platform] simulated_security_version:" in config_error(path)
 
 
+def test_a_simulated_machine_seals_as_its_operator_says(tmp_path: Path) -> None:
+    default = load_availability_config(write_config(tmp_path, MINIMAL))
+    assert default.platform.simulated_sealing == "machine"
+    path = write_config(tmp_path, MINIMAL + 'simulated_sealing = "measurement"\n')
+    assert load_availability_config(path).platform.simulated_sealing == "measurement"
+
+    path = write_config(tmp_path, MINIMAL + 'simulated_sealing = "mrenclave"\n')
+    message = config_error(path)
+    assert f"{path}:6: [platform] simulated_sealing:" in message
+    assert "'machine' or 'measurement'" in message
+
+
 def test_machine_dir_and_key_file_together_are_refused_with_the_line(tmp_path: Path) -> None:
     path = write_config(tmp_path, MINIMAL + 'key_file = "a.key"\nmachine_dir = "machines/a"\n')
 

@@ -176,6 +176,43 @@ def test_data_sealed_before_seals_named_the_machine_still_opens(tmp_path: Path) 
     assert platform.unseal(legacy) == b"dmk"
 
 
+def test_sealing_to_the_measurement_opens_for_that_build_only(tmp_path: Path) -> None:
+    key_file = tmp_path / "k.pem"
+    old = SimulatedPlatform.load_or_create(key_file, MEASUREMENT, sealing="measurement")
+    sealed = old.seal(b"dmk")
+    assert sealed[0] == 0x03
+    # The same build opens it whatever it seals with; another build on the machine never.
+    assert SimulatedPlatform(key_file, MEASUREMENT).unseal(sealed) == b"dmk"
+    new = SimulatedPlatform(key_file, "ab" * 32, sealing="measurement")
+    with pytest.raises(PlatformError) as caught:
+        new.unseal(sealed)
+    assert f"sealed to the build with measurement {MEASUREMENT}" in str(caught.value)
+    assert "ab" * 32 in str(caught.value)
+    # What a build seals to the machine alone every build there opens.
+    assert new.unseal(SimulatedPlatform(key_file, MEASUREMENT).seal(b"x")) == b"x"
+    assert "measurement" in old.key_protection
+    assert "measurement" not in SimulatedPlatform(key_file, MEASUREMENT).key_protection
+
+
+def test_a_relabelled_measurement_does_not_open_another_builds_seal(tmp_path: Path) -> None:
+    key_file = tmp_path / "k.pem"
+    sealed = SimulatedPlatform.load_or_create(key_file, MEASUREMENT, sealing="measurement").seal(
+        b"dmk"
+    )
+    other = "ab" * 32
+    relabelled = sealed[:34] + bytes.fromhex(other) + sealed[34 + 32 :]
+    with pytest.raises(PlatformError, match="cannot unseal: damaged"):
+        SimulatedPlatform(key_file, other).unseal(relabelled)
+    for cut in (33, 34, 40):
+        with pytest.raises(PlatformError, match="truncated"):
+            SimulatedPlatform(key_file, MEASUREMENT).unseal(sealed[:cut])
+
+
+def test_an_unknown_sealing_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="machine, measurement"):
+        SimulatedPlatform.load_or_create(tmp_path / "k.pem", MEASUREMENT, sealing="cpu")  # type: ignore[arg-type]
+
+
 def test_each_machine_has_its_own_id_in_its_evidence(tmp_path: Path) -> None:
     one = SimulatedPlatform.load_or_create(tmp_path / "one" / "platform.key", MEASUREMENT)
     other = SimulatedPlatform.load_or_create(tmp_path / "other" / "platform.key", MEASUREMENT)
