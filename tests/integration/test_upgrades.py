@@ -1,7 +1,8 @@
 """Upgrading a CAS to a registered build with real processes, on SQLite (the new build opens the
-database directly) and on PostgreSQL (it attests to a running instance): an unregistered build
-gets nothing and says why, the registered one serves the same CAS and migrates its store, and
-the old build then refuses the migrated store."""
+database directly or, where the key store is sealed to the old build, attests to the running
+one) and on PostgreSQL (it attests to a running instance): an unregistered build gets nothing
+and says why, the registered one serves the same CAS and migrates its store, and the old build
+then refuses the migrated store."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import json
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -19,6 +22,12 @@ from opencas.testing import CasProcess, SelfProvisionedCas, attest_as_owner, run
 from opencas.testing import start_self_provisioned_cas as start_cas
 
 WAIT = 90.0
+#: A simulated machine that seals to the build's measurement, as Gramine SGX's MRENCLAVE key.
+SEALED_TO_BUILD = 'simulated_sealing = "measurement"\n'
+EXPORTING = (
+    'name: kept\nversion: "0.3"\nsecrets:\n  - name: ca\n    kind: x509-ca\n'
+    "    export_public: true\n"
+)
 SESSION = 'name: kept\nversion: "0.3"\nsecrets:\n  - name: token\n    kind: ascii\n'
 # What a release that reshapes records adds: migration 2 (it writes one record of its own).
 MIGRATION_2 = """
@@ -200,3 +209,117 @@ def test_on_postgresql_a_registered_build_joins_by_attesting_and_an_unregistered
         late.stop()
         joined.stop()
         first.stop()
+
+
+def _beside(process: CasProcess, name: str) -> CasProcess:
+    """Another process on the same config, database and ports, logging to ``name``.log."""
+    other = CasProcess(
+        process.directory,
+        api_port=process.api_port,
+        enclave_port=process.enclave_port,
+        platform_config=process.platform_config,
+    )
+    other.log_path = process.directory / f"{name}.log"
+    return other
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {WAIT} s"
+        time.sleep(0.1)
+
+
+def test_on_sqlite_sealed_to_the_build_the_new_build_gets_the_key_from_the_running_one(
+    tmp_path: Path,
+) -> None:
+    cas = start_cas(tmp_path / "cas", platform_config=SEALED_TO_BUILD)
+    process = cas.process
+    old = cas.verified.report.software_measurement
+    root, new = _build(tmp_path, "next", old)
+    key_store = process.database.with_name("cas.db.key-store")
+    pending = process.database.with_name("cas.db.key-store.next")
+    old_key_store = key_store.read_bytes()
+    newcomer = _beside(process, "next")
+    home = cas.owner_directory
+    try:
+        created = cas.client.create_session(EXPORTING)
+        values = cas.client.session_values("kept")
+        # Not registered: the running build refuses it the key, and both say why.
+        _serve_as(newcomer, root, wait=False)
+        assert _exit_code(newcomer) == 3
+        log = newcomer.log()
+        assert "refused this build the database key" in log
+        assert "no registered upgrade names it" in log
+        assert not pending.exists()
+        refused = [e for e in _audit_events(process.directory) if e["event"] == "instance_refused"]
+        assert len(refused) == 1
+        assert new in str(refused[0]["details"]["reason"])  # type: ignore[index]
+
+        cas.client.register_upgrade(new)
+        # Registered: it gets the key and waits; killed there, the old build starts as before.
+        _serve_as(newcomer, root, wait=False)
+        _wait_for(lambda: "waits for the running instance" in newcomer.log(), "key handed over")
+        assert pending.exists()
+        newcomer.kill()
+        assert cas.stop() == 0
+        cas = _restart_old(process, cas)
+        assert cas.client.read_session("kept").hash == created.hash
+        assert key_store.read_bytes() == old_key_store
+
+        _serve_as(newcomer, root, wait=False)
+        _wait_for(lambda: newcomer.log().count("waits for the running instance") == 2, "wait")
+        admitted = [
+            e for e in _audit_events(process.directory) if e["event"] == "instance_admitted"
+        ]
+        assert [e["details"]["basis"] for e in admitted] == ["registered-upgrade"] * 2  # type: ignore[index]
+        assert cas.client.read_session("kept").hash == created.hash
+    finally:
+        cas.stop()
+        if newcomer.process is not None and newcomer.process.poll() is not None:
+            newcomer.process = None
+    # The old build stopped: the new one takes over and serves the same CAS.
+    try:
+        newcomer.wait_healthy(WAIT)
+        client, verified = attest_as_owner(newcomer.url, cas.owner, cas.owner_config_path)
+        with client:
+            assert verified.report.software_measurement == new
+            assert verified.report.cas_key_hash == cas.verified.report.cas_key_hash
+            assert client.read_session("kept").hash == created.hash
+            assert client.session_values("kept") == values
+        assert not pending.exists()
+        assert key_store.read_bytes() != old_key_store
+        attested = run_casctl(home, ["attest", newcomer.url, "--only-for-testing-debug"])
+        assert attested.returncode == 0, attested.stderr
+        alias = newcomer.url.removeprefix("https://")
+        audit_log = str(process.directory / "audit.log")
+        verified_log = run_casctl(home, ["audit", "verify", audit_log, "--cas", alias])
+        assert verified_log.returncode == 0, verified_log.stdout + verified_log.stderr
+        # The old build, started while the new one serves, is refused the key by it.
+        late = _beside(process, "late")
+        late.start(wait=False)
+        assert _exit_code(late) == 3
+        assert "refused this build the database key" in late.log()
+    finally:
+        newcomer.stop()
+    upgraded = [e for e in _audit_events(process.directory) if e["event"] == "software_upgraded"]
+    assert [e["details"]["basis"] for e in upgraded] == ["registered-upgrade"]  # type: ignore[index]
+
+    # A crash after the takeover committed, before the new key store was in place: the old
+    # build refuses the migrated store, the new one starts and puts its key store in place.
+    new_key_store = key_store.read_bytes()
+    key_store.rename(pending)
+    key_store.write_bytes(old_key_store)
+    refused_store = process.run("show-identification")
+    assert refused_store.returncode == 1
+    assert "record schema version 2" in refused_store.stderr
+    _serve_as(newcomer, root, wait=True)
+    try:
+        assert key_store.read_bytes() == new_key_store
+        assert not pending.exists()
+    finally:
+        newcomer.stop()
+    # And the old build cannot unseal the new build's key store.
+    cannot = process.run("show-identification")
+    assert cannot.returncode == 1
+    assert f"sealed to the build with measurement {new}" in cannot.stderr

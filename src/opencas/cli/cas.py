@@ -2,9 +2,11 @@
 
 Exit codes: 0 success; 1 the CAS cannot start or run (store, key store, lock, platform, port);
 2 usage error, invalid configuration or owner files, or (``provision`` without
-``--skip-if-already-provisioned``) the CAS is already provisioned; 3 the running instances of
-the CAS on the configured PostgreSQL database refused this new instance the database key (its
-software or platform does not satisfy the cluster; the message says why); 4 ``restore``
+``--skip-if-already-provisioned``) the CAS is already provisioned; 3 this build may not serve
+the CAS: the running instances refused it the database key (on PostgreSQL as a new instance, on
+SQLite as an upgrade in place) or the store names another serving build and no registered
+upgrade names this one (its software or platform does not satisfy the CAS; the message says
+why); 4 ``restore``
 refused the snapshot (this machine is not a registered backup of its CAS, the snapshot does not
 open, or a database is here already; the message says which).
 """
@@ -63,6 +65,7 @@ from opencas.service.recovery import make_request, record_recovered
 from opencas.service.recovery import recover as recover_cas
 from opencas.service.snapshots import run_periodically
 from opencas.service.software import SoftwareRefused, log_take_over
+from opencas.service.upgrade_in_place import UpgradeRefused, answer_upgrades, open_cas_or_upgrade
 
 log = logging.getLogger("opencas")
 
@@ -126,7 +129,7 @@ def serve(config_path: Path, database_key_file: Path | None) -> None:
     """Open (or create) the CAS and serve its APIs until SIGTERM or SIGINT."""
     config = _load_config(config_path)
     injected = _read_database_key(database_key_file) if database_key_file else None
-    cas = open_cas(config, injected)
+    cas = open_cas_or_upgrade(config, injected)
     try:
         _announce(cas, injected is not None)
         _serve(cas)
@@ -174,7 +177,7 @@ def provision(
     owner = load_owner_certificate(owner_identity_path, check_validity=False)
     for warning in loaded.warnings:
         log.warning("%s", warning)
-    cas = open_cas(config)
+    cas = open_cas_or_upgrade(config)
     try:
         state = cas.state()
         if state.provisioned:
@@ -234,6 +237,7 @@ def _serve(cas: Cas) -> None:
     resume_key_rollover(cas)
     run_periodically(cas)
     cas.start_cluster_member(refresh_key=lambda: refresh_database_key(cas))
+    answer_upgrades(cas)
     run_event_loop(
         serve_forever(listeners, context, config.connection_limits, maintenance=cas.refresh_tls)
     )
@@ -430,7 +434,7 @@ def main() -> None:
         cli(prog_name="cas")
     except ConfigError as exc:
         fail("cas", exc.message, EXIT_USAGE)
-    except (JoinRefused, SoftwareRefused) as exc:
+    except (JoinRefused, SoftwareRefused, UpgradeRefused) as exc:
         fail("cas", exc.message, EXIT_JOIN_REFUSED)
     except RestoreRefused as exc:
         fail("cas", exc.message, EXIT_RESTORE_REFUSED)

@@ -77,6 +77,7 @@ from opencas.store import (
 )
 from opencas.store.base import Store, Transaction
 from opencas.store.guards import PostgresGuards
+from opencas.store.keystore import pending_key_store_path, promote_key_store
 
 log = logging.getLogger("opencas")
 
@@ -217,18 +218,22 @@ class Cas:
         )
         self.member.start()
 
+    def handover_secret(self) -> HandoverSecret:
+        """What this instance hands a peer it admitted: the database key and facts about it."""
+        return HandoverSecret(
+            self.database_key,
+            self.state().db_key_injected,
+            self.identity.cas_key_hash,
+            self.identity.cluster_id,
+            self.previous_key,
+        )
+
     def _member_facts(self) -> MemberFacts:
         identity = self.identity
         return MemberFacts(
             instance_id=identity.instance_id,
             api_url=f"https://{self.config.api_listen}",
-            secret=HandoverSecret(
-                self.database_key,
-                self.state().db_key_injected,
-                identity.cas_key_hash,
-                identity.cluster_id,
-                self.previous_key,
-            ),
+            secret=self.handover_secret(),
             tls_key_hash=identity.tls_key_hash,
             tls_certificate_pem=identity.tls_certificate_pem.decode("ascii"),
         )
@@ -360,11 +365,16 @@ def load_platform(config: AvailabilityConfig) -> Platform:
     return open_platform(config.platform, package_measurement, log.warning)
 
 
-def open_cas(config: AvailabilityConfig, injected_dmk: bytes | None = None) -> Cas:
+def open_cas(
+    config: AvailabilityConfig,
+    injected_dmk: bytes | None = None,
+    lock: DatabaseLock | None = None,
+) -> Cas:
     """Open (or, on the first start, create) the CAS described by ``config``.
 
     ``injected_dmk`` is the operator's database master key (debug only); once used, the CAS
-    reports ``db_key_injected: true`` for good. Raises :class:`StoreError`,
+    reports ``db_key_injected: true`` for good. ``lock`` is the database lock when the caller
+    holds it already (else it is taken here). Raises :class:`StoreError`,
     :class:`KeyStoreError`, :class:`PlatformError`, :class:`RecordDamagedError` or (for
     ``[collateral] ca_certificates`` that cannot be loaded) :class:`ConfigError` with a message
     that names what is wrong; on error nothing is left locked.
@@ -373,15 +383,18 @@ def open_cas(config: AvailabilityConfig, injected_dmk: bytes | None = None) -> C
         raise ValueError("an injected database key must be 32 bytes")
     database = config.database_path
     database.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    lock = DatabaseLock(database)
-    lock.acquire()
+    if lock is None:
+        lock = DatabaseLock(database)
+        lock.acquire()
     try:
         platform = load_platform(config)
         if injected_dmk is not None and not platform.debug:
             raise KeyStoreError(
                 f"a database key may only be injected on a debug platform, not on {platform.kind}"
             )
-        store, created, contents = _open_or_create_store(database, platform, config, injected_dmk)
+        store, created, contents, pending = _open_or_create_store(
+            database, platform, config, injected_dmk
+        )
         _log_damaged_records(store)
         try:
             identity = load_identity(store, config.hostnames, local_instance_id(database))
@@ -400,6 +413,11 @@ def open_cas(config: AvailabilityConfig, injected_dmk: bytes | None = None) -> C
             cas.took_over = take_over(
                 store, platform, lambda: build_identity(cas), config.database_shown
             )
+            if pending:
+                # This build is the serving one now: its key store goes in place of the build's
+                # before it (which, until this point, still started with it).
+                promote_key_store(pending_key_store_path(database), key_store_path(database))
+                log.info("this build's key store is in place: %s", key_store_path(database))
             cas.audit = open_audit_log(
                 store, identity, config.audit_log_path, cas.attest, cas.follow_owner_config
             )
@@ -444,7 +462,7 @@ def inspect_cas(config: AvailabilityConfig) -> Cas:
     database = config.database_path
     platform = load_platform(config)
     _check_store(config)
-    contents = load_key_store(key_store_path(database), platform.unseal)
+    contents, _ = _load_local_key_store(database, platform)
     store = _open_store(config, contents.dmk, contents.previous_dmk)
     try:
         identity = load_identity(
@@ -544,16 +562,42 @@ def _create(
     return store, True, contents
 
 
+def _load_local_key_store(database: Path, platform: Platform) -> tuple[KeyStoreContents, bool]:
+    """The contents of the key store beside ``database``, and whether they came from the
+    pending key store of an upgrade in place (:func:`pending_key_store_path`): a build that
+    cannot unseal the serving build's key store got the key from it and kept it there.
+
+    Raises :class:`KeyStoreError` when neither unseals, saying how a new build gets the key.
+    """
+    key_store = key_store_path(database)
+    try:
+        return load_key_store(key_store, platform.unseal), False
+    except KeyStoreError as exc:
+        pending = pending_key_store_path(database)
+        if not pending.exists():
+            raise KeyStoreError(
+                f"{exc.message}; a build that cannot unseal it gets the database key from the "
+                "build that serves the CAS: start this build while that one runs, as a "
+                "registered upgrade (docs/operations.md, Upgrading to a new build)"
+            ) from exc
+        try:
+            return load_key_store(pending, platform.unseal), True
+        except KeyStoreError:
+            raise exc from None
+
+
 def _open_or_create_store(
     database: Path,
     platform: Platform,
     config: AvailabilityConfig,
     injected_dmk: bytes | None,
-) -> tuple[Store, bool, KeyStoreContents]:
+) -> tuple[Store, bool, KeyStoreContents, bool]:
+    """The store, whether this start created it, its keys, and whether they came from a pending
+    key store (:func:`_load_local_key_store`)."""
     key_store = key_store_path(database)
     if not store_exists(config):
         try:
-            return _create(database, platform, config, injected_dmk)
+            return (*_create(database, platform, config, injected_dmk), False)
         except StoreError:
             # Another instance created the CAS on this PostgreSQL database first: join it.
             if config.database_url is None or injected_dmk is not None or not store_exists(config):
@@ -568,15 +612,25 @@ def _open_or_create_store(
         except BaseException:
             store.close()
             raise
-        return store, False, KeyStoreContents(injected_dmk, True)
-    if config.database_url is not None and not key_store.exists():
-        contents = _join(config, platform)
+        return store, False, KeyStoreContents(injected_dmk, True), False
+    if config.database_url is None:
+        contents, pending = _load_local_key_store(database, platform)
     else:
-        contents = load_key_store(key_store, platform.unseal)
+        pending = False
+        joining = not key_store.exists()
+        contents = (
+            _join(config, platform) if joining else load_key_store(key_store, platform.unseal)
+        )
     # While a key rollover runs, both keys open records (service/key_rollover.py).
     try:
         store = _open_store(config, contents.dmk, contents.previous_dmk)
-    except KeyStoreError:
+    except KeyStoreError as exc:
+        if pending:
+            raise KeyStoreError(
+                f"the database key this build got from the serving build (kept in "
+                f"{pending_key_store_path(database)}) no longer opens the database: the key was "
+                "rolled over since; start this build again while the serving build runs"
+            ) from exc
         if config.database_url is None or not _others_alive(config):
             raise
         # Another instance rolled the key over while this one was stopped, and the old key is
@@ -593,7 +647,7 @@ def _open_or_create_store(
         except BaseException:
             store.close()
             raise
-    return store, False, contents
+    return store, False, contents, pending
 
 
 def _others_alive(config: AvailabilityConfig) -> bool:

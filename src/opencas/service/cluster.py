@@ -40,14 +40,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
-from opencas.attestation.peer_admission import RegisteredUpgrade, SoftwareIdentity, admitting_as
+from opencas.attestation.peer_admission import (
+    PeerDecision,
+    RegisteredUpgrade,
+    SoftwareIdentity,
+    admitting_as,
+)
 from opencas.attestation.verifier import CollateralSource
 from opencas.audit.log import AuditLog
 from opencas.crypto.canonical import canonical_json, canonical_sha512
 from opencas.errors import CasError, KeyStoreError, StoreError
 from opencas.platform.base import Platform
 from opencas.service.key_handover import (
+    HandoverAnswer,
+    HandoverPurpose,
     HandoverRefused,
+    HandoverRequest,
     HandoverSecret,
     check_request,
     document_text,
@@ -268,6 +276,98 @@ class ClusterMember:
             )
         )
 
+    def giver(self) -> KeyGiver:
+        """What decides this instance's answers: the same rule for every way a key is asked."""
+        return KeyGiver(
+            self.platform,
+            self.collateral,
+            self.clock,
+            self.upgrades,
+            self.serving,
+            self.audit,
+            lambda: self.facts().secret,
+        )
+
+    def answer(self, request_id: str, newcomer: str, text: str) -> bool:
+        """Answer one claimed join request; True when the key was handed over."""
+        try:
+            answer, decision = self.giver().answer(
+                text, "join", f"instance {newcomer}", newcomer, request_id
+            )
+        except HandoverRefused as exc:
+            self.rows.answer(request_id, None, f"{exc.check}: {exc.message}", time.time())
+            return False
+        self.rows.answer(request_id, document_text(answer), None, time.time())
+        log.info("cluster: handed the database key to instance %s (%s)", newcomer, decision.reason)
+        return True
+
+
+@dataclass(frozen=True)
+class KeyGiver:
+    """What a running instance needs to decide whether a peer gets the database key, and to
+    answer it: the check is one rule however the request came (a join row, an upgrade file).
+
+    ``upgrades`` gives the registered upgrades, ``serving`` the build the store records as
+    serving the CAS (``None`` before one was recorded), ``audit`` the audit log the decisions
+    are written to, ``secret`` what is handed over.
+    """
+
+    platform: Platform
+    collateral: CollateralSource
+    clock: Callable[[], datetime]
+    upgrades: Callable[[], Sequence[RegisteredUpgrade]]
+    serving: Callable[[], SoftwareIdentity | None]
+    audit: Callable[[], AuditLog] | None
+    secret: Callable[[], HandoverSecret]
+
+    def answer(
+        self,
+        text: str | bytes,
+        purpose: HandoverPurpose,
+        who: str,
+        subject: str,
+        request_id: str | None = None,
+    ) -> tuple[HandoverAnswer, PeerDecision]:
+        """The answer to the request ``text`` (of ``purpose``; of ``request_id`` when given),
+        once its evidence verified and its maker passed the admission rule against the build
+        that serves the CAS; ``instance_admitted`` is durable in the audit log before it returns.
+
+        ``who`` names the asker in the log, ``subject`` in the audit entry. Raises
+        :class:`HandoverRefused` naming the check and the request, the refusal
+        (``instance_refused``) logged.
+        """
+        request: HandoverRequest | None = None
+        try:
+            request = parse_request(text)
+            if request.purpose != purpose or request_id not in (None, request.request_id):
+                raise HandoverRefused("binding", f"the request is not a {purpose} request here")
+            own = own_identity(self.platform, at=self.clock(), collateral=self.collateral)
+            decision = check_request(
+                request,
+                admitting_as(own, self._serving()),
+                self.upgrades(),
+                at=self.clock(),
+                collateral=self.collateral,
+            )
+            answer = seal_handover(request, self.secret(), self.platform)
+        except HandoverRefused as exc:
+            log.warning("refused %s the database key: %s: %s", who, exc.check, exc.message)
+            shown_id = request.request_id if request is not None else request_id
+            self._record(
+                "instance_refused",
+                subject,
+                {"request_id": shown_id, "check": exc.check, "reason": exc.message},
+            )
+            raise HandoverRefused(exc.check, exc.message, shown_id) from exc
+        # The entry is durable before the key leaves: a handover the log does not show never
+        # happens (an AuditLogError leaves the request unanswered).
+        self._record(
+            "instance_admitted",
+            subject,
+            {"request_id": request.request_id, "basis": decision.basis, "reason": decision.reason},
+        )
+        return answer, decision
+
     def _serving(self) -> SoftwareIdentity | None:
         try:
             return self.serving()
@@ -277,44 +377,7 @@ class ClusterMember:
                 "software", f"this instance cannot read which build serves the CAS: {exc.message}"
             ) from exc
 
-    def answer(self, request_id: str, newcomer: str, text: str) -> bool:
-        """Answer one claimed join request; True when the key was handed over."""
-        facts = self.facts()
-        try:
-            request = parse_request(text)
-            if request.request_id != request_id or request.purpose != "join":
-                raise HandoverRefused("binding", "the request row does not hold this request")
-            own = own_identity(self.platform, at=self.clock(), collateral=self.collateral)
-            decision = check_request(
-                request,
-                admitting_as(own, self._serving()),
-                self.upgrades(),
-                at=self.clock(),
-                collateral=self.collateral,
-            )
-            answer = seal_handover(request, facts.secret, self.platform)
-        except HandoverRefused as exc:
-            reason = f"{exc.check}: {exc.message}"
-            log.warning("cluster: refused instance %s the database key: %s", newcomer, reason)
-            self._record(
-                "instance_refused",
-                newcomer,
-                {"request_id": request_id, "check": exc.check, "reason": exc.message},
-            )
-            self.rows.answer(request_id, None, reason, time.time())
-            return False
-        # The entry is durable before the key leaves: a handover the log does not show never
-        # happens (an AuditLogError leaves the claim to go stale, and the request unanswered).
-        self._record(
-            "instance_admitted",
-            newcomer,
-            {"request_id": request_id, "basis": decision.basis, "reason": decision.reason},
-        )
-        self.rows.answer(request_id, document_text(answer), None, time.time())
-        log.info("cluster: handed the database key to instance %s (%s)", newcomer, decision.reason)
-        return True
-
-    def _record(self, event: str, newcomer: str, details: dict[str, str | None]) -> None:
-        """Write ``event`` about ``newcomer`` to the audit log and wait until it is durable."""
+    def _record(self, event: str, subject: str, details: dict[str, str | None]) -> None:
+        """Write ``event`` about ``subject`` to the audit log and wait until it is durable."""
         if self.audit is not None:
-            self.audit().append(event, actor="cas", subject=newcomer, details=details).wait()
+            self.audit().append(event, actor="cas", subject=subject, details=details).wait()

@@ -68,11 +68,13 @@ _Model = TypeVar("_Model", bound=BaseModel)
 
 class HandoverRefused(CasError, code="handover-refused", http_status=403):
     """A key handover was refused; ``check`` names why (``evidence``, ``binding``, a
-    :data:`opencas.attestation.peer_admission.PeerCheck`, ``sealed``)."""
+    :data:`opencas.attestation.peer_admission.PeerCheck`, ``sealed``); ``request_id`` the
+    request refused, when it was well-formed enough to name one."""
 
-    def __init__(self, check: str, message: str) -> None:
+    def __init__(self, check: str, message: str, request_id: str | None = None) -> None:
         super().__init__(message)
         self.check = check
+        self.request_id = request_id
 
     def to_json(self) -> dict[str, object]:
         """The error body, with ``check``."""

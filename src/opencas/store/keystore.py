@@ -47,6 +47,25 @@ def key_store_path(database: Path) -> Path:
     return database.with_name(database.name + ".key-store")
 
 
+def pending_key_store_path(database: Path) -> Path:
+    """The key store a new build keeps beside the serving build's until it took the CAS over
+    (an upgrade in place, where it cannot unseal the serving build's):
+    ``<database>.key-store.next``."""
+    return database.with_name(database.name + ".key-store.next")
+
+
+def promote_key_store(pending: Path, path: Path) -> None:
+    """Put the key store ``pending`` in place of ``path``, atomically and durably: after a
+    crash ``path`` is the old key store or the new one. Raises :class:`KeyStoreError`."""
+    try:
+        os.replace(pending, path)
+        fsync_directory(path.parent)
+    except OSError as exc:
+        raise KeyStoreError(
+            f"cannot put the key store {pending} in place of {path}: {exc.strerror or exc}"
+        ) from exc
+
+
 def save_key_store(path: Path, contents: KeyStoreContents, seal: Callable[[bytes], bytes]) -> None:
     """Seal ``contents`` with ``seal`` and write them to ``path`` atomically, mode 0600.
 

@@ -17,7 +17,12 @@ from opencas.errors import StoreError
 
 
 class DatabaseInUse(StoreError, code="database-in-use"):
-    """Another process holds the database lock."""
+    """Another process holds the database lock; ``holder`` is its pid (``unknown`` when it
+    is not written yet)."""
+
+    def __init__(self, message: str, holder: str = "unknown") -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 def lock_path(database: Path) -> Path:
@@ -65,7 +70,8 @@ class DatabaseLock:
             holder = _read_pid(fd)
             os.close(fd)
             raise DatabaseInUse(
-                f"database {self._database} is in use by another cas process (pid {holder})"
+                f"database {self._database} is in use by another cas process (pid {holder})",
+                holder,
             ) from None
         except OSError as exc:
             os.close(fd)
