@@ -707,6 +707,9 @@ key_file = {toml_string(key_file)}
 # Or a simulated machine's directory (its key is platform.key there), instead of key_file, to
 # run several machines on one host (docs/operations.md, "Machines in simulation").
 # machine_dir = "machines/primary"
+# What the simulated platform's sealing binds: "machine", or "measurement" (also this build, so
+# that another build cannot unseal it, as Gramine SGX's MRENCLAVE key).
+# simulated_sealing = "machine"
 # On "tsm", the key file that seals the database key; it must be on the VM's encrypted disk.
 tsm_key_file = {toml_string(tsm_key_file)}
 # Gramine's attestation pseudo file system, and configfs-tsm's report directory.

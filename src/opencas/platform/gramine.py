@@ -10,8 +10,10 @@ The database key is sealed with the **MRENCLAVE** key: only this exact build of 
 CPU, can unseal it. With the MRSIGNER key, every enclave the same signer ever signed (with the
 same product id and no lower security version) could unseal it, and so read every secret the CAS
 holds, while a client that attests the CAS by its measurement would never see that enclave. The
-price is that a new CAS build cannot open an older build's database by itself; that takes a
-migration through the owner, which this build does not offer yet.
+price is that a new CAS build cannot open an older build's database by itself: registered by the
+owner as an upgrade, it gets the key by attesting to a running instance of the old build
+(:mod:`opencas.service.cluster` on PostgreSQL, :mod:`opencas.service.upgrade_in_place` on
+SQLite).
 """
 
 from __future__ import annotations

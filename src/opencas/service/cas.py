@@ -576,9 +576,9 @@ def _load_local_key_store(database: Path, platform: Platform) -> tuple[KeyStoreC
         pending = pending_key_store_path(database)
         if not pending.exists():
             raise KeyStoreError(
-                f"{exc.message}; a build that cannot unseal it gets the database key from the "
-                "build that serves the CAS: start this build while that one runs, as a "
-                "registered upgrade (docs/operations.md, Upgrading to a new build)"
+                f"{exc.message}; if this build is a registered upgrade of the build that "
+                "serves the CAS, start it while that one runs: it gets the database key from "
+                "it (docs/operations.md, Upgrading to a new build)"
             ) from exc
         try:
             return load_key_store(pending, platform.unseal), True

@@ -22,8 +22,10 @@ it, which a store migrated past what it knows still refuses). Any other build ge
 How a new build gets the database key in the first place depends on the backend: on PostgreSQL
 it attests to a running instance (:mod:`opencas.service.cluster`), which checks the same rule
 with :func:`opencas.attestation.peer_admission.admit_peer`; on SQLite it unseals the key store
-directly, which only works where the platform's sealing lets it (a simulated machine's key, SGX
-sealing under MRSIGNER); :func:`take_over` is then the check that decides.
+directly where the platform's sealing lets it (a simulated machine's key, a VM's key file), and
+:func:`take_over` is then the check that decides; where it cannot (Gramine SGX's MRENCLAVE
+sealing) it attests to the running instance through files beside the database
+(:mod:`opencas.service.upgrade_in_place`), and :func:`take_over` checks again.
 """
 
 from __future__ import annotations
