@@ -12,6 +12,8 @@ import pytest
 
 from opencas.attestation.peer_admission import RegisteredUpgrade, SoftwareIdentity
 from opencas.attestation.verifier import NO_COLLATERAL
+from opencas.config.availability import AvailabilityConfig, load_availability_config
+from opencas.errors import KeyStoreError
 from opencas.platform.simulated import SimulatedPlatform
 from opencas.service.cluster import KeyGiver
 from opencas.service.key_handover import (
@@ -27,6 +29,8 @@ from opencas.service.upgrade_in_place import (
     MAX_REQUEST_BYTES,
     HandoverRefusal,
     UpgradeAnswerer,
+    UpgradeRefused,
+    ask_running_instance,
     backoff_delays,
     parse_answer_file,
     refusal_text,
@@ -181,3 +185,52 @@ def test_waiting_for_the_lock_ends_and_says_what_is_kept(tmp_path: Path) -> None
         wait_for_database(tmp_path / "cas.db", "1234", timeout=0.3)
     assert "(pid 1234) did not stop within 0.3 seconds" in caught.value.message
     assert "cas.db.key-store.next" in caught.value.message
+
+
+def _config(tmp_path: Path) -> AvailabilityConfig:
+    path = tmp_path / "cas.toml"
+    path.write_text('[database]\npath = "cas.db"\n\n[platform]\nkind = "simulated"\n')
+    return load_availability_config(path)
+
+
+def test_asking_gets_the_key_from_an_answering_instance(tmp_path: Path) -> None:
+    answerer = _answerer(tmp_path, [])
+    answerer.start()
+    try:
+        # The same build asks (the rule admits it): what travels is what the giver hands over.
+        secret = ask_running_instance(
+            _config(tmp_path), _platform(tmp_path, OLD), "1234", clock=lambda: NOW, timeout=30
+        )
+    finally:
+        answerer.stop()
+    assert secret == SECRET
+    assert sorted(p.name for p in tmp_path.iterdir() if "upgrade-" in p.name) == []
+
+
+def test_asking_a_refusing_instance_says_why(tmp_path: Path) -> None:
+    answerer = _answerer(tmp_path, [])
+    answerer.start()
+    try:
+        with pytest.raises(UpgradeRefused) as caught:
+            ask_running_instance(
+                _config(tmp_path), _platform(tmp_path, NEW), "1234", clock=lambda: NOW, timeout=30
+            )
+    finally:
+        answerer.stop()
+    assert "the running instance (pid 1234) refused this build the database key: software" in (
+        caught.value.message
+    )
+
+
+def test_asking_nobody_ends_and_leaves_no_request(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    with pytest.raises(KeyStoreError, match=r"\(pid 1234\) did not answer the upgrade request"):
+        ask_running_instance(config, _platform(tmp_path, NEW), "1234", timeout=0.3)
+    assert not upgrade_request_path(tmp_path / "cas.db").exists()
+
+
+def test_one_build_at_a_time_asks(tmp_path: Path) -> None:
+    with DatabaseLock(tmp_path / "cas.db.upgrade"), pytest.raises(KeyStoreError) as caught:
+        ask_running_instance(_config(tmp_path), _platform(tmp_path, NEW), "1234", timeout=0.3)
+    assert "is asking the running instance for the database key" in caught.value.message
+    assert not upgrade_request_path(tmp_path / "cas.db").exists()

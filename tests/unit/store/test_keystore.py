@@ -12,6 +12,7 @@ import pytest
 from opencas.crypto.encoding import b64_encode
 from opencas.errors import KeyStoreError
 from opencas.store import KeyStoreContents, key_store_path, load_key_store, save_key_store
+from opencas.store.keystore import pending_key_store_path, promote_key_store
 
 DMK = bytes(range(32))
 _MASK = 0x5A
@@ -49,6 +50,19 @@ def _document(**changes: object) -> bytes:
 
 def test_key_store_path(tmp_path: Path) -> None:
     assert key_store_path(tmp_path / "cas.db") == tmp_path / "cas.db.key-store"
+
+
+def test_a_pending_key_store_takes_the_place_of_the_key_store(tmp_path: Path) -> None:
+    database = tmp_path / "cas.db"
+    pending = pending_key_store_path(database)
+    assert pending == tmp_path / "cas.db.key-store.next"
+    save_key_store(key_store_path(database), KeyStoreContents(bytes(32), False), xor_seal)
+    save_key_store(pending, KeyStoreContents(DMK, False), xor_seal)
+    promote_key_store(pending, key_store_path(database))
+    assert load_key_store(key_store_path(database), xor_unseal).dmk == DMK
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cas.db.key-store"]
+    with pytest.raises(KeyStoreError, match=r"cannot put the key store .*key-store.next in place"):
+        promote_key_store(pending, key_store_path(database))
 
 
 @pytest.mark.parametrize("injected", [False, True])
