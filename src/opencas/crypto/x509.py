@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property, lru_cache
@@ -25,11 +25,13 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from opencas.crypto.certificate_template import CertificateTemplate
 from opencas.crypto.keys import (
     SIGNING_KEY_TYPES,
     PrivateKey,
     PublicKey,
     describe_key,
+    ecdsa_hash,
     key_hash,
     key_type_of,
     signature_hash,
@@ -41,6 +43,8 @@ TLS_VALIDITY: Final = timedelta(days=365)
 IDENTITY_VALIDITY: Final = timedelta(days=3650)
 # Certificates start a little in the past so that a peer whose clock lags ours still accepts them.
 CLOCK_SKEW: Final = timedelta(minutes=5)
+#: The certificate templates one issuer keeps: one per subject, use and key shape it issued for.
+TEMPLATES_PER_ISSUER: Final = 64
 # RFC 5280's upper bound for a common name; longer host names go only into the SAN.
 MAX_COMMON_NAME: Final = 64
 
@@ -70,6 +74,12 @@ class Issuer:
 
     key: PrivateKey
     certificate: x509.Certificate
+
+    @cached_property
+    def templates(self) -> dict[tuple[object, ...], CertificateTemplate]:
+        """The templates of certificates this issuer made, by subject, use and key shape
+        (:func:`build_certificate` keeps at most :data:`TEMPLATES_PER_ISSUER`)."""
+        return {}
 
     @cached_property
     def authority_key_id(self) -> x509.AuthorityKeyIdentifier:
@@ -119,23 +129,59 @@ def build_certificate(
     valid now, or the signing key is of a type that cannot sign.
     """
     not_before, not_after = _validity(now, valid_for)
-    if isinstance(signer, Issuer):
-        authority_key_id = signer.authority_key_id
-        not_before, not_after = _within_issuer_validity(signer.certificate, not_before, not_after)
-        signing_key, issuer_name = signer.key, signer.certificate.subject
-    else:
+    serial = _serial_number()
+    if not isinstance(signer, Issuer):
         if key_hash(signer) != key_hash(public_key):
             raise ValueError("a self-signed certificate must be signed by its own key")
-        signing_key, issuer_name = signer, subject
         authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key)
+        validity = (not_before, not_after)
+        return _build(public_key, subject, use, signer, subject, authority_key_id, serial, validity)
+    authority_key_id = signer.authority_key_id
+    validity = _within_issuer_validity(signer.certificate, not_before, not_after)
+    # A CA issues the same certificate again and again for other keys (a session's, at every
+    # attestation): after the first, only the fields that change are written.
+    sign = _signer_of(signer.key)
+    shape = (subject, use, _key_shape(public_key))
+    template = signer.templates.get(shape) if sign is not None else None
+    if template is not None and sign is not None:
+        made = template.fill(public_key, serial, *validity, sign)
+        if made is not None:
+            return made
+    certificate = _build(
+        public_key,
+        subject,
+        use,
+        signer.key,
+        signer.certificate.subject,
+        authority_key_id,
+        serial,
+        validity,
+    )
+    if sign is not None and template is None and len(signer.templates) < TEMPLATES_PER_ISSUER:
+        made_template = CertificateTemplate.of(certificate)
+        if made_template is not None:
+            signer.templates[shape] = made_template
+    return certificate
+
+
+def _build(
+    public_key: PublicKey,
+    subject: x509.Name,
+    use: CertificateUse,
+    signing_key: PrivateKey,
+    issuer_name: x509.Name,
+    authority_key_id: x509.AuthorityKeyIdentifier,
+    serial: int,
+    validity: tuple[datetime, datetime],
+) -> x509.Certificate:
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer_name)
         .public_key(public_key)
-        .serial_number(_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
+        .serial_number(serial)
+        .not_valid_before(validity[0])
+        .not_valid_after(validity[1])
     )
     for extension, critical in _extensions(use, subject, public_key, authority_key_id):
         builder = builder.add_extension(extension, critical=critical)
@@ -393,6 +439,27 @@ def _extensions(
     extensions.append((x509.SubjectKeyIdentifier.from_public_key(public_key), False))
     extensions.append((authority_key_id, False))
     return extensions
+
+
+def _key_shape(public_key: PublicKey) -> tuple[object, ...]:
+    # Keys of one shape have SubjectPublicKeyInfos of one length (an RSA key's may still differ
+    # by its exponent: the template then refuses it and the builder makes the certificate).
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return ("ec", public_key.curve.name)
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return ("rsa", public_key.key_size)
+    return (type(public_key).__name__,)
+
+
+def _signer_of(key: PrivateKey) -> Callable[[bytes], bytes] | None:
+    """The signature over a TBSCertificate the builder makes with ``key``, for ECDSA and
+    Ed25519 keys; ``None`` for others (they always go through the builder)."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        algorithm = ec.ECDSA(ecdsa_hash(key))
+        return lambda data: key.sign(data, algorithm)
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign
+    return None
 
 
 def _validity(now: datetime | None, valid_for: timedelta) -> tuple[datetime, datetime]:
