@@ -38,27 +38,53 @@ def _json_dumps_is_canonical(value: Any) -> bool:
     code-point order is UTF-16 order. Anything else (floats, big integers, such keys, other
     types) goes to the reference implementation, which is correct but several times slower.
     """
+    # Exact types first (one identity test each, where isinstance walks the class's MRO);
+    # subclasses (an enum's str, a custom dict) take the general path of _is_canonical_item.
     stack = [value]
+    pop, extend = stack.pop, stack.extend
     while stack:
-        item = stack.pop()
-        if isinstance(item, str) or item is None or isinstance(item, bool):
+        item = pop()
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
             continue
-        if isinstance(item, int):
-            if -_MAX_SAFE_INTEGER <= item <= _MAX_SAFE_INTEGER:
-                continue
+        if kind is dict:
+            if not _keys_are_canonical(item):
+                return False
+            extend(item.values())
+        elif kind is list or kind is tuple:
+            extend(item)
+        elif kind is int:
+            if not -_MAX_SAFE_INTEGER <= item <= _MAX_SAFE_INTEGER:
+                return False
+        elif not _is_canonical_item(item, stack):
             return False
-        if isinstance(item, list | tuple):
-            stack.extend(item)
-            continue
-        if isinstance(item, dict):
-            for key in item:
-                # max() runs in C: checking each character in Python cost more than the dump.
-                if not isinstance(key, str) or (not key.isascii() and max(key) > "\uffff"):
-                    return False
-            stack.extend(item.values())
-            continue
-        return False
     return True
+
+
+def _keys_are_canonical(mapping: dict[Any, Any]) -> bool:
+    for key in mapping:
+        # max() runs in C: checking each character in Python cost more than the dump.
+        if type(key) is not str and not isinstance(key, str):
+            return False
+        if not key.isascii() and max(key) > "\uffff":
+            return False
+    return True
+
+
+def _is_canonical_item(item: Any, stack: list[Any]) -> bool:
+    """Whether ``item``, of a type derived from a JSON type, dumps canonically at its own level
+    (what it holds is put on ``stack`` to be checked)."""
+    if isinstance(item, str | bool):
+        return True
+    if isinstance(item, int):
+        return -_MAX_SAFE_INTEGER <= item <= _MAX_SAFE_INTEGER
+    if isinstance(item, list | tuple):
+        stack.extend(item)
+        return True
+    if isinstance(item, dict):
+        stack.extend(item.values())
+        return _keys_are_canonical(item)
+    return False
 
 
 def sha256_hex(data: bytes) -> str:

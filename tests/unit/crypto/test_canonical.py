@@ -9,7 +9,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opencas.crypto.canonical import canonical_json, member_mismatch
+from opencas.crypto.canonical import _json_dumps_is_canonical, canonical_json, member_mismatch
 
 json_values = st.recursive(
     st.none()
@@ -70,3 +70,31 @@ def test_member_mismatch_names_what_is_missing_and_unexpected() -> None:
     assert member_mismatch({"secret": 1, "type": 2}, expected, name_unexpected=False) == (
         "missing data; 1 unexpected"
     )
+
+
+class _Name(str):
+    pass
+
+
+class _Mapping(dict[str, Any]):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("value", "fast"),
+    [
+        ([_Name("a"), "b", 1], True),
+        ([_Name("a"), 1.5], False),  # a float after a subclass is still found
+        (_Mapping(a=[1, 2], b=_Mapping(c=True)), True),
+        (_Mapping(a=2**53), False),
+        ({_Name("k"): 1}, True),
+        ({"k": [_Mapping(x=None), 0.5]}, False),
+        ({1: "not a string key"}, False),
+        (b"bytes", False),
+    ],
+)
+def test_the_fast_path_is_taken_only_where_json_dumps_is_canonical(value: Any, fast: bool) -> None:
+    assert _json_dumps_is_canonical(value) is fast
+    expected = reference(value)
+    if expected is not None:
+        assert canonical_json(value) == expected
