@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 from starlette.types import ASGIApp
 
 from opencas import __version__
@@ -34,8 +35,27 @@ MAX_ENCLAVE_BODY_BYTES = 256 * 1024
 MAX_BACKUP_BODY_BYTES = 1024
 
 
+# FastAPI's own OpenTelemetry instrumentation stays off, whatever the environment says: it can
+# record request bodies and exception messages (secrets and evidence pass through both), and
+# even when no provider is configured it looks at the environment at every request. The CAS's
+# own metrics (``/metrics``) and audit log say what happens.
+_NO_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "auto_configure": False,
+}
+
+
 def _application(title: str) -> FastAPI:
-    app = FastAPI(title=title, version=__version__, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title=title,
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        telemetry=_NO_TELEMETRY,
+    )
     install_error_handlers(app)
     return app
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from opentelemetry import _logs, metrics, trace
 
 from opencas.attestation.report import CasExpectations
 from opencas.client import ApiError, ClientIdentity, new_nonce
@@ -134,3 +135,20 @@ def test_readyz_fails_while_the_store_cannot_answer(
         assert "reading the commit state failed" in answer.json()["message"]
         # Liveness is another question: the process still serves.
         assert api.send("GET", "/healthz", listener=listener).status_code == 200
+
+
+def test_fastapis_own_telemetry_is_off_whatever_the_environment_says(
+    api: InProcessCas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FastAPI's instrumentation would record request bodies and exception messages once a
+    # provider is configured (by the environment or another library); the CAS never asks.
+    def consulted() -> None:
+        raise AssertionError("FastAPI's telemetry looked for a provider")
+
+    monkeypatch.setenv("FASTAPI_OTEL_AUTO_CONFIGURE", "true")
+    for module, name in ((trace, "get_tracer_provider"), (metrics, "get_meter_provider")):
+        monkeypatch.setattr(module, name, consulted)
+    monkeypatch.setattr(_logs, "get_logger_provider", consulted)
+    for listener in ("api", "enclave"):
+        assert api.send("GET", "/healthz", listener=listener).status_code == 200
+        assert api.send("POST", "/v1/enclave/attest", listener=listener).status_code in (400, 404)
