@@ -97,3 +97,23 @@ def test_an_unreachable_database_is_named_without_its_password() -> None:
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_a_snapshot_reads_repeatably_and_leaves_the_connection_read_write(
+    postgres_url: str,
+) -> None:
+    with PostgresStore.create(postgres_url, DMK, lambda tx: tx.put("t", "a", b"1")) as store:
+        for round_ in range(1, 4):
+            with store.snapshot() as view:
+                conn = view._rows._conn  # type: ignore[attr-defined]
+                # The level is in the BEGIN itself: no SET TRANSACTION follows it.
+                assert conn.execute("SHOW transaction_isolation").fetchone() == ("repeatable read",)
+                assert conn.execute("SHOW transaction_read_only").fetchone() == ("on",)
+                assert view.get("t", "a") == str(round_).encode()
+            # The connection goes back to the pool out of any transaction.
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            with store.transaction() as tx:
+                tx.put("t", "a", str(round_ + 1).encode())
+            with store._pool.connection() as other, other.transaction():
+                assert other.execute("SHOW transaction_read_only").fetchone() == ("off",)
+        assert store.get("t", "a") == b"4"
