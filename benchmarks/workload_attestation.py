@@ -1181,6 +1181,9 @@ def verdicts(
             f"in-process takes {inside * 1e6:,.0f} us ({part}); the rest is outside it: HTTP, "
             "TLS, JSON, the nonce request"
         )
+    floor = latency_floor(load)
+    if floor is not None:
+        lines.append(floor)
     lines += [
         f"attestation over TLS = {load.rate:,.0f}/s vs {micro.attest_workload_best:,.0f}/s for "
         "attest_workload in-process (bound for one server process, one core)",
@@ -1188,6 +1191,25 @@ def verdicts(
         f"Ed25519 verifies/s (bound; {micro.verify_evidence / micro.ed25519_verify:.0%} of it)",
     ]
     return lines + cpu_notes((healthz, load))
+
+
+def latency_floor(load: PhaseResult) -> str | None:
+    """What the machine allows the attest phase at best: the server's and the load generators'
+    CPU per attestation share the machine's CPUs, which bounds the rate, and with ``clients``
+    always in flight the mean latency is at least ``clients`` over that rate (Little's law)."""
+    server, clients_cpu = load.server_cpu_per_answer, load.client_cpu
+    if not server or clients_cpu is None or load.ok == 0:
+        return None
+    generator = clients_cpu * load.elapsed / load.ok
+    cpus = os.cpu_count() or 1
+    best_rate = cpus / (server + generator)
+    return (
+        f"machine bound: the server's {server * 1e6:,.0f} us and the load generators' "
+        f"{generator * 1e6:,.0f} us of CPU per attestation share {cpus} CPUs, so at most "
+        f"{best_rate:,.0f} attestations/s with every CPU busy; {load.clients} clients in flight "
+        f"then wait {load.clients / best_rate * 1000:.1f} ms on average (Little's law), a floor "
+        f"under p50 that p99 < {P99_GOAL * 1000:.0f} ms needs well below it"
+    )
 
 
 # --- main ----------------------------------------------------------------------------------------

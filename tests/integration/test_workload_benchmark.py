@@ -39,6 +39,9 @@ def test_the_default_phases_run_with_generator_processes_and_a_burst() -> None:
     composed = [line for line in out.splitlines() if re.match(r"\s+(SGX|TDX): .* us: ", line)]
     assert len(composed) == 2, out
     assert "DCAP (composed" in out
+    floor = re.search(r"so at most ([\d,]+) attestations/s with every CPU busy; 4 clients", out)
+    assert floor is not None, out
+    assert int(floor.group(1).replace(",", "")) > 0, out
 
 
 def test_the_sessions_sweep_fills_measures_and_plots_on_both_backends(
