@@ -3,7 +3,7 @@
 Layout::
 
     meta(name TEXT, value TEXT)                                  plaintext: format, created_at
-    records(tbl TEXT, key BLOB, version INTEGER, value BLOB)     PRIMARY KEY (tbl, key)
+    records(tbl TEXT, key BLOB, version INTEGER, value BLOB)     rowid table, UNIQUE (tbl, key)
     record_index(tbl TEXT, key BLOB, value BLOB)                 PRIMARY KEY (tbl, key)
     commit_state(name TEXT, value BLOB)                          one row, "state"
 
@@ -16,6 +16,15 @@ index as a whole is checked against the commit state when the store is opened. T
 ``_meta``/``dmk-check`` lets :meth:`SqliteStore.open` tell a wrong database key apart from
 damage. The file carries ``PRAGMA application_id`` "OCAS" and ``PRAGMA user_version`` = schema
 version.
+
+``records`` keeps its rows in the order they were written (a rowid table) and finds them through
+a small unique index on ``(tbl, key)``. Record ids are keyed hashes, so a batch that writes many
+new ids (a key rollover's) would land on random leaves of a table ordered by them; appended in
+rowid order, the large values go to the end of the table and only the index entries (some 50
+bytes each) land at random places. ``record_index`` holds small rows and stays ordered by
+``(tbl, key)``: a rollover pages through it in that order. Schema version 2 had ``records``
+ordered by ``(tbl, key)`` too; :meth:`SqliteStore.open` converts such a file (migration 3) in one
+transaction, so a crash leaves the old table or the new one, never a mix.
 
 Concurrency: one writer connection serialised by a lock (writes are ``BEGIN IMMEDIATE``
 transactions), and a pool of read-only connections for reads outside transactions. In WAL mode
@@ -48,7 +57,9 @@ from opencas.store.records import (
 )
 
 APPLICATION_ID = int.from_bytes(b"OCAS", "big")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: The oldest schema version this code converts on open (1 stored record keys in clear).
+OLDEST_MIGRATED_VERSION = 2
 STORE_FORMAT = "opencas-store/2"
 BUSY_TIMEOUT_SECONDS = 10.0
 #: The page cache of the connection that writes (SQLite's default is 2 MiB). Record ids are keyed
@@ -67,12 +78,27 @@ _APPLICATION_ID_OFFSET = 68
 _SCHEMA = (
     "CREATE TABLE meta (name TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
     "CREATE TABLE records (tbl TEXT NOT NULL, key BLOB NOT NULL, version INTEGER NOT NULL, "
-    "value BLOB NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID",
+    "value BLOB NOT NULL)",
+    "CREATE UNIQUE INDEX records_by_key ON records (tbl, key)",
     "CREATE TABLE record_index (tbl TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL, "
     "PRIMARY KEY (tbl, key)) WITHOUT ROWID",
     "CREATE TABLE commit_state (name TEXT NOT NULL PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
 )
 _TABLES = {"meta", "records", "record_index", "commit_state"}
+#: Migration N turns a file of schema version N - 1 into version N, in one transaction.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # The rows are copied as they are: envelopes and index entries are bound to table, key and
+    # version, not to where a row is kept, so every record opens as before.
+    3: (
+        "CREATE TABLE records_v3 (tbl TEXT NOT NULL, key BLOB NOT NULL, "
+        "version INTEGER NOT NULL, value BLOB NOT NULL)",
+        "INSERT INTO records_v3 (tbl, key, version, value) "
+        "SELECT tbl, key, version, value FROM records ORDER BY tbl, key",
+        "DROP TABLE records",
+        "ALTER TABLE records_v3 RENAME TO records",
+        "CREATE UNIQUE INDEX records_by_key ON records (tbl, key)",
+    ),
+}
 
 
 def _do_nothing() -> None:
@@ -271,7 +297,9 @@ def _check_header(path: Path) -> None:
         raise StoreError(f"{path} is an SQLite database but not an OpenCAS database")
 
 
-def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
+def _check_schema(conn: sqlite3.Connection, path: Path) -> int:
+    """The schema version of an OpenCAS file this code opens (perhaps after converting it);
+    :class:`StoreError` naming ``path`` for any other file."""
     with _sqlite_errors(path, "reading the schema"):
         (application_id,) = _fetch_one(conn, "PRAGMA application_id", ())
         (schema_version,) = _fetch_one(conn, "PRAGMA user_version", ())
@@ -291,11 +319,30 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
                 f"version {SCHEMA_VERSION} only (record keys are no longer stored in clear and "
                 "every commit is authenticated), so create a new CAS for it"
             )
-        if schema_version < 1 or not tables >= _TABLES:
+        if schema_version < OLDEST_MIGRATED_VERSION or not tables >= _TABLES:
             raise StoreError(f"{path} is not a complete OpenCAS database (its schema is missing)")
         row = _fetch_one(conn, "SELECT value FROM meta WHERE name = 'format'", ())
         if row is None or row[0] != STORE_FORMAT:
             raise StoreError(f"{path} is not a complete OpenCAS database (unknown format)")
+    return int(schema_version)
+
+
+def _migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
+    """Convert the file from schema ``version`` to :data:`SCHEMA_VERSION` in one transaction:
+    a crash, or an error, leaves it at ``version`` as it was."""
+    if version == SCHEMA_VERSION:
+        return
+    with _sqlite_errors(path, f"converting schema version {version} to {SCHEMA_VERSION}"):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[number]:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback_quietly(conn)
+            raise
 
 
 def _enable_wal(conn: sqlite3.Connection, path: Path) -> None:
@@ -427,9 +474,11 @@ class SqliteStore:
 
         Raises :class:`StoreError`, naming ``path``, when there is no file, when it is not an
         SQLite database, when it is an SQLite database but not a (complete) OpenCAS one, or when
-        its schema is newer or older than this code; a foreign file is not modified. Raises
-        :class:`KeyStoreError` when ``dmk`` is not this database's key, and ``ValueError``
-        unless ``dmk`` is 32 bytes.
+        its schema is newer than this code or older than it converts; a foreign file is not
+        modified. A file of an older schema this code converts is converted in one transaction
+        once the key opens it (a crash leaves it unconverted, and the next open converts it).
+        Raises :class:`KeyStoreError` when ``dmk`` is not this database's key, and
+        ``ValueError`` unless ``dmk`` is 32 bytes.
 
         Every record is checked against the committed state: the ones that fail are listed in
         :attr:`damaged_records` (and reading one raises). When the record index itself does not
@@ -444,11 +493,13 @@ class SqliteStore:
         with _sqlite_errors(path, "opening"):
             writer = _connect(path)
         try:
-            _check_schema(writer, path)
+            version = _check_schema(writer, path)
             _enable_wal(writer, path)
             with _sqlite_errors(path, "sizing the page cache"):
                 writer.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
             check_key(_SqliteRows(writer, path), cipher)
+            # After the key check: a file is converted only by a cas that holds its key.
+            _migrate(writer, path, version)
             with _sqlite_errors(path, "starting the check of every record"):
                 writer.execute("BEGIN")
             try:

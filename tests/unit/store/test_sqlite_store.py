@@ -758,3 +758,162 @@ def test_an_index_entry_opens_only_for_its_own_id() -> None:
         check_record("t", "k", entry, 2, b"v")
     with pytest.raises(RecordDamagedError, match="not the one"):
         check_record("t", "k", entry, 3, b"w")
+
+
+# --- schema version 2, converted on open ----------------------------------------------------
+
+# What a cas of schema version 2 created: records ordered by (tbl, key), like record_index.
+_RECORDS_V2 = (
+    "CREATE TABLE records (tbl TEXT NOT NULL, key BLOB NOT NULL, version INTEGER NOT NULL, "
+    "value BLOB NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID"
+)
+
+
+def _many_records(tx: Transaction) -> None:
+    for number in range(300):
+        tx.put("sessions", f"s-{number:03}", f"session {number}".encode() * 50)
+        tx.put("secrets", f"s-{number:03}", _secret_value(number))
+    tx.put("sessions", "s-000", b"second version")
+
+
+def _secret_value(number: int) -> bytes:
+    return number.to_bytes(4, "big") * 500
+
+
+def _as_schema_2(path: Path) -> None:
+    """Turn a file this code created back into what schema version 2 wrote, rows unchanged."""
+    with _raw(path) as conn:
+        conn.execute("BEGIN")
+        rows = conn.execute("SELECT tbl, key, version, value FROM records").fetchall()
+        conn.execute("DROP TABLE records")
+        conn.execute(_RECORDS_V2)
+        conn.executemany("INSERT INTO records VALUES (?, ?, ?, ?)", rows)
+        conn.execute("PRAGMA user_version = 2")
+        conn.execute("COMMIT")
+
+
+def _schema_of_records(path: Path) -> tuple[int, str, list[str]]:
+    with _raw(path) as conn:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        (table,) = conn.execute(
+            "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'records'"
+        ).fetchone()
+        indexes = [
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'records' "
+                "AND sql IS NOT NULL"
+            )
+        ]
+    return version, table, indexes
+
+
+def test_a_new_store_keeps_records_in_a_rowid_table_with_a_unique_index(db_path: Path) -> None:
+    _create(db_path).close()
+    version, table, indexes = _schema_of_records(db_path)
+    assert version == SCHEMA_VERSION == 3
+    assert "WITHOUT ROWID" not in table
+    assert indexes == ["records_by_key"]
+    with _raw(db_path) as conn, pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        conn.execute("INSERT INTO records SELECT tbl, key, version, value FROM records LIMIT 1")
+
+
+def test_a_store_of_schema_2_is_converted_on_open_and_every_record_stays(db_path: Path) -> None:
+    with SqliteStore.create_atomically(db_path, DMK, _many_records) as created:
+        state = created.state()
+        with created.snapshot() as view:
+            before = sorted(view.every_record())
+    _as_schema_2(db_path)
+    assert _schema_of_records(db_path)[0] == 2
+
+    with SqliteStore.open(db_path, DMK) as store:
+        assert store.damaged_records == ()
+        assert store.state() == state
+        with store.snapshot() as view:
+            assert sorted(view.every_record()) == before
+        assert store.get_versioned("sessions", "s-000") == (b"second version", 2)
+        with store.transaction() as tx:
+            assert tx.put("sessions", "s-000", b"third") == 3
+            assert tx.put("sessions", "new", b"x") == 1
+            assert tx.delete("secrets", "s-299")
+    version, table, indexes = _schema_of_records(db_path)
+    assert (version, "WITHOUT ROWID" in table, indexes) == (3, False, ["records_by_key"])
+    with SqliteStore.open(db_path, DMK) as reopened:
+        assert reopened.damaged_records == ()
+        assert reopened.get("sessions", "s-000") == b"third"
+        assert reopened.get("secrets", "s-299") is None
+        assert reopened.get("secrets", "s-298") == _secret_value(298)
+
+
+def test_a_failed_conversion_leaves_schema_2_whole_and_the_next_open_converts(
+    db_path: Path,
+) -> None:
+    SqliteStore.create_atomically(db_path, DMK, _many_records).close()
+    _as_schema_2(db_path)
+    with _raw(db_path) as conn:
+        # Makes the conversion's first statement fail, after it began its transaction.
+        conn.execute("CREATE TABLE records_v3 (obstacle INTEGER)")
+    with pytest.raises(StoreError, match="converting schema version 2 to 3") as caught:
+        SqliteStore.open(db_path, DMK)
+    assert str(db_path) in str(caught.value)
+    version, table, _ = _schema_of_records(db_path)
+    assert (version, "WITHOUT ROWID" in table) == (2, True)
+    with _raw(db_path) as conn:
+        assert conn.execute("SELECT count(*) FROM records").fetchone() == (601,)
+        conn.execute("DROP TABLE records_v3")
+    with SqliteStore.open(db_path, DMK) as store:
+        assert store.damaged_records == ()
+        assert store.get("secrets", "s-007") == _secret_value(7)
+    assert _schema_of_records(db_path)[0] == 3
+
+
+# Opens the store so that the process is killed (SIGKILL, no clean-up) right after statement
+# ``argv[2]`` of the conversion, inside its transaction.
+_KILLED_CONVERSION = """
+import os, signal, sys
+from pathlib import Path
+from opencas.store import sqlite as backend
+
+statements = backend._MIGRATIONS[3]
+at = int(sys.argv[2])
+backend._MIGRATIONS[3] = statements[:at] + ("SELECT die()",) + statements[at:]
+connect = backend._connect
+
+
+def connect_and_arm(path):
+    conn = connect(path)
+    conn.create_function("die", 0, lambda: os.kill(os.getpid(), signal.SIGKILL))
+    return conn
+
+
+backend._connect = connect_and_arm
+backend.SqliteStore.open(Path(sys.argv[1]), bytes(range(32)))
+"""
+
+
+@pytest.mark.parametrize("after_statement", [1, 2, 3, 4, 5])
+def test_kill_during_conversion_leaves_schema_2_and_the_next_open_converts(
+    db_path: Path, after_statement: int
+) -> None:
+    SqliteStore.create_atomically(db_path, DMK, _many_records).close()
+    _as_schema_2(db_path)
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_CONVERSION, str(db_path), str(after_statement)],
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    version, table, _ = _schema_of_records(db_path)
+    assert (version, "WITHOUT ROWID" in table) == (2, True)
+    with SqliteStore.open(db_path, DMK) as store:
+        assert store.damaged_records == ()
+        assert store.get("secrets", "s-123") == _secret_value(123)
+        assert len(store.list_keys("sessions")) == 300
+    assert _schema_of_records(db_path)[0] == 3
+
+
+def test_a_wrong_key_does_not_convert_a_store_of_schema_2(db_path: Path) -> None:
+    SqliteStore.create_atomically(db_path, DMK, _many_records).close()
+    _as_schema_2(db_path)
+    with pytest.raises(KeyStoreError):
+        SqliteStore.open(db_path, bytes(32))
+    assert _schema_of_records(db_path)[0] == 2
