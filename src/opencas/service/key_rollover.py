@@ -8,9 +8,12 @@ The steps, each durable before the next, so that a ``kill -9`` anywhere leaves a
 2. The *start* transaction: the store seals under the new key from then on; the record
    ``key-rollover/progress`` says ``running`` (with the new key's id), the key-check record and
    the recovery split move to the new key, and the audit log says ``key_rollover_started``.
-3. Batches of ``[limits] key_rollover_batch`` records, each one transaction that moves them and
-   advances the record's cursor. The CAS serves meanwhile: a record is under exactly one key at
-   every commit, and writes go to the new key.
+3. Batches of at most ``[limits] key_rollover_batch`` records, each one transaction that moves
+   them and advances the record's cursor. The CAS serves meanwhile: a record is under exactly
+   one key at every commit, and writes go to the new key. A batch is bounded by time as well
+   (:data:`BATCH_SHARE` of the lease): it ends early once that much time went by, and the next
+   batch is sized from the time per record the last one took, so a machine too slow for a batch
+   of the configured size within the lease still moves records at every commit.
 4. The *finish* transaction: the record says ``finished``; ``key_rollover_finished`` is logged.
 5. The key store is rewritten with the new key alone. A copy of the old key store (or an old
    CAS version holding it) opens nothing of the database any more.
@@ -36,6 +39,8 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -53,7 +58,7 @@ from opencas.service.cas import Cas
 from opencas.service.cas_records import read_owner_config
 from opencas.service.cluster import join_cluster
 from opencas.service.identity import utc_now_text
-from opencas.service.leadership import Leadership
+from opencas.service.leadership import LEASE_SECONDS, Leadership
 from opencas.service.provisioning import require_owner
 from opencas.service.records import read_record, write_record
 from opencas.service.recovery import split_again
@@ -79,6 +84,10 @@ LEASE_NAME: Final = "key-rollover"
 FOLLOW_SECONDS: Final = 1.0
 #: How long an instance whose key was rolled over elsewhere waits for the new key.
 REFRESH_TIMEOUT_SECONDS: Final = 20.0
+#: The share of the lease one batch may take: a batch that outlasts the lease is refused and
+#: redone, and the rest is left to its writes and its commit, which come after the last record
+#: is read and take about as long again on a slow database.
+BATCH_SHARE: Final = 0.25
 
 
 class RolloverRecord(BaseModel):
@@ -264,26 +273,63 @@ def _run_logged(cas: Cas, stop: threading.Event) -> None:
             _RUNNING.discard(id(cas))
 
 
-def run_batches(cas: Cas, stop: threading.Event | None = None) -> RolloverRecord | None:
+def run_batches(
+    cas: Cas,
+    stop: threading.Event | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    lease_seconds: float = LEASE_SECONDS,
+) -> RolloverRecord | None:
     """Move records in batches until none is left under the previous key, then finish (steps
     3 to 5); returns the record as it stands when done or stopped.
 
-    Each batch first renews the lease. While another instance holds it, this one follows:
-    it looks every :data:`FOLLOW_SECONDS` whether the rollover finished (then it destroys the
-    previous key in its own key store) or the lease ran out (then it carries on). A batch
-    refused because the lease was lost is not committed; this instance follows from there.
+    Each batch first renews the lease (of ``lease_seconds``). While another instance holds it,
+    this one follows: it looks every :data:`FOLLOW_SECONDS` whether the rollover finished (then
+    it destroys the previous key in its own key store) or the lease ran out (then it carries
+    on). A batch refused because the lease was lost is not committed; this instance follows
+    from there. A batch moves one record at least and ends once :data:`BATCH_SHARE` of the
+    lease went by on ``clock`` (seconds); the next is sized from its time per record.
     """
-    leader = Leadership(cas, LEASE_NAME)
+    leader = Leadership(cas, LEASE_NAME, lease_seconds)
     try:
-        return _run_batches(cas, leader, stop)
+        return _run_batches(cas, leader, stop, _BatchTimer(clock, lease_seconds * BATCH_SHARE))
     finally:
         leader.release()
 
 
+@dataclass
+class _BatchTimer:
+    """Bounds each batch by time: it says when a running batch is out of time, and how many
+    records the next batch should take after one that took ``elapsed`` seconds."""
+
+    clock: Callable[[], float]
+    budget: float
+    began: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.began = self.clock()
+
+    def start(self) -> None:
+        self.began = self.clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.began
+
+    def out_of_time(self) -> bool:
+        return self.elapsed() >= self.budget
+
+    def next_size(self, records: int, elapsed: float, largest: int) -> int:
+        """The batch size that takes about the budget at the pace of ``records`` in
+        ``elapsed`` seconds: 1 to ``largest``."""
+        if elapsed <= 0:
+            return largest
+        return max(1, min(largest, int(records * self.budget / elapsed)))
+
+
 def _run_batches(
-    cas: Cas, leader: Leadership, stop: threading.Event | None
+    cas: Cas, leader: Leadership, stop: threading.Event | None, timer: _BatchTimer
 ) -> RolloverRecord | None:
-    batch = cas.config.key_rollover_batch
+    largest = cas.config.key_rollover_batch
+    batch = largest
     pause = cas.config.key_rollover_pause
 
     def wait(seconds: float) -> None:
@@ -302,9 +348,11 @@ def _run_batches(
                     return record
                 wait(FOLLOW_SECONDS)
                 continue
-            page, record = _batch(cas, leader, batch)
+            timer.start()
+            page, record = _batch(cas, leader, batch, timer.out_of_time)
         except LeaseLost as exc:
             log.warning("a key rollover batch was not committed: %s", exc)
+            batch = _resized(batch, timer.next_size(batch, timer.elapsed(), largest), largest)
             continue
         except (DatabaseUnavailable, DatabaseKeyStale) as exc:
             # The database is away, or this instance waits for the new key: try again soon.
@@ -317,16 +365,32 @@ def _run_batches(
             return record
         if page is not None and page.after is None:
             return _finish(cas, leader)
+        if page is not None:
+            batch = _resized(
+                batch, timer.next_size(page.visited, timer.elapsed(), largest), largest
+            )
         if pause and stop is not None:
             stop.wait(pause)
     return None
 
 
+def _resized(batch: int, size: int, largest: int) -> int:
+    """``size``; logged when it falls to half of ``largest`` or less, which says the machine
+    or the database is slow (the sizes in between follow the noise of the timing)."""
+    if size < batch and size <= largest // 2:
+        log.info(
+            "key rollover batches take long here: the next moves at most %d records (of %d)",
+            size,
+            largest,
+        )
+    return size
+
+
 def _batch(
-    cas: Cas, leader: Leadership, batch: int
+    cas: Cas, leader: Leadership, batch: int, out_of_time: Callable[[], bool]
 ) -> tuple[RekeyedPage | None, RolloverRecord | None]:
     """Step 3, one batch in one fenced transaction: the page moved and the record after it
-    (no page when no rollover runs)."""
+    (no page when no rollover runs). The page ends early once ``out_of_time``."""
     with leader.transaction() as txn:
         record = read_rollover(txn)
         if record is None or record.state != "running":
@@ -336,7 +400,7 @@ def _batch(
             if record.cursor_table is None or record.cursor_id is None
             else (record.cursor_table, bytes.fromhex(record.cursor_id))
         )
-        page = rekey_page(txn, after, batch)
+        page = rekey_page(txn, after, batch, out_of_time)
         record = record.model_copy(
             update={
                 "moved": record.moved + page.moved,

@@ -25,7 +25,7 @@ so no record is ever readable by neither key.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -51,6 +51,10 @@ DMK_SIZE = 32
 META_TABLE = "_meta"
 CHECK_KEY = "dmk-check"
 CHECK_PLAINTEXT = b"opencas database key check v1"
+
+
+def _never() -> bool:
+    return False
 
 
 class Rows(Protocol):
@@ -492,14 +496,21 @@ class RecordTransaction(RecordReader):
             self._change(table, (located.entry, located.keys), None)
         return deleted
 
-    def rekey_page(self, after: tuple[str, bytes] | None, limit: int) -> RekeyedPage:
+    def rekey_page(
+        self,
+        after: tuple[str, bytes] | None,
+        limit: int,
+        out_of_time: Callable[[], bool] = _never,
+    ) -> RekeyedPage:
         """Move the records sealed under the previous key among the next ``limit`` index rows
         after ``after`` to the current key, keeping their versions.
 
         Rows already under the current key (moved before, or written since the rollover
         started) are passed over. A record that is damaged (it opens under neither key, or its
         row is not the committed one) is left where it is and counted: it was unreadable before
-        and stays so. Raises :class:`StoreError` when no rollover runs.
+        and stays so. ``out_of_time`` is asked before each row but the first: once it says so,
+        the page ends there (so every page makes progress) and its ``after`` says where the
+        next one starts. Raises :class:`StoreError` when no rollover runs.
         """
         previous = self._cipher.previous
         rows = self._view()
@@ -509,7 +520,10 @@ class RecordTransaction(RecordReader):
         last = after
         moving: list[_Moving] = []
         with rows.failing("re-encrypting records under the new database key"):
-            for table, record_id, sealed in list(rows.index_page(after, limit)):
+            page = list(rows.index_page(after, limit))
+            for table, record_id, sealed in page:
+                if seen and out_of_time():
+                    break
                 seen += 1
                 if not isinstance(table, str) or not isinstance(record_id, bytes):
                     damaged += 1
@@ -524,9 +538,9 @@ class RecordTransaction(RecordReader):
                     moving.append(opened)
             # The old rows go in the order of their ids, the page's order. The new ids are keyed
             # hashes under the new key, scattered over the whole table: written in their own
-            # order, the batch walks each B-tree once from left to right instead of jumping
-            # to a random leaf (and its path of interior pages) per record, which misses the
-            # database's page cache ever more often as the table outgrows it.
+            # order, the batch walks each B-tree ordered by id once from left to right instead
+            # of jumping to a random leaf (and its path of interior pages) per record, which
+            # misses the database's page cache ever more often as the table outgrows it.
             for item in moving:
                 rows.delete_record(item.table, item.located.record_id)
             moving.sort(key=lambda item: (item.table, item.new_id))
@@ -539,7 +553,10 @@ class RecordTransaction(RecordReader):
                     item.located,
                     old_row_deleted=True,
                 )
-        return RekeyedPage(None if seen < limit else last, len(moving), damaged)
+        # Every row was visited only when the page query found fewer than asked for, and the
+        # loop went through all of them.
+        finished = seen < limit and len(page) == seen
+        return RekeyedPage(None if finished else last, len(moving), damaged, seen)
 
     def record_count(self) -> int:
         """How many records (the store's own included) this transaction sees."""
@@ -579,19 +596,25 @@ class _Moving:
 @dataclass(frozen=True)
 class RekeyedPage:
     """What one :meth:`RecordTransaction.rekey_page` did: where the next page starts (``None``:
-    every row was visited), how many records it moved and how many it left because they are
-    damaged."""
+    every row was visited), how many records it moved, how many it left because they are
+    damaged, and how many index rows it visited."""
 
     after: tuple[str, bytes] | None
     moved: int
     damaged: int
+    visited: int
 
 
-def rekey_page(txn: Transaction, after: tuple[str, bytes] | None, limit: int) -> RekeyedPage:
+def rekey_page(
+    txn: Transaction,
+    after: tuple[str, bytes] | None,
+    limit: int,
+    out_of_time: Callable[[], bool] = _never,
+) -> RekeyedPage:
     """:meth:`RecordTransaction.rekey_page` on a transaction of any backend of this module."""
     if not isinstance(txn, RecordTransaction):
         raise TypeError(f"{type(txn).__name__} is not a transaction of the record layer")
-    return txn.rekey_page(after, limit)
+    return txn.rekey_page(after, limit, out_of_time)
 
 
 def index_size(txn: Transaction) -> int:

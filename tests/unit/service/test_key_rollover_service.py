@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from opencas.config.availability import load_availability_config
 from opencas.config.owner import parse_owner_config
 from opencas.config.owner_identity import OwnerIdentity
-from opencas.errors import ConfigError, ConflictError, ForbiddenError
+from opencas.errors import ConfigError, ConflictError, ForbiddenError, LeaseLost
 from opencas.policy.caller import Caller
 from opencas.service import key_rollover
 from opencas.service.cas import Cas, open_cas
 from opencas.service.key_rollover import (
+    RolloverRecord,
     read_rollover,
     resume_key_rollover,
     rollover_status,
@@ -23,6 +25,7 @@ from opencas.service.key_rollover import (
 )
 from opencas.service.provisioning import provision
 from opencas.store import KeyStoreContents, key_store_path, load_key_store, save_key_store
+from opencas.store.records import RekeyedPage
 from opencas.testing import write_config
 
 OWNER = OwnerIdentity("a1" * 32, None)
@@ -163,3 +166,99 @@ def test_rollover_limits_are_validated(tmp_path: Path) -> None:
     config = write_config(tmp_path, 18081, 18766, limits={"key_rollover_pause": 11.0})
     with pytest.raises(ConfigError, match="key_rollover_pause"):
         load_availability_config(config)
+
+
+class _SlowClock:
+    """A monotonic clock on which every reading is ``step`` seconds after the one before: the
+    batch's own reading of it is all that makes time pass, so a test needs no sleep."""
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def _pages_of(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The (limit, rows visited) of every batch the rollover runs from now on."""
+    pages: list[tuple[int, int]] = []
+    real = key_rollover.rekey_page
+
+    def counted(txn: Any, after: Any, limit: int, out_of_time: Any) -> RekeyedPage:
+        page = real(txn, after, limit, out_of_time)
+        pages.append((limit, page.visited))
+        return page
+
+    monkeypatch.setattr(key_rollover, "rekey_page", counted)
+    return pages
+
+
+def _start_without_batches(cas: Cas, monkeypatch: pytest.MonkeyPatch) -> RolloverRecord:
+    with monkeypatch.context() as scoped:
+        scoped.setattr(key_rollover, "run_in_background", lambda cas: None)
+        return start_key_rollover(cas, OWNER_CALLER)
+
+
+def _finished_and_readable(cas: Cas, record: RolloverRecord | None) -> None:
+    assert record is not None
+    assert record.state == "finished"
+    assert _key_store(cas).previous_dmk is None
+    assert _values(cas) == [f"value {n}".encode() for n in range(30)]
+
+
+def test_a_batch_ends_once_its_share_of_the_lease_went_by_and_the_next_is_sized_to_fit(
+    cas: Cas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _provisioned(cas)
+    started = _start_without_batches(cas, monkeypatch)
+    pages = _pages_of(monkeypatch)
+    # A lease of 8 s leaves a batch 2 s; each row takes 0.25 s on this clock.
+    record = key_rollover.run_batches(cas, clock=_SlowClock(0.25), lease_seconds=8.0)
+    _finished_and_readable(cas, record)
+    assert cas.config.key_rollover_batch == 1000
+    assert pages[0] == (1000, 8)
+    assert all(limit <= 8 and 1 <= visited <= limit for limit, visited in pages[1:-1])
+    assert sum(visited for _, visited in pages) >= started.total
+    assert len(pages) >= started.total // 8
+
+
+def test_a_machine_where_one_record_outlasts_the_lease_still_moves_one_per_batch(
+    cas: Cas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _provisioned(cas)
+    started = _start_without_batches(cas, monkeypatch)
+    pages = _pages_of(monkeypatch)
+    record = key_rollover.run_batches(cas, clock=_SlowClock(100.0))
+    _finished_and_readable(cas, record)
+    assert pages[0] == (1000, 1)
+    # Every batch but the last (which finds no row left) moved one record.
+    assert set(pages[1:-1]) == {(1, 1)}
+    assert pages[-1] == (1, 0)
+    assert len(pages) >= started.total
+
+
+def test_a_batch_refused_for_outlasting_the_lease_is_redone_smaller(
+    cas: Cas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _provisioned(cas)
+    _start_without_batches(cas, monkeypatch)
+    clock = _SlowClock(0.0)
+    sizes: list[int] = []
+    real = key_rollover._batch
+
+    def first_outlasts_the_lease(
+        cas: Cas, leader: Any, batch: int, out_of_time: Any
+    ) -> tuple[RekeyedPage | None, RolloverRecord | None]:
+        sizes.append(batch)
+        if len(sizes) == 1:
+            clock.now += 40.0
+            raise LeaseLost("the lease 'key-rollover' expired before the commit")
+        return real(cas, leader, batch, out_of_time)
+
+    monkeypatch.setattr(key_rollover, "_batch", first_outlasts_the_lease)
+    record = key_rollover.run_batches(cas, clock=clock)
+    _finished_and_readable(cas, record)
+    # 1000 records took 40 s against a budget of 7.5 s (a quarter of the 30 s lease).
+    assert sizes[:2] == [1000, int(1000 * 7.5 / 40.0)]

@@ -184,3 +184,37 @@ def test_pages_need_a_running_rollover_and_count_the_records(store: Store) -> No
         assert index_size(tx) == len(_expected()) + 1  # and the key-check record
     with pytest.raises(StoreError, match="no key rollover is running"):
         _page(store, None, 10)
+
+
+def test_a_page_out_of_time_ends_after_one_row_and_the_next_carries_on(
+    backend: _Backend, store: Store
+) -> None:
+    store.use_keys(NEW, OLD)
+    asked: list[int] = []
+
+    def out_of_time() -> bool:
+        asked.append(1)
+        return True
+
+    pages: list[RekeyedPage] = []
+    after: tuple[str, bytes] | None = None
+    while not pages or after is not None:
+        with store.transaction() as tx:
+            page = rekey_page(tx, after, 1000, out_of_time)
+        pages.append(page)
+        after = page.after
+        # Every page stops after the one row it has to visit; the last finds no other.
+        assert page.visited == 1
+    # Asked once per page, before its second row; the last page had none.
+    assert len(asked) == len(pages) - 1
+    assert sum(page.moved for page in pages) == len(_expected()) + 1  # and the key check
+    store.use_keys(NEW, None)
+    assert _everything(store) == _expected()
+
+
+def test_a_page_with_time_left_visits_every_row_it_asked_for(store: Store) -> None:
+    store.use_keys(NEW, OLD)
+    with store.transaction() as tx:
+        page = rekey_page(tx, None, 40, lambda: False)
+    assert (page.visited, page.moved) == (40, 40)
+    assert page.after is not None
