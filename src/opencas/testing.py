@@ -19,6 +19,7 @@ import re
 import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -176,6 +177,34 @@ def stored_record_id(config: AvailabilityConfig, table: str, key: str) -> bytes:
     platform = load_platform(config)
     dmk = load_key_store(key_store_path(config.database_path), platform.unseal).dmk
     return StateKeys(dmk).record_id(table, key)
+
+
+#: ``records`` as a cas of SQLite schema version 2 created it: ordered by ``(tbl, key)``.
+SQLITE_SCHEMA_2_RECORDS = (
+    "CREATE TABLE records (tbl TEXT NOT NULL, key BLOB NOT NULL, version INTEGER NOT NULL, "
+    "value BLOB NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID"
+)
+
+
+def rewrite_as_sqlite_schema_2(path: Path) -> None:
+    """Turn the closed SQLite store at ``path``, created by this build, into what a cas of
+    schema version 2 wrote, every row unchanged: the file whose conversion on open is tested
+    and measured."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ALTER TABLE records RENAME TO records_v3")
+        conn.execute(SQLITE_SCHEMA_2_RECORDS)
+        conn.execute(
+            "INSERT INTO records (tbl, key, version, value) "
+            "SELECT tbl, key, version, value FROM records_v3"
+        )
+        conn.execute("DROP TABLE records_v3")
+        conn.execute("PRAGMA user_version = 2")
+        conn.execute("COMMIT")
+        conn.execute("VACUUM")
+    finally:
+        conn.close()
 
 
 def cas_command(*args: str) -> list[str]:

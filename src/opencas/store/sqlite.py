@@ -328,8 +328,8 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> int:
 
 
 def _migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
-    """Convert the file from schema ``version`` to :data:`SCHEMA_VERSION` in one transaction:
-    a crash, or an error, leaves it at ``version`` as it was."""
+    """Convert the file from schema ``version`` to :data:`SCHEMA_VERSION` in one transaction
+    (a crash, or an error, leaves it at ``version`` as it was), then compact it."""
     if version == SCHEMA_VERSION:
         return
     with _sqlite_errors(path, f"converting schema version {version} to {SCHEMA_VERSION}"):
@@ -343,6 +343,11 @@ def _migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
         except BaseException:
             _rollback_quietly(conn)
             raise
+    # The old table's pages are free pages now, more than the new table takes (version 2 spilt
+    # every value over 1 KB into an overflow page), and a store that does not grow would never
+    # reuse them.
+    with _sqlite_errors(path, "compacting the file after its conversion (which is committed)"):
+        conn.execute("VACUUM")
 
 
 def _enable_wal(conn: sqlite3.Connection, path: Path) -> None:

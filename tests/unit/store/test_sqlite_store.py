@@ -27,6 +27,7 @@ from opencas.store.state import (
     envelope_sha256,
     xor,
 )
+from opencas.testing import rewrite_as_sqlite_schema_2
 
 DMK = bytes(range(32))
 # The ids under which secrets/a and secrets/b are stored: what someone editing the file sees.
@@ -762,12 +763,6 @@ def test_an_index_entry_opens_only_for_its_own_id() -> None:
 
 # --- schema version 2, converted on open ----------------------------------------------------
 
-# What a cas of schema version 2 created: records ordered by (tbl, key), like record_index.
-_RECORDS_V2 = (
-    "CREATE TABLE records (tbl TEXT NOT NULL, key BLOB NOT NULL, version INTEGER NOT NULL, "
-    "value BLOB NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID"
-)
-
 
 def _many_records(tx: Transaction) -> None:
     for number in range(300):
@@ -778,18 +773,6 @@ def _many_records(tx: Transaction) -> None:
 
 def _secret_value(number: int) -> bytes:
     return number.to_bytes(4, "big") * 500
-
-
-def _as_schema_2(path: Path) -> None:
-    """Turn a file this code created back into what schema version 2 wrote, rows unchanged."""
-    with _raw(path) as conn:
-        conn.execute("BEGIN")
-        rows = conn.execute("SELECT tbl, key, version, value FROM records").fetchall()
-        conn.execute("DROP TABLE records")
-        conn.execute(_RECORDS_V2)
-        conn.executemany("INSERT INTO records VALUES (?, ?, ?, ?)", rows)
-        conn.execute("PRAGMA user_version = 2")
-        conn.execute("COMMIT")
 
 
 def _schema_of_records(path: Path) -> tuple[int, str, list[str]]:
@@ -823,11 +806,14 @@ def test_a_store_of_schema_2_is_converted_on_open_and_every_record_stays(db_path
         state = created.state()
         with created.snapshot() as view:
             before = sorted(view.every_record())
-    _as_schema_2(db_path)
+    rewrite_as_sqlite_schema_2(db_path)
     assert _schema_of_records(db_path)[0] == 2
 
     with SqliteStore.open(db_path, DMK) as store:
         assert store.damaged_records == ()
+        with _raw(db_path) as conn:
+            # Compacted: the old table's pages are not left behind as free pages.
+            assert conn.execute("PRAGMA freelist_count").fetchone() == (0,)
         assert store.state() == state
         with store.snapshot() as view:
             assert sorted(view.every_record()) == before
@@ -849,7 +835,7 @@ def test_a_failed_conversion_leaves_schema_2_whole_and_the_next_open_converts(
     db_path: Path,
 ) -> None:
     SqliteStore.create_atomically(db_path, DMK, _many_records).close()
-    _as_schema_2(db_path)
+    rewrite_as_sqlite_schema_2(db_path)
     with _raw(db_path) as conn:
         # Makes the conversion's first statement fail, after it began its transaction.
         conn.execute("CREATE TABLE records_v3 (obstacle INTEGER)")
@@ -896,7 +882,7 @@ def test_kill_during_conversion_leaves_schema_2_and_the_next_open_converts(
     db_path: Path, after_statement: int
 ) -> None:
     SqliteStore.create_atomically(db_path, DMK, _many_records).close()
-    _as_schema_2(db_path)
+    rewrite_as_sqlite_schema_2(db_path)
     killed = subprocess.run(
         [sys.executable, "-c", _KILLED_CONVERSION, str(db_path), str(after_statement)],
         check=False,
@@ -913,7 +899,7 @@ def test_kill_during_conversion_leaves_schema_2_and_the_next_open_converts(
 
 def test_a_wrong_key_does_not_convert_a_store_of_schema_2(db_path: Path) -> None:
     SqliteStore.create_atomically(db_path, DMK, _many_records).close()
-    _as_schema_2(db_path)
+    rewrite_as_sqlite_schema_2(db_path)
     with pytest.raises(KeyStoreError):
         SqliteStore.open(db_path, bytes(32))
     assert _schema_of_records(db_path)[0] == 2
