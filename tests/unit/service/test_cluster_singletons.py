@@ -197,7 +197,7 @@ def test_a_rollover_batch_of_a_deposed_leader_is_not_committed_and_another_finis
     assert lease is not None
     assert successor.lease.token == lease.token + 1
     with pytest.raises(LeaseLost):
-        key_rollover._batch(first, deposed, 5)
+        key_rollover._batch(first, deposed, 5, lambda: False)
     record = read_rollover(second.store)
     assert record is not None
     assert (record.state, record.moved) == ("running", 0)
