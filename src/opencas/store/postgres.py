@@ -141,6 +141,19 @@ class _PostgresRows:
         )
         return None if row is None else row[0]
 
+    def stored(
+        self, table: str, record_id: bytes
+    ) -> tuple[tuple[object, object] | None, object | None]:
+        # One round trip for both rows: the record's version is never NULL, so a NULL says the
+        # record row is missing.
+        row = self._one(
+            "SELECT r.version, r.value, i.value FROM (SELECT 1) AS one "
+            "LEFT JOIN records r ON r.tbl = %s AND r.key = %s "
+            "LEFT JOIN record_index i ON i.tbl = %s AND i.key = %s",
+            (table, record_id, table, record_id),
+        )
+        return (None if row[0] is None else (row[0], row[1])), row[2]
+
     def index_entries(self, table: str | None) -> Iterator[tuple[object, object, object]]:
         if table is None:
             cursor = self._conn.execute("SELECT tbl, key, value FROM record_index")

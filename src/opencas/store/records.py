@@ -78,6 +78,13 @@ class Rows(Protocol):
         """The sealed index entry of ``record_id``, or ``None``."""
         ...
 
+    def stored(
+        self, table: str, record_id: bytes
+    ) -> tuple[tuple[object, object] | None, object | None]:
+        """What :meth:`record` and :meth:`index_entry` give for ``record_id``, read together
+        (on a database server: in one round trip)."""
+        ...
+
     def index_entries(self, table: str | None) -> Iterator[tuple[object, object, object]]:
         """Every ``(table, record id, sealed entry)`` of ``table`` (of every table: ``None``)."""
         ...
@@ -214,13 +221,6 @@ def check_table(table: str) -> None:
         raise ValueError(f"table name {table!r} is empty or reserved (names starting with '_')")
 
 
-def _index_entry(
-    rows: Rows, cipher: RecordCipher, table: str, record_id: bytes
-) -> tuple[IndexEntry, RecordKeys] | None:
-    sealed = rows.index_entry(table, record_id)
-    return None if sealed is None else cipher.open_entry(table, record_id, sealed)
-
-
 @dataclass(frozen=True)
 class _Located:
     """Where a record is stored: its id, the keys it is under, its row and index entry."""
@@ -240,8 +240,8 @@ def _locate(rows: Rows, cipher: RecordCipher, table: str, key: str) -> _Located:
     first: _Located | None = None
     for keys in cipher.epochs:
         record_id = keys.state_keys.record_id(table, key)
-        row = rows.record(table, record_id)
-        opened = _index_entry(rows, cipher, table, record_id)
+        row, sealed = rows.stored(table, record_id)
+        opened = None if sealed is None else cipher.open_entry(table, record_id, sealed)
         located = (
             _Located(record_id, keys, row, None)
             if opened is None

@@ -155,6 +155,12 @@ class _SqliteRows:
         )
         return None if row is None else row[0]
 
+    def stored(
+        self, table: str, record_id: bytes
+    ) -> tuple[tuple[object, object] | None, object | None]:
+        # In process, two statements cost no more than one that joins them.
+        return self.record(table, record_id), self.index_entry(table, record_id)
+
     def index_entries(self, table: str | None) -> Iterator[tuple[object, object, object]]:
         if table is None:
             return _fetch_all(self._conn, "SELECT tbl, key, value FROM record_index", ())
