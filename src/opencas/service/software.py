@@ -56,6 +56,7 @@ from opencas.service.store_migrations import (
     migrate_store,
 )
 from opencas.store.base import Reader, Store
+from opencas.store.records import upgrade_tables
 
 log = logging.getLogger("opencas")
 
@@ -188,7 +189,9 @@ def take_over(
     ``where`` names the database in messages.
     Raises :class:`SoftwareRefused` when another build serves the CAS and this one is not a
     registered upgrade of it, and :class:`StoreError` when the store's record schema is newer
-    than this build knows; in both cases nothing was written.
+    than this build knows; in both cases nothing was written. A build that takes the store
+    over converts the backend's tables to its schema in the transaction that records it
+    (:func:`opencas.store.records.upgrade_tables`).
     """
     schema = check_store_schema(store)
     recorded = read_software(store)
@@ -210,10 +213,15 @@ def take_over(
                 )
             basis = decision.basis
     with store.transaction() as txn:
+        # The backend's tables too, in this transaction: a crash before it commits, or a build
+        # refused above, leaves them as the build that served the store left them.
+        converted = upgrade_tables(txn)
         before, after = migrate_store(txn, platform.measurement)
         if build is not None:
             write_record(txn, UPGRADES_TABLE, _SOFTWARE, _record_of(build))
     previous = None if recorded is None else recorded.measurement
+    if converted:
+        log.info("the database's tables were converted to this build's schema")
     if before != after:
         log.info("store record schema migrated from version %d to %d", before, after)
     if basis == "registered-upgrade":

@@ -127,6 +127,11 @@ class WritableRows(Rows, Protocol):
         """Insert or replace the state row."""
         ...
 
+    def upgrade_tables(self) -> bool:
+        """Convert the backend's tables from an older schema version to this code's, inside
+        this transaction; whether there was anything to convert."""
+        ...
+
 
 class RecordKeys:
     """The keys of one database master key: per-table value keys and the state keys."""
@@ -558,6 +563,13 @@ class RecordTransaction(RecordReader):
         finished = seen < limit and len(page) == seen
         return RekeyedPage(None if finished else last, len(moving), damaged, seen)
 
+    def upgrade_tables(self) -> bool:
+        """Convert the backend's tables to this code's schema if they are older (committed with
+        this transaction); whether they were."""
+        rows = self._view()
+        with rows.failing("converting the tables to the current schema"):
+            return rows.upgrade_tables()
+
     def record_count(self) -> int:
         """How many records (the store's own included) this transaction sees."""
         rows = self._view()
@@ -615,6 +627,13 @@ def rekey_page(
     if not isinstance(txn, RecordTransaction):
         raise TypeError(f"{type(txn).__name__} is not a transaction of the record layer")
     return txn.rekey_page(after, limit, out_of_time)
+
+
+def upgrade_tables(txn: Transaction) -> bool:
+    """:meth:`RecordTransaction.upgrade_tables` on a transaction of any backend of this module."""
+    if not isinstance(txn, RecordTransaction):
+        raise TypeError(f"{type(txn).__name__} is not a transaction of the record layer")
+    return txn.upgrade_tables()
 
 
 def index_size(txn: Transaction) -> int:

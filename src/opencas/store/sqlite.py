@@ -23,8 +23,10 @@ new ids (a key rollover's) would land on random leaves of a table ordered by the
 rowid order, the large values go to the end of the table and only the index entries (some 50
 bytes each) land at random places. ``record_index`` holds small rows and stays ordered by
 ``(tbl, key)``: a rollover pages through it in that order. Schema version 2 had ``records``
-ordered by ``(tbl, key)`` too; :meth:`SqliteStore.open` converts such a file (migration 3) in one
-transaction, so a crash leaves the old table or the new one, never a mix.
+ordered by ``(tbl, key)`` too. :meth:`SqliteStore.open` opens such a file as it is, and
+:func:`opencas.store.records.upgrade_tables` converts it (migration 3) inside a write transaction,
+the one in which a build takes the store over, so a crash leaves the old table or the new one,
+never a mix, and a build refused the store leaves it as it was.
 
 Concurrency: one writer connection serialised by a lock (writes are ``BEGIN IMMEDIATE``
 transactions), and a pool of read-only connections for reads outside transactions. In WAL mode
@@ -131,6 +133,8 @@ class _SqliteRows:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
         self._path = path
+        #: Whether this transaction converted the tables (the file is compacted after it).
+        self.converted = False
 
     @property
     def name(self) -> str:
@@ -218,6 +222,10 @@ class _SqliteRows:
         self._conn.execute("DELETE FROM record_index WHERE tbl = ? AND key = ?", (table, record_id))
         return deleted
 
+    def upgrade_tables(self) -> bool:
+        self.converted = _convert_tables(self._conn) or self.converted
+        return self.converted
+
     def write_state(self, sealed: bytes) -> None:
         self._conn.execute(
             "INSERT INTO commit_state (name, value) VALUES ('state', ?) "
@@ -245,7 +253,8 @@ def _transaction_on(
 ) -> Iterator[RecordTransaction]:
     with _sqlite_errors(path, "starting a transaction"):
         conn.execute("BEGIN IMMEDIATE")
-    tx = RecordTransaction(_SqliteRows(conn, path), cipher)
+    rows = _SqliteRows(conn, path)
+    tx = RecordTransaction(rows, cipher)
     try:
         yield tx
         tx.finish()
@@ -258,6 +267,12 @@ def _transaction_on(
     except sqlite3.Error as exc:
         _rollback_quietly(conn)
         raise StoreError(f"database {path}: commit failed: {exc}") from exc
+    if rows.converted:
+        # The old table's pages are free pages now, more than the new table takes (version 2
+        # spilt every value over 1 KB into an overflow page), and a store that does not grow
+        # would never reuse them.
+        with _sqlite_errors(path, "compacting the file after its conversion (which is committed)"):
+            conn.execute("VACUUM")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -303,9 +318,9 @@ def _check_header(path: Path) -> None:
         raise StoreError(f"{path} is an SQLite database but not an OpenCAS database")
 
 
-def _check_schema(conn: sqlite3.Connection, path: Path) -> int:
-    """The schema version of an OpenCAS file this code opens (perhaps after converting it);
-    :class:`StoreError` naming ``path`` for any other file."""
+def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """:class:`StoreError` naming ``path`` unless it is an OpenCAS file of a schema version this
+    code reads (its own, or an older one it converts)."""
     with _sqlite_errors(path, "reading the schema"):
         (application_id,) = _fetch_one(conn, "PRAGMA application_id", ())
         (schema_version,) = _fetch_one(conn, "PRAGMA user_version", ())
@@ -330,30 +345,19 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> int:
         row = _fetch_one(conn, "SELECT value FROM meta WHERE name = 'format'", ())
         if row is None or row[0] != STORE_FORMAT:
             raise StoreError(f"{path} is not a complete OpenCAS database (unknown format)")
-    return int(schema_version)
 
 
-def _migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
-    """Convert the file from schema ``version`` to :data:`SCHEMA_VERSION` in one transaction
-    (a crash, or an error, leaves it at ``version`` as it was), then compact it."""
-    if version == SCHEMA_VERSION:
-        return
-    with _sqlite_errors(path, f"converting schema version {version} to {SCHEMA_VERSION}"):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for number in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[number]:
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback_quietly(conn)
-            raise
-    # The old table's pages are free pages now, more than the new table takes (version 2 spilt
-    # every value over 1 KB into an overflow page), and a store that does not grow would never
-    # reuse them.
-    with _sqlite_errors(path, "compacting the file after its conversion (which is committed)"):
-        conn.execute("VACUUM")
+def _convert_tables(conn: sqlite3.Connection) -> bool:
+    """Inside the caller's write transaction, convert the tables from an older schema version to
+    :data:`SCHEMA_VERSION`; whether there was anything to convert."""
+    (version,) = _fetch_one(conn, "PRAGMA user_version", ())
+    if version >= SCHEMA_VERSION:
+        return False
+    for number in range(int(version) + 1, SCHEMA_VERSION + 1):
+        for statement in _MIGRATIONS[number]:
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    return True
 
 
 def _enable_wal(conn: sqlite3.Connection, path: Path) -> None:
@@ -486,9 +490,9 @@ class SqliteStore:
         Raises :class:`StoreError`, naming ``path``, when there is no file, when it is not an
         SQLite database, when it is an SQLite database but not a (complete) OpenCAS one, or when
         its schema is newer than this code or older than it converts; a foreign file is not
-        modified. A file of an older schema this code converts is converted in one transaction
-        once the key opens it (a crash leaves it unconverted, and the next open converts it).
-        Raises :class:`KeyStoreError` when ``dmk`` is not this database's key, and
+        modified. A file of the older schema this code converts is opened as it is (the SQL this
+        code runs reads and writes both); :func:`opencas.store.records.upgrade_tables` converts
+        it. Raises :class:`KeyStoreError` when ``dmk`` is not this database's key, and
         ``ValueError`` unless ``dmk`` is 32 bytes.
 
         Every record is checked against the committed state: the ones that fail are listed in
@@ -504,13 +508,11 @@ class SqliteStore:
         with _sqlite_errors(path, "opening"):
             writer = _connect(path)
         try:
-            version = _check_schema(writer, path)
+            _check_schema(writer, path)
             _enable_wal(writer, path)
             with _sqlite_errors(path, "sizing the page cache"):
                 writer.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
             check_key(_SqliteRows(writer, path), cipher)
-            # After the key check: a file is converted only by a cas that holds its key.
-            _migrate(writer, path, version)
             with _sqlite_errors(path, "starting the check of every record"):
                 writer.execute("BEGIN")
             try:

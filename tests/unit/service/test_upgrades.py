@@ -3,7 +3,9 @@ serves a database it opened, and the versioned store migrations an older build r
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,8 @@ from opencas.service.store_migrations import (
     read_store_schema,
 )
 from opencas.service.upgrades import list_upgrades, register_upgrade, unregister_upgrade
-from opencas.testing import InProcessCas
+from opencas.store.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
+from opencas.testing import InProcessCas, rewrite_as_sqlite_schema_2
 
 NEXT = "ab" * 32
 OTHER = "cd" * 32
@@ -229,3 +232,42 @@ def test_a_store_from_before_migrations_is_migrated_and_its_build_recorded(cas: 
         assert software.measurement == reopened.platform.measurement
     finally:
         reopened.close()
+
+
+def _sqlite_schema(cas: Cas) -> int:
+    with contextlib.closing(sqlite3.connect(cas.config.database_path)) as conn:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+    return int(version)
+
+
+def test_a_store_of_sqlite_schema_2_is_converted_by_the_build_that_takes_it_over_only(
+    owned: tuple[InProcessCas, ClientIdentity], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api, owner = owned
+    cas = api.cas
+    old = cas.platform.measurement
+    with cas.store.transaction() as txn:
+        txn.put("sessions", "kept", b"across the conversion")
+    register_upgrade(cas, Caller(owner.key_hash), RegisteredUpgrade(measurement=NEXT))
+    api.close()
+    cas.close()
+    rewrite_as_sqlite_schema_2(cas.config.database_path)
+    # A build that may not serve the CAS leaves the tables as they are, so the build that
+    # serves it still opens them.
+    monkeypatch.setattr(cas_module, "package_measurement", lambda: OTHER)
+    with pytest.raises(SoftwareRefused):
+        open_cas(load_availability_config(cas.config.source))
+    assert _sqlite_schema(cas) == 2
+    # The build that serves it opens them as they are, and leaves them so.
+    cas = _reopen_as(cas, monkeypatch, old)
+    assert cas.store.get("sessions", "kept") == b"across the conversion"
+    assert _sqlite_schema(cas) == 2
+    # The registered upgrade converts them as it takes over.
+    cas = _reopen_as(cas, monkeypatch, NEXT)
+    try:
+        assert cas.took_over is not None
+        assert cas.took_over.upgraded
+        assert _sqlite_schema(cas) == SQLITE_SCHEMA_VERSION
+        assert cas.store.get("sessions", "kept") == b"across the conversion"
+    finally:
+        cas.close()

@@ -17,6 +17,7 @@ import pytest
 
 from opencas.errors import KeyStoreError, RecordDamagedError, StoreError
 from opencas.store import SqliteStore, Store, Transaction
+from opencas.store.records import upgrade_tables
 from opencas.store.sqlite import APPLICATION_ID, SCHEMA_VERSION
 from opencas.store.state import (
     INITIAL_STATE,
@@ -801,26 +802,40 @@ def test_a_new_store_keeps_records_in_a_rowid_table_with_a_unique_index(db_path:
         conn.execute("INSERT INTO records SELECT tbl, key, version, value FROM records LIMIT 1")
 
 
-def test_a_store_of_schema_2_is_converted_on_open_and_every_record_stays(db_path: Path) -> None:
+def _convert(store: SqliteStore) -> bool:
+    with store.transaction() as tx:
+        return upgrade_tables(tx)
+
+
+def test_a_store_of_schema_2_opens_as_it_is_and_converts_keeping_every_record(
+    db_path: Path,
+) -> None:
     with SqliteStore.create_atomically(db_path, DMK, _many_records) as created:
         state = created.state()
         with created.snapshot() as view:
             before = sorted(view.every_record())
+        assert not _convert(created)
     rewrite_as_sqlite_schema_2(db_path)
     assert _schema_of_records(db_path)[0] == 2
 
     with SqliteStore.open(db_path, DMK) as store:
         assert store.damaged_records == ()
+        # Read and written as it is: the same SQL serves both schemas.
+        assert store.get_versioned("sessions", "s-000") == (b"second version", 2)
+        with store.transaction() as tx:
+            assert tx.put("sessions", "written-before", b"x") == 1
+        assert _schema_of_records(db_path)[0] == 2
+        assert _convert(store)
+        assert not _convert(store)
         with _raw(db_path) as conn:
             # Compacted: the old table's pages are not left behind as free pages.
             assert conn.execute("PRAGMA freelist_count").fetchone() == (0,)
-        assert store.state() == state
         with store.snapshot() as view:
-            assert sorted(view.every_record()) == before
-        assert store.get_versioned("sessions", "s-000") == (b"second version", 2)
+            records = sorted(view.every_record())
+        assert records == sorted([*before, ("sessions", "written-before", 1, b"x")])
+        assert store.state().counter == state.counter + 1
         with store.transaction() as tx:
             assert tx.put("sessions", "s-000", b"third") == 3
-            assert tx.put("sessions", "new", b"x") == 1
             assert tx.delete("secrets", "s-299")
     version, table, indexes = _schema_of_records(db_path)
     assert (version, "WITHOUT ROWID" in table, indexes) == (3, False, ["records_by_key"])
@@ -831,34 +846,44 @@ def test_a_store_of_schema_2_is_converted_on_open_and_every_record_stays(db_path
         assert reopened.get("secrets", "s-298") == _secret_value(298)
 
 
-def test_a_failed_conversion_leaves_schema_2_whole_and_the_next_open_converts(
+def test_a_failed_conversion_leaves_schema_2_whole_and_a_later_one_converts(
     db_path: Path,
 ) -> None:
     SqliteStore.create_atomically(db_path, DMK, _many_records).close()
     rewrite_as_sqlite_schema_2(db_path)
     with _raw(db_path) as conn:
-        # Makes the conversion's first statement fail, after it began its transaction.
+        # Makes the conversion's first statement fail, inside its transaction.
         conn.execute("CREATE TABLE records_v3 (obstacle INTEGER)")
-    with pytest.raises(StoreError, match="converting schema version 2 to 3") as caught:
-        SqliteStore.open(db_path, DMK)
-    assert str(db_path) in str(caught.value)
+
+    def write_and_convert(store: SqliteStore) -> None:
+        with store.transaction() as tx:
+            tx.put("sessions", "lost", b"with the conversion")
+            upgrade_tables(tx)
+
+    with SqliteStore.open(db_path, DMK) as store:
+        with pytest.raises(StoreError, match="converting the tables") as caught:
+            write_and_convert(store)
+        assert str(db_path) in str(caught.value)
+        assert store.get("sessions", "lost") is None
     version, table, _ = _schema_of_records(db_path)
     assert (version, "WITHOUT ROWID" in table) == (2, True)
     with _raw(db_path) as conn:
         assert conn.execute("SELECT count(*) FROM records").fetchone() == (601,)
         conn.execute("DROP TABLE records_v3")
     with SqliteStore.open(db_path, DMK) as store:
+        assert _convert(store)
         assert store.damaged_records == ()
         assert store.get("secrets", "s-007") == _secret_value(7)
     assert _schema_of_records(db_path)[0] == 3
 
 
-# Opens the store so that the process is killed (SIGKILL, no clean-up) right after statement
-# ``argv[2]`` of the conversion, inside its transaction.
+# Opens the store and converts it so that the process is killed (SIGKILL, no clean-up) right
+# after statement ``argv[2]`` of the conversion, inside its transaction.
 _KILLED_CONVERSION = """
 import os, signal, sys
 from pathlib import Path
 from opencas.store import sqlite as backend
+from opencas.store.records import upgrade_tables
 
 statements = backend._MIGRATIONS[3]
 at = int(sys.argv[2])
@@ -873,12 +898,14 @@ def connect_and_arm(path):
 
 
 backend._connect = connect_and_arm
-backend.SqliteStore.open(Path(sys.argv[1]), bytes(range(32)))
+store = backend.SqliteStore.open(Path(sys.argv[1]), bytes(range(32)))
+with store.transaction() as tx:
+    upgrade_tables(tx)
 """
 
 
 @pytest.mark.parametrize("after_statement", [1, 2, 3, 4, 5])
-def test_kill_during_conversion_leaves_schema_2_and_the_next_open_converts(
+def test_kill_during_conversion_leaves_schema_2_and_a_later_one_converts(
     db_path: Path, after_statement: int
 ) -> None:
     SqliteStore.create_atomically(db_path, DMK, _many_records).close()
@@ -893,6 +920,7 @@ def test_kill_during_conversion_leaves_schema_2_and_the_next_open_converts(
     with SqliteStore.open(db_path, DMK) as store:
         assert store.damaged_records == ()
         assert store.get("secrets", "s-123") == _secret_value(123)
+        assert _convert(store)
         assert len(store.list_keys("sessions")) == 300
     assert _schema_of_records(db_path)[0] == 3
 
