@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +65,7 @@ from opencas.service.key_handover import (
     parse_request,
     seal_handover,
 )
+from opencas.service.step_thread import StepThread
 from opencas.store.cluster import ClusterRows, InstanceRow
 
 log = logging.getLogger("opencas")
@@ -210,8 +210,7 @@ class ClusterMember:
     """Whether this instance's database key opens the committed state."""
     refresh_key: Callable[[], None] | None = None
     """Ask the cluster for the current database key (when ``key_current`` says no)."""
-    _stopping: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _thread: StepThread | None = None
     _started_at: float = field(default_factory=time.time)
     _next_heartbeat: float = 0.0
     # The announced evidence, made again only when what it binds changes (a quote costs a
@@ -220,25 +219,13 @@ class ClusterMember:
 
     def start(self) -> None:
         """Run heartbeats and answers in a daemon thread."""
-        self._thread = threading.Thread(target=self._run, name="cluster-member", daemon=True)
+        self._thread = StepThread("cluster-member", self.step, ANSWER_POLL_SECONDS, _step_failed)
         self._thread.start()
 
     def stop(self) -> None:
         """Stop the thread (it finishes the step it is in)."""
-        self._stopping.set()
         if self._thread is not None:
-            self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self.step()
-            except StoreError as exc:
-                # The database is away: the instance's readiness says so; try again later.
-                log.debug("cluster: %s", exc)
-            except Exception:
-                log.exception("cluster: unexpected error")
-            self._stopping.wait(ANSWER_POLL_SECONDS)
+            self._thread.stop()
 
     def step(self) -> None:
         """One round: a heartbeat when due; then, when this instance's key is not the current
@@ -381,3 +368,11 @@ class KeyGiver:
         """Write ``event`` about ``subject`` to the audit log and wait until it is durable."""
         if self.audit is not None:
             self.audit().append(event, actor="cas", subject=subject, details=details).wait()
+
+
+def _step_failed(exc: Exception) -> None:
+    if isinstance(exc, StoreError):
+        # The database is away: the instance's readiness says so; the next step tries again.
+        log.debug("cluster: %s", exc)
+    else:
+        log.error("cluster: unexpected error", exc_info=exc)

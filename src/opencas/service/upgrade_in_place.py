@@ -35,10 +35,9 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Final, Literal
@@ -65,6 +64,7 @@ from opencas.service.key_handover import (
     parse_answer,
 )
 from opencas.service.software import registered_upgrades, serving_build
+from opencas.service.step_thread import StepThread
 from opencas.store import (
     DatabaseInUse,
     DatabaseLock,
@@ -181,26 +181,19 @@ class UpgradeAnswerer:
     database: Path
     giver: KeyGiver
     subject: str
-    _stopping: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _thread: StepThread | None = None
 
     def start(self) -> None:
         """Look for requests in a daemon thread."""
-        self._thread = threading.Thread(target=self._run, name="upgrade-answerer", daemon=True)
+        self._thread = StepThread(
+            "upgrade-answerer", self.step, REQUEST_POLL_SECONDS, _step_failed, wait_first=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
         """Stop the thread (it finishes the answer it is writing)."""
-        self._stopping.set()
         if self._thread is not None:
-            self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stopping.wait(REQUEST_POLL_SECONDS):
-            try:
-                self.step()
-            except Exception:
-                log.exception("upgrade in place: unexpected error answering a request")
+            self._thread.stop()
 
     def step(self) -> bool:
         """Answer the pending request, if there is one; True when one was answered."""
@@ -230,6 +223,10 @@ class UpgradeAnswerer:
             return refusal_text(exc)
         log.info("handed the database key to %s: %s", who, decision.reason)
         return document_text(answer)
+
+
+def _step_failed(exc: Exception) -> None:
+    log.error("upgrade in place: unexpected error answering a request", exc_info=exc)
 
 
 def answer_upgrades(cas: Cas) -> None:
