@@ -172,6 +172,10 @@ def _server(
         log_config=None,
         access_log=False,
         server_header=False,
+        # No proxy is trusted to say who the client is or which scheme it used: by default
+        # uvicorn believes X-Forwarded-For and X-Forwarded-Proto from 127.0.0.1, so any local
+        # process could change the scheme a request proof is checked against.
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
         # Longer than clients keep idle connections (httpx: 5 s), so a client never reuses a
         # connection the server is closing at that very moment.
