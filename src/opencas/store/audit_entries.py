@@ -36,6 +36,7 @@ import psycopg
 
 from opencas.audit.chain import ChainedBatch, Head
 from opencas.errors import AuditLogError
+from opencas.store.postgres_reads import repeatable_read
 
 #: Migration 4 of :mod:`opencas.store.postgres`: the cluster's audit log.
 AUDIT_TABLES: Final[tuple[str, ...]] = (
@@ -137,9 +138,8 @@ class AuditEntries:
         with (
             self._failing("reading the audit log"),
             self._connect() as conn,
-            conn.transaction(),
+            repeatable_read(conn),
         ):
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             sizes = conn.execute(
                 "SELECT position, seq, octet_length(line) FROM audit_entries WHERE seq >= %s "
                 "ORDER BY position LIMIT %s",

@@ -53,6 +53,7 @@ from opencas.store.cluster import (
     write_fenced_state,
 )
 from opencas.store.guards import GUARD_TABLES, PostgresGuards
+from opencas.store.postgres_reads import repeatable_read
 from opencas.store.records import (
     RecordCipher,
     RecordReader,
@@ -266,23 +267,6 @@ def _lease_lost(fence: Lease) -> LeaseLost:
 
 
 @contextlib.contextmanager
-def _repeatable_read(conn: psycopg.Connection[Any]) -> Iterator[None]:
-    """A REPEATABLE READ, read-only transaction on ``conn`` (in autocommit mode), its level in
-    its ``BEGIN``: a ``SET TRANSACTION`` after the ``BEGIN`` would cost every read a round
-    trip more."""
-    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-    try:
-        yield
-    except BaseException:
-        # A connection that cannot roll back here (it broke) is rolled back or dropped by
-        # the pool when it comes back.
-        with contextlib.suppress(psycopg.Error):
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-@contextlib.contextmanager
 def _postgres_errors(shown: str, action: str) -> Iterator[None]:
     try:
         yield
@@ -481,7 +465,7 @@ class PostgresStore:
                     _bring_up_to_date(conn, shown)
                     _check_format(conn, shown)
                 rows = _PostgresRows(conn, shown)
-                with _postgres_errors(shown, "checking every record"), _repeatable_read(conn):
+                with _postgres_errors(shown, "checking every record"), repeatable_read(conn):
                     check_key(rows, cipher)
                     damaged = check_records(rows, cipher)
         except BaseException:
@@ -600,7 +584,7 @@ class PostgresStore:
     @contextlib.contextmanager
     def _read_only(self, action: str) -> Iterator[_PostgresRows]:
         """One REPEATABLE READ, read-only transaction on a pooled connection."""
-        with self._failing(action), self._pool.connection() as conn, _repeatable_read(conn):
+        with self._failing(action), self._pool.connection() as conn, repeatable_read(conn):
             yield _PostgresRows(conn, self._shown)
 
     def get(self, table: str, key: str) -> bytes | None:

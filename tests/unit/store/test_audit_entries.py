@@ -4,8 +4,10 @@ and moving a log file in."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -22,7 +24,7 @@ from opencas.audit.chain import (
 )
 from opencas.errors import AuditLogError
 from opencas.store import PostgresStore, Transaction
-from opencas.store.audit_entries import Extend
+from opencas.store.audit_entries import AuditEntries, Extend
 
 DMK = bytes(range(32))
 KEY = Ed25519PrivateKey.generate()
@@ -125,6 +127,39 @@ def test_pages_go_through_the_log_from_a_seq(
     assert (last.lines, last.next) == ([line.decode() for line in lines[8:]], None)
     assert entries.page(3, 100, len(lines[2]) + 1).lines == [lines[2].decode()]
     assert entries.page(11, 4, 10**6).lines == []
+
+
+class _Recording:
+    """A connection that notes each statement it is asked to run."""
+
+    def __init__(self, conn: psycopg.Connection[Any], statements: list[str]) -> None:
+        self._conn, self._statements = conn, statements
+
+    def execute(self, query: str, params: object = None) -> psycopg.Cursor[Any]:
+        self._statements.append(query.split(maxsplit=1)[0] if "SELECT" in query else query)
+        return self._conn.execute(query, params)  # type: ignore[arg-type]
+
+
+def test_a_page_is_one_read_only_snapshot_whose_level_is_in_its_begin(
+    stores: tuple[PostgresStore, PostgresStore], postgres_url: str
+) -> None:
+    stores[0].audit_entries.append(_extend(["a", "b"]))
+    statements: list[str] = []
+
+    @contextlib.contextmanager
+    def connect() -> Iterator[Any]:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            yield _Recording(conn, statements)
+
+    entries = AuditEntries(connect, lambda: None, lambda _: contextlib.nullcontext())
+    assert len(entries.page(1, 10, 10**6).lines) == 2
+    # Two reads in one snapshot; a SET TRANSACTION after the BEGIN would be a round trip more.
+    assert statements == [
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        "SELECT",
+        "SELECT",
+        "COMMIT",
+    ]
 
 
 def test_a_log_file_is_moved_in_once(stores: tuple[PostgresStore, PostgresStore]) -> None:
