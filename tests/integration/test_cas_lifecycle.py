@@ -51,7 +51,14 @@ def test_sigterm_and_sigint_stop_cleanly(cas_process: CasProcess) -> None:
     assert cas_process.stop(signal.SIGTERM) == 0
     cas_process.start()
     assert cas_process.stop(signal.SIGINT) == 0
-    assert "stopped" in cas_process.log()
+    log = cas_process.log()
+    assert "stopped" in log
+    # Two starts, each line once per start: uvicorn's own line for each of its two servers is
+    # not repeated beside the CAS's.
+    assert log.count("serving the client API") == log.count("serving the enclave API") == 2
+    assert log.count(" stopped") == 2
+    for per_server in ("Started server process", "Finished server process", "Shutting down"):
+        assert per_server not in log
 
 
 def test_show_identification_without_server(cas_process: CasProcess) -> None:

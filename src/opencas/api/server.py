@@ -163,6 +163,21 @@ class _Server(uvicorn.Server):
         return HttpToolsProtocol(config=self.config, server_state=self.server_state, app_state={})
 
 
+class _SaidOncePerProcess(logging.Filter):
+    """Drops what uvicorn logs for each of its servers, which the CAS says once per process
+    ("serving the ... API" for each listener at the start, "stopped" at the end)."""
+
+    _PER_SERVER = frozenset(
+        {"Started server process [%d]", "Finished server process [%d]", "Shutting down"}
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self._PER_SERVER
+
+
+_SAID_ONCE = _SaidOncePerProcess()
+
+
 def _server(
     listener: Listener, sock: socket.socket, context: ssl.SSLContext, limits: ConnectionLimits
 ) -> _Server:
@@ -183,6 +198,8 @@ def _server(
         lifespan="off",
     )
     config.load()
+    # uvicorn's own logger; adding the same filter again changes nothing.
+    logging.getLogger("uvicorn.error").addFilter(_SAID_ONCE)
     return _Server(config, sock, context, limits)
 
 
