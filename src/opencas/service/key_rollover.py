@@ -106,9 +106,13 @@ class RolloverRecord(BaseModel):
     moved: int = 0
     damaged: int = 0
     """Records left under the old key because they were damaged (unreadable) already."""
+    cursor: str | None = None
+    """Where the next batch starts, a position of the store's walk
+    (:func:`opencas.store.records.position_text`); ``None``: from the start."""
     cursor_table: str | None = None
     cursor_id: str | None = None
-    """Hex of the record id the next batch starts after; both ``None``: from the first."""
+    """The cursor of builds that walked every backend in record-id order (the hex of the id the
+    next batch started after). Read only: a record that has them starts the walk again."""
 
 
 def key_id(dmk: bytes) -> str:
@@ -395,18 +399,18 @@ def _batch(
         record = read_rollover(txn)
         if record is None or record.state != "running":
             return None, record
-        after = (
-            None
-            if record.cursor_table is None or record.cursor_id is None
-            else (record.cursor_table, bytes.fromhex(record.cursor_id))
-        )
-        page = rekey_page(txn, after, batch, out_of_time)
+        # A walk from the start (the first, or one begun again because an earlier build walked
+        # in record-id order, or crashed between the last batch and the finish) passes over
+        # the records moved before and meets every damaged one again.
+        damaged = 0 if record.cursor is None else record.damaged
+        page = rekey_page(txn, record.cursor, batch, out_of_time)
         record = record.model_copy(
             update={
                 "moved": record.moved + page.moved,
-                "damaged": record.damaged + page.damaged,
-                "cursor_table": None if page.after is None else page.after[0],
-                "cursor_id": None if page.after is None else page.after[1].hex(),
+                "damaged": damaged + page.damaged,
+                "cursor": page.after,
+                "cursor_table": None,
+                "cursor_id": None,
             }
         )
         write_record(txn, _TABLE, _PROGRESS, record)

@@ -55,9 +55,12 @@ from opencas.store.cluster import (
 from opencas.store.guards import GUARD_TABLES, PostgresGuards
 from opencas.store.postgres_reads import repeatable_read
 from opencas.store.records import (
+    IndexPosition,
     RecordCipher,
     RecordReader,
     RecordTransaction,
+    RowidPosition,
+    WalkPosition,
     check_key,
     check_records,
     check_table,
@@ -171,11 +174,14 @@ class _PostgresRows:
         row = self._one("SELECT value FROM commit_state WHERE name = 'state'", ())
         return None if row is None else row[0]
 
-    def index_page(
-        self, after: tuple[str, bytes] | None, limit: int
-    ) -> Iterator[tuple[object, object, object]]:
-        # The comparison and the order are the primary key's own (its collation), so the
-        # page is read from the index, not by sorting the table.
+    def rekey_rows(
+        self, after: WalkPosition | None, limit: int
+    ) -> list[tuple[WalkPosition, object, object, object | None]]:
+        # The index's order: the values are a heap in insertion order found through their own
+        # primary-key index already. The comparison and the order are the primary key's own
+        # (its collation), so the page is read from the index, not by sorting the table.
+        if isinstance(after, RowidPosition):
+            raise StoreError(f"{after} is no position in the record index of {self._shown}")
         if after is None:
             cursor = self._conn.execute(
                 "SELECT tbl, key, value FROM record_index ORDER BY tbl, key LIMIT %s", (limit,)
@@ -184,9 +190,12 @@ class _PostgresRows:
             cursor = self._conn.execute(
                 "SELECT tbl, key, value FROM record_index WHERE (tbl, key) > (%s, %s) "
                 "ORDER BY tbl, key LIMIT %s",
-                (*after, limit),
+                (after.table, after.record_id, limit),
             )
-        return iter(cursor.fetchall())
+        return [
+            (IndexPosition(table, record_id), table, record_id, sealed)
+            for table, record_id, sealed in cursor.fetchall()
+        ]
 
     def index_size(self) -> int:
         row = self._one("SELECT count(*) FROM record_index", ())

@@ -57,6 +57,53 @@ def _never() -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class RowidPosition:
+    """A key rollover's walk in storage order (SQLite): past the row ``after``, up to the row
+    ``end``, the largest when the walk began. Rows written since then are sealed under the new
+    key, so the walk need not reach past ``end``."""
+
+    after: int
+    end: int
+
+
+@dataclass(frozen=True)
+class IndexPosition:
+    """A key rollover's walk in index order: past ``(table, record_id)``. SQLite's walk ends
+    with the index rows that have no record row; PostgreSQL walks its whole index this way."""
+
+    table: str
+    record_id: bytes
+
+
+#: Where a key rollover's walk stands; each backend walks with one of these.
+WalkPosition = RowidPosition | IndexPosition
+
+
+def position_text(position: WalkPosition) -> str:
+    """``position`` as the rollover's progress record keeps it: ``rowid:<after>:<end>`` or
+    ``index:<record id in hex>:<table>``."""
+    if isinstance(position, RowidPosition):
+        return f"rowid:{position.after}:{position.end}"
+    return f"index:{position.record_id.hex()}:{position.table}"
+
+
+def parse_position(text: str) -> WalkPosition:
+    """The position :func:`position_text` wrote as ``text``; :class:`StoreError` when it is
+    not one."""
+    kind, _, rest = text.partition(":")
+    try:
+        if kind == "rowid":
+            after, end = rest.split(":")
+            return RowidPosition(int(after), int(end))
+        if kind == "index":
+            record_id, table = rest.split(":", 1)
+            return IndexPosition(table, bytes.fromhex(record_id))
+    except ValueError:
+        pass
+    raise StoreError(f"{text!r} is not the position of a key rollover")
+
+
 class Rows(Protocol):
     """Raw rows as one backend connection sees them (in a transaction, a snapshot or not)."""
 
@@ -97,11 +144,17 @@ class Rows(Protocol):
         """The sealed commit state, or ``None`` when there is no state row."""
         ...
 
-    def index_page(
-        self, after: tuple[str, bytes] | None, limit: int
-    ) -> Iterator[tuple[object, object, object]]:
-        """Up to ``limit`` ``(table, record id, sealed entry)`` in ``(table, id)`` order, after
-        ``after`` (from the first: ``None``)."""
+    def rekey_rows(
+        self, after: WalkPosition | None, limit: int
+    ) -> list[tuple[WalkPosition, object, object, object | None]]:
+        """Up to ``limit`` rows a key rollover visits next, after ``after`` (from the start:
+        ``None``), each as ``(position after it, table, record id, sealed index entry)``; the
+        entry is ``None`` for a record row without one. Fewer than ``limit`` only at the end.
+
+        A walk begun (``after`` ``None``) once the store seals under the new key reaches every
+        row sealed under the previous key that is still there when its page comes, and every
+        index row without a record row; the backend chooses the order and the position type.
+        """
         ...
 
     def index_size(self) -> int:
@@ -503,19 +556,22 @@ class RecordTransaction(RecordReader):
 
     def rekey_page(
         self,
-        after: tuple[str, bytes] | None,
+        after: str | None,
         limit: int,
         out_of_time: Callable[[], bool] = _never,
     ) -> RekeyedPage:
-        """Move the records sealed under the previous key among the next ``limit`` index rows
-        after ``after`` to the current key, keeping their versions.
+        """Move the records sealed under the previous key among the next ``limit`` rows of the
+        backend's walk (:meth:`Rows.rekey_rows`) after the position ``after`` (as
+        :func:`position_text` writes it; from the start: ``None``) to the current key, keeping
+        their versions.
 
         Rows already under the current key (moved before, or written since the rollover
-        started) are passed over. A record that is damaged (it opens under neither key, or its
-        row is not the committed one) is left where it is and counted: it was unreadable before
-        and stays so. ``out_of_time`` is asked before each row but the first: once it says so,
-        the page ends there (so every page makes progress) and its ``after`` says where the
-        next one starts. Raises :class:`StoreError` when no rollover runs.
+        started) are passed over. A record that is damaged (it opens under neither key, its
+        row is not the committed one, its record row has no index row or its index row no
+        record row) is left where it is and counted: it was unreadable before and stays so.
+        ``out_of_time`` is asked before each row but the first: once it says so, the page ends
+        there (so every page makes progress) and its ``after`` says where the next one starts.
+        Raises :class:`StoreError` when no rollover runs or ``after`` is no position.
         """
         previous = self._cipher.previous
         rows = self._view()
@@ -525,15 +581,15 @@ class RecordTransaction(RecordReader):
         last = after
         moving: list[_Moving] = []
         with rows.failing("re-encrypting records under the new database key"):
-            page = list(rows.index_page(after, limit))
-            for table, record_id, sealed in page:
+            page = rows.rekey_rows(None if after is None else parse_position(after), limit)
+            for position, table, record_id, sealed in page:
                 if seen and out_of_time():
                     break
                 seen += 1
+                last = position_text(position)
                 if not isinstance(table, str) or not isinstance(record_id, bytes):
                     damaged += 1
                     continue
-                last = (table, record_id)
                 try:
                     opened = self._open_previous(table, record_id, sealed, previous)
                 except RecordDamagedError:
@@ -541,11 +597,11 @@ class RecordTransaction(RecordReader):
                     continue
                 if opened is not None:
                     moving.append(opened)
-            # The old rows go in the order of their ids, the page's order. The new ids are keyed
-            # hashes under the new key, scattered over the whole table: written in their own
-            # order, the batch walks each B-tree ordered by id once from left to right instead
-            # of jumping to a random leaf (and its path of interior pages) per record, which
-            # misses the database's page cache ever more often as the table outgrows it.
+            # The old rows go in the walk's order (on SQLite the order they lie in the table,
+            # one pass over a table far larger than the page cache). The new ids are keyed
+            # hashes under the new key, scattered over the id-ordered B-trees: written in their
+            # own order, the batch walks each of them once from left to right instead of
+            # jumping to a random leaf (and its path of interior pages) per record.
             for item in moving:
                 rows.delete_record(item.table, item.located.record_id)
             moving.sort(key=lambda item: (item.table, item.new_id))
@@ -558,8 +614,8 @@ class RecordTransaction(RecordReader):
                     item.located,
                     old_row_deleted=True,
                 )
-        # Every row was visited only when the page query found fewer than asked for, and the
-        # loop went through all of them.
+        # Every row was visited only when the walk gave fewer than asked for, and the loop went
+        # through all of them.
         finished = seen < limit and len(page) == seen
         return RekeyedPage(None if finished else last, len(moving), damaged, seen)
 
@@ -611,7 +667,7 @@ class RekeyedPage:
     every row was visited), how many records it moved, how many it left because they are
     damaged, and how many index rows it visited."""
 
-    after: tuple[str, bytes] | None
+    after: str | None
     moved: int
     damaged: int
     visited: int
@@ -619,7 +675,7 @@ class RekeyedPage:
 
 def rekey_page(
     txn: Transaction,
-    after: tuple[str, bytes] | None,
+    after: str | None,
     limit: int,
     out_of_time: Callable[[], bool] = _never,
 ) -> RekeyedPage:

@@ -49,9 +49,12 @@ from typing import Any
 from opencas.errors import RecordDamagedError, StoreError
 from opencas.store.base import StoreState, Transaction
 from opencas.store.records import (
+    IndexPosition,
     RecordCipher,
     RecordReader,
     RecordTransaction,
+    RowidPosition,
+    WalkPosition,
     check_key,
     check_records,
     check_table,
@@ -179,21 +182,64 @@ class _SqliteRows:
         row = _fetch_one(self._conn, "SELECT value FROM commit_state WHERE name = 'state'", ())
         return None if row is None else row[0]
 
-    def index_page(
-        self, after: tuple[str, bytes] | None, limit: int
-    ) -> Iterator[tuple[object, object, object]]:
+    def rekey_rows(
+        self, after: WalkPosition | None, limit: int
+    ) -> list[tuple[WalkPosition, object, object, object | None]]:
+        # The value rows in the order they lie in ``records``, so a rollover deletes them in
+        # one pass over a table far larger than the page cache; then the index rows that have
+        # no value row, which that pass cannot meet. A walk ends at the largest rowid it found
+        # when it began: every row written since is sealed under the new key (some may reuse a
+        # rowid at or below the end once the largest was deleted; they are passed over).
         if after is None:
-            return _fetch_all(
+            # Two subqueries, each a descent to one end of the table: min and max in one
+            # SELECT would scan the whole index.
+            first, end = _fetch_one(
                 self._conn,
-                "SELECT tbl, key, value FROM record_index ORDER BY tbl, key LIMIT ?",
-                (limit,),
+                "SELECT coalesce((SELECT min(rowid) FROM records) - 1, 0), "
+                "coalesce((SELECT max(rowid) FROM records), 0)",
+                (),
             )
-        return _fetch_all(
-            self._conn,
-            "SELECT tbl, key, value FROM record_index WHERE (tbl, key) > (?, ?) "
-            "ORDER BY tbl, key LIMIT ?",
-            (*after, limit),
-        )
+            after = RowidPosition(first, end)
+        if isinstance(after, IndexPosition):
+            return self._entries_without_row(after, limit)
+        found = self._rows_in_order(after, limit)
+        if len(found) < limit:
+            found += self._entries_without_row(None, limit - len(found))
+        return found
+
+    def _rows_in_order(
+        self, after: RowidPosition, limit: int
+    ) -> list[tuple[WalkPosition, object, object, object | None]]:
+        return [
+            (RowidPosition(rowid, after.end), table, record_id, sealed)
+            for rowid, table, record_id, sealed in _fetch_all(
+                self._conn,
+                "SELECT r.rowid, r.tbl, r.key, i.value FROM records AS r "
+                "LEFT JOIN record_index AS i ON i.tbl = r.tbl AND i.key = r.key "
+                "WHERE r.rowid > ? AND r.rowid <= ? ORDER BY r.rowid LIMIT ?",
+                (after.after, after.end, limit),
+            )
+        ]
+
+    def _entries_without_row(
+        self, after: IndexPosition | None, limit: int
+    ) -> list[tuple[WalkPosition, object, object, object | None]]:
+        # Only rows of the index's shape: one of another shape is no position to go on from,
+        # and makes the store refuse to open already (the index does not add up). No table is
+        # named "", so ("", x'') comes before every row.
+        start = IndexPosition("", b"") if after is None else after
+        return [
+            (IndexPosition(table, record_id), table, record_id, sealed)
+            for table, record_id, sealed in _fetch_all(
+                self._conn,
+                "SELECT i.tbl, i.key, i.value FROM record_index AS i "
+                "WHERE (i.tbl, i.key) > (?, ?) AND typeof(i.tbl) = 'text' "
+                "AND typeof(i.key) = 'blob' AND NOT EXISTS "
+                "(SELECT 1 FROM records AS r WHERE r.tbl = i.tbl AND r.key = i.key) "
+                "ORDER BY i.tbl, i.key LIMIT ?",
+                (start.table, start.record_id, limit),
+            )
+        ]
 
     def index_size(self) -> int:
         (count,) = _fetch_one(self._conn, "SELECT count(*) FROM record_index", ())

@@ -24,8 +24,9 @@ from opencas.service.key_rollover import (
     start_key_rollover,
 )
 from opencas.service.provisioning import provision
+from opencas.service.records import write_record
 from opencas.store import KeyStoreContents, key_store_path, load_key_store, save_key_store
-from opencas.store.records import RekeyedPage
+from opencas.store.records import RekeyedPage, RowidPosition, parse_position
 from opencas.testing import write_config
 
 OWNER = OwnerIdentity("a1" * 32, None)
@@ -262,3 +263,56 @@ def test_a_batch_refused_for_outlasting_the_lease_is_redone_smaller(
     _finished_and_readable(cas, record)
     # 1000 records took 40 s against a budget of 7.5 s (a quarter of the 30 s lease).
     assert sizes[:2] == [1000, int(1000 * 7.5 / 40.0)]
+
+
+def _rewrite_progress(cas: Cas, **fields: Any) -> None:
+    record = read_rollover(cas.store)
+    assert record is not None
+    with cas.store.transaction() as txn:
+        write_record(txn, "key-rollover", "progress", record.model_copy(update=fields))
+
+
+def test_a_rollover_stored_by_a_build_that_walked_in_id_order_begins_its_walk_again(
+    cas: Cas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _provisioned(cas)
+    _start_without_batches(cas, monkeypatch)
+    # That build's cursor past the last id: taken as a position, it would leave every record
+    # under the old key, which is then destroyed.
+    _rewrite_progress(cas, cursor_table="sessions", cursor_id="ff" * 32, damaged=2)
+    cas = _reopen(cas)
+    try:
+        pages = _pages_of(monkeypatch)
+        with monkeypatch.context() as scoped:
+            scoped.setattr(key_rollover, "run_in_background", key_rollover.run_batches)
+            resume_key_rollover(cas)
+        record = read_rollover(cas.store)
+        _finished_and_readable(cas, record)
+        assert record is not None
+        assert (record.cursor, record.cursor_table, record.cursor_id) == (None, None, None)
+        # The walk met every record again, and counted the damaged afresh: there are none.
+        assert record.damaged == 0
+        assert sum(visited for _, visited in pages) >= record.total
+    finally:
+        cas.close()
+
+
+def test_a_batch_out_of_time_stores_where_in_the_table_the_next_begins(
+    cas: Cas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _provisioned(cas)
+    _start_without_batches(cas, monkeypatch)
+    leader = key_rollover.Leadership(cas, key_rollover.LEASE_NAME)
+    cursors: list[str | None] = []
+    while not cursors or cursors[-1] is not None:
+        page, record = key_rollover._batch(cas, leader, 1000, lambda: True)
+        assert page is not None
+        assert record is not None
+        assert page.visited == 1
+        cursors.append(record.cursor)
+    # Each batch stopped after one row; the next began where it stopped, in rowid order.
+    walked = [parse_position(cursor) for cursor in cursors[:-1] if cursor is not None]
+    assert all(isinstance(position, RowidPosition) for position in walked)
+    assert [position.after for position in walked] == sorted(p.after for p in walked)
+    assert len({position.after for position in walked}) == len(walked)
+    _finished_and_readable(cas, key_rollover.run_batches(cas))

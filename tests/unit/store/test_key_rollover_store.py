@@ -17,7 +17,15 @@ import pytest
 
 from opencas.errors import KeyStoreError, StoreError
 from opencas.store import PostgresStore, SqliteStore, Store, Transaction
-from opencas.store.records import RekeyedPage, index_size, rekey_page
+from opencas.store.records import (
+    IndexPosition,
+    RekeyedPage,
+    RowidPosition,
+    index_size,
+    parse_position,
+    position_text,
+    rekey_page,
+)
 from opencas.store.state import StateKeys
 
 OLD = bytes(range(32))
@@ -90,7 +98,7 @@ def _everything(store: Store) -> dict[tuple[str, str], bytes]:
     return found
 
 
-def _page(store: Store, after: tuple[str, bytes] | None, limit: int) -> RekeyedPage:
+def _page(store: Store, after: str | None, limit: int) -> RekeyedPage:
     with store.transaction() as tx:
         return rekey_page(tx, after, limit)
 
@@ -100,7 +108,7 @@ def test_every_record_moves_while_writes_go_on_and_the_old_key_opens_nothing_aft
 ) -> None:
     expected = _expected()
     store.use_keys(NEW, OLD)
-    after: tuple[str, bytes] | None = None
+    after: str | None = None
     moved = 0
     number = 0
     while True:
@@ -197,7 +205,7 @@ def test_a_page_out_of_time_ends_after_one_row_and_the_next_carries_on(
         return True
 
     pages: list[RekeyedPage] = []
-    after: tuple[str, bytes] | None = None
+    after: str | None = None
     while not pages or after is not None:
         with store.transaction() as tx:
             page = rekey_page(tx, after, 1000, out_of_time)
@@ -218,3 +226,142 @@ def test_a_page_with_time_left_visits_every_row_it_asked_for(store: Store) -> No
         page = rekey_page(tx, None, 40, lambda: False)
     assert (page.visited, page.moved) == (40, 40)
     assert page.after is not None
+
+
+def _walk(store: Store, after: str | None, limit: int) -> tuple[int, int]:
+    """Pages from ``after`` to the end of the walk: the records moved and the damaged."""
+    moved = damaged = 0
+    while True:
+        page = _page(store, after, limit)
+        moved, damaged = moved + page.moved, damaged + page.damaged
+        if page.after is None:
+            return moved, damaged
+        after = page.after
+
+
+def _old_key_opens_nothing(backend: _Backend, store: Store, expected: dict[Any, bytes]) -> None:
+    """Every record of ``expected`` opens under the new key alone, none is damaged, and no
+    row is left under a record id of the old key."""
+    store.use_keys(NEW, None)
+    assert _everything(store) == expected
+    reopened = backend.open(NEW)
+    try:
+        assert reopened.damaged_records == ()
+        assert _everything(reopened) == expected
+    finally:
+        reopened.close()
+    old_ids = {StateKeys(OLD).record_id(table, key) for table, key in _expected()}
+    for table in ("records", "record_index"):
+        assert not old_ids & {bytes(row[0]) for row in backend.raw(f"SELECT key FROM {table}")}
+
+
+def test_rows_written_behind_the_walk_and_ahead_of_it_leave_no_record_under_the_old_key(
+    backend: _Backend, store: Store
+) -> None:
+    expected = _expected()
+    store.use_keys(NEW, OLD)
+    first = _page(store, None, 20)
+    assert (first.moved, first.after is not None) == (20, True)
+    with store.transaction() as tx:
+        for number in range(30):
+            # New records, appended after the end of the walk.
+            tx.put("sessions", f"during{number:02}", b"new")
+            expected["sessions", f"during{number:02}"] = b"new"
+        # An update in place of a record the first page moved, and the move of one it has not
+        # reached yet, which the walk then meets under the new key.
+        for table, key in list(_expected())[:2] + list(_expected())[-2:]:
+            tx.put(table, key, b"updated")
+            expected[table, key] = b"updated"
+    moved, damaged = _walk(store, first.after, 7)
+    assert damaged == 0
+    # Each record under the old key moved once: by a page, or by its update (up to four).
+    assert len(_expected()) + 1 - 4 <= first.moved + moved <= len(_expected()) + 1
+    _old_key_opens_nothing(backend, store, expected)
+
+
+def test_the_last_row_moved_first_lets_its_rowid_be_reused_and_nothing_is_skipped(
+    tmp_path: Path,
+) -> None:
+    backend = _Backend("sqlite", str(tmp_path / "cas.db"))
+    store = backend.create()
+    try:
+        expected = _expected()
+        ((end, table, record_id),) = backend.raw(
+            "SELECT rowid, tbl, key FROM records ORDER BY rowid DESC LIMIT 1"
+        )
+        (key,) = [k for t, k in _expected() if StateKeys(OLD).record_id(t, k) == record_id]
+        store.use_keys(NEW, OLD)
+        with store.transaction() as tx:
+            # Its update deletes the largest rowid, and SQLite gives the new row that one again.
+            tx.put(table, key, b"moved by its update")
+            first = rekey_page(tx, None, 3)
+        expected[table, key] = b"moved by its update"
+        new_id = StateKeys(NEW).record_id(table, key)
+        assert backend.raw("SELECT rowid FROM records WHERE key = ?", (new_id,)) == [(end,)]
+        assert parse_position(first.after or "") == RowidPosition(3, end)
+        moved, damaged = _walk(store, first.after, 10)
+        assert (first.moved + moved, damaged) == (len(_expected()) + 1 - 1, 0)
+        _old_key_opens_nothing(backend, store, expected)
+    finally:
+        store.close()
+
+
+def test_a_walk_that_begins_after_rows_were_deleted_and_written_reaches_each_old_row(
+    tmp_path: Path,
+) -> None:
+    backend = _Backend("sqlite", str(tmp_path / "cas.db"))
+    store = backend.create()
+    try:
+        expected = _expected()
+        store.use_keys(NEW, OLD)
+        # Between the start and the first page: the record with the largest rowid deleted,
+        # then new ones written (one of them takes that rowid), all under the new key.
+        ((table, record_id),) = backend.raw(
+            "SELECT tbl, key FROM records ORDER BY rowid DESC LIMIT 1"
+        )
+        (key,) = [
+            k for t, k in _expected() if t == table and StateKeys(OLD).record_id(t, k) == record_id
+        ]
+        with store.transaction() as tx:
+            tx.delete(table, key)
+            tx.put("sessions", "after-the-start", b"new")
+        del expected[table, key]
+        expected["sessions", "after-the-start"] = b"new"
+        moved, damaged = _walk(store, None, 9)
+        assert (moved, damaged) == (len(_expected()) + 1 - 1, 0)
+        _old_key_opens_nothing(backend, store, expected)
+    finally:
+        store.close()
+
+
+def test_an_index_row_without_its_record_is_counted_as_damaged(
+    backend: _Backend, store: Store
+) -> None:
+    record_id = StateKeys(OLD).record_id("sessions", "s007")
+    backend.raw("DELETE FROM records WHERE tbl = ? AND key = ?", ("sessions", record_id))
+    store.use_keys(NEW, OLD)
+    moved, damaged = _walk(store, None, 10)
+    assert (moved, damaged) == (len(_expected()) - 1 + 1, 1)
+
+
+def test_on_sqlite_a_record_row_without_its_index_row_is_counted_as_damaged(
+    tmp_path: Path,
+) -> None:
+    backend = _Backend("sqlite", str(tmp_path / "cas.db"))
+    store = backend.create()
+    try:
+        record_id = StateKeys(OLD).record_id("sessions", "s007")
+        backend.raw("DELETE FROM record_index WHERE tbl = ? AND key = ?", ("sessions", record_id))
+        store.use_keys(NEW, OLD)
+        moved, damaged = _walk(store, None, 10)
+        assert (moved, damaged) == (len(_expected()) - 1 + 1, 1)
+    finally:
+        store.close()
+
+
+def test_a_walk_position_is_kept_as_text_and_nothing_else_is_one() -> None:
+    for position in (RowidPosition(-1, 7), IndexPosition("a:b", b"\x00\xff")):
+        assert parse_position(position_text(position)) == position
+    for text in ("", "rowid:1", "rowid:a:2", "index:zz:t", "sessions:00"):
+        with pytest.raises(StoreError, match="not the position"):
+            parse_position(text)

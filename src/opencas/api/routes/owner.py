@@ -140,4 +140,4 @@ def _backup_json(record: BackupRecord) -> dict[str, Any]:
 def _rollover_json(record: RolloverRecord | None) -> dict[str, Any]:
     if record is None:
         return {"state": "none"}
-    return record.model_dump(exclude={"cursor_table", "cursor_id"})
+    return record.model_dump(exclude={"cursor", "cursor_table", "cursor_id"})
