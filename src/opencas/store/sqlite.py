@@ -22,7 +22,11 @@ a small unique index on ``(tbl, key)``. Record ids are keyed hashes, so a batch 
 new ids (a key rollover's) would land on random leaves of a table ordered by them; appended in
 rowid order, the large values go to the end of the table and only the index entries (some 50
 bytes each) land at random places. ``record_index`` holds small rows and stays ordered by
-``(tbl, key)``: a rollover pages through it in that order. Schema version 2 had ``records``
+``(tbl, key)``. A key rollover walks ``records`` in rowid order, up to the largest rowid when its
+walk began, and then the index rows that have no record row; its position (a
+:class:`~opencas.store.records.RowidPosition`) is a rowid, so anything that renumbers the rows
+(a migration that copies ``records``, ``VACUUM``) must not run while a walk is under way, or
+must make it begin again. Schema version 2 had ``records``
 ordered by ``(tbl, key)`` too. :meth:`SqliteStore.open` opens such a file as it is, and
 :func:`opencas.store.records.upgrade_tables` converts it (migration 3) inside a write transaction,
 the one in which a build takes the store over, so a crash leaves the old table or the new one,
@@ -90,7 +94,9 @@ _SCHEMA = (
     "CREATE TABLE commit_state (name TEXT NOT NULL PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
 )
 _TABLES = {"meta", "records", "record_index", "commit_state"}
-#: Migration N turns a file of schema version N - 1 into version N, in one transaction.
+#: Migration N turns a file of schema version N - 1 into version N, in one transaction. One that
+#: copies ``records`` gives its rows new rowids: a key rollover's walk (a rowid position) stored
+#: before it must then begin again. Version 3's runs before any build that walks by rowid serves.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # The rows are copied as they are: envelopes and index entries are bound to table, key and
     # version, not to where a row is kept, so every record opens as before.
