@@ -26,6 +26,9 @@ def test_first_start_logs_identity_and_token(cas: CasProcess) -> None:
     log = cas.log()
     assert "CAS key hash:" in log
     assert "provisioning token:" in log
+    # A new store has no earlier schema to have been migrated from.
+    assert "store record schema: version" in log
+    assert "migrated from version" not in log
     assert cas.database.exists()
     assert (cas.directory / "cas.db.key-store").exists()
 

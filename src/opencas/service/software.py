@@ -222,7 +222,11 @@ def take_over(
     previous = None if recorded is None else recorded.measurement
     if converted:
         log.info("the database's tables were converted to this build's schema")
-    if before != after:
+    if before == 0:
+        # A store made by this start (or before stores recorded their schema) has no version
+        # to migrate from: its records are simply laid out as this build's.
+        log.info("store record schema: version %d", after)
+    elif before != after:
         log.info("store record schema migrated from version %d to %d", before, after)
     if basis == "registered-upgrade":
         log.info(
