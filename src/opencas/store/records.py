@@ -578,7 +578,7 @@ class RecordTransaction(RecordReader):
         if previous is None:
             raise StoreError(f"no key rollover is running on {rows.name}")
         damaged = seen = 0
-        last = after
+        last: WalkPosition | None = None
         moving: list[_Moving] = []
         with rows.failing("re-encrypting records under the new database key"):
             page = rows.rekey_rows(None if after is None else parse_position(after), limit)
@@ -586,7 +586,7 @@ class RecordTransaction(RecordReader):
                 if seen and out_of_time():
                     break
                 seen += 1
-                last = position_text(position)
+                last = position
                 if not isinstance(table, str) or not isinstance(record_id, bytes):
                     damaged += 1
                     continue
@@ -617,7 +617,9 @@ class RecordTransaction(RecordReader):
         # Every row was visited only when the walk gave fewer than asked for, and the loop went
         # through all of them.
         finished = seen < limit and len(page) == seen
-        return RekeyedPage(None if finished else last, len(moving), damaged, seen)
+        # Only where the page ended is kept; ``after`` stands when it visited nothing.
+        following = after if last is None else position_text(last)
+        return RekeyedPage(None if finished else following, len(moving), damaged, seen)
 
     def upgrade_tables(self) -> bool:
         """Convert the backend's tables to this code's schema if they are older (committed with

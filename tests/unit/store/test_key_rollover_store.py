@@ -279,51 +279,43 @@ def _last_row(backend: _Backend) -> tuple[int, str, str]:
     return int(rowid), str(table), key
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_the_last_row_moved_first_lets_its_rowid_be_reused_and_nothing_is_skipped(
-    tmp_path: Path,
+    backend: _Backend, store: Store
 ) -> None:
-    backend = _Backend("sqlite", str(tmp_path / "cas.db"))
-    store = backend.create()
-    try:
-        expected = _expected()
-        end, table, key = _last_row(backend)
-        store.use_keys(NEW, OLD)
-        with store.transaction() as tx:
-            # Its update deletes the largest rowid, and SQLite gives the new row that one again.
-            tx.put(table, key, b"moved by its update")
-            first = rekey_page(tx, None, 3)
-        expected[table, key] = b"moved by its update"
-        new_id = StateKeys(NEW).record_id(table, key)
-        assert backend.raw("SELECT rowid FROM records WHERE key = ?", (new_id,)) == [(end,)]
-        assert parse_position(first.after or "") == RowidPosition(3, end)
-        moved, damaged = _walk(store, first.after, 10)
-        assert (first.moved + moved, damaged) == (len(_expected()) + 1 - 1, 0)
-        _old_key_opens_nothing(backend, store, expected)
-    finally:
-        store.close()
+    expected = _expected()
+    end, table, key = _last_row(backend)
+    store.use_keys(NEW, OLD)
+    with store.transaction() as tx:
+        # Its update deletes the largest rowid, and SQLite gives the new row that one again.
+        tx.put(table, key, b"moved by its update")
+        first = rekey_page(tx, None, 3)
+    expected[table, key] = b"moved by its update"
+    new_id = StateKeys(NEW).record_id(table, key)
+    assert backend.raw("SELECT rowid FROM records WHERE key = ?", (new_id,)) == [(end,)]
+    assert parse_position(first.after or "") == RowidPosition(3, end)
+    moved, damaged = _walk(store, first.after, 10)
+    assert (first.moved + moved, damaged) == (len(_expected()) + 1 - 1, 0)
+    _old_key_opens_nothing(backend, store, expected)
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_a_walk_that_begins_after_rows_were_deleted_and_written_reaches_each_old_row(
-    tmp_path: Path,
+    backend: _Backend, store: Store
 ) -> None:
-    backend = _Backend("sqlite", str(tmp_path / "cas.db"))
-    store = backend.create()
-    try:
-        expected = _expected()
-        store.use_keys(NEW, OLD)
-        # Between the start and the first page: the record with the largest rowid deleted,
-        # then new ones written (one of them takes that rowid), all under the new key.
-        _, table, key = _last_row(backend)
-        with store.transaction() as tx:
-            tx.delete(table, key)
-            tx.put("sessions", "after-the-start", b"new")
-        del expected[table, key]
-        expected["sessions", "after-the-start"] = b"new"
-        moved, damaged = _walk(store, None, 9)
-        assert (moved, damaged) == (len(_expected()) + 1 - 1, 0)
-        _old_key_opens_nothing(backend, store, expected)
-    finally:
-        store.close()
+    expected = _expected()
+    store.use_keys(NEW, OLD)
+    # Between the start and the first page: the record with the largest rowid deleted,
+    # then new ones written (one of them takes that rowid), all under the new key.
+    _, table, key = _last_row(backend)
+    with store.transaction() as tx:
+        tx.delete(table, key)
+        tx.put("sessions", "after-the-start", b"new")
+    del expected[table, key]
+    expected["sessions", "after-the-start"] = b"new"
+    moved, damaged = _walk(store, None, 9)
+    assert (moved, damaged) == (len(_expected()) + 1 - 1, 0)
+    _old_key_opens_nothing(backend, store, expected)
 
 
 def test_an_index_row_without_its_record_is_counted_as_damaged(
@@ -336,19 +328,15 @@ def test_an_index_row_without_its_record_is_counted_as_damaged(
     assert (moved, damaged) == (len(_expected()) - 1 + 1, 1)
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_on_sqlite_a_record_row_without_its_index_row_is_counted_as_damaged(
-    tmp_path: Path,
+    backend: _Backend, store: Store
 ) -> None:
-    backend = _Backend("sqlite", str(tmp_path / "cas.db"))
-    store = backend.create()
-    try:
-        record_id = StateKeys(OLD).record_id("sessions", "s007")
-        backend.raw("DELETE FROM record_index WHERE tbl = ? AND key = ?", ("sessions", record_id))
-        store.use_keys(NEW, OLD)
-        moved, damaged = _walk(store, None, 10)
-        assert (moved, damaged) == (len(_expected()) - 1 + 1, 1)
-    finally:
-        store.close()
+    record_id = StateKeys(OLD).record_id("sessions", "s007")
+    backend.raw("DELETE FROM record_index WHERE tbl = ? AND key = ?", ("sessions", record_id))
+    store.use_keys(NEW, OLD)
+    moved, damaged = _walk(store, None, 10)
+    assert (moved, damaged) == (len(_expected()) - 1 + 1, 1)
 
 
 def test_a_walk_position_is_kept_as_text_and_nothing_else_is_one() -> None:
