@@ -60,6 +60,7 @@ from opencas.store.records import (
     RecordReader,
     RecordTransaction,
     RowidPosition,
+    WalkedRow,
     WalkPosition,
     check_key,
     check_records,
@@ -174,27 +175,30 @@ class _PostgresRows:
         row = self._one("SELECT value FROM commit_state WHERE name = 'state'", ())
         return None if row is None else row[0]
 
-    def rekey_rows(
-        self, after: WalkPosition | None, limit: int
-    ) -> list[tuple[WalkPosition, object, object, object | None]]:
+    def rekey_rows(self, after: WalkPosition | None, limit: int) -> list[WalkedRow]:
         # The index's order: the values are a heap in insertion order found through their own
         # primary-key index already. The comparison and the order are the primary key's own
-        # (its collation), so the page is read from the index, not by sorting the table.
+        # (its collation), so the page is read from the index, not by sorting the table. The
+        # record rows come in the same statement: one round trip per page, not one per record.
         if isinstance(after, RowidPosition):
             raise StoreError(f"{after} is no position in the record index of {self._shown}")
-        if after is None:
-            cursor = self._conn.execute(
-                "SELECT tbl, key, value FROM record_index ORDER BY tbl, key LIMIT %s", (limit,)
-            )
-        else:
-            cursor = self._conn.execute(
-                "SELECT tbl, key, value FROM record_index WHERE (tbl, key) > (%s, %s) "
-                "ORDER BY tbl, key LIMIT %s",
-                (after.table, after.record_id, limit),
-            )
+        start = ("", b"") if after is None else (after.table, after.record_id)
+        cursor = self._conn.execute(
+            "SELECT i.tbl, i.key, i.value, r.version, r.value FROM record_index AS i "
+            "LEFT JOIN records AS r ON r.tbl = i.tbl AND r.key = i.key "
+            "WHERE (i.tbl, i.key) > (%s, %s) ORDER BY i.tbl, i.key LIMIT %s",
+            (*start, limit),
+        )
+        # ``records.version`` is NOT NULL: no version means no record row.
         return [
-            (IndexPosition(table, record_id), table, record_id, sealed)
-            for table, record_id, sealed in cursor.fetchall()
+            WalkedRow(
+                IndexPosition(table, record_id),
+                table,
+                record_id,
+                sealed,
+                None if version is None else (version, value),
+            )
+            for table, record_id, sealed, version, value in cursor.fetchall()
         ]
 
     def index_size(self) -> int:

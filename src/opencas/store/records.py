@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from opencas.crypto.envelope import derive_key, open_envelope, record_aad, seal
 from opencas.errors import KeyStoreError, RecordDamagedError, StoreError
@@ -60,11 +60,13 @@ def _never() -> bool:
 @dataclass(frozen=True)
 class RowidPosition:
     """A key rollover's walk in storage order (SQLite): past the row ``after``, up to the row
-    ``end``, the largest when the walk began. Rows written since then are sealed under the new
-    key, so the walk need not reach past ``end``."""
+    ``end``, the largest when the walk began, in the rows' ``numbering`` then. Rows written
+    since then are sealed under the new key, so the walk need not reach past ``end``; once the
+    rows are numbered anew, the position means nothing and the walk begins again."""
 
     after: int
     end: int
+    numbering: int = 0
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,12 @@ WalkPosition = RowidPosition | IndexPosition
 
 
 def position_text(position: WalkPosition) -> str:
-    """``position`` as the rollover's progress record keeps it: ``rowid:<after>:<end>`` or
-    ``index:<record id in hex>:<table>``."""
+    """``position`` as the rollover's progress record keeps it: ``rowid:<after>:<end>`` (the
+    first numbering), ``rowid:<after>:<end>:<numbering>`` or ``index:<record id in
+    hex>:<table>``."""
     if isinstance(position, RowidPosition):
-        return f"rowid:{position.after}:{position.end}"
+        numbering = f":{position.numbering}" if position.numbering else ""
+        return f"rowid:{position.after}:{position.end}{numbering}"
     return f"index:{position.record_id.hex()}:{position.table}"
 
 
@@ -94,8 +98,9 @@ def parse_position(text: str) -> WalkPosition:
     kind, _, rest = text.partition(":")
     try:
         if kind == "rowid":
-            after, end = rest.split(":")
-            return RowidPosition(int(after), int(end))
+            after, end, *numbering = rest.split(":")
+            if len(numbering) <= 1:
+                return RowidPosition(int(after), int(end), int(numbering[0]) if numbering else 0)
         if kind == "index":
             record_id, table = rest.split(":", 1)
             return IndexPosition(table, bytes.fromhex(record_id))
@@ -144,12 +149,9 @@ class Rows(Protocol):
         """The sealed commit state, or ``None`` when there is no state row."""
         ...
 
-    def rekey_rows(
-        self, after: WalkPosition | None, limit: int
-    ) -> list[tuple[WalkPosition, object, object, object | None]]:
+    def rekey_rows(self, after: WalkPosition | None, limit: int) -> list[WalkedRow]:
         """Up to ``limit`` rows a key rollover visits next, after ``after`` (from the start:
-        ``None``), each as ``(position after it, table, record id, sealed index entry)``; the
-        entry is ``None`` for a record row without one. Fewer than ``limit`` only at the end.
+        ``None``), each with the position after it. Fewer than ``limit`` only at the end.
 
         A walk begun (``after`` ``None``) once the store seals under the new key reaches every
         row sealed under the previous key that is still there when its page comes, and every
@@ -160,6 +162,18 @@ class Rows(Protocol):
     def index_size(self) -> int:
         """How many index rows there are."""
         ...
+
+
+class WalkedRow(NamedTuple):
+    """One row of a key rollover's walk, read in the walk's own statement so that moving it
+    needs no second lookup: the sealed index entry is ``None`` for a record row without one,
+    ``row`` (version, envelope) ``None`` for an index row without a record row."""
+
+    position: WalkPosition
+    table: object
+    record_id: object
+    sealed: object | None
+    row: tuple[object, object] | None
 
 
 class WritableRows(Rows, Protocol):
@@ -582,7 +596,7 @@ class RecordTransaction(RecordReader):
         moving: list[_Moving] = []
         with rows.failing("re-encrypting records under the new database key"):
             page = rows.rekey_rows(None if after is None else parse_position(after), limit)
-            for position, table, record_id, sealed in page:
+            for position, table, record_id, sealed, row in page:
                 if seen and out_of_time():
                     break
                 seen += 1
@@ -591,7 +605,7 @@ class RecordTransaction(RecordReader):
                     damaged += 1
                     continue
                 try:
-                    opened = self._open_previous(table, record_id, sealed, previous)
+                    opened = self._open_previous(table, record_id, sealed, row, previous)
                 except RecordDamagedError:
                     damaged += 1
                     continue
@@ -635,15 +649,19 @@ class RecordTransaction(RecordReader):
             return rows.index_size()
 
     def _open_previous(
-        self, table: str, record_id: bytes, sealed: object, previous: RecordKeys
+        self,
+        table: str,
+        record_id: bytes,
+        sealed: object,
+        row: tuple[object, object] | None,
+        previous: RecordKeys,
     ) -> _Moving | None:
-        """The record at ``record_id`` opened under the previous key, with the id it moves to;
-        ``None`` when it is under the current key already. :class:`RecordDamagedError` when it
-        does not check."""
+        """The record at ``record_id`` (its ``row`` as the walk read it) opened under the
+        previous key, with the id it moves to; ``None`` when it is under the current key
+        already. :class:`RecordDamagedError` when it does not check."""
         entry, keys = self._cipher.open_entry(table, record_id, sealed)
         if keys is not previous:
             return None
-        row = self._view().record(table, record_id)
         version, envelope = (None, None) if row is None else row
         check_record(table, entry.key, entry, version, envelope)
         value = previous.open(table, entry.key, version, envelope)

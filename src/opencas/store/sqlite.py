@@ -25,8 +25,9 @@ bytes each) land at random places. ``record_index`` holds small rows and stays o
 ``(tbl, key)``. A key rollover walks ``records`` in rowid order, up to the largest rowid when its
 walk began, and then the index rows that have no record row; its position (a
 :class:`~opencas.store.records.RowidPosition`) is a rowid, so anything that renumbers the rows
-(a migration that copies ``records``, ``VACUUM``) must not run while a walk is under way, or
-must make it begin again. Schema version 2 had ``records``
+(a migration that copies ``records``, ``VACUUM``) first raises the numbering in ``meta``
+(:data:`ROWID_NUMBERING`, committed), and a walk whose position has another numbering begins
+again. Schema version 2 had ``records``
 ordered by ``(tbl, key)`` too. :meth:`SqliteStore.open` opens such a file as it is, and
 :func:`opencas.store.records.upgrade_tables` converts it (migration 3) inside a write transaction,
 the one in which a build takes the store over, so a crash leaves the old table or the new one,
@@ -58,6 +59,7 @@ from opencas.store.records import (
     RecordReader,
     RecordTransaction,
     RowidPosition,
+    WalkedRow,
     WalkPosition,
     check_key,
     check_records,
@@ -94,9 +96,12 @@ _SCHEMA = (
     "CREATE TABLE commit_state (name TEXT NOT NULL PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
 )
 _TABLES = {"meta", "records", "record_index", "commit_state"}
+#: The ``meta`` row naming the current numbering of ``records``' rowids (a file without it:
+#: numbering 0). A key rollover's walk keeps its place as a rowid of one numbering.
+ROWID_NUMBERING = "rowid_numbering"
 #: Migration N turns a file of schema version N - 1 into version N, in one transaction. One that
-#: copies ``records`` gives its rows new rowids: a key rollover's walk (a rowid position) stored
-#: before it must then begin again. Version 3's runs before any build that walks by rowid serves.
+#: copies ``records`` gives its rows new rowids, so it is named in :data:`_RENUMBERING` and its
+#: transaction raises :data:`ROWID_NUMBERING`: a walk stored before it begins again.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # The rows are copied as they are: envelopes and index entries are bound to table, key and
     # version, not to where a row is kept, so every record opens as before.
@@ -110,6 +115,9 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE UNIQUE INDEX records_by_key ON records (tbl, key)",
     ),
 }
+
+
+_RENUMBERING = frozenset({3})
 
 
 def _do_nothing() -> None:
@@ -188,14 +196,16 @@ class _SqliteRows:
         row = _fetch_one(self._conn, "SELECT value FROM commit_state WHERE name = 'state'", ())
         return None if row is None else row[0]
 
-    def rekey_rows(
-        self, after: WalkPosition | None, limit: int
-    ) -> list[tuple[WalkPosition, object, object, object | None]]:
+    def rekey_rows(self, after: WalkPosition | None, limit: int) -> list[WalkedRow]:
         # The value rows in the order they lie in ``records``, so a rollover deletes them in
         # one pass over a table far larger than the page cache; then the index rows that have
         # no value row, which that pass cannot meet. A walk ends at the largest rowid it found
         # when it began: every row written since is sealed under the new key (some may reuse a
         # rowid at or below the end once the largest was deleted; they are passed over).
+        numbering = _rowid_numbering(self._conn, self._path)
+        if isinstance(after, RowidPosition) and after.numbering != numbering:
+            # The rows were numbered anew since: begin again (moved rows are passed over).
+            after = None
         if after is None:
             # Two subqueries, each a descent to one end of the table: min and max in one
             # SELECT would scan the whole index.
@@ -205,7 +215,7 @@ class _SqliteRows:
                 "coalesce((SELECT max(rowid) FROM records), 0)",
                 (),
             )
-            after = RowidPosition(first, end)
+            after = RowidPosition(first, end, numbering)
         if isinstance(after, IndexPosition):
             return self._entries_without_row(after, limit)
         found = self._rows_in_order(after, limit)
@@ -213,29 +223,31 @@ class _SqliteRows:
             found += self._entries_without_row(None, limit - len(found))
         return found
 
-    def _rows_in_order(
-        self, after: RowidPosition, limit: int
-    ) -> list[tuple[WalkPosition, object, object, object | None]]:
+    def _rows_in_order(self, after: RowidPosition, limit: int) -> list[WalkedRow]:
         return [
-            (RowidPosition(rowid, after.end), table, record_id, sealed)
-            for rowid, table, record_id, sealed in _fetch_all(
+            WalkedRow(
+                RowidPosition(rowid, after.end, after.numbering),
+                table,
+                record_id,
+                sealed,
+                (version, value),
+            )
+            for rowid, table, record_id, sealed, version, value in _fetch_all(
                 self._conn,
-                "SELECT r.rowid, r.tbl, r.key, i.value FROM records AS r "
+                "SELECT r.rowid, r.tbl, r.key, i.value, r.version, r.value FROM records AS r "
                 "LEFT JOIN record_index AS i ON i.tbl = r.tbl AND i.key = r.key "
                 "WHERE r.rowid > ? AND r.rowid <= ? ORDER BY r.rowid LIMIT ?",
                 (after.after, after.end, limit),
             )
         ]
 
-    def _entries_without_row(
-        self, after: IndexPosition | None, limit: int
-    ) -> list[tuple[WalkPosition, object, object, object | None]]:
+    def _entries_without_row(self, after: IndexPosition | None, limit: int) -> list[WalkedRow]:
         # Only rows of the index's shape: one of another shape is no position to go on from,
         # and makes the store refuse to open already (the index does not add up). No table is
         # named "", so ("", x'') comes before every row.
         start = IndexPosition("", b"") if after is None else after
         return [
-            (IndexPosition(table, record_id), table, record_id, sealed)
+            WalkedRow(IndexPosition(table, record_id), table, record_id, sealed, None)
             for table, record_id, sealed in _fetch_all(
                 self._conn,
                 "SELECT i.tbl, i.key, i.value FROM record_index AS i "
@@ -405,11 +417,34 @@ def _convert_tables(conn: sqlite3.Connection) -> bool:
     (version,) = _fetch_one(conn, "PRAGMA user_version", ())
     if version >= SCHEMA_VERSION:
         return False
-    for number in range(int(version) + 1, SCHEMA_VERSION + 1):
+    run = range(int(version) + 1, SCHEMA_VERSION + 1)
+    for number in run:
         for statement in _MIGRATIONS[number]:
             conn.execute(statement)
+    if _RENUMBERING.intersection(run):
+        # Also covers the VACUUM after this commit: no other transaction runs in between.
+        renumber_rows(conn)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return True
+
+
+def renumber_rows(conn: sqlite3.Connection) -> None:
+    """Inside the caller's write transaction, mark the rowids of ``records`` as numbered anew;
+    to be committed before (or with) whatever gives the rows new rowids."""
+    conn.execute(
+        "INSERT INTO meta (name, value) VALUES (?, '1') "
+        "ON CONFLICT (name) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+        (ROWID_NUMBERING,),
+    )
+
+
+def _rowid_numbering(conn: sqlite3.Connection, path: Path) -> int:
+    row = _fetch_one(conn, "SELECT value FROM meta WHERE name = ?", (ROWID_NUMBERING,))
+    if row is None:
+        return 0
+    if not (isinstance(row[0], str) and row[0].isascii() and row[0].isdigit()):
+        raise StoreError(f"database {path}: meta row {ROWID_NUMBERING} is not a number")
+    return int(row[0])
 
 
 def _enable_wal(conn: sqlite3.Connection, path: Path) -> None:

@@ -26,6 +26,7 @@ from opencas.store.records import (
     position_text,
     rekey_page,
 )
+from opencas.store.sqlite import renumber_rows
 from opencas.store.state import StateKeys
 
 OLD = bytes(range(32))
@@ -318,6 +319,45 @@ def test_a_walk_that_begins_after_rows_were_deleted_and_written_reaches_each_old
     _old_key_opens_nothing(backend, store, expected)
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_walk_stored_before_the_rows_were_numbered_anew_begins_again(
+    backend: _Backend, store: Store
+) -> None:
+    expected = _expected()
+    store.use_keys(NEW, OLD)
+    first = _page(store, None, 20)
+    before = parse_position(first.after or "")
+    assert isinstance(before, RowidPosition)
+    assert (first.moved, before.numbering) == (20, 0)
+    # What a migration that copies ``records`` does, in one committed transaction: the rows
+    # not yet moved get the smallest rowids, which the stored position has passed.
+    conn = sqlite3.connect(backend.where, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("CREATE TABLE copied AS SELECT tbl, key, version, value FROM records")
+        conn.execute("DELETE FROM records")
+        conn.execute(
+            "INSERT INTO records (rowid, tbl, key, version, value) "
+            "SELECT row_number() OVER (ORDER BY c.rowid > ?, c.rowid), tbl, key, version, value "
+            "FROM copied AS c",
+            (before.end,),
+        )
+        conn.execute("DROP TABLE copied")
+        renumber_rows(conn)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    second = _page(store, first.after, 5)
+    after = parse_position(second.after or "")
+    assert isinstance(after, RowidPosition)
+    # Begun again from the first row, in the new numbering, and kept as text with it.
+    assert (after.after, after.numbering, second.moved) == (5, 1, 5)
+    assert (second.after or "").endswith(":1")
+    moved, damaged = _walk(store, second.after, 9)
+    assert (first.moved + second.moved + moved, damaged) == (len(_expected()) + 1, 0)
+    _old_key_opens_nothing(backend, store, expected)
+
+
 def test_an_index_row_without_its_record_is_counted_as_damaged(
     backend: _Backend, store: Store
 ) -> None:
@@ -340,8 +380,22 @@ def test_on_sqlite_a_record_row_without_its_index_row_is_counted_as_damaged(
 
 
 def test_a_walk_position_is_kept_as_text_and_nothing_else_is_one() -> None:
-    for position in (RowidPosition(-1, 7), IndexPosition("a:b", b"\x00\xff")):
+    for position in (
+        RowidPosition(-1, 7),
+        RowidPosition(3, 9, 2),
+        IndexPosition("a:b", b"\x00\xff"),
+    ):
         assert parse_position(position_text(position)) == position
-    for text in ("", "rowid:1", "rowid:a:2", "index:zz:t", "sessions:00"):
+    # The first numbering is written as the build before numberings wrote every position.
+    assert position_text(RowidPosition(3, 9)) == "rowid:3:9"
+    for text in (
+        "",
+        "rowid:1",
+        "rowid:a:2",
+        "rowid:1:2:3:4",
+        "rowid:1:2:x",
+        "index:zz:t",
+        "sessions:00",
+    ):
         with pytest.raises(StoreError, match="not the position"):
             parse_position(text)

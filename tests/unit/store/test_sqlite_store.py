@@ -830,6 +830,10 @@ def test_a_store_of_schema_2_opens_as_it_is_and_converts_keeping_every_record(
         with _raw(db_path) as conn:
             # Compacted: the old table's pages are not left behind as free pages.
             assert conn.execute("PRAGMA freelist_count").fetchone() == (0,)
+            # The copy gave the rows new rowids: a rollover's walk stored before begins again.
+            assert conn.execute(
+                "SELECT value FROM meta WHERE name = 'rowid_numbering'"
+            ).fetchone() == ("1",)
         with store.snapshot() as view:
             records = sorted(view.every_record())
         assert records == sorted([*before, ("sessions", "written-before", 1, b"x")])
