@@ -366,6 +366,9 @@ MAX_SESSION_BYTES = 1024 * 1024
 """The most ``max_session_bytes`` may be: what a request body holds (it is at most 2 MiB)."""
 _Seconds = Annotated[float, Field(gt=0, le=3600)]
 KEY_ROLLOVER_BATCH = 1000
+#: Seconds a build upgrading in place waits for the running instance's answer, and for it to stop.
+UPGRADE_ANSWER_TIMEOUT = 60.0
+UPGRADE_WAIT = 600.0
 """Records a key rollover moves to the new database key per transaction, unless the config says."""
 
 
@@ -396,6 +399,8 @@ class _LimitsSection(BaseModel):
     otp_refusal_window: _Seconds = _SESSIONS.otp_refusal_window
     key_rollover_batch: Annotated[int, Field(ge=1, le=100_000)] = KEY_ROLLOVER_BATCH
     key_rollover_pause: Annotated[float, Field(ge=0, le=10)] = 0.0
+    upgrade_answer_timeout: _Seconds = UPGRADE_ANSWER_TIMEOUT
+    upgrade_wait: Annotated[float, Field(gt=0, le=86_400)] = UPGRADE_WAIT
 
     @field_validator("max_connections_per_source")
     @classmethod
@@ -541,6 +546,12 @@ class AvailabilityConfig:
     """Records a key rollover moves per transaction (``[limits] key_rollover_batch``)."""
     key_rollover_pause: float = 0.0
     """Seconds a key rollover waits between two batches (``[limits] key_rollover_pause``)."""
+    upgrade_answer_timeout: float = UPGRADE_ANSWER_TIMEOUT
+    """Seconds a build upgrading in place waits for the running instance's answer
+    (``[limits] upgrade_answer_timeout``)."""
+    upgrade_wait: float = UPGRADE_WAIT
+    """Seconds a build upgrading in place, once it has the key, waits for the running instance
+    to stop (``[limits] upgrade_wait``)."""
     backup: BackupSettings = BackupSettings()
     """Where snapshots go (``[backup]``); relative paths resolved against the config's directory."""
 
@@ -605,6 +616,8 @@ def load_availability_config(path: Path) -> AvailabilityConfig:
         database_url=parsed.database.url,
         key_rollover_batch=parsed.limits.key_rollover_batch,
         key_rollover_pause=parsed.limits.key_rollover_pause,
+        upgrade_answer_timeout=parsed.limits.upgrade_answer_timeout,
+        upgrade_wait=parsed.limits.upgrade_wait,
         backup=BackupSettings(
             interval=parsed.backup.interval,
             directory=None
@@ -753,6 +766,10 @@ otp_refusal_window = {sessions.otp_refusal_window}
 key_rollover_batch = {KEY_ROLLOVER_BATCH}
 # Seconds (0 to 10) it waits between two batches, to leave a busy disk to the other writers.
 key_rollover_pause = 0.0
+# A new build upgrading in place on SQLite (docs/operations.md): seconds (up to 3600) it waits
+# for the running instance's answer, and then (up to 86400) for that instance to stop.
+upgrade_answer_timeout = {UPGRADE_ANSWER_TIMEOUT}
+upgrade_wait = {UPGRADE_WAIT}
 
 [collateral]
 # What the CAS checks hardware evidence against (Intel DCAP collateral, AMD certificates;

@@ -83,10 +83,6 @@ REQUEST_POLL_SECONDS: Final = 1.0
 #: The largest request or answer file read (evidence is at most 64 KiB, base64 in the JSON).
 MAX_REQUEST_BYTES: Final = 128 * 1024
 MAX_ANSWER_BYTES: Final = 128 * 1024
-#: How long a new build waits for the running instance's answer.
-ANSWER_TIMEOUT_SECONDS: Final = 60.0
-#: How long a new build that has the key waits for the running instance to stop.
-UPGRADE_WAIT_SECONDS: Final = 600.0
 REFUSAL_FORMAT: Final = "opencas-key-handover-refusal/v1"
 _ANSWER_POLL_SECONDS: Final = 0.2
 _FIRST_DELAY: Final = 0.1
@@ -260,7 +256,7 @@ def open_cas_or_upgrade(config: AvailabilityConfig, injected_dmk: bytes | None =
     Raises :class:`UpgradeRefused` when the running instance refused this build (nothing
     written) or its answer cannot be trusted; :class:`DatabaseInUse` when the database is in
     use by a build whose key store this build unseals, or the running instance did not stop
-    within :data:`UPGRADE_WAIT_SECONDS`; what :func:`open_cas` raises.
+    within ``config.upgrade_wait`` seconds; what :func:`open_cas` raises.
     """
     try:
         return open_cas(config, injected_dmk)
@@ -282,9 +278,9 @@ def open_cas_or_upgrade(config: AvailabilityConfig, injected_dmk: bytes | None =
         secret.cluster_id,
         pending,
         holder,
-        UPGRADE_WAIT_SECONDS,
+        config.upgrade_wait,
     )
-    lock = wait_for_database(config.database_path, holder, UPGRADE_WAIT_SECONDS)
+    lock = wait_for_database(config.database_path, holder, config.upgrade_wait)
     log.info("upgrade in place: the running instance stopped; this build takes over")
     return open_cas(config, lock=lock)
 
@@ -307,15 +303,17 @@ def ask_running_instance(
     holder: str,
     *,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    timeout: float = ANSWER_TIMEOUT_SECONDS,
+    timeout: float | None = None,
 ) -> HandoverSecret:
     """The database key, asked of the running instance (pid ``holder``) through the request
     and answer files, checked to come from a build this one names as its predecessor.
 
     Raises :class:`UpgradeRefused` when it refused or its answer cannot be trusted,
     :class:`KeyStoreError` when another build is asking already or no answer came within
-    ``timeout`` seconds.
+    ``timeout`` seconds (``None``: ``config.upgrade_answer_timeout``).
     """
+    if timeout is None:
+        timeout = config.upgrade_answer_timeout
     database = config.database_path
     asking = _asking_lock(database)
     try:

@@ -474,6 +474,8 @@ def test_session_limits_are_read(tmp_path: Path) -> None:
         ("max_session_bytes = 1048577", "less than or equal to 1048576"),
         ("max_rsa_keys_per_session = -1", "greater than or equal to 0"),
         ("session_upload_burst = 0", "greater than or equal to 1"),
+        ("upgrade_answer_timeout = 0", "upgrade_answer_timeout"),
+        ("upgrade_wait = 86401", "less than or equal to 86400"),
     ],
 )
 def test_bad_limits_are_named(tmp_path: Path, lines: str, reason: str) -> None:
@@ -574,6 +576,8 @@ def test_default_text_loads_and_sets_every_key(tmp_path: Path) -> None:
             "otp_refusal_window": 300.0,
             "key_rollover_batch": 1000,
             "key_rollover_pause": 0.0,
+            "upgrade_answer_timeout": 60.0,
+            "upgrade_wait": 600.0,
         },
         "collateral": {
             "fetch": True,

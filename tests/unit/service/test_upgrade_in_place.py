@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -227,6 +228,20 @@ def test_asking_nobody_ends_and_leaves_no_request(tmp_path: Path) -> None:
     with pytest.raises(KeyStoreError, match=r"\(pid 1234\) did not answer the upgrade request"):
         ask_running_instance(config, _platform(tmp_path, NEW), "1234", timeout=0.3)
     assert not upgrade_request_path(tmp_path / "cas.db").exists()
+
+
+def test_without_a_timeout_asking_waits_as_long_as_the_config_says(tmp_path: Path) -> None:
+    path = tmp_path / "cas.toml"
+    path.write_text(
+        '[database]\npath = "cas.db"\n\n[platform]\nkind = "simulated"\n\n'
+        "[limits]\nupgrade_answer_timeout = 0.3\n"
+    )
+    config = load_availability_config(path)
+    began = time.monotonic()
+    with pytest.raises(KeyStoreError, match=r"within 0\.3 seconds"):
+        ask_running_instance(config, _platform(tmp_path, NEW), "1234")
+    assert 0.3 <= time.monotonic() - began < 30
+    assert _config(tmp_path).upgrade_answer_timeout == 60.0
 
 
 def test_one_build_at_a_time_asks(tmp_path: Path) -> None:
