@@ -456,6 +456,9 @@ class _AuditLogSection(BaseModel):
 
 
 MAX_BACKUP_INTERVAL = 7 * 24 * 3600
+#: Seconds a ``[backup] command`` has to ship one snapshot (``command_timeout``).
+BACKUP_COMMAND_TIMEOUT = 600.0
+MAX_BACKUP_COMMAND_TIMEOUT = 24 * 3600
 _CommandWord = Annotated[str, Field(min_length=1, max_length=4096)]
 
 
@@ -465,6 +468,7 @@ class _BackupSection(BaseModel):
     interval: Annotated[int, Field(ge=1, le=MAX_BACKUP_INTERVAL)] | None = None
     directory: _LocalPath | None = None
     command: Annotated[list[_CommandWord], Field(min_length=1, max_length=64)] | None = None
+    command_timeout: Annotated[float, Field(gt=0, le=MAX_BACKUP_COMMAND_TIMEOUT)] | None = None
 
     @field_validator("command")
     @classmethod
@@ -478,6 +482,10 @@ class _BackupSection(BaseModel):
         if self.interval is not None and self.directory is None and self.command is None:
             raise ValueError(
                 "interval needs a target: a directory, or a command that ships each snapshot"
+            )
+        if self.command_timeout is not None and self.command is None:
+            raise ValueError(
+                "command_timeout is the time a command has to ship a snapshot; it needs a command"
             )
         return self
 
@@ -493,6 +501,8 @@ class BackupSettings:
     """The directory snapshots are written to (absolute)."""
     command: tuple[str, ...] | None = None
     """The argv that ships a snapshot: the snapshot file's path is appended to it."""
+    command_timeout: float = BACKUP_COMMAND_TIMEOUT
+    """Seconds the command has to ship one snapshot; it is killed after them."""
 
     @property
     def configured(self) -> bool:
@@ -624,6 +634,9 @@ def load_availability_config(path: Path) -> AvailabilityConfig:
             if parsed.backup.directory is None
             else _resolve(source.parent, parsed.backup.directory),
             command=None if parsed.backup.command is None else tuple(parsed.backup.command),
+            command_timeout=BACKUP_COMMAND_TIMEOUT
+            if parsed.backup.command_timeout is None
+            else parsed.backup.command_timeout,
         ),
     )
 
@@ -796,4 +809,6 @@ fetch_timeout = {_COLLATERAL.fetch_timeout}
 # Where they go: a directory, or a command that ships each one (its path is appended):
 # directory = "snapshots"
 # command = ["/usr/local/bin/ship-snapshot"]
+# Seconds the command has to ship one snapshot before it is killed and the snapshot fails:
+# command_timeout = {BACKUP_COMMAND_TIMEOUT:g}
 """

@@ -54,8 +54,6 @@ from opencas.store.records import RecordReader
 log = logging.getLogger("opencas")
 
 SNAPSHOT_SUFFIX = ".ocas-snapshot"
-#: How long a ``[backup] command`` may take to ship one snapshot.
-COMMAND_TIMEOUT_SECONDS = 600
 #: The lease under which one instance at a time writes the periodic snapshots.
 LEASE_NAME: Final = "snapshots"
 _TABLE: Final = "snapshots"
@@ -247,13 +245,13 @@ def _deliver(target: BackupSettings, temporary: Path, name: str) -> None:
     shipped = temporary.with_name(name)
     os.replace(temporary, shipped)
     try:
-        _ship(target.command, shipped)
+        _ship(target.command, shipped, target.command_timeout)
     finally:
         with contextlib.suppress(FileNotFoundError):
             shipped.unlink()
 
 
-def _ship(command: tuple[str, ...], path: Path) -> None:
+def _ship(command: tuple[str, ...], path: Path, timeout: float) -> None:
     shown = command[0]
     try:
         # The operator's own command from the availability config, never a request's input.
@@ -261,11 +259,16 @@ def _ship(command: tuple[str, ...], path: Path) -> None:
             [*command, str(path)],
             capture_output=True,
             text=True,
-            timeout=COMMAND_TIMEOUT_SECONDS,
+            timeout=timeout,
             check=False,
             stdin=subprocess.DEVNULL,
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except subprocess.TimeoutExpired as exc:
+        raise SnapshotFailed(
+            f"the [backup] command {shown} did not ship the snapshot within {timeout:g} s "
+            "([backup] command_timeout) and was stopped"
+        ) from exc
+    except OSError as exc:
         raise SnapshotFailed(
             f"the [backup] command {shown} could not ship the snapshot: {exc}"
         ) from exc

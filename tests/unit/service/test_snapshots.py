@@ -106,6 +106,27 @@ def test_a_command_ships_the_snapshot_and_a_failing_one_fails_it(tmp_path: Path)
         cas.close()
 
 
+def test_a_command_that_outlasts_its_timeout_is_stopped_and_fails_the_snapshot(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "slow.py"
+    script.write_text("import time\ntime.sleep(60)\n")
+    command = f"command = [{json.dumps(sys.executable)}, {json.dumps(str(script))}]\n"
+    cas = _open(tmp_path, command + "command_timeout = 0.5\n")
+    try:
+        assert cas.config.backup.command_timeout == 0.5
+        with pytest.raises(SnapshotFailed, match=r"within 0\.5 s \(\[backup\] command_timeout\)"):
+            write_snapshot(cas)
+        assert not list(cas.config.database_path.parent.glob("*.ocas-snapshot"))
+    finally:
+        cas.close()
+
+
+def test_a_command_has_ten_minutes_unless_the_config_says(tmp_path: Path) -> None:
+    config = write_config(tmp_path, 18081, 18766, extra='[backup]\ncommand = ["ship"]\n')
+    assert load_availability_config(config).backup.command_timeout == 600
+
+
 def test_without_a_target_a_snapshot_is_refused(tmp_path: Path) -> None:
     config = write_config(tmp_path, 18081, 18766)
     cas = open_cas(load_availability_config(config))
@@ -124,6 +145,10 @@ def test_without_a_target_a_snapshot_is_refused(tmp_path: Path) -> None:
         ('interval = 0\ndirectory = "a"\n', "interval"),
         ("command = []\n", "command"),
         ('directory = "a"\nevery = 3\n', "every"),
+        ('directory = "a"\ncommand_timeout = 5\n', "command_timeout .* needs a command"),
+        ('command = ["b"]\ncommand_timeout = 0\n', "command_timeout"),
+        ('command = ["b"]\ncommand_timeout = 86401\n', "command_timeout"),
+        ('command = ["b"]\ncommand_timeout = "5"\n', "command_timeout"),
     ],
 )
 def test_the_backup_section_is_validated(tmp_path: Path, section: str, problem: str) -> None:
