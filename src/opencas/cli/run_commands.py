@@ -34,6 +34,10 @@ from opencas.runtime.volumes import parse_volume_stores
 PLATFORM_KEY_FILE = "simulated-platform.key"
 # casctl seals nothing, but the settings name a tsm key file; it is never created.
 TSM_KEY_FILE = "tsm-platform.key"
+#: How long ``casctl run`` keeps trying to reach the CAS by default (``--connect-retry``), and
+#: the most it may be told to.
+DEFAULT_CONNECT_RETRY_SECONDS = 60.0
+MAX_CONNECT_RETRY_SECONDS = 3600.0
 
 
 def _config_id_option(_: click.Context, __: click.Parameter, value: str | None) -> ConfigId | None:
@@ -134,6 +138,17 @@ def _measure(argv: Sequence[str], measure_paths: Sequence[Path]) -> Measurement:
     help="The one-time password, for a service whose session asks for one (default: asked for "
     "at a prompt when stdin is a terminal and the CAS wants one).",
 )
+@click.option(
+    "--connect-retry",
+    "connect_retry",
+    type=click.FloatRange(0, MAX_CONNECT_RETRY_SECONDS),
+    default=DEFAULT_CONNECT_RETRY_SECONDS,
+    show_default=True,
+    metavar="SECONDS",
+    help="Keep trying this long while the CAS cannot be reached (it is starting, or it turned "
+    "the connection away over its limits), waiting 0.1 s doubling to 2 s between tries; 0: "
+    "one try.",
+)
 @_program_argument
 @click.pass_context
 @reports_errors
@@ -149,6 +164,7 @@ def run_command(
     pass_env: tuple[str, ...],
     otp: str | None,
     volume_stores: tuple[str, ...],
+    connect_retry: float,
     argv: tuple[str, ...],
 ) -> None:
     """Attest PROGRAM to the CAS as SESSION/SERVICE and run it with the configuration it sends.
@@ -178,13 +194,17 @@ def run_command(
     )
     with EnclaveClient(url, ca_pem) as client:
         try:
-            attested = fetch_configuration(client, config_id, provider, otp)
+            attested = fetch_configuration(
+                client, config_id, provider, otp, retry_for=connect_retry
+            )
         except AttestationRefused as refused:
             if refused.check != "otp" or otp is not None or not sys.stdin.isatty():
                 raise
             # Asked only now: most services need no code, and the CAS says which do.
             code = click.prompt(f"one-time password for {config_id}", hide_input=True, err=True)
-            attested = fetch_configuration(client, config_id, provider, code.strip())
+            attested = fetch_configuration(
+                client, config_id, provider, code.strip(), retry_for=connect_retry
+            )
         status = launch(
             attested.config,
             program,

@@ -29,7 +29,17 @@ T = TypeVar("T")
 
 
 class CasUnreachable(ClientError, code="cas-unreachable"):
-    """The CAS did not answer: connection refused, TLS failure, timeout."""
+    """The CAS did not answer: connection refused, TLS failure, timeout.
+
+    ``retryable`` says that no connection was made, so nothing of the request reached the CAS,
+    and that the failure may pass (a refused or reset connection, a connect timeout: the CAS
+    is starting, or it turned away a connection over its limits). Sending again is then safe;
+    a certificate that does not verify is not retryable.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class ApiError(ClientError):
@@ -259,7 +269,13 @@ def _proof_auth(identity: ClientIdentity | None, cas_key_hash: str | None) -> Pr
 
 
 def _unreachable(url: str, exc: httpx.TransportError) -> CasUnreachable:
-    return CasUnreachable(f"cannot reach the CAS at {url}: {_reason(exc)}")
+    reason = _reason(exc)
+    # httpx raises ConnectError for the TCP connect and the TLS handshake alike: no request
+    # was written on either. A certificate that does not verify will not verify next time.
+    retryable = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) and (
+        "CERTIFICATE_VERIFY_FAILED" not in str(exc)
+    )
+    return CasUnreachable(f"cannot reach the CAS at {url}: {reason}", retryable=retryable)
 
 
 def _successful(response: httpx.Response) -> httpx.Response:

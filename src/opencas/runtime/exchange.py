@@ -11,16 +11,27 @@ attestation benchmark both go through here.
 An attestation through a client that attested before uses the nonce the CAS handed out with
 that answer, so it is one request; when the CAS refuses that nonce (it restarted, its key was
 rolled over), the attestation is made again with a nonce asked for.
+
+Given ``retry_for`` seconds, an attestation the CAS could not be reached for, with no request
+written (:attr:`~opencas.client.channel.CasUnreachable.retryable`: the CAS is starting, or it
+reset the connection over ``max_connections_per_source``), is made again after a wait that
+doubles from :data:`FIRST_RETRY_WAIT` to :data:`LONGEST_RETRY_WAIT`, each drawn between half
+and all of it: a burst over a CAS's limits becomes a slower burst, not failures.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from opencas.attestation.evidence import Evidence
 from opencas.attestation.workload_binding import ConfigId, workload_report_data
+from opencas.backoff import backoff_delays, jittered
+from opencas.client.channel import CasUnreachable
 from opencas.client.enclave import (
     AsyncEnclaveClient,
     EnclaveClient,
@@ -37,6 +48,10 @@ from opencas.platform.base import EvidenceProvider
 WORKLOAD_KEM = "P-256"
 #: The check of a refusal for a nonce the CAS does not take (unknown, used, expired).
 NONCE_CHECK = "nonce"
+#: Seconds before the first try again of an attestation the CAS could not be reached for.
+FIRST_RETRY_WAIT = 0.1
+#: The longest wait between two tries.
+LONGEST_RETRY_WAIT = 2.0
 
 
 @dataclass(frozen=True)
@@ -102,14 +117,19 @@ def attest(
     exchange: WorkloadExchange,
     provider: EvidenceProvider,
     otp: str | None = None,
+    *,
+    retry_for: float = 0.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> SealedAnswer:
     """Get evidence from ``provider`` over a nonce and attest (with the one-time password
     ``otp``, if given); the answer is not opened.
 
     The nonce is the client's next nonce (:meth:`EnclaveClient.take_next_nonce`) when it has
     one, else one asked for; a next nonce the CAS refuses is replaced by one asked for, once.
-    Raises :class:`~opencas.client.channel.CasUnreachable`,
-    :class:`~opencas.errors.AttestationRefused` when the CAS refuses, and
+    For ``retry_for`` seconds, an attestation that reached no CAS is made again (module
+    docstring), waiting with ``sleep``. Raises :class:`~opencas.client.channel.CasUnreachable`
+    (after the last try), :class:`~opencas.errors.AttestationRefused` when the CAS refuses, and
     :class:`~opencas.client.channel.ApiError` or :class:`ClientError` for other failures.
     """
 
@@ -118,18 +138,32 @@ def attest(
         sealed = client.attest(exchange.config_id, nonce, exchange.public_key, evidence, otp)
         return SealedAnswer(nonce, sealed)
 
-    held = client.take_next_nonce()
-    if held is not None:
+    def once() -> SealedAnswer:
+        held = client.take_next_nonce()
+        if held is not None:
+            try:
+                return post(held)
+            except AttestationRefused as refusal:
+                if refusal.check != NONCE_CHECK:
+                    raise
+        return post(client.nonce())
+
+    tries = _Tries(retry_for, clock)
+    while True:
         try:
-            return post(held)
-        except AttestationRefused as refusal:
-            if refusal.check != NONCE_CHECK:
-                raise
-    return post(client.nonce())
+            return once()
+        except CasUnreachable as exc:
+            sleep(tries.wait_after(exc))
 
 
 async def attest_async(
-    client: AsyncEnclaveClient, exchange: WorkloadExchange, provider: EvidenceProvider
+    client: AsyncEnclaveClient,
+    exchange: WorkloadExchange,
+    provider: EvidenceProvider,
+    *,
+    retry_for: float = 0.0,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> SealedAnswer:
     """:func:`attest` through an :class:`~opencas.client.enclave.AsyncEnclaveClient`."""
 
@@ -138,14 +172,51 @@ async def attest_async(
         sealed = await client.attest(exchange.config_id, nonce, exchange.public_key, evidence)
         return SealedAnswer(nonce, sealed)
 
-    held = client.take_next_nonce()
-    if held is not None:
+    async def once() -> SealedAnswer:
+        held = client.take_next_nonce()
+        if held is not None:
+            try:
+                return await post(held)
+            except AttestationRefused as refusal:
+                if refusal.check != NONCE_CHECK:
+                    raise
+        return await post(await client.nonce())
+
+    tries = _Tries(retry_for, clock)
+    while True:
         try:
-            return await post(held)
-        except AttestationRefused as refusal:
-            if refusal.check != NONCE_CHECK:
-                raise
-    return await post(await client.nonce())
+            return await once()
+        except CasUnreachable as exc:
+            await sleep(tries.wait_after(exc))
+
+
+class _Tries:
+    """The waits between the tries of one attestation, for ``retry_for`` seconds from now."""
+
+    def __init__(self, retry_for: float, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._began = clock()
+        self._deadline = self._began + retry_for
+        self._waits: Iterator[float] = jittered(
+            backoff_delays(FIRST_RETRY_WAIT, LONGEST_RETRY_WAIT)
+        )
+        self._tries = 1
+
+    def wait_after(self, failure: CasUnreachable) -> float:
+        """Seconds to wait before trying again after ``failure``; ``failure`` itself (saying
+        for how long it was tried when there were several tries) when it is not retryable or
+        the time is up."""
+        left = self._deadline - self._clock()
+        if not failure.retryable or left <= 0:
+            if self._tries == 1:
+                raise failure
+            spent = self._clock() - self._began
+            raise CasUnreachable(
+                f"{failure.message} (after {self._tries} tries in {spent:.1f} s)",
+                retryable=failure.retryable,
+            ) from failure
+        self._tries += 1
+        return min(next(self._waits), left)
 
 
 def fetch_configuration(
@@ -153,12 +224,17 @@ def fetch_configuration(
     config_id: ConfigId,
     provider: EvidenceProvider,
     otp: str | None = None,
+    *,
+    retry_for: float = 0.0,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> AttestedWorkload:
     """Attest to the CAS behind ``client`` as ``config_id`` with evidence from ``provider``
-    (and the one-time password ``otp``, for a service that needs one).
+    (and the one-time password ``otp``, for a service that needs one), trying again for
+    ``retry_for`` seconds while the CAS cannot be reached (:func:`attest`).
 
     Makes a fresh key, attests (:func:`attest`) and returns the opened configuration with the
     key. Raises what :func:`attest` and :meth:`WorkloadExchange.open` raise.
     """
     exchange = WorkloadExchange.new(config_id)
-    return AttestedWorkload(exchange.open(attest(client, exchange, provider, otp)), exchange.key)
+    answer = attest(client, exchange, provider, otp, retry_for=retry_for, sleep=sleep)
+    return AttestedWorkload(exchange.open(answer), exchange.key)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +44,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from opencas.backoff import backoff_delays
 from opencas.collateral.configured import CasCollateral
 from opencas.config.availability import AvailabilityConfig
 from opencas.crypto.canonical import canonical_json, strict_json_object
@@ -150,14 +151,6 @@ def parse_answer_file(data: bytes) -> HandoverAnswer | HandoverRefusal:
     except ValidationError as exc:
         first = " ".join(str(exc).strip().splitlines()[:3])
         raise HandoverRefused("format", f"the key handover refusal is malformed: {first}") from None
-
-
-def backoff_delays(first: float = _FIRST_DELAY, longest: float = _LONGEST_DELAY) -> Iterator[float]:
-    """Seconds to wait between two tries: ``first``, doubling up to ``longest``, then that."""
-    delay = first
-    while True:
-        yield delay
-        delay = min(delay * 2, longest)
 
 
 def _read_limited(path: Path, limit: int) -> bytes:
@@ -406,7 +399,7 @@ def wait_for_database(database: Path, holder: str, timeout: float) -> DatabaseLo
     seconds, naming the key store this build keeps for its next start."""
     lock = DatabaseLock(database)
     deadline = time.monotonic() + timeout
-    for delay in backoff_delays():
+    for delay in backoff_delays(_FIRST_DELAY, _LONGEST_DELAY):
         try:
             lock.acquire()
         except DatabaseInUse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -76,12 +77,12 @@ def test_run_uses_the_environment_defaults(tmp_path: Path, monkeypatch: pytest.M
     assert "no CAS attested yet" in result.output
 
 
-def test_run_unreachable_cas(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pinned_cas: Callable[..., PinnedCas]
+def _pin_a_cas_nobody_serves(
+    home: Path, monkeypatch: pytest.MonkeyPatch, pinned_cas: Callable[..., PinnedCas]
 ) -> None:
     ca = certificate_pem(create_ca_certificate(ec.generate_private_key(ec.SECP256R1()), "t"))
     save_state(
-        tmp_path,
+        home,
         CasctlState(
             default="main",
             cas={
@@ -91,10 +92,40 @@ def test_run_unreachable_cas(
             },
         ),
     )
-    monkeypatch.setenv("CASCTL_HOME", str(tmp_path))
-    result = CliRunner().invoke(cli, ["run", "--config-id", "s/svc", "--", "true"])
+    monkeypatch.setenv("CASCTL_HOME", str(home))
+
+
+def test_run_unreachable_cas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pinned_cas: Callable[..., PinnedCas]
+) -> None:
+    _pin_a_cas_nobody_serves(tmp_path, monkeypatch, pinned_cas)
+    result = CliRunner().invoke(
+        cli, ["run", "--config-id", "s/svc", "--connect-retry", "0", "--", "true"]
+    )
     assert result.exit_code == 3, result.output
+    assert "tries" not in result.output
     assert (tmp_path / "simulated-platform.key").exists()
+
+
+def test_run_keeps_trying_an_unreachable_cas_as_long_as_it_is_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pinned_cas: Callable[..., PinnedCas]
+) -> None:
+    _pin_a_cas_nobody_serves(tmp_path, monkeypatch, pinned_cas)
+    result = CliRunner().invoke(
+        cli, ["run", "--config-id", "s/svc", "--connect-retry", "0.3", "--", "true"]
+    )
+    assert result.exit_code == 3, result.output
+    # 0.1 s doubling, each drawn between half and all of it: at least two waits fit in 0.3 s.
+    assert re.search(r"after [3-9] tries in 0\.[3-9] s", result.output), result.output
+
+
+@pytest.mark.parametrize("value", ["-1", "3601", "soon"])
+def test_run_checks_the_connect_retry(value: str) -> None:
+    result = CliRunner().invoke(
+        cli, ["run", "--config-id", "s/svc", "--connect-retry", value, "--", "true"]
+    )
+    assert result.exit_code == 2
+    assert "--connect-retry" in result.output
 
 
 @pytest.mark.parametrize(

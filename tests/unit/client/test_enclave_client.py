@@ -428,6 +428,34 @@ def test_unreachable() -> None:
         client.nonce()
 
 
+@pytest.mark.parametrize(
+    ("failure", "message", "retryable"),
+    [
+        # No connection, so no request reached the CAS, and the next try may find one.
+        (httpx.ConnectError, "[Errno 111] Connection refused", True),
+        (httpx.ConnectError, "[Errno 104] Connection reset by peer", True),
+        (httpx.ConnectTimeout, "timed out", True),
+        # It will not verify the next time either.
+        (httpx.ConnectError, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed", False),
+        # The request may have reached the CAS.
+        (httpx.ReadError, "[Errno 104] Connection reset by peer", False),
+        (httpx.ReadTimeout, "timed out", False),
+        (httpx.WriteError, "broken pipe", False),
+        (httpx.RemoteProtocolError, "Server disconnected without sending a response.", False),
+    ],
+)
+def test_an_unreachable_cas_says_whether_trying_again_is_safe(
+    failure: type[httpx.TransportError], message: str, retryable: bool
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise failure(message, request=request)
+
+    with client_for(handler) as client, pytest.raises(CasUnreachable) as caught:
+        client.nonce()
+    assert caught.value.retryable is retryable
+    assert message in caught.value.message
+
+
 def test_nothing_is_trusted_unpinned() -> None:
     with pytest.raises(ClientError, match="attested CAS"):
         EnclaveClient("https://cas.test:18765", b"")

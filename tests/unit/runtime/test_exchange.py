@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from opencas.attestation.evidence import Evidence
 from opencas.attestation.verify import verify_evidence
 from opencas.attestation.workload_binding import ConfigId, workload_report_data
+from opencas.client.channel import CasUnreachable
 from opencas.client.enclave import AsyncEnclaveClient, EnclaveClient, WorkloadConfig
 from opencas.crypto.canonical import canonical_json
 from opencas.crypto.hpke_seal import seal_workload_config
@@ -248,3 +249,136 @@ def test_attest_async_uses_the_next_nonce_too(platform: SimulatedPlatform) -> No
 
     assert asyncio.run(run()) == [NONCE, cas.handed_out[0]]
     assert cas.nonce_requests == 1
+
+
+class TurningAway(ScriptedCas):
+    """A CAS that turns the first ``refused`` connections away before any request is read, as
+    one over ``max_connections_per_source`` resets them; ``failure`` is what the client sees."""
+
+    def __init__(self, refused: int, failure: type[httpx.TransportError] = httpx.ConnectError):
+        super().__init__()
+        self.refused = refused
+        self.failure = failure
+        self.tries = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.tries += 1
+        if self.tries <= self.refused:
+            raise self.failure("[Errno 104] Connection reset by peer", request=request)
+        return super().__call__(request)
+
+
+class FakeTime:
+    """A clock that moves only when the code under test sleeps, and the waits it slept."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.waits: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+def test_a_cas_that_turned_connections_away_is_tried_again(platform: SimulatedPlatform) -> None:
+    cas = TurningAway(refused=3)
+    time = FakeTime()
+    exchange = WorkloadExchange.new(CONFIG_ID)
+    with client_for(cas) as client:
+        answer = attest(
+            client, exchange, platform, retry_for=10, sleep=time.sleep, clock=time.clock
+        )
+    assert exchange.open(answer).config_id == CONFIG_ID
+    assert cas.tries == 5  # three turned away, then a nonce and the attestation
+    # Each wait is drawn between half and all of 0.1 s doubling.
+    assert len(time.waits) == 3
+    for wait, bound in zip(time.waits, (0.1, 0.2, 0.4), strict=True):
+        assert bound / 2 <= wait <= bound
+
+
+def test_without_retry_for_a_turned_away_attestation_fails_at_once(
+    platform: SimulatedPlatform,
+) -> None:
+    cas = TurningAway(refused=1)
+    time = FakeTime()
+    with client_for(cas) as client, pytest.raises(CasUnreachable) as caught:
+        attest(client, WorkloadExchange.new(CONFIG_ID), platform, sleep=time.sleep)
+    assert caught.value.retryable
+    assert "tries" not in caught.value.message
+    assert cas.tries == 1
+    assert time.waits == []
+
+
+def test_tries_stop_when_the_time_is_up_and_say_how_many_there_were(
+    platform: SimulatedPlatform,
+) -> None:
+    cas = TurningAway(refused=1000)
+    time = FakeTime()
+    with client_for(cas) as client, pytest.raises(CasUnreachable) as caught:
+        attest(
+            client,
+            WorkloadExchange.new(CONFIG_ID),
+            platform,
+            retry_for=5,
+            sleep=time.sleep,
+            clock=time.clock,
+        )
+    assert sum(time.waits) == pytest.approx(5)
+    assert max(time.waits) <= 2.0
+    assert f"(after {cas.tries} tries in 5.0 s)" in caught.value.message
+    assert "Connection reset by peer" in caught.value.message
+
+
+@pytest.mark.parametrize("failure", [httpx.ReadError, httpx.ReadTimeout, httpx.RemoteProtocolError])
+def test_a_request_that_may_have_reached_the_cas_is_not_sent_again(
+    platform: SimulatedPlatform, failure: type[httpx.TransportError]
+) -> None:
+    cas = TurningAway(refused=1, failure=failure)
+    time = FakeTime()
+    with client_for(cas) as client, pytest.raises(CasUnreachable) as caught:
+        attest(
+            client,
+            WorkloadExchange.new(CONFIG_ID),
+            platform,
+            retry_for=60,
+            sleep=time.sleep,
+            clock=time.clock,
+        )
+    assert not caught.value.retryable
+    assert cas.tries == 1
+    assert time.waits == []
+
+
+def test_a_refusal_is_not_tried_again(platform: SimulatedPlatform) -> None:
+    cas = HandingOutNonces(refuse="measurement")
+    time = FakeTime()
+    with client_for(cas) as client:
+        fetch_configuration(client, CONFIG_ID, platform)
+        with pytest.raises(AttestationRefused):
+            fetch_configuration(client, CONFIG_ID, platform, retry_for=60, sleep=time.sleep)
+    assert time.waits == []
+
+
+def test_attest_async_tries_again_too(platform: SimulatedPlatform) -> None:
+    cas = TurningAway(refused=2)
+    time = FakeTime()
+    exchange = WorkloadExchange.new(CONFIG_ID)
+
+    async def sleep(seconds: float) -> None:
+        time.sleep(seconds)
+
+    async def run() -> WorkloadConfig:
+        transport = httpx.MockTransport(cas)
+        async with AsyncEnclaveClient(
+            "https://cas.test:18765", CA_PEM, transport=transport
+        ) as client:
+            answer = await attest_async(
+                client, exchange, platform, retry_for=10, sleep=sleep, clock=time.clock
+            )
+            return exchange.open(answer)
+
+    assert asyncio.run(run()).config_id == CONFIG_ID
+    assert len(time.waits) == 2

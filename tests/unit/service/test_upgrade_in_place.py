@@ -32,7 +32,6 @@ from opencas.service.upgrade_in_place import (
     UpgradeAnswerer,
     UpgradeRefused,
     ask_running_instance,
-    backoff_delays,
     parse_answer_file,
     refusal_text,
     upgrade_answer_path,
@@ -163,11 +162,6 @@ def test_the_answer_file_holds_an_answer_or_a_refusal_and_nothing_else() -> None
         with pytest.raises(HandoverRefused) as caught:
             parse_answer_file(bad)
         assert caught.value.check == "format"
-
-
-def test_waits_grow_to_a_bound() -> None:
-    delays = backoff_delays(0.1, 1.0)
-    assert [round(next(delays), 3) for _ in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
 
 
 def test_the_lock_is_taken_once_its_holder_let_it_go(tmp_path: Path) -> None:
