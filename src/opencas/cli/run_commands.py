@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
@@ -192,10 +193,11 @@ def run_command(
         lambda: measure_program(program, measure_paths).value,
         lambda message: click.echo(f"casctl: warning: {message}", err=True),
     )
+    sleep = _saying_it_waits(url, connect_retry)
     with EnclaveClient(url, ca_pem) as client:
         try:
             attested = fetch_configuration(
-                client, config_id, provider, otp, retry_for=connect_retry
+                client, config_id, provider, otp, retry_for=connect_retry, sleep=sleep
             )
         except AttestationRefused as refused:
             if refused.check != "otp" or otp is not None or not sys.stdin.isatty():
@@ -203,7 +205,7 @@ def run_command(
             # Asked only now: most services need no code, and the CAS says which do.
             code = click.prompt(f"one-time password for {config_id}", hide_input=True, err=True)
             attested = fetch_configuration(
-                client, config_id, provider, code.strip(), retry_for=connect_retry
+                client, config_id, provider, code.strip(), retry_for=connect_retry, sleep=sleep
             )
         status = launch(
             attested.config,
@@ -215,6 +217,24 @@ def run_command(
             report_tag=client.report_volume_tag,
         )
     ctx.exit(status)
+
+
+def _saying_it_waits(url: str, retry_for: float) -> Callable[[float], None]:
+    """``time.sleep`` that says on stderr, before the first wait, why ``casctl run`` waits."""
+    said = False
+
+    def sleep(seconds: float) -> None:
+        nonlocal said
+        if not said:
+            click.echo(
+                f"casctl: the CAS at {url} cannot be reached yet; trying again for up to "
+                f"{retry_for:g} s (--connect-retry)",
+                err=True,
+            )
+            said = True
+        time.sleep(seconds)
+
+    return sleep
 
 
 @click.command("measure", context_settings=_COMMAND_SETTINGS)

@@ -117,6 +117,8 @@ def test_run_keeps_trying_an_unreachable_cas_as_long_as_it_is_told(
     assert result.exit_code == 3, result.output
     # 0.1 s doubling, each drawn between half and all of it: at least two waits fit in 0.3 s.
     assert re.search(r"after [3-9] tries in 0\.[3-9] s", result.output), result.output
+    # Said once, before the first wait, so that a waiting casctl is not taken for a hung one.
+    assert result.output.count("cannot be reached yet; trying again for up to 0.3 s") == 1
 
 
 @pytest.mark.parametrize("value", ["-1", "3601", "soon"])
