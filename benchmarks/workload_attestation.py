@@ -462,7 +462,11 @@ async def run_burst(
 
     async def one(client: AsyncEnclaveClient, exchange: WorkloadExchange) -> Exchanged:
         await go.wait()
-        return await attest_once(client, exchange, platform, retry_for=retry_for)
+        try:
+            return await attest_once(client, exchange, platform, retry_for=retry_for)
+        finally:
+            # As casctl run does: a configured workload holds no connection to the CAS.
+            await client.aclose()
 
     async with contextlib.AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(enclave_client(cas, timeout)) for _ in exchanges]

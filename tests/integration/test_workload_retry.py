@@ -4,6 +4,7 @@ configuration, against a real CAS: the reset it meets is one that is safe to try
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from opencas.client.channel import CasUnreachable
 from opencas.client.enclave import EnclaveClient
 from opencas.platform.simulated import SimulatedPlatform
 from opencas.runtime.exchange import fetch_configuration
-from opencas.testing import SelfProvisionedCas, start_self_provisioned_cas
+from opencas.testing import SelfProvisionedCas, run_casctl, start_self_provisioned_cas
 
 MEASUREMENT = "7a" * 32
 SESSION = f"""\
@@ -83,3 +84,60 @@ def test_a_workload_turned_away_over_the_limit_tries_again_and_is_configured(
     assert len(attested.config.environment["TOKEN"]) > 0
     assert len(waits) >= 1
     assert all(0.05 <= wait <= 2.0 for wait in waits)
+
+
+PROBE = """\
+import socket, ssl, sys, time
+# The CAS takes one connection from this host: casctl's must be closed while this one runs.
+context = ssl.create_default_context()
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE  # what is tested is whether the CAS takes the connection
+REQUEST = b"GET /healthz HTTP/1.1\\r\\nHost: cas\\r\\nConnection: close\\r\\n\\r\\n"
+deadline = time.monotonic() + 5
+while True:
+    try:
+        with socket.create_connection(("127.0.0.1", {port}), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(REQUEST)
+                print("answered", tls.recv(64).split(b"\\r\\n")[0].decode())
+                sys.exit(0)
+    except (ConnectionError, ssl.SSLError, OSError) as exc:
+        # casctl closes its connection before the program starts; the CAS may take a moment
+        # to see it gone, so a reset is tried again for a while, not taken as the answer.
+        if time.monotonic() > deadline:
+            print("turned away", type(exc).__name__)
+            sys.exit(1)
+"""
+SERVICE = """\
+name: running
+version: "0.3"
+services:
+  - name: app
+    attestation:
+      simulated_measurement: "{measurement}"
+security:
+  attestation:
+    tolerate: [simulated]
+"""
+
+
+def test_a_running_workload_holds_no_connection_to_the_cas(
+    limited_cas: SelfProvisionedCas, tmp_path: Path
+) -> None:
+    program = tmp_path / "probe.py"
+    program.write_text(PROBE.format(port=limited_cas.process.enclave_port))
+    home = tmp_path / "casctl"
+    measured = run_casctl(home, ["measure", "--", sys.executable, str(program)])
+    assert measured.returncode == 0, measured.stderr
+    limited_cas.client.create_session(SERVICE.format(measurement=measured.stdout.strip()))
+    # The owner's client keeps a connection to the client API, whose one place casctl needs.
+    limited_cas.client.close()
+    attested = run_casctl(home, ["attest", limited_cas.url, "--only-for-testing-debug"])
+    assert attested.returncode == 0, attested.stderr
+
+    ran = run_casctl(
+        home, ["run", "--config-id", "running/app", "--", sys.executable, str(program)]
+    )
+
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout.strip() == "answered HTTP/1.1 200 OK"

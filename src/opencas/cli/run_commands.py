@@ -207,6 +207,10 @@ def run_command(
             attested = fetch_configuration(
                 client, config_id, provider, code.strip(), retry_for=connect_retry, sleep=sleep
             )
+    # The attestation's connection is closed before the program starts: a running workload
+    # holds no place among the CAS's connections (max_connections_per_source) while it runs.
+    # Volume tags, reported after it exits, go over a connection of their own.
+    with EnclaveClient(url, ca_pem) as reporter:
         status = launch(
             attested.config,
             program,
@@ -214,7 +218,7 @@ def run_command(
             pass_env=pass_env,
             workload_key=attested.key,
             volume_stores=stores,
-            report_tag=client.report_volume_tag,
+            report_tag=reporter.report_volume_tag,
         )
     ctx.exit(status)
 
