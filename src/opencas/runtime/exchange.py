@@ -22,6 +22,7 @@ and all of it: a burst over a CAS's limits becomes a slower burst, not failures.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -194,6 +195,8 @@ class _Tries:
     """The waits between the tries of one attestation, for ``retry_for`` seconds from now."""
 
     def __init__(self, retry_for: float, clock: Callable[[], float]) -> None:
+        if not 0 <= retry_for < math.inf:
+            raise ValueError(f"retry_for must be a finite number of seconds, not {retry_for!r}")
         self._clock = clock
         self._began = clock()
         self._deadline = self._began + retry_for

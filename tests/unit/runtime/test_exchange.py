@@ -382,3 +382,13 @@ def test_attest_async_tries_again_too(platform: SimulatedPlatform) -> None:
 
     assert asyncio.run(run()).config_id == CONFIG_ID
     assert len(time.waits) == 2
+
+
+@pytest.mark.parametrize("retry_for", [-1.0, float("nan"), float("inf")])
+def test_retry_for_is_a_finite_number_of_seconds(
+    platform: SimulatedPlatform, retry_for: float
+) -> None:
+    cas = TurningAway(refused=0)
+    with client_for(cas) as client, pytest.raises(ValueError, match="retry_for"):
+        attest(client, WorkloadExchange.new(CONFIG_ID), platform, retry_for=retry_for)
+    assert cas.tries == 0
