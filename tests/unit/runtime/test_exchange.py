@@ -26,6 +26,7 @@ from opencas.errors import AttestationRefused, ClientError
 from opencas.platform.simulated import SimulatedPlatform
 from opencas.runtime.exchange import (
     WORKLOAD_KEM,
+    SealedAnswer,
     WorkloadExchange,
     attest,
     attest_async,
@@ -282,6 +283,20 @@ class FakeTime:
         self.waits.append(seconds)
         self.now += seconds
 
+    def attest(
+        self, cas: ScriptedCas, platform: SimulatedPlatform, retry_for: float
+    ) -> SealedAnswer:
+        """An attestation of a new exchange to ``cas`` on this clock."""
+        with client_for(cas) as client:
+            return attest(
+                client,
+                WorkloadExchange.new(CONFIG_ID),
+                platform,
+                retry_for=retry_for,
+                sleep=self.sleep,
+                clock=self.clock,
+            )
+
 
 def test_a_cas_that_turned_connections_away_is_tried_again(platform: SimulatedPlatform) -> None:
     cas = TurningAway(refused=3)
@@ -317,15 +332,8 @@ def test_tries_stop_when_the_time_is_up_and_say_how_many_there_were(
 ) -> None:
     cas = TurningAway(refused=1000)
     time = FakeTime()
-    with client_for(cas) as client, pytest.raises(CasUnreachable) as caught:
-        attest(
-            client,
-            WorkloadExchange.new(CONFIG_ID),
-            platform,
-            retry_for=5,
-            sleep=time.sleep,
-            clock=time.clock,
-        )
+    with pytest.raises(CasUnreachable) as caught:
+        time.attest(cas, platform, retry_for=5)
     assert sum(time.waits) == pytest.approx(5)
     assert max(time.waits) <= 2.0
     assert f"(after {cas.tries} tries in 5.0 s)" in caught.value.message
@@ -338,15 +346,8 @@ def test_a_request_that_may_have_reached_the_cas_is_not_sent_again(
 ) -> None:
     cas = TurningAway(refused=1, failure=failure)
     time = FakeTime()
-    with client_for(cas) as client, pytest.raises(CasUnreachable) as caught:
-        attest(
-            client,
-            WorkloadExchange.new(CONFIG_ID),
-            platform,
-            retry_for=60,
-            sleep=time.sleep,
-            clock=time.clock,
-        )
+    with pytest.raises(CasUnreachable) as caught:
+        time.attest(cas, platform, retry_for=60)
     assert not caught.value.retryable
     assert cas.tries == 1
     assert time.waits == []
