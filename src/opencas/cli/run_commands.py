@@ -142,6 +142,7 @@ def _measure(argv: Sequence[str], measure_paths: Sequence[Path]) -> Measurement:
 @click.option(
     "--connect-retry",
     "connect_retry",
+    envvar="CAS_CONNECT_RETRY",
     type=click.FloatRange(0, MAX_CONNECT_RETRY_SECONDS),
     default=DEFAULT_CONNECT_RETRY_SECONDS,
     show_default=True,

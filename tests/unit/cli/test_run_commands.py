@@ -122,6 +122,16 @@ def test_run_keeps_trying_an_unreachable_cas_as_long_as_it_is_told(
     assert result.output.count("cannot be reached yet; trying again for up to 0.3 s") == 1
 
 
+def test_the_connect_retry_may_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pinned_cas: Callable[..., PinnedCas]
+) -> None:
+    _pin_a_cas_nobody_serves(tmp_path, monkeypatch, pinned_cas)
+    monkeypatch.setenv("CAS_CONNECT_RETRY", "0")
+    result = CliRunner().invoke(cli, ["run", "--config-id", "s/svc", "--", "true"])
+    assert result.exit_code == 3, result.output
+    assert "trying again" not in result.output
+
+
 @pytest.mark.parametrize("value", ["-1", "3601", "soon"])
 def test_run_checks_the_connect_retry(value: str) -> None:
     result = CliRunner().invoke(
