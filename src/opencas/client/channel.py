@@ -269,13 +269,12 @@ def _proof_auth(identity: ClientIdentity | None, cas_key_hash: str | None) -> Pr
 
 
 def _unreachable(url: str, exc: httpx.TransportError) -> CasUnreachable:
-    reason = _reason(exc)
     # httpx raises ConnectError for the TCP connect and the TLS handshake alike: no request
     # was written on either. A certificate that does not verify will not verify next time.
-    retryable = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) and (
-        "CERTIFICATE_VERIFY_FAILED" not in str(exc)
+    retryable = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) and not (
+        _certificate_failed(exc)
     )
-    return CasUnreachable(f"cannot reach the CAS at {url}: {reason}", retryable=retryable)
+    return CasUnreachable(f"cannot reach the CAS at {url}: {_reason(exc)}", retryable=retryable)
 
 
 def _successful(response: httpx.Response) -> httpx.Response:
@@ -322,9 +321,13 @@ def _api_error(response: httpx.Response) -> ApiError:
         )
 
 
+def _certificate_failed(exc: httpx.TransportError) -> bool:
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
+
+
 def _reason(exc: httpx.TransportError) -> str:
     text = str(exc) or exc.__class__.__name__
-    if "CERTIFICATE_VERIFY_FAILED" in text:
+    if _certificate_failed(exc):
         return (
             "its TLS certificate does not verify against the CAS key pinned for it (another CAS "
             f"answers at this address, or the certificate expired): {text}"

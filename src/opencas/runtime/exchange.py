@@ -206,9 +206,9 @@ class _Tries:
         self._tries = 1
 
     def wait_after(self, failure: CasUnreachable) -> float:
-        """Seconds to wait before trying again after ``failure``; ``failure`` itself (saying
-        for how long it was tried when there were several tries) when it is not retryable or
-        the time is up."""
+        """Seconds to wait before trying again after ``failure``. Raises ``failure`` when it
+        is not retryable or the time is up (a new :class:`CasUnreachable` saying how many tries
+        there were, when there were several)."""
         left = self._deadline - self._clock()
         if not failure.retryable or left <= 0:
             if self._tries == 1:
