@@ -200,10 +200,8 @@ def _moved_row(walked: WalkedRow) -> tuple[str, bytes, int, bytes, bytes]:
 def _rows_only_rollover(database: Path, batch: int) -> _RowsOnly:
     """Move every row of the SQLite store ``database`` to a random id with the store's own row
     statements, ``batch`` rows per commit, and nothing of the record layer; what it cost."""
-    conn = sqlite_store._connect(database)
+    conn = sqlite_store.writer_connection(database)
     try:
-        sqlite_store._enable_wal(conn, database)
-        conn.execute(f"PRAGMA cache_size = -{sqlite_store.WRITER_CACHE_KIB}")
         state = secrets.token_bytes(200)
         calls_before = _io_calls()
         cpu_began = time.process_time()

@@ -352,6 +352,24 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def writer_connection(path: Path) -> sqlite3.Connection:
+    """A connection to the OpenCAS database at ``path`` set up as a store's writer: header and
+    schema checked, write-ahead logging with full syncs, :data:`WRITER_CACHE_KIB` of page
+    cache. The caller closes it. Raises :class:`StoreError` naming ``path``."""
+    _check_header(path)
+    with _sqlite_errors(path, "opening"):
+        writer = _connect(path)
+    try:
+        _check_schema(writer, path)
+        _enable_wal(writer, path)
+        with _sqlite_errors(path, "sizing the page cache"):
+            writer.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+    except BaseException:
+        writer.close()
+        raise
+    return writer
+
+
 def _connect_reader(path: Path) -> sqlite3.Connection:
     with _sqlite_errors(path, "opening a read connection"):
         conn = _connect(path)
@@ -591,14 +609,8 @@ class SqliteStore:
         under either key open, and everything written is sealed under ``dmk``.
         """
         cipher = RecordCipher(dmk, previous_dmk)
-        _check_header(path)
-        with _sqlite_errors(path, "opening"):
-            writer = _connect(path)
+        writer = writer_connection(path)
         try:
-            _check_schema(writer, path)
-            _enable_wal(writer, path)
-            with _sqlite_errors(path, "sizing the page cache"):
-                writer.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
             check_key(_SqliteRows(writer, path), cipher)
             with _sqlite_errors(path, "starting the check of every record"):
                 writer.execute("BEGIN")
