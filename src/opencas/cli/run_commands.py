@@ -84,6 +84,7 @@ def _measure(argv: Sequence[str], measure_paths: Sequence[Path]) -> Measurement:
 @click.option(
     "--config-id",
     envvar="CAS_CONFIG_ID",
+    show_envvar=True,
     required=True,
     callback=_config_id_option,
     help=f"{CONFIG_ID_SHAPE} to attest as (default: $CAS_CONFIG_ID).",
@@ -91,6 +92,7 @@ def _measure(argv: Sequence[str], measure_paths: Sequence[Path]) -> Measurement:
 @click.option(
     "--cas",
     envvar="CAS_ADDR",
+    show_envvar=True,
     help="Attested CAS name, or its enclave API URL (default: $CAS_ADDR, else the default CAS).",
 )
 @click.option(
@@ -143,6 +145,7 @@ def _measure(argv: Sequence[str], measure_paths: Sequence[Path]) -> Measurement:
     "--connect-retry",
     "connect_retry",
     envvar="CAS_CONNECT_RETRY",
+    show_envvar=True,
     type=click.FloatRange(0, MAX_CONNECT_RETRY_SECONDS),
     default=DEFAULT_CONNECT_RETRY_SECONDS,
     show_default=True,

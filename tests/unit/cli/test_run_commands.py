@@ -132,6 +132,19 @@ def test_the_connect_retry_may_come_from_the_environment(
     assert "trying again" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"), [("CAS_CONNECT_RETRY", "9999"), ("CAS_CONFIG_ID", "no-slash")]
+)
+def test_a_bad_value_from_the_environment_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv("CAS_CONFIG_ID", "s/svc")
+    monkeypatch.setenv(variable, value)
+    result = CliRunner().invoke(cli, ["run", "--", "true"])
+    assert result.exit_code == 2
+    assert f"(env var: '{variable}')" in result.output
+
+
 @pytest.mark.parametrize("value", ["-1", "3601", "soon"])
 def test_run_checks_the_connect_retry(value: str) -> None:
     result = CliRunner().invoke(
