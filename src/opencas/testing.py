@@ -24,19 +24,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 from starlette.types import ASGIApp
 
 from opencas.api.app import create_client_api, create_enclave_api
 from opencas.attestation.report import CasExpectations, VerifiedCas
+from opencas.backoff import backoff_delays, jittered
 from opencas.client.answers import Provisioned
 from opencas.client.cas_client import CasClient, new_nonce
-from opencas.client.channel import ProofAuth
+from opencas.client.channel import CasUnreachable, ProofAuth
 from opencas.client.enclave import EnclaveClient
 from opencas.client.identity import CERTIFICATE_FILE, ClientIdentity
 from opencas.config.availability import AvailabilityConfig, load_availability_config
@@ -63,6 +64,7 @@ __all__ = [
     "self_provision_args",
     "start_self_provisioned_cas",
     "stored_record_id",
+    "until_admitted",
     "write_config",
     "write_owner_config",
 ]
@@ -70,6 +72,9 @@ __all__ = [
 STARTUP_TIMEOUT = 60.0
 POLL_INTERVAL = 0.05
 PORT_RACE_ATTEMPTS = 3
+ADMISSION_SECONDS = 10.0
+"""How long :func:`until_admitted` tries again a call the CAS turned away at its connection."""
+T = TypeVar("T")
 DEVELOPMENT_OWNER_CONFIG = '[api_identity]\ncommon_name = "localhost"\n'
 """A small owner config for development and tests: it names the TLS certificate ``localhost``."""
 
@@ -473,9 +478,32 @@ def attest_as_owner(
         owner_identity_hash=owner.key_hash,
         owner_config_sha256=owner_config_sha256(load_owner_config(owner_config_path).config),
     )
-    with CasClient(url) as bootstrap:
-        verified = bootstrap.attest(expectations)
+    verified = until_admitted(lambda: _attest_once(url, expectations))
     return CasClient.pinned_to(url, verified, owner), verified
+
+
+def _attest_once(url: str, expectations: CasExpectations) -> VerifiedCas:
+    with CasClient(url) as bootstrap:
+        return bootstrap.attest(expectations)
+
+
+def until_admitted(call: Callable[[], T], deadline_seconds: float = ADMISSION_SECONDS) -> T:
+    """``call()``, tried again while the CAS resets its connection before anything was sent.
+
+    A CAS with ``max_connections_per_source = 1`` may still count a connection its peer has
+    just closed when the next one arrives (the close and the new connection race on its event
+    loop), so a test of that limit would otherwise fail now and then. Raises the last
+    :class:`CasUnreachable` once ``deadline_seconds`` have passed, and any other error at once.
+    """
+    give_up = time.monotonic() + deadline_seconds
+    waits = jittered(backoff_delays(0.05, 0.5))
+    while True:
+        try:
+            return call()
+        except CasUnreachable as exc:
+            if not exc.retryable or time.monotonic() >= give_up:
+                raise
+        time.sleep(next(waits))
 
 
 def start_self_provisioned_cas(
