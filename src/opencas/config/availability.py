@@ -366,10 +366,13 @@ MAX_SESSION_BYTES = 1024 * 1024
 """The most ``max_session_bytes`` may be: what a request body holds (it is at most 2 MiB)."""
 _Seconds = Annotated[float, Field(gt=0, le=3600)]
 KEY_ROLLOVER_BATCH = 1000
-#: Seconds a build upgrading in place waits for the running instance's answer, and for it to stop.
-UPGRADE_ANSWER_TIMEOUT = 60.0
-UPGRADE_WAIT = 600.0
 """Records a key rollover moves to the new database key per transaction, unless the config says."""
+UPGRADE_ANSWER_TIMEOUT = 60.0
+"""Seconds a build upgrading in place waits for the running instance's answer, unless the config
+says (``[limits] upgrade_answer_timeout``)."""
+UPGRADE_WAIT = 600.0
+"""Seconds a build upgrading in place waits for the running instance to stop, unless the config
+says (``[limits] upgrade_wait``)."""
 
 
 class _LimitsSection(BaseModel):
