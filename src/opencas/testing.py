@@ -34,7 +34,6 @@ from starlette.types import ASGIApp
 
 from opencas.api.app import create_client_api, create_enclave_api
 from opencas.attestation.report import CasExpectations, VerifiedCas
-from opencas.backoff import backoff_delays, jittered
 from opencas.client.answers import Provisioned
 from opencas.client.cas_client import CasClient, new_nonce
 from opencas.client.channel import CasUnreachable, ProofAuth
@@ -43,6 +42,7 @@ from opencas.client.identity import CERTIFICATE_FILE, ClientIdentity
 from opencas.config.availability import AvailabilityConfig, load_availability_config
 from opencas.config.owner import OwnerConfig, load_owner_config, owner_config_sha256
 from opencas.errors import ClientError, ConflictError
+from opencas.runtime.exchange import ConnectionTries
 from opencas.service.cas import Cas, load_platform
 from opencas.service.cas_records import read_provisioning_token
 from opencas.sources.toml import toml_string
@@ -50,6 +50,7 @@ from opencas.store.keystore import key_store_path, load_key_store
 from opencas.store.state import StateKeys
 
 __all__ = [
+    "ADMISSION_SECONDS",
     "DEVELOPMENT_OWNER_CONFIG",
     "CasProcess",
     "CasStartError",
@@ -74,7 +75,7 @@ POLL_INTERVAL = 0.05
 PORT_RACE_ATTEMPTS = 3
 ADMISSION_SECONDS = 10.0
 """How long :func:`until_admitted` tries again a call the CAS turned away at its connection."""
-T = TypeVar("T")
+_T = TypeVar("_T")
 DEVELOPMENT_OWNER_CONFIG = '[api_identity]\ncommon_name = "localhost"\n'
 """A small owner config for development and tests: it names the TLS certificate ``localhost``."""
 
@@ -487,23 +488,21 @@ def _attest_once(url: str, expectations: CasExpectations) -> VerifiedCas:
         return bootstrap.attest(expectations)
 
 
-def until_admitted(call: Callable[[], T], deadline_seconds: float = ADMISSION_SECONDS) -> T:
-    """``call()``, tried again while the CAS resets its connection before anything was sent.
+def until_admitted(call: Callable[[], _T], deadline_seconds: float = ADMISSION_SECONDS) -> _T:
+    """``call()``, tried again as the runtime tries an attestation again (``retry_for``) while
+    the CAS resets its connection before anything was sent.
 
     A CAS with ``max_connections_per_source = 1`` may still count a connection its peer has
     just closed when the next one arrives (the close and the new connection race on its event
     loop), so a test of that limit would otherwise fail now and then. Raises the last
     :class:`CasUnreachable` once ``deadline_seconds`` have passed, and any other error at once.
     """
-    give_up = time.monotonic() + deadline_seconds
-    waits = jittered(backoff_delays(0.05, 0.5))
+    tries = ConnectionTries(deadline_seconds, time.monotonic)
     while True:
         try:
             return call()
         except CasUnreachable as exc:
-            if not exc.retryable or time.monotonic() >= give_up:
-                raise
-        time.sleep(next(waits))
+            time.sleep(tries.wait_after(exc))
 
 
 def start_self_provisioned_cas(

@@ -19,6 +19,7 @@ from opencas.client.enclave import EnclaveClient
 from opencas.platform.simulated import SimulatedPlatform
 from opencas.runtime.exchange import fetch_configuration
 from opencas.testing import (
+    ADMISSION_SECONDS,
     SelfProvisionedCas,
     run_casctl,
     start_self_provisioned_cas,
@@ -134,7 +135,7 @@ security:
 def _casctl_admitted(home: Path, arguments: list[str]) -> subprocess.CompletedProcess[str]:
     """casctl, run again while it exits because the CAS turned its connection away (the CAS
     may still count the connection the owner's client has just closed)."""
-    give_up = time.monotonic() + 10
+    give_up = time.monotonic() + ADMISSION_SECONDS
     while True:
         ran = run_casctl(home, arguments)
         if ran.returncode != EXIT_UNREACHABLE or time.monotonic() >= give_up:

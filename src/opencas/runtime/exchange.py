@@ -149,7 +149,7 @@ def attest(
                     raise
         return post(client.nonce())
 
-    tries = _Tries(retry_for, clock)
+    tries = ConnectionTries(retry_for, clock)
     while True:
         try:
             return once()
@@ -183,7 +183,7 @@ async def attest_async(
                     raise
         return await post(await client.nonce())
 
-    tries = _Tries(retry_for, clock)
+    tries = ConnectionTries(retry_for, clock)
     while True:
         try:
             return await once()
@@ -191,8 +191,9 @@ async def attest_async(
             await sleep(tries.wait_after(exc))
 
 
-class _Tries:
-    """The waits between the tries of one attestation, for ``retry_for`` seconds from now."""
+class ConnectionTries:
+    """The waits between the tries of one attestation (or any call the CAS may turn away at its
+    connection), for ``retry_for`` seconds from now."""
 
     def __init__(self, retry_for: float, clock: Callable[[], float]) -> None:
         if not 0 <= retry_for < math.inf:
